@@ -1,0 +1,132 @@
+//! Tenant provisioning through the admin API: create, update, suspend, activate.
+//!
+//! A change is checked exactly as a registry change would be (ids, hosts, keys, residency,
+//! tenant policies), then: with a PostgreSQL registry it is written to the table first (every
+//! replica follows through NOTIFY) and applied here at once; with a file registry the file is
+//! the source of truth in git, so the API refuses to write (edit the file; it hot-reloads).
+
+use http::StatusCode;
+use serde_json::json;
+
+use super::{problem, respond, AdminResponse};
+use crate::config::PostgresConfig;
+use crate::snapshot::SnapshotStore;
+use crate::tenancy::{TenantSpec, TenantStatus};
+
+/// Where provisioned tenants are written.
+pub enum TenantWriter {
+    /// Tenants come from a file in git: read-only here.
+    File,
+    Postgres(PostgresConfig),
+    /// No `[tenancy]`.
+    None,
+}
+
+impl TenantWriter {
+    pub fn get(&self, store: &SnapshotStore, id: &str) -> AdminResponse {
+        match store.load().registry.get(id) {
+            Some(spec) => respond(StatusCode::OK, json!(**spec)),
+            None => problem(StatusCode::NOT_FOUND, format!("no tenant `{id}`")),
+        }
+    }
+
+    /// `PUT /admin/tenants/{id}`: the whole tenant document.
+    pub async fn put(&self, store: &SnapshotStore, id: &str, body: &[u8]) -> AdminResponse {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let spec: TenantSpec = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {}: {}", e.path(), e.inner()),
+                )
+            }
+        };
+        if spec.id != id {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                format!("body: id is `{}`, the path names `{id}`", spec.id),
+            );
+        }
+        let created = store.load().registry.get(id).is_none();
+        match self.write(store, spec).await {
+            Ok(spec) => {
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                respond(status, json!(spec))
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// `POST /admin/tenants/{id}/suspend|activate`.
+    pub async fn set_status(
+        &self,
+        store: &SnapshotStore,
+        id: &str,
+        status: TenantStatus,
+    ) -> AdminResponse {
+        let Some(current) = store.load().registry.get(id).cloned() else {
+            return problem(StatusCode::NOT_FOUND, format!("no tenant `{id}`"));
+        };
+        let mut spec = (*current).clone();
+        spec.status = status;
+        match self.write(store, spec).await {
+            Ok(spec) => respond(StatusCode::OK, json!(spec)),
+            Err(response) => response,
+        }
+    }
+
+    async fn write(
+        &self,
+        store: &SnapshotStore,
+        spec: TenantSpec,
+    ) -> Result<TenantSpec, AdminResponse> {
+        let pg =
+            match self {
+                TenantWriter::Postgres(pg) => pg,
+                TenantWriter::File => return Err(problem(
+                    StatusCode::CONFLICT,
+                    "the tenant registry is a file kept in git: change it there (it is reloaded \
+                     on change); use a PostgreSQL registry to provision through this API",
+                )),
+                TenantWriter::None => {
+                    return Err(problem(StatusCode::CONFLICT, "no [tenancy] configured"))
+                }
+            };
+        let id = spec.id.clone();
+        let change = vec![(id.clone(), Some(spec.clone()))];
+        if let Err(e) = store.check_tenant_changes(change.clone()) {
+            return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        let doc = serde_json::to_value(&spec)
+            .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let client = crate::db::connect_config(pg, None).await.map_err(|e| {
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("registry database: {e}"),
+            )
+        })?;
+        let sql = format!(
+            "INSERT INTO {} (id, doc) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
+            pg.table
+        );
+        client.execute(&sql, &[&id, &doc]).await.map_err(|e| {
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("registry database: {e}"),
+            )
+        })?;
+        // Effective on this replica's next request, before the NOTIFY round trip.
+        store
+            .apply_tenant_changes(change)
+            .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        metrics::counter!("gateway_admin_tenant_writes_total").increment(1);
+        tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
+        Ok(spec)
+    }
+}

@@ -1,0 +1,285 @@
+//! The route table: which Cedar action and resource an HTTP request is. Matching uses `matchit`
+//! (a radix tree), so the cost does not grow with the number of routes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use crate::config::{SourceIssue, SourceText};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// What happens to requests no route matches.
+    #[serde(default)]
+    pub default: UnmatchedRoute,
+    #[serde(default)]
+    pub route: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedRoute {
+    /// 403: only mapped routes are reachable.
+    #[default]
+    Deny,
+    /// Forwarded without a policy decision (for migrations; logged as unmatched).
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Methods {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub method: Methods,
+    pub path: String,
+    pub action: String,
+    pub resource: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// A matched route with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch<'a> {
+    pub route: &'a Route,
+    pub params: Vec<(String, String)>,
+}
+
+impl RouteMatch<'_> {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The resource id: the `id` parameter, or `*` for collections.
+    pub fn resource_id(&self) -> &str {
+        self.route
+            .id_param
+            .as_deref()
+            .and_then(|p| self.param(p))
+            .unwrap_or("*")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub template: String,
+    pub action: String,
+    pub resource_type: String,
+    pub id_param: Option<String>,
+    /// Resource attribute → path parameter.
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    by_method: HashMap<http::Method, matchit::Router<usize>>,
+    routes: Vec<Route>,
+    pub unmatched: UnmatchedRoute,
+}
+
+impl RouteTable {
+    /// Builds the table, reporting every bad route with its location in `source`. `check` is
+    /// asked whether an action/resource pair exists (the schema's view).
+    pub fn build(
+        file: RoutesFile,
+        source: &SourceText,
+        check: impl Fn(&str, &str) -> Result<(), String>,
+    ) -> Result<RouteTable, Vec<SourceIssue>> {
+        let mut issues = Vec::new();
+        let mut by_method: HashMap<http::Method, matchit::Router<usize>> = HashMap::new();
+        let mut routes = Vec::with_capacity(file.route.len());
+        for (i, spec) in file.route.iter().enumerate() {
+            let params = template_params(&spec.path);
+            if let Err(e) = check(&spec.action, &spec.resource) {
+                issues.push(source.issue(format!("route[{i}].action"), e));
+            }
+            if let Some(id) = &spec.id {
+                if !params.contains(id) {
+                    issues.push(source.issue(
+                        format!("route[{i}].id"),
+                        format!("`{id}` is not a parameter of `{}`", spec.path),
+                    ));
+                }
+            }
+            for (attr, param) in &spec.attributes {
+                if !params.contains(param) {
+                    issues.push(source.issue(
+                        format!("route[{i}].attributes.{attr}"),
+                        format!("`{param}` is not a parameter of `{}`", spec.path),
+                    ));
+                }
+                if attr == "tenant" {
+                    issues.push(source.issue(
+                        format!("route[{i}].attributes.{attr}"),
+                        "`tenant` is always the resolved tenant",
+                    ));
+                }
+            }
+            let methods = match &spec.method {
+                Methods::One(m) => vec![m.clone()],
+                Methods::Many(ms) => ms.clone(),
+            };
+            let index = routes.len();
+            routes.push(Route {
+                template: spec.path.clone(),
+                action: spec.action.clone(),
+                resource_type: spec.resource.clone(),
+                id_param: spec.id.clone(),
+                attributes: spec
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+            for m in methods {
+                let method = match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(method) => method,
+                    Err(_) => {
+                        issues.push(source.issue(
+                            format!("route[{i}].method"),
+                            format!("`{m}` is not an HTTP method"),
+                        ));
+                        continue;
+                    }
+                };
+                if let Err(e) = by_method
+                    .entry(method.clone())
+                    .or_default()
+                    .insert(&spec.path, index)
+                {
+                    issues.push(source.issue(
+                        format!("route[{i}].path"),
+                        format!("{method} {}: {e}", spec.path),
+                    ));
+                }
+            }
+        }
+        if issues.is_empty() {
+            Ok(RouteTable {
+                by_method,
+                routes,
+                unmatched: file.default,
+            })
+        } else {
+            Err(issues)
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route of `method path` (HEAD falls back to GET).
+    pub fn find(&self, method: &http::Method, path: &str) -> Option<RouteMatch<'_>> {
+        let lookup = |m: &http::Method| {
+            let matched = self.by_method.get(m)?.at(path).ok()?;
+            Some(RouteMatch {
+                route: &self.routes[*matched.value],
+                params: matched
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })
+        };
+        lookup(method).or_else(|| {
+            (method == http::Method::HEAD)
+                .then(|| lookup(&http::Method::GET))
+                .flatten()
+        })
+    }
+}
+
+fn template_params(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| s.trim_start_matches('*').to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Result<RouteTable, Vec<SourceIssue>> {
+        let source = SourceText::new("routes.toml", text);
+        let file: RoutesFile = source.deserialize().map_err(|e| vec![e])?;
+        RouteTable::build(file, &source, |action, _| {
+            if action.contains(':') {
+                Ok(())
+            } else {
+                Err(format!("unknown action `{action}`"))
+            }
+        })
+    }
+
+    #[test]
+    fn matches_methods_params_and_head() {
+        let t = table(
+            r#"
+[[route]]
+method = ["GET", "PUT"]
+path = "/users/{owner}/documents/{id}"
+action = "documents:read"
+resource = "Document"
+id = "id"
+attributes = { owner = "owner" }
+
+[[route]]
+method = "GET"
+path = "/files/{*rest}"
+action = "files:read"
+resource = "File"
+id = "rest"
+"#,
+        )
+        .unwrap();
+        let m = t
+            .find(&http::Method::GET, "/users/bob/documents/7")
+            .unwrap();
+        assert_eq!(m.route.action, "documents:read");
+        assert_eq!(m.resource_id(), "7");
+        assert_eq!(m.param("owner"), Some("bob"));
+        assert!(t
+            .find(&http::Method::HEAD, "/users/bob/documents/7")
+            .is_some());
+        assert!(t
+            .find(&http::Method::DELETE, "/users/bob/documents/7")
+            .is_none());
+        assert!(t.find(&http::Method::GET, "/users/bob/documents").is_none());
+        assert_eq!(
+            t.find(&http::Method::GET, "/files/a/b/c")
+                .unwrap()
+                .resource_id(),
+            "a/b/c"
+        );
+        assert_eq!(t.unmatched, UnmatchedRoute::Deny);
+    }
+
+    #[test]
+    fn bad_routes_are_located() {
+        let err = table(
+            "[[route]]\nmethod = \"GET\"\npath = \"/a/{id}\"\naction = \"nope\"\nresource = \"X\"\nid = \"key\"\n\n[[route]]\nmethod = \"GET\"\npath = \"/a/{id}\"\naction = \"a:b\"\nresource = \"X\"\n",
+        )
+        .unwrap_err();
+        let fields: Vec<_> = err
+            .iter()
+            .map(|i| (i.field.as_str(), i.location.line))
+            .collect();
+        assert!(fields.contains(&("route[0].action", Some(4))), "{err:?}");
+        assert!(fields.contains(&("route[0].id", Some(6))), "{err:?}");
+        assert!(fields.contains(&("route[1].path", Some(10))), "{err:?}");
+    }
+}

@@ -1,0 +1,859 @@
+//! Command line: `run`, `check`, `demo`, `schema`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadedConfig};
+use crate::example_upstream::ExampleUpstream;
+use crate::server;
+
+pub const EXIT_RUNTIME: i32 = 1;
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "Policy-as-code gateway sidecar")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and everything it points at, without starting.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway with the example configuration in front of the built-in example upstream.
+    Demo {
+        /// Defaults to `deploy/examples/gateway.toml` of this repository.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of `gateway.toml`.
+    Schema,
+    /// Usage reports.
+    Usage {
+        #[command(subcommand)]
+        command: UsageCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Which regions served each tenant's traffic in a period (from the audit log).
+    ResidencyReport {
+        /// Audit directory (or give --config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+    },
+    /// Policy tooling.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Show how a request would be decided: principal, tenant, route, decision, policies,
+    /// entities (JSON). Nothing is forwarded.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Path (and query) of the request.
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        host: Option<String>,
+        /// A bearer token to verify as the request would.
+        #[arg(long)]
+        token: Option<String>,
+        /// An API key.
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Extra request headers, `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Skip identification and use this principal: JSON such as
+        /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}`.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Client country (ISO 3166-1 alpha-2) for the policy context.
+        #[arg(long)]
+        country: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCommand {
+    /// Per tenant and action: requests and bytes per hour or day.
+    Report {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339 time or date (UTC), inclusive.
+        #[arg(long)]
+        from: String,
+        /// RFC 3339 time or date (UTC), exclusive.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value_t = crate::metering::report::Bucket::Hour)]
+        bucket: crate::metering::report::Bucket,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+        /// Read a PostgreSQL ledger exporter (all replicas) instead of this replica's outbox.
+        #[arg(long)]
+        ledger: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Checks the hash chain; reports the first edited, reordered or missing record.
+    Verify { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Run the policy test cases in DIR (default `policy-tests/`) against a policy package.
+    Test {
+        dir: Option<PathBuf>,
+        /// The policy package (default: `policies/` next to DIR, or of `--config`).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_CONFIG } else { 0 };
+        }
+    };
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => match load(&config) {
+            Ok(loaded) => run(loaded),
+            Err(code) => code,
+        },
+        Command::Check { config } => match load(&config) {
+            Ok(loaded) => check(&config, &loaded),
+            Err(code) => code,
+        },
+        Command::Demo { config } => demo(config.unwrap_or_else(default_demo_config)),
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    dir,
+                    policies,
+                    config,
+                },
+        } => policy_test(dir, policies, config),
+        Command::Usage {
+            command:
+                UsageCommand::Report {
+                    config,
+                    tenant,
+                    from,
+                    to,
+                    bucket,
+                    format,
+                    ledger,
+                },
+        } => usage_report(&config, tenant, &from, &to, bucket, format, ledger),
+        Command::Audit {
+            command: AuditCommand::Verify { dir },
+        } => audit_verify(&dir),
+        Command::ResidencyReport {
+            dir,
+            config,
+            tenant,
+            from,
+            to,
+            format,
+        } => residency_report(dir, config, tenant, &from, &to, format),
+        Command::Explain {
+            config,
+            method,
+            path,
+            host,
+            token,
+            api_key,
+            headers,
+            principal,
+            country,
+        } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let mut header_pairs = Vec::new();
+            for h in &headers {
+                match h.split_once(':') {
+                    Some((k, v)) => header_pairs.push((k.trim().to_string(), v.trim().to_string())),
+                    None => {
+                        eprintln!("--header `{h}`: expected `name: value`");
+                        return EXIT_CONFIG;
+                    }
+                }
+            }
+            if let Some(t) = token {
+                header_pairs.push(("authorization".into(), format!("Bearer {t}")));
+            }
+            if let Some(k) = api_key {
+                let name = loaded
+                    .config
+                    .identity
+                    .as_ref()
+                    .map(|i| i.api_key_header.clone())
+                    .unwrap_or_else(|| "x-api-key".into());
+                header_pairs.push((name, k));
+            }
+            let principal = match principal.map(|p| parse_principal(&p)).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("--principal: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+            let request = crate::explain::ExplainRequest {
+                method,
+                path,
+                host,
+                headers: header_pairs,
+                principal,
+                country,
+            };
+            match explain(&loaded, &request) {
+                Ok(out) => {
+                    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    EXIT_CONFIG
+                }
+            }
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config::json_schema()).unwrap_or_default()
+            );
+            0
+        }
+    }
+}
+
+/// Everything `run` would load, without listening: registry (files; PostgreSQL is not
+/// contacted), policies, tenant policies, keys.
+fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
+    let pg = loaded
+        .config
+        .tenancy
+        .as_ref()
+        .is_some_and(|t| t.registry.postgres.is_some());
+    let registry = if pg {
+        Default::default()
+    } else {
+        match crate::tenancy::registry::load_file_of(loaded) {
+            Ok(r) => r,
+            Err(issues) => {
+                eprintln!("invalid configuration:\n{issues}");
+                return EXIT_CONFIG;
+            }
+        }
+    };
+    let tenants = registry.len();
+    match crate::snapshot::Snapshot::build(loaded, registry) {
+        Ok(snapshot) => {
+            println!(
+                "{}: ok ({} listener(s), {} upstream pool(s), {} tenant(s){}, {})",
+                path.display(),
+                loaded.listen.len() + loaded.tls_listen.len(),
+                loaded.config.upstream.pool.len(),
+                tenants,
+                if pg {
+                    " (PostgreSQL registry not contacted)"
+                } else {
+                    ""
+                },
+                match &snapshot.authz {
+                    Some(a) => format!("{} policies, version {}", a.policy_count(), a.version),
+                    None => "no authorization".to_string(),
+                }
+            );
+            0
+        }
+        Err(issues) => {
+            eprintln!("invalid configuration:\n{issues}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// An RFC 3339 time, or a date meaning its midnight UTC.
+pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
+    let full = if value.len() == 10 {
+        format!("{value}T00:00:00Z")
+    } else {
+        value.to_string()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("`{value}`: {e} (expected e.g. 2026-11-23 or 2026-11-23T10:00:00Z)"))
+}
+
+fn usage_report(
+    config: &Path,
+    tenant: Option<String>,
+    from: &str,
+    to: &str,
+    bucket: crate::metering::report::Bucket,
+    format: ReportFormat,
+    ledger: Option<String>,
+) -> i32 {
+    use crate::metering::report;
+    let loaded = match load(config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let (from, to) = match (parse_time(from), parse_time(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let Some(metering) = &loaded.config.metering else {
+        eprintln!("{}: no [metering] section", config.display());
+        return EXIT_CONFIG;
+    };
+    let query = report::ReportQuery {
+        tenant,
+        from,
+        to,
+        bucket,
+    };
+    let rows = match ledger {
+        Some(name) => {
+            let Some(crate::metering::exporters::ExporterConfig::Postgres {
+                database,
+                ledger_table,
+                ..
+            }) = metering.exporter.iter().find(|e| e.name() == name)
+            else {
+                eprintln!("no postgres exporter named `{name}` in [metering]");
+                return EXIT_CONFIG;
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            runtime.block_on(report::ledger_rows(database, ledger_table, &query))
+        }
+        None => report::outbox_events(&metering.dir)
+            .map(|events| report::aggregate(&events, &query))
+            .map_err(|e| e.to_string()),
+    };
+    match rows {
+        Ok(rows) => {
+            let out = match format {
+                ReportFormat::Csv => report::to_csv(&rows),
+                ReportFormat::Json => {
+                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())
+                }
+            };
+            match out {
+                Ok(text) => {
+                    print!("{text}");
+                    if matches!(format, ReportFormat::Json) {
+                        println!();
+                    }
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    EXIT_RUNTIME
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("usage report failed: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn audit_verify(dir: &Path) -> i32 {
+    match crate::audit::verify(dir) {
+        Ok(report) => match report.failure {
+            None => {
+                println!(
+                    "{}: ok ({} records in {} segment(s))",
+                    dir.display(),
+                    report.records,
+                    report.segments
+                );
+                0
+            }
+            Some(f) => {
+                println!(
+                    "{}:{}: record {}: {} ({} records verified before it)",
+                    f.file.display(),
+                    f.line,
+                    f.seq.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    f.problem,
+                    report.records
+                );
+                EXIT_RUNTIME
+            }
+        },
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn residency_report(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    tenant: Option<String>,
+    from: &str,
+    to: &str,
+    format: ReportFormat,
+) -> i32 {
+    let dir = match (dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => match load(&c) {
+            Ok(loaded) => match &loaded.config.audit {
+                Some(a) => a.dir.clone(),
+                None => {
+                    eprintln!("{}: no [audit] section", c.display());
+                    return EXIT_CONFIG;
+                }
+            },
+            Err(code) => return code,
+        },
+        (None, None) => {
+            eprintln!("give --dir or --config");
+            return EXIT_CONFIG;
+        }
+    };
+    let (from, to) = match (parse_time(from), parse_time(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let records = match crate::audit::read_all(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return EXIT_RUNTIME;
+        }
+    };
+    let rows = crate::residency::report(&records, tenant.as_deref(), from, to);
+    match format {
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            for row in &rows {
+                if let Err(e) = w.serialize(row) {
+                    eprintln!("{e}");
+                    return EXIT_RUNTIME;
+                }
+            }
+            let _ = w.flush();
+        }
+    }
+    0
+}
+
+fn policy_test(dir: Option<PathBuf>, policies: Option<PathBuf>, config: Option<PathBuf>) -> i32 {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("policy-tests"));
+    let policies = match (policies, config) {
+        (Some(p), _) => p,
+        (None, Some(config)) => match load(&config) {
+            Ok(loaded) => match &loaded.config.authorization {
+                Some(a) => loaded.resolve(&a.policies),
+                None => {
+                    eprintln!("{}: no [authorization] section", config.display());
+                    return EXIT_CONFIG;
+                }
+            },
+            Err(code) => return code,
+        },
+        (None, None) => {
+            let sibling = dir.join("../policies");
+            if sibling.join("schema.cedarschema").exists() {
+                sibling
+            } else {
+                PathBuf::from("policies")
+            }
+        }
+    };
+    let engine = match crate::authz::AuthzEngine::load(&policies, &Default::default(), 0) {
+        Ok(e) => e,
+        Err(issues) => {
+            eprintln!("invalid policy package:\n{issues}");
+            return EXIT_CONFIG;
+        }
+    };
+    match crate::authz::testing::run(&engine, &dir) {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.failed() > 0 {
+                EXIT_RUNTIME
+            } else {
+                0
+            }
+        }
+        Err(issues) => {
+            eprintln!("invalid test cases:\n{issues}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn parse_principal(json: &str) -> Result<crate::identity::Principal, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Spec {
+        id: String,
+        tenant: Option<String>,
+        #[serde(default)]
+        roles: Vec<String>,
+        #[serde(default)]
+        mfa: bool,
+        #[serde(default)]
+        scopes: Vec<String>,
+    }
+    let spec: Spec = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut p = crate::identity::Principal::anonymous();
+    p.id = spec.id;
+    p.tenant = spec.tenant.map(std::sync::Arc::from);
+    p.roles = spec.roles;
+    p.scopes = spec.scopes;
+    p.auth = crate::identity::AuthMethod::Jwt {
+        issuer: "explain".into(),
+    };
+    p.attributes
+        .insert("mfa".into(), serde_json::Value::Bool(spec.mfa));
+    Ok(p)
+}
+
+fn explain(
+    loaded: &LoadedConfig,
+    request: &crate::explain::ExplainRequest,
+) -> Result<crate::explain::Explanation, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let registry = crate::snapshot::load_registry(loaded)
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshot =
+            crate::snapshot::Snapshot::build(loaded, registry).map_err(|e| e.to_string())?;
+        let services = crate::pipeline::Services {
+            authenticator: crate::identity::Authenticator::new(Default::default(), 16),
+            geoip: None,
+            trusted_proxies: Vec::new(),
+            // Tier features for the decision; explaining never takes from a rate limit.
+            limiter: std::sync::Arc::new(crate::limits::Limiter::new(None, &loaded.config.tiers)),
+            webhooks: None,
+        };
+        Ok(crate::explain::explain(&snapshot, &services, request).await)
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load(path: &Path) -> Result<LoadedConfig, i32> {
+    config::load(path).map_err(|issues| {
+        eprintln!("invalid configuration:\n{issues}");
+        EXIT_CONFIG
+    })
+}
+
+fn run(loaded: LoadedConfig) -> i32 {
+    match server::run(loaded) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gateway failed to start: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn default_demo_config() -> PathBuf {
+    let relative = PathBuf::from("deploy/examples/gateway.toml");
+    if relative.exists() {
+        return relative;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/gateway.toml")
+}
+
+fn demo(config_path: PathBuf) -> i32 {
+    let loaded = match load(&config_path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    // The example upstreams run on their own runtime; Pingora builds its own runtimes.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("example-upstream")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the example upstream runtime: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let mut upstreams: Vec<(String, ExampleUpstream)> = Vec::new();
+    for (pool, peers) in loaded.config.upstream.pool.iter().zip(&loaded.pool_peers) {
+        for peer in peers.iter().filter(|p| p.ip().is_loopback()) {
+            let label = match &pool.region {
+                Some(region) => format!("{} ({region})", pool.name),
+                None => pool.name.clone(),
+            };
+            match runtime.block_on(ExampleUpstream::start(*peer, &label)) {
+                Ok(up) => upstreams.push((label, up)),
+                Err(e) => {
+                    eprintln!("cannot start the example upstream on {peer}: {e}");
+                    return EXIT_RUNTIME;
+                }
+            }
+        }
+    }
+    print_demo_banner(&config_path, &loaded, &upstreams);
+    let code = run(loaded);
+    drop(upstreams);
+    drop(runtime);
+    code
+}
+
+fn print_demo_banner(
+    config_path: &Path,
+    loaded: &LoadedConfig,
+    upstreams: &[(String, ExampleUpstream)],
+) {
+    let base = gateway_base_url(loaded);
+    println!("Policy gateway demo  (config: {})", config_path.display());
+    for addr in &loaded.listen {
+        println!("  gateway     http://{addr}");
+    }
+    for addr in &loaded.tls_listen {
+        println!("  gateway     https://{addr}");
+    }
+    for (label, up) in upstreams {
+        println!("  upstream    http://{}  example app: {label}", up.addr);
+    }
+    println!();
+    let tokens = demo_tokens(loaded);
+    if !tokens.is_empty() {
+        println!("Demo identities (HS256 tokens of the demo issuer, valid 12 h):");
+        for (name, who, token) in &tokens {
+            println!("  export {name}='{token}'   # {who}");
+        }
+        println!();
+    }
+    println!("Try:");
+    if !tokens.is_empty() {
+        println!("  # a viewer of acme reads a project: the upstream sees verified x-tenant-id / x-principal-* headers");
+        println!("  curl -s {base}/projects/42 -H \"authorization: Bearer $ALICE\"");
+        println!("  # ...but may not delete it (403, decided by Cedar: see the decision log line)");
+        println!("  curl -si -X DELETE {base}/projects/42 -H \"authorization: Bearer $ALICE\"");
+        println!("  # an admin with MFA may");
+        println!("  curl -s -X DELETE {base}/projects/42 -H \"authorization: Bearer $BOB\"");
+        println!("  # a token of acme aimed at tenant globex: refused before the upstream (403)");
+        println!("  curl -si {base}/projects/42 -H \"authorization: Bearer $ALICE\" -H 'x-tenant: globex'");
+        println!("  # an API key with scopes; the public status page for anonymous callers");
+        println!("  curl -s {base}/reports -H 'x-api-key: demo-acme-reporting-key'");
+        println!("  curl -s -H 'x-tenant: acme' {base}/status");
+        println!("  # residency: globex (CCPA) is served from us-east, acme (GDPR) from eu-central (see the x-upstream header)");
+        println!("  curl -si {base}/projects/42 -H \"authorization: Bearer $CAROL\" | grep -i x-upstream");
+        println!(
+            "  # billing is pinned to us-east, where GDPR data may not go: 451 with the reason"
+        );
+        println!("  curl -si {base}/billing -H \"authorization: Bearer $OLGA\"");
+        println!("  # tiers: globex is on the free plan, which has no exports (403 feature-not-in-tier) ...");
+        println!(
+            "  curl -si -X POST {base}/documents/7/export -H \"authorization: Bearer $CAROL\""
+        );
+        println!("  # ... and a rate limit of 20 at once, 5/s per tenant: RateLimit headers, then 429 + Retry-After");
+        println!("  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/projects/42 -H \"authorization: Bearer $CAROL\"; done; echo");
+        println!("  # GeoIP behind a trusted proxy: a download from an embargoed country is denied by policy");
+        println!("  curl -si {base}/documents/7/download -H \"authorization: Bearer $ALICE\" -H 'x-forwarded-for: 175.45.1.1'");
+        println!("  # why was that denied?");
+        println!("  cargo run -q -p gateway -- explain --config {} --method DELETE --path /projects/42 --token \"$ALICE\"", config_path.display());
+        println!("  # edit policies/*.cedar while this runs: the change is live within a second (or refused with file:line)");
+    }
+    if let Some(audit) = &loaded.config.audit {
+        println!("  # every decision and routing choice is in a hash-chained audit log");
+        println!(
+            "  cargo run -q -p gateway -- audit verify {}",
+            audit.dir.display()
+        );
+        println!(
+            "  cargo run -q -p gateway -- residency-report --config {} --from 2026-01-01 --to 2100-01-01",
+            config_path.display()
+        );
+    }
+    if loaded.config.metering.is_some() {
+        println!("  # usage per tenant and action, from the durable outbox");
+        println!(
+            "  cargo run -q -p gateway -- usage report --config {} --from 2026-01-01 --to 2100-01-01 --bucket day",
+            config_path.display()
+        );
+    }
+    if let Some(admin) = &loaded.config.admin {
+        println!(
+            "  # admin API (token in {}): status, metrics, reload, explain",
+            admin.token_file.display()
+        );
+        println!("  export ADMIN=$(cat {})", admin.token_file.display());
+        println!(
+            "  curl -s http://{}/admin/status -H \"authorization: Bearer $ADMIN\"",
+            admin.listen
+        );
+        println!("  curl -s http://{}/metrics -H \"authorization: Bearer $ADMIN\" | grep gateway_requests_total", admin.listen);
+    }
+    println!(
+        "  # the path is normalised before anything else sees it; ambiguous encodings are refused"
+    );
+    println!("  curl -si '{base}/projects/42%2f..%2fadmin'");
+    println!("  # a streamed 5 MB body over HTTP/2 cleartext");
+    println!("  curl -s --http2-prior-knowledge '{base}/_upstream/stream?bytes=5000000' -H 'x-tenant: acme' | wc -c");
+    println!();
+    println!("Stop with Ctrl-C (fast) or SIGTERM (graceful).");
+}
+
+/// Tokens of the demo identities, signed with the first HS256 issuer's secret.
+fn demo_tokens(loaded: &LoadedConfig) -> Vec<(&'static str, &'static str, String)> {
+    let Some(issuer) = loaded
+        .config
+        .identity
+        .as_ref()
+        .and_then(|i| i.issuer.iter().find(|i| i.secret_file.is_some()))
+    else {
+        return Vec::new();
+    };
+    let Some(secret) = issuer
+        .secret_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(loaded.resolve(Path::new(f))).ok())
+    else {
+        return Vec::new();
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim_end().as_bytes());
+    let now = crate::identity::now_secs();
+    let audience = issuer.audiences.first().cloned().unwrap_or_default();
+    let people: [(&str, &str, &str, &str, bool); 4] = [
+        ("ALICE", "alice", "acme", "viewer", false),
+        ("BOB", "bob", "acme", "admin", true),
+        ("OLGA", "olga", "acme", "tenant-owner", true),
+        ("CAROL", "carol", "globex", "editor", false),
+    ];
+    people
+        .iter()
+        .filter_map(|(var, sub, org, role, mfa)| {
+            let claims = serde_json::json!({
+                "iss": issuer.issuer, "aud": audience, "sub": sub, "org": org,
+                "roles": [role], "mfa": mfa, "iat": now, "exp": now + 12 * 3600,
+            });
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &key,
+            )
+            .ok()?;
+            let who: &'static str = match *var {
+                "ALICE" => "alice, viewer of acme",
+                "BOB" => "bob, admin of acme, with MFA",
+                "OLGA" => "olga, tenant owner of acme, with MFA",
+                _ => "carol, editor of globex",
+            };
+            Some((*var, who, token))
+        })
+        .collect()
+}
+
+fn gateway_base_url(loaded: &LoadedConfig) -> String {
+    let display = |addr: &SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    match (loaded.listen.first(), loaded.tls_listen.first()) {
+        (Some(a), _) => format!("http://{}", display(a)),
+        (None, Some(a)) => format!("https://{}", display(a)),
+        (None, None) => String::new(),
+    }
+}

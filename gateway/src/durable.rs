@@ -1,0 +1,58 @@
+//! Small durable-file operations shared by the writers that must not lose data (exporter
+//! checkpoints and dead letters, the webhook queue).
+
+use std::io::Write;
+use std::path::Path;
+
+/// Appends `line` and a newline, then fsyncs; creates the file (and its directory) if missing.
+pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(line.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_data()
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file next to it, fsync, rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_lines_and_replaces_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sub/log.jsonl");
+        append_line(&log, "one").unwrap();
+        append_line(&log, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+        let file = dir.path().join("offset");
+        write_atomically(&file, b"1").unwrap();
+        write_atomically(&file, b"22").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "22");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "sub/ and offset, no temporary left"
+        );
+    }
+}

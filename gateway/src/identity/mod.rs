@@ -1,0 +1,372 @@
+//! Who is calling: bearer JWTs verified against the issuer's keys, or API keys looked up by hash.
+//!
+//! Every refusal carries a precise [`AuthError`] for logs and the audit record; the client only
+//! ever learns "missing or invalid credentials".
+
+pub mod jwks;
+pub mod principal;
+pub mod provisioning;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::tenancy::model::IssuerConfig;
+use crate::tenancy::registry::{api_key_hash, TenantRegistry};
+pub use jwks::{JwksSettings, JwksStore};
+pub use principal::{AuthMethod, Principal};
+
+/// Why a credential was refused. The slug goes to logs, metrics and the audit record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials")]
+    MissingCredentials,
+    #[error("malformed Authorization header")]
+    MalformedAuthorization,
+    #[error("more than one credential presented")]
+    MultipleCredentials,
+    #[error("malformed token")]
+    MalformedToken,
+    #[error("token uses alg `none`")]
+    AlgNone,
+    #[error("token algorithm `{0}` is not allowed for its issuer")]
+    AlgNotAllowed(String),
+    #[error("token has a critical header extension the gateway does not understand")]
+    UnsupportedCriticalHeader,
+    #[error("token has no issuer")]
+    MissingIssuer,
+    #[error("token issuer `{0}` is not trusted")]
+    UnknownIssuer(String),
+    #[error("token signing key is unknown to its issuer")]
+    UnknownKey,
+    #[error("issuer keys could not be fetched")]
+    KeysUnavailable,
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("token claim `{0}` has an invalid value")]
+    InvalidClaim(String),
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token issuer does not match")]
+    WrongIssuer,
+    #[error("a tenant issuer's token names another tenant")]
+    TenantClaimMismatch,
+    #[error("unknown API key")]
+    UnknownApiKey,
+    #[error("API key expired")]
+    ExpiredApiKey,
+}
+
+impl AuthError {
+    pub fn slug(&self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "missing-credentials",
+            AuthError::MalformedAuthorization => "malformed-authorization",
+            AuthError::MultipleCredentials => "multiple-credentials",
+            AuthError::MalformedToken => "malformed-token",
+            AuthError::AlgNone => "alg-none",
+            AuthError::AlgNotAllowed(_) => "alg-not-allowed",
+            AuthError::UnsupportedCriticalHeader => "unsupported-crit",
+            AuthError::MissingIssuer => "missing-issuer",
+            AuthError::UnknownIssuer(_) => "unknown-issuer",
+            AuthError::UnknownKey => "unknown-key",
+            AuthError::KeysUnavailable => "keys-unavailable",
+            AuthError::BadSignature => "bad-signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not-yet-valid",
+            AuthError::IssuedInFuture => "issued-in-future",
+            AuthError::MissingClaim(_) => "missing-claim",
+            AuthError::InvalidClaim(_) => "invalid-claim",
+            AuthError::WrongAudience => "wrong-audience",
+            AuthError::WrongIssuer => "wrong-issuer",
+            AuthError::TenantClaimMismatch => "tenant-claim-mismatch",
+            AuthError::UnknownApiKey => "unknown-api-key",
+            AuthError::ExpiredApiKey => "expired-api-key",
+        }
+    }
+
+    /// A token was presented (so `WWW-Authenticate` says `error="invalid_token"`).
+    pub fn token_presented(&self) -> bool {
+        !matches!(self, AuthError::MissingCredentials)
+    }
+}
+
+/// A global issuer with its HMAC key, when it uses one.
+pub struct GlobalIssuer {
+    pub config: IssuerConfig,
+    pub hmac_key: Option<Arc<DecodingKey>>,
+}
+
+/// `[identity]` compiled for the request path.
+pub struct IdentityPolicy {
+    pub issuers: HashMap<String, Arc<GlobalIssuer>>,
+    pub api_key_header: HeaderName,
+    pub allow_anonymous: bool,
+}
+
+/// Verifies credentials; lives for the whole process (keys and verified tokens are cached).
+pub struct Authenticator {
+    jwks: JwksStore,
+    /// Verified tokens (expiry is checked on every hit). quick_cache, not moka, on the request
+    /// path: see the decision cache in `authz`.
+    verified: quick_cache::sync::Cache<[u8; 32], CachedPrincipal>,
+}
+
+#[derive(Clone)]
+struct CachedPrincipal {
+    principal: Arc<Principal>,
+    /// Identity generation of the snapshot it was verified under: issuers or keys may have
+    /// changed since.
+    generation: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+impl Authenticator {
+    pub fn new(settings: JwksSettings, token_cache_capacity: u64) -> Self {
+        Authenticator {
+            jwks: JwksStore::new(settings),
+            verified: quick_cache::sync::Cache::new(token_cache_capacity.max(1) as usize),
+        }
+    }
+
+    pub fn jwks(&self) -> &JwksStore {
+        &self.jwks
+    }
+
+    /// Identifies the caller of a request.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        policy: &IdentityPolicy,
+        registry: &TenantRegistry,
+        generation: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let mut authorization = headers.get_all(AUTHORIZATION).iter();
+        let bearer = match (authorization.next(), authorization.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => return Err(AuthError::MultipleCredentials),
+            (Some(value), None) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| AuthError::MalformedAuthorization)?;
+                let (scheme, token) = value
+                    .split_once(' ')
+                    .ok_or(AuthError::MalformedAuthorization)?;
+                if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                    return Err(AuthError::MalformedAuthorization);
+                }
+                Some(token.trim())
+            }
+        };
+        let mut api_keys = headers.get_all(&policy.api_key_header).iter();
+        let api_key = match (api_keys.next(), api_keys.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => return Err(AuthError::MultipleCredentials),
+            (Some(v), None) => Some(v.to_str().map_err(|_| AuthError::UnknownApiKey)?),
+        };
+        match (bearer, api_key) {
+            (Some(_), Some(_)) => Err(AuthError::MultipleCredentials),
+            (Some(token), None) => self.verify_jwt(token, policy, registry, generation).await,
+            (None, Some(key)) => api_key_principal(key, registry).map(Arc::new),
+            (None, None) if policy.allow_anonymous => Ok(Arc::new(Principal::anonymous())),
+            (None, None) => Err(AuthError::MissingCredentials),
+        }
+    }
+
+    async fn verify_jwt(
+        &self,
+        token: &str,
+        policy: &IdentityPolicy,
+        registry: &TenantRegistry,
+        generation: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&cache_key) {
+            if hit.generation == generation
+                && hit.principal.expires_at.is_some_and(|exp| exp > now_secs())
+            {
+                return Ok(hit.principal);
+            }
+        }
+        let header = raw_header(token)?;
+        let alg_name = header.alg.ok_or(AuthError::MalformedToken)?;
+        if alg_name.eq_ignore_ascii_case("none") {
+            return Err(AuthError::AlgNone);
+        }
+        if header.crit.is_some() {
+            return Err(AuthError::UnsupportedCriticalHeader);
+        }
+        let alg: Algorithm = alg_name
+            .parse()
+            .map_err(|_| AuthError::AlgNotAllowed(alg_name.clone()))?;
+        let unverified: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| AuthError::MalformedToken)?;
+        let iss = match unverified.get("iss") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => return Err(AuthError::InvalidClaim("iss".into())),
+            None => return Err(AuthError::MissingIssuer),
+        };
+        let SelectedIssuer {
+            config: issuer,
+            hmac_key,
+            implied_tenant,
+        } = select_issuer(iss, &unverified, policy, registry)?;
+        if !issuer.algorithms.iter().any(|a| a.to_jsonwebtoken() == alg) {
+            return Err(AuthError::AlgNotAllowed(alg_name));
+        }
+        let key = match hmac_key {
+            Some(k) => k,
+            None => {
+                let vk = self.jwks.key(&issuer, header.kid.as_deref(), alg).await?;
+                if vk.alg.is_some_and(|a| a != alg) {
+                    return Err(AuthError::AlgNotAllowed(alg_name));
+                }
+                vk.key
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[issuer.issuer.as_str()]);
+        validation.set_audience(&issuer.audiences);
+        validation.leeway = issuer.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(map_jwt_error)?;
+        if let Some(iat) = data.claims.get("iat").and_then(Value::as_u64) {
+            if iat > now_secs() + issuer.leeway.as_secs() {
+                return Err(AuthError::IssuedInFuture);
+            }
+        }
+        let mut principal =
+            principal::map_claims(&data.claims, &issuer.claims, &issuer.issuer, implied_tenant)?;
+        principal.provision = issuer.provision;
+        let principal = Arc::new(principal);
+        self.verified.insert(
+            cache_key,
+            CachedPrincipal {
+                principal: principal.clone(),
+                generation,
+            },
+        );
+        Ok(principal)
+    }
+}
+
+/// The issuer a token claims, among the global ones and the tenants' own. A tenant issuer shared
+/// by several tenants must let the token name its tenant through the tenant claim.
+fn select_issuer(
+    iss: &str,
+    unverified: &Map<String, Value>,
+    policy: &IdentityPolicy,
+    registry: &TenantRegistry,
+) -> Result<SelectedIssuer, AuthError> {
+    if let Some(global) = policy.issuers.get(iss) {
+        return Ok(SelectedIssuer {
+            config: global.config.clone(),
+            hmac_key: global.hmac_key.clone(),
+            implied_tenant: None,
+        });
+    }
+    let candidates = registry.tenant_issuers(iss);
+    let chosen = match candidates {
+        [] => return Err(AuthError::UnknownIssuer(iss.to_string())),
+        [only] => only,
+        many => many
+            .iter()
+            .find(|c| {
+                c.config.claims.tenant.as_deref().is_some_and(|path| {
+                    principal::claim(unverified, path).and_then(Value::as_str) == Some(&*c.tenant)
+                })
+            })
+            .ok_or_else(|| AuthError::UnknownIssuer(iss.to_string()))?,
+    };
+    Ok(SelectedIssuer {
+        config: (*chosen.config).clone(),
+        hmac_key: None,
+        implied_tenant: Some(chosen.tenant.clone()),
+    })
+}
+
+/// The issuer a token will be verified against.
+struct SelectedIssuer {
+    config: IssuerConfig,
+    hmac_key: Option<Arc<DecodingKey>>,
+    /// Set for a tenant's own issuer: the only tenant its tokens can act for.
+    implied_tenant: Option<Arc<str>>,
+}
+
+fn raw_header(token: &str) -> Result<RawHeader, AuthError> {
+    let segment = token.split('.').next().ok_or(AuthError::MalformedToken)?;
+    if token.split('.').count() != 3 {
+        return Err(AuthError::MalformedToken);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|_| AuthError::MalformedToken)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => AuthError::InvalidClaim(c.clone()),
+        ErrorKind::InvalidAlgorithm => AuthError::AlgNotAllowed("key/algorithm mismatch".into()),
+        _ => AuthError::MalformedToken,
+    }
+}
+
+fn api_key_principal(key: &str, registry: &TenantRegistry) -> Result<Principal, AuthError> {
+    let entry = registry
+        .api_key(&api_key_hash(key))
+        .ok_or(AuthError::UnknownApiKey)?;
+    if entry.expires.is_some_and(|e| e <= SystemTime::now()) {
+        return Err(AuthError::ExpiredApiKey);
+    }
+    Ok(Principal {
+        id: format!("apikey:{}", entry.key.id),
+        tenant: Some(entry.tenant.clone()),
+        tenant_bound: true,
+        roles: entry.key.roles.clone(),
+        attributes: Map::new(),
+        scopes: entry.key.scopes.clone(),
+        auth: AuthMethod::ApiKey {
+            key_id: entry.key.id.clone(),
+        },
+        expires_at: None,
+        provision: false,
+    })
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,253 @@
+//! Just-in-time principal provisioning: the first request of a user from a trusted issuer makes
+//! them a known principal of their tenant, recorded durably (a JSON-lines file or a PostgreSQL
+//! table) with when, from which issuer and on which request. No restart, no admin step.
+//!
+//! The request path only checks an in-memory set and hands new principals to a background
+//! writer through a bounded channel; a full channel leaves the principal unmarked so a later
+//! request records it.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{AuthMethod, Principal};
+use crate::config::PostgresConfig;
+use crate::db;
+
+/// One provisioned principal, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionedPrincipal {
+    pub tenant: String,
+    pub principal: String,
+    pub issuer: String,
+    pub roles: Vec<String>,
+    /// RFC 3339.
+    pub first_seen: String,
+    pub request_id: String,
+}
+
+/// The request-path half: remembers who is known and queues newcomers.
+pub struct Provisioner {
+    /// `tenant \0 principal` of everyone already recorded.
+    known: quick_cache::sync::Cache<String, ()>,
+    queue: mpsc::Sender<ProvisionedPrincipal>,
+}
+
+impl Provisioner {
+    pub fn new(known_capacity: u64) -> (Self, mpsc::Receiver<ProvisionedPrincipal>) {
+        let (queue, rx) = mpsc::channel(10_000);
+        (
+            Provisioner {
+                known: quick_cache::sync::Cache::new(known_capacity as usize),
+                queue,
+            },
+            rx,
+        )
+    }
+
+    /// Marks principals already recorded (loaded at start).
+    pub fn preload(&self, tenant: &str, principal: &str) {
+        self.known.insert(known_key(tenant, principal), ());
+    }
+
+    /// Called for every identified request of a provisioning issuer.
+    pub fn observe(&self, principal: &Principal, tenant: &str, request_id: &str) {
+        let AuthMethod::Jwt { issuer } = &principal.auth else {
+            return;
+        };
+        let key = known_key(tenant, &principal.id);
+        if self.known.get(&key).is_some() {
+            return;
+        }
+        let record = ProvisionedPrincipal {
+            tenant: tenant.to_string(),
+            principal: principal.id.clone(),
+            issuer: issuer.clone(),
+            roles: principal.roles.clone(),
+            first_seen: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            request_id: request_id.to_string(),
+        };
+        match self.queue.try_send(record) {
+            Ok(()) => self.known.insert(key, ()),
+            Err(_) => {
+                metrics::counter!("gateway_provisioning_deferred_total").increment(1);
+            }
+        }
+    }
+}
+
+fn known_key(tenant: &str, principal: &str) -> String {
+    format!("{tenant}\u{0}{principal}")
+}
+
+/// Where provisioned principals are recorded.
+#[derive(Debug, Clone)]
+pub enum PrincipalStore {
+    File(PathBuf),
+    Postgres(PostgresConfig),
+}
+
+const PRINCIPALS_TABLE: &str = "gateway_principals";
+
+impl PrincipalStore {
+    /// Principals recorded so far, for [`Provisioner::preload`].
+    pub async fn load(&self) -> Result<Vec<(String, String)>, String> {
+        match self {
+            PrincipalStore::File(path) => {
+                let file = match std::fs::File::open(path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                };
+                let mut out = Vec::new();
+                for line in std::io::BufReader::new(file).lines() {
+                    let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+                    // A torn last line after a crash is skipped, not fatal.
+                    if let Ok(r) = serde_json::from_str::<ProvisionedPrincipal>(&line) {
+                        out.push((r.tenant, r.principal));
+                    }
+                }
+                Ok(out)
+            }
+            PrincipalStore::Postgres(config) => {
+                let client = connect_and_migrate(config).await?;
+                let rows = client
+                    .query(
+                        &format!("SELECT tenant_id, principal_id FROM {PRINCIPALS_TABLE}"),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+        }
+    }
+
+    /// Drains the queue into the store until the queue closes or shutdown.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<ProvisionedPrincipal>,
+        audit: Option<crate::audit::AuditHandle>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut recorded: HashSet<(String, String)> = HashSet::new();
+        let mut pg: Option<tokio_postgres::Client> = None;
+        loop {
+            let record = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            };
+            let key = (record.tenant.clone(), record.principal.clone());
+            if recorded.contains(&key) {
+                continue;
+            }
+            let mut attempt = 0u32;
+            loop {
+                match self.write(&record, &mut pg).await {
+                    Ok(new) => {
+                        if new {
+                            tracing::info!(
+                                target: "audit",
+                                event = "principal.provisioned",
+                                tenant = %record.tenant,
+                                principal = %record.principal,
+                                issuer = %record.issuer,
+                                request_id = %record.request_id,
+                                "first-seen principal provisioned"
+                            );
+                            metrics::counter!("gateway_principals_provisioned_total").increment(1);
+                            if let Some(audit) = &audit {
+                                audit
+                                    .record(crate::audit::AuditEntry::new(
+                                        "principal.provisioned",
+                                        serde_json::to_value(&record).unwrap_or_default(),
+                                    ))
+                                    .await;
+                            }
+                        }
+                        recorded.insert(key);
+                        break;
+                    }
+                    Err(e) => {
+                        pg = None;
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "recording a provisioned principal failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records one principal; `Ok(true)` when it was not recorded before.
+    async fn write(
+        &self,
+        record: &ProvisionedPrincipal,
+        pg: &mut Option<tokio_postgres::Client>,
+    ) -> Result<bool, String> {
+        match self {
+            PrincipalStore::File(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut line = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+                line.push(b'\n');
+                file.write_all(&line).map_err(|e| e.to_string())?;
+                file.sync_data().map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            PrincipalStore::Postgres(config) => {
+                if pg.is_none() {
+                    *pg = Some(connect_and_migrate(config).await?);
+                }
+                let client = pg.as_ref().ok_or("no connection")?;
+                let roles = serde_json::to_value(&record.roles).map_err(|e| e.to_string())?;
+                let inserted = client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {PRINCIPALS_TABLE} (tenant_id, principal_id, issuer, roles, first_request_id) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, principal_id) DO NOTHING"
+                        ),
+                        &[&record.tenant, &record.principal, &record.issuer, &roles, &record.request_id],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(inserted == 1)
+            }
+        }
+    }
+}
+
+async fn connect_and_migrate(config: &PostgresConfig) -> Result<tokio_postgres::Client, String> {
+    let client = db::connect_config(config, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {PRINCIPALS_TABLE} (
+                tenant_id text NOT NULL,
+                principal_id text NOT NULL,
+                issuer text NOT NULL,
+                roles jsonb NOT NULL DEFAULT '[]',
+                first_seen timestamptz NOT NULL DEFAULT now(),
+                first_request_id text,
+                PRIMARY KEY (tenant_id, principal_id)
+            )"
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(client)
+}

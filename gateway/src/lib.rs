@@ -1,0 +1,27 @@
+//! Policy-as-code gateway sidecar: a Pingora reverse proxy that runs every request through
+//! a pipeline of stages (sanitize, identify, tenant, authorize, residency, rate limit) before
+//! forwarding it, and meters and audits what it did.
+
+pub mod admin;
+pub mod audit;
+pub mod authz;
+pub mod background;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod durable;
+pub mod example_upstream;
+pub mod explain;
+pub mod geoip;
+pub mod identity;
+pub mod limits;
+pub mod metering;
+pub mod pipeline;
+pub mod proxy;
+pub mod reload;
+pub mod residency;
+pub mod server;
+pub mod snapshot;
+pub mod tenancy;
+pub mod upstream;
+pub mod webhooks;

@@ -1,0 +1,261 @@
+//! Cluster-wide limits in Redis: one Lua script call per request checks every limit and quota
+//! of the request and, only when all of them admit, takes from all of them — atomically, in one
+//! round trip, with Redis's clock (replicas' clocks do not matter).
+//!
+//! The connection is one multiplexed connection (concurrent requests pipeline on it). When
+//! Redis fails or is slower than `redis_timeout`, it is marked down: the fallback decides
+//! without waiting for Redis until `redis_retry_interval` has passed, then the next request
+//! tries Redis again. State changes are logged and exported as
+//! `gateway_ratelimit_redis_up`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Script};
+use tokio::sync::Mutex;
+
+use super::{
+    limit_state, quota_state, DecidedBy, Exceeded, LimitPlan, LimiterError, LimitsConfig, Verdict,
+};
+
+/// KEYS: limit keys, then quota keys. ARGV: number of limits; per limit its emission interval
+/// and tolerance (µs); per quota its limit and expiry (Unix seconds).
+/// Returns: admitted (1/0), retry after (µs), index of the exhausted quota (0 = none), then per
+/// limit its theoretical arrival time minus now (µs), then per quota its count.
+const GCRA_SCRIPT: &str = r#"
+local n = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local retry = 0
+local tats = {}
+for i = 1, n do
+  local emission = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + emission
+  local wait = new_tat - tolerance - now
+  if wait > 0 then
+    if wait > retry then retry = wait end
+    tats[i] = tat
+  else
+    tats[i] = new_tat
+  end
+end
+local base = 2 * n + 2
+local nq = #KEYS - n
+local counts = {}
+local exhausted = 0
+for j = 1, nq do
+  local limit = tonumber(ARGV[base + 2 * (j - 1)])
+  counts[j] = tonumber(redis.call('GET', KEYS[n + j]) or '0')
+  if counts[j] >= limit and exhausted == 0 then exhausted = j end
+end
+local admitted = 0
+if retry == 0 and exhausted == 0 then
+  admitted = 1
+  for i = 1, n do
+    redis.call('SET', KEYS[i], tats[i], 'PX', math.floor((tats[i] - now) / 1000) + 1)
+  end
+  for j = 1, nq do
+    counts[j] = redis.call('INCR', KEYS[n + j])
+    if counts[j] == 1 then
+      redis.call('EXPIREAT', KEYS[n + j], ARGV[base + 2 * (j - 1) + 1])
+    end
+  end
+end
+local out = {admitted, retry, exhausted}
+for i = 1, n do out[#out + 1] = tats[i] - now end
+for j = 1, nq do out[#out + 1] = counts[j] end
+return out
+"#;
+
+pub struct ClusterLimiter {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    retry_interval: Duration,
+    script: Script,
+    connection: Mutex<Option<MultiplexedConnection>>,
+    /// Redis answered last time (or has not been tried yet).
+    up: AtomicBool,
+    /// While down: when Redis may be tried again (µs since `epoch`).
+    retry_at_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl ClusterLimiter {
+    /// `None` when the URL does not parse (validation reports that before).
+    pub fn new(config: &LimitsConfig) -> Option<Self> {
+        let client = Client::open(config.redis_url.as_deref()?).ok()?;
+        metrics::gauge!("gateway_ratelimit_redis_up").set(1.0);
+        Some(ClusterLimiter {
+            client,
+            prefix: config.key_prefix.clone(),
+            timeout: config.redis_timeout,
+            retry_interval: config.redis_retry_interval,
+            script: Script::new(GCRA_SCRIPT),
+            connection: Mutex::new(None),
+            up: AtomicBool::new(true),
+            retry_at_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn retry_interval(&self) -> Duration {
+        self.retry_interval
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A connection, made on first use on the runtime that serves requests (a connection's
+    /// driver task lives on the runtime that made it).
+    async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(self.timeout));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// One decision through Redis; an error means the fallback must decide.
+    pub async fn decide(&self, plan: &LimitPlan) -> Result<Verdict, LimiterError> {
+        if !self.up.load(Ordering::Acquire) {
+            let retry_at = self.retry_at_us.load(Ordering::Acquire);
+            let now = self.now_us();
+            // One request per interval probes Redis; the others go to the fallback at once.
+            if now < retry_at
+                || self
+                    .retry_at_us
+                    .compare_exchange(
+                        retry_at,
+                        now + self.retry_interval.as_micros() as u64,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+            {
+                return Err(LimiterError::Down);
+            }
+        }
+        let result = tokio::time::timeout(self.timeout, self.call(plan))
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(self.timeout)));
+        match &result {
+            Ok(_) => {
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    metrics::gauge!("gateway_ratelimit_redis_up").set(1.0);
+                    tracing::warn!("rate limits: Redis answers again; cluster-wide limits resume");
+                }
+            }
+            Err(error) => {
+                self.retry_at_us.store(
+                    self.now_us() + self.retry_interval.as_micros() as u64,
+                    Ordering::Release,
+                );
+                if self.up.swap(false, Ordering::AcqRel) {
+                    metrics::gauge!("gateway_ratelimit_redis_up").set(0.0);
+                    tracing::error!(%error, "rate limits: Redis unavailable; the fallback decides");
+                }
+                // A broken connection is replaced on the next try.
+                if matches!(error, LimiterError::Redis(e) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+                    || matches!(error, LimiterError::Timeout(_))
+                {
+                    *self.connection.lock().await = None;
+                }
+            }
+        }
+        result
+    }
+
+    async fn call(&self, plan: &LimitPlan) -> Result<Verdict, LimiterError> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.script.prepare_invoke();
+        for limit in &plan.limits {
+            invocation.key(format!("{}:{}", self.prefix, limit.key));
+        }
+        for quota in &plan.quotas {
+            invocation.key(format!("{}:{}", self.prefix, quota.key));
+        }
+        invocation.arg(plan.limits.len());
+        for limit in &plan.limits {
+            let emission = limit.emission_interval().as_micros().max(1) as u64;
+            invocation
+                .arg(emission)
+                .arg(emission * u64::from(limit.burst));
+        }
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        for quota in &plan.quotas {
+            // Kept an hour past the window, so a late clock does not restart a count.
+            let expires = unix_now + quota.resets_in + Duration::from_secs(3600);
+            invocation.arg(quota.limit).arg(expires.as_secs());
+        }
+        let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let expected = 3 + plan.limits.len() + plan.quotas.len();
+        if reply.len() != expected {
+            return Err(LimiterError::Reply(format!(
+                "{} values, expected {expected}",
+                reply.len()
+            )));
+        }
+        let admitted = reply[0] == 1;
+        let retry_us = reply[1].max(0) as u64;
+        let exhausted = reply[2];
+        let mut states = Vec::with_capacity(plan.limits.len() + plan.quotas.len());
+        for (limit, tat) in plan.limits.iter().zip(&reply[3..]) {
+            states.push(limit_state(limit, *tat));
+        }
+        for (quota, count) in plan.quotas.iter().zip(&reply[3 + plan.limits.len()..]) {
+            states.push(quota_state(quota, (*count).max(0) as u64));
+        }
+        let (exceeded, retry_after) = if admitted {
+            (None, Duration::ZERO)
+        } else if exhausted > 0 {
+            let quota = &plan.quotas[(exhausted - 1) as usize];
+            (Some(Exceeded::Quota { name: quota.name }), quota.resets_in)
+        } else {
+            // The first limit without room names the refusal.
+            let refusing = plan
+                .limits
+                .iter()
+                .zip(&reply[3..])
+                .find(|(limit, tat)| {
+                    let emission = limit.emission_interval().as_micros().max(1) as i64;
+                    **tat + emission > emission * i64::from(limit.burst)
+                })
+                .map(|(limit, _)| limit.name.clone())
+                .unwrap_or_else(|| Arc::from("limit"));
+            for state in states.iter_mut().filter(|s| s.name == refusing) {
+                state.remaining = 0;
+            }
+            (
+                Some(Exceeded::Limit { name: refusing }),
+                Duration::from_micros(retry_us),
+            )
+        };
+        Ok(Verdict {
+            exceeded,
+            retry_after,
+            states,
+            decided_by: DecidedBy::Redis,
+        })
+    }
+}

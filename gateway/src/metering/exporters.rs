@@ -1,0 +1,652 @@
+//! Exporters: each reads the outbox on its own, delivers events in batches and checkpoints
+//! what it delivered, so a restart resumes where it stopped.
+//!
+//! Failures: transient ones (network, 5xx, 429) are retried with exponential backoff and
+//! jitter for as long as it takes (a sink that is down must not cost billing data); a batch the
+//! sink refuses (4xx) is split and only the events it refuses individually go to a dead-letter
+//! file, with a metric, so one poison event never blocks the rest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::BackoffBuilder;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::outbox::{OutboxCursor, Written};
+use super::{Assembler, UsageEvent};
+use crate::config::PostgresConfig;
+use crate::snapshot::SnapshotStore;
+
+/// One `[[metering.exporter]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExporterConfig {
+    /// A usage ledger table in PostgreSQL (unique on the event id).
+    Postgres {
+        name: String,
+        #[serde(flatten)]
+        database: PostgresConfig,
+        #[serde(default = "default_ledger_table")]
+        ledger_table: String,
+        #[serde(default = "default_batch")]
+        batch_size: usize,
+    },
+    /// CloudEvents over HTTP in batch mode (OpenMeter's ingest API).
+    Cloudevents {
+        name: String,
+        /// e.g. `https://openmeter.example/api/v1/events`.
+        endpoint: String,
+        /// Environment variable with a bearer token.
+        #[serde(default)]
+        token_env: Option<String>,
+        #[serde(default = "default_source")]
+        source: String,
+        #[serde(default = "default_batch")]
+        batch_size: usize,
+    },
+    /// Stripe Billing meter events (`/v1/billing/meter_events`), one per request, with the
+    /// event id as `identifier`. Tenants need `billing.stripe_customer`.
+    Stripe {
+        name: String,
+        #[serde(default = "default_stripe_endpoint")]
+        endpoint: String,
+        api_key_env: String,
+        event_name: String,
+        #[serde(default = "default_batch")]
+        batch_size: usize,
+    },
+    /// Chargebee usage records. Tenants need `billing.chargebee_subscription`.
+    Chargebee {
+        name: String,
+        /// `https://<site>.chargebee.com`.
+        endpoint: String,
+        api_key_env: String,
+        item_price_id: String,
+        #[serde(default = "default_batch")]
+        batch_size: usize,
+    },
+}
+
+fn default_ledger_table() -> String {
+    "usage_ledger".to_string()
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_source() -> String {
+    "policy-gateway".to_string()
+}
+fn default_stripe_endpoint() -> String {
+    "https://api.stripe.com".to_string()
+}
+
+impl ExporterConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ExporterConfig::Postgres { name, .. }
+            | ExporterConfig::Cloudevents { name, .. }
+            | ExporterConfig::Stripe { name, .. }
+            | ExporterConfig::Chargebee { name, .. } => name,
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        match self {
+            ExporterConfig::Postgres { batch_size, .. }
+            | ExporterConfig::Cloudevents { batch_size, .. }
+            | ExporterConfig::Stripe { batch_size, .. }
+            | ExporterConfig::Chargebee { batch_size, .. } => (*batch_size).max(1),
+        }
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// Try the same batch again later.
+    Transient(String),
+    /// The sink refuses this data; retrying will not help.
+    Rejected(String),
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError>;
+}
+
+/// Builds the sink of an exporter configuration.
+pub fn sink(config: &ExporterConfig, store: Arc<SnapshotStore>) -> Result<Box<dyn Sink>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let env = |var: &str| {
+        std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+    };
+    Ok(match config {
+        ExporterConfig::Postgres {
+            database,
+            ledger_table,
+            ..
+        } => {
+            if !crate::tenancy::postgres::is_identifier(ledger_table) {
+                return Err(format!("`{ledger_table}` is not a valid table name"));
+            }
+            Box::new(PostgresLedger {
+                config: database.clone(),
+                table: ledger_table.clone(),
+                client: tokio::sync::Mutex::new(None),
+            })
+        }
+        ExporterConfig::Cloudevents {
+            endpoint,
+            token_env,
+            source,
+            ..
+        } => Box::new(CloudEventsSink {
+            http,
+            endpoint: endpoint.clone(),
+            token: token_env.as_deref().map(env).transpose()?,
+            source: source.clone(),
+        }),
+        ExporterConfig::Stripe {
+            endpoint,
+            api_key_env,
+            event_name,
+            ..
+        } => Box::new(StripeSink {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            api_key: env(api_key_env)?,
+            event_name: event_name.clone(),
+            store,
+        }),
+        ExporterConfig::Chargebee {
+            endpoint,
+            api_key_env,
+            item_price_id,
+            ..
+        } => Box::new(ChargebeeSink {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            api_key: env(api_key_env)?,
+            item_price_id: item_price_id.clone(),
+            store,
+        }),
+    })
+}
+
+/// Where an exporter stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Reading resumes here (the oldest begin still waiting for its end).
+    pub resume_from: u64,
+    /// Events completed at or before this offset are delivered.
+    pub delivered_through: Option<u64>,
+}
+
+fn checkpoint_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("exporters").join(format!("{name}.json"))
+}
+
+pub fn load_checkpoint(dir: &Path, name: &str) -> Checkpoint {
+    std::fs::read(checkpoint_path(dir, name))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the checkpoint atomically (temp file, fsync, rename).
+fn save_checkpoint(dir: &Path, name: &str, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    crate::durable::write_atomically(
+        &checkpoint_path(dir, name),
+        &serde_json::to_vec(checkpoint).unwrap_or_default(),
+    )
+}
+
+fn dead_letter(dir: &Path, name: &str, event: &UsageEvent, reason: &str) {
+    let path = dir.join("dead-letter").join(format!("{name}.jsonl"));
+    let line = serde_json::json!({ "reason": reason, "event": event });
+    let result = crate::durable::append_line(&path, &line.to_string());
+    metrics::counter!("gateway_exporter_dead_letters_total", "exporter" => name.to_string())
+        .increment(1);
+    match result {
+        Ok(()) => {
+            tracing::error!(exporter = name, event = %event.id, reason, "event refused by the sink: dead-lettered")
+        }
+        Err(e) => {
+            tracing::error!(exporter = name, event = %event.id, reason, error = %e, "event refused and the dead-letter file failed")
+        }
+    }
+}
+
+/// Runs one exporter until shutdown.
+pub async fn run(
+    name: String,
+    batch_size: usize,
+    sink: Box<dyn Sink>,
+    dir: PathBuf,
+    mut progress: watch::Receiver<Written>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut checkpoint = load_checkpoint(&dir, &name);
+    let mut cursor = OutboxCursor::new(&dir, checkpoint.resume_from);
+    let mut assembler = Assembler::default();
+    let mut backlog: Vec<(u64, UsageEvent)> = Vec::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // Fill a batch.
+        while backlog.len() < batch_size {
+            let records = match cursor.read(1024) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(exporter = %name, error = %e, "reading the outbox failed");
+                    break;
+                }
+            };
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                for (offset, event) in assembler.push(record) {
+                    if checkpoint.delivered_through.is_none_or(|d| offset > d) {
+                        backlog.push((offset, event));
+                    }
+                }
+            }
+        }
+        let lag = progress
+            .borrow()
+            .next_offset
+            .saturating_sub(cursor.next_offset());
+        metrics::gauge!("gateway_exporter_lag_records", "exporter" => name.clone()).set(lag as f64);
+        if backlog.is_empty() {
+            let resume = assembler.resume_from(cursor.next_offset());
+            if resume != checkpoint.resume_from {
+                checkpoint.resume_from = resume;
+                let _ = save_checkpoint(&dir, &name, &checkpoint);
+            }
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        let take = backlog.len().min(batch_size);
+        let batch: Vec<(u64, UsageEvent)> = backlog.drain(..take).collect();
+        let events: Vec<UsageEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+        if !deliver_with_retries(&name, sink.as_ref(), &events, &dir, &mut shutdown).await {
+            return;
+        }
+        let last = batch.last().map(|(o, _)| *o);
+        checkpoint.delivered_through = last.or(checkpoint.delivered_through);
+        // Resume at the oldest begin still pending, but never past undelivered backlog.
+        let backlog_start = backlog.first().map(|(o, _)| *o).unwrap_or(u64::MAX);
+        checkpoint.resume_from = assembler
+            .resume_from(cursor.next_offset())
+            .min(backlog_start);
+        if let Err(e) = save_checkpoint(&dir, &name, &checkpoint) {
+            tracing::error!(exporter = %name, error = %e, "saving the checkpoint failed (events may be re-sent; sinks deduplicate)");
+        }
+        metrics::counter!("gateway_exporter_events_total", "exporter" => name.clone())
+            .increment(events.len() as u64);
+    }
+}
+
+/// Delivers a batch: transient failures retry with backoff until they succeed (or shutdown:
+/// returns false); refused batches are split and refused events dead-lettered.
+async fn deliver_with_retries(
+    name: &str,
+    sink: &dyn Sink,
+    events: &[UsageEvent],
+    dir: &Path,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match sink.deliver(events).await {
+            Ok(()) => return true,
+            Err(DeliveryError::Transient(e)) => {
+                metrics::counter!("gateway_exporter_retries_total", "exporter" => name.to_string())
+                    .increment(1);
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(exporter = name, error = %e, retry_in = ?delay, "delivery failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return false,
+                }
+            }
+            Err(DeliveryError::Rejected(e)) if events.len() > 1 => {
+                tracing::warn!(exporter = name, error = %e, "batch refused; delivering its events one by one");
+                for event in events {
+                    if !Box::pin(deliver_with_retries(
+                        name,
+                        sink,
+                        std::slice::from_ref(event),
+                        dir,
+                        shutdown,
+                    ))
+                    .await
+                    {
+                        return false;
+                    }
+                }
+                return true;
+            }
+            Err(DeliveryError::Rejected(e)) => {
+                for event in events {
+                    dead_letter(dir, name, event, &e);
+                }
+                return true;
+            }
+        }
+    }
+}
+
+fn classify_status(status: reqwest::StatusCode, body: &str) -> Result<(), DeliveryError> {
+    if status.is_success() {
+        Ok(())
+    } else if status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    {
+        Err(DeliveryError::Transient(format!("status {status}: {body}")))
+    } else {
+        Err(DeliveryError::Rejected(format!("status {status}: {body}")))
+    }
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String), DeliveryError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    Ok((status, body.chars().take(500).collect()))
+}
+
+struct PostgresLedger {
+    config: PostgresConfig,
+    table: String,
+    client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+#[async_trait]
+impl Sink for PostgresLedger {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = crate::db::connect_config(&self.config, None)
+                .await
+                .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+            client
+                .batch_execute(&ledger_ddl(&self.table))
+                .await
+                .map_err(|e| DeliveryError::Transient(e.to_string()))?;
+            *guard = Some(client);
+        }
+        let Some(client) = guard.as_ref() else {
+            return Err(DeliveryError::Transient("no connection".into()));
+        };
+        let col = |f: fn(&UsageEvent) -> Option<String>| {
+            events.iter().map(f).collect::<Vec<Option<String>>>()
+        };
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let times: Vec<String> = events.iter().map(|e| e.time.clone()).collect();
+        let request_ids: Vec<String> = events.iter().map(|e| e.request_id.clone()).collect();
+        let methods: Vec<String> = events.iter().map(|e| e.method.clone()).collect();
+        let statuses: Vec<i32> = events.iter().map(|e| i32::from(e.status)).collect();
+        let req_bytes: Vec<i64> = events.iter().map(|e| e.request_bytes as i64).collect();
+        let resp_bytes: Vec<i64> = events.iter().map(|e| e.response_bytes as i64).collect();
+        let latency: Vec<Option<i64>> = events
+            .iter()
+            .map(|e| e.upstream_latency_us.map(|v| v as i64))
+            .collect();
+        let outcomes: Vec<String> = events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let meters: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.meters).unwrap_or_default())
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} (id, occurred_at, request_id, tenant, principal, action, route, method, status, \
+             request_bytes, response_bytes, upstream_latency_us, region, outcome, reason, meters) \
+             SELECT u.id, u.t::timestamptz, u.rid, u.tenant, u.principal, u.action, u.route, u.method, u.status, \
+             u.rb, u.sb, u.lat, u.region, u.outcome, u.reason, u.meters::jsonb \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+             $9::int[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[]) \
+             AS u(id, t, rid, tenant, principal, action, route, method, status, rb, sb, lat, region, outcome, reason, meters) \
+             ON CONFLICT (id) DO NOTHING",
+            self.table
+        );
+        let result = client
+            .execute(
+                &sql,
+                &[
+                    &ids,
+                    &times,
+                    &request_ids,
+                    &col(|e| e.tenant.clone()),
+                    &col(|e| e.principal.clone()),
+                    &col(|e| e.action.clone()),
+                    &col(|e| e.route.clone()),
+                    &methods,
+                    &statuses,
+                    &req_bytes,
+                    &resp_bytes,
+                    &latency,
+                    &col(|e| e.region.clone()),
+                    &outcomes,
+                    &col(|e| e.reason.clone()),
+                    &meters,
+                ],
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Data errors (class 22) are the data's fault; anything else may pass later.
+                let data_error = e.code().is_some_and(|c| c.code().starts_with("22"));
+                if data_error {
+                    Err(DeliveryError::Rejected(e.to_string()))
+                } else {
+                    *guard = None;
+                    Err(DeliveryError::Transient(e.to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// The ledger table: one row per event, the event id as primary key (replays are harmless).
+pub fn ledger_ddl(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            id text PRIMARY KEY,
+            occurred_at timestamptz NOT NULL,
+            request_id text NOT NULL,
+            tenant text,
+            principal text,
+            action text,
+            route text,
+            method text NOT NULL,
+            status int NOT NULL,
+            request_bytes bigint NOT NULL,
+            response_bytes bigint NOT NULL,
+            upstream_latency_us bigint,
+            region text,
+            outcome text NOT NULL,
+            reason text,
+            meters jsonb NOT NULL DEFAULT '[]',
+            recorded_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS {table}_tenant_time ON {table} (tenant, occurred_at);"
+    )
+}
+
+struct CloudEventsSink {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Option<String>,
+    source: String,
+}
+
+#[async_trait]
+impl Sink for CloudEventsSink {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
+        use cloudevents::{EventBuilder, EventBuilderV10};
+        let mut batch = Vec::with_capacity(events.len());
+        for e in events {
+            let mut builder = EventBuilderV10::new()
+                .id(e.id.clone())
+                .ty("com.policy-gateway.request")
+                .source(self.source.clone())
+                .time(e.time.as_str())
+                .data(
+                    "application/json",
+                    serde_json::to_value(e).unwrap_or_default(),
+                );
+            if let Some(tenant) = &e.tenant {
+                builder = builder.subject(tenant.clone());
+            }
+            let event = builder
+                .build()
+                .map_err(|err| DeliveryError::Rejected(err.to_string()))?;
+            batch.push(
+                serde_json::to_value(event)
+                    .map_err(|err| DeliveryError::Rejected(err.to_string()))?,
+            );
+        }
+        let mut request = self
+            .http
+            .post(&self.endpoint)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(serde_json::to_vec(&batch).unwrap_or_default());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let (status, body) = send(request).await?;
+        classify_status(status, &body)
+    }
+}
+
+struct StripeSink {
+    http: reqwest::Client,
+    endpoint: String,
+    api_key: String,
+    event_name: String,
+    store: Arc<SnapshotStore>,
+}
+
+#[async_trait]
+impl Sink for StripeSink {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
+        let registry = self.store.load().registry.clone();
+        for e in events {
+            let Some(customer) = e
+                .tenant
+                .as_deref()
+                .and_then(|t| registry.get(t))
+                .and_then(|t| t.billing.get("stripe_customer").cloned())
+            else {
+                metrics::counter!("gateway_exporter_unmapped_total", "exporter" => "stripe")
+                    .increment(1);
+                continue;
+            };
+            let timestamp = e.epoch_secs().to_string();
+            let form = [
+                ("event_name", self.event_name.as_str()),
+                ("identifier", e.id.as_str()),
+                ("timestamp", timestamp.as_str()),
+                ("payload[stripe_customer_id]", customer.as_str()),
+                ("payload[value]", "1"),
+            ];
+            let request = self
+                .http
+                .post(format!("{}/v1/billing/meter_events", self.endpoint))
+                .bearer_auth(&self.api_key)
+                .header("idempotency-key", &e.id)
+                .form(&form);
+            let (status, body) = send(request).await?;
+            // A replay after a crash: Stripe already has this identifier.
+            if status == reqwest::StatusCode::BAD_REQUEST
+                && body.contains("resource_already_exists")
+            {
+                continue;
+            }
+            classify_status(status, &body)?;
+        }
+        Ok(())
+    }
+}
+
+struct ChargebeeSink {
+    http: reqwest::Client,
+    endpoint: String,
+    api_key: String,
+    item_price_id: String,
+    store: Arc<SnapshotStore>,
+}
+
+#[async_trait]
+impl Sink for ChargebeeSink {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
+        let registry = self.store.load().registry.clone();
+        for e in events {
+            let Some(subscription) = e
+                .tenant
+                .as_deref()
+                .and_then(|t| registry.get(t))
+                .and_then(|t| t.billing.get("chargebee_subscription").cloned())
+            else {
+                metrics::counter!("gateway_exporter_unmapped_total", "exporter" => "chargebee")
+                    .increment(1);
+                continue;
+            };
+            let usage_date = e.epoch_secs().to_string();
+            let form = [
+                ("id", e.id.as_str()),
+                ("item_price_id", self.item_price_id.as_str()),
+                ("quantity", "1"),
+                ("usage_date", usage_date.as_str()),
+                ("note", e.action.as_deref().unwrap_or("request")),
+            ];
+            let request = self
+                .http
+                .post(format!(
+                    "{}/api/v2/subscriptions/{subscription}/usages",
+                    self.endpoint
+                ))
+                .basic_auth(&self.api_key, Some(""))
+                .form(&form);
+            let (status, body) = send(request).await?;
+            if status == reqwest::StatusCode::CONFLICT || body.contains("already exists") {
+                continue;
+            }
+            classify_status(status, &body)?;
+        }
+        Ok(())
+    }
+}

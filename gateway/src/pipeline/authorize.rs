@@ -1,0 +1,136 @@
+//! Stage 4: is this principal allowed to do this to this resource? The route table turns the
+//! request into a Cedar action and resource; the engine decides (see [`crate::authz`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use super::Rejection;
+use crate::authz::routes::UnmatchedRoute;
+use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
+use crate::identity::Principal;
+use crate::tenancy::TenantSpec;
+
+/// Output of stage 4 for a request that was allowed.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    /// `None` for an unmatched route let through by `default = "allow"`.
+    pub decision: Option<DecisionRecord>,
+}
+
+/// One authorization decision, for the decision log and the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub principal: String,
+    pub tenant: String,
+    pub route: String,
+    pub action: String,
+    /// `Type::"id"`.
+    pub resource: String,
+    pub evaluation: Arc<Evaluation>,
+    pub elapsed: Duration,
+}
+
+impl DecisionRecord {
+    /// The decision log line (target `decision`) and metrics.
+    pub fn log(&self) {
+        let e = &self.evaluation;
+        let decision = if e.allowed { "allow" } else { "deny" };
+        metrics::counter!("gateway_authz_decisions_total", "decision" => decision).increment(1);
+        metrics::histogram!("gateway_authz_duration_seconds").record(self.elapsed.as_secs_f64());
+        if !e.errors.is_empty() {
+            metrics::counter!("gateway_authz_policy_errors_total").increment(e.errors.len() as u64);
+        }
+        let shadow = e
+            .shadow
+            .as_ref()
+            .map(|s| if s.allowed { "allow" } else { "deny" })
+            .unwrap_or("");
+        if e.shadow_differs() {
+            metrics::counter!("gateway_authz_shadow_diffs_total", "enforced" => decision)
+                .increment(1);
+        }
+        tracing::info!(
+            target: "decision",
+            decision,
+            principal = %self.principal,
+            tenant = %self.tenant,
+            action = %self.action,
+            resource = %self.resource,
+            route = %self.route,
+            policies = ?e.policies,
+            errors = ?e.errors,
+            shadow,
+            shadow_differs = e.shadow_differs(),
+            shadow_policies = ?e.shadow.as_ref().map(|s| &s.policies),
+            latency_us = self.elapsed.as_micros() as u64,
+        );
+    }
+}
+
+/// What stage 4 reads.
+pub struct AuthorizeRequest<'a> {
+    pub method: &'a Method,
+    /// The routed path (normalised, tenant prefix removed).
+    pub path: &'a str,
+    pub principal: &'a Principal,
+    pub tenant: &'a TenantSpec,
+    pub tier_features: &'a [String],
+    /// Actions only some tiers include (checked before policies, for a clear 403).
+    pub feature_gates: Option<&'a crate::limits::LimitTable>,
+    pub facts: &'a RequestFacts,
+}
+
+/// Runs stage 4.
+pub fn authorize(
+    request: &AuthorizeRequest<'_>,
+    engine: &AuthzEngine,
+) -> Result<Authorized, Rejection> {
+    let started = Instant::now();
+    let Some(matched) = engine.routes.find(request.method, request.path) else {
+        return match engine.routes.unmatched {
+            UnmatchedRoute::Deny => Err(Rejection::UnknownRoute),
+            UnmatchedRoute::Allow => Ok(Authorized { decision: None }),
+        };
+    };
+    let route = matched.route;
+    if let Some(gates) = request.feature_gates {
+        gates
+            .check_gate(request.tenant, &route.action)
+            .map_err(Rejection::FeatureNotInTier)?;
+    }
+    let resource_attributes: Vec<(String, String)> = route
+        .attributes
+        .iter()
+        .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.to_string())))
+        .collect();
+    let resource_id = matched.resource_id();
+    let evaluation = engine.decide(&DecisionInput {
+        principal: request.principal,
+        tenant: request.tenant,
+        tier_features: request.tier_features,
+        action: &route.action,
+        resource_type: &route.resource_type,
+        resource_id,
+        resource_attributes: &resource_attributes,
+        facts: request.facts,
+    });
+    let record = DecisionRecord {
+        principal: request.principal.id.clone(),
+        tenant: request.tenant.id.clone(),
+        route: route.template.clone(),
+        action: route.action.clone(),
+        resource: format!("{}::{:?}", route.resource_type, resource_id),
+        evaluation,
+        elapsed: started.elapsed(),
+    };
+    record.log();
+    if record.evaluation.allowed {
+        Ok(Authorized {
+            decision: Some(record),
+        })
+    } else {
+        Err(Rejection::Forbidden(Box::new(record)))
+    }
+}

@@ -1,0 +1,276 @@
+//! Every way the gateway refuses or fails a request, mapped once to an HTTP status and an
+//! RFC 9457 problem document. The public text never carries internal detail (peer addresses,
+//! policy ids, other tenants): the full reason goes to logs and the audit record instead.
+
+use serde::Serialize;
+
+use super::authorize::DecisionRecord;
+use super::sanitize::{FramingError, PathError};
+use super::tenant::TenantError;
+use crate::identity::AuthError;
+
+/// Prefix of the problem `type` URIs. Tag URIs (RFC 4151) name problem types without implying
+/// a dereferenceable document.
+pub const PROBLEM_TYPE_PREFIX: &str = "tag:policy-gateway,2026:problem/";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("request path rejected: {0}")]
+    BadPath(#[from] PathError),
+    #[error("ambiguous request framing: {0}")]
+    AmbiguousFraming(#[from] FramingError),
+    #[error("no healthy upstream peer in {scope}")]
+    NoHealthyUpstream { scope: String },
+    #[error("residency: {reason}")]
+    ResidencyViolation { reason: String },
+    #[error("upstream unreachable: {reason}")]
+    UpstreamUnreachable { reason: String },
+    #[error("upstream timed out: {reason}")]
+    UpstreamTimeout { reason: String },
+    #[error("upstream failed: {reason}")]
+    UpstreamFailed { reason: String },
+    #[error("authentication failed: {0}")]
+    Unauthenticated(AuthError),
+    #[error("tenant refused: {0}")]
+    Tenant(#[from] TenantError),
+    #[error("denied by policy: {} on {} ({:?})", .0.action, .0.resource, .0.evaluation.policies)]
+    Forbidden(Box<DecisionRecord>),
+    #[error("no route matches the request")]
+    UnknownRoute,
+    #[error("malformed request")]
+    MalformedRequest,
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+    #[error("rate limit `{limit}` exceeded")]
+    RateLimited {
+        limit: String,
+        headers: Vec<(&'static str, String)>,
+    },
+    #[error("{quota} quota exhausted")]
+    QuotaExhausted {
+        quota: &'static str,
+        headers: Vec<(&'static str, String)>,
+    },
+    #[error("rate limits cannot be decided (Redis unavailable, fallback fail-closed)")]
+    LimiterUnavailable {
+        headers: Vec<(&'static str, String)>,
+    },
+    #[error("`{}` needs the `{}` feature, not in the `{}` tier", .0.action, .0.feature, .0.tier)]
+    FeatureNotInTier(crate::limits::FeatureMissing),
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::BadPath(_)
+            | Rejection::AmbiguousFraming(_)
+            | Rejection::MalformedRequest => 400,
+            Rejection::Internal { .. } => 500,
+            Rejection::Unauthenticated(_) => 401,
+            Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
+            Rejection::RateLimited { .. } | Rejection::QuotaExhausted { .. } => 429,
+            Rejection::LimiterUnavailable { .. } => 503,
+            Rejection::UnknownRoute => 404,
+            Rejection::Tenant(TenantError::Required) => 400,
+            Rejection::Tenant(TenantError::Mismatch | TenantError::Suspended) => 403,
+            Rejection::Tenant(TenantError::Unknown) => 404,
+            Rejection::UpstreamUnreachable { .. } | Rejection::UpstreamFailed { .. } => 502,
+            Rejection::NoHealthyUpstream { .. } => 503,
+            Rejection::ResidencyViolation { .. } => 451,
+            Rejection::UpstreamTimeout { .. } => 504,
+        }
+    }
+
+    /// Stable short name: the last part of the problem type, and the `reason` metric label.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Rejection::BadPath(_) => "bad-path",
+            Rejection::AmbiguousFraming(_) => "ambiguous-framing",
+            Rejection::NoHealthyUpstream { .. } => "no-healthy-upstream",
+            Rejection::ResidencyViolation { .. } => "residency-violation",
+            Rejection::UpstreamUnreachable { .. } => "upstream-unreachable",
+            Rejection::UpstreamTimeout { .. } => "upstream-timeout",
+            Rejection::UpstreamFailed { .. } => "upstream-failed",
+            Rejection::MalformedRequest => "malformed-request",
+            Rejection::Unauthenticated(_) => "unauthenticated",
+            Rejection::Forbidden(_) => "forbidden",
+            Rejection::UnknownRoute => "unknown-route",
+            Rejection::Tenant(TenantError::Required) => "tenant-required",
+            Rejection::Tenant(TenantError::Mismatch) => "tenant-mismatch",
+            Rejection::Tenant(TenantError::Unknown) => "unknown-tenant",
+            Rejection::Tenant(TenantError::Suspended) => "tenant-suspended",
+            Rejection::Internal { .. } => "internal",
+            Rejection::RateLimited { .. } => "rate-limited",
+            Rejection::QuotaExhausted { .. } => "quota-exhausted",
+            Rejection::LimiterUnavailable { .. } => "rate-limit-unavailable",
+            Rejection::FeatureNotInTier(_) => "feature-not-in-tier",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Rejection::BadPath(_) => "Request path rejected",
+            Rejection::AmbiguousFraming(_) => "Ambiguous request framing",
+            Rejection::NoHealthyUpstream { .. } => "Service unavailable",
+            Rejection::ResidencyViolation { .. } => "Unavailable for legal reasons",
+            Rejection::UpstreamUnreachable { .. } => "Upstream unreachable",
+            Rejection::UpstreamTimeout { .. } => "Upstream timed out",
+            Rejection::UpstreamFailed { .. } => "Upstream failed",
+            Rejection::MalformedRequest => "Malformed request",
+            Rejection::Unauthenticated(_) => "Unauthenticated",
+            Rejection::Forbidden(_) => "Forbidden",
+            Rejection::UnknownRoute => "Not found",
+            Rejection::Tenant(TenantError::Required) => "Tenant required",
+            Rejection::Tenant(TenantError::Mismatch) => "Tenant mismatch",
+            Rejection::Tenant(TenantError::Unknown) => "Unknown tenant",
+            Rejection::Tenant(TenantError::Suspended) => "Tenant suspended",
+            Rejection::Internal { .. } => "Internal error",
+            Rejection::RateLimited { .. } => "Too many requests",
+            Rejection::QuotaExhausted { .. } => "Quota exhausted",
+            Rejection::LimiterUnavailable { .. } => "Service unavailable",
+            Rejection::FeatureNotInTier(_) => "Feature not in plan",
+        }
+    }
+
+    /// What the client may learn. Client-caused problems explain themselves; upstream problems
+    /// say only what class of failure happened.
+    fn public_detail(&self) -> String {
+        match self {
+            Rejection::BadPath(e) => e.to_string(),
+            Rejection::AmbiguousFraming(e) => e.to_string(),
+            Rejection::NoHealthyUpstream { .. } => {
+                "no healthy upstream is available for this request; retry later".to_string()
+            }
+            // The tenant's own regime and regions: the caller may know why.
+            Rejection::ResidencyViolation { reason } => reason.clone(),
+            Rejection::UpstreamUnreachable { .. } => {
+                "the upstream service could not be reached".to_string()
+            }
+            Rejection::UpstreamTimeout { .. } => {
+                "the upstream service did not answer in time".to_string()
+            }
+            Rejection::UpstreamFailed { .. } => {
+                "the upstream service failed while answering".to_string()
+            }
+            Rejection::MalformedRequest => "the request could not be parsed".to_string(),
+            // The precise reason (expired, bad signature, alg none ...) goes to the audit record
+            // only: telling an attacker which check failed helps them.
+            Rejection::Unauthenticated(_) => "missing or invalid credentials".to_string(),
+            Rejection::Tenant(e) => e.to_string(),
+            // Which policy denied is for the audit record, not for the caller.
+            Rejection::Forbidden(_) => "the request is not allowed by policy".to_string(),
+            Rejection::UnknownRoute => "no such route".to_string(),
+            Rejection::Internal { .. } => "the gateway failed to handle the request".to_string(),
+            Rejection::RateLimited { limit, .. } => {
+                format!("the `{limit}` rate limit is exceeded; retry after the Retry-After delay")
+            }
+            Rejection::QuotaExhausted { quota, .. } => {
+                format!("the tenant's {quota} request quota is used up; it renews after the Retry-After delay")
+            }
+            Rejection::LimiterUnavailable { .. } => {
+                "rate limits cannot be checked right now; retry later".to_string()
+            }
+            // The caller's own tenant and plan: telling them what to upgrade is the point.
+            Rejection::FeatureNotInTier(m) => format!(
+                "`{}` needs the `{}` feature, which the `{}` plan does not include",
+                m.action, m.feature, m.tier
+            ),
+        }
+    }
+
+    /// The precise internal reason, for logs and audit records (never sent to the client).
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Rejection::Unauthenticated(e) => e.slug(),
+            other => other.slug(),
+        }
+    }
+
+    /// Extra response headers this rejection calls for.
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Rejection::Unauthenticated(e) if e.token_presented() => vec![(
+                "www-authenticate",
+                "Bearer realm=\"gateway\", error=\"invalid_token\"".to_string(),
+            )],
+            Rejection::Unauthenticated(_) => {
+                vec![("www-authenticate", "Bearer realm=\"gateway\"".to_string())]
+            }
+            Rejection::RateLimited { headers, .. }
+            | Rejection::QuotaExhausted { headers, .. }
+            | Rejection::LimiterUnavailable { headers } => headers.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The RFC 9457 problem document for this rejection.
+    pub fn problem(&self, request_id: &str) -> Problem {
+        Problem {
+            problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", self.slug()),
+            title: self.title(),
+            status: self.status(),
+            detail: self.public_detail(),
+            request_id: request_id.to_string(),
+        }
+    }
+}
+
+/// `application/problem+json` body (RFC 9457).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Extension member: correlates the response with logs, audit and usage records.
+    pub request_id: String,
+}
+
+impl Problem {
+    pub const CONTENT_TYPE: &'static str = "application/problem+json";
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_mapped_once() {
+        assert_eq!(Rejection::BadPath(PathError::EncodedSlash).status(), 400);
+        assert_eq!(
+            Rejection::NoHealthyUpstream { scope: "p".into() }.status(),
+            503
+        );
+        assert_eq!(
+            Rejection::UpstreamTimeout { reason: "x".into() }.status(),
+            504
+        );
+        assert_eq!(
+            Rejection::UpstreamUnreachable { reason: "x".into() }.status(),
+            502
+        );
+    }
+
+    #[test]
+    fn problem_json_has_rfc9457_members_and_hides_internals() {
+        let r = Rejection::UpstreamUnreachable {
+            reason: "connect refused 10.0.0.7:8080".into(),
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&r.problem("req-1").to_json()).unwrap();
+        assert_eq!(body["status"], 502);
+        assert_eq!(
+            body["type"],
+            format!("{PROBLEM_TYPE_PREFIX}upstream-unreachable")
+        );
+        assert_eq!(body["request_id"], "req-1");
+        assert!(body["title"].is_string());
+        assert!(!body.to_string().contains("10.0.0.7"), "{body}");
+    }
+}

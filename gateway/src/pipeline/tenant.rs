@@ -1,0 +1,385 @@
+//! Stage 3: which tenant the request is for.
+//!
+//! The tenant may be named by the host (`{tenant}.api.example.com` or a custom domain), a header,
+//! a path prefix (`/t/{tenant}`) and the credential. Every source that is present must agree: a
+//! token of tenant A sent to the host of tenant B is the classic cross-tenant attack. Unknown and
+//! suspended tenants are refused here, before anything reaches the upstream.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::Rejection;
+use crate::config::{TenancyConfig, TenantSourceKind};
+use crate::identity::Principal;
+use crate::tenancy::model::TenantStatus;
+use crate::tenancy::registry::{Tenant, TenantRegistry};
+
+/// `[tenancy]` compiled for the request path.
+#[derive(Debug, Clone)]
+pub struct TenancyPolicy {
+    sources: Vec<TenantSourceKind>,
+    /// `.api.example.com` for the pattern `{tenant}.api.example.com`.
+    host_suffix: Option<String>,
+    header: http::HeaderName,
+    /// `/t/` for the pattern `/t/{tenant}`.
+    path_literal: Option<String>,
+    strip_path_prefix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("the request does not name a tenant")]
+    Required,
+    #[error("the request names more than one tenant")]
+    Mismatch,
+    #[error("unknown tenant")]
+    Unknown,
+    #[error("the tenant is suspended")]
+    Suspended,
+}
+
+/// Where a tenant id was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSource {
+    Host,
+    Header,
+    Path,
+    Credential,
+}
+
+/// Output of stage 3.
+#[derive(Debug, Clone)]
+pub struct ResolvedTenant {
+    pub tenant: Tenant,
+    pub sources: Vec<TenantSource>,
+    /// The path with the tenant prefix removed, when it was stripped.
+    pub stripped_path: Option<String>,
+}
+
+/// The parts of the request stage 3 reads.
+pub struct TenantRequest<'a> {
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The normalised path (stage 1).
+    pub path: &'a str,
+}
+
+impl TenancyPolicy {
+    /// Compiles a validated `[tenancy]` section.
+    pub fn new(config: &TenancyConfig) -> Self {
+        TenancyPolicy {
+            sources: config.sources.clone(),
+            host_suffix: config.host_pattern.as_deref().and_then(host_suffix),
+            header: http::HeaderName::from_bytes(config.header.to_ascii_lowercase().as_bytes())
+                .unwrap_or_else(|_| http::HeaderName::from_static("x-tenant")),
+            path_literal: config.path_prefix.as_deref().and_then(path_literal),
+            strip_path_prefix: config.strip_path_prefix,
+        }
+    }
+}
+
+/// `.api.example.com` from `{tenant}.api.example.com`.
+pub fn host_suffix(pattern: &str) -> Option<String> {
+    let suffix = pattern.strip_prefix("{tenant}")?;
+    (suffix.starts_with('.') && suffix.len() > 1 && !suffix.contains(['{', '}', '/', ':']))
+        .then(|| suffix.to_ascii_lowercase())
+}
+
+/// `/t/` from `/t/{tenant}`.
+pub fn path_literal(pattern: &str) -> Option<String> {
+    let literal = pattern.strip_suffix("{tenant}")?;
+    (literal.starts_with('/') && literal.ends_with('/') && !literal.contains(['{', '}']))
+        .then(|| literal.to_string())
+}
+
+/// Runs stage 3.
+pub fn resolve_tenant(
+    request: &TenantRequest<'_>,
+    principal: &Principal,
+    policy: &TenancyPolicy,
+    registry: &TenantRegistry,
+) -> Result<ResolvedTenant, Rejection> {
+    let mut named: Option<Arc<str>> = None;
+    let mut sources = Vec::with_capacity(2);
+    let mut stripped_path = None;
+    let mut note = |source: TenantSource, id: Arc<str>| -> Result<(), TenantError> {
+        match &named {
+            Some(existing) if *existing != id => Err(TenantError::Mismatch),
+            Some(_) => {
+                sources.push(source);
+                Ok(())
+            }
+            None => {
+                named = Some(id);
+                sources.push(source);
+                Ok(())
+            }
+        }
+    };
+    let mut credential_read = false;
+    for kind in &policy.sources {
+        match kind {
+            TenantSourceKind::Host => {
+                if let Some(id) = request
+                    .host
+                    .and_then(|h| tenant_from_host(h, policy, registry))
+                {
+                    note(TenantSource::Host, id)?;
+                }
+            }
+            TenantSourceKind::Header => {
+                let mut values = request.headers.get_all(&policy.header).iter();
+                if let Some(value) = values.next() {
+                    if values.next().is_some() {
+                        return Err(TenantError::Mismatch.into());
+                    }
+                    let id = value.to_str().map_err(|_| TenantError::Unknown)?.trim();
+                    note(TenantSource::Header, Arc::from(id))?;
+                }
+            }
+            TenantSourceKind::Path => {
+                if let Some((id, rest)) = policy
+                    .path_literal
+                    .as_deref()
+                    .and_then(|literal| tenant_from_path(request.path, literal))
+                {
+                    note(TenantSource::Path, Arc::from(id))?;
+                    if policy.strip_path_prefix {
+                        stripped_path = Some(rest.to_string());
+                    }
+                }
+            }
+            TenantSourceKind::Credential => {
+                credential_read = true;
+                if let Some(id) = &principal.tenant {
+                    note(TenantSource::Credential, id.clone())?;
+                }
+            }
+        }
+    }
+    // A credential bound to one tenant counts even when `credential` is not a configured source.
+    if principal.tenant_bound && !credential_read {
+        if let Some(id) = &principal.tenant {
+            note(TenantSource::Credential, id.clone())?;
+        }
+    }
+    let id = named.ok_or(TenantError::Required)?;
+    let tenant = registry.get(&id).ok_or(TenantError::Unknown)?;
+    if tenant.status == TenantStatus::Suspended {
+        return Err(TenantError::Suspended.into());
+    }
+    Ok(ResolvedTenant {
+        tenant: tenant.clone(),
+        sources,
+        stripped_path,
+    })
+}
+
+fn tenant_from_host(
+    host: &str,
+    policy: &TenancyPolicy,
+    registry: &TenantRegistry,
+) -> Option<Arc<str>> {
+    let host = host_without_port(host).to_ascii_lowercase();
+    if let Some(id) = registry.tenant_for_host(&host) {
+        return Some(id.clone());
+    }
+    let suffix = policy.host_suffix.as_deref()?;
+    let label = host.strip_suffix(suffix)?;
+    (!label.is_empty() && !label.contains('.')).then(|| Arc::from(label))
+}
+
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: never a tenant host.
+        return host;
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// `("acme", "/projects/1")` from `/t/acme/projects/1` with literal `/t/`.
+fn tenant_from_path<'a>(path: &'a str, literal: &str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(literal)?;
+    let (id, remainder) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    (!id.is_empty()).then_some((id, remainder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegistryConfig;
+    use crate::tenancy::model::TenantSpec;
+    use http::HeaderValue;
+
+    fn spec(id: &str) -> TenantSpec {
+        toml::from_str(&format!("id = \"{id}\"")).unwrap()
+    }
+
+    fn registry() -> TenantRegistry {
+        let mut custom = spec("acme");
+        custom.hosts = vec!["api.acme.test".into()];
+        let mut suspended = spec("frozen");
+        suspended.status = TenantStatus::Suspended;
+        TenantRegistry::build([custom, spec("globex"), suspended]).unwrap()
+    }
+
+    fn policy() -> TenancyPolicy {
+        TenancyPolicy::new(&TenancyConfig {
+            sources: vec![
+                TenantSourceKind::Host,
+                TenantSourceKind::Header,
+                TenantSourceKind::Path,
+                TenantSourceKind::Credential,
+            ],
+            host_pattern: Some("{tenant}.api.example.com".into()),
+            header: "x-tenant".into(),
+            path_prefix: Some("/t/{tenant}".into()),
+            strip_path_prefix: true,
+            registry: RegistryConfig {
+                file: None,
+                postgres: None,
+            },
+        })
+    }
+
+    fn principal(tenant: Option<&str>, bound: bool) -> Principal {
+        let mut p = Principal::anonymous();
+        p.tenant = tenant.map(Arc::from);
+        p.tenant_bound = bound;
+        p
+    }
+
+    fn resolve(
+        host: Option<&str>,
+        header: Option<&str>,
+        path: &str,
+        p: &Principal,
+    ) -> Result<ResolvedTenant, Rejection> {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = header {
+            headers.insert("x-tenant", HeaderValue::from_str(h).unwrap());
+        }
+        resolve_tenant(
+            &TenantRequest {
+                host,
+                headers: &headers,
+                path,
+            },
+            p,
+            &policy(),
+            &registry(),
+        )
+    }
+
+    #[test]
+    fn resolves_from_each_source() {
+        let anon = principal(None, false);
+        let r = resolve(Some("globex.api.example.com:8443"), None, "/x", &anon).unwrap();
+        assert_eq!(r.tenant.id, "globex");
+        assert_eq!(r.sources, vec![TenantSource::Host]);
+        assert_eq!(
+            resolve(Some("api.acme.test"), None, "/x", &anon)
+                .unwrap()
+                .tenant
+                .id,
+            "acme"
+        );
+        assert_eq!(
+            resolve(None, Some("acme"), "/x", &anon).unwrap().tenant.id,
+            "acme"
+        );
+        let r = resolve(None, None, "/t/globex/projects/1", &anon).unwrap();
+        assert_eq!(r.tenant.id, "globex");
+        assert_eq!(r.stripped_path.as_deref(), Some("/projects/1"));
+        assert_eq!(
+            resolve(None, None, "/t/globex", &anon)
+                .unwrap()
+                .stripped_path
+                .as_deref(),
+            Some("/")
+        );
+        let r = resolve(None, None, "/x", &principal(Some("acme"), false)).unwrap();
+        assert_eq!(r.sources, vec![TenantSource::Credential]);
+    }
+
+    #[test]
+    fn all_present_sources_must_agree() {
+        let token_of_acme = principal(Some("acme"), false);
+        let r = resolve(
+            Some("acme.api.example.com"),
+            Some("acme"),
+            "/t/acme/x",
+            &token_of_acme,
+        )
+        .unwrap();
+        assert_eq!(r.sources.len(), 4);
+        for (host, header, path) in [
+            (Some("globex.api.example.com"), None, "/x"),
+            (None, Some("globex"), "/x"),
+            (None, None, "/t/globex/x"),
+        ] {
+            assert_eq!(
+                resolve(host, header, path, &token_of_acme).unwrap_err(),
+                Rejection::Tenant(TenantError::Mismatch),
+                "{host:?} {header:?} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn bound_credentials_count_even_when_not_a_source() {
+        let mut p = policy();
+        p.sources = vec![TenantSourceKind::Header];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static("globex"));
+        let request = TenantRequest {
+            host: None,
+            headers: &headers,
+            path: "/",
+        };
+        let err =
+            resolve_tenant(&request, &principal(Some("acme"), true), &p, &registry()).unwrap_err();
+        assert_eq!(err, Rejection::Tenant(TenantError::Mismatch));
+        // An unbound claim is ignored when `credential` is not a source.
+        assert!(resolve_tenant(&request, &principal(Some("acme"), false), &p, &registry()).is_ok());
+    }
+
+    #[test]
+    fn unknown_suspended_and_missing_tenants_are_refused() {
+        let anon = principal(None, false);
+        assert_eq!(
+            resolve(None, Some("nobody"), "/", &anon).unwrap_err(),
+            Rejection::Tenant(TenantError::Unknown)
+        );
+        assert_eq!(
+            resolve(None, Some("frozen"), "/", &anon).unwrap_err(),
+            Rejection::Tenant(TenantError::Suspended)
+        );
+        assert_eq!(
+            resolve(Some("localhost"), None, "/", &anon).unwrap_err(),
+            Rejection::Tenant(TenantError::Required)
+        );
+        // Only one label may precede the pattern's domain.
+        assert_eq!(
+            resolve(Some("a.b.api.example.com"), None, "/", &anon).unwrap_err(),
+            Rejection::Tenant(TenantError::Required)
+        );
+    }
+
+    #[test]
+    fn patterns_parse() {
+        assert_eq!(
+            host_suffix("{tenant}.api.example.com").as_deref(),
+            Some(".api.example.com")
+        );
+        assert_eq!(host_suffix("api.{tenant}.com"), None);
+        assert_eq!(host_suffix("{tenant}"), None);
+        assert_eq!(path_literal("/t/{tenant}").as_deref(), Some("/t/"));
+        assert_eq!(path_literal("/t/{tenant}/x"), None);
+        assert_eq!(path_literal("t{tenant}"), None);
+    }
+}

@@ -1,0 +1,677 @@
+//! The Pingora glue: a thin `ProxyHttp` implementation that feeds each request through the
+//! pipeline, applies the outcome to the upstream request, and maps failures to problem JSON.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use tracing::Instrument;
+
+use crate::audit::{AuditEntry, AuditHandle};
+use crate::identity::provisioning::Provisioner;
+use crate::metering::outbox::RecordBody;
+use crate::metering::{EventEnd, EventStart, Metering, Outcome, UsageEvent};
+use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::pipeline::{
+    self, forward, Admitted, Correlation, Problem, Rejection, RequestHead, Services,
+};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::upstream::{SelectedPeer, Upstreams};
+
+pub struct GatewayProxy {
+    store: Arc<SnapshotStore>,
+    services: Arc<Services>,
+    upstreams: Arc<Upstreams>,
+    hooks: Hooks,
+}
+
+/// What the proxy records besides forwarding: provisioning, usage, audit.
+#[derive(Default)]
+pub struct Hooks {
+    pub provisioner: Option<Arc<Provisioner>>,
+    pub metering: Option<Arc<Metering>>,
+    pub audit: Option<AuditHandle>,
+}
+
+impl GatewayProxy {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        services: Arc<Services>,
+        upstreams: Arc<Upstreams>,
+        hooks: Hooks,
+    ) -> Self {
+        GatewayProxy {
+            store,
+            services,
+            upstreams,
+            hooks,
+        }
+    }
+
+    /// The begin record of a request about to be forwarded; the request waits for the write.
+    async fn begin_usage(&self, ctx: &mut RequestCtx, method: &str) -> pingora::Result<()> {
+        let (Some(metering), Some(admitted)) = (&self.hooks.metering, &ctx.admitted) else {
+            return Ok(());
+        };
+        if ctx.begun || !metering.record_before_forward {
+            return Ok(());
+        }
+        let start = usage_start(admitted, ctx, method, self.region_of(ctx), &metering.rules);
+        metering
+            .outbox
+            .append_written(RecordBody::Begin(Box::new(start)))
+            .await
+            .map_err(|e| {
+                ctx.rejection = Some(Rejection::Internal {
+                    reason: format!("metering: {e}"),
+                });
+                Error::because(ErrorType::InternalError, "outbox", e)
+            })?;
+        ctx.begun = true;
+        Ok(())
+    }
+
+    fn region_of(&self, ctx: &RequestCtx) -> Option<String> {
+        ctx.selected
+            .as_ref()
+            .and_then(|s| self.upstreams.pools().get(s.pool))
+            .and_then(|p| p.region.clone())
+    }
+
+    /// Records usage and audit once the request is over.
+    async fn finish(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) {
+        let method = session.req_header().method.to_string();
+        let region = self.region_of(ctx);
+        if let Some(metering) = &self.hooks.metering {
+            let body = if ctx.begun {
+                RecordBody::End(EventEnd {
+                    id: ctx.usage_id.clone(),
+                    status,
+                    request_bytes: session.body_bytes_read() as u64,
+                    response_bytes: session.body_bytes_sent() as u64,
+                    upstream_latency_us: ctx.upstream_latency.map(|d| d.as_micros() as u64),
+                    region: region.clone(),
+                })
+            } else {
+                let mut event = match &ctx.admitted {
+                    Some(admitted) => {
+                        let start =
+                            usage_start(admitted, ctx, &method, region.clone(), &metering.rules);
+                        UsageEvent {
+                            id: start.id,
+                            time: start.time,
+                            request_id: start.request_id,
+                            tenant: start.tenant,
+                            principal: start.principal,
+                            action: start.action,
+                            route: start.route,
+                            method: method.clone(),
+                            status,
+                            request_bytes: session.body_bytes_read() as u64,
+                            response_bytes: session.body_bytes_sent() as u64,
+                            upstream_latency_us: ctx.upstream_latency.map(|d| d.as_micros() as u64),
+                            region: start.region,
+                            outcome: Outcome::Completed,
+                            reason: None,
+                            meters: start.meters,
+                        }
+                    }
+                    None => rejected_event(ctx, &method, status),
+                };
+                if let Some(r) = &ctx.rejection {
+                    event.outcome = Outcome::Rejected;
+                    event.reason = Some(r.reason_code().to_string());
+                }
+                RecordBody::Complete(Box::new(event))
+            };
+            if metering.tenant_metrics {
+                let tenant = ctx
+                    .admitted
+                    .as_ref()
+                    .and_then(|a| a.tenant.as_ref())
+                    .map(|t| t.tenant.id.clone())
+                    .unwrap_or_default();
+                metrics::counter!("gateway_usage_requests_total", "tenant" => tenant).increment(1);
+            }
+            if let Err(e) = metering.outbox.append(body).await {
+                metrics::counter!("gateway_outbox_write_errors_total").increment(1);
+                tracing::error!(error = %e, request_id = ctx.request_id(), "usage record not written");
+            }
+        }
+        if let Some(audit) = &self.hooks.audit {
+            audit
+                .record(audit_entry(ctx, &method, status, region))
+                .await;
+        }
+    }
+}
+
+/// Per-request state carried between Pingora's callbacks.
+pub struct RequestCtx {
+    started: Instant,
+    /// The usage event's idempotency key (also sent upstream as `x-gateway-usage-id`).
+    usage_id: String,
+    /// The begin record is written.
+    begun: bool,
+    upstream_sent_at: Option<Instant>,
+    upstream_latency: Option<std::time::Duration>,
+    /// Who and which tenant, when a stage refused the request after establishing them.
+    known_principal: Option<String>,
+    known_tenant: Option<String>,
+    known_decision: Option<crate::pipeline::authorize::DecisionRecord>,
+    snapshot: Option<Arc<Snapshot>>,
+    correlation: Option<Correlation>,
+    admitted: Option<Admitted>,
+    /// Why the request ended early, when it did (set before returning an error to Pingora).
+    rejection: Option<Rejection>,
+    selected: Option<SelectedPeer>,
+    failed_peers: Vec<SocketAddr>,
+}
+
+impl RequestCtx {
+    fn request_id(&self) -> &str {
+        self.correlation
+            .as_ref()
+            .map(|c| c.request_id.as_str())
+            .unwrap_or("-")
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            usage_id: uuid::Uuid::now_v7().to_string(),
+            begun: false,
+            upstream_sent_at: None,
+            upstream_latency: None,
+            known_principal: None,
+            known_tenant: None,
+            known_decision: None,
+            snapshot: None,
+            correlation: None,
+            admitted: None,
+            rejection: None,
+            selected: None,
+            failed_peers: Vec::new(),
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let snapshot = self.store.load();
+        let req = session.req_header();
+        let correlation = pipeline::correlate(&req.headers);
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let head = RequestHead {
+            method: &req.method,
+            target: req.raw_path(),
+            host,
+            headers: &req.headers,
+            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| {
+                crate::geoip::client_ip(a.ip(), &req.headers, &self.services.trusted_proxies)
+            }),
+        };
+        // Every log line of the stages (decisions included) carries the request id.
+        let span = tracing::info_span!("request", request_id = %correlation.request_id);
+        let outcome = pipeline::admit(&head, &snapshot, &self.services)
+            .instrument(span)
+            .await;
+        let request_id = correlation.request_id.clone();
+        ctx.correlation = Some(correlation);
+        ctx.snapshot = Some(snapshot);
+        match outcome {
+            Ok(admitted) => {
+                let req = session.req_header_mut();
+                for name in &admitted.sanitized.strip {
+                    req.remove_header(name);
+                }
+                if admitted.rewrites_target() {
+                    let uri = http::Uri::try_from(admitted.upstream_target()).map_err(|e| {
+                        Error::because(ErrorType::InternalError, "normalised target", e)
+                    })?;
+                    req.set_uri(uri);
+                }
+                if let (Some(provisioner), Some(tenant)) =
+                    (&self.hooks.provisioner, &admitted.tenant)
+                {
+                    if admitted.principal.provision {
+                        provisioner.observe(&admitted.principal, &tenant.tenant.id, &request_id);
+                    }
+                }
+                ctx.admitted = Some(admitted);
+                Ok(false)
+            }
+            Err(pipeline::Refused {
+                rejection,
+                principal,
+                tenant,
+                decision,
+            }) => {
+                ctx.known_principal = principal;
+                ctx.known_tenant = tenant;
+                ctx.known_decision = decision;
+                tracing::info!(request_id, reason = rejection.reason_code(), detail = %rejection, "request rejected");
+                respond_problem(session, &rejection, &request_id).await?;
+                ctx.rejection = Some(rejection);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(plan) = ctx.admitted.as_ref().map(|a| &a.route) else {
+            return Err(Error::explain(ErrorType::InternalError, "no route plan"));
+        };
+        match self.upstreams.select_from(&plan.pools, &ctx.failed_peers) {
+            Some(selected) => {
+                let peer = self.upstreams.http_peer(&selected);
+                let pool = &self.upstreams.pools()[selected.pool];
+                let region = pool.region.as_deref().unwrap_or("");
+                let failover = !ctx.failed_peers.is_empty()
+                    || Some(region) != plan.regions.first().map(String::as_str);
+                metrics::counter!(
+                    "gateway_residency_routes_total",
+                    "region" => region.to_string(),
+                    "reason" => if failover { "failover" } else { route_reason(plan.reason) }
+                )
+                .increment(1);
+                tracing::debug!(
+                    target: "residency",
+                    request_id = ctx.request_id(),
+                    region,
+                    pool = %pool.name,
+                    peer = %selected.addr,
+                    regime = plan.regime.as_deref().unwrap_or(""),
+                    reason = ?plan.reason,
+                    failover,
+                    "routed"
+                );
+                ctx.selected = Some(selected);
+                Ok(peer)
+            }
+            None => {
+                let scope = if plan.regions.is_empty() {
+                    "any pool".to_string()
+                } else {
+                    format!("the allowed regions {:?}", plan.regions)
+                };
+                let rejection = Rejection::NoHealthyUpstream { scope };
+                let status = rejection.status();
+                ctx.rejection = Some(rejection);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "no healthy upstream peer in the route plan",
+                ))
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(c) = &ctx.correlation {
+            upstream_request.insert_header(REQUEST_ID_HEADER, &c.request_id)?;
+            upstream_request.insert_header(TRACEPARENT_HEADER, c.trace.traceparent())?;
+            match &c.trace.tracestate {
+                Some(state) => upstream_request.insert_header(TRACESTATE_HEADER, state)?,
+                None => {
+                    upstream_request.remove_header(TRACESTATE_HEADER);
+                }
+            }
+        }
+        if let (Some(admitted), Some(snapshot)) = (&ctx.admitted, &ctx.snapshot) {
+            let tenant = admitted.tenant.as_ref().map(|t| &t.tenant);
+            for (name, value) in forward::context_headers(
+                &admitted.principal,
+                tenant,
+                snapshot.context_signer.as_deref(),
+            ) {
+                upstream_request.insert_header(name, value)?;
+            }
+        }
+        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+            let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prev) => format!(
+                    "{}, {}",
+                    String::from_utf8_lossy(prev.as_bytes()),
+                    client.ip()
+                ),
+                None => client.ip().to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        }
+        if self.hooks.metering.is_some() {
+            upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;
+        }
+        let method = session.req_header().method.to_string();
+        self.begin_usage(ctx, &method).await?;
+        ctx.upstream_sent_at = Some(Instant::now());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(sent) = ctx.upstream_sent_at {
+            ctx.upstream_latency.get_or_insert(sent.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.request_id())?;
+        if let Some(admitted) = &ctx.admitted {
+            for (name, value) in &admitted.limit_headers {
+                upstream_response.insert_header(*name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet, so another peer may take the request.
+        if let Some(selected) = ctx.selected.take() {
+            ctx.failed_peers.push(selected.addr);
+        }
+        if ctx.failed_peers.len() <= self.upstreams.connect_retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let rejection = ctx.rejection.take().or_else(|| classify_failure(e));
+        let Some(rejection) = rejection else {
+            // The client went away; there is nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = rejection.status();
+        tracing::warn!(request_id = ctx.request_id(), error = %e, reason = %rejection, "request failed");
+        if session.response_written().is_none() {
+            if let Err(write_error) = respond_problem(session, &rejection, ctx.request_id()).await {
+                tracing::debug!(%write_error, "could not write the error response");
+            }
+        }
+        ctx.rejection = Some(rejection);
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        self.finish(session, ctx, status).await;
+        record_request_metrics(ctx, status);
+        tracing::info!(
+            target: "access",
+            request_id = ctx.request_id(),
+            method = %session.req_header().method,
+            path = ctx.admitted.as_ref().map(|a| a.path()).unwrap_or("-"),
+            tenant = ctx.admitted.as_ref().and_then(|a| a.tenant.as_ref()).map(|t| t.tenant.id.as_str()).unwrap_or(""),
+            principal = ctx.admitted.as_ref().map(|a| a.principal.id.as_str()).unwrap_or(""),
+            status,
+            peer = ctx.selected.as_ref().map(|s| s.addr.to_string()).unwrap_or_default(),
+            rejection = ctx.rejection.as_ref().map(Rejection::reason_code).unwrap_or(""),
+            latency_us = ctx.started.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+/// Request metrics. Labels stay bounded: the route template (from the route table, or
+/// `unmatched`), the status code, the rejection reason slug.
+fn record_request_metrics(ctx: &RequestCtx, status: u16) {
+    let route = ctx
+        .admitted
+        .as_ref()
+        .and_then(|a| a.authorized.as_ref())
+        .and_then(|a| a.decision.as_ref())
+        .or(ctx.known_decision.as_ref())
+        .map(|d| d.route.clone())
+        .unwrap_or_else(|| "unmatched".to_string());
+    metrics::counter!("gateway_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
+        .record(ctx.started.elapsed().as_secs_f64());
+    if let Some(latency) = ctx.upstream_latency {
+        metrics::histogram!("gateway_upstream_duration_seconds").record(latency.as_secs_f64());
+    }
+    if let Some(rejection) = &ctx.rejection {
+        metrics::counter!("gateway_rejections_total", "reason" => rejection.reason_code())
+            .increment(1);
+    }
+}
+
+fn route_reason(reason: crate::pipeline::route::RouteReason) -> &'static str {
+    use crate::pipeline::route::RouteReason;
+    match reason {
+        RouteReason::Home => "home",
+        RouteReason::ClientProximity => "client-proximity",
+        RouteReason::RegimePreference => "regime-preference",
+        RouteReason::Pinned => "pinned",
+        RouteReason::Unrestricted => "unrestricted",
+    }
+}
+
+/// Maps a Pingora failure to the rejection the client is told about; `None` when the
+/// downstream connection itself failed.
+fn classify_failure(e: &Error) -> Option<Rejection> {
+    let reason = e.to_string();
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::HTTPStatus(504)) => Some(Rejection::UpstreamTimeout { reason }),
+        (
+            ErrorSource::Downstream,
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+        ) => None,
+        (ErrorSource::Downstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => None,
+        (ErrorSource::Downstream, _) => Some(Rejection::MalformedRequest),
+        (
+            _,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::BindError
+            | ErrorType::SocketError,
+        ) => Some(Rejection::UpstreamUnreachable { reason }),
+        (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            Some(Rejection::UpstreamTimeout { reason })
+        }
+        (ErrorSource::Upstream, _) => Some(Rejection::UpstreamFailed { reason }),
+        _ => Some(Rejection::Internal { reason }),
+    }
+}
+
+/// Writes a rejection as an RFC 9457 problem response.
+async fn respond_problem(
+    session: &mut Session,
+    rejection: &Rejection,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let body = Bytes::from(rejection.problem(request_id).to_json());
+    let mut response = ResponseHeader::build(rejection.status(), Some(4))?;
+    response.insert_header(CONTENT_TYPE, Problem::CONTENT_TYPE)?;
+    response.insert_header(CONTENT_LENGTH, body.len())?;
+    response.insert_header(CACHE_CONTROL, "no-store")?;
+    response.insert_header(REQUEST_ID_HEADER, request_id)?;
+    for (name, value) in rejection.response_headers() {
+        response.insert_header(name, value)?;
+    }
+    if rejection.status() == 400 {
+        // After a malformed request the connection's framing cannot be trusted.
+        session.set_keepalive(None);
+    }
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+/// The begin-time part of a usage event.
+fn usage_start(
+    admitted: &Admitted,
+    ctx: &RequestCtx,
+    method: &str,
+    region: Option<String>,
+    rules: &[crate::metering::MeterRule],
+) -> EventStart {
+    let decision = admitted
+        .authorized
+        .as_ref()
+        .and_then(|a| a.decision.as_ref());
+    let action = decision.map(|d| d.action.clone());
+    let route = decision.map(|d| d.route.clone());
+    EventStart {
+        id: ctx.usage_id.clone(),
+        time: now_rfc3339(),
+        request_id: ctx.request_id().to_string(),
+        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
+        principal: Some(admitted.principal.id.clone()),
+        meters: crate::metering::meters_for(rules, action.as_deref(), route.as_deref()),
+        action,
+        route,
+        method: method.to_string(),
+        region,
+    }
+}
+
+/// The usage event of a request refused before the stages established anything.
+fn rejected_event(ctx: &RequestCtx, method: &str, status: u16) -> UsageEvent {
+    let decision = match &ctx.rejection {
+        Some(Rejection::Forbidden(d)) => Some(&**d),
+        _ => ctx.known_decision.as_ref(),
+    };
+    UsageEvent {
+        id: ctx.usage_id.clone(),
+        time: now_rfc3339(),
+        request_id: ctx.request_id().to_string(),
+        tenant: ctx
+            .known_tenant
+            .clone()
+            .or(decision.map(|d| d.tenant.clone())),
+        principal: ctx
+            .known_principal
+            .clone()
+            .or(decision.map(|d| d.principal.clone())),
+        action: decision.map(|d| d.action.clone()),
+        route: decision.map(|d| d.route.clone()),
+        method: method.to_string(),
+        status,
+        request_bytes: 0,
+        response_bytes: 0,
+        upstream_latency_us: None,
+        region: None,
+        outcome: Outcome::Rejected,
+        reason: ctx.rejection.as_ref().map(|r| r.reason_code().to_string()),
+        meters: Vec::new(),
+    }
+}
+
+/// The audit record of one request: who, which tenant, what was decided and why, where it was
+/// routed and why, how it ended.
+fn audit_entry(ctx: &RequestCtx, method: &str, status: u16, region: Option<String>) -> AuditEntry {
+    let admitted = ctx.admitted.as_ref();
+    let decision = admitted
+        .and_then(|a| a.authorized.as_ref())
+        .and_then(|a| a.decision.as_ref())
+        .or(match &ctx.rejection {
+            Some(Rejection::Forbidden(d)) => Some(&**d),
+            _ => ctx.known_decision.as_ref(),
+        });
+    let route = admitted.map(|a| &a.route);
+    AuditEntry::new(
+        "request",
+        serde_json::json!({
+            "request_id": ctx.request_id(),
+            "trace_id": ctx.correlation.as_ref().map(|c| c.trace.trace_id_hex()),
+            "usage_id": ctx.usage_id,
+            "method": method,
+            "path": admitted.map(|a| a.path()),
+            "status": status,
+            "tenant": admitted.and_then(|a| a.tenant.as_ref()).map(|t| t.tenant.id.as_str()).or(ctx.known_tenant.as_deref()),
+            "principal": admitted.map(|a| a.principal.id.as_str()).or(ctx.known_principal.as_deref()),
+            "auth": admitted.map(|a| a.principal.auth.label()),
+            "rejection": ctx.rejection.as_ref().map(|r| r.reason_code()),
+            "decision": decision.map(|d| serde_json::json!({
+                "action": d.action,
+                "resource": d.resource,
+                "allowed": d.evaluation.allowed,
+                "policies": d.evaluation.policies,
+                "errors": d.evaluation.errors,
+                "shadow": d.evaluation.shadow,
+            })),
+            "routing": route.map(|r| serde_json::json!({
+                "region": region,
+                "planned_regions": r.regions,
+                "regime": r.regime,
+                "reason": r.reason,
+                "peer": ctx.selected.as_ref().map(|s| s.addr.to_string()),
+                "failed_peers": ctx.failed_peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            })),
+            "country": admitted.and_then(|a| a.country.as_deref()),
+            "latency_us": ctx.started.elapsed().as_micros() as u64,
+        }),
+    )
+}

@@ -1,0 +1,367 @@
+//! Assembles the Pingora server from a validated configuration and runs it until SIGTERM
+//! (graceful: in-flight requests finish within `server.grace_period`) or SIGINT (fast).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+
+use crate::background::task_service;
+use crate::config::{LoadedConfig, SourceIssues};
+use crate::identity::provisioning::{PrincipalStore, Provisioner};
+use crate::identity::{Authenticator, JwksSettings};
+use crate::metering::outbox::OutboxSettings;
+use crate::metering::Metering;
+use crate::pipeline::Services;
+use crate::proxy::{GatewayProxy, Hooks};
+use crate::snapshot::{self, Snapshot, SnapshotStore};
+use crate::upstream::Upstreams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({field}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        field: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("upstream pools: {0}")]
+    Upstreams(std::io::Error),
+    #[error("TLS listener: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Load(SourceIssues),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Builds and runs the gateway; returns after a graceful or fast shutdown.
+pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
+    let server = build(&loaded)?;
+    tracing::info!(
+        listen = ?loaded.listen,
+        tls_listen = ?loaded.tls_listen,
+        "gateway started"
+    );
+    server.run(RunArgs::default());
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Builds the Pingora server with every service added, ready to run.
+pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
+    let cfg = &loaded.config;
+    // Binding first gives a clear error naming the field instead of a failure deep in Pingora.
+    for addr in &loaded.listen {
+        ensure_bindable(*addr, "server.listen")?;
+    }
+    for addr in &loaded.tls_listen {
+        ensure_bindable(*addr, "server.tls.listen")?;
+    }
+    // The admin listener is bound now and handed to its task: a clear error, and no race.
+    let admin_listener = match &cfg.admin {
+        Some(admin) => {
+            let addr: SocketAddr = admin
+                .listen
+                .parse()
+                .map_err(|e| StartError::Runtime(format!("admin.listen: {e}")))?;
+            Some(
+                TcpListener::bind(addr).map_err(|source| StartError::Listen {
+                    addr,
+                    field: "admin.listen",
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let metrics = match &cfg.admin {
+        Some(_) => Some(install_metrics_recorder()?),
+        None => None,
+    };
+    let state_dir = loaded.resolve(&cfg.server.state_dir);
+    std::fs::create_dir_all(&state_dir).map_err(|source| StartError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+
+    let conf = ServerConf {
+        threads: cfg.server.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        grace_period_seconds: Some(ceil_secs(cfg.server.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(cfg.server.shutdown_timeout)),
+        upstream_keepalive_pool_size: cfg.upstream.keepalive_pool_size,
+        pid_file: state_dir.join("gateway.pid").display().to_string(),
+        upgrade_sock: state_dir.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    // Start-up work that talks to the network (PostgreSQL, issuers) runs on a short-lived
+    // runtime before Pingora builds its own.
+    let startup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let registry = startup
+        .block_on(snapshot::load_registry(loaded))
+        .map_err(StartError::Load)?;
+    tracing::info!(tenants = registry.len(), "tenant registry loaded");
+    let snapshot = Snapshot::build(loaded, registry).map_err(StartError::Load)?;
+    let store = SnapshotStore::new(snapshot);
+
+    let mut background = Vec::new();
+    let identity = cfg.identity.as_ref();
+    let jwks_settings = JwksSettings {
+        min_refresh_interval: identity
+            .map(|i| i.jwks_min_refresh_interval)
+            .unwrap_or_default(),
+        max_age: identity
+            .map(|i| i.jwks_max_age)
+            .unwrap_or(Duration::from_secs(600)),
+        fetch_timeout: Duration::from_secs(5),
+    };
+    let authenticator = Authenticator::new(
+        jwks_settings,
+        identity.map(|i| i.token_cache_capacity).unwrap_or(0),
+    );
+    let geoip = match &cfg.geoip {
+        Some(g) => {
+            let geo = crate::geoip::GeoIp::open(&loaded.resolve(&g.database), g.field.clone())
+                .map_err(StartError::Runtime)?;
+            let watcher = geo.clone();
+            let interval = g.reload_interval;
+            background.push(task_service("geoip reload", move |shutdown| {
+                watcher.watch(interval, shutdown)
+            }));
+            Some(geo)
+        }
+        None => None,
+    };
+    let webhooks = match &cfg.webhooks {
+        Some(w) => {
+            let (handle, worker) =
+                crate::webhooks::open(w.clone(), store.clone()).map_err(|e| {
+                    StartError::Runtime(format!("webhooks.dir {}: {e}", w.dir.display()))
+                })?;
+            background.push(task_service("webhook delivery", move |shutdown| {
+                worker.run(shutdown)
+            }));
+            store.set_webhooks(handle.clone());
+            Some(handle)
+        }
+        None => None,
+    };
+    let services = Arc::new(Services {
+        authenticator,
+        geoip,
+        trusted_proxies: cfg
+            .geoip
+            .as_ref()
+            .map(|g| g.trusted_proxies.clone())
+            .unwrap_or_default(),
+        limiter: Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers)),
+        webhooks,
+    });
+
+    let mut audit = None;
+    if let Some(a) = &cfg.audit {
+        let (handle, writer) = crate::audit::open(a.clone(), 65_536)
+            .map_err(|e| StartError::Runtime(format!("audit log {}: {e}", a.dir.display())))?;
+        background.push(task_service("audit log", move |shutdown| {
+            writer.run(shutdown)
+        }));
+        audit = Some(handle);
+    }
+    let mut provisioner = None;
+    if let Some(provisioning) = identity.and_then(|i| i.provisioning.as_ref()) {
+        let principal_store = match (
+            provisioning.store.as_str(),
+            cfg.tenancy
+                .as_ref()
+                .and_then(|t| t.registry.postgres.clone()),
+        ) {
+            ("postgres", Some(pg)) => PrincipalStore::Postgres(pg),
+            _ => PrincipalStore::File(state_dir.join("principals.jsonl")),
+        };
+        let (p, queue) = Provisioner::new(1_000_000);
+        let known = startup
+            .block_on(principal_store.load())
+            .map_err(|e| StartError::Runtime(format!("loading provisioned principals: {e}")))?;
+        for (tenant, principal) in &known {
+            p.preload(tenant, principal);
+        }
+        provisioner = Some(Arc::new(p));
+        let provisioning_audit = audit.clone();
+        background.push(task_service("principal provisioning", move |shutdown| {
+            principal_store.run(queue, provisioning_audit, shutdown)
+        }));
+    }
+    if let Some(pg) = cfg
+        .tenancy
+        .as_ref()
+        .and_then(|t| t.registry.postgres.clone())
+    {
+        let store = store.clone();
+        background.push(task_service("tenant registry sync", move |shutdown| {
+            crate::tenancy::postgres::follow(pg, store, shutdown)
+        }));
+    }
+    let mut admin_reloader = None;
+    if cfg.authorization.is_some()
+        || cfg
+            .tenancy
+            .as_ref()
+            .is_some_and(|t| t.registry.file.is_some())
+    {
+        let reloader = crate::reload::Reloader::new(store.clone(), loaded);
+        admin_reloader = Some(reloader.clone());
+        background.push(task_service("reload", move |shutdown| {
+            reloader.run(shutdown)
+        }));
+    }
+    drop(startup);
+
+    let (upstreams, health_checks) = Upstreams::build(loaded).map_err(StartError::Upstreams)?;
+    let mut hooks = Hooks {
+        provisioner,
+        audit,
+        ..Hooks::default()
+    };
+    if let Some(m) = &cfg.metering {
+        let settings = OutboxSettings {
+            dir: m.dir.clone(),
+            fsync: m.fsync,
+            fsync_interval: m.fsync_interval,
+            segment_bytes: m.segment_bytes,
+            channel_capacity: m.channel_capacity,
+            when_full: m.when_full,
+        };
+        let (handle, writer, progress) = crate::metering::outbox::open(settings)
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        background.push(task_service("usage outbox", move |shutdown| {
+            writer.run(shutdown)
+        }));
+        for exporter in &m.exporter {
+            let sink = crate::metering::exporters::sink(exporter, store.clone())
+                .map_err(|e| StartError::Runtime(format!("exporter `{}`: {e}", exporter.name())))?;
+            let (name, batch, dir, progress) = (
+                exporter.name().to_string(),
+                exporter.batch_size(),
+                m.dir.clone(),
+                progress.clone(),
+            );
+            background.push(task_service(&format!("exporter {name}"), move |shutdown| {
+                crate::metering::exporters::run(name, batch, sink, dir, progress, shutdown)
+            }));
+        }
+        hooks.metering = Some(Arc::new(Metering {
+            outbox: handle,
+            rules: m.meter.clone(),
+            record_before_forward: m.record_before_forward,
+            tenant_metrics: m.tenant_metrics,
+        }));
+    }
+
+    let upstreams = Arc::new(upstreams);
+    if let Some(listener) = admin_listener {
+        let token = cfg
+            .admin
+            .as_ref()
+            .map(|a| crate::admin::read_token(&a.token_file))
+            .transpose()
+            .map_err(|e| StartError::Runtime(e.to_string()))?
+            .unwrap_or_default();
+        let writer = match cfg.tenancy.as_ref().map(|t| &t.registry.postgres) {
+            Some(Some(pg)) => crate::admin::TenantWriter::Postgres(pg.clone()),
+            Some(None) => crate::admin::TenantWriter::File,
+            None => crate::admin::TenantWriter::None,
+        };
+        let admin = Arc::new(crate::admin::Admin::new(
+            store.clone(),
+            services.clone(),
+            upstreams.clone(),
+            admin_reloader,
+            writer,
+            metrics,
+            token,
+            loaded,
+        ));
+        server.add_service(task_service("admin api", move |shutdown| {
+            admin.serve(listener, shutdown)
+        }));
+    }
+    let proxy = GatewayProxy::new(store, services, upstreams, hooks);
+
+    let mut options = HttpServerOptions::default();
+    options.h2c = cfg.server.h2c;
+    options.keepalive_request_limit = cfg.server.keepalive_request_limit;
+    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
+        .name("gateway proxy")
+        .server_options(options)
+        .build();
+    for addr in &loaded.listen {
+        service.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = &cfg.server.tls {
+        let cert = loaded.resolve(&tls.cert).display().to_string();
+        let key = loaded.resolve(&tls.key).display().to_string();
+        for addr in &loaded.tls_listen {
+            let mut settings = TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            if tls.h2 {
+                settings.enable_h2();
+            }
+            service.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+    }
+    server.add_service(service);
+    for check in health_checks {
+        server.add_service(check);
+    }
+    for task in background {
+        server.add_service(task);
+    }
+    Ok(server)
+}
+
+/// The Prometheus recorder behind `/metrics`: latency histograms get buckets from 50 µs to 10 s.
+fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, StartError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const BUCKETS: &[f64] = &[
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| StartError::Runtime(format!("metrics recorder: {e}")))
+}
+
+fn ensure_bindable(addr: SocketAddr, field: &'static str) -> Result<(), StartError> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Listen {
+            addr,
+            field,
+            source,
+        })
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}

@@ -1,0 +1,364 @@
+//! The hot-reloadable state every request reads: built completely off the request path, then
+//! swapped in atomically (`arc-swap`), so a request sees either the old or the new state whole.
+//! Parts are shared between snapshots, so changing the tenant registry does not rebuild policies.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::authz::AuthzEngine;
+use crate::config::{LoadedConfig, SourceIssue, SourceIssues};
+use crate::identity::IdentityPolicy;
+use crate::pipeline::forward::ContextSigner;
+use crate::pipeline::identify;
+use crate::pipeline::sanitize::SanitizePolicy;
+use crate::pipeline::tenant::TenancyPolicy;
+use crate::residency::ResidencyPolicy;
+use crate::tenancy::registry::RegistryError;
+use crate::tenancy::{TenantRegistry, TenantSpec};
+
+/// Everything the pipeline stages read per request.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub sanitize: Arc<SanitizePolicy>,
+    pub identity: Option<Arc<IdentityPolicy>>,
+    pub tenancy: Option<Arc<TenancyPolicy>>,
+    pub registry: Arc<TenantRegistry>,
+    pub authz: Option<Arc<AuthzEngine>>,
+    pub residency: Option<Arc<ResidencyPolicy>>,
+    /// Number of upstream pools (stage 5 plans over their indexes).
+    pub pool_count: usize,
+    pub context_signer: Option<Arc<ContextSigner>>,
+    /// Changes whenever something a verified token depends on changes (issuers, API keys), so
+    /// cached verifications from before are not trusted.
+    pub identity_generation: u64,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a validated configuration and a loaded registry.
+    pub fn build(
+        loaded: &LoadedConfig,
+        registry: TenantRegistry,
+    ) -> Result<Snapshot, SourceIssues> {
+        let config = &loaded.config;
+        let issue =
+            |field: &str, message: String| SourceIssues(vec![loaded.source.issue(field, message)]);
+        let identity = match &config.identity {
+            Some(identity) => Some(Arc::new(
+                identify::compile(identity, loaded).map_err(|e| issue("identity", e))?,
+            )),
+            None => None,
+        };
+        let context_signer = match config
+            .identity
+            .as_ref()
+            .and_then(|i| i.context_token.as_ref())
+        {
+            Some(ctx) => Some(Arc::new(
+                ContextSigner::new(ctx, &loaded.resolve(&ctx.key))
+                    .map_err(|e| issue("identity.context_token", e))?,
+            )),
+            None => None,
+        };
+        let authz = match &config.authorization {
+            Some(a) => Some(Arc::new(AuthzEngine::load(
+                &loaded.resolve(&a.policies),
+                &registry,
+                a.decision_cache_capacity,
+            )?)),
+            None => None,
+        };
+        // A file registry is small and part of the deployment: check its tenants' policies now
+        // (a PostgreSQL registry's are checked as they are written, and on first use).
+        if let (Some(engine), Some(_)) = (
+            &authz,
+            config
+                .tenancy
+                .as_ref()
+                .and_then(|t| t.registry.file.as_ref()),
+        ) {
+            let mut issues = Vec::new();
+            for tenant in registry.tenants().filter(|t| t.policies.is_some()) {
+                if let Err(mut e) =
+                    engine.check_tenant_policies(&tenant.id, tenant.policies.as_deref())
+                {
+                    issues.append(&mut e.0);
+                }
+            }
+            if !issues.is_empty() {
+                return Err(SourceIssues(issues));
+            }
+        }
+        let residency = ResidencyPolicy::build(loaded)?.map(Arc::new);
+        if let (Some(policy), Some(_)) = (
+            &residency,
+            config
+                .tenancy
+                .as_ref()
+                .and_then(|t| t.registry.file.as_ref()),
+        ) {
+            let errors = policy.check_registry(registry.tenants().map(|t| &**t));
+            if !errors.is_empty() {
+                return Err(SourceIssues(
+                    errors
+                        .into_iter()
+                        .map(|e| loaded.source.issue("tenancy.registry.file", e))
+                        .collect(),
+                ));
+            }
+        }
+        Ok(Snapshot {
+            residency,
+            pool_count: config.upstream.pool.len(),
+            authz,
+            sanitize: Arc::new(SanitizePolicy::new(&config.sanitize)),
+            identity,
+            tenancy: config
+                .tenancy
+                .as_ref()
+                .map(|t| Arc::new(TenancyPolicy::new(t))),
+            registry: Arc::new(registry),
+            context_signer,
+            identity_generation: 1,
+        })
+    }
+}
+
+/// Loads the registry a configuration points at (file or PostgreSQL).
+pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
+    let Some(tenancy) = &loaded.config.tenancy else {
+        return Ok(TenantRegistry::default());
+    };
+    if let Some(file) = &tenancy.registry.file {
+        return crate::tenancy::registry::load_file(&loaded.resolve(file));
+    }
+    if let Some(pg) = &tenancy.registry.postgres {
+        return crate::tenancy::postgres::initial_load(pg)
+            .await
+            .map_err(|e| {
+                SourceIssues(vec![SourceIssue {
+                    field: "tenancy.registry.postgres".to_string(),
+                    ..loaded
+                        .source
+                        .issue("tenancy.registry.postgres", e.to_string())
+                }])
+            });
+    }
+    Ok(TenantRegistry::default())
+}
+
+/// Why a tenant change was refused (the previous version stays).
+#[derive(Debug, thiserror::Error)]
+pub enum TenantChangeError {
+    #[error(transparent)]
+    Registry(RegistryError),
+    #[error("tenant policies: {0}")]
+    Policies(SourceIssues),
+    #[error("residency: {0}")]
+    Residency(String),
+}
+
+/// The current snapshot, plus serialised writers so concurrent updates (PostgreSQL
+/// notifications, admin API, file reloads) never lose each other's changes.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    /// Where tenant suspensions and failed reloads are announced, when configured.
+    webhooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
+}
+
+impl SnapshotStore {
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(SnapshotStore {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(()),
+            webhooks: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn set_webhooks(&self, webhooks: crate::webhooks::Webhooks) {
+        let _ = self.webhooks.set(webhooks);
+    }
+
+    pub fn webhooks(&self) -> Option<&crate::webhooks::Webhooks> {
+        self.webhooks.get()
+    }
+
+    /// Announces tenants that were active in `before` and are suspended now.
+    fn announce_suspensions<'a>(&self, before: &Snapshot, ids: impl Iterator<Item = &'a str>) {
+        let Some(webhooks) = self.webhooks.get() else {
+            return;
+        };
+        let after = self.load();
+        for id in ids {
+            let was_active = before
+                .registry
+                .get(id)
+                .is_some_and(|t| t.status == crate::tenancy::TenantStatus::Active);
+            if let Some(now) = after.registry.get(id) {
+                if was_active && now.status == crate::tenancy::TenantStatus::Suspended {
+                    webhooks.emit(
+                        Some(now),
+                        crate::webhooks::WebhookEvent::new(
+                            "tenant.suspended",
+                            serde_json::json!({"tenant": id}),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The snapshot for one request.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot with `f(current)`, or keeps it when `f` fails.
+    pub fn update<E>(&self, f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>) -> Result<(), E> {
+        let _guard = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.load_full();
+        let next = f(&current)?;
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Swaps in a whole new registry (e.g. after a full re-read). Tenant policies are
+    /// recompiled; if one is invalid the registry is refused and the previous one stays.
+    pub fn replace_registry(&self, registry: TenantRegistry) -> Result<(), TenantChangeError> {
+        let before = self.load();
+        self.replace_registry_quietly(registry)?;
+        let after = self.load();
+        self.announce_suspensions(&before, after.registry.tenants().map(|t| t.id.as_str()));
+        Ok(())
+    }
+
+    fn replace_registry_quietly(&self, registry: TenantRegistry) -> Result<(), TenantChangeError> {
+        self.update(|current| {
+            let mut registry = registry;
+            if let Some(policy) = &current.residency {
+                // Tenants that break the residency rules are left out (their requests get 404)
+                // rather than refusing every other tenant.
+                let bad: Vec<String> = registry
+                    .tenants()
+                    .filter_map(|t| {
+                        policy
+                            .maps
+                            .check_tenant(t, &policy.default_regime)
+                            .err()
+                            .map(|e| (t.id.clone(), e))
+                    })
+                    .map(|(id, e)| {
+                        tracing::error!(error = %e, "tenant left out of the registry");
+                        id
+                    })
+                    .collect();
+                for id in bad {
+                    registry = registry.without(&id);
+                }
+            }
+            let mut next = current.clone();
+            if let Some(authz) = &current.authz {
+                // Only policy texts that changed need checking (a full re-read of 100,000
+                // tenants must not recompile them all).
+                for tenant in registry.tenants() {
+                    let before = current
+                        .registry
+                        .get(&tenant.id)
+                        .and_then(|t| t.policies.as_deref());
+                    if tenant.policies.is_some() && tenant.policies.as_deref() != before {
+                        authz
+                            .check_tenant_policies(&tenant.id, tenant.policies.as_deref())
+                            .map_err(TenantChangeError::Policies)?;
+                    }
+                }
+            }
+            next.registry = Arc::new(registry);
+            next.identity_generation += 1;
+            Ok(next)
+        })
+    }
+
+    /// Swaps in a newly loaded policy package.
+    pub fn replace_authz(&self, engine: AuthzEngine) {
+        let _ = self.update::<std::convert::Infallible>(|current| {
+            let mut next = current.clone();
+            next.authz = Some(Arc::new(engine));
+            Ok(next)
+        });
+    }
+
+    /// Applies tenant upserts (`Some`) and removals (`None`) in one swap. Returns how many
+    /// tenants changed.
+    pub fn apply_tenant_changes(
+        &self,
+        changes: Vec<(String, Option<TenantSpec>)>,
+    ) -> Result<usize, TenantChangeError> {
+        let count = changes.len();
+        let before = self.load();
+        let ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
+        self.update(|current| with_tenant_changes(current, changes))?;
+        self.announce_suspensions(&before, ids.iter().map(String::as_str));
+        Ok(count)
+    }
+
+    /// Checks tenant changes as [`apply_tenant_changes`](Self::apply_tenant_changes) would,
+    /// without applying them (to validate before writing them elsewhere).
+    pub fn check_tenant_changes(
+        &self,
+        changes: Vec<(String, Option<TenantSpec>)>,
+    ) -> Result<(), TenantChangeError> {
+        with_tenant_changes(&self.load(), changes).map(drop)
+    }
+}
+
+/// The snapshot after tenant upserts and removals, or why they are refused.
+fn with_tenant_changes(
+    current: &Snapshot,
+    changes: Vec<(String, Option<TenantSpec>)>,
+) -> Result<Snapshot, TenantChangeError> {
+    let mut registry = (*current.registry).clone();
+    let mut identity_changed = false;
+    let mut policies_changed = Vec::new();
+    for (id, spec) in changes {
+        let before = registry.get(&id).cloned();
+        identity_changed |= match (&before, &spec) {
+            (Some(old), Some(new)) => old.issuers != new.issuers || old.api_keys != new.api_keys,
+            (None, None) => false,
+            _ => true,
+        };
+        let old_policies = before.as_ref().and_then(|t| t.policies.clone());
+        let new_policies = spec.as_ref().and_then(|t| t.policies.clone());
+        if old_policies != new_policies {
+            policies_changed.push(id.clone());
+        }
+        if let (Some(policy), Some(spec)) = (&current.residency, &spec) {
+            policy
+                .maps
+                .check_tenant(spec, &policy.default_regime)
+                .map_err(TenantChangeError::Residency)?;
+        }
+        registry = match spec {
+            Some(spec) => registry
+                .with_upsert(spec)
+                .map_err(TenantChangeError::Registry)?,
+            None => registry.without(&id),
+        };
+    }
+    let mut next = current.clone();
+    if let Some(authz) = &current.authz {
+        for id in &policies_changed {
+            authz
+                .check_tenant_policies(id, registry.get(id).and_then(|t| t.policies.as_deref()))
+                .map_err(TenantChangeError::Policies)?;
+        }
+    }
+    next.registry = Arc::new(registry);
+    if identity_changed {
+        next.identity_generation += 1;
+    }
+    Ok(next)
+}

@@ -1,0 +1,469 @@
+//! What a tenant is, as written in `tenants.toml` or stored in PostgreSQL (one JSON document per
+//! tenant with the same shape).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One tenant, as configured.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// Stable identifier: lower-case letters, digits and `-`, 1–63 characters (a DNS label, so it
+    /// can appear in a host name).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Pricing tier (e.g. `free`, `pro`, `enterprise`): defaults for limits and features.
+    #[serde(default = "default_tier")]
+    pub tier: String,
+    /// Region where the tenant's data lives (see `residency-maps/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<String>,
+    /// Data-residency regime (e.g. `gdpr`, `dpdp`, `pipl`, `ccpa`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regime: Option<String>,
+    #[serde(default)]
+    pub status: TenantStatus,
+    /// Overrides of the tier's limits.
+    #[serde(default, skip_serializing_if = "TenantLimits::is_empty")]
+    pub limits: TenantLimits,
+    /// Feature flags on top of the tier's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Host names that belong to this tenant besides the host pattern (custom domains).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// The tenant's own OIDC issuers ("organization-level OIDC"): trusted for this tenant only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerConfig>,
+    /// API keys for machine clients, stored as SHA-256 hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKeySpec>,
+    /// Tenant-specific Cedar policies (text), evaluated with the global set for this tenant only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<String>,
+    /// Ids in billing systems: `stripe_customer`, `chargebee_subscription`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub billing: BTreeMap<String, String>,
+    /// The tenant's webhook subscribers (quota thresholds, suspension).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSubscription>,
+}
+
+/// A webhook subscriber (Standard Webhooks signing).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSubscription {
+    pub url: String,
+    /// `whsec_` + base64 of at least 24 random bytes (the HMAC-SHA256 key).
+    pub secret: String,
+    /// Event types to send (`quota.threshold`, `tenant.suspended`, `policy.reload_failed`);
+    /// empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+impl TenantSpec {
+    /// A tenant with defaults for everything but its id.
+    pub fn new(id: impl Into<String>) -> Self {
+        TenantSpec {
+            id: id.into(),
+            name: None,
+            tier: default_tier(),
+            home_region: None,
+            regime: None,
+            status: TenantStatus::Active,
+            limits: TenantLimits::default(),
+            features: Vec::new(),
+            hosts: Vec::new(),
+            issuers: Vec::new(),
+            api_keys: Vec::new(),
+            policies: None,
+            billing: BTreeMap::new(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+fn default_tier() -> String {
+    "free".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    /// Every request is refused with 403 before it reaches the upstream.
+    Suspended,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_requests: Option<u64>,
+}
+
+impl TenantLimits {
+    pub fn is_empty(&self) -> bool {
+        self == &TenantLimits::default()
+    }
+}
+
+/// An API key: the gateway stores only the SHA-256 of the key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Identifier of the key (becomes the principal id `apikey:<id>`).
+    pub id: String,
+    /// Hex SHA-256 of the key as the client sends it.
+    pub sha256: String,
+    /// Actions the key may be used for (empty: no restriction beyond policies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// Roles of the key's principal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// RFC 3339 expiry; expired keys are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// A trusted token issuer (global in `gateway.toml`, or a tenant's own).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value of its tokens.
+    pub issuer: String,
+    /// Where its signing keys are. Absent: OIDC discovery at
+    /// `<issuer>/.well-known/openid-configuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this issuer (pinned). `none` never is; HMAC algorithms only with
+    /// `secret_file` and never together with asymmetric ones.
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Shared secret for HS256/384/512 issuers (a file holding the raw secret). Global issuers
+    /// only; relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`/`iat` (at most 5 minutes).
+    #[serde(
+        default = "default_leeway",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_leeway"
+    )]
+    #[schemars(with = "String")]
+    pub leeway: Duration,
+    /// How claims become the principal.
+    #[serde(default, skip_serializing_if = "ClaimMapping::is_default")]
+    pub claims: ClaimMapping,
+    /// Record first-seen principals of this issuer (just-in-time provisioning).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub provision: bool,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn is_default_leeway(d: &Duration) -> bool {
+    *d == default_leeway()
+}
+fn default_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// Maximum clock skew an issuer may be configured with.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl JwtAlgorithm {
+    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            JwtAlgorithm::RS256 => A::RS256,
+            JwtAlgorithm::RS384 => A::RS384,
+            JwtAlgorithm::RS512 => A::RS512,
+            JwtAlgorithm::PS256 => A::PS256,
+            JwtAlgorithm::PS384 => A::PS384,
+            JwtAlgorithm::PS512 => A::PS512,
+            JwtAlgorithm::ES256 => A::ES256,
+            JwtAlgorithm::ES384 => A::ES384,
+            JwtAlgorithm::EdDSA => A::EdDSA,
+            JwtAlgorithm::HS256 => A::HS256,
+            JwtAlgorithm::HS384 => A::HS384,
+            JwtAlgorithm::HS512 => A::HS512,
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+}
+
+/// Which claims become the principal's id, tenant, roles and attributes. Claim names may be
+/// dotted paths into nested objects (`realm_access.roles`); a claim name containing dots (such
+/// as a URL namespaced claim) is looked up whole first.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMapping {
+    #[serde(default = "default_subject_claim")]
+    pub subject: String,
+    /// Claim holding the tenant id. Tenant-scoped issuers imply their tenant without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Claim holding roles or groups: an array of strings or a space-separated string.
+    #[serde(default = "default_roles_claim")]
+    pub roles: String,
+    /// Optional renaming of IdP groups to gateway roles; groups not listed are dropped when the
+    /// map is non-empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_map: BTreeMap<String, String>,
+    /// Principal attribute name → claim path (e.g. `mfa = "amr"`, `department = "dept"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_subject_claim() -> String {
+    "sub".to_string()
+}
+fn default_roles_claim() -> String {
+    "roles".to_string()
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        ClaimMapping {
+            subject: default_subject_claim(),
+            tenant: None,
+            roles: default_roles_claim(),
+            role_map: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClaimMapping {
+    fn is_default(&self) -> bool {
+        self == &ClaimMapping::default()
+    }
+}
+
+/// Problems with one tenant or issuer definition, each with the field it concerns (relative to
+/// the definition, e.g. `issuers[0].algorithms`).
+pub fn validate_tenant(spec: &TenantSpec) -> Vec<(String, String)> {
+    let mut issues = Vec::new();
+    if !is_valid_tenant_id(&spec.id) {
+        issues.push((
+            "id".to_string(),
+            format!(
+                "`{}`: use 1-63 lower-case letters, digits or `-`, starting with a letter or digit",
+                spec.id
+            ),
+        ));
+    }
+    for (i, issuer) in spec.issuers.iter().enumerate() {
+        for (field, message) in validate_issuer(issuer, false) {
+            issues.push((format!("issuers[{i}].{field}"), message));
+        }
+    }
+    let mut key_ids = std::collections::HashSet::new();
+    for (i, key) in spec.api_keys.iter().enumerate() {
+        if !key_ids.insert(key.id.as_str()) {
+            issues.push((
+                format!("api_keys[{i}].id"),
+                format!("duplicate key id `{}`", key.id),
+            ));
+        }
+        if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
+            issues.push((
+                format!("api_keys[{i}].sha256"),
+                "expected 64 hex digits (the SHA-256 of the key)".to_string(),
+            ));
+        }
+        if let Some(expires) = &key.expires {
+            if humantime::parse_rfc3339_weak(expires).is_err() {
+                issues.push((
+                    format!("api_keys[{i}].expires"),
+                    format!("`{expires}` is not an RFC 3339 timestamp"),
+                ));
+            }
+        }
+    }
+    for (i, host) in spec.hosts.iter().enumerate() {
+        if host.is_empty() || host.contains(['/', ':', ' ']) || host != &host.to_ascii_lowercase() {
+            issues.push((
+                format!("hosts[{i}]"),
+                format!("`{host}`: expected a lower-case host name without port"),
+            ));
+        }
+    }
+    for (i, hook) in spec.webhooks.iter().enumerate() {
+        if let Err(e) = crate::webhooks::validate_subscription(hook) {
+            issues.push((format!("webhooks[{i}]"), e));
+        }
+    }
+    if let Some(rps) = spec.limits.requests_per_second {
+        if !(rps.is_finite() && rps > 0.0) {
+            issues.push((
+                "limits.requests_per_second".to_string(),
+                "must be a positive number".to_string(),
+            ));
+        }
+    }
+    issues
+}
+
+/// Problems with an issuer definition. `global` issuers may use HMAC secrets.
+pub fn validate_issuer(issuer: &IssuerConfig, global: bool) -> Vec<(String, String)> {
+    let mut issues = Vec::new();
+    if issuer.issuer.trim().is_empty() {
+        issues.push(("issuer".to_string(), "must not be empty".to_string()));
+    }
+    if issuer.audiences.is_empty() {
+        issues.push((
+            "audiences".to_string(),
+            "needs at least one accepted audience".to_string(),
+        ));
+    }
+    if issuer.algorithms.is_empty() {
+        issues.push((
+            "algorithms".to_string(),
+            "needs at least one algorithm".to_string(),
+        ));
+    }
+    let hmac = issuer.algorithms.iter().filter(|a| a.is_hmac()).count();
+    if hmac > 0 && hmac < issuer.algorithms.len() {
+        issues.push((
+            "algorithms".to_string(),
+            "HMAC (HS*) and asymmetric algorithms cannot be mixed in one issuer: that invites key confusion"
+                .to_string(),
+        ));
+    }
+    if hmac > 0 {
+        if !global {
+            issues.push((
+                "algorithms".to_string(),
+                "tenant issuers must use asymmetric algorithms (their keys come from a JWKS)"
+                    .to_string(),
+            ));
+        } else if issuer.secret_file.is_none() {
+            issues.push((
+                "secret_file".to_string(),
+                "HMAC algorithms need `secret_file`".to_string(),
+            ));
+        }
+    } else if issuer.secret_file.is_some() {
+        issues.push((
+            "secret_file".to_string(),
+            "only used with HS256/HS384/HS512".to_string(),
+        ));
+    }
+    if issuer.leeway > MAX_LEEWAY {
+        issues.push((
+            "leeway".to_string(),
+            format!("at most {}", humantime::format_duration(MAX_LEEWAY)),
+        ));
+    }
+    if let Some(uri) = &issuer.jwks_uri {
+        if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+            issues.push((
+                "jwks_uri".to_string(),
+                format!("`{uri}` is not an http(s) URL"),
+            ));
+        }
+    }
+    issues
+}
+
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(algorithms: Vec<JwtAlgorithm>) -> IssuerConfig {
+        IssuerConfig {
+            issuer: "https://idp".into(),
+            jwks_uri: None,
+            audiences: vec!["api".into()],
+            algorithms,
+            secret_file: None,
+            leeway: default_leeway(),
+            claims: ClaimMapping::default(),
+            provision: true,
+        }
+    }
+
+    #[test]
+    fn tenant_ids_are_dns_labels() {
+        assert!(is_valid_tenant_id("acme-1"));
+        assert!(!is_valid_tenant_id("Acme"));
+        assert!(!is_valid_tenant_id("-acme"));
+        assert!(!is_valid_tenant_id("a.b"));
+        assert!(!is_valid_tenant_id(""));
+        assert!(!is_valid_tenant_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn issuers_cannot_mix_hmac_and_asymmetric() {
+        let issues = validate_issuer(
+            &issuer(vec![JwtAlgorithm::RS256, JwtAlgorithm::HS256]),
+            true,
+        );
+        assert!(issues
+            .iter()
+            .any(|(f, m)| f == "algorithms" && m.contains("confusion")));
+        let issues = validate_issuer(&issuer(vec![JwtAlgorithm::HS256]), false);
+        assert!(issues.iter().any(|(f, _)| f == "algorithms"));
+        let issues = validate_issuer(&issuer(vec![JwtAlgorithm::HS256]), true);
+        assert!(issues.iter().any(|(f, _)| f == "secret_file"));
+        assert!(validate_issuer(&issuer(vec![JwtAlgorithm::ES256]), false).is_empty());
+    }
+
+    #[test]
+    fn leeway_is_bounded() {
+        let mut i = issuer(vec![JwtAlgorithm::ES256]);
+        i.leeway = Duration::from_secs(3600);
+        assert!(validate_issuer(&i, true).iter().any(|(f, _)| f == "leeway"));
+    }
+}

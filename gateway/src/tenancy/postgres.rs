@@ -1,0 +1,227 @@
+//! Tenants in PostgreSQL: one row per tenant (`id text primary key, doc jsonb`), where `doc` has
+//! the same shape as a `[[tenant]]` entry of `tenants.toml`. A trigger sends the id of every
+//! changed row on a NOTIFY channel; each gateway replica reads the table at start and then
+//! applies the changes it is notified of, without a restart. After a lost connection it reads
+//! the whole table again, so a change made while it was away is never missed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::model::TenantSpec;
+use super::registry::{RegistryError, TenantRegistry};
+use crate::config::PostgresConfig;
+use crate::db::{self, DbError};
+use crate::snapshot::SnapshotStore;
+
+pub fn is_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.len() <= 48
+}
+
+/// The NOTIFY channel of a tenants table.
+pub fn channel(table: &str) -> String {
+    format!("{table}_changed")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgRegistryError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("PostgreSQL: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("tenant row `{id}`: {message}")]
+    Row { id: String, message: String },
+    #[error("{} invalid tenant(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Registry(Vec<RegistryError>),
+}
+
+/// Creates the tenants table and its NOTIFY trigger if missing. Safe to run from many replicas
+/// at once (serialised by an advisory lock).
+pub async fn migrate(client: &Client, table: &str) -> Result<(), PgRegistryError> {
+    if !is_identifier(table) {
+        return Err(PgRegistryError::Config(format!(
+            "`{table}` is not a valid table name"
+        )));
+    }
+    let channel = channel(table);
+    let sql = format!(
+        r#"
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));
+CREATE TABLE IF NOT EXISTS {table} (
+    id text PRIMARY KEY,
+    doc jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (doc->>'id' = id)
+);
+CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{channel}', COALESCE(NEW.id, OLD.id));
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER {table}_notify
+    AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {table}_notify();
+COMMIT;
+"#
+    );
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+fn parse_row(id: &str, doc: serde_json::Value) -> Result<TenantSpec, PgRegistryError> {
+    let spec: TenantSpec =
+        serde_path_to_error::deserialize(doc).map_err(|e| PgRegistryError::Row {
+            id: id.to_string(),
+            message: format!("{}: {}", e.path(), e.inner()),
+        })?;
+    if spec.id != id {
+        return Err(PgRegistryError::Row {
+            id: id.to_string(),
+            message: format!("doc.id is `{}`", spec.id),
+        });
+    }
+    Ok(spec)
+}
+
+/// Reads every tenant of the table into a registry.
+pub async fn load_all(client: &Client, table: &str) -> Result<TenantRegistry, PgRegistryError> {
+    let rows = client
+        .query(&format!("SELECT id, doc FROM {table}"), &[])
+        .await?;
+    let mut specs = Vec::with_capacity(rows.len());
+    let mut bad_rows = Vec::new();
+    for row in rows {
+        let id: String = row.get(0);
+        match parse_row(&id, row.get(1)) {
+            Ok(spec) => specs.push(spec),
+            Err(e) => bad_rows.push(e),
+        }
+    }
+    // A bad row is reported and skipped; it must not keep every other tenant out.
+    for e in &bad_rows {
+        tracing::error!(error = %e, "skipping invalid tenant row");
+    }
+    TenantRegistry::build(specs).map_err(PgRegistryError::Registry)
+}
+
+/// Reads the tenants named in `ids`: `Some` for present rows, `None` for deleted ones.
+async fn load_some(
+    client: &Client,
+    table: &str,
+    ids: &[String],
+) -> Result<Vec<(String, Option<TenantSpec>)>, PgRegistryError> {
+    let rows = client
+        .query(
+            &format!("SELECT id, doc FROM {table} WHERE id = ANY($1)"),
+            &[&ids],
+        )
+        .await?;
+    let mut found = std::collections::HashMap::new();
+    let mut invalid = HashSet::new();
+    for row in rows {
+        let id: String = row.get(0);
+        match parse_row(&id, row.get(1)) {
+            Ok(spec) => {
+                found.insert(id, spec);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring invalid tenant row; the previous version stays");
+                invalid.insert(id);
+            }
+        }
+    }
+    Ok(ids
+        .iter()
+        .filter(|id| !invalid.contains(*id))
+        .map(|id| (id.clone(), found.remove(id)))
+        .collect())
+}
+
+/// Connects, migrates if configured, and reads the whole table (used at start).
+pub async fn initial_load(config: &PostgresConfig) -> Result<TenantRegistry, PgRegistryError> {
+    let client = db::connect_config(config, None).await?;
+    if config.migrate {
+        migrate(&client, &config.table).await?;
+    }
+    load_all(&client, &config.table).await
+}
+
+/// Follows the table: applies every notified change to the snapshot until shutdown, reconnecting
+/// (and re-reading everything) after failures.
+pub async fn follow(
+    config: PostgresConfig,
+    store: Arc<SnapshotStore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let result = tokio::select! {
+            r = follow_once(&config, &store) => r,
+            _ = shutdown.changed() => return,
+        };
+        match result {
+            Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) => {
+                metrics::counter!("gateway_registry_sync_errors_total").increment(1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "tenant registry sync interrupted");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn follow_once(
+    config: &PostgresConfig,
+    store: &SnapshotStore,
+) -> Result<(), PgRegistryError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = db::connect_config(config, Some(tx)).await?;
+    client
+        .batch_execute(&format!("LISTEN {}", channel(&config.table)))
+        .await?;
+    // Changes made while we were not listening: read everything once LISTEN is active.
+    let registry = load_all(&client, &config.table).await?;
+    let count = registry.len();
+    match store.replace_registry(registry) {
+        Ok(()) => tracing::info!(
+            tenants = count,
+            "tenant registry synchronised from PostgreSQL"
+        ),
+        Err(e) => tracing::error!(error = %e, "tenant registry refused; the previous one stays"),
+    }
+    while let Some(first) = rx.recv().await {
+        // Apply bursts of changes in one swap.
+        let mut ids: HashSet<String> = HashSet::from([first.payload().to_string()]);
+        while let Ok(more) = rx.try_recv() {
+            ids.insert(more.payload().to_string());
+        }
+        let ids: Vec<String> = ids.into_iter().collect();
+        let changes = load_some(&client, &config.table, &ids).await?;
+        match store.apply_tenant_changes(changes) {
+            Ok(applied) => {
+                metrics::counter!("gateway_registry_changes_total").increment(applied as u64);
+                tracing::info!(tenants = ?ids, "tenant registry updated");
+            }
+            Err(e) => {
+                metrics::counter!("gateway_registry_sync_errors_total").increment(1);
+                tracing::error!(error = %e, "tenant change refused; the previous version stays");
+            }
+        }
+    }
+    Err(PgRegistryError::Config(
+        "notification stream ended".to_string(),
+    ))
+}

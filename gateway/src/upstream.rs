@@ -1,0 +1,197 @@
+//! Upstream pools: peers, health checks and selection (pingora-load-balancing), and the
+//! per-peer connection options (timeouts, TLS, protocol) every proxied request uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::ALPN;
+use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{LoadedConfig, PoolConfig, UpstreamConfig, UpstreamProtocol};
+
+/// One pool of equivalent peers.
+pub struct UpstreamPool {
+    pub name: String,
+    pub region: Option<String>,
+    balancer: Arc<LoadBalancer<RoundRobin>>,
+    tls: bool,
+    sni: Option<String>,
+    protocol: UpstreamProtocol,
+}
+
+/// A peer chosen for one request attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPeer {
+    pub pool: usize,
+    pub addr: SocketAddr,
+}
+
+/// All pools plus the connection options shared by their peers.
+pub struct Upstreams {
+    pools: Vec<UpstreamPool>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    pub connect_retries: usize,
+}
+
+impl Upstreams {
+    /// Builds the pools and the background services that health-check them. The services
+    /// must be added to the server; until the first check runs every peer counts as healthy.
+    pub fn build(
+        loaded: &LoadedConfig,
+    ) -> std::io::Result<(Self, Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>)> {
+        let cfg = &loaded.config.upstream;
+        let mut pools = Vec::with_capacity(cfg.pool.len());
+        let mut services = Vec::with_capacity(cfg.pool.len());
+        for (pool_cfg, peers) in cfg.pool.iter().zip(&loaded.pool_peers) {
+            let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(peers.iter().copied())?;
+            balancer.set_health_check(health_check(cfg, pool_cfg));
+            balancer.health_check_frequency = Some(cfg.health_check.interval);
+            balancer.parallel_health_check = true;
+            let service = background_service(&format!("health {}", pool_cfg.name), balancer);
+            pools.push(UpstreamPool {
+                name: pool_cfg.name.clone(),
+                region: pool_cfg.region.clone(),
+                balancer: service.task(),
+                tls: pool_cfg.tls,
+                sni: pool_cfg.sni.clone(),
+                protocol: pool_cfg.protocol,
+            });
+            services.push(service);
+        }
+        Ok((
+            Upstreams {
+                pools,
+                connect_timeout: cfg.connect_timeout,
+                read_timeout: cfg.read_timeout,
+                write_timeout: cfg.write_timeout,
+                idle_timeout: cfg.idle_timeout,
+                connect_retries: cfg.connect_retries,
+            },
+            services,
+        ))
+    }
+
+    pub fn pools(&self) -> &[UpstreamPool] {
+        &self.pools
+    }
+
+    /// The first healthy peer not in `exclude`, walking `pools` in order (a route plan).
+    pub fn select_from(&self, pools: &[usize], exclude: &[SocketAddr]) -> Option<SelectedPeer> {
+        pools.iter().find_map(|&pool| self.select(pool, exclude))
+    }
+
+    /// A healthy peer of pool `pool` that is not in `exclude` (peers that already failed this
+    /// request). Round robin among the rest.
+    pub fn select(&self, pool: usize, exclude: &[SocketAddr]) -> Option<SelectedPeer> {
+        let p = self.pools.get(pool)?;
+        let candidates = p.balancer.backends().get_backend().len();
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && backend_addr(b).is_some_and(|a| !exclude.contains(&a))
+        };
+        let chosen = p.balancer.select_with(b"", candidates.max(1), accept)?;
+        Some(SelectedPeer {
+            pool,
+            addr: backend_addr(&chosen)?,
+        })
+    }
+
+    /// The pingora peer (address, TLS, protocol, timeouts) for a selected peer.
+    pub fn http_peer(&self, selected: &SelectedPeer) -> Box<HttpPeer> {
+        let pool = &self.pools[selected.pool];
+        let sni = pool.sni.clone().unwrap_or_else(|| {
+            if pool.tls {
+                selected.addr.ip().to_string()
+            } else {
+                String::new()
+            }
+        });
+        let mut peer = HttpPeer::new(selected.addr, pool.tls, sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        options.total_connection_timeout = Some(self.connect_timeout * 2);
+        options.read_timeout = Some(self.read_timeout);
+        options.write_timeout = Some(self.write_timeout);
+        options.idle_timeout = Some(self.idle_timeout);
+        options.alpn = match (pool.protocol, pool.tls) {
+            (UpstreamProtocol::Http1, _) => ALPN::H1,
+            (UpstreamProtocol::Http2, true) => ALPN::H2H1,
+            // Cleartext HTTP/2 with prior knowledge.
+            (UpstreamProtocol::Http2, false) => ALPN::H2,
+        };
+        Box::new(peer)
+    }
+
+    /// Takes a peer out of (or back into) rotation, e.g. to drain it. Returns whether the peer
+    /// exists.
+    pub fn set_enabled(&self, pool: usize, addr: SocketAddr, enabled: bool) -> bool {
+        let Some(p) = self.pools.get(pool) else {
+            return false;
+        };
+        let backends = p.balancer.backends();
+        match backends
+            .get_backend()
+            .iter()
+            .find(|b| backend_addr(b) == Some(addr))
+        {
+            Some(b) => {
+                backends.set_enable(b, enabled);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Peers of a pool with their current health, for status pages and metrics.
+    pub fn peer_health(&self, pool: usize) -> Vec<(SocketAddr, bool)> {
+        let Some(p) = self.pools.get(pool) else {
+            return Vec::new();
+        };
+        let backends = p.balancer.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| backend_addr(b).map(|a| (a, backends.ready(b))))
+            .collect()
+    }
+}
+
+fn backend_addr(b: &Backend) -> Option<SocketAddr> {
+    b.addr.as_inet().copied()
+}
+
+fn health_check(
+    cfg: &UpstreamConfig,
+    pool: &PoolConfig,
+) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
+    let hc = &cfg.health_check;
+    if hc.probe == "tcp" {
+        let mut check = if pool.tls {
+            TcpHealthCheck::new_tls(pool.sni.as_deref().unwrap_or_default())
+        } else {
+            TcpHealthCheck::new()
+        };
+        check.consecutive_failure = hc.unhealthy_threshold;
+        check.consecutive_success = hc.healthy_threshold;
+        check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
+        check
+    } else {
+        let host = pool.sni.clone().unwrap_or_else(|| "localhost".to_string());
+        let mut check = HttpHealthCheck::new(&host, pool.tls);
+        check
+            .req
+            .set_uri(http::Uri::try_from(hc.probe.as_str()).unwrap_or_default());
+        check.consecutive_failure = hc.unhealthy_threshold;
+        check.consecutive_success = hc.healthy_threshold;
+        check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
+        check.peer_template.options.read_timeout = Some(cfg.connect_timeout);
+        Box::new(check)
+    }
+}

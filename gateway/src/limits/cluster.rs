@@ -21,7 +21,8 @@ use super::{
 };
 
 /// KEYS: limit keys, then quota keys. ARGV: number of limits; per limit its emission interval
-/// and tolerance (µs); per quota its limit and expiry (Unix seconds).
+/// and tolerance (µs); per quota its limit and time to live (seconds; relative, so the clocks of
+/// Redis and the replicas need not agree).
 /// Returns: admitted (1/0), retry after (µs), index of the exhausted quota (0 = none), then per
 /// limit its theoretical arrival time minus now (µs), then per quota its count.
 const GCRA_SCRIPT: &str = r#"
@@ -62,7 +63,7 @@ if retry == 0 and exhausted == 0 then
   for j = 1, nq do
     counts[j] = redis.call('INCR', KEYS[n + j])
     if counts[j] == 1 then
-      redis.call('EXPIREAT', KEYS[n + j], ARGV[base + 2 * (j - 1) + 1])
+      redis.call('EXPIRE', KEYS[n + j], ARGV[base + 2 * (j - 1) + 1])
     end
   end
 end
@@ -200,13 +201,11 @@ impl ClusterLimiter {
                 .arg(emission)
                 .arg(emission * u64::from(limit.burst));
         }
-        let unix_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         for quota in &plan.quotas {
-            // Kept an hour past the window, so a late clock does not restart a count.
-            let expires = unix_now + quota.resets_in + Duration::from_secs(3600);
-            invocation.arg(quota.limit).arg(expires.as_secs());
+            // Kept an hour past the window, so a replica with a late clock does not restart a
+            // count (the window is part of the key).
+            let time_to_live = quota.resets_in + Duration::from_secs(3600);
+            invocation.arg(quota.limit).arg(time_to_live.as_secs());
         }
         let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
         let expected = 3 + plan.limits.len() + plan.quotas.len();

@@ -40,6 +40,8 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     env: Vec<(String, String)>,
+    /// Processes started so far on this directory (each logs "gateway started" once).
+    starts: usize,
 }
 
 impl TestGateway {
@@ -78,6 +80,7 @@ impl TestGateway {
             dir,
             config_path,
             env,
+            starts: 1,
         };
         gw.wait_accepting(addr);
         gw
@@ -96,6 +99,7 @@ impl TestGateway {
         self.kill();
         let child = spawn_gateway(&self.config_path, self.dir.path(), &self.env);
         self.child = Some(child);
+        self.starts += 1;
         let addr = self.addr;
         self.wait_accepting(addr);
     }
@@ -108,11 +112,15 @@ impl TestGateway {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
-    /// Waits until `addr` accepts TCP connections, failing with the gateway's log otherwise.
+    /// Waits until this gateway process has started and `addr` accepts TCP connections,
+    /// failing with the gateway's log otherwise. Checking the log too means a port that another
+    /// process took in the meantime (the free port was only free a moment ago) is not mistaken
+    /// for this gateway: this one then fails to bind and exits.
     pub fn wait_accepting(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let started = self.log().matches("gateway started").count() >= self.starts;
+            if started && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
             if let Some(status) = self

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod geoip;
 pub mod identity;
 pub mod limits;
+pub mod memory;
 pub mod metering;
 pub mod pipeline;
 pub mod proxy;

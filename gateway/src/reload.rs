@@ -72,6 +72,7 @@ impl Reloader {
                 Err(issues) => errors.extend(issues.0.iter().map(|i| i.to_string())),
             }
         }
+        crate::memory::release_freed_memory();
         let snapshot = self.store.load();
         let report = ReloadReport {
             ok: errors.is_empty(),

@@ -48,6 +48,8 @@ pub enum StartError {
 /// Builds and runs the gateway; returns after a graceful or fast shutdown.
 pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
     let server = build(&loaded)?;
+    // Loading (above all a large tenant registry) left its parse trees free: give them back.
+    crate::memory::release_freed_memory();
     tracing::info!(
         listen = ?loaded.listen,
         tls_listen = ?loaded.tls_listen,

@@ -65,24 +65,35 @@ impl TestGateway {
             }
             std::fs::write(path, contents).unwrap();
         }
-        let addr = free_addr();
-        let config = config_template.replace("{listen}", &addr.to_string());
         let config_path = dir.path().join("gateway.toml");
-        std::fs::write(&config_path, config).unwrap();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let child = spawn_gateway(&config_path, dir.path(), &env);
         let mut gw = TestGateway {
-            child: Some(child),
-            addr,
+            child: None,
+            addr: free_addr(),
             dir,
             config_path,
             env,
             starts: 1,
         };
-        gw.wait_accepting(addr);
+        // The free port was only free a moment ago: another test may take it before the
+        // gateway binds. Then the gateway exits naming the address; try another port.
+        for attempt in 1.. {
+            let config = config_template.replace("{listen}", &gw.addr.to_string());
+            std::fs::write(&gw.config_path, config).unwrap();
+            gw.child = Some(spawn_gateway(&gw.config_path, gw.dir.path(), &gw.env));
+            match gw.await_start(gw.addr) {
+                Ok(()) => break,
+                Err(e) if attempt < 3 && gw.log().contains("Address already in use") => {
+                    eprintln!("{e}; trying another port");
+                    gw.kill();
+                    gw.addr = free_addr();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         gw
     }
 
@@ -117,25 +128,35 @@ impl TestGateway {
     /// process took in the meantime (the free port was only free a moment ago) is not mistaken
     /// for this gateway: this one then fails to bind and exits.
     pub fn wait_accepting(&mut self, addr: SocketAddr) {
+        if let Err(e) = self.await_start(addr) {
+            panic!("{e}");
+        }
+    }
+
+    /// As [`wait_accepting`], the failure (with the gateway's log) as an error.
+    fn await_start(&mut self, addr: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let started = self.log().matches("gateway started").count() >= self.starts;
             if started && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("gateway exited early with {status}:\n{}", self.log());
+                return Err(format!(
+                    "gateway exited early with {status}:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!(
+        Err(format!(
             "gateway did not accept on {addr} within 20 s:\n{}",
             self.log()
-        );
+        ))
     }
 
     pub fn log(&self) -> String {

@@ -352,6 +352,18 @@ async fn redis_outage_falls_back_as_configured_then_recovers() {
     );
 }
 
+/// One admitted request of `acme`, leaving `left` of its monthly quota.
+async fn admitted_leaving(gw: &TestGateway, left: u64) {
+    let reply = get(gw.addr, "acme").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        header(&reply, "ratelimit").starts_with(&format!("\"monthly\";r={left};")),
+        "{:?}\n{}",
+        reply.headers,
+        gw.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quota_survives_a_restart_and_answers_429_with_retry_after() {
     let up = upstream("app").await;
@@ -371,20 +383,11 @@ async fn quota_survives_a_restart_and_answers_429_with_retry_after() {
     );
     let mut gw = TestGateway::start(&config, &[("tenants.toml", TENANTS.as_bytes())]);
     for left in [4, 3, 2] {
-        let reply = get(gw.addr, "acme").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(header(&reply, "ratelimit").starts_with(&format!("\"monthly\";r={left};")));
+        admitted_leaving(&gw, left).await;
     }
     gw.restart();
     for left in [1, 0] {
-        let reply = get(gw.addr, "acme").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(
-            header(&reply, "ratelimit").starts_with(&format!("\"monthly\";r={left};")),
-            "after the restart: {:?}\n{}",
-            reply.headers,
-            gw.log()
-        );
+        admitted_leaving(&gw, left).await;
     }
     let refused = get(gw.addr, "acme").await;
     assert_eq!(refused.status, 429, "{}\n{}", refused.body, gw.log());

@@ -6,15 +6,18 @@
 //! byte, removed or reordered line breaks the chain; `gateway audit verify` finds the first such
 //! record.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+
+pub use crate::journal::Keep;
+use crate::journal::{Framing, Journal, JournalError, JournalSettings};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_SUFFIX_LEN: usize = ",\"hash\":\"".len() + 64 + "\"}".len();
@@ -35,16 +38,24 @@ pub struct AuditConfig {
     /// already written either way).
     #[serde(default = "default_true")]
     pub fsync: bool,
-    /// Group commit: after the first record of a batch, wait this long for more before writing
-    /// and fsyncing them together (bounds fsyncs per second under load; adds at most this much
-    /// delay before a record is on disk, never to a request).
+    /// Group commit: records are written (and fsynced) together at most this long after they
+    /// were made (bounds writes and fsyncs per second under load; never delays a request).
     #[serde(default = "default_commit_delay", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub commit_delay: Duration,
+    /// While the disk refuses writes, records are kept in memory up to this many bytes; beyond
+    /// it the gateway refuses new requests (`503 metering-unavailable`) rather than forward a
+    /// request it cannot audit.
+    #[serde(default = "default_buffer_bytes")]
+    pub buffer_bytes: usize,
 }
 
 fn default_commit_delay() -> Duration {
-    Duration::from_millis(2)
+    Duration::from_millis(10)
+}
+
+fn default_buffer_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_segment_bytes() -> u64 {
@@ -82,29 +93,87 @@ impl AuditEntry {
     }
 }
 
-#[derive(Serialize)]
-struct Chained<'a> {
-    seq: u64,
-    time: String,
-    #[serde(flatten)]
-    entry: &'a AuditEntry,
-    prev: &'a str,
+/// Audit lines: `{"seq":N,"time":"..",` the entry's fields, `"prev":"<hash>"` and the line's
+/// own `"hash"`.
+struct AuditFraming {
+    prev: String,
 }
 
-/// The request path's handle.
-#[derive(Clone)]
-pub struct AuditHandle {
-    tx: mpsc::Sender<AuditEntry>,
+impl Framing for AuditFraming {
+    fn frame(&mut self, seq: u64, body: &[u8], out: &mut Vec<u8>) {
+        self.prev = chain_line_into(seq, &entry_time(), body, &self.prev, out);
+    }
+
+    fn segment_name(first_seq: u64) -> String {
+        segment_name(first_seq)
+    }
 }
 
-impl AuditHandle {
-    /// Queues a record; waits when the writer is behind (audit records are never dropped).
+/// The audit log; appended to by the threads serving requests (see [`crate::journal`]).
+pub struct AuditLog {
+    journal: Arc<Journal<AuditFraming>>,
+}
+
+/// The handle the request path and background tasks record through.
+pub type AuditHandle = Arc<AuditLog>;
+
+impl AuditLog {
+    /// Records an entry (written within `commit_delay`). False if it was dropped: only
+    /// [`Keep::IfRoom`] entries, while the disk refuses writes and the queue is full.
+    pub fn append<T: Serialize>(&self, kind: &str, data: &T, keep: Keep) -> bool {
+        let body = encode_entry(kind, data);
+        self.journal.append(&body, keep)
+    }
+
+    /// Records an entry that must not be dropped.
     pub async fn record(&self, entry: AuditEntry) {
-        if let Err(mpsc::error::TrySendError::Full(entry)) = self.tx.try_send(entry) {
-            metrics::counter!("gateway_audit_backpressure_total").increment(1);
-            let _ = self.tx.send(entry).await;
+        self.append(&entry.kind, &entry.data, Keep::Always);
+    }
+
+    /// Writes what is queued and fsyncs (at exit).
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.journal.flush(true)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.journal.healthy()
+    }
+
+    pub fn accepting(&self) -> bool {
+        self.journal.accepting()
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.journal.failure()
+    }
+
+    /// The background flusher (runs until dropped: see [`crate::journal`]).
+    pub async fn run_flusher(self: Arc<Self>) {
+        self.journal.clone().run_flusher(|_| {}).await
+    }
+}
+
+/// `{"kind":"<kind>", <fields of data>}`; `data` must serialize as a JSON object (an entry that
+/// does not is kept under `data`).
+fn encode_entry<T: Serialize>(kind: &str, data: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"kind\":");
+    // Serializing a string or plain data into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, kind);
+    let fields = serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec());
+    match fields.strip_prefix(b"{").and_then(|f| f.strip_suffix(b"}")) {
+        Some(inner) if !inner.is_empty() => {
+            out.push(b',');
+            out.extend_from_slice(inner);
+        }
+        Some(_) => {}
+        None => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(&fields);
         }
     }
+    out.push(b'}');
+    out
 }
 
 /// Segment file name for a first sequence number.
@@ -131,59 +200,44 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-pub struct AuditWriter {
-    config: AuditConfig,
-    rx: mpsc::Receiver<AuditEntry>,
-    file: File,
-    path: PathBuf,
-    size: u64,
-    opened: Instant,
-    next_seq: u64,
-    prev: String,
-}
-
-/// Opens the log: finds where the chain stands (cutting a torn last line) and returns the
-/// handle and the writer task.
-pub fn open(config: AuditConfig, capacity: usize) -> std::io::Result<(AuditHandle, AuditWriter)> {
+/// Opens the log: finds where the chain stands (cutting a torn last line).
+pub fn open(config: AuditConfig) -> std::io::Result<AuditHandle> {
     std::fs::create_dir_all(&config.dir)?;
     let mut next_seq = 0;
     let mut prev = GENESIS.to_string();
-    let path = match segments(&config.dir)?.last() {
-        Some(last) => {
-            let (seq, hash) = recover_tail(last)?;
-            if let Some((s, h)) = seq.zip(hash) {
-                next_seq = s + 1;
-                prev = h;
-            } else {
-                // An empty last segment: the chain continues from the one before.
-                let all = segments(&config.dir)?;
-                if all.len() >= 2 {
-                    if let (Some(s), Some(h)) = recover_tail(&all[all.len() - 2])? {
-                        next_seq = s + 1;
-                        prev = h;
-                    }
-                }
-            }
-            last.clone()
+    let mut last_segment = None;
+    let all = segments(&config.dir)?;
+    // The chain continues from the last record; empty segments at the end are skipped.
+    for path in all.iter().rev() {
+        if last_segment.is_none() {
+            last_segment = Some(path.clone());
         }
-        None => config.dir.join(segment_name(0)),
-    };
-    let file = OpenOptions::new().create(true).append(true).open(&path)?;
-    let size = file.metadata()?.len();
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    Ok((
-        AuditHandle { tx },
-        AuditWriter {
-            config,
-            rx,
-            file,
-            path,
-            size,
-            opened: Instant::now(),
-            next_seq,
-            prev,
+        if let (Some(s), Some(h)) = recover_tail(path)? {
+            next_seq = s + 1;
+            prev = h;
+            break;
+        }
+    }
+    let journal = Journal::open(
+        JournalSettings {
+            dir: config.dir.clone(),
+            name: "audit",
+            segment_bytes: config.segment_bytes,
+            segment_max_age: Some(config.segment_max_age),
+            flush_interval: config.commit_delay.max(Duration::from_millis(1)),
+            flush_bytes: 256 * 1024,
+            max_buffered_bytes: config.buffer_bytes,
+            fsync_interval: None,
+            fsync: config.fsync,
         },
-    ))
+        AuditFraming { prev },
+        last_segment,
+        next_seq,
+    )
+    .map_err(|JournalError::Io { source, .. }| source)?;
+    Ok(Arc::new(AuditLog {
+        journal: Arc::new(journal),
+    }))
 }
 
 /// The last record's (seq, hash) of a segment; a torn (newline-less) last line is cut off.
@@ -195,12 +249,10 @@ fn recover_tail(path: &Path) -> std::io::Result<(Option<u64>, Option<String>)> {
         .map(|i| i + 1)
         .unwrap_or(0);
     if complete < bytes.len() {
-        tracing::warn!(path = %path.display(), "audit: cutting a torn last line");
-        let f = OpenOptions::new().write(true).open(path)?;
-        f.set_len(complete as u64)?;
-        f.sync_all()?;
+        crate::journal::cut_tail(path, complete as u64)
+            .map_err(|JournalError::Io { source, .. }| source)?;
     }
-    let text = String::from_utf8_lossy(&bytes[..complete]);
+    let text = String::from_utf8_lossy(bytes.get(..complete).unwrap_or_default());
     let Some(last) = text.lines().last() else {
         return Ok((None, None));
     };
@@ -214,103 +266,27 @@ fn recover_tail(path: &Path) -> std::io::Result<(Option<u64>, Option<String>)> {
     ))
 }
 
-impl AuditWriter {
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let first = tokio::select! {
-                e = self.rx.recv() => e,
-                _ = shutdown.changed() => {
-                    let mut rest = Vec::new();
-                    while let Ok(e) = self.rx.try_recv() {
-                        rest.push(e);
-                    }
-                    self.write(rest);
-                    return;
-                }
-            };
-            let Some(first) = first else { return };
-            if !self.config.commit_delay.is_zero() {
-                tokio::time::sleep(self.config.commit_delay).await;
-            }
-            let mut batch = vec![first];
-            while batch.len() < 1024 {
-                match self.rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-            self.write(batch);
-        }
-    }
-
-    fn write(&mut self, batch: Vec<AuditEntry>) {
-        if batch.is_empty() {
-            return;
-        }
-        if self.size >= self.config.segment_bytes
-            || (self.size > 0 && self.opened.elapsed() >= self.config.segment_max_age)
-        {
-            if let Err(e) = self.rotate() {
-                tracing::error!(error = %e, "audit segment rotation failed; continuing in the current one");
-            }
-        }
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        let (mut seq, mut prev) = (self.next_seq, self.prev.clone());
-        for entry in &batch {
-            let line = chain_line(seq, &entry_time(), entry, &prev);
-            prev = line_hash(&line).unwrap_or_default();
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            seq += 1;
-        }
-        let result = self.file.write_all(&buf).and_then(|()| {
-            if self.config.fsync {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
-                self.size += buf.len() as u64;
-                self.next_seq = seq;
-                self.prev = prev;
-                metrics::counter!("gateway_audit_records_total").increment(batch.len() as u64);
-            }
-            Err(e) => {
-                let _ = self.file.set_len(self.size);
-                metrics::counter!("gateway_audit_write_errors_total").increment(1);
-                tracing::error!(error = %e, records = batch.len(), "audit write failed");
-            }
-        }
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        self.file.sync_all()?;
-        let path = self.config.dir.join(segment_name(self.next_seq));
-        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
-        self.path = path;
-        self.size = 0;
-        self.opened = Instant::now();
-        Ok(())
-    }
-}
-
 fn entry_time() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
-/// The full line of a record.
-fn chain_line(seq: u64, time: &str, entry: &AuditEntry, prev: &str) -> String {
-    let body = serde_json::to_string(&Chained {
-        seq,
-        time: time.to_string(),
-        entry,
-        prev,
-    })
-    .unwrap_or_default();
-    let hash = hex::encode(Sha256::digest(body.as_bytes()));
-    format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1])
+/// Appends the full line of a record (newline included) and returns its hash: `body` is the
+/// entry's JSON object.
+fn chain_line_into(seq: u64, time: &str, body: &[u8], prev: &str, out: &mut Vec<u8>) -> String {
+    use std::io::Write as _;
+    let start = out.len();
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{{\"seq\":{seq},\"time\":\"{time}\",");
+    let fields = body
+        .strip_prefix(b"{")
+        .and_then(|b| b.strip_suffix(b"}"))
+        .unwrap_or_default();
+    out.extend_from_slice(fields);
+    let _ = write!(out, ",\"prev\":\"{prev}\"}}");
+    let hash = hex::encode(Sha256::digest(out.get(start..).unwrap_or_default()));
+    out.pop();
+    let _ = writeln!(out, ",\"hash\":\"{hash}\"}}");
+    hash
 }
 
 /// The hash a line claims, if it is well-formed.
@@ -414,32 +390,27 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     async fn write_records(dir: &Path, n: usize, segment_bytes: u64) {
-        let (handle, writer) = open(
-            AuditConfig {
-                dir: dir.to_path_buf(),
-                segment_bytes,
-                segment_max_age: Duration::from_secs(3600),
-                fsync: false,
-                commit_delay: Duration::ZERO,
-            },
-            16,
-        )
+        let log = open(AuditConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segment_max_age: Duration::from_secs(3600),
+            fsync: false,
+            commit_delay: Duration::ZERO,
+            buffer_bytes: 1 << 20,
+        })
         .unwrap();
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(writer.run(stopped));
         for i in 0..n {
-            handle
-                .record(AuditEntry::new(
-                    "request",
-                    serde_json::json!({"n": i, "tenant": "acme"}),
-                ))
-                .await;
+            log.record(AuditEntry::new(
+                "request",
+                serde_json::json!({"n": i, "tenant": "acme"}),
+            ))
+            .await;
+            // What the flusher does every `commit_delay`: segments rotate between writes.
+            log.flush().unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _ = stop.send(true);
-        task.await.unwrap();
     }
 
     fn lines(dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
@@ -503,12 +474,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn entries_are_framed_like_the_serde_form_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut framing = AuditFraming {
+            prev: GENESIS.to_string(),
+        };
+        let mut out = Vec::new();
+        #[derive(Serialize)]
+        struct Typed<'a> {
+            tenant: &'a str,
+            status: u16,
+        }
+        framing.frame(0, &encode_entry("request", &Typed { tenant: "acme", status: 200 }), &mut out);
+        framing.frame(1, &encode_entry("reload", &serde_json::json!({})), &mut out);
+        framing.frame(2, &encode_entry("odd", &7), &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with(r#"{"seq":0,"time":""#)
+                && first.contains(r#"","kind":"request","tenant":"acme","status":200,"prev":"0000"#),
+            "{first}"
+        );
+        assert!(text.contains(r#""kind":"odd","data":7,"prev""#), "{text}");
+        std::fs::write(dir.path().join(segment_name(0)), &out).unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert_eq!((report.records, report.failure), (3, None));
+    }
+
     #[tokio::test]
     async fn a_torn_last_line_is_cut_and_the_chain_continues() {
         let dir = tempfile::tempdir().unwrap();
         write_records(dir.path(), 5, 1_000_000).await;
         let path = segments(dir.path()).unwrap().remove(0);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"seq\":5,\"time\":\"x\",\"kind\":\"req")
             .unwrap();
         drop(f);

@@ -14,6 +14,8 @@ pub mod example_upstream;
 pub mod explain;
 pub mod geoip;
 pub mod identity;
+pub mod journal;
+pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod metering;

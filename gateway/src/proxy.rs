@@ -14,8 +14,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument;
 
-use crate::audit::{AuditEntry, AuditHandle};
+use crate::audit::AuditEntry;
 use crate::identity::provisioning::Provisioner;
+use crate::journal::Keep;
+use crate::lifecycle::{InFlight, InFlightGuard, Recording};
 use crate::metering::outbox::RecordBody;
 use crate::metering::{EventEnd, EventStart, Metering, Outcome, UsageEvent};
 use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
@@ -32,12 +34,14 @@ pub struct GatewayProxy {
     hooks: Hooks,
 }
 
-/// What the proxy records besides forwarding: provisioning, usage, audit.
+/// What the proxy records besides forwarding: provisioning, usage, audit; and the requests in
+/// flight, which a graceful shutdown waits for.
 #[derive(Default)]
 pub struct Hooks {
     pub provisioner: Option<Arc<Provisioner>>,
     pub metering: Option<Arc<Metering>>,
-    pub audit: Option<AuditHandle>,
+    pub recording: Arc<Recording>,
+    pub in_flight: Arc<InFlight>,
 }
 
 impl GatewayProxy {
@@ -55,27 +59,41 @@ impl GatewayProxy {
         }
     }
 
-    /// The begin record of a request about to be forwarded; the request waits for the write.
-    async fn begin_usage(&self, ctx: &mut RequestCtx, method: &str) -> pingora::Result<()> {
+    /// The begin record of a request about to be forwarded: in the outbox file (or, with
+    /// `fsync = "batch"`, on disk) before anything is sent upstream, so no crash can lose a
+    /// request the upstream may have seen.
+    async fn begin_usage(&self, ctx: &mut RequestCtx, method: &str) -> Result<(), Rejection> {
         let (Some(metering), Some(admitted)) = (&self.hooks.metering, &ctx.admitted) else {
             return Ok(());
         };
         if ctx.begun || !metering.record_before_forward {
             return Ok(());
         }
-        let start = usage_start(admitted, ctx, method, self.region_of(ctx), &metering.rules);
+        let planned_region = admitted.route.regions.first().cloned();
+        let start = usage_start(admitted, ctx, method, planned_region, &metering.rules);
         metering
             .outbox
-            .append_written(RecordBody::Begin(Box::new(start)))
+            .begin(&start)
             .await
-            .map_err(|e| {
-                ctx.rejection = Some(Rejection::Internal {
-                    reason: format!("metering: {e}"),
-                });
-                Error::because(ErrorType::InternalError, "outbox", e)
+            .map_err(|e| Rejection::MeteringUnavailable {
+                reason: e.to_string(),
             })?;
         ctx.begun = true;
         Ok(())
+    }
+
+    /// Answers a refusal (the connection stays open unless the request's framing is suspect).
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+        request_id: &str,
+    ) -> pingora::Result<bool> {
+        tracing::info!(request_id, reason = rejection.reason_code(), detail = %rejection, "request rejected");
+        respond_problem(session, &rejection, request_id).await?;
+        ctx.rejection = Some(rejection);
+        Ok(true)
     }
 
     fn region_of(&self, ctx: &RequestCtx) -> Option<String> {
@@ -85,10 +103,17 @@ impl GatewayProxy {
             .and_then(|p| p.region.clone())
     }
 
-    /// Records usage and audit once the request is over.
+    /// Records usage and audit once the request is over. Records of requests the upstream may
+    /// have seen are always kept; those of refused requests may be dropped (and counted) while
+    /// the disk refuses writes and the writers' queues are full.
     async fn finish(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) {
         let method = session.req_header().method.to_string();
         let region = self.region_of(ctx);
+        let keep = if ctx.begun || ctx.forwarded {
+            Keep::Always
+        } else {
+            Keep::IfRoom
+        };
         if let Some(metering) = &self.hooks.metering {
             let body = if ctx.begun {
                 RecordBody::End(EventEnd {
@@ -98,6 +123,12 @@ impl GatewayProxy {
                     response_bytes: session.body_bytes_sent() as u64,
                     upstream_latency_us: ctx.upstream_latency.map(|d| d.as_micros() as u64),
                     region: region.clone(),
+                    // Refused after the begin record, before anything went upstream.
+                    reason: ctx
+                        .rejection
+                        .as_ref()
+                        .filter(|_| !ctx.forwarded)
+                        .map(|r| r.reason_code().to_string()),
                 })
             } else {
                 let mut event = match &ctx.admitted {
@@ -125,7 +156,7 @@ impl GatewayProxy {
                     }
                     None => rejected_event(ctx, &method, status),
                 };
-                if let Some(r) = &ctx.rejection {
+                if let Some(r) = ctx.rejection.as_ref().filter(|_| !ctx.forwarded) {
                     event.outcome = Outcome::Rejected;
                     event.reason = Some(r.reason_code().to_string());
                 }
@@ -140,15 +171,21 @@ impl GatewayProxy {
                     .unwrap_or_default();
                 metrics::counter!("gateway_usage_requests_total", "tenant" => tenant).increment(1);
             }
-            if let Err(e) = metering.outbox.append(body).await {
-                metrics::counter!("gateway_outbox_write_errors_total").increment(1);
-                tracing::error!(error = %e, request_id = ctx.request_id(), "usage record not written");
+            if !metering.outbox.record(&body, keep) {
+                tracing::warn!(
+                    request_id = ctx.request_id(),
+                    "usage record of a refused request dropped: the outbox cannot write"
+                );
             }
         }
-        if let Some(audit) = &self.hooks.audit {
-            audit
-                .record(audit_entry(ctx, &method, status, region))
-                .await;
+        if let Some(audit) = &self.hooks.recording.audit {
+            let entry = audit_entry(ctx, &method, status, region);
+            if !audit.append(&entry.kind, &entry.data, keep) {
+                tracing::warn!(
+                    request_id = ctx.request_id(),
+                    "audit record of a refused request dropped: the audit log cannot write"
+                );
+            }
         }
     }
 }
@@ -160,6 +197,10 @@ pub struct RequestCtx {
     usage_id: String,
     /// The begin record is written.
     begun: bool,
+    /// The request went (or was going) upstream.
+    forwarded: bool,
+    /// Counts the request as in flight until the context is dropped.
+    _in_flight: InFlightGuard,
     upstream_sent_at: Option<Instant>,
     upstream_latency: Option<std::time::Duration>,
     /// Who and which tenant, when a stage refused the request after establishing them.
@@ -193,6 +234,8 @@ impl ProxyHttp for GatewayProxy {
             started: Instant::now(),
             usage_id: uuid::Uuid::now_v7().to_string(),
             begun: false,
+            forwarded: false,
+            _in_flight: self.hooks.in_flight.enter(),
             upstream_sent_at: None,
             upstream_latency: None,
             known_principal: None,
@@ -215,6 +258,21 @@ impl ProxyHttp for GatewayProxy {
         let snapshot = self.store.load();
         let req = session.req_header();
         let correlation = pipeline::correlate(&req.headers);
+        if !self.hooks.recording.accepting() {
+            // The writers are over their memory limit after failed writes: refuse before doing
+            // any work rather than forward a request that cannot be recorded.
+            let reason = self
+                .hooks
+                .recording
+                .unavailable()
+                .unwrap_or_else(|| "record queue full".to_string());
+            let request_id = correlation.request_id.clone();
+            ctx.correlation = Some(correlation);
+            ctx.snapshot = Some(snapshot);
+            return self
+                .refuse(session, ctx, Rejection::MeteringUnavailable { reason }, &request_id)
+                .await;
+        }
         let host = req
             .headers
             .get(HOST)
@@ -257,6 +315,10 @@ impl ProxyHttp for GatewayProxy {
                     }
                 }
                 ctx.admitted = Some(admitted);
+                let method = session.req_header().method.to_string();
+                if let Err(rejection) = self.begin_usage(ctx, &method).await {
+                    return self.refuse(session, ctx, rejection, &request_id).await;
+                }
                 Ok(false)
             }
             Err(pipeline::Refused {
@@ -268,10 +330,7 @@ impl ProxyHttp for GatewayProxy {
                 ctx.known_principal = principal;
                 ctx.known_tenant = tenant;
                 ctx.known_decision = decision;
-                tracing::info!(request_id, reason = rejection.reason_code(), detail = %rejection, "request rejected");
-                respond_problem(session, &rejection, &request_id).await?;
-                ctx.rejection = Some(rejection);
-                Ok(true)
+                self.refuse(session, ctx, rejection, &request_id).await
             }
         }
     }
@@ -368,8 +427,7 @@ impl ProxyHttp for GatewayProxy {
         if self.hooks.metering.is_some() {
             upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;
         }
-        let method = session.req_header().method.to_string();
-        self.begin_usage(ctx, &method).await?;
+        ctx.forwarded = true;
         ctx.upstream_sent_at = Some(Instant::now());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;

@@ -15,7 +15,8 @@ use crate::background::task_service;
 use crate::config::{LoadedConfig, SourceIssues};
 use crate::identity::provisioning::{PrincipalStore, Provisioner};
 use crate::identity::{Authenticator, JwksSettings};
-use crate::metering::outbox::OutboxSettings;
+use crate::lifecycle::{InFlight, Recording};
+use crate::metering::outbox::{Outbox, OutboxSettings};
 use crate::metering::Metering;
 use crate::pipeline::Services;
 use crate::proxy::{GatewayProxy, Hooks};
@@ -46,8 +47,13 @@ pub enum StartError {
 }
 
 /// Builds and runs the gateway; returns after a graceful or fast shutdown.
+///
+/// SIGTERM: listeners close, idle keep-alive connections are dropped, requests in flight run
+/// to their end (at most `server.grace_period`), then their records are flushed and the
+/// process exits — as soon as the last one is done. SIGINT: stop now (records of requests cut
+/// off are `interrupted`, as after a crash).
 pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
-    let server = build(&loaded)?;
+    let (server, recording) = build(&loaded)?;
     // Loading (above all a large tenant registry) left its parse trees free: give them back.
     crate::memory::release_freed_memory();
     tracing::info!(
@@ -56,12 +62,19 @@ pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
         "gateway started"
     );
     server.run(RunArgs::default());
+    // The grace period ran out (or a fast shutdown): whatever was recorded is written now.
+    recording.flush();
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Builds the Pingora server with every service added, ready to run.
-pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
+/// How long after a graceful shutdown begins requests whose head was already read may still
+/// start (Pingora stops reading new ones at once).
+const SHUTDOWN_SETTLE: Duration = Duration::from_millis(100);
+
+/// Builds the Pingora server with every service added, ready to run, and the writers whose
+/// queued records must be flushed when it stops.
+pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartError> {
     let cfg = &loaded.config;
     // Binding first gives a clear error naming the field instead of a failure deep in Pingora.
     for addr in &loaded.listen {
@@ -180,14 +193,17 @@ pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
         webhooks,
     });
 
+    // The writers are not stopped by the shutdown signal: requests in flight keep recording
+    // until the last one is done (see `drain and exit` below).
     let mut audit = None;
     if let Some(a) = &cfg.audit {
-        let (handle, writer) = crate::audit::open(a.clone(), 65_536)
+        let log = crate::audit::open(a.clone())
             .map_err(|e| StartError::Runtime(format!("audit log {}: {e}", a.dir.display())))?;
-        background.push(task_service("audit log", move |shutdown| {
-            writer.run(shutdown)
+        let flusher = log.clone();
+        background.push(task_service("audit log", move |_shutdown| {
+            flusher.run_flusher()
         }));
-        audit = Some(handle);
+        audit = Some(log);
     }
     let mut provisioner = None;
     if let Some(provisioning) = identity.and_then(|i| i.provisioning.as_ref()) {
@@ -239,24 +255,22 @@ pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
     drop(startup);
 
     let (upstreams, health_checks) = Upstreams::build(loaded).map_err(StartError::Upstreams)?;
-    let mut hooks = Hooks {
-        provisioner,
-        audit,
-        ..Hooks::default()
-    };
+    let mut outbox = None;
+    let mut metering = None;
     if let Some(m) = &cfg.metering {
         let settings = OutboxSettings {
             dir: m.dir.clone(),
             fsync: m.fsync,
             fsync_interval: m.fsync_interval,
             segment_bytes: m.segment_bytes,
-            channel_capacity: m.channel_capacity,
-            when_full: m.when_full,
+            flush_interval: m.flush_interval,
+            buffer_bytes: m.buffer_bytes,
         };
-        let (handle, writer, progress) = crate::metering::outbox::open(settings)
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        background.push(task_service("usage outbox", move |shutdown| {
-            writer.run(shutdown)
+        let (handle, progress) =
+            Outbox::open(settings).map_err(|e| StartError::Runtime(e.to_string()))?;
+        let flusher = handle.clone();
+        background.push(task_service("usage outbox", move |_shutdown| {
+            flusher.run_flusher()
         }));
         for exporter in &m.exporter {
             let sink = crate::metering::exporters::sink(exporter, store.clone())
@@ -271,13 +285,32 @@ pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
                 crate::metering::exporters::run(name, batch, sink, dir, progress, shutdown)
             }));
         }
-        hooks.metering = Some(Arc::new(Metering {
+        outbox = Some(handle.clone());
+        metering = Some(Arc::new(Metering {
             outbox: handle,
             rules: m.meter.clone(),
             record_before_forward: m.record_before_forward,
             tenant_metrics: m.tenant_metrics,
         }));
     }
+    let recording = Arc::new(Recording { outbox, audit });
+    let in_flight = Arc::new(InFlight::default());
+    {
+        let (recording, in_flight) = (recording.clone(), in_flight.clone());
+        background.push(task_service("drain and exit", move |shutdown| async move {
+            crate::lifecycle::drained(shutdown, &in_flight, SHUTDOWN_SETTLE).await;
+            recording.flush();
+            tracing::info!("gateway stopped: no request in flight, records written");
+            // Pingora would sit out the rest of the grace period; nothing is left to wait for.
+            std::process::exit(0);
+        }));
+    }
+    let hooks = Hooks {
+        provisioner,
+        metering,
+        recording: recording.clone(),
+        in_flight,
+    };
 
     let upstreams = Arc::new(upstreams);
     if let Some(listener) = admin_listener {
@@ -302,6 +335,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
             metrics,
             token,
             loaded,
+            recording.clone(),
         ));
         server.add_service(task_service("admin api", move |shutdown| {
             admin.serve(listener, shutdown)
@@ -338,7 +372,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<Server, StartError> {
     for task in background {
         server.add_service(task);
     }
-    Ok(server)
+    Ok((server, recording))
 }
 
 /// The Prometheus recorder behind `/metrics`: latency histograms get buckets from 50 µs to 10 s.

@@ -64,6 +64,8 @@ pub struct Admin {
     token_sha256: [u8; 32],
     started: Instant,
     shutting_down: AtomicBool,
+    /// The usage outbox and audit log: not ready while they cannot write.
+    recording: Arc<crate::lifecycle::Recording>,
 }
 
 /// Why the admin API could not start.
@@ -162,6 +164,7 @@ impl Admin {
         metrics: Option<PrometheusHandle>,
         token_sha256: [u8; 32],
         loaded: &crate::config::LoadedConfig,
+        recording: Arc<crate::lifecycle::Recording>,
     ) -> Self {
         Admin {
             store,
@@ -176,6 +179,7 @@ impl Admin {
             token_sha256,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            recording,
         }
     }
 
@@ -326,14 +330,19 @@ impl Admin {
     fn readyz(&self) -> AdminResponse {
         let snapshot = self.store.load();
         let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        // A replica that cannot record usage or audit refuses requests (503): take it out of
+        // the load balancer's rotation until it can again.
+        let recording_unavailable = self.recording.unavailable();
+        let ready = !shutting_down && recording_unavailable.is_none();
         let body = json!({
-            "ready": !shutting_down,
+            "ready": ready,
             "shutting_down": shutting_down,
+            "recording_unavailable": recording_unavailable,
             "policies": snapshot.authz.as_ref().map(|a| a.version.clone()),
             "tenants": snapshot.registry.len(),
             "residency_maps": snapshot.residency.is_some(),
         });
-        let status = if shutting_down {
+        let status = if !ready {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::OK

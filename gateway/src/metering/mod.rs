@@ -21,7 +21,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use outbox::{FsyncPolicy, OutboxRecord, RecordBody, WhenFull};
+use outbox::{FsyncPolicy, OutboxRecord, RecordBody};
 
 /// How a metered request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,10 @@ pub struct EventEnd {
     pub response_bytes: u64,
     pub upstream_latency_us: Option<u64>,
     pub region: Option<String>,
+    /// Why the gateway refused the request after its begin record was written (e.g. no
+    /// healthy upstream), before anything was sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One usage event, as exported.
@@ -92,16 +96,22 @@ pub struct UsageEvent {
 
 impl UsageEvent {
     fn from_parts(start: EventStart, end: Option<EventEnd>) -> Self {
-        let (status, request_bytes, response_bytes, latency, region, outcome) = match end {
+        let (status, request_bytes, response_bytes, latency, region, outcome, reason) = match end
+        {
             Some(e) => (
                 e.status,
                 e.request_bytes,
                 e.response_bytes,
                 e.upstream_latency_us,
                 e.region.or(start.region),
-                Outcome::Completed,
+                if e.reason.is_some() {
+                    Outcome::Rejected
+                } else {
+                    Outcome::Completed
+                },
+                e.reason,
             ),
-            None => (0, 0, 0, None, start.region, Outcome::Interrupted),
+            None => (0, 0, 0, None, start.region, Outcome::Interrupted, None),
         };
         UsageEvent {
             id: start.id,
@@ -118,7 +128,7 @@ impl UsageEvent {
             upstream_latency_us: latency,
             region,
             outcome,
-            reason: None,
+            reason,
             meters: start.meters,
         }
     }
@@ -206,10 +216,16 @@ pub struct MeteringConfig {
     pub fsync_interval: Duration,
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
-    #[serde(default = "default_channel_capacity")]
-    pub channel_capacity: usize,
-    #[serde(default = "default_when_full")]
-    pub when_full: WhenFull,
+    /// Records of finished (and refused) requests are written at most this long after the
+    /// response, in batches; a begin record is always written before its request is forwarded.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub flush_interval: Duration,
+    /// While the disk refuses writes, records are kept in memory up to this many bytes (and
+    /// retried); beyond it, and whenever a begin record cannot be written, requests are
+    /// refused with `503 metering-unavailable` rather than forwarded unmetered.
+    #[serde(default = "default_buffer_bytes")]
+    pub buffer_bytes: usize,
     /// Write a request's begin record before forwarding it (no event can be lost to a crash).
     /// Off: one record after the response, off the request path (a crash loses in-flight ones).
     #[serde(default = "default_true")]
@@ -248,11 +264,11 @@ fn default_fsync_interval() -> Duration {
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
 }
-fn default_channel_capacity() -> usize {
-    65_536
+fn default_flush_interval() -> Duration {
+    Duration::from_millis(10)
 }
-fn default_when_full() -> WhenFull {
-    WhenFull::Block
+fn default_buffer_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_true() -> bool {
     true
@@ -260,7 +276,7 @@ fn default_true() -> bool {
 
 /// What the proxy needs to meter requests.
 pub struct Metering {
-    pub outbox: outbox::OutboxHandle,
+    pub outbox: std::sync::Arc<outbox::Outbox>,
     pub rules: Vec<MeterRule>,
     pub record_before_forward: bool,
     pub tenant_metrics: bool,
@@ -314,6 +330,7 @@ mod tests {
             response_bytes: 2,
             upstream_latency_us: Some(5),
             region: Some("eu-west".into()),
+            reason: None,
         }
     }
 

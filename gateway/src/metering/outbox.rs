@@ -1,16 +1,18 @@
 //! The durable local outbox: append-only JSON-lines segment files with one global, gap-free
-//! record offset. One writer task owns the files; the request path hands it records through a
-//! bounded channel. A torn last line (power loss mid-write) is cut off when the outbox opens.
+//! record offset, written by the threads that serve the requests (a [`Journal`]). A torn last
+//! line (power loss mid-write) is cut off when the outbox opens.
 
-use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
+
+pub use crate::journal::Keep;
+use crate::journal::{Framing, Journal, JournalError, JournalSettings};
 
 use super::{EventEnd, EventStart, UsageEvent};
 
@@ -44,20 +46,11 @@ pub enum RecordBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
-    /// After every batch the writer appends.
+    /// Before a request is forwarded, its begin record is fsynced (concurrent requests share
+    /// one fsync).
     Batch,
-    /// At most every `fsync_interval`.
+    /// At most every `fsync_interval`, off the request path.
     Interval,
-}
-
-/// What the request path does when the writer's channel is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Wait for room (backpressure on the request).
-    Block,
-    /// Queue in memory beyond the channel (no waiting; memory grows until the writer catches up).
-    Spill,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +60,8 @@ pub enum OutboxError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("outbox writer stopped")]
-    Stopped,
+    #[error("outbox {0}")]
+    Journal(#[from] JournalError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
@@ -84,73 +77,11 @@ pub struct OutboxSettings {
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
-    pub channel_capacity: usize,
-    pub when_full: WhenFull,
-}
-
-struct Pending {
-    body: RecordBody,
-    written: Option<oneshot::Sender<()>>,
-}
-
-/// The request path's handle on the outbox.
-#[derive(Clone)]
-pub struct OutboxHandle {
-    tx: mpsc::Sender<Pending>,
-    overflow: Arc<Mutex<VecDeque<Pending>>>,
-    when_full: WhenFull,
-    wake: Arc<tokio::sync::Notify>,
-}
-
-impl OutboxHandle {
-    /// Appends a record and waits until it is written (not necessarily fsynced).
-    pub async fn append_written(&self, body: RecordBody) -> Result<(), OutboxError> {
-        let (tx, rx) = oneshot::channel();
-        self.push(Pending {
-            body,
-            written: Some(tx),
-        })
-        .await?;
-        rx.await.map_err(|_| OutboxError::Stopped)
-    }
-
-    /// Appends a record without waiting for the write.
-    pub async fn append(&self, body: RecordBody) -> Result<(), OutboxError> {
-        self.push(Pending {
-            body,
-            written: None,
-        })
-        .await
-    }
-
-    async fn push(&self, pending: Pending) -> Result<(), OutboxError> {
-        match self.tx.try_send(pending) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(OutboxError::Stopped),
-            Err(mpsc::error::TrySendError::Full(pending)) => {
-                metrics::counter!("gateway_outbox_full_total", "policy" => match self.when_full {
-                    WhenFull::Block => "block",
-                    WhenFull::Spill => "spill",
-                })
-                .increment(1);
-                match self.when_full {
-                    WhenFull::Block => self
-                        .tx
-                        .send(pending)
-                        .await
-                        .map_err(|_| OutboxError::Stopped),
-                    WhenFull::Spill => {
-                        self.overflow
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push_back(pending);
-                        self.wake.notify_one();
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
+    /// Records of finished requests are written at most this long after they were made.
+    pub flush_interval: Duration,
+    /// While the disk refuses writes, at most this much is queued in memory before new
+    /// requests are refused.
+    pub buffer_bytes: usize,
 }
 
 /// Progress of the writer, for exporters and metrics.
@@ -160,18 +91,147 @@ pub struct Written {
     pub next_offset: u64,
 }
 
-/// The writer task and what it needs.
-pub struct OutboxWriter {
-    settings: OutboxSettings,
-    rx: mpsc::Receiver<Pending>,
-    overflow: Arc<Mutex<VecDeque<Pending>>>,
-    wake: Arc<tokio::sync::Notify>,
+/// Outbox lines: `{"offset":N,"boot":"<id>",` then the record body's fields.
+struct OutboxFraming {
     boot: String,
-    file: File,
-    segment_path: PathBuf,
-    segment_size: u64,
-    next_offset: u64,
+}
+
+impl Framing for OutboxFraming {
+    fn frame(&mut self, seq: u64, body: &[u8], out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{{\"offset\":{seq},\"boot\":\"{}\",", self.boot);
+        out.extend_from_slice(body.get(1..).unwrap_or_default());
+        out.push(b'\n');
+    }
+
+    fn segment_name(first_seq: u64) -> String {
+        segment_name(first_seq)
+    }
+}
+
+/// The usage outbox: appended to by the threads serving requests (see [`crate::journal`]).
+pub struct Outbox {
+    journal: Arc<Journal<OutboxFraming>>,
+    boot: String,
+    fsync: FsyncPolicy,
     progress: watch::Sender<Written>,
+}
+
+impl Outbox {
+    /// Opens the outbox (recovering a torn tail) and writes this process's boot record.
+    pub fn open(
+        settings: OutboxSettings,
+    ) -> Result<(Arc<Outbox>, watch::Receiver<Written>), OutboxError> {
+        std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+        let existing = segments(&settings.dir)?;
+        let (last, next_offset) = match existing.last() {
+            Some((first, path)) => (Some(path.clone()), recover_segment(path, *first)?),
+            None => (None, 0),
+        };
+        let boot = new_boot_id();
+        let journal = Journal::open(
+            JournalSettings {
+                dir: settings.dir.clone(),
+                name: "outbox",
+                segment_bytes: settings.segment_bytes,
+                segment_max_age: None,
+                flush_interval: settings.flush_interval,
+                flush_bytes: 256 * 1024,
+                max_buffered_bytes: settings.buffer_bytes,
+                fsync_interval: Some(settings.fsync_interval),
+                fsync: true,
+            },
+            OutboxFraming { boot: boot.clone() },
+            last,
+            next_offset,
+        )?;
+        let (progress, progress_rx) = watch::channel(Written { next_offset });
+        let outbox = Outbox {
+            journal: Arc::new(journal),
+            boot,
+            fsync: settings.fsync,
+            progress,
+        };
+        outbox.journal.append_now(&encode(&RecordBody::Boot))?;
+        outbox.journal.flush(true)?;
+        outbox.publish();
+        Ok((Arc::new(outbox), progress_rx))
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot
+    }
+
+    /// Writes the begin record of a request about to be forwarded: it is in the file (and,
+    /// with `fsync = "batch"`, on disk) when this returns. On error nothing was recorded.
+    pub async fn begin(&self, start: &EventStart) -> Result<(), OutboxError> {
+        let seq = self
+            .journal
+            .append_now(&encode(&RecordBody::Begin(Box::new(start.clone()))))?;
+        if self.fsync == FsyncPolicy::Batch {
+            self.journal.sync_through(seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues a record (written within the flush interval). False if it was dropped: only
+    /// [`Keep::IfRoom`] records, while the disk refuses writes and the queue is full.
+    pub fn record(&self, body: &RecordBody, keep: Keep) -> bool {
+        self.journal.append(&encode(body), keep)
+    }
+
+    /// Writes what is queued and fsyncs (at exit).
+    pub fn flush(&self) -> Result<(), OutboxError> {
+        self.journal.flush(true)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Writes succeed.
+    pub fn healthy(&self) -> bool {
+        self.journal.healthy()
+    }
+
+    /// New requests may be taken on.
+    pub fn accepting(&self) -> bool {
+        self.journal.accepting()
+    }
+
+    /// The last write error, while writes fail.
+    pub fn failure(&self) -> Option<String> {
+        self.journal.failure()
+    }
+
+    /// The background flusher: writes queued records, fsyncs per the policy, tells exporters
+    /// what is new. Runs until dropped (not stopped by shutdown: see [`crate::journal`]).
+    pub async fn run_flusher(self: Arc<Self>) {
+        let outbox = self.clone();
+        self.journal
+            .clone()
+            .run_flusher(move |_| outbox.publish())
+            .await
+    }
+
+    fn publish(&self) {
+        let next_offset = self.journal.written_seq();
+        self.progress.send_if_modified(|w| {
+            let changed = w.next_offset != next_offset;
+            w.next_offset = next_offset;
+            changed
+        });
+    }
+}
+
+/// A record body as JSON; records are plain data, so this cannot fail in practice (an empty
+/// object is written if it ever did, and the exporters skip it).
+fn encode(body: &RecordBody) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// A process id for the boot record: UUIDv7, unique per start.
+fn new_boot_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Segment file name for a first offset (sortable).
@@ -201,52 +261,6 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OutboxError> {
     Ok(out)
 }
 
-/// Opens the outbox (recovering a torn tail), writes this process's boot record, and returns
-/// the handle for the request path, the writer task and its progress.
-pub fn open(
-    settings: OutboxSettings,
-) -> Result<(OutboxHandle, OutboxWriter, watch::Receiver<Written>), OutboxError> {
-    std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
-    let existing = segments(&settings.dir)?;
-    let (segment_path, next_offset) = match existing.last() {
-        Some((first, path)) => (path.clone(), recover_segment(path, *first)?),
-        None => (settings.dir.join(segment_name(0)), 0),
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&segment_path)
-        .map_err(io(&segment_path))?;
-    let segment_size = file.metadata().map_err(io(&segment_path))?.len();
-    let (tx, rx) = mpsc::channel(settings.channel_capacity.max(1));
-    let (progress, progress_rx) = watch::channel(Written { next_offset });
-    let overflow = Arc::new(Mutex::new(VecDeque::new()));
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let handle = OutboxHandle {
-        tx,
-        overflow: overflow.clone(),
-        when_full: settings.when_full,
-        wake: wake.clone(),
-    };
-    let mut writer = OutboxWriter {
-        settings,
-        rx,
-        overflow,
-        wake,
-        boot: uuid::Uuid::now_v7().to_string(),
-        file,
-        segment_path,
-        segment_size,
-        next_offset,
-        progress,
-    };
-    writer.write_batch(vec![Pending {
-        body: RecordBody::Boot,
-        written: None,
-    }])?;
-    Ok((handle, writer, progress_rx))
-}
-
 /// Reads a segment, cuts off a torn or garbled tail, and returns the next offset.
 fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
     let file = File::open(path).map_err(io(path))?;
@@ -257,10 +271,7 @@ fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
     loop {
         line.clear();
         let n = reader.read_line(&mut line).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        if !line.ends_with('\n') {
+        if n == 0 || !line.ends_with('\n') {
             break;
         }
         match serde_json::from_str::<OutboxRecord>(&line) {
@@ -271,160 +282,8 @@ fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
             _ => break,
         }
     }
-    let len = std::fs::metadata(path).map_err(io(path))?.len();
-    if len != good_bytes {
-        tracing::warn!(path = %path.display(), cut_bytes = len - good_bytes, "outbox: cutting a torn tail");
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        f.set_len(good_bytes).map_err(io(path))?;
-        f.sync_all().map_err(io(path))?;
-    }
+    crate::journal::cut_tail(path, good_bytes)?;
     Ok(next)
-}
-
-impl OutboxWriter {
-    pub fn boot_id(&self) -> &str {
-        &self.boot
-    }
-
-    /// Writes records until every handle is dropped or shutdown; flushes before returning.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut fsync_tick = tokio::time::interval(self.settings.fsync_interval);
-        let mut dirty = false;
-        loop {
-            enum Step {
-                Got(Pending),
-                Closed,
-                Wake,
-            }
-            let step = tokio::select! {
-                biased;
-                p = self.rx.recv() => match p {
-                    Some(p) => Step::Got(p),
-                    None => Step::Closed,
-                },
-                _ = self.wake.notified() => Step::Wake,
-                _ = fsync_tick.tick(), if self.settings.fsync == FsyncPolicy::Interval && dirty => {
-                    if let Err(e) = self.file.sync_data() {
-                        tracing::error!(error = %e, "outbox fsync failed");
-                    }
-                    dirty = false;
-                    continue;
-                }
-                _ = shutdown.changed() => {
-                    self.drain_and_stop();
-                    return;
-                }
-            };
-            let mut batch: Vec<Pending> = self
-                .overflow
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drain(..)
-                .collect();
-            match step {
-                Step::Got(p) => batch.push(p),
-                Step::Closed => {
-                    self.drain_and_stop();
-                    return;
-                }
-                Step::Wake => {}
-            }
-            while batch.len() < 4096 {
-                match self.rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.write_batch(batch) {
-                // Records of this batch were acknowledged to nobody; their requests see the error.
-                metrics::counter!("gateway_outbox_write_errors_total").increment(1);
-                tracing::error!(error = %e, "outbox write failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            dirty = true;
-        }
-    }
-
-    fn drain_and_stop(&mut self) {
-        let mut batch: Vec<Pending> = self
-            .overflow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        while let Ok(p) = self.rx.try_recv() {
-            batch.push(p);
-        }
-        if !batch.is_empty() {
-            if let Err(e) = self.write_batch(batch) {
-                tracing::error!(error = %e, "outbox write at shutdown failed");
-            }
-        }
-        let _ = self.file.sync_data();
-    }
-
-    fn write_batch(&mut self, batch: Vec<Pending>) -> Result<(), OutboxError> {
-        let mut buf = Vec::with_capacity(batch.len() * 384);
-        let mut acks = Vec::with_capacity(batch.len());
-        let first_offset = self.next_offset;
-        for pending in batch {
-            let record = OutboxRecord {
-                offset: self.next_offset,
-                boot: self.boot.clone(),
-                body: pending.body,
-            };
-            // Records are plain data: serializing cannot fail.
-            if let Ok(line) = serde_json::to_vec(&record) {
-                buf.extend_from_slice(&line);
-                buf.push(b'\n');
-                self.next_offset += 1;
-            }
-            if let Some(ack) = pending.written {
-                acks.push(ack);
-            }
-        }
-        if let Err(e) = self.file.write_all(&buf) {
-            // Undo a partial write so the file stays a sequence of whole records.
-            let _ = self.file.set_len(self.segment_size);
-            self.next_offset = first_offset;
-            return Err(io(&self.segment_path)(e));
-        }
-        if self.settings.fsync == FsyncPolicy::Batch {
-            self.file.sync_data().map_err(io(&self.segment_path))?;
-        }
-        self.segment_size += buf.len() as u64;
-        metrics::counter!("gateway_outbox_records_total")
-            .increment(self.next_offset - first_offset);
-        let _ = self.progress.send(Written {
-            next_offset: self.next_offset,
-        });
-        for ack in acks {
-            let _ = ack.send(());
-        }
-        if self.segment_size >= self.settings.segment_bytes {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> Result<(), OutboxError> {
-        self.file.sync_data().map_err(io(&self.segment_path))?;
-        let path = self.settings.dir.join(segment_name(self.next_offset));
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        self.segment_path = path;
-        self.segment_size = 0;
-        Ok(())
-    }
 }
 
 /// Reads records in offset order, following the writer across segments.

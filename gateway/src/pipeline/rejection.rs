@@ -57,7 +57,15 @@ pub enum Rejection {
     },
     #[error("`{}` needs the `{}` feature, not in the `{}` tier", .0.action, .0.feature, .0.tier)]
     FeatureNotInTier(crate::limits::FeatureMissing),
+    /// The usage outbox or the audit log cannot record the request (e.g. a full disk): it is
+    /// refused rather than forwarded unrecorded.
+    #[error("the request cannot be recorded: {reason}")]
+    MeteringUnavailable { reason: String },
 }
+
+/// `Retry-After` of `503 metering-unavailable`: long enough for an operator's alert, short
+/// enough that clients come back soon after space returns.
+const METERING_RETRY_AFTER_SECS: u32 = 5;
 
 impl Rejection {
     pub fn status(&self) -> u16 {
@@ -69,7 +77,7 @@ impl Rejection {
             Rejection::Unauthenticated(_) => 401,
             Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
             Rejection::RateLimited { .. } | Rejection::QuotaExhausted { .. } => 429,
-            Rejection::LimiterUnavailable { .. } => 503,
+            Rejection::LimiterUnavailable { .. } | Rejection::MeteringUnavailable { .. } => 503,
             Rejection::UnknownRoute => 404,
             Rejection::Tenant(TenantError::Required) => 400,
             Rejection::Tenant(TenantError::Mismatch | TenantError::Suspended) => 403,
@@ -104,6 +112,7 @@ impl Rejection {
             Rejection::QuotaExhausted { .. } => "quota-exhausted",
             Rejection::LimiterUnavailable { .. } => "rate-limit-unavailable",
             Rejection::FeatureNotInTier(_) => "feature-not-in-tier",
+            Rejection::MeteringUnavailable { .. } => "metering-unavailable",
         }
     }
 
@@ -129,6 +138,7 @@ impl Rejection {
             Rejection::QuotaExhausted { .. } => "Quota exhausted",
             Rejection::LimiterUnavailable { .. } => "Service unavailable",
             Rejection::FeatureNotInTier(_) => "Feature not in plan",
+            Rejection::MeteringUnavailable { .. } => "Service unavailable",
         }
     }
 
@@ -175,6 +185,10 @@ impl Rejection {
                 "`{}` needs the `{}` feature, which the `{}` plan does not include",
                 m.action, m.feature, m.tier
             ),
+            Rejection::MeteringUnavailable { .. } => {
+                "the gateway cannot record requests right now; retry after the Retry-After delay"
+                    .to_string()
+            }
         }
     }
 
@@ -199,6 +213,9 @@ impl Rejection {
             Rejection::RateLimited { headers, .. }
             | Rejection::QuotaExhausted { headers, .. }
             | Rejection::LimiterUnavailable { headers } => headers.clone(),
+            Rejection::MeteringUnavailable { .. } => {
+                vec![("retry-after", METERING_RETRY_AFTER_SECS.to_string())]
+            }
             _ => Vec::new(),
         }
     }

@@ -486,14 +486,25 @@ mod tests {
             tenant: &'a str,
             status: u16,
         }
-        framing.frame(0, &encode_entry("request", &Typed { tenant: "acme", status: 200 }), &mut out);
+        framing.frame(
+            0,
+            &encode_entry(
+                "request",
+                &Typed {
+                    tenant: "acme",
+                    status: 200,
+                },
+            ),
+            &mut out,
+        );
         framing.frame(1, &encode_entry("reload", &serde_json::json!({})), &mut out);
         framing.frame(2, &encode_entry("odd", &7), &mut out);
         let text = String::from_utf8(out.clone()).unwrap();
         let first = text.lines().next().unwrap();
         assert!(
             first.starts_with(r#"{"seq":0,"time":""#)
-                && first.contains(r#"","kind":"request","tenant":"acme","status":200,"prev":"0000"#),
+                && first
+                    .contains(r#"","kind":"request","tenant":"acme","status":200,"prev":"0000"#),
             "{first}"
         );
         assert!(text.contains(r#""kind":"odd","data":7,"prev""#), "{text}");

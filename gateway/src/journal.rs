@@ -133,6 +133,7 @@ impl<F: Framing> Journal<F> {
         next_seq: u64,
     ) -> Result<Self, JournalError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
+        metrics::gauge!("gateway_journal_healthy", "journal" => settings.name).set(1.0);
         let path = last_segment.unwrap_or_else(|| settings.dir.join(F::segment_name(next_seq)));
         let file = open_append(&path)?;
         let size = file.metadata().map_err(io(&path))?.len();
@@ -314,6 +315,8 @@ impl<F: Framing> Journal<F> {
     pub async fn run_flusher(self: Arc<Self>, on_written: impl Fn(u64) + Send + 'static) {
         let mut last_fsync = Instant::now();
         let mut last_published = self.written_seq();
+        let queued =
+            metrics::gauge!("gateway_journal_queued_bytes", "journal" => self.settings.name);
         loop {
             tokio::time::sleep(self.settings.flush_interval).await;
             let fsync_due = self.settings.fsync
@@ -326,6 +329,7 @@ impl<F: Framing> Journal<F> {
             }
             // Errors are counted, logged and reflected in health inside.
             let _ = self.flush(fsync_due);
+            queued.set(self.queued_bytes() as f64);
             let written = self.written_seq();
             if written != last_published {
                 last_published = written;
@@ -369,7 +373,10 @@ impl<F: Framing> Journal<F> {
             metrics::counter!("gateway_journal_write_errors_total", "journal" => self.settings.name)
                 .increment(1);
             state.failure = Some(message);
-            self.failing.store(true, Ordering::Release);
+            if !self.failing.swap(true, Ordering::AcqRel) {
+                metrics::gauge!("gateway_journal_healthy", "journal" => self.settings.name)
+                    .set(0.0);
+            }
             self.note_batch_size(state);
             return Err(JournalError::Io {
                 path: state.path.clone(),
@@ -382,6 +389,7 @@ impl<F: Framing> Journal<F> {
                 "writes succeed again; queued records written"
             );
             self.failing.store(false, Ordering::Release);
+            metrics::gauge!("gateway_journal_healthy", "journal" => self.settings.name).set(1.0);
         }
         metrics::counter!("gateway_journal_records_total", "journal" => self.settings.name)
             .increment(state.batch_records);
@@ -550,7 +558,11 @@ mod tests {
         assert_eq!(j.append_now(br#"{"k":"c"}"#).unwrap(), 9);
         assert_eq!(
             lines(dir.path()),
-            [r#"{"n":7,"k":"a"}"#, r#"{"n":8,"k":"b"}"#, r#"{"n":9,"k":"c"}"#]
+            [
+                r#"{"n":7,"k":"a"}"#,
+                r#"{"n":8,"k":"b"}"#,
+                r#"{"n":9,"k":"c"}"#
+            ]
         );
         assert_eq!(j.written_seq(), 10);
     }
@@ -581,7 +593,10 @@ mod tests {
         let j = Arc::new(Journal::open(settings(dir.path()), Numbered, None, 0).unwrap());
         let published = Arc::new(AtomicU64::new(0));
         let seen = published.clone();
-        let flusher = tokio::spawn(j.clone().run_flusher(move |w| seen.store(w, Ordering::SeqCst)));
+        let flusher = tokio::spawn(
+            j.clone()
+                .run_flusher(move |w| seen.store(w, Ordering::SeqCst)),
+        );
         j.append(br#"{"k":1}"#, Keep::Always);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(lines(dir.path()).len(), 1);
@@ -641,11 +656,19 @@ mod tests {
         j.flush(true).unwrap();
         assert!(j.healthy() && j.accepting());
         let all = lines(dir.path());
-        assert_eq!(all.first().map(String::as_str), Some(r#"{"n":0,"k":"kept"}"#));
-        assert!(all.iter().all(|l| !l.contains("refused") && !l.contains("dropped")));
+        assert_eq!(
+            all.first().map(String::as_str),
+            Some(r#"{"n":0,"k":"kept"}"#)
+        );
+        assert!(all
+            .iter()
+            .all(|l| !l.contains("refused") && !l.contains("dropped")));
         assert!(all.last().unwrap().contains("in-flight"));
         for (i, line) in all.iter().enumerate() {
-            assert!(line.starts_with(&format!("{{\"n\":{i},")), "gap-free: {line}");
+            assert!(
+                line.starts_with(&format!("{{\"n\":{i},")),
+                "gap-free: {line}"
+            );
         }
     }
 }

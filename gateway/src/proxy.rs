@@ -270,7 +270,12 @@ impl ProxyHttp for GatewayProxy {
             ctx.correlation = Some(correlation);
             ctx.snapshot = Some(snapshot);
             return self
-                .refuse(session, ctx, Rejection::MeteringUnavailable { reason }, &request_id)
+                .refuse(
+                    session,
+                    ctx,
+                    Rejection::MeteringUnavailable { reason },
+                    &request_id,
+                )
                 .await;
         }
         let host = req

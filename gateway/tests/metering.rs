@@ -462,3 +462,392 @@ async fn sigkill_under_load_loses_nothing_and_counts_nothing_twice() {
         .await
         .unwrap();
 }
+
+/// A gateway with an outbox and an audit log under `data_dir` (relative to the config) and an
+/// admin listener, in front of `up`.
+fn recording_config(
+    up: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    data_dir: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+threads = 2
+grace_period = "20s"
+shutdown_timeout = "1s"
+
+[tenancy]
+sources = ["header"]
+registry = {{ file = "tenants.toml" }}
+
+[metering]
+dir = "{data_dir}/outbox"
+flush_interval = "10ms"
+buffer_bytes = 65536
+
+[audit]
+dir = "{data_dir}/audit"
+buffer_bytes = 65536
+
+[admin]
+listen = "{admin}"
+token_file = "admin.token"
+
+[upstream]
+read_timeout = "5s"
+[upstream.health_check]
+interval = "500ms"
+
+[[upstream.pool]]
+name = "app"
+peers = ["{up}"]
+"#
+    )
+}
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+
+/// Request ids of `request` audit records, with their status.
+fn audited(dir: &std::path::Path) -> BTreeMap<String, u64> {
+    gateway::audit::read_all(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["kind"] == "request")
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap_or_default().to_string(),
+                r["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Usage events by request id.
+fn metered(dir: &std::path::Path) -> BTreeMap<String, gateway::metering::UsageEvent> {
+    gateway::metering::report::outbox_events(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.request_id.clone(), e))
+        .collect()
+}
+
+/// SIGTERM under load: requests in flight finish and are answered; every answered request has
+/// its completed usage event and its audit record; nothing after the signal gets a 500; the
+/// process exits as soon as the last request is done, not at the end of the grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_records_every_answered_request_and_exits_when_done() {
+    const CLIENTS: usize = 16;
+    let up = upstream("app").await;
+    let admin = common::free_addr();
+    let mut gw = TestGateway::start(
+        &recording_config(up.addr, admin, "data"),
+        &[
+            ("tenants.toml", TENANTS.as_bytes()),
+            ("admin.token", ADMIN_TOKEN.as_bytes()),
+        ],
+    );
+    let url = gw.url("/_upstream/slow?ms=400");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (url, stop) = (url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut answered = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match http.get(&url).header("x-tenant", "globex").send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let id = r
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string();
+                        let closes = r
+                            .headers()
+                            .get("connection")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                        let body_complete = r.bytes().await.is_ok();
+                        answered.push((status, id, closes, body_complete));
+                    }
+                    // Listeners closed: the request never arrived.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            answered
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(Duration::from_secs(5), || async {
+        up.in_flight() as usize == CLIENTS
+    })
+    .await
+    .expect("all clients in flight");
+    let signalled = std::time::Instant::now();
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let exit = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(10)));
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = Vec::new();
+    for c in clients {
+        answered.extend(c.await.unwrap());
+    }
+    let log = gw.log();
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM\n{log}"));
+    assert!(exit.success(), "{exit:?}\n{log}");
+    // The requests in flight took 400 ms; the grace period is 20 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM\n{log}"
+    );
+    for (status, id, closes, complete) in &answered {
+        assert!(
+            *status == 200 || (*status == 503 && *closes),
+            "after SIGTERM only complete answers or 503 + Connection: close: {status} {id}\n{log}"
+        );
+        assert!(complete, "{id}: body cut off");
+    }
+    let ok: Vec<&String> = answered
+        .iter()
+        .filter(|(s, ..)| *s == 200)
+        .map(|(_, id, ..)| id)
+        .collect();
+    assert!(
+        ok.len() >= CLIENTS * 3,
+        "the load ran: {} answered",
+        ok.len()
+    );
+    assert_eq!(
+        answered.len(),
+        ok.len(),
+        "the requests in flight at the signal were all served"
+    );
+
+    let data = gw.dir.path().join("data");
+    let events = metered(&data.join("outbox"));
+    let audit = audited(&data.join("audit"));
+    for id in &ok {
+        let event = events
+            .get(*id)
+            .unwrap_or_else(|| panic!("{id}: answered 200 but no usage event\n{log}"));
+        assert_eq!(
+            (event.outcome, event.status),
+            (gateway::metering::Outcome::Completed, 200),
+            "{id}: {event:?}"
+        );
+        assert!(event.response_bytes > 0, "{event:?}");
+        assert_eq!(audit.get(*id), Some(&200), "{id}: no audit record\n{log}");
+    }
+    let report = gateway::audit::verify(&data.join("audit")).unwrap();
+    assert_eq!(report.failure, None);
+    assert!(
+        !events
+            .values()
+            .any(|e| e.outcome == gateway::metering::Outcome::Interrupted),
+        "nothing interrupted by a graceful shutdown"
+    );
+}
+
+/// A small tmpfs mounted on a fresh directory; unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason on stderr) where mounting is not permitted (not root).
+    fn mount(bytes: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs { dir }),
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {other:?}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler to remove later.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The disk under the outbox and the audit log fills up: new requests get
+/// `503 metering-unavailable` with `Retry-After` on a connection that stays open, `/readyz`
+/// fails, the write errors are a metric; no forwarded request loses its records (those in
+/// flight are held and written later); when space returns everything recovers by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_new_requests_keeps_forwarded_records_and_recovers() {
+    let Some(fs) = Tmpfs::mount(2 * 1024 * 1024) else {
+        return;
+    };
+    let up = upstream("app").await;
+    let admin = common::free_addr();
+    let data = fs.path().display().to_string();
+    let gw = TestGateway::start(
+        &recording_config(up.addr, admin, &data),
+        &[
+            ("tenants.toml", TENANTS.as_bytes()),
+            ("admin.token", ADMIN_TOKEN.as_bytes()),
+        ],
+    );
+    let http = client();
+    let admin_get = |path: &str| {
+        let http = http.clone();
+        let url = format!("http://{admin}{path}");
+        async move {
+            let r = http.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let mut forwarded = Vec::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = gw.url(path);
+        async move {
+            let r = http
+                .get(url)
+                .header("x-tenant", "acme")
+                .send()
+                .await
+                .unwrap();
+            let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            (r.status().as_u16(), id)
+        }
+    };
+    for _ in 0..10 {
+        let (status, id) = get("/_upstream/static").await;
+        assert_eq!(status, 200);
+        forwarded.push(id);
+    }
+    assert_eq!(admin_get("/readyz").await.0, 200);
+
+    // A slow request is in flight when the disk fills.
+    let slow = tokio::spawn(get("/_upstream/slow?ms=1500"));
+    eventually(Duration::from_secs(5), || async { up.in_flight() == 1 })
+        .await
+        .expect("slow request in flight");
+    let filler = fs.fill();
+
+    // The last pages of the segment files may still take a few records; then every request
+    // is refused, on the same connection.
+    let addr = gw.addr;
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut conn = common::RawConnection::open(addr);
+        let mut answers = Vec::new();
+        for _ in 0..200 {
+            let answer = conn.get("/_upstream/static", "x-tenant: acme\r\n");
+            let refused = answer.as_ref().is_some_and(|a| a.status == 503);
+            answers.push(answer);
+            if refused
+                && answers.len() >= 3
+                && answers
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .all(|a| a.as_ref().is_some_and(|a| a.status == 503))
+            {
+                break;
+            }
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    let first_refusal = answers
+        .iter()
+        .position(|a| a.as_ref().is_some_and(|a| a.status == 503))
+        .unwrap_or_else(|| panic!("never refused: {answers:?}\n{}", gw.log()));
+    for answer in &answers {
+        let answer = answer
+            .as_ref()
+            .unwrap_or_else(|| panic!("connection closed instead of an answer\n{}", gw.log()));
+        if answer.status == 200 {
+            forwarded.push(
+                answer
+                    .header("x-request-id")
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    for answer in answers.iter().skip(first_refusal).flatten() {
+        assert_eq!(answer.status, 503, "{answer:?}\n{}", gw.log());
+        assert!(answer.body.contains("metering-unavailable"), "{answer:?}");
+        assert!(answer.header("retry-after").is_some(), "{answer:?}");
+        assert_ne!(answer.header("connection"), Some("close"), "{answer:?}");
+    }
+    let (ready, body) = admin_get("/readyz").await;
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("No space left on device"), "{body}");
+    let (slow_status, slow_id) = slow.await.unwrap();
+    assert_eq!(slow_status, 200, "the request in flight is answered");
+    forwarded.push(slow_id);
+    let (_, metrics) = admin_get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_journal_write_errors_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Space returns: recovery needs nothing.
+    std::fs::remove_file(filler).unwrap();
+    let recovered = eventually(Duration::from_secs(5), || async {
+        admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(recovered.is_some(), "{}", gw.log());
+    for _ in 0..5 {
+        let (status, id) = get("/_upstream/static").await;
+        assert_eq!(status, 200);
+        forwarded.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = metered(&fs.path().join("outbox"));
+    let audit = audited(&fs.path().join("audit"));
+    for id in &forwarded {
+        let event = events
+            .get(id)
+            .unwrap_or_else(|| panic!("{id}: forwarded without a usage event\n{}", gw.log()));
+        assert_eq!(
+            event.outcome,
+            gateway::metering::Outcome::Completed,
+            "{event:?}"
+        );
+        assert_eq!(
+            audit.get(id),
+            Some(&200),
+            "{id}: forwarded without an audit record"
+        );
+    }
+    let report = gateway::audit::verify(&fs.path().join("audit")).unwrap();
+    assert_eq!(report.failure, None, "{report:?}");
+}

@@ -47,10 +47,7 @@ async fn outbox_run(fsync: FsyncPolicy, events: u64, producers: u64) -> serde_js
             let mut latencies = Vec::with_capacity((events / producers) as usize);
             for i in 0..events / producers {
                 let t = Instant::now();
-                handle
-                    .begin(&start(p * events + i))
-                    .await
-                    .expect("append");
+                handle.begin(&start(p * events + i)).await.expect("append");
                 latencies.push(t.elapsed().as_nanos() as u64);
             }
             latencies

@@ -611,6 +611,25 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         if metering.segment_bytes < 4096 {
             issues.push(source.issue("metering.segment_bytes", "at least 4096"));
         }
+        check_journal_bounds(
+            &source,
+            "metering",
+            metering.flush_interval,
+            metering.buffer_bytes,
+            &mut issues,
+        );
+    }
+    if let Some(audit) = &config.audit {
+        if audit.segment_bytes < 4096 {
+            issues.push(source.issue("audit.segment_bytes", "at least 4096"));
+        }
+        check_journal_bounds(
+            &source,
+            "audit",
+            audit.commit_delay,
+            audit.buffer_bytes,
+            &mut issues,
+        );
     }
     if let Some(geoip) = &config.geoip {
         let path = resolve_relative(&base_dir, &geoip.database);
@@ -681,6 +700,33 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         tls_listen,
         pool_peers,
     })
+}
+
+/// Records must reach the disk soon, and a full disk must leave room to queue some.
+fn check_journal_bounds(
+    source: &SourceText,
+    section: &str,
+    flush_interval: Duration,
+    buffer_bytes: usize,
+    issues: &mut Vec<SourceIssue>,
+) {
+    let field = if section == "audit" {
+        "commit_delay"
+    } else {
+        "flush_interval"
+    };
+    if flush_interval > Duration::from_secs(10) {
+        issues.push(source.issue(
+            format!("{section}.{field}"),
+            "at most 10s (records wait this long in memory)",
+        ));
+    }
+    if !(4096..=1 << 30).contains(&buffer_bytes) {
+        issues.push(source.issue(
+            format!("{section}.buffer_bytes"),
+            "between 4096 and 1073741824 bytes",
+        ));
+    }
 }
 
 fn parse_listen_addrs(

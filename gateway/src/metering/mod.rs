@@ -96,8 +96,7 @@ pub struct UsageEvent {
 
 impl UsageEvent {
     fn from_parts(start: EventStart, end: Option<EventEnd>) -> Self {
-        let (status, request_bytes, response_bytes, latency, region, outcome, reason) = match end
-        {
+        let (status, request_bytes, response_bytes, latency, region, outcome, reason) = match end {
             Some(e) => (
                 e.status,
                 e.request_bytes,

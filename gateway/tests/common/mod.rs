@@ -397,3 +397,74 @@ impl Receiver {
         self.requests.lock().unwrap().clone()
     }
 }
+
+/// A response read off a [`RawConnection`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 connection kept alive across requests (to see whether the server keeps it).
+pub struct RawConnection {
+    reader: std::io::BufReader<TcpStream>,
+}
+
+impl RawConnection {
+    pub fn open(addr: SocketAddr) -> RawConnection {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawConnection {
+            reader: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends `GET target` and reads the response (bodies with `Content-Length` only); `None`
+    /// when the server closed the connection instead of answering.
+    pub fn get(&mut self, target: &str, extra_headers: &str) -> Option<RawResponse> {
+        use std::io::BufRead;
+        let request = format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\n{extra_headers}\r\n");
+        self.reader.get_mut().write_all(request.as_bytes()).ok()?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).ok()?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':')?;
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).ok()?;
+        Some(RawResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}

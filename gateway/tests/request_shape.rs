@@ -259,7 +259,9 @@ async fn malformed_forwarded_for_hops_do_not_switch_geoip_off() {
             extra.extend_from_slice(line);
             extra.extend_from_slice(b"\r\n");
         }
-        let mut req = b"GET /documents/7/download HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n".to_vec();
+        let mut req =
+            b"GET /documents/7/download HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n"
+                .to_vec();
         req.extend_from_slice(&extra);
         req.extend_from_slice(b"\r\n");
         common::parse_status_and_body(&common::raw_exchange(gw.addr, &req))
@@ -294,7 +296,11 @@ async fn malformed_forwarded_for_hops_do_not_switch_geoip_off() {
         assert_eq!(status, 403, "X-Forwarded-For {shown:?}: {body}");
         assert_problem(status, &body, 403, "forbidden");
     }
-    assert_eq!(up.served(), served_before, "an embargoed download was served");
+    assert_eq!(
+        up.served(),
+        served_before,
+        "an embargoed download was served"
+    );
 
     // Left of the client, a spoofed embargoed address changes nothing.
     assert_eq!(download(&[b"175.45.1.1, 5.6.7.8"]).0, 200);
@@ -502,7 +508,11 @@ async fn honoured_method_overrides_are_what_is_authorised_and_forwarded() {
             common::parse_status_and_body(&common::raw_exchange(gw.addr, request.as_bytes()));
         assert_problem(status, &body, 400, "bad-method-override");
     }
-    assert_eq!(up.served(), served_before, "a refused override was forwarded");
+    assert_eq!(
+        up.served(),
+        served_before,
+        "a refused override was forwarded"
+    );
     // ... and with an override outside the body, the upstream sees that method (and no longer
     // applies an override of its own: frameworks override only POSTs).
     let res = client()

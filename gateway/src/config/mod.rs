@@ -92,7 +92,11 @@ pub struct GeoIpConfig {
     /// GeoIP2/GeoLite2 databases, `country_code` otherwise).
     #[serde(default)]
     pub field: Option<String>,
-    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). Others' is ignored.
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). Others' is ignored. Behind them,
+    /// the hops of all `X-Forwarded-For` lines are walked from the right and the first hop that
+    /// is not a trusted proxy is the client; what is left of it is ignored. A hop that is not an
+    /// address (`unknown`, garbage) makes the client unknown (no address, no country), never the
+    /// proxy. `Forwarded` (RFC 7239) is not read.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,

@@ -478,7 +478,11 @@ fn take_method_params(query: &str) -> Result<Option<(String, Vec<String>)>, Meth
 /// A query parameter name that frameworks read as `_method`: decoded, and with PHP's mangling
 /// of variable names (leading spaces dropped, ` ` and `.` read as `_`, `[...]` an array).
 fn is_method_param(raw_name: &str) -> bool {
-    let name = form_decode(raw_name);
+    let name = if raw_name.contains(['%', '+']) {
+        std::borrow::Cow::Owned(form_decode(raw_name))
+    } else {
+        std::borrow::Cow::Borrowed(raw_name)
+    };
     let name = name.trim_start_matches(' ');
     let name = name.split('[').next().unwrap_or(name);
     name.len() == METHOD_OVERRIDE_PARAM.len()

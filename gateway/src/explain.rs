@@ -91,6 +91,7 @@ pub async fn explain(
         Ok(s) => s,
         Err(e) => return Explanation::refused("sanitize", e.to_string()),
     };
+    let method = sanitized.method.clone();
     let principal = match &request.principal {
         Some(p) => Arc::new(p.clone()),
         None => match identify::identify(

@@ -1,7 +1,7 @@
 //! Client geography: the client's address (trusting `X-Forwarded-For` only from configured proxy
 //! hops) and its country from a MaxMind-format database, reloaded when the file is replaced.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,31 +11,64 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use maxminddb::PathElement;
 
-/// The client's address: the connection's peer, or, when the peer is a trusted proxy, the
-/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy. Untrusted peers'
-/// `X-Forwarded-For` is ignored (anyone can write one).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// The client's address, or `None` when it cannot be known.
+///
+/// A peer that is not a trusted proxy is the client, and its `X-Forwarded-For` is ignored
+/// (anyone can write one). Behind trusted proxies, the hops of all `X-Forwarded-For` lines (in
+/// order, one list, as RFC 9110 §5.3 combines field lines) are walked from the right: trusted
+/// proxies are passed, and the first other hop is the client. Everything left of it was written
+/// by the client itself (or by proxies nobody vouches for) and is ignored, however malformed.
+///
+/// A hop that is not an address (`unknown`, an obfuscated identifier, garbage, non-ASCII bytes)
+/// ends the chain of trust where it stands: the client is unknown (`None`), never the proxy
+/// that forwarded the request. Hops may carry a port (`198.51.100.7:4711`,
+/// `[2001:db8::1]:443`) or IPv6 brackets; IPv4-mapped IPv6 addresses count as IPv4. Empty
+/// list elements are skipped (RFC 9110 §5.6.1). When every hop is a trusted proxy, the
+/// left-most one is the client. The RFC 7239 `Forwarded` header is not read.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return Some(client);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(value) = value.to_str() else {
-            return peer;
-        };
-        for part in value.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed hop breaks the chain: trust nothing beyond the peer.
-                Err(_) => return peer,
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for hop in line.as_bytes().rsplit(|&b| b == b',') {
+            let hop = hop.trim_ascii();
+            if hop.is_empty() {
+                continue;
             }
+            let Some(ip) = parse_hop(hop) else {
+                tracing::debug!(
+                    hop = %String::from_utf8_lossy(hop),
+                    "X-Forwarded-For hop is not an address: the client is unknown"
+                );
+                return None;
+            };
+            if !is_trusted(&ip) {
+                return Some(ip);
+            }
+            client = ip;
         }
     }
-    hops.into_iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .unwrap_or(peer)
+    Some(client)
+}
+
+/// One `X-Forwarded-For` hop: an IP address, optionally bracketed (IPv6) or with a port.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(hop).ok()?;
+    let ip = match text.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match text.parse::<SocketAddr>() {
+            Ok(addr) => addr.ip(),
+            Err(_) => IpAddr::V6(
+                text.strip_prefix('[')?
+                    .strip_suffix(']')?
+                    .parse::<Ipv6Addr>()
+                    .ok()?,
+            ),
+        },
+    };
+    Some(ip.to_canonical())
 }
 
 struct Database {
@@ -210,12 +243,31 @@ mod tests {
         assert!(geo.describe().unwrap().contains("country"));
     }
 
-    #[test]
-    fn forwarded_for_is_trusted_only_from_trusted_hops() {
-        let trusted: Vec<IpNet> = vec![
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn trusted() -> Vec<IpNet> {
+        vec![
             "10.0.0.0/8".parse().unwrap(),
             "127.0.0.1/32".parse().unwrap(),
-        ];
+        ]
+    }
+
+    /// `client_ip` behind the trusted proxy 10.9.9.9, with one header line per element.
+    fn behind_proxy(lines: &[&[u8]]) -> Option<IpAddr> {
+        let mut h = HeaderMap::new();
+        for line in lines {
+            h.append(
+                "x-forwarded-for",
+                http::HeaderValue::from_bytes(line).unwrap(),
+            );
+        }
+        client_ip(ip("10.9.9.9"), &h, &trusted())
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_hops() {
         let mut h = HeaderMap::new();
         h.insert(
             "x-forwarded-for",
@@ -223,25 +275,81 @@ mod tests {
         );
         // From a trusted proxy: the right-most untrusted hop.
         assert_eq!(
-            client_ip("10.9.9.9".parse().unwrap(), &h, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
+            client_ip(ip("10.9.9.9"), &h, &trusted()),
+            Some(ip("203.0.113.9"))
         );
         // From anyone else: the header is ignored.
         assert_eq!(
-            client_ip("198.51.100.7".parse().unwrap(), &h, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
+            client_ip(ip("198.51.100.7"), &h, &trusted()),
+            Some(ip("198.51.100.7"))
         );
-        // A malformed chain is not trusted at all.
-        h.insert("x-forwarded-for", "5.6.7.8, garbage".parse().unwrap());
+        // No header: the peer.
         assert_eq!(
-            client_ip("10.9.9.9".parse().unwrap(), &h, &trusted),
-            "10.9.9.9".parse::<IpAddr>().unwrap()
+            client_ip(ip("10.9.9.9"), &HeaderMap::new(), &trusted()),
+            Some(ip("10.9.9.9"))
         );
-        // Only trusted hops: the peer.
-        h.insert("x-forwarded-for", "10.0.0.5".parse().unwrap());
+        // Only trusted hops: the left-most of them.
+        assert_eq!(behind_proxy(&[b"10.0.0.5, 10.0.0.6"]), Some(ip("10.0.0.5")));
+    }
+
+    #[test]
+    fn malformed_hops_left_of_the_client_are_ignored() {
+        for lines in [
+            &[&b"garbage, 175.45.1.1"[..]][..],
+            &[b"unknown, 175.45.1.1"],
+            &[b"6.6.6.6:4711, 175.45.1.1"],
+            &[b"\xc3\xbcnicode, 175.45.1.1"],
+            &[b"\xff, 175.45.1.1, 10.0.0.7"],
+            &[b"_hidden,175.45.1.1"],
+            &[b"garbage", b"175.45.1.1"],
+            &[b"5.6.7.8", b"175.45.1.1"],
+            &[b"5.6.7.8", b"175.45.1.1, 10.0.0.7", b"10.0.0.8"],
+            &[b"5.6.7.8,, 175.45.1.1 ,"],
+        ] {
+            assert_eq!(behind_proxy(lines), Some(ip("175.45.1.1")), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn an_unparsable_client_hop_makes_the_client_unknown_not_the_proxy() {
+        for lines in [
+            &[&b"5.6.7.8, garbage"[..]][..],
+            &[b"unknown"],
+            &[b"5.6.7.8, _hidden, 10.0.0.7"],
+            &[b"5.6.7.8, \xc3\xbc"],
+            &[b"5.6.7.8", b"unknown"],
+            &[b"fe80::1%eth0"],
+            &[b"1.2.3"],
+            &[b"1.2.3.4 5.6.7.8"],
+        ] {
+            assert_eq!(behind_proxy(lines), None, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn hops_with_ports_brackets_and_mapped_addresses() {
+        assert_eq!(behind_proxy(&[b"175.45.1.1:4711"]), Some(ip("175.45.1.1")));
         assert_eq!(
-            client_ip("10.9.9.9".parse().unwrap(), &h, &trusted),
-            "10.9.9.9".parse::<IpAddr>().unwrap()
+            behind_proxy(&[b"[2001:db8::1]:443"]),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(behind_proxy(&[b"[2001:db8::1]"]), Some(ip("2001:db8::1")));
+        assert_eq!(behind_proxy(&[b"2001:db8::1"]), Some(ip("2001:db8::1")));
+        // IPv4-mapped: the IPv4 address, for trust and for the country.
+        assert_eq!(
+            behind_proxy(&[b"175.45.1.1, ::ffff:10.0.0.7"]),
+            Some(ip("175.45.1.1"))
+        );
+        assert_eq!(
+            behind_proxy(&[b"::ffff:175.45.1.1"]),
+            Some(ip("175.45.1.1"))
+        );
+        // A mapped peer address is trusted like its IPv4 form.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "175.45.1.1".parse().unwrap());
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &h, &trusted()),
+            Some(ip("175.45.1.1"))
         );
     }
 }

@@ -288,9 +288,12 @@ impl ProxyHttp for GatewayProxy {
             target: req.raw_path(),
             host,
             headers: &req.headers,
-            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| {
-                crate::geoip::client_ip(a.ip(), &req.headers, &self.services.trusted_proxies)
-            }),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .and_then(|a| {
+                    crate::geoip::client_ip(a.ip(), &req.headers, &self.services.trusted_proxies)
+                }),
         };
         // Every log line of the stages (decisions included) carries the request id.
         let span = tracing::info_span!("request", request_id = %correlation.request_id);
@@ -306,6 +309,7 @@ impl ProxyHttp for GatewayProxy {
                 for name in &admitted.sanitized.strip {
                     req.remove_header(name);
                 }
+                req.set_method(admitted.sanitized.method.clone());
                 if admitted.rewrites_target() {
                     let uri = http::Uri::try_from(admitted.upstream_target()).map_err(|e| {
                         Error::because(ErrorType::InternalError, "normalised target", e)

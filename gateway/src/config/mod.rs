@@ -92,7 +92,11 @@ pub struct GeoIpConfig {
     /// GeoIP2/GeoLite2 databases, `country_code` otherwise).
     #[serde(default)]
     pub field: Option<String>,
-    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). Others' is ignored.
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). Others' is ignored. Behind them,
+    /// the hops of all `X-Forwarded-For` lines are walked from the right and the first hop that
+    /// is not a trusted proxy is the client; what is left of it is ignored. A hop that is not an
+    /// address (`unknown`, garbage) makes the client unknown (no address, no country), never the
+    /// proxy. `Forwarded` (RFC 7239) is not read.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -401,6 +405,17 @@ pub struct SanitizeConfig {
     /// Merge `//` into `/` (otherwise such paths are rejected).
     #[serde(default = "default_true")]
     pub merge_slashes: bool,
+    /// Method overrides (the `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`
+    /// headers, the `_method` query parameter), which many frameworks honour on a POST.
+    /// `strip` (default): removed, so the upstream serves the method the gateway authorised.
+    /// `honor`: the override of a POST becomes the request's method: the route, the Cedar
+    /// action and the upstream's request line all use it, and the override itself is removed.
+    /// Conflicting or unusual overrides get 400; so does a POST with a form body that names no
+    /// other method outside the body (the gateway does not read bodies, and the upstream would
+    /// honour a `_method` field in them). `X-Original-URL` and `X-Rewrite-URL` are always
+    /// stripped.
+    #[serde(default)]
+    pub method_override: MethodOverride,
 }
 
 impl Default for SanitizeConfig {
@@ -408,8 +423,20 @@ impl Default for SanitizeConfig {
         SanitizeConfig {
             strip_headers: Vec::new(),
             merge_slashes: true,
+            method_override: MethodOverride::default(),
         }
     }
+}
+
+/// `[sanitize] method_override`: what the gateway does with method overrides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverride {
+    /// Remove them: the upstream sees the request's own method.
+    #[default]
+    Strip,
+    /// A POST's override is the method that is authorised and forwarded.
+    Honor,
 }
 
 fn default_true() -> bool {
@@ -1111,6 +1138,25 @@ peers = []
             .unwrap_err();
         assert_eq!(err.0[0].field, "server.grace_period");
         assert_eq!(err.0[0].location.line, Some(3));
+    }
+
+    #[test]
+    fn method_override_defaults_to_strip_and_names_a_bad_value() {
+        let loaded = load_text(MINIMAL).unwrap();
+        assert_eq!(
+            loaded.config.sanitize.method_override,
+            MethodOverride::Strip
+        );
+        let honor = format!("{MINIMAL}\n[sanitize]\nmethod_override = \"honor\"\n");
+        let loaded = load_text(&honor).unwrap();
+        assert_eq!(
+            loaded.config.sanitize.method_override,
+            MethodOverride::Honor
+        );
+        let err = load_text(&honor.replace("\"honor\"", "\"always\"")).unwrap_err();
+        assert_eq!(err.0[0].field, "sanitize.method_override", "{err}");
+        assert_eq!(err.0[0].location.line, Some(10), "{err}");
+        assert!(err.0[0].message.contains("`strip` or `honor`"), "{err}");
     }
 
     #[test]

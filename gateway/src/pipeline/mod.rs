@@ -175,14 +175,12 @@ pub async fn admit(
     if let Some(engine) = &snapshot.authz {
         let tenant = admitted.tenant_spec();
         let limits = &services.limiter.table;
-        let facts = RequestFacts::now(
-            head.method.as_str(),
-            admitted.country.clone(),
-            head.client_ip,
-        );
+        // The method stage 1 settled on (an honoured override), as the upstream will see it.
+        let method = &admitted.sanitized.method;
+        let facts = RequestFacts::now(method.as_str(), admitted.country.clone(), head.client_ip);
         let decision = authorize::authorize(
             &authorize::AuthorizeRequest {
-                method: head.method,
+                method,
                 path: admitted.path(),
                 principal: &admitted.principal,
                 tenant,

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::authorize::DecisionRecord;
-use super::sanitize::{FramingError, PathError};
+use super::sanitize::{FramingError, MethodOverrideError, PathError};
 use super::tenant::TenantError;
 use crate::identity::AuthError;
 
@@ -19,6 +19,8 @@ pub enum Rejection {
     BadPath(#[from] PathError),
     #[error("ambiguous request framing: {0}")]
     AmbiguousFraming(#[from] FramingError),
+    #[error("method override rejected: {0}")]
+    MethodOverride(#[from] MethodOverrideError),
     #[error("no healthy upstream peer in {scope}")]
     NoHealthyUpstream { scope: String },
     #[error("residency: {reason}")]
@@ -72,6 +74,7 @@ impl Rejection {
         match self {
             Rejection::BadPath(_)
             | Rejection::AmbiguousFraming(_)
+            | Rejection::MethodOverride(_)
             | Rejection::MalformedRequest => 400,
             Rejection::Internal { .. } => 500,
             Rejection::Unauthenticated(_) => 401,
@@ -94,6 +97,7 @@ impl Rejection {
         match self {
             Rejection::BadPath(_) => "bad-path",
             Rejection::AmbiguousFraming(_) => "ambiguous-framing",
+            Rejection::MethodOverride(_) => "bad-method-override",
             Rejection::NoHealthyUpstream { .. } => "no-healthy-upstream",
             Rejection::ResidencyViolation { .. } => "residency-violation",
             Rejection::UpstreamUnreachable { .. } => "upstream-unreachable",
@@ -120,6 +124,7 @@ impl Rejection {
         match self {
             Rejection::BadPath(_) => "Request path rejected",
             Rejection::AmbiguousFraming(_) => "Ambiguous request framing",
+            Rejection::MethodOverride(_) => "Method override rejected",
             Rejection::NoHealthyUpstream { .. } => "Service unavailable",
             Rejection::ResidencyViolation { .. } => "Unavailable for legal reasons",
             Rejection::UpstreamUnreachable { .. } => "Upstream unreachable",
@@ -148,6 +153,7 @@ impl Rejection {
         match self {
             Rejection::BadPath(e) => e.to_string(),
             Rejection::AmbiguousFraming(e) => e.to_string(),
+            Rejection::MethodOverride(e) => e.to_string(),
             Rejection::NoHealthyUpstream { .. } => {
                 "no healthy upstream is available for this request; retry later".to_string()
             }

@@ -3,19 +3,47 @@
 //! The path is normalised to exactly what the upstream will receive, so the route that later
 //! stages authorise is the route that is served: unreserved characters are percent-decoded,
 //! `.`/`..` segments resolved, `//` merged. Encodings that different servers read differently
-//! (`%2f` inside a segment, `%00`, double encoding, backslashes, `..;`) are rejected instead.
-//! Inbound headers that the gateway owns are stripped, so a client can never spoof them.
+//! (`%2f` inside a segment, `%00`, any encoded `%`, backslashes, `..;`, percent-encoded bytes
+//! that are not UTF-8) are rejected instead. The result is a fixed point: sanitising it again
+//! changes nothing, and an upstream that decodes it once more finds no `/`, `\`, `%`, NUL or
+//! dot segment the gateway did not see.
+//!
+//! Inbound headers that the gateway owns are stripped, so a client can never spoof them; so
+//! are URL overrides (`X-Original-URL`, `X-Rewrite-URL`) and, unless the deployment honours
+//! them, method overrides (headers and the `_method` query parameter). When honoured, the
+//! override of a POST is the method every later stage and the upstream see.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, Method};
 
-use crate::config::SanitizeConfig;
+use crate::config::{MethodOverride, SanitizeConfig};
 
 use super::RequestHead;
 
 /// Headers the gateway sets for the upstream; never accepted from a client.
 pub const OWNED_EXACT: &[&str] = &["x-tenant-id"];
 pub const OWNED_PREFIXES: &[&str] = &["x-principal-", "x-gateway-"];
+/// Headers with which frameworks let a client replace the request's method.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+/// Headers with which some servers (IIS URL Rewrite, Symfony, Zend) replace the request's path:
+/// the gateway authorises the path of the request line, so these are always stripped.
+pub const URL_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
+/// The query (and form) parameter with which frameworks let a client replace the method.
+pub const METHOD_OVERRIDE_PARAM: &str = "_method";
+/// Methods an honoured override may name (never CONNECT or TRACE).
+const OVERRIDE_METHODS: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -29,8 +57,12 @@ pub enum PathError {
     Backslash,
     #[error("control characters (including %00) are not allowed in paths")]
     ControlCharacter,
-    #[error("double percent-encoding (%25 followed by hex digits) is ambiguous")]
+    #[error("an encoded percent sign (%25) is ambiguous: a server that decodes twice reads another path")]
     DoubleEncoding,
+    #[error(
+        "percent-encoded bytes must form UTF-8 (overlong and invalid sequences are ambiguous)"
+    )]
+    InvalidUtf8,
     #[error("raw non-ASCII bytes must be percent-encoded")]
     NonAscii,
     #[error("the path climbs above the root with `..`")]
@@ -53,17 +85,35 @@ pub enum FramingError {
     DuplicateHost,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MethodOverrideError {
+    #[error("the method overrides of this request disagree")]
+    Conflicting,
+    #[error("a method override may name only GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
+    Unsupported,
+    #[error("a `_method` query parameter next to a `;` is read differently by different servers")]
+    AmbiguousQuery,
+    #[error("a POST with a form body must name its method (other than POST) in X-HTTP-Method-Override or the `_method` query parameter: the gateway does not read bodies, and the upstream would honour a `_method` field in one")]
+    FormBody,
+}
+
 /// Stage 1 settings, compiled from `[sanitize]`.
 #[derive(Debug, Clone)]
 pub struct SanitizePolicy {
     strip_exact: Vec<String>,
     strip_prefixes: Vec<String>,
     merge_slashes: bool,
+    method_override: MethodOverride,
 }
 
 impl SanitizePolicy {
     pub fn new(config: &SanitizeConfig) -> Self {
-        let mut strip_exact: Vec<String> = OWNED_EXACT.iter().map(|s| s.to_string()).collect();
+        let mut strip_exact: Vec<String> = OWNED_EXACT
+            .iter()
+            .chain(METHOD_OVERRIDE_HEADERS)
+            .chain(URL_OVERRIDE_HEADERS)
+            .map(|s| s.to_string())
+            .collect();
         let mut strip_prefixes: Vec<String> =
             OWNED_PREFIXES.iter().map(|s| s.to_string()).collect();
         for name in &config.strip_headers {
@@ -77,6 +127,7 @@ impl SanitizePolicy {
             strip_exact,
             strip_prefixes,
             merge_slashes: config.merge_slashes,
+            method_override: config.method_override,
         }
     }
 
@@ -100,6 +151,14 @@ impl SanitizePolicy {
                 .iter()
                 .any(|p| canonical_starts_with(name, p))
     }
+}
+
+/// `name` (lower case) is a method override header, also when spelled with `_`.
+fn is_method_override_header(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    METHOD_OVERRIDE_HEADERS
+        .iter()
+        .any(|h| h.len() == name.len() && canonical_starts_with(name, h))
 }
 
 /// `name`, with `_` read as `-`, starts with `prefix` (already canonical).
@@ -132,6 +191,9 @@ pub struct Sanitized {
     pub rewrite_target: bool,
     /// Inbound headers to remove before anything else reads them.
     pub strip: Vec<HeaderName>,
+    /// The method later stages authorise and the upstream receives: the request's own, or the
+    /// honoured override of a POST (`[sanitize] method_override = "honor"`).
+    pub method: Method,
 }
 
 impl Sanitized {
@@ -152,21 +214,53 @@ pub fn sanitize(
     check_framing(head.headers)?;
     let (raw_path, raw_query) = split_target(head.target)?;
     let path = normalize_path(raw_path, policy.merge_slashes)?;
+    // Overrides are read only where they may be honoured: on a POST (as frameworks do).
+    let honor = policy.method_override == MethodOverride::Honor && *head.method == Method::POST;
+    let mut overrides: Vec<Method> = Vec::new();
     let query = match raw_query {
-        Some(q) => Some(validate_query(q)?),
+        Some(q) => {
+            let q = validate_query(q)?;
+            match take_method_params(&q)? {
+                None => Some(q),
+                Some((rest, values)) => {
+                    if honor {
+                        for value in values {
+                            overrides.push(override_method(value.as_bytes())?);
+                        }
+                    }
+                    (!rest.is_empty()).then_some(rest)
+                }
+            }
+        }
         None => None,
     };
-    let strip = head
-        .headers
-        .keys()
-        .filter(|name| policy.strips(name))
-        .cloned()
-        .collect();
+    let mut strip = Vec::new();
+    for name in head.headers.keys() {
+        if policy.strips(name) {
+            strip.push(name.clone());
+        }
+        if honor && is_method_override_header(name) {
+            for value in head.headers.get_all(name) {
+                overrides.push(override_method(value.as_bytes())?);
+            }
+        }
+    }
+    let method = match overrides.split_first() {
+        Some((first, rest)) if rest.iter().any(|m| m != first) => {
+            return Err(MethodOverrideError::Conflicting.into())
+        }
+        Some((first, _)) => first.clone(),
+        None => head.method.clone(),
+    };
+    if honor && method == Method::POST && may_carry_form(head.headers) {
+        return Err(MethodOverrideError::FormBody.into());
+    }
     let mut sanitized = Sanitized {
         path,
         query,
         rewrite_target: false,
         strip,
+        method,
     };
     sanitized.rewrite_target = sanitized.target().as_bytes() != head.target;
     Ok(sanitized)
@@ -266,30 +360,37 @@ pub fn normalize_path(raw: &[u8], merge_slashes: bool) -> Result<String, PathErr
 }
 
 /// Decodes percent-encoded unreserved characters, upper-cases the hex of the rest, and rejects
-/// everything ambiguous.
+/// everything ambiguous. Nothing it leaves encoded decodes to `/`, `\`, `%`, a control
+/// character or a dot segment, so decoding its output once more cannot change the path's shape.
 fn decode_segment(raw: &[u8]) -> Result<String, PathError> {
     let mut out = String::with_capacity(raw.len());
+    // The current run of encoded non-ASCII bytes: it must be UTF-8 on its own (a raw ASCII byte
+    // can never continue a multi-byte sequence).
+    let mut run: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];
         if b == b'%' {
             let value = hex_pair(raw.get(i + 1..i + 3)).ok_or(PathError::InvalidPercentEncoding)?;
+            if value >= 0x80 {
+                run.push(value);
+                push_encoded(&mut out, value);
+                i += 3;
+                continue;
+            }
+            check_utf8(&mut run)?;
             match value {
                 b'/' => return Err(PathError::EncodedSlash),
                 b'\\' => return Err(PathError::Backslash),
                 0x00..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-                b'%' if hex_pair(raw.get(i + 3..i + 5)).is_some() => {
-                    return Err(PathError::DoubleEncoding)
-                }
+                b'%' => return Err(PathError::DoubleEncoding),
                 v if is_unreserved(v) => out.push(v as char),
-                v => {
-                    out.push('%');
-                    out.push_str(&format!("{v:02X}"));
-                }
+                v => push_encoded(&mut out, v),
             }
             i += 3;
             continue;
         }
+        check_utf8(&mut run)?;
         match b {
             b'\\' => return Err(PathError::Backslash),
             0x00..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
@@ -301,7 +402,29 @@ fn decode_segment(raw: &[u8]) -> Result<String, PathError> {
         }
         i += 1;
     }
+    check_utf8(&mut run)?;
     Ok(out)
+}
+
+/// Ends a run of encoded non-ASCII bytes: it must be complete, well-formed UTF-8.
+fn check_utf8(run: &mut Vec<u8>) -> Result<(), PathError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let valid = std::str::from_utf8(run).is_ok();
+    run.clear();
+    if valid {
+        Ok(())
+    } else {
+        Err(PathError::InvalidUtf8)
+    }
+}
+
+fn push_encoded(out: &mut String, v: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(v >> 4)] as char);
+    out.push(HEX[usize::from(v & 0xf)] as char);
 }
 
 fn hex_pair(pair: Option<&[u8]>) -> Option<u8> {
@@ -313,6 +436,102 @@ fn hex_pair(pair: Option<&[u8]>) -> Option<u8> {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Finds `_method` parameters in a query (as frameworks, PHP's name mangling included, would
+/// read them): the query without them and their decoded values, or `None` when there is none.
+fn take_method_params(query: &str) -> Result<Option<(String, Vec<String>)>, MethodOverrideError> {
+    // Fast path: the name can only be spelled with the letters of `method` or with escapes.
+    let bytes = query.as_bytes();
+    if !bytes.contains(&b'%') && !bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"method")) {
+        return Ok(None);
+    }
+    let mut kept = String::with_capacity(query.len());
+    let mut first = true;
+    let mut values = Vec::new();
+    for piece in query.split('&') {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let named = is_method_param(name);
+        // Some servers also split on `;`: `a=1;_method=DELETE` is a `_method` parameter there
+        // and not elsewhere, and `_method=PUT;x` has two readings of its value.
+        if piece.contains(';')
+            && (named
+                || piece
+                    .split(';')
+                    .any(|sub| is_method_param(sub.split_once('=').map_or(sub, |(n, _)| n))))
+        {
+            return Err(MethodOverrideError::AmbiguousQuery);
+        }
+        if named {
+            values.push(form_decode(value));
+            continue;
+        }
+        if !first {
+            kept.push('&');
+        }
+        kept.push_str(piece);
+        first = false;
+    }
+    Ok((!values.is_empty()).then_some((kept, values)))
+}
+
+/// A query parameter name that frameworks read as `_method`: decoded, and with PHP's mangling
+/// of variable names (leading spaces dropped, ` ` and `.` read as `_`, `[...]` an array).
+fn is_method_param(raw_name: &str) -> bool {
+    let name = if raw_name.contains(['%', '+']) {
+        std::borrow::Cow::Owned(form_decode(raw_name))
+    } else {
+        std::borrow::Cow::Borrowed(raw_name)
+    };
+    let name = name.trim_start_matches(' ');
+    let name = name.split('[').next().unwrap_or(name);
+    name.len() == METHOD_OVERRIDE_PARAM.len()
+        && name
+            .bytes()
+            .map(|b| if b == b' ' || b == b'.' { b'_' } else { b })
+            .zip(METHOD_OVERRIDE_PARAM.bytes())
+            .all(|(a, b)| a.eq_ignore_ascii_case(&b))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value.
+fn form_decode(raw: &str) -> String {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The method an override names (case-insensitive, surrounding spaces ignored).
+fn override_method(value: &[u8]) -> Result<Method, MethodOverrideError> {
+    let value = value.trim_ascii();
+    OVERRIDE_METHODS
+        .iter()
+        .find(|m| m.as_str().as_bytes().eq_ignore_ascii_case(value))
+        .cloned()
+        .ok_or(MethodOverrideError::Unsupported)
+}
+
+/// The request may have a body that frameworks parse as form fields (and so read `_method`
+/// from): a form media type, or no `Content-Type` at all (Rack reads such POST bodies as forms)
+/// unless the body is declared empty.
+fn may_carry_form(headers: &HeaderMap) -> bool {
+    let mut types = headers.get_all(CONTENT_TYPE).iter().peekable();
+    if types.peek().is_none() {
+        return headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii() != b"0");
+    }
+    types.any(|v| {
+        let essence = v
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        let essence = essence.trim_ascii();
+        essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+            || essence.eq_ignore_ascii_case(b"multipart/form-data")
+    })
 }
 
 fn validate_query(raw: &[u8]) -> Result<String, PathError> {
@@ -372,7 +591,34 @@ mod tests {
             norm("/%252e%252e/x").unwrap_err(),
             PathError::DoubleEncoding
         );
-        assert_eq!(norm("/%25").unwrap(), "/%25");
+        // Any encoded `%`: the attack first (normalising `%32%66` to `2f` used to
+        // manufacture `%252f`, which an upstream decoding twice reads as `/`).
+        for path in [
+            "/projects/x%25%32%66..%25%32%66..%25%32%66billing",
+            "/x%25%32f",
+            "/x%252f",
+            "/%25",
+            "/100%25",
+            "/%25zz",
+        ] {
+            assert_eq!(norm(path).unwrap_err(), PathError::DoubleEncoding, "{path}");
+        }
+        // Percent-encoded bytes must be UTF-8: overlong `/` and `.`, lone and truncated bytes.
+        for path in [
+            "/x%c0%af..",
+            "/%e0%80%ae%e0%80%ae/x",
+            "/%c0%2e",
+            "/%ff",
+            "/caf%c3",
+            "/caf%c3x%a9",
+            "/%ed%a0%80",
+        ] {
+            assert_eq!(norm(path).unwrap_err(), PathError::InvalidUtf8, "{path}");
+        }
+        assert_eq!(
+            norm("/%F0%9F%A6%80/%c3%a9").unwrap(),
+            "/%F0%9F%A6%80/%C3%A9"
+        );
         assert_eq!(norm("/a%2").unwrap_err(), PathError::InvalidPercentEncoding);
         assert_eq!(
             norm("/a%zz").unwrap_err(),
@@ -451,7 +697,7 @@ mod tests {
         }
         let policy = SanitizePolicy::new(&SanitizeConfig {
             strip_headers: vec!["x-internal-*".into(), "X-Debug".into()],
-            merge_slashes: true,
+            ..SanitizeConfig::default()
         });
         let s = sanitize(&head(b"/", &h), &policy).unwrap();
         let mut stripped: Vec<_> = s.strip.iter().map(|n| n.as_str()).collect();
@@ -500,5 +746,329 @@ mod tests {
         let h = HeaderMap::new();
         assert!(sanitize(&head(b"/a?x=1 2", &h), &SanitizePolicy::default()).is_err());
         assert!(sanitize(&head(b"/a?x=\x01", &h), &SanitizePolicy::default()).is_err());
+    }
+
+    fn head_with<'a>(
+        method: &'a Method,
+        target: &'a [u8],
+        headers: &'a HeaderMap,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method,
+            target,
+            host: None,
+            headers,
+            client_ip: None,
+        }
+    }
+
+    fn honoring() -> SanitizePolicy {
+        SanitizePolicy::new(&SanitizeConfig {
+            method_override: MethodOverride::Honor,
+            ..SanitizeConfig::default()
+        })
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn override_headers_and_params_are_stripped_by_default() {
+        let h = headers(&[
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x_http_method_override", "DELETE"),
+            ("x-original-url", "/billing"),
+            ("x-rewrite-url", "/billing"),
+            ("x-other", "kept"),
+        ]);
+        for method in [Method::GET, Method::POST] {
+            let s = sanitize(
+                &head_with(&method, b"/p?a=1&_method=DELETE&b=2", &h),
+                &SanitizePolicy::default(),
+            )
+            .unwrap();
+            assert_eq!(s.method, method);
+            assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
+            assert!(s.rewrite_target);
+            let mut stripped: Vec<_> = s.strip.iter().map(|n| n.as_str()).collect();
+            stripped.sort();
+            assert_eq!(
+                stripped,
+                vec![
+                    "x-http-method",
+                    "x-http-method-override",
+                    "x-method-override",
+                    "x-original-url",
+                    "x-rewrite-url",
+                    "x_http_method_override"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn method_params_are_found_as_frameworks_read_them() {
+        let h = HeaderMap::new();
+        let strip = |target: &'static [u8]| {
+            sanitize(
+                &head_with(&Method::GET, target, &h),
+                &SanitizePolicy::default(),
+            )
+            .map(|s| s.query)
+        };
+        for target in [
+            &b"/p?_method=DELETE"[..],
+            b"/p?%5Fmethod=DELETE",
+            b"/p?_METHOD=DELETE",
+            b"/p?.method=DELETE",
+            b"/p?+_method=DELETE",
+            b"/p?_method[]=DELETE",
+            b"/p?_method",
+            b"/p?_method=DELETE&_method=PUT",
+        ] {
+            assert_eq!(strip(target).unwrap(), None, "{target:?}");
+        }
+        assert_eq!(
+            strip(b"/p?method=x&my_method=y&_methods=z&a=%25")
+                .unwrap()
+                .as_deref(),
+            Some("method=x&my_method=y&_methods=z&a=%25")
+        );
+        assert_eq!(
+            strip(b"/p?a=1&&_method=PUT&").unwrap().as_deref(),
+            Some("a=1&&")
+        );
+        for target in [&b"/p?a=1;_method=DELETE"[..], b"/p?_method=PUT;x=1"] {
+            assert_eq!(
+                strip(target).unwrap_err(),
+                Rejection::MethodOverride(MethodOverrideError::AmbiguousQuery),
+                "{target:?}"
+            );
+        }
+        assert_eq!(strip(b"/p?a=1;b=2").unwrap().as_deref(), Some("a=1;b=2"));
+    }
+
+    #[test]
+    fn an_honoured_override_is_the_method_of_a_post_only() {
+        let policy = honoring();
+        let run = |method: &Method, target: &'static [u8], h: &HeaderMap| {
+            sanitize(&head_with(method, target, h), &policy)
+        };
+        let h = headers(&[("x-http-method-override", " delete ")]);
+        let s = run(&Method::POST, b"/p", &h).unwrap();
+        assert_eq!(s.method, Method::DELETE);
+        assert_eq!(
+            s.strip,
+            vec![HeaderName::from_static("x-http-method-override")]
+        );
+        let s = run(&Method::POST, b"/p?_method=patch&x=1", &HeaderMap::new()).unwrap();
+        assert_eq!((s.method, s.query.as_deref()), (Method::PATCH, Some("x=1")));
+        // Header and parameter agreeing, and the same value twice, are fine.
+        let h = headers(&[("x-method-override", "PUT"), ("x-method-override", "put")]);
+        assert_eq!(
+            run(&Method::POST, b"/p?_method=PUT", &h).unwrap().method,
+            Method::PUT
+        );
+        // Other methods are never overridden, and their overrides are still removed.
+        let h = headers(&[("x-http-method-override", "DELETE")]);
+        let s = run(&Method::GET, b"/p?_method=DELETE", &h).unwrap();
+        assert_eq!((s.method, s.query), (Method::GET, None));
+        assert_eq!(s.strip.len(), 1);
+        // Disagreeing or unusual overrides are refused.
+        let refused = |target: &'static [u8], pairs: &[(&'static str, &'static str)]| match run(
+            &Method::POST,
+            target,
+            &headers(pairs),
+        ) {
+            Err(Rejection::MethodOverride(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        use MethodOverrideError::*;
+        assert_eq!(
+            refused(b"/p?_method=PUT", &[("x-http-method", "DELETE")]),
+            Conflicting
+        );
+        assert_eq!(
+            refused(
+                b"/p",
+                &[("x-http-method", "PUT"), ("x_http_method_override", "GET")]
+            ),
+            Conflicting
+        );
+        assert_eq!(refused(b"/p?_method=PUT&_method=GET", &[]), Conflicting);
+        for value in ["CONNECT", "TRACE", "PROPFIND", "DELETE, PUT", ""] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-http-method-override",
+                HeaderValue::from_str(value).unwrap(),
+            );
+            assert!(
+                matches!(
+                    run(&Method::POST, b"/p", &h),
+                    Err(Rejection::MethodOverride(Unsupported))
+                ),
+                "{value:?}"
+            );
+        }
+        assert_eq!(refused(b"/p?_method=", &[]), Unsupported);
+    }
+
+    #[test]
+    fn an_honoured_form_post_must_name_its_method_outside_the_body() {
+        let policy = honoring();
+        let post = |target: &'static [u8], pairs: &[(&'static str, &'static str)]| {
+            sanitize(&head_with(&Method::POST, target, &headers(pairs)), &policy)
+        };
+        for pairs in [
+            &[("content-type", "application/x-www-form-urlencoded")][..],
+            &[("content-type", "Multipart/Form-Data; boundary=x")],
+            &[
+                ("content-type", "application/json"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &[("content-length", "12")],
+            &[("transfer-encoding", "chunked")],
+            &[],
+        ] {
+            assert_eq!(
+                post(b"/p", pairs).unwrap_err(),
+                Rejection::MethodOverride(MethodOverrideError::FormBody),
+                "{pairs:?}"
+            );
+            // Naming POST explicitly does not help: the body's `_method` would still count.
+            assert!(post(b"/p?_method=POST", pairs).is_err(), "{pairs:?}");
+            assert_eq!(
+                post(b"/p?_method=DELETE", pairs).unwrap().method,
+                Method::DELETE
+            );
+        }
+        for pairs in [
+            &[("content-type", "application/json")][..],
+            &[("content-type", "application/x-www-form-urlencoded-not")],
+            &[("content-length", "0")],
+        ] {
+            assert_eq!(
+                post(b"/p", pairs).unwrap().method,
+                Method::POST,
+                "{pairs:?}"
+            );
+        }
+        // The default policy never refuses a form.
+        let h = headers(&[("content-type", "application/x-www-form-urlencoded")]);
+        assert!(sanitize(
+            &head_with(&Method::POST, b"/p", &h),
+            &SanitizePolicy::default()
+        )
+        .is_ok());
+    }
+
+    mod differential {
+        //! Property: for arbitrary byte paths, the sanitizer either refuses, or its output is a
+        //! fixed point and means, to an upstream decoding it once, exactly what the input meant
+        //! after dot segments: nothing encoded in it decodes to `/`, `\`, `%`, NUL or a dot
+        //! segment. The reference decoder is the `percent-encoding` crate.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// RFC 3986 §5.2.4 on already-decoded segments, with `//` merged: the reference for what
+        /// a path means.
+        fn reference(target: &[u8]) -> Option<Vec<Vec<u8>>> {
+            let path = target.split(|&b| b == b'?').next()?;
+            let mut out: Vec<Vec<u8>> = Vec::new();
+            for segment in path.get(1..)?.split(|&b| b == b'/') {
+                let decoded: Vec<u8> = percent_encoding::percent_decode(segment).collect();
+                match decoded.as_slice() {
+                    b"" | b"." => {}
+                    b".." => {
+                        out.pop()?;
+                    }
+                    _ => out.push(decoded),
+                }
+            }
+            Some(out)
+        }
+
+        fn decoded_segments(path: &str) -> Vec<Vec<u8>> {
+            path[1..]
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| percent_encoding::percent_decode_str(s).collect())
+                .collect()
+        }
+
+        fn byte_path() -> impl Strategy<Value = Vec<u8>> {
+            // Biased towards what makes encodings ambiguous, plus any byte at all.
+            let piece = prop_oneof![
+                Just(b"/".to_vec()),
+                Just(b".".to_vec()),
+                Just(b"..".to_vec()),
+                Just(b"%".to_vec()),
+                Just(b"%25".to_vec()),
+                Just(b"%2".to_vec()),
+                Just(b"%32".to_vec()),
+                Just(b"%35".to_vec()),
+                Just(b"%66".to_vec()),
+                Just(b"%2e".to_vec()),
+                Just(b"%2E".to_vec()),
+                Just(b"%2f".to_vec()),
+                Just(b"%5c".to_vec()),
+                Just(b"%00".to_vec()),
+                Just(b"%c0%af".to_vec()),
+                Just(b"%c3%a9".to_vec()),
+                Just(b";".to_vec()),
+                Just(b"f".to_vec()),
+                Just(b"c".to_vec()),
+                Just(b"a".to_vec()),
+                "[0-9a-fA-F]".prop_map(|s| s.into_bytes()),
+                any::<u8>().prop_map(|b| vec![b]),
+            ];
+            proptest::collection::vec(piece, 0..24).prop_map(|pieces| {
+                let mut path = vec![b'/'];
+                path.extend(pieces.concat());
+                path
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn sanitized_paths_are_fixed_points_an_upstream_cannot_reread(
+                raw in byte_path(),
+                merge in any::<bool>(),
+            ) {
+                let policy = SanitizePolicy::new(&SanitizeConfig {
+                    merge_slashes: merge,
+                    ..SanitizeConfig::default()
+                });
+                let h = HeaderMap::new();
+                let Ok(first) = sanitize(&head(&raw, &h), &policy) else {
+                    return Ok(());
+                };
+                let out = first.target();
+                // A fixed point: sanitising the output changes nothing.
+                let again = sanitize(&head(out.as_bytes(), &h), &policy);
+                prop_assert_eq!(again.as_ref().map(|s| s.target()), Ok(out.clone()));
+                // Decoding it once more reveals nothing the gateway did not see.
+                for segment in decoded_segments(&first.path) {
+                    prop_assert!(
+                        !segment.iter().any(|b| matches!(b, b'/' | b'\\' | b'%' | 0)),
+                        "{:?} decodes to {:?}", out, segment
+                    );
+                    prop_assert!(segment != b"." && segment != b"..", "{:?}", out);
+                }
+                // Differential: to an upstream that decodes once, the output means what the
+                // input meant.
+                prop_assert_eq!(Some(decoded_segments(&first.path)), reference(&raw));
+            }
+        }
     }
 }

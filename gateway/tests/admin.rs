@@ -198,7 +198,11 @@ token_file = "admin.token"
         Some(json!({"id": "Bad_Id"})),
     )
     .await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["invalid-params"][0]["name"],
+        "id"
+    );
 
     // Metrics: request counts per route and status, upstream health, registry state.
     let (status, _, metrics) = admin("GET", admin_addr, "/metrics", Some(TOKEN), None).await;

@@ -383,11 +383,23 @@ token_file = "admin.token"
 
     let long_host = format!("{}.example", "a".repeat(100_000));
     let cases = [
-        (json!({"limits": {"requests_per_second": 1e-30}}), "limits.requests_per_second"),
-        (json!({"limits": {"requests_per_second": 5e-324}}), "limits.requests_per_second"),
-        (json!({"limits": {"requests_per_second": 2e6}}), "limits.requests_per_second"),
+        (
+            json!({"limits": {"requests_per_second": 1e-30}}),
+            "limits.requests_per_second",
+        ),
+        (
+            json!({"limits": {"requests_per_second": 5e-324}}),
+            "limits.requests_per_second",
+        ),
+        (
+            json!({"limits": {"requests_per_second": 2e6}}),
+            "limits.requests_per_second",
+        ),
         (json!({"limits": {"burst": 0}}), "limits.burst"),
-        (json!({"limits": {"daily_requests": 0}}), "limits.daily_requests"),
+        (
+            json!({"limits": {"daily_requests": 0}}),
+            "limits.daily_requests",
+        ),
         (json!({"tier": "platinum"}), "tier"),
         (json!({"hosts": [long_host]}), "hosts[0]"),
         (json!({"hosts": ["bad_host.example"]}), "hosts[0]"),
@@ -427,11 +439,7 @@ token_file = "admin.token"
         .unwrap()
         .get(0);
     assert_eq!(stored, 0, "nothing written");
-    assert!(
-        gw.log().contains("tenant document refused"),
-        "{}",
-        gw.log()
-    );
+    assert!(gw.log().contains("tenant document refused"), "{}", gw.log());
 
     // The bounds themselves are accepted.
     let (status, _, body) = admin(

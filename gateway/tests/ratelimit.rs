@@ -590,7 +590,9 @@ async fn refused_requests_take_no_budget(backend: &str) {
     let eve = token("eve", "acme");
     let mut outcomes = Vec::new();
     for _ in 0..40 {
-        outcomes.push(outcome(&request(gw.addr, "acme", Some(&eve), "198.51.100.1").await));
+        outcomes.push(outcome(
+            &request(gw.addr, "acme", Some(&eve), "198.51.100.1").await,
+        ));
     }
     assert!(outcomes[..5].iter().all(|o| o == "200"), "{outcomes:?}");
     assert!(
@@ -602,14 +604,17 @@ async fn refused_requests_take_no_budget(backend: &str) {
     let bob = token("bob", "acme");
     let mut bob_outcomes = Vec::new();
     for _ in 0..5 {
-        bob_outcomes.push(outcome(&request(gw.addr, "acme", Some(&bob), "198.51.100.2").await));
+        bob_outcomes.push(outcome(
+            &request(gw.addr, "acme", Some(&bob), "198.51.100.2").await,
+        ));
     }
     assert_eq!(bob_outcomes, ["200"; 5], "{}", gw.log());
     let carol = token("carol", "acme");
     let mut carol_outcomes = Vec::new();
     for _ in 0..4 {
-        carol_outcomes
-            .push(outcome(&request(gw.addr, "acme", Some(&carol), "198.51.100.3").await));
+        carol_outcomes.push(outcome(
+            &request(gw.addr, "acme", Some(&carol), "198.51.100.3").await,
+        ));
     }
     assert_eq!(carol_outcomes, ["200", "200", "tenant", "tenant"]);
     assert_eq!(up.served(), 12);
@@ -661,8 +666,9 @@ async fn anonymous_flood_leaves_the_tenant_to_its_users(backend: &str) {
     let alice = token("alice", "acme");
     let mut alice_outcomes = Vec::new();
     for _ in 0..10 {
-        alice_outcomes
-            .push(outcome(&request(gw.addr, "acme", Some(&alice), "198.51.100.7").await));
+        alice_outcomes.push(outcome(
+            &request(gw.addr, "acme", Some(&alice), "198.51.100.7").await,
+        ));
     }
     assert_eq!(alice_outcomes, ["200"; 10], "{}", gw.log());
     assert!(anonymous_admitted < 40, "anonymous callers are limited");
@@ -709,7 +715,12 @@ async fn anonymous_budgets_per_client_and_tenant(backend: &str) {
         ],
     );
     let mut per_client = Vec::new();
-    for client_ip in ["203.0.113.1", "203.0.113.2", "2001:db8:1:2::1", "2001:db8:1:2::2"] {
+    for client_ip in [
+        "203.0.113.1",
+        "203.0.113.2",
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+    ] {
         let mut outcomes = Vec::new();
         for _ in 0..6 {
             outcomes.push(outcome(&request(gw.addr, "acme", None, client_ip).await));
@@ -725,9 +736,19 @@ async fn anonymous_budgets_per_client_and_tenant(backend: &str) {
     assert_eq!(per_client[0], client_limited(4), "{}", gw.log());
     assert_eq!(
         per_client[1],
-        ["200", "200", "anonymous", "anonymous", "anonymous", "anonymous"]
+        [
+            "200",
+            "200",
+            "anonymous",
+            "anonymous",
+            "anonymous",
+            "anonymous"
+        ]
     );
-    assert!(per_client[2].iter().all(|o| o == "anonymous"), "{per_client:?}");
+    assert!(
+        per_client[2].iter().all(|o| o == "anonymous"),
+        "{per_client:?}"
+    );
     // The tenant's users still have all of theirs, and another tenant's anonymous callers
     // theirs.
     let alice = token("alice", "acme");

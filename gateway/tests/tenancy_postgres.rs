@@ -315,7 +315,8 @@ async fn invalid_rows_are_refused_alone_and_the_rest_served() {
     .expect("valid tenant not served");
     assert_eq!(status_for(&gw, "late").await, 404);
     assert!(
-        gw.log().contains("tenant `late`: tier: unknown tier `platinum`"),
+        gw.log()
+            .contains("tenant `late`: tier: unknown tier `platinum`"),
         "{}",
         gw.log()
     );

@@ -62,7 +62,11 @@ impl TenantWriter {
                 "(invalid id)"
             };
             let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
-            tracing::warn!(tenant, ?fields, "tenant document refused through the admin API");
+            tracing::warn!(
+                tenant,
+                ?fields,
+                "tenant document refused through the admin API"
+            );
             return invalid_document(&issues);
         }
         let created = store.load().registry.get(id).is_none();

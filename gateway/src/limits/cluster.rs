@@ -253,7 +253,10 @@ fn verdict(plan: &LimitPlan, reply: &[i64]) -> Result<Verdict, LimiterError> {
             .ok()
             .and_then(|j| plan.quotas.get(j))
             .ok_or_else(|| {
-                LimiterError::Reply(format!("exhausted quota {exhausted} of {}", plan.quotas.len()))
+                LimiterError::Reply(format!(
+                    "exhausted quota {exhausted} of {}",
+                    plan.quotas.len()
+                ))
             })?;
         (Some(Exceeded::Quota { name: quota.name }), quota.resets_in)
     } else {

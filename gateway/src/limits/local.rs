@@ -169,8 +169,8 @@ impl LocalLimiter {
             };
             let mut state = limit_state(limit, backlog);
             // What this replica may still admit (all of it unless the limit is shared).
-            state.remaining = (share.tolerance_ns.saturating_sub(backlog) / share.emission_ns)
-                .min(state.quota);
+            state.remaining =
+                (share.tolerance_ns.saturating_sub(backlog) / share.emission_ns).min(state.quota);
             if !admitted && *wait > 0 {
                 state.remaining = 0;
                 state.reset_secs = Duration::from_nanos(*wait).as_secs().max(1);
@@ -191,8 +191,7 @@ impl LocalLimiter {
         drop(tats);
 
         // A quota names the refusal before a limit, as in the Redis script.
-        let (exceeded, retry_after) = match (exhausted.and_then(|j| plan.quotas.get(j)), refusing)
-        {
+        let (exceeded, retry_after) = match (exhausted.and_then(|j| plan.quotas.get(j)), refusing) {
             (Some(quota), _) => (Some(Exceeded::Quota { name: quota.name }), quota.resets_in),
             (None, Some(i)) => (
                 plan.limits.get(i).map(|limit| Exceeded::Limit {
@@ -265,7 +264,12 @@ mod tests {
 
     fn plan(rate: f64, burst: u32) -> LimitPlan {
         LimitPlan {
-            limits: vec![Limit::new(Arc::from("tenant"), "t:acme".into(), rate, burst)],
+            limits: vec![Limit::new(
+                Arc::from("tenant"),
+                "t:acme".into(),
+                rate,
+                burst,
+            )],
             quotas: Vec::new(),
         }
     }

@@ -620,7 +620,11 @@ mod tests {
         spec.tier = "pro".into();
         for rate in [1e-30, 5e-324, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e7] {
             spec.limits.requests_per_second = Some(rate);
-            assert_eq!(fields(&spec, &tiers), ["limits.requests_per_second"], "{rate}");
+            assert_eq!(
+                fields(&spec, &tiers),
+                ["limits.requests_per_second"],
+                "{rate}"
+            );
         }
         spec.limits.requests_per_second = Some(0.001);
         spec.limits.burst = Some(0);

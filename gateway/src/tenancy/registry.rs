@@ -381,13 +381,13 @@ mod tests {
     fn file_errors_name_line_and_field() {
         let text =
             "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"Bad Id\"\n\n[[tenant]]\nid = \"ok\"\n";
-        let err = load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any())
-            .unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
         let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"ok\"\n";
-        let err = load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any())
-            .unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
         let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"gold\"\ntier = \"gold\"\n";
@@ -396,15 +396,17 @@ mod tests {
         assert_eq!(err.0[0].field, "tenant[1].tier");
         assert_eq!(err.0[0].location.line, Some(6));
         // Registries derived from a checked one keep checking.
-        let registry =
-            load_source(&SourceText::new("tenants.toml", "[[tenant]]\nid = \"ok\"\n"), &tiers)
-                .unwrap();
+        let registry = load_source(
+            &SourceText::new("tenants.toml", "[[tenant]]\nid = \"ok\"\n"),
+            &tiers,
+        )
+        .unwrap();
         let mut gold = TenantSpec::new("gold");
         gold.tier = "gold".into();
         assert!(registry.with_upsert(gold).is_err());
         let text = "[[tenant]]\nid = \"ok\"\ntier = 3\n";
-        let err = load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any())
-            .unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[0].tier");
     }
 }

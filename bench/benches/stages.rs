@@ -302,6 +302,7 @@ fn limit_stage(c: &mut Criterion) {
     let request = LimitRequest {
         tenant: &tenant,
         principal: &principal,
+        caller: gateway::limits::Caller::Known,
         action: Some("projects:read"),
         now_secs: 1_795_428_000,
     };

@@ -129,11 +129,12 @@ pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, Sour
     let Some(tenancy) = &loaded.config.tenancy else {
         return Ok(TenantRegistry::default());
     };
+    let tiers = crate::tenancy::model::KnownTiers::of_config(&loaded.config);
     if let Some(file) = &tenancy.registry.file {
-        return crate::tenancy::registry::load_file(&loaded.resolve(file));
+        return crate::tenancy::registry::load_file(&loaded.resolve(file), &tiers);
     }
     if let Some(pg) = &tenancy.registry.postgres {
-        return crate::tenancy::postgres::initial_load(pg)
+        return crate::tenancy::postgres::initial_load(pg, &tiers)
             .await
             .map_err(|e| {
                 SourceIssues(vec![SourceIssue {

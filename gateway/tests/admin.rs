@@ -198,7 +198,11 @@ token_file = "admin.token"
         Some(json!({"id": "Bad_Id"})),
     )
     .await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["invalid-params"][0]["name"],
+        "id"
+    );
 
     // Metrics: request counts per route and status, upstream health, registry state.
     let (status, _, metrics) = admin("GET", admin_addr, "/metrics", Some(TOKEN), None).await;
@@ -335,4 +339,125 @@ token_file = "admin.token"
         gw.wait_exit(Duration::from_secs(15)).is_some(),
         "gateway did not stop"
     );
+}
+
+/// Tenant documents that would crash or bypass the request path are refused with a 400 problem
+/// naming the field, nothing is written, and the gateway keeps serving (issue 14.3).
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_range_tenant_documents_are_refused_naming_the_field() {
+    let up = upstream("app").await;
+    let db = gateway::db::connect(&pg_url(), None)
+        .await
+        .expect("PostgreSQL must be running (scripts/ensure-deps test starts it)");
+    let table = unique_table("admin_bounds");
+    gateway::tenancy::postgres::migrate(&db, &table)
+        .await
+        .unwrap();
+    let admin_addr = free_addr();
+    let config = config_for(
+        &[up.addr],
+        &format!(
+            r#"
+[tenancy]
+sources = ["header"]
+[tenancy.registry.postgres]
+url = "{}"
+table = "{table}"
+
+[tiers.free]
+requests_per_second = 50
+burst = 100
+[tiers.pro]
+requests_per_second = 500
+burst = 1000
+
+[admin]
+listen = "{admin_addr}"
+token_file = "admin.token"
+"#,
+            pg_url()
+        ),
+    );
+    let mut gw = TestGateway::start(&config, &[("admin.token", TOKEN.as_bytes())]);
+    gw.wait_accepting(admin_addr);
+
+    let long_host = format!("{}.example", "a".repeat(100_000));
+    let cases = [
+        (
+            json!({"limits": {"requests_per_second": 1e-30}}),
+            "limits.requests_per_second",
+        ),
+        (
+            json!({"limits": {"requests_per_second": 5e-324}}),
+            "limits.requests_per_second",
+        ),
+        (
+            json!({"limits": {"requests_per_second": 2e6}}),
+            "limits.requests_per_second",
+        ),
+        (json!({"limits": {"burst": 0}}), "limits.burst"),
+        (
+            json!({"limits": {"daily_requests": 0}}),
+            "limits.daily_requests",
+        ),
+        (json!({"tier": "platinum"}), "tier"),
+        (json!({"hosts": [long_host]}), "hosts[0]"),
+        (json!({"hosts": ["bad_host.example"]}), "hosts[0]"),
+        (json!({"name": "n".repeat(10_000)}), "name"),
+    ];
+    for (i, (fields, field)) in cases.into_iter().enumerate() {
+        let mut doc = json!({"id": "slowco", "tier": "free"});
+        for (k, v) in fields.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        let (status, headers, body) = admin(
+            "PUT",
+            admin_addr,
+            "/admin/tenants/slowco",
+            Some(TOKEN),
+            Some(doc),
+        )
+        .await;
+        assert_eq!(status, 400, "case {i} ({field}): {body}\n{}", gw.log());
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "case {i}"
+        );
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], 400);
+        assert_eq!(
+            problem["invalid-params"][0]["name"], field,
+            "case {i}: {problem}"
+        );
+        assert!(problem["invalid-params"][0]["reason"].is_string());
+        // The gateway still serves, and refused nothing it had.
+        assert_eq!(proxied_status(&gw, "slowco").await, 404, "case {i}");
+    }
+    let stored: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "nothing written");
+    assert!(gw.log().contains("tenant document refused"), "{}", gw.log());
+
+    // The bounds themselves are accepted.
+    let (status, _, body) = admin(
+        "PUT",
+        admin_addr,
+        "/admin/tenants/slowco",
+        Some(TOKEN),
+        Some(json!({"id": "slowco", "tier": "pro",
+                    "limits": {"requests_per_second": 0.001, "burst": 1}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(proxied_status(&gw, "slowco").await, 200);
+    // Its one cell is used: the next is refused with a problem, not a closed connection.
+    assert_eq!(proxied_status(&gw, "slowco").await, 429);
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
 }

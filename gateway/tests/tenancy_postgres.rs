@@ -250,3 +250,95 @@ claims = {{ tenant = "org" }}
     .await
     .unwrap();
 }
+
+/// Rows that are not valid tenants (an unknown tier, limits out of range, an overlong host)
+/// are refused one by one, with a log line naming tenant and field and a metric; every other
+/// tenant is served, at start and as rows change (issue 14.3).
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_rows_are_refused_alone_and_the_rest_served() {
+    const TOKEN: &str = "admin-token-for-the-tests-0123456789abcdef";
+    let db = pg().await;
+    let table = unique_table("gw_tenants");
+    gateway::tenancy::postgres::migrate(&db, &table)
+        .await
+        .unwrap();
+    for doc in [
+        serde_json::json!({"id": "acme", "tier": "pro"}),
+        serde_json::json!({"id": "plat", "tier": "platinum"}),
+        serde_json::json!({"id": "slow", "limits": {"requests_per_second": 1e-30}}),
+        serde_json::json!({"id": "longhost", "hosts": ["h".repeat(100_000)]}),
+    ] {
+        upsert(&db, &table, doc).await;
+    }
+    let up = upstream("app").await;
+    let admin_addr = common::free_addr();
+    let extra = format!(
+        "[tiers.free]\nrequests_per_second = 50\nburst = 100\n\
+         [tiers.pro]\nrequests_per_second = 500\nburst = 1000\n\
+         [admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"admin.token\"\n"
+    );
+    let mut gw = TestGateway::start(
+        &config_for(&[up.addr], &tenancy_config(&table, &extra)),
+        &[("admin.token", TOKEN.as_bytes())],
+    );
+    gw.wait_accepting(admin_addr);
+    assert_eq!(status_for(&gw, "acme").await, 200, "{}", gw.log());
+    for id in ["plat", "slow", "longhost"] {
+        assert_eq!(status_for(&gw, id).await, 404, "{id}: {}", gw.log());
+    }
+    let log = gw.log();
+    for needle in [
+        "tenant `plat`: tier: unknown tier `platinum`",
+        "tenant `slow`: limits.requests_per_second",
+        "tenant `longhost`: hosts[0]",
+    ] {
+        assert!(log.contains(needle), "`{needle}` missing from:\n{log}");
+    }
+
+    // Followed changes: a new row with an unknown tier is refused, a valid one served.
+    upsert(
+        &db,
+        &table,
+        serde_json::json!({"id": "late", "tier": "platinum"}),
+    )
+    .await;
+    upsert(
+        &db,
+        &table,
+        serde_json::json!({"id": "neo", "tier": "free"}),
+    )
+    .await;
+    eventually(Duration::from_secs(5), || async {
+        status_for(&gw, "neo").await == 200
+    })
+    .await
+    .expect("valid tenant not served");
+    assert_eq!(status_for(&gw, "late").await, 404);
+    assert!(
+        gw.log()
+            .contains("tenant `late`: tier: unknown tier `platinum`"),
+        "{}",
+        gw.log()
+    );
+    let metrics = client()
+        .get(format!("http://{admin_addr}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("gateway_registry_refused_tenants_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 4.0, "{metrics}");
+    db.batch_execute(&format!(
+        "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
+    ))
+    .await
+    .unwrap();
+}

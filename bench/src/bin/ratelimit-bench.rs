@@ -1,4 +1,4 @@
-//! Rate-limit stage cost on this machine: local (governor) decisions per second and ns per
+//! Rate-limit stage cost on this machine: local (in-process GCRA) decisions per second and ns per
 //! check, and the latency the Redis-backed limiter adds (one Lua script round trip), sequential
 //! and with concurrent requests sharing the multiplexed connection.
 //!
@@ -71,6 +71,7 @@ async fn sequential(limiter: &Limiter, f: &Fixture, n: usize) -> (Vec<u64>, f64)
         let request = LimitRequest {
             tenant: &f.tenants[(i * 7919) % f.tenants.len()],
             principal: &f.principals[i % f.principals.len()],
+            caller: gateway::limits::Caller::Known,
             action: Some("projects:read"),
             now_secs: now,
         };
@@ -103,6 +104,7 @@ async fn concurrent(
                 let request = LimitRequest {
                     tenant: &f.tenants[(k * 7919) % f.tenants.len()],
                     principal: &f.principals[k % f.principals.len()],
+                    caller: gateway::limits::Caller::Known,
                     action: Some("projects:read"),
                     now_secs: now,
                 };

@@ -4,11 +4,17 @@
 //! tenant policies), then: with a PostgreSQL registry it is written to the table first (every
 //! replica follows through NOTIFY) and applied here at once; with a file registry the file is
 //! the source of truth in git, so the API refuses to write (edit the file; it hot-reloads).
+//!
+//! A document that is not a valid tenant by itself (an unknown tier, limits or host names out of
+//! bounds ...) is refused with `400` and an RFC 9457 problem whose `invalid-params` name each
+//! field; one that conflicts with the registry (a host or key of another tenant, residency,
+//! tenant policies) with `422`. Nothing is written in either case.
 
+use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
 
-use super::{problem, respond, AdminResponse};
+use super::{body_response, problem, respond, AdminResponse};
 use crate::config::PostgresConfig;
 use crate::snapshot::SnapshotStore;
 use crate::tenancy::{TenantSpec, TenantStatus};
@@ -47,6 +53,21 @@ impl TenantWriter {
                 StatusCode::BAD_REQUEST,
                 format!("body: id is `{}`, the path names `{id}`", spec.id),
             );
+        }
+        let issues = store.load().registry.validate(&spec);
+        if !issues.is_empty() {
+            let tenant = if crate::tenancy::model::is_valid_tenant_id(id) {
+                id
+            } else {
+                "(invalid id)"
+            };
+            let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
+            tracing::warn!(
+                tenant,
+                ?fields,
+                "tenant document refused through the admin API"
+            );
+            return invalid_document(&issues);
         }
         let created = store.load().registry.get(id).is_none();
         match self.write(store, spec).await {
@@ -129,4 +150,30 @@ impl TenantWriter {
         tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
         Ok(spec)
     }
+}
+
+/// `400` with an RFC 9457 problem naming each invalid field in `invalid-params` (the extension
+/// member of RFC 9457's own example).
+fn invalid_document(issues: &[(String, String)]) -> AdminResponse {
+    let status = StatusCode::BAD_REQUEST;
+    let detail = issues
+        .iter()
+        .map(|(field, reason)| format!("{field}: {reason}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let body = json!({
+        "type": format!("{}admin-{}", crate::pipeline::rejection::PROBLEM_TYPE_PREFIX, status.as_u16()),
+        "title": "Invalid tenant document",
+        "status": status.as_u16(),
+        "detail": detail,
+        "invalid-params": issues
+            .iter()
+            .map(|(field, reason)| json!({"name": field, "reason": reason}))
+            .collect::<Vec<_>>(),
+    });
+    body_response(
+        status,
+        Bytes::from(body.to_string()),
+        "application/problem+json",
+    )
 }

@@ -692,6 +692,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
             &base_dir,
             tenancy,
             config.identity.as_ref(),
+            &crate::tenancy::model::KnownTiers::of_config(&config),
             &mut issues,
         );
     }
@@ -953,6 +954,7 @@ fn validate_tenancy(
     base_dir: &Path,
     tenancy: &TenancyConfig,
     identity: Option<&IdentityConfig>,
+    tiers: &crate::tenancy::model::KnownTiers,
     issues: &mut Vec<SourceIssue>,
 ) {
     if let Some(pattern) = &tenancy.host_pattern {
@@ -1004,7 +1006,7 @@ fn validate_tenancy(
     match (&tenancy.registry.file, &tenancy.registry.postgres) {
         (Some(file), None) => {
             let path = resolve_relative(base_dir, file);
-            if let Err(e) = crate::tenancy::registry::load_file(&path) {
+            if let Err(e) = crate::tenancy::registry::load_file(&path, tiers) {
                 for issue in e.0 {
                     issues.push(issue);
                 }

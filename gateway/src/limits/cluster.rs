@@ -9,7 +9,6 @@
 //! `gateway_ratelimit_redis_up`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -17,7 +16,8 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use tokio::sync::Mutex;
 
 use super::{
-    limit_state, quota_state, DecidedBy, Exceeded, LimitPlan, LimiterError, LimitsConfig, Verdict,
+    limit_state, quota_state, DecidedBy, Exceeded, Limit, LimitPlan, LimiterError, LimitsConfig,
+    Verdict,
 };
 
 /// KEYS: limit keys, then quota keys. ARGV: number of limits; per limit its emission interval
@@ -196,10 +196,11 @@ impl ClusterLimiter {
         }
         invocation.arg(plan.limits.len());
         for limit in &plan.limits {
-            let emission = limit.emission_interval().as_micros().max(1) as u64;
+            // Bounded limits: at most 10^9 µs and 10^15 µs, exact in Lua's numbers.
+            let emission = emission_us(limit);
             invocation
                 .arg(emission)
-                .arg(emission * u64::from(limit.burst));
+                .arg(emission.saturating_mul(u64::from(limit.burst)));
         }
         for quota in &plan.quotas {
             // Kept an hour past the window, so a replica with a late clock does not restart a
@@ -208,53 +209,133 @@ impl ClusterLimiter {
             invocation.arg(quota.limit).arg(time_to_live.as_secs());
         }
         let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
-        let expected = 3 + plan.limits.len() + plan.quotas.len();
-        if reply.len() != expected {
-            return Err(LimiterError::Reply(format!(
-                "{} values, expected {expected}",
-                reply.len()
-            )));
+        verdict(plan, &reply)
+    }
+}
+
+/// Time between two cells in µs, as the script counts (at least 1).
+fn emission_us(limit: &Limit) -> u64 {
+    (limit.emission_ns() / 1000).max(1)
+}
+
+/// The verdict a script reply stands for. The reply is outside data: its shape is checked and
+/// nothing is indexed with a number it carries.
+fn verdict(plan: &LimitPlan, reply: &[i64]) -> Result<Verdict, LimiterError> {
+    let [admitted, retry_us, exhausted, rest @ ..] = reply else {
+        return Err(LimiterError::Reply(format!(
+            "{} values, expected at least 3",
+            reply.len()
+        )));
+    };
+    let (tats, counts) = rest
+        .split_at_checked(plan.limits.len())
+        .filter(|(_, counts)| counts.len() == plan.quotas.len())
+        .ok_or_else(|| {
+            LimiterError::Reply(format!(
+                "{} values, expected {}",
+                reply.len(),
+                3 + plan.limits.len() + plan.quotas.len()
+            ))
+        })?;
+    let backlog_ns = |tat_us: i64| u64::try_from(tat_us).unwrap_or(0).saturating_mul(1000);
+    let mut states = Vec::with_capacity(plan.limits.len() + plan.quotas.len());
+    for (limit, tat) in plan.limits.iter().zip(tats) {
+        states.push(limit_state(limit, backlog_ns(*tat)));
+    }
+    for (quota, count) in plan.quotas.iter().zip(counts) {
+        states.push(quota_state(quota, u64::try_from(*count).unwrap_or(0)));
+    }
+    let (exceeded, retry_after) = if *admitted == 1 {
+        (None, Duration::ZERO)
+    } else if *exhausted > 0 {
+        // 1-based index of the exhausted quota.
+        let quota = usize::try_from(*exhausted - 1)
+            .ok()
+            .and_then(|j| plan.quotas.get(j))
+            .ok_or_else(|| {
+                LimiterError::Reply(format!(
+                    "exhausted quota {exhausted} of {}",
+                    plan.quotas.len()
+                ))
+            })?;
+        (Some(Exceeded::Quota { name: quota.name }), quota.resets_in)
+    } else {
+        // The first limit without room names the refusal (the script found one).
+        let refusing = plan
+            .limits
+            .iter()
+            .zip(tats)
+            .find(|(limit, tat)| {
+                let emission = emission_us(limit);
+                let backlog = u64::try_from(**tat).unwrap_or(0).saturating_add(emission);
+                backlog > emission.saturating_mul(u64::from(limit.burst))
+            })
+            .map(|(limit, _)| limit.name.clone())
+            .ok_or_else(|| LimiterError::Reply("refused without a limit out of room".into()))?;
+        for state in states.iter_mut().filter(|s| s.name == refusing) {
+            state.remaining = 0;
         }
-        let admitted = reply[0] == 1;
-        let retry_us = reply[1].max(0) as u64;
-        let exhausted = reply[2];
-        let mut states = Vec::with_capacity(plan.limits.len() + plan.quotas.len());
-        for (limit, tat) in plan.limits.iter().zip(&reply[3..]) {
-            states.push(limit_state(limit, *tat));
+        (
+            Some(Exceeded::Limit { name: refusing }),
+            Duration::from_micros(u64::try_from(*retry_us).unwrap_or(0)),
+        )
+    };
+    Ok(Verdict {
+        exceeded,
+        retry_after,
+        states,
+        decided_by: DecidedBy::Redis,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::limits::Quota;
+
+    fn plan() -> LimitPlan {
+        LimitPlan {
+            limits: vec![Limit::new(Arc::from("tenant"), "t:a".into(), 1.0, 2)],
+            quotas: vec![Quota {
+                name: "daily",
+                key: "q:d:a:1".into(),
+                limit: 5,
+                window: Duration::from_secs(86_400),
+                resets_in: Duration::from_secs(60),
+            }],
         }
-        for (quota, count) in plan.quotas.iter().zip(&reply[3 + plan.limits.len()..]) {
-            states.push(quota_state(quota, (*count).max(0) as u64));
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_errors_not_panics() {
+        let plan = plan();
+        for reply in [
+            &[][..],
+            &[1, 0][..],
+            &[1, 0, 0][..],
+            &[1, 0, 0, 5][..],
+            &[0, 0, 9, 0, 5][..],
+            &[0, 0, i64::MIN, 0, 5][..],
+            &[0, 0, 0, 0, 5][..],
+        ] {
+            assert!(
+                matches!(verdict(&plan, reply), Err(LimiterError::Reply(_))),
+                "{reply:?}"
+            );
         }
-        let (exceeded, retry_after) = if admitted {
-            (None, Duration::ZERO)
-        } else if exhausted > 0 {
-            let quota = &plan.quotas[(exhausted - 1) as usize];
-            (Some(Exceeded::Quota { name: quota.name }), quota.resets_in)
-        } else {
-            // The first limit without room names the refusal.
-            let refusing = plan
-                .limits
-                .iter()
-                .zip(&reply[3..])
-                .find(|(limit, tat)| {
-                    let emission = limit.emission_interval().as_micros().max(1) as i64;
-                    **tat + emission > emission * i64::from(limit.burst)
-                })
-                .map(|(limit, _)| limit.name.clone())
-                .unwrap_or_else(|| Arc::from("limit"));
-            for state in states.iter_mut().filter(|s| s.name == refusing) {
-                state.remaining = 0;
-            }
-            (
-                Some(Exceeded::Limit { name: refusing }),
-                Duration::from_micros(retry_us),
-            )
-        };
-        Ok(Verdict {
-            exceeded,
-            retry_after,
-            states,
-            decided_by: DecidedBy::Redis,
-        })
+        let ok = verdict(&plan, &[0, 2_000_000, 1, 1_000_000, 5]).unwrap();
+        assert_eq!(ok.exceeded, Some(Exceeded::Quota { name: "daily" }));
+        let ok = verdict(&plan, &[0, 500_000, 0, 1_500_000, 2]).unwrap();
+        assert_eq!(
+            ok.exceeded,
+            Some(Exceeded::Limit {
+                name: Arc::from("tenant")
+            })
+        );
+        assert_eq!(ok.retry_after, Duration::from_millis(500));
+        let ok = verdict(&plan, &[1, 0, 0, i64::MAX, i64::MIN]).unwrap();
+        assert_eq!(ok.exceeded, None);
     }
 }

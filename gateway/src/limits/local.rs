@@ -1,50 +1,64 @@
-//! In-process limits: one `governor` GCRA cell per limit key, kept in a bounded cache.
+//! In-process limits: one GCRA cell per limit key and one count per quota key, kept in bounded
+//! caches.
 //!
-//! Limits of one request are checked in order; when a later one refuses, the cells the earlier
-//! ones gave are not returned (governor cannot refund). That errs on the strict side: no limit
-//! ever admits more than its budget.
+//! A request is decided over all of its limits and quotas at once: every cell it falls under is
+//! locked (in one global order, so concurrent requests sharing cells cannot deadlock), all are
+//! checked, and only when every one admits is every one taken from. A refused request takes
+//! nothing, exactly as the Redis script of [`super::cluster`] does, so both backends decide the
+//! same.
+//!
+//! Why not the `governor` crate (used here before): its cells only offer "check and take"
+//! (`check`, `check_n`), with no way to look at a cell without taking from it and no way to
+//! give a cell back, so a request under several limits could only take from the first ones
+//! before a later one refused, and each refused request drained the shared budgets before it
+//! (issue 13.3). No maintained crate offers an all-or-nothing decision over several GCRA
+//! cells; the algorithm itself is a few lines (one theoretical arrival time per cell), written
+//! here with checked arithmetic.
 //!
 //! Quotas kept here are counted in memory: the `local` backend counts only tenant overrides
 //! (configuration validation sends tier quotas to Redis), and the `local-share` fallback counts
 //! what this replica admitted since Redis last told the count.
 
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota as GovernorQuota, RateLimiter};
 use quick_cache::sync::Cache;
 
-use super::{limit_state, quota_state, DecidedBy, Exceeded, LimitPlan, PolicyState, Verdict};
+use super::{
+    limit_state, quota_state, DecidedBy, Exceeded, Limit, LimitPlan, PolicyState, Verdict,
+};
 
-type Cell = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+/// One GCRA budget: its parameters and its theoretical arrival time (TAT, nanoseconds since the
+/// limiter's epoch; the budget is booked up to there).
+struct Gcra {
+    emission_ns: u64,
+    tolerance_ns: u64,
+    tat: Mutex<u64>,
+}
 
 /// Quota use as this replica knows it.
 #[derive(Default)]
 struct QuotaCount {
     /// The shared count Redis last reported.
-    shared: AtomicU64,
+    shared: u64,
     /// Admitted here since then.
-    local: AtomicU64,
-}
-
-/// A cell with the parameters it was made for.
-struct Budget {
-    rate: f64,
-    burst: u32,
-    cell: Cell,
+    local: u64,
 }
 
 pub struct LocalLimiter {
-    cells: Cache<String, Arc<Budget>>,
-    quotas: Cache<String, Arc<QuotaCount>>,
+    cells: Cache<String, Arc<Gcra>>,
+    quotas: Cache<String, Arc<Mutex<QuotaCount>>>,
     /// Each limit is divided by this (the replica count under `local-share`, else 1).
     share: u32,
-    clock: DefaultClock,
+    epoch: Instant,
+}
+
+/// Locks a cell; a poisoned lock still holds a consistent number (nothing panics while holding
+/// one), so its value is used.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LocalLimiter {
@@ -53,102 +67,143 @@ impl LocalLimiter {
             cells: Cache::new(capacity.max(16)),
             quotas: Cache::new((capacity / 4).max(16)),
             share: share.max(1),
-            clock: DefaultClock::default(),
+            epoch: Instant::now(),
         }
     }
 
-    /// The budget of `key`; looked up without allocating, replaced when an override changed
-    /// its rate or burst (a changed limit starts a new budget).
-    fn cell(&self, key: &str, rate: f64, burst: u32) -> Arc<Budget> {
-        let rate = rate / f64::from(self.share);
-        let burst = (burst / self.share).max(1);
-        if let Some(budget) = self.cells.get(key) {
-            if budget.rate == rate && budget.burst == burst {
-                return budget;
-            }
-        }
-        let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
-        let quota = GovernorQuota::with_period(period)
-            .unwrap_or_else(|| GovernorQuota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-        let budget = Arc::new(Budget {
-            rate,
-            burst,
-            cell: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
-        });
-        self.cells.insert(key.to_string(), budget.clone());
-        budget
+    fn now_ns(&self) -> u64 {
+        // u64 nanoseconds last 584 years; saturate rather than wrap.
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn quota(&self, key: &str) -> Arc<QuotaCount> {
+    /// This replica's share of `limit` (all of it unless `local-share` divides it).
+    fn shared_limit(&self, limit: &Limit) -> Limit {
+        Limit::new(
+            limit.name.clone(),
+            String::new(),
+            limit.rate / f64::from(self.share),
+            (limit.burst / self.share).max(1),
+        )
+    }
+
+    /// The budget of `limit`; replaced when an override changed its rate or burst (a changed
+    /// limit starts a new budget).
+    fn cell(&self, limit: &Limit) -> Arc<Gcra> {
+        let share = self.shared_limit(limit);
+        let (emission_ns, tolerance_ns) = (share.emission_ns(), share.tolerance_ns());
+        let fresh = || Gcra {
+            emission_ns,
+            tolerance_ns,
+            tat: Mutex::new(0),
+        };
+        // One cell per key even when the first requests of a key arrive together.
+        let cell = self
+            .cells
+            .get_or_insert_with(limit.key.as_str(), || {
+                Ok::<_, std::convert::Infallible>(Arc::new(fresh()))
+            })
+            .unwrap_or_else(|never| match never {});
+        if cell.emission_ns == emission_ns && cell.tolerance_ns == tolerance_ns {
+            return cell;
+        }
+        let cell = Arc::new(fresh());
+        self.cells.insert(limit.key.clone(), cell.clone());
+        cell
+    }
+
+    fn quota(&self, key: &str) -> Arc<Mutex<QuotaCount>> {
         self.quotas
             .get_or_insert_with(key, || -> Result<_, std::convert::Infallible> {
-                Ok(Arc::new(QuotaCount::default()))
+                Ok(Arc::new(Mutex::new(QuotaCount::default())))
             })
             .unwrap_or_else(|never| match never {})
     }
 
-    /// Decides a plan in process.
+    /// Decides a plan in process: admitted by every limit and quota, or taking from none.
     pub fn decide(&self, plan: &LimitPlan, decided_by: DecidedBy) -> Verdict {
+        let cells: Vec<Arc<Gcra>> = plan.limits.iter().map(|l| self.cell(l)).collect();
+        let counts: Vec<Arc<Mutex<QuotaCount>>> =
+            plan.quotas.iter().map(|q| self.quota(&q.key)).collect();
+        // Lock limits before quotas, each group in address order: one global order.
+        let mut tats = LockedSet::lock(&cells, |c| &c.tat);
+        let mut quota_counts = LockedSet::lock(&counts, |c| c);
+        let now = self.now_ns();
+
+        // Check all.
+        let mut booked = Vec::with_capacity(cells.len());
+        let mut retry_ns = 0u64;
+        let mut refusing = None;
+        for (i, cell) in cells.iter().enumerate() {
+            let tat = (*tats.get(i)).max(now);
+            let new_tat = tat.saturating_add(cell.emission_ns);
+            // `new_tat >= now`: the backlog after admitting this request.
+            let backlog = new_tat - now;
+            let wait = backlog.saturating_sub(cell.tolerance_ns);
+            if wait > 0 {
+                retry_ns = retry_ns.max(wait);
+                refusing.get_or_insert(i);
+            }
+            booked.push((tat - now, new_tat, wait));
+        }
+        let mut exhausted = None;
+        let mut allowances = Vec::with_capacity(counts.len());
+        for (j, quota) in plan.quotas.iter().enumerate() {
+            let count = quota_counts.get(j);
+            let allowance = quota.limit.saturating_sub(count.shared) / u64::from(self.share);
+            if count.local >= allowance {
+                exhausted.get_or_insert(j);
+            }
+            allowances.push(allowance);
+        }
+
         let mut states = Vec::with_capacity(plan.limits.len() + plan.quotas.len());
-        // Quotas first: a request refused by its quota uses no rate budget.
-        let mut counts = Vec::with_capacity(plan.quotas.len());
-        for quota in &plan.quotas {
-            let count = self.quota(&quota.key);
-            let shared = count.shared.load(Ordering::Relaxed);
-            let local = count.local.load(Ordering::Relaxed);
-            let allowance = quota.limit.saturating_sub(shared) / u64::from(self.share);
-            if local >= allowance {
-                let mut state = quota_state(quota, quota.limit);
+        let admitted = refusing.is_none() && exhausted.is_none();
+        // Then take from all, or from none.
+        let decided = plan.limits.iter().zip(&cells).zip(&booked).enumerate();
+        for (i, ((limit, share), (backlog, new_tat, wait))) in decided {
+            let backlog = if admitted {
+                *tats.get(i) = *new_tat;
+                *new_tat - now
+            } else {
+                *backlog
+            };
+            let mut state = limit_state(limit, backlog);
+            // What this replica may still admit (all of it unless the limit is shared).
+            state.remaining =
+                (share.tolerance_ns.saturating_sub(backlog) / share.emission_ns).min(state.quota);
+            if !admitted && *wait > 0 {
                 state.remaining = 0;
-                states.push(state);
-                return Verdict {
-                    exceeded: Some(Exceeded::Quota { name: quota.name }),
-                    retry_after: quota.resets_in,
-                    states,
-                    decided_by,
-                };
+                state.reset_secs = Duration::from_nanos(*wait).as_secs().max(1);
             }
-            counts.push((count, local, allowance));
-        }
-        for limit in &plan.limits {
-            let budget = self.cell(&limit.key, limit.rate, limit.burst);
-            match budget.cell.check() {
-                Ok(snapshot) => {
-                    let remaining = snapshot.remaining_burst_capacity();
-                    let used = budget.burst.saturating_sub(remaining);
-                    let backlog_us = (f64::from(used) / budget.rate * 1e6) as i64;
-                    let mut state = limit_state(limit, backlog_us);
-                    state.remaining = u64::from(remaining);
-                    states.push(state);
-                }
-                Err(not_until) => {
-                    let retry_after = not_until.wait_time_from(self.clock.now());
-                    let mut state = limit_state(limit, 0);
-                    state.remaining = 0;
-                    state.reset_secs = retry_after.as_secs().max(1);
-                    states.push(state);
-                    return Verdict {
-                        exceeded: Some(Exceeded::Limit {
-                            name: limit.name.clone(),
-                        }),
-                        retry_after,
-                        states,
-                        decided_by,
-                    };
-                }
-            }
-        }
-        for ((count, local, allowance), quota) in counts.into_iter().zip(&plan.quotas) {
-            count.local.fetch_add(1, Ordering::Relaxed);
-            let mut state: PolicyState = quota_state(quota, 0);
-            // What this replica may still admit (all of it unless the quota is shared).
-            state.remaining = allowance.saturating_sub(local + 1);
             states.push(state);
         }
+        for (j, (quota, allowance)) in plan.quotas.iter().zip(&allowances).enumerate() {
+            let count = quota_counts.get(j);
+            if admitted {
+                count.local = count.local.saturating_add(1);
+            }
+            let mut state: PolicyState = quota_state(quota, 0);
+            // What this replica may still admit (all of it unless the quota is shared).
+            state.remaining = allowance.saturating_sub(count.local);
+            states.push(state);
+        }
+        drop(quota_counts);
+        drop(tats);
+
+        // A quota names the refusal before a limit, as in the Redis script.
+        let (exceeded, retry_after) = match (exhausted.and_then(|j| plan.quotas.get(j)), refusing) {
+            (Some(quota), _) => (Some(Exceeded::Quota { name: quota.name }), quota.resets_in),
+            (None, Some(i)) => (
+                plan.limits.get(i).map(|limit| Exceeded::Limit {
+                    name: limit.name.clone(),
+                }),
+                Duration::from_nanos(retry_ns),
+            ),
+            (None, None) => (None, Duration::ZERO),
+        };
         Verdict {
-            exceeded: None,
-            retry_after: Duration::ZERO,
+            exceeded,
+            retry_after,
             states,
             decided_by,
         }
@@ -159,12 +214,43 @@ impl LocalLimiter {
         for quota in &plan.quotas {
             if let Some(state) = verdict.states.iter().find(|s| &*s.name == quota.name) {
                 let count = self.quota(&quota.key);
-                count
-                    .shared
-                    .store(quota.limit - state.remaining, Ordering::Relaxed);
-                count.local.store(0, Ordering::Relaxed);
+                let mut count = lock(&count);
+                count.shared = quota.limit.saturating_sub(state.remaining);
+                count.local = 0;
             }
         }
+    }
+}
+
+/// The locks of a request's cells, held together: taken in address order (a cell that appears
+/// twice is locked once), looked up by the cell's position in the request.
+struct LockedSet<'a, T> {
+    guards: Vec<MutexGuard<'a, T>>,
+    /// Position in the request → index into `guards`.
+    slot: Vec<usize>,
+}
+
+impl<'a, T> LockedSet<'a, T> {
+    fn lock<C>(cells: &'a [Arc<C>], mutex: impl Fn(&'a C) -> &'a Mutex<T>) -> Self {
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&cells[i]) as usize);
+        let mut guards = Vec::with_capacity(cells.len());
+        let mut slot = vec![0; cells.len()];
+        let mut last = None;
+        for i in order {
+            let ptr = Arc::as_ptr(&cells[i]);
+            if last != Some(ptr) {
+                guards.push(lock(mutex(&*cells[i])));
+                last = Some(ptr);
+            }
+            slot[i] = guards.len() - 1;
+        }
+        LockedSet { guards, slot }
+    }
+
+    /// The locked value of the cell at position `i` of the request.
+    fn get(&mut self, i: usize) -> &mut T {
+        &mut self.guards[self.slot[i]]
     }
 }
 
@@ -174,16 +260,16 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::limits::{Limit, Quota};
+    use crate::limits::{quota_state, Limit, Quota};
 
     fn plan(rate: f64, burst: u32) -> LimitPlan {
         LimitPlan {
-            limits: vec![Limit {
-                name: Arc::from("tenant"),
-                key: "t:acme".into(),
+            limits: vec![Limit::new(
+                Arc::from("tenant"),
+                "t:acme".into(),
                 rate,
                 burst,
-            }],
+            )],
             quotas: Vec::new(),
         }
     }
@@ -209,6 +295,79 @@ mod tests {
         assert!(refusal.retry_after > Duration::ZERO);
         assert!(refusal.retry_after <= Duration::from_millis(100));
         assert_eq!(refusal.states[0].remaining, 0);
+    }
+
+    #[test]
+    fn a_refused_request_takes_from_no_limit() {
+        let limiter = LocalLimiter::new(100, 1);
+        let principal = Limit::new(Arc::from("principal"), "p:acme:eve".into(), 0.001, 2);
+        let tenant = Limit::new(Arc::from("tenant"), "t:acme".into(), 0.001, 5);
+        let eve = LimitPlan {
+            limits: vec![tenant.clone(), principal],
+            quotas: Vec::new(),
+        };
+        let refusals: Vec<Option<Exceeded>> = (0..10)
+            .map(|_| limiter.decide(&eve, DecidedBy::Local).exceeded)
+            .collect();
+        assert!(refusals[..2].iter().all(Option::is_none));
+        let principal_name: Arc<str> = Arc::from("principal");
+        assert!(refusals[2..].iter().all(|r| *r
+            == Some(Exceeded::Limit {
+                name: principal_name.clone()
+            })));
+        // The tenant's 5 minus eve's 2 are left for bob.
+        let bob = LimitPlan {
+            limits: vec![
+                tenant,
+                Limit::new(Arc::from("principal"), "p:acme:bob".into(), 0.001, 5),
+            ],
+            quotas: Vec::new(),
+        };
+        let admitted = (0..5)
+            .filter(|_| limiter.decide(&bob, DecidedBy::Local).exceeded.is_none())
+            .count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn a_key_twice_in_one_plan_is_locked_once() {
+        let limiter = LocalLimiter::new(100, 1);
+        let limit = Limit::new(Arc::from("x"), "r:x".into(), 0.001, 3);
+        let plan = LimitPlan {
+            limits: vec![limit.clone(), limit],
+            quotas: Vec::new(),
+        };
+        let admitted = (0..5)
+            .filter(|_| limiter.decide(&plan, DecidedBy::Local).exceeded.is_none())
+            .count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn concurrent_requests_never_exceed_any_limit() {
+        let limiter = Arc::new(LocalLimiter::new(1000, 1));
+        let tenant = Limit::new(Arc::from("tenant"), "t:acme".into(), 0.001, 100);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let limiter = limiter.clone();
+                let tenant = tenant.clone();
+                std::thread::spawn(move || {
+                    let plan = LimitPlan {
+                        limits: vec![
+                            tenant,
+                            Limit::new(Arc::from("principal"), format!("p:{t}"), 0.001, 20),
+                        ],
+                        quotas: Vec::new(),
+                    };
+                    (0..200)
+                        .filter(|_| limiter.decide(&plan, DecidedBy::Local).exceeded.is_none())
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        // 8 principals × 20 = 160 wanted, the tenant allows exactly 100.
+        assert_eq!(admitted, 100);
     }
 
     #[test]

@@ -2,11 +2,20 @@
 //!
 //! Limits are GCRA cells keyed by tenant, tenant+principal, and by configured rules (per action,
 //! per tenant / principal / API key / route). Quotas count requests per UTC day and month.
-//! Where decisions are made:
-//! - `backend = "local"`: in process ([`local`], the `governor` crate), per replica;
+//! Anonymous callers (no credential while `[identity]` authenticates) have budgets of their own,
+//! per tenant and per client address, and never take from the tenant's or its quotas.
+//!
+//! A request is admitted by every limit and quota it falls under, or takes from none of them:
+//! a refused request consumes nothing, so one caller over its own limit cannot drain a budget
+//! it shares with others. Where decisions are made:
+//! - `backend = "local"`: in process ([`local`]), per replica;
 //! - `backend = "redis"`: cluster-wide ([`cluster`]), one Lua script call per request that checks
 //!   and updates every limit and quota of the request atomically. When Redis cannot answer, the
 //!   configured [`Fallback`] decides until Redis answers again.
+//!
+//! Rates, bursts and quotas are bounded ([`check_rate`], [`check_burst`], [`check_quota`]) where
+//! they enter (configuration, tenant registry, admin API), and the arithmetic on them is
+//! checked besides, so no value can make a decision panic or admit without limit.
 //!
 //! The outcome carries the IETF `RateLimit-Policy` / `RateLimit` header values
 //! (draft-ietf-httpapi-ratelimit-headers) for the response.
@@ -14,7 +23,8 @@
 pub mod cluster;
 pub mod local;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,9 +63,17 @@ pub struct LimitsConfig {
     /// share of every limit and of the quota left.
     #[serde(default = "default_replicas")]
     pub replicas: u32,
-    /// Most limiter cells kept in memory (least recently used ones are dropped).
+    /// Most limiter cells kept in memory (least recently used ones are dropped); at most
+    /// 100,000,000.
     #[serde(default = "default_capacity")]
     pub local_capacity: usize,
+    /// Tenant-wide limit (requests per second) of tenants whose tier names none and is not
+    /// `unlimited`: a tier without a limit is never unlimited by omission.
+    #[serde(default = "default_tenant_rate")]
+    pub default_requests_per_second: f64,
+    /// Burst of that default limit.
+    #[serde(default = "default_tenant_burst")]
+    pub default_burst: u32,
     /// Action (Cedar action id, e.g. `documents:export`) → the feature a tenant's tier (or the
     /// tenant itself) must have; others get 403.
     #[serde(default)]
@@ -109,7 +127,9 @@ pub struct LimitRule {
     /// callers), or `route` (one budget for everybody).
     #[serde(default)]
     pub per: LimitScope,
+    /// Refill rate, from 0.001 to 1,000,000 per second.
     pub requests_per_second: f64,
+    /// Requests at once, from 1 to 1,000,000.
     pub burst: u32,
 }
 
@@ -124,28 +144,115 @@ pub enum LimitScope {
 }
 
 /// `[tiers.<name>]`: what a pricing tier includes. Tenants override limits in the registry.
+///
+/// Rates are requests per second from 0.001 to 1,000,000; bursts from 1 to 1,000,000; quotas
+/// from 1 to 10^12. A tier that sets no `requests_per_second` gets `[limits]
+/// default_requests_per_second` unless it says `unlimited = true`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     /// Features of the tier (policies see them with the tenant's own in `tenant.features`).
     #[serde(default)]
     pub features: Vec<String>,
-    /// The tenant's whole budget.
+    /// The tenant's whole budget (its authenticated callers together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<f64>,
+    /// Burst of the tenant's budget (default: one second of `requests_per_second`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// No tenant-wide rate limit for tenants of this tier (unless a tenant sets its own):
+    /// the explicit opt-out of `[limits] default_requests_per_second`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlimited: bool,
     /// Each principal's budget within its tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_requests_per_second: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_burst: Option<u32>,
+    /// Budget of all anonymous callers of one tenant together (requests without a credential
+    /// while `[identity]` authenticates); apart from the tenant's, which anonymous requests
+    /// never use. Default 1 per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_requests_per_second: Option<f64>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_burst: Option<u32>,
+    /// Budget of one client address (an IPv6 /64) among a tenant's anonymous callers.
+    /// Default 0.5 per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_client_requests_per_second: Option<f64>,
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_client_burst: Option<u32>,
     /// Requests per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_requests: Option<u64>,
     /// Requests per UTC calendar month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_requests: Option<u64>,
+}
+
+/// Lowest rate any limit may have (requests per second): one request per 1,000 s.
+pub const MIN_RATE: f64 = 0.001;
+/// Highest rate any limit may have (requests per second).
+pub const MAX_RATE: f64 = 1_000_000.0;
+/// Largest burst of any limit.
+pub const MAX_BURST: u32 = 1_000_000;
+/// Largest day or month quota (counts stay exact in Redis's Lua numbers).
+pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+
+/// Anonymous budget of a tenant when its tier sets none.
+const DEFAULT_ANONYMOUS_RATE: f64 = 1.0;
+const DEFAULT_ANONYMOUS_BURST: u32 = 10;
+/// Anonymous budget of one client address when the tier sets none.
+const DEFAULT_ANONYMOUS_CLIENT_RATE: f64 = 0.5;
+const DEFAULT_ANONYMOUS_CLIENT_BURST: u32 = 5;
+
+/// Names of the built-in limits and quotas (rules may not take them).
+const RESERVED_NAMES: [&str; 6] = [
+    "tenant",
+    "principal",
+    "anonymous",
+    "anonymous-client",
+    "daily",
+    "monthly",
+];
+
+/// A rate within [`MIN_RATE`, `MAX_RATE`] requests per second.
+pub fn check_rate(rate: f64) -> Result<(), String> {
+    if (MIN_RATE..=MAX_RATE).contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{rate:?}` is out of range: from {MIN_RATE} to {MAX_RATE:.0} requests per second"
+        ))
+    }
+}
+
+/// A burst within [1, `MAX_BURST`].
+pub fn check_burst(burst: u32) -> Result<(), String> {
+    if (1..=MAX_BURST).contains(&burst) {
+        Ok(())
+    } else {
+        Err(format!("`{burst}` is out of range: from 1 to {MAX_BURST}"))
+    }
+}
+
+/// A day or month quota within [1, `MAX_QUOTA`].
+pub fn check_quota(quota: u64) -> Result<(), String> {
+    if (1..=MAX_QUOTA).contains(&quota) {
+        Ok(())
+    } else {
+        Err(format!("`{quota}` is out of range: from 1 to {MAX_QUOTA}"))
+    }
+}
+
+/// A tier name: 1-64 ASCII letters, digits, `-` or `_`.
+pub fn is_valid_tier_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn default_redis_timeout() -> Duration {
@@ -163,45 +270,89 @@ fn default_replicas() -> u32 {
 fn default_capacity() -> usize {
     1_000_000
 }
+fn default_tenant_rate() -> f64 {
+    100.0
+}
+fn default_tenant_burst() -> u32 {
+    200
+}
+/// Most cells `local_capacity` may ask for.
+const MAX_CAPACITY: usize = 100_000_000;
+/// Most replicas `local-share` divides by.
+const MAX_REPLICAS: u32 = 10_000;
 
-/// Checks what serde cannot: positive rates, sane bursts, a Redis URL for the Redis backend.
+/// Checks what serde cannot: rates, bursts and quotas within their bounds, tier and rule
+/// names, a Redis URL for the Redis backend. Each issue names its field.
 pub fn validate(
     limits: Option<&LimitsConfig>,
     tiers: &BTreeMap<String, TierConfig>,
 ) -> Vec<(String, String)> {
     let mut issues = Vec::new();
-    let rate_ok = |r: f64| r.is_finite() && r > 0.0;
+    let mut check = |field: String, result: Result<(), String>| {
+        if let Err(message) = result {
+            issues.push((field, message));
+        }
+    };
     for (name, tier) in tiers {
+        if !is_valid_tier_name(name) {
+            check(
+                format!("tiers.{name}"),
+                Err("a tier name is 1-64 ASCII letters, digits, `-` or `_`".to_string()),
+            );
+        }
         for (field, rate) in [
             ("requests_per_second", tier.requests_per_second),
             (
                 "principal_requests_per_second",
                 tier.principal_requests_per_second,
             ),
+            (
+                "anonymous_requests_per_second",
+                tier.anonymous_requests_per_second,
+            ),
+            (
+                "anonymous_client_requests_per_second",
+                tier.anonymous_client_requests_per_second,
+            ),
         ] {
-            if rate.is_some_and(|r| !rate_ok(r)) {
-                issues.push((
-                    format!("tiers.{name}.{field}"),
-                    "must be a positive number".to_string(),
-                ));
+            if let Some(rate) = rate {
+                check(format!("tiers.{name}.{field}"), check_rate(rate));
             }
         }
         for (field, burst) in [
             ("burst", tier.burst),
             ("principal_burst", tier.principal_burst),
+            ("anonymous_burst", tier.anonymous_burst),
+            ("anonymous_client_burst", tier.anonymous_client_burst),
         ] {
-            if burst == Some(0) {
-                issues.push((format!("tiers.{name}.{field}"), "at least 1".to_string()));
+            if let Some(burst) = burst {
+                check(format!("tiers.{name}.{field}"), check_burst(burst));
             }
+        }
+        for (field, quota) in [
+            ("daily_requests", tier.daily_requests),
+            ("monthly_requests", tier.monthly_requests),
+        ] {
+            if let Some(quota) = quota {
+                check(format!("tiers.{name}.{field}"), check_quota(quota));
+            }
+        }
+        if tier.unlimited && tier.requests_per_second.is_some() {
+            check(
+                format!("tiers.{name}.unlimited"),
+                Err("contradicts `requests_per_second`: set one of them".to_string()),
+            );
         }
         let has_quota = tier.daily_requests.is_some() || tier.monthly_requests.is_some();
         if has_quota && limits.is_none_or(|l| l.backend != Backend::Redis) {
-            issues.push((
+            check(
                 format!("tiers.{name}"),
-                "quotas (`daily_requests`, `monthly_requests`) are kept in Redis so restarts do \
-                 not reset them: set `[limits] backend = \"redis\"`"
-                    .to_string(),
-            ));
+                Err(
+                    "quotas (`daily_requests`, `monthly_requests`) are kept in Redis so restarts \
+                     do not reset them: set `[limits] backend = \"redis\"`"
+                        .to_string(),
+                ),
+            );
         }
     }
     let Some(limits) = limits else {
@@ -209,35 +360,64 @@ pub fn validate(
     };
     if limits.backend == Backend::Redis {
         match &limits.redis_url {
-            None => issues.push((
+            None => check(
                 "limits.redis_url".to_string(),
-                "required with `backend = \"redis\"`".to_string(),
-            )),
-            Some(url) => {
-                if let Err(e) = redis::Client::open(url.as_str()) {
-                    issues.push(("limits.redis_url".to_string(), e.to_string()));
-                }
-            }
+                Err("required with `backend = \"redis\"`".to_string()),
+            ),
+            Some(url) => check(
+                "limits.redis_url".to_string(),
+                redis::Client::open(url.as_str())
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            ),
         }
     }
-    if limits.replicas == 0 {
-        issues.push(("limits.replicas".to_string(), "at least 1".to_string()));
+    if !(1..=MAX_REPLICAS).contains(&limits.replicas) {
+        check(
+            "limits.replicas".to_string(),
+            Err(format!("from 1 to {MAX_REPLICAS}")),
+        );
     }
+    if !(1..=MAX_CAPACITY).contains(&limits.local_capacity) {
+        check(
+            "limits.local_capacity".to_string(),
+            Err(format!("from 1 to {MAX_CAPACITY}")),
+        );
+    }
+    check(
+        "limits.default_requests_per_second".to_string(),
+        check_rate(limits.default_requests_per_second),
+    );
+    check(
+        "limits.default_burst".to_string(),
+        check_burst(limits.default_burst),
+    );
+    let mut names = BTreeSet::new();
     for (i, rule) in limits.rule.iter().enumerate() {
-        if !rate_ok(rule.requests_per_second) {
-            issues.push((
-                format!("limits.rule[{i}].requests_per_second"),
-                "must be a positive number".to_string(),
-            ));
-        }
-        if rule.burst == 0 {
-            issues.push((format!("limits.rule[{i}].burst"), "at least 1".to_string()));
-        }
-        if rule.name.is_empty() || !rule.name.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-            issues.push((
-                format!("limits.rule[{i}].name"),
-                "must be non-empty printable ASCII without quotes".to_string(),
-            ));
+        check(
+            format!("limits.rule[{i}].requests_per_second"),
+            check_rate(rule.requests_per_second),
+        );
+        check(format!("limits.rule[{i}].burst"), check_burst(rule.burst));
+        let field = format!("limits.rule[{i}].name");
+        if rule.name.is_empty()
+            || rule.name.len() > 64
+            || !rule.name.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+        {
+            check(
+                field,
+                Err("must be 1-64 printable ASCII characters without quotes".to_string()),
+            );
+        } else if RESERVED_NAMES.contains(&rule.name.as_str()) {
+            check(
+                field,
+                Err(format!("`{}` names a built-in limit", rule.name)),
+            );
+        } else if !names.insert(rule.name.as_str()) {
+            check(
+                field,
+                Err(format!("`{}` names another rule already", rule.name)),
+            );
         }
     }
     issues
@@ -255,15 +435,42 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// Time between two cells.
-    pub fn emission_interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.rate)
+    /// A limit with its rate and burst held within the bounds every configuration path
+    /// enforces ([`check_rate`], [`check_burst`]). Values only code can produce (a rate below
+    /// [`MIN_RATE`], NaN, a burst of 0) get the strictest bound rather than a panic or no limit;
+    /// rates above [`MAX_RATE`] are kept (benchmarks use them; they cannot overflow).
+    pub fn new(name: Arc<str>, key: String, rate: f64, burst: u32) -> Self {
+        Limit {
+            name,
+            key,
+            rate: if rate >= MIN_RATE { rate } else { MIN_RATE },
+            burst: burst.clamp(1, MAX_BURST),
+        }
+    }
+
+    /// Time between two cells, in nanoseconds (at least 1, at most 10^12 for [`MIN_RATE`]).
+    pub fn emission_ns(&self) -> u64 {
+        emission_ns(self.rate)
+    }
+
+    /// How far ahead of now the budget may be booked: `burst` cells (at most 10^18 ns).
+    pub fn tolerance_ns(&self) -> u64 {
+        self.emission_ns().saturating_mul(u64::from(self.burst))
     }
 
     /// Seconds an empty budget needs to fill (`w` of `RateLimit-Policy`).
     fn window_secs(&self) -> u64 {
+        // `as` saturates; the rate is at least `MIN_RATE`, so this is finite.
         (f64::from(self.burst) / self.rate).ceil().max(1.0) as u64
     }
+}
+
+/// Nanoseconds between two cells at `rate` per second, saturating (a rate below [`MIN_RATE`] or
+/// NaN counts as [`MIN_RATE`]).
+fn emission_ns(rate: f64) -> u64 {
+    let rate = if rate >= MIN_RATE { rate } else { MIN_RATE };
+    // At most 10^12 here; `as` saturates and never panics.
+    ((1e9 / rate).round() as u64).max(1)
 }
 
 /// A count per UTC day or month.
@@ -296,9 +503,52 @@ pub struct LimitTable {
     tiers: BTreeMap<String, TierConfig>,
     rules: Vec<LimitRule>,
     gates: BTreeMap<String, String>,
+    /// Tenant-wide limit of tiers that set none (and of a tier the table does not know).
+    default_rate: f64,
+    default_burst: u32,
     tenant_name: Arc<str>,
     principal_name: Arc<str>,
+    anonymous_name: Arc<str>,
+    anonymous_client_name: Arc<str>,
     rule_names: Vec<Arc<str>>,
+}
+
+/// Whose budgets a request is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An authenticated principal, or any caller when the gateway does not authenticate
+    /// (no `[identity]`): the tenant's budget, the principal's, the quotas.
+    Known,
+    /// No credential while the gateway authenticates: the tenant's anonymous budget and the
+    /// client address's, never the tenant's own budget or quotas.
+    Anonymous {
+        /// The client's address (after trusted proxy hops), when known.
+        client: Option<IpAddr>,
+    },
+}
+
+impl Caller {
+    /// The caller of a request of `principal`; `authenticates`: `[identity]` is configured.
+    pub fn of(principal: &Principal, authenticates: bool, client: Option<IpAddr>) -> Self {
+        if authenticates && principal.auth == AuthMethod::Anonymous {
+            Caller::Anonymous { client }
+        } else {
+            Caller::Known
+        }
+    }
+}
+
+/// The budget key of a client address: the address, or its /64 for IPv6 (one subscriber
+/// usually holds a whole /64, so single addresses would be free to rotate).
+fn client_key(client: Option<IpAddr>) -> String {
+    match client.map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
+        None => "unknown".to_string(),
+    }
 }
 
 /// A request for an action its tenant's tier does not include.
@@ -317,8 +567,16 @@ impl LimitTable {
             rule_names: rules.iter().map(|r| Arc::from(r.name.as_str())).collect(),
             rules,
             gates: limits.map(|l| l.gates.clone()).unwrap_or_default(),
+            default_rate: limits
+                .map(|l| l.default_requests_per_second)
+                .unwrap_or_else(default_tenant_rate),
+            default_burst: limits
+                .map(|l| l.default_burst)
+                .unwrap_or_else(default_tenant_burst),
             tenant_name: Arc::from("tenant"),
             principal_name: Arc::from("principal"),
+            anonymous_name: Arc::from("anonymous"),
+            anonymous_client_name: Arc::from("anonymous-client"),
         }
     }
 
@@ -346,41 +604,90 @@ impl LimitTable {
     }
 
     /// The limits and quotas of one request. `now_secs` is the Unix time (quota windows).
+    ///
+    /// Without `[tiers]` only the rules apply. With tiers, every tenant has a tenant-wide limit:
+    /// its own override, else its tier's, else the `[limits]` default unless the tier is
+    /// `unlimited` (a tier the table does not know, which registry validation refuses, gets the
+    /// default too: never no limit).
     pub fn plan(
         &self,
         tenant: &TenantSpec,
         principal: &Principal,
+        caller: Caller,
         action: Option<&str>,
         now_secs: i64,
     ) -> LimitPlan {
+        let tiered = !self.tiers.is_empty();
         let tier = self.tiers.get(&tenant.tier);
         let own = &tenant.limits;
         let mut plan = LimitPlan::default();
-        let tenant_rate = own
-            .requests_per_second
-            .or(tier.and_then(|t| t.requests_per_second));
-        if let Some(rate) = tenant_rate {
-            let burst = own
-                .burst
-                .or(tier.and_then(|t| t.burst))
-                .unwrap_or_else(|| rate.ceil().max(1.0) as u32);
-            plan.limits.push(Limit {
-                name: self.tenant_name.clone(),
-                key: format!("t:{}", tenant.id),
-                rate,
-                burst,
-            });
-        }
-        if let Some(rate) = tier.and_then(|t| t.principal_requests_per_second) {
-            let burst = tier
-                .and_then(|t| t.principal_burst)
-                .unwrap_or_else(|| rate.ceil().max(1.0) as u32);
-            plan.limits.push(Limit {
-                name: self.principal_name.clone(),
-                key: format!("p:{}:{}", tenant.id, principal.id),
-                rate,
-                burst,
-            });
+        match caller {
+            Caller::Anonymous { client } if tiered => {
+                let rate = tier
+                    .and_then(|t| t.anonymous_requests_per_second)
+                    .unwrap_or(DEFAULT_ANONYMOUS_RATE);
+                let burst = tier
+                    .and_then(|t| t.anonymous_burst)
+                    .unwrap_or(DEFAULT_ANONYMOUS_BURST);
+                plan.limits.push(Limit::new(
+                    self.anonymous_name.clone(),
+                    format!("a:{}", tenant.id),
+                    rate,
+                    burst,
+                ));
+                let rate = tier
+                    .and_then(|t| t.anonymous_client_requests_per_second)
+                    .unwrap_or(DEFAULT_ANONYMOUS_CLIENT_RATE);
+                let burst = tier
+                    .and_then(|t| t.anonymous_client_burst)
+                    .unwrap_or(DEFAULT_ANONYMOUS_CLIENT_BURST);
+                plan.limits.push(Limit::new(
+                    self.anonymous_client_name.clone(),
+                    format!("c:{}:{}", tenant.id, client_key(client)),
+                    rate,
+                    burst,
+                ));
+            }
+            Caller::Anonymous { .. } => {}
+            Caller::Known => {
+                let tenant_rate = own
+                    .requests_per_second
+                    .or(tier.and_then(|t| t.requests_per_second));
+                let tenant_limit = match tenant_rate {
+                    Some(rate) => Some((
+                        rate,
+                        own.burst
+                            .or(tier.and_then(|t| t.burst))
+                            .unwrap_or_else(|| one_second(rate)),
+                    )),
+                    None if tiered && !tier.is_some_and(|t| t.unlimited) => Some((
+                        self.default_rate,
+                        own.burst
+                            .or(tier.and_then(|t| t.burst))
+                            .unwrap_or(self.default_burst),
+                    )),
+                    None => None,
+                };
+                if let Some((rate, burst)) = tenant_limit {
+                    plan.limits.push(Limit::new(
+                        self.tenant_name.clone(),
+                        format!("t:{}", tenant.id),
+                        rate,
+                        burst,
+                    ));
+                }
+                if let Some(rate) = tier.and_then(|t| t.principal_requests_per_second) {
+                    let burst = tier
+                        .and_then(|t| t.principal_burst)
+                        .unwrap_or_else(|| one_second(rate));
+                    plan.limits.push(Limit::new(
+                        self.principal_name.clone(),
+                        format!("p:{}:{}", tenant.id, principal.id),
+                        rate,
+                        burst,
+                    ));
+                }
+            }
         }
         for (rule, name) in self.rules.iter().zip(&self.rule_names) {
             let applies = rule.actions.is_empty()
@@ -397,12 +704,16 @@ impl LimitTable {
                 },
                 LimitScope::Route => format!("r:{name}"),
             };
-            plan.limits.push(Limit {
-                name: name.clone(),
+            plan.limits.push(Limit::new(
+                name.clone(),
                 key,
-                rate: rule.requests_per_second,
-                burst: rule.burst,
-            });
+                rule.requests_per_second,
+                rule.burst,
+            ));
+        }
+        // Quotas are the tenant's: anonymous requests do not use them up.
+        if caller != Caller::Known {
+            return plan;
         }
         let windows = QuotaWindows::at(now_secs);
         if let Some(limit) = own.daily_requests.or(tier.and_then(|t| t.daily_requests)) {
@@ -428,6 +739,11 @@ impl LimitTable {
         }
         plan
     }
+}
+
+/// A burst of one second at `rate` (at least 1; `as` saturates).
+fn one_second(rate: f64) -> u32 {
+    rate.ceil().max(1.0) as u32
 }
 
 /// The UTC day and month a quota counts in.
@@ -553,18 +869,16 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// State of a limit computed from a GCRA theoretical arrival time (`tat_after` µs after now).
-fn limit_state(limit: &Limit, tat_after_us: i64) -> PolicyState {
-    let emission_us = limit.emission_interval().as_micros().max(1) as i64;
-    let tolerance_us = emission_us * i64::from(limit.burst);
-    let backlog = tat_after_us.max(0);
-    let remaining = ((tolerance_us - backlog) / emission_us).clamp(0, i64::from(limit.burst));
+/// State of a limit whose budget is booked `backlog_ns` ahead of now (its GCRA theoretical
+/// arrival time minus now).
+fn limit_state(limit: &Limit, backlog_ns: u64) -> PolicyState {
+    let remaining = limit.tolerance_ns().saturating_sub(backlog_ns) / limit.emission_ns();
     PolicyState {
         name: limit.name.clone(),
         quota: u64::from(limit.burst),
         window_secs: limit.window_secs(),
-        remaining: remaining as u64,
-        reset_secs: ceil_secs(Duration::from_micros(backlog as u64)),
+        remaining: remaining.min(u64::from(limit.burst)),
+        reset_secs: ceil_secs(Duration::from_nanos(backlog_ns)),
     }
 }
 
@@ -687,6 +1001,7 @@ mod tests {
                 principal_burst: None,
                 daily_requests: Some(1000),
                 monthly_requests: Some(10_000),
+                ..TierConfig::default()
             },
         );
         tiers
@@ -722,7 +1037,13 @@ mod tests {
         let principal = Principal::anonymous();
         // 2026-11-23T10:00:00Z
         let now = 1_795_428_000;
-        let plan = table.plan(&tenant, &principal, Some("documents:export"), now);
+        let plan = table.plan(
+            &tenant,
+            &principal,
+            Caller::Known,
+            Some("documents:export"),
+            now,
+        );
         let names: Vec<&str> = plan.limits.iter().map(|l| &*l.name).collect();
         assert_eq!(names, ["tenant", "principal", "exports"]);
         assert_eq!(plan.limits[0].rate, 50.0, "tenant override wins");
@@ -733,14 +1054,111 @@ mod tests {
         assert_eq!(plan.quotas[1].key, "q:m:acme:202611");
         assert_eq!(plan.quotas[1].window, Duration::from_secs(30 * 86_400));
         // API-key rules only for API-key callers; action rules only for their actions.
-        let plan = table.plan(&tenant, &principal, Some("documents:read"), now);
+        let plan = table.plan(
+            &tenant,
+            &principal,
+            Caller::Known,
+            Some("documents:read"),
+            now,
+        );
         assert_eq!(plan.limits.len(), 2);
         let mut key = Principal::anonymous();
         key.auth = AuthMethod::ApiKey {
             key_id: "ci".into(),
         };
-        let plan = table.plan(&tenant, &key, None, now);
+        let plan = table.plan(&tenant, &key, Caller::Known, None, now);
         assert_eq!(plan.limits[2].key, "r:keys:acme:ci");
+    }
+
+    #[test]
+    fn anonymous_callers_have_budgets_of_their_own() {
+        let table = LimitTable::new(Some(&limits()), &tiers());
+        let tenant = TenantSpec::new("acme");
+        let anonymous = Principal::anonymous();
+        let from = |ip: &str| Caller::Anonymous {
+            client: Some(ip.parse().unwrap()),
+        };
+        let plan = table.plan(&tenant, &anonymous, from("203.0.113.7"), None, 0);
+        let limits: Vec<(&str, &str, f64, u32)> = plan
+            .limits
+            .iter()
+            .map(|l| (&*l.name, l.key.as_str(), l.rate, l.burst))
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                ("anonymous", "a:acme", 1.0, 10),
+                ("anonymous-client", "c:acme:203.0.113.7", 0.5, 5),
+            ]
+        );
+        assert!(plan.quotas.is_empty(), "the tenant's quotas are not theirs");
+        // One IPv6 /64 is one client; IPv4-mapped addresses are IPv4.
+        let a = table.plan(&tenant, &anonymous, from("2001:db8:1:2::1"), None, 0);
+        let b = table.plan(&tenant, &anonymous, from("2001:db8:1:2:ffff::9"), None, 0);
+        assert_eq!(a.limits[1].key, "c:acme:2001:db8:1:2::/64");
+        assert_eq!(a.limits[1].key, b.limits[1].key);
+        let mapped = table.plan(&tenant, &anonymous, from("::ffff:203.0.113.7"), None, 0);
+        assert_eq!(mapped.limits[1].key, "c:acme:203.0.113.7");
+        // Without `[identity]` nobody is anonymous.
+        assert_eq!(
+            Caller::of(&anonymous, false, None),
+            Caller::Known,
+            "without authentication every caller is the tenant's"
+        );
+    }
+
+    #[test]
+    fn no_tier_leaves_a_tenant_unlimited_by_omission() {
+        let mut tiers = tiers();
+        tiers.insert(
+            "features-only".into(),
+            TierConfig {
+                features: vec!["exports".into()],
+                ..TierConfig::default()
+            },
+        );
+        tiers.insert(
+            "unlimited".into(),
+            TierConfig {
+                unlimited: true,
+                ..TierConfig::default()
+            },
+        );
+        let table = LimitTable::new(None, &tiers);
+        let principal = Principal::anonymous();
+        let tenant_limit = |tier: &str| {
+            let mut tenant = TenantSpec::new("t");
+            tenant.tier = tier.into();
+            table
+                .plan(&tenant, &principal, Caller::Known, None, 0)
+                .limits
+                .into_iter()
+                .find(|l| &*l.name == "tenant")
+                .map(|l| (l.rate, l.burst))
+        };
+        assert_eq!(tenant_limit("features-only"), Some((100.0, 200)));
+        assert_eq!(tenant_limit("no-such-tier"), Some((100.0, 200)));
+        assert_eq!(tenant_limit("unlimited"), None);
+        // Without tiers a tier is a label: only rules limit.
+        let untiered = LimitTable::new(None, &BTreeMap::new());
+        let plan = untiered.plan(&TenantSpec::new("t"), &principal, Caller::Known, None, 0);
+        assert!(plan.is_empty());
+    }
+
+    #[test]
+    fn extreme_values_never_panic_or_unlimit() {
+        for rate in [1e-30, 5e-324, 0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+            let limit = Limit::new(Arc::from("x"), "k".into(), rate, 0);
+            assert_eq!(limit.rate, MIN_RATE, "{rate}");
+            assert_eq!(limit.burst, 1);
+            assert_eq!(limit.emission_ns(), 1_000_000_000_000);
+            let state = limit_state(&limit, u64::MAX);
+            assert_eq!(state.remaining, 0);
+        }
+        let fast = Limit::new(Arc::from("x"), "k".into(), f64::INFINITY, u32::MAX);
+        assert_eq!(fast.emission_ns(), 1);
+        assert_eq!(fast.burst, MAX_BURST);
+        assert_eq!(fast.window_secs(), 1);
     }
 
     #[test]
@@ -757,18 +1175,13 @@ mod tests {
 
     #[test]
     fn headers_follow_the_ietf_draft() {
-        let limit = Limit {
-            name: Arc::from("tenant"),
-            key: "t:a".into(),
-            rate: 10.0,
-            burst: 20,
-        };
+        let limit = Limit::new(Arc::from("tenant"), "t:a".into(), 10.0, 20);
         let verdict = Verdict {
             exceeded: Some(Exceeded::Limit {
                 name: limit.name.clone(),
             }),
             retry_after: Duration::from_millis(1500),
-            states: vec![limit_state(&limit, 2_000_000)],
+            states: vec![limit_state(&limit, 2_000_000_000)],
             decided_by: DecidedBy::Local,
         };
         let headers = verdict.headers();
@@ -779,7 +1192,7 @@ mod tests {
         assert_eq!(headers[1], ("ratelimit", "\"tenant\";r=0;t=2".into()));
         assert_eq!(headers[2], ("retry-after", "2".into()));
         // Half used: 10 left, whole again in one second.
-        assert_eq!(limit_state(&limit, 1_000_000).remaining, 10);
+        assert_eq!(limit_state(&limit, 1_000_000_000).remaining, 10);
     }
 
     #[test]
@@ -795,5 +1208,59 @@ mod tests {
         let issues = validate(Some(&l), &tiers());
         let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["limits.redis_url", "limits.rule[0].burst"]);
+    }
+
+    #[test]
+    fn validation_bounds_every_rate_burst_and_quota() {
+        let mut bad = tiers();
+        let free = bad.get_mut("free").unwrap();
+        free.requests_per_second = Some(1e-30);
+        free.principal_requests_per_second = Some(5e-324);
+        free.anonymous_requests_per_second = Some(f64::NAN);
+        free.anonymous_client_requests_per_second = Some(2e6);
+        free.burst = Some(0);
+        free.anonymous_burst = Some(2_000_000);
+        free.daily_requests = Some(0);
+        bad.insert(
+            "bad name".into(),
+            TierConfig {
+                unlimited: true,
+                requests_per_second: Some(1.0),
+                ..TierConfig::default()
+            },
+        );
+        let mut l = limits();
+        l.rule[0].requests_per_second = 1e-30;
+        l.rule[1].name = "tenant".into();
+        l.rule.push(l.rule[0].clone());
+        l.rule[2].requests_per_second = 1.0;
+        l.default_burst = 0;
+        l.local_capacity = usize::MAX;
+        let issues = validate(Some(&l), &bad);
+        let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "tiers.bad name",
+                "tiers.bad name.unlimited",
+                "tiers.free.requests_per_second",
+                "tiers.free.principal_requests_per_second",
+                "tiers.free.anonymous_requests_per_second",
+                "tiers.free.anonymous_client_requests_per_second",
+                "tiers.free.burst",
+                "tiers.free.anonymous_burst",
+                "tiers.free.daily_requests",
+                "limits.local_capacity",
+                "limits.default_burst",
+                "limits.rule[0].requests_per_second",
+                "limits.rule[1].name",
+                "limits.rule[2].name",
+            ]
+        );
+        assert!(issues[2].1.contains("1e-30"), "{}", issues[2].1);
+        // The bounds themselves pass.
+        assert!(check_rate(MIN_RATE).is_ok() && check_rate(MAX_RATE).is_ok());
+        assert!(check_burst(1).is_ok() && check_burst(MAX_BURST).is_ok());
+        assert!(check_quota(1).is_ok() && check_quota(MAX_QUOTA).is_ok());
     }
 }

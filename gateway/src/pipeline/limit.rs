@@ -1,15 +1,19 @@
 //! Stage 6: does the request fit in its tenant's rate limits and quotas? The limits come from
 //! the tenant's tier, its own overrides and the configured rules (see [`crate::limits`]).
+//! A request fits in all of them or takes from none; anonymous callers are charged to budgets
+//! of their own (per tenant and per client address), never to the tenant's.
 
 use super::Rejection;
 use crate::identity::Principal;
-use crate::limits::{DecidedBy, Exceeded, Limiter};
+use crate::limits::{Caller, DecidedBy, Exceeded, Limiter};
 use crate::tenancy::TenantSpec;
 
 /// What stage 6 reads.
 pub struct LimitRequest<'a> {
     pub tenant: &'a TenantSpec,
     pub principal: &'a Principal,
+    /// Whose budgets: see [`Caller::of`].
+    pub caller: Caller,
     /// The Cedar action of the request, when the route table named one.
     pub action: Option<&'a str>,
     /// Unix time in seconds (quota windows).
@@ -39,7 +43,7 @@ pub struct QuotaCrossing {
 fn crossings(quota: &'static str, used: u64, limit: u64) -> Vec<QuotaCrossing> {
     [80u8, 100]
         .into_iter()
-        .filter(|p| used == (limit * u64::from(*p)).div_ceil(100))
+        .filter(|p| used == limit.saturating_mul(u64::from(*p)).div_ceil(100))
         .map(|percent| QuotaCrossing {
             quota,
             percent,
@@ -57,6 +61,7 @@ pub async fn limit(
     let plan = limiter.table.plan(
         request.tenant,
         request.principal,
+        request.caller,
         request.action,
         request.now_secs,
     );
@@ -87,7 +92,7 @@ pub async fn limit(
                 let state = verdict.states.iter().find(|s| &*s.name == q.name)?;
                 Some(crossings(
                     q.name,
-                    q.limit - state.remaining.min(q.limit),
+                    q.limit.saturating_sub(state.remaining),
                     q.limit,
                 ))
             })
@@ -148,6 +153,7 @@ mod tests {
         let request = LimitRequest {
             tenant: &tenant,
             principal: &principal,
+            caller: Caller::Known,
             action: None,
             now_secs: 0,
         };

@@ -218,6 +218,11 @@ pub async fn admit(
             &limit::LimitRequest {
                 tenant,
                 principal: &admitted.principal,
+                caller: crate::limits::Caller::of(
+                    &admitted.principal,
+                    snapshot.identity.is_some(),
+                    head.client_ip,
+                ),
                 action,
                 now_secs,
             },

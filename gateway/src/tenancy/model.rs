@@ -1,7 +1,8 @@
 //! What a tenant is, as written in `tenants.toml` or stored in PostgreSQL (one JSON document per
 //! tenant with the same shape).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -14,9 +15,11 @@ pub struct TenantSpec {
     /// Stable identifier: lower-case letters, digits and `-`, 1–63 characters (a DNS label, so it
     /// can appear in a host name).
     pub id: String,
+    /// Display name, at most 256 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Pricing tier (e.g. `free`, `pro`, `enterprise`): defaults for limits and features.
+    /// Pricing tier (e.g. `free`, `pro`, `enterprise`): defaults for limits and features. Must
+    /// be one of the `[tiers]` of `gateway.toml` when any are configured.
     #[serde(default = "default_tier")]
     pub tier: String,
     /// Region where the tenant's data lives (see `residency-maps/`).
@@ -30,10 +33,12 @@ pub struct TenantSpec {
     /// Overrides of the tier's limits.
     #[serde(default, skip_serializing_if = "TenantLimits::is_empty")]
     pub limits: TenantLimits,
-    /// Feature flags on top of the tier's.
+    /// Feature flags on top of the tier's (1-64 letters, digits, `-`, `_`, `.` or `:` each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
-    /// Host names that belong to this tenant besides the host pattern (custom domains).
+    /// Host names that belong to this tenant besides the host pattern (custom domains):
+    /// lower-case DNS names (IDNs in their `xn--` form), at most 253 characters, labels of 1-63
+    /// letters, digits and `-`; no port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// The tenant's own OIDC issuers ("organization-level OIDC"): trusted for this tenant only.
@@ -101,15 +106,20 @@ pub enum TenantStatus {
     Suspended,
 }
 
+/// A tenant's own limits, overriding its tier's (bounds as for tiers).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
+    /// Tenant-wide rate, from 0.001 to 1,000,000 requests per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<f64>,
+    /// Requests at once, from 1 to 1,000,000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// Requests per UTC day, from 1 to 10^12.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_requests: Option<u64>,
+    /// Requests per UTC calendar month, from 1 to 10^12.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_requests: Option<u64>,
 }
@@ -124,7 +134,8 @@ impl TenantLimits {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySpec {
-    /// Identifier of the key (becomes the principal id `apikey:<id>`).
+    /// Identifier of the key (becomes the principal id `apikey:<id>`): 1-64 letters, digits,
+    /// `-`, `_` or `.`.
     pub id: String,
     /// Hex SHA-256 of the key as the client sends it.
     pub sha256: String,
@@ -281,18 +292,152 @@ impl ClaimMapping {
     }
 }
 
+/// The tier names tenants may use: those of `[tiers]`. With no tiers configured a tier is a
+/// label only (nothing depends on it), so any valid name is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KnownTiers(Option<Arc<BTreeSet<String>>>);
+
+impl KnownTiers {
+    /// Any tier (no `[tiers]` configured; registries built in code).
+    pub fn any() -> Self {
+        KnownTiers(None)
+    }
+
+    /// Exactly `names`, or any tier when there are none.
+    pub fn of<'a>(names: impl IntoIterator<Item = &'a String>) -> Self {
+        let names: BTreeSet<String> = names.into_iter().cloned().collect();
+        KnownTiers((!names.is_empty()).then(|| Arc::new(names)))
+    }
+
+    /// The tiers of a configuration.
+    pub fn of_config(config: &crate::config::GatewayConfig) -> Self {
+        Self::of(config.tiers.keys())
+    }
+
+    fn check(&self, tier: &str) -> Result<(), String> {
+        if !crate::limits::is_valid_tier_name(tier) {
+            return Err(format!(
+                "`{}`: a tier name is 1-64 ASCII letters, digits, `-` or `_`",
+                truncated(tier)
+            ));
+        }
+        match &self.0 {
+            Some(names) if !names.contains(tier) => Err(format!(
+                "unknown tier `{tier}` (configured: {})",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// At most 64 characters of an invalid value, for error messages.
+fn truncated(value: &str) -> String {
+    if value.chars().nth(64).is_some() {
+        format!("{}…", value.chars().take(64).collect::<String>())
+    } else {
+        value.to_string()
+    }
+}
+
+/// Longest display name, billing id and region or regime name.
+const MAX_TEXT: usize = 256;
+/// Most hosts, features, API keys, issuers and webhooks of one tenant.
+const MAX_ITEMS: usize = 1000;
+/// Largest tenant policy text.
+const MAX_POLICY_BYTES: usize = 1 << 20;
+
+/// A host name a tenant may claim: lower-case DNS name without port (IDNs as `xn--`).
+pub fn is_valid_host_name(host: &str) -> bool {
+    (1..=253).contains(&host.len())
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+fn is_token(value: &str, extra: &[u8]) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
 /// Problems with one tenant or issuer definition, each with the field it concerns (relative to
-/// the definition, e.g. `issuers[0].algorithms`).
-pub fn validate_tenant(spec: &TenantSpec) -> Vec<(String, String)> {
+/// the definition, e.g. `issuers[0].algorithms`). `tiers`: the tier names it may use.
+pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, String)> {
     let mut issues = Vec::new();
     if !is_valid_tenant_id(&spec.id) {
         issues.push((
             "id".to_string(),
             format!(
                 "`{}`: use 1-63 lower-case letters, digits or `-`, starting with a letter or digit",
-                spec.id
+                truncated(&spec.id)
             ),
         ));
+    }
+    if let Err(message) = tiers.check(&spec.tier) {
+        issues.push(("tier".to_string(), message));
+    }
+    let too_long = |value: &str| value.chars().count() > MAX_TEXT;
+    if spec.name.as_deref().is_some_and(too_long) {
+        issues.push(("name".to_string(), format!("at most {MAX_TEXT} characters")));
+    }
+    for (field, value) in [("home_region", &spec.home_region), ("regime", &spec.regime)] {
+        if value.as_deref().is_some_and(|v| !is_token(v, b"-_")) {
+            issues.push((
+                field.to_string(),
+                "1-64 ASCII letters, digits, `-` or `_`".to_string(),
+            ));
+        }
+    }
+    for (key, value) in &spec.billing {
+        if !is_token(key, b"-_") || too_long(value) {
+            issues.push((
+                format!("billing.{}", truncated(key)),
+                format!("a key of 1-64 letters, digits, `-` or `_`; a value of at most {MAX_TEXT} characters"),
+            ));
+        }
+    }
+    for (field, count) in [
+        ("hosts", spec.hosts.len()),
+        ("features", spec.features.len()),
+        ("api_keys", spec.api_keys.len()),
+        ("issuers", spec.issuers.len()),
+        ("webhooks", spec.webhooks.len()),
+    ] {
+        if count > MAX_ITEMS {
+            issues.push((field.to_string(), format!("at most {MAX_ITEMS} entries")));
+        }
+    }
+    if spec
+        .policies
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_POLICY_BYTES)
+    {
+        issues.push((
+            "policies".to_string(),
+            format!("at most {MAX_POLICY_BYTES} bytes"),
+        ));
+    }
+    for (i, feature) in spec.features.iter().enumerate() {
+        if !is_token(feature, b"-_.:") {
+            issues.push((
+                format!("features[{i}]"),
+                format!(
+                    "`{}`: 1-64 ASCII letters, digits, `-`, `_`, `.` or `:`",
+                    truncated(feature)
+                ),
+            ));
+        }
     }
     for (i, issuer) in spec.issuers.iter().enumerate() {
         for (field, message) in validate_issuer(issuer, false) {
@@ -301,7 +446,15 @@ pub fn validate_tenant(spec: &TenantSpec) -> Vec<(String, String)> {
     }
     let mut key_ids = std::collections::HashSet::new();
     for (i, key) in spec.api_keys.iter().enumerate() {
-        if !key_ids.insert(key.id.as_str()) {
+        if !is_token(&key.id, b"-_.") {
+            issues.push((
+                format!("api_keys[{i}].id"),
+                format!(
+                    "`{}`: 1-64 ASCII letters, digits, `-`, `_` or `.`",
+                    truncated(&key.id)
+                ),
+            ));
+        } else if !key_ids.insert(key.id.as_str()) {
             issues.push((
                 format!("api_keys[{i}].id"),
                 format!("duplicate key id `{}`", key.id),
@@ -317,16 +470,21 @@ pub fn validate_tenant(spec: &TenantSpec) -> Vec<(String, String)> {
             if humantime::parse_rfc3339_weak(expires).is_err() {
                 issues.push((
                     format!("api_keys[{i}].expires"),
-                    format!("`{expires}` is not an RFC 3339 timestamp"),
+                    format!("`{}` is not an RFC 3339 timestamp", truncated(expires)),
                 ));
             }
         }
     }
     for (i, host) in spec.hosts.iter().enumerate() {
-        if host.is_empty() || host.contains(['/', ':', ' ']) || host != &host.to_ascii_lowercase() {
+        if !is_valid_host_name(host) {
             issues.push((
                 format!("hosts[{i}]"),
-                format!("`{host}`: expected a lower-case host name without port"),
+                format!(
+                    "`{}` ({} characters): expected a lower-case DNS name without port, at most \
+                     253 characters, labels of 1-63 letters, digits and `-`",
+                    truncated(host),
+                    host.chars().count()
+                ),
             ));
         }
     }
@@ -335,12 +493,23 @@ pub fn validate_tenant(spec: &TenantSpec) -> Vec<(String, String)> {
             issues.push((format!("webhooks[{i}]"), e));
         }
     }
-    if let Some(rps) = spec.limits.requests_per_second {
-        if !(rps.is_finite() && rps > 0.0) {
-            issues.push((
-                "limits.requests_per_second".to_string(),
-                "must be a positive number".to_string(),
-            ));
+    let limits = &spec.limits;
+    if let Some(rate) = limits.requests_per_second {
+        if let Err(message) = crate::limits::check_rate(rate) {
+            issues.push(("limits.requests_per_second".to_string(), message));
+        }
+    }
+    if let Some(burst) = limits.burst {
+        if let Err(message) = crate::limits::check_burst(burst) {
+            issues.push(("limits.burst".to_string(), message));
+        }
+    }
+    for (field, quota) in [
+        ("daily_requests", limits.daily_requests),
+        ("monthly_requests", limits.monthly_requests),
+    ] {
+        if let Some(Err(message)) = quota.map(crate::limits::check_quota) {
+            issues.push((format!("limits.{field}"), message));
         }
     }
     issues
@@ -432,6 +601,54 @@ mod tests {
             claims: ClaimMapping::default(),
             provision: true,
         }
+    }
+
+    #[test]
+    fn tenants_are_bounded_and_on_known_tiers() {
+        let tiers = KnownTiers::of(&["free".to_string(), "pro".to_string()]);
+        let fields = |spec: &TenantSpec, tiers: &KnownTiers| -> Vec<String> {
+            validate_tenant(spec, tiers)
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        let mut spec = TenantSpec::new("acme");
+        assert!(fields(&spec, &tiers).is_empty());
+        spec.tier = "platinum".into();
+        assert_eq!(fields(&spec, &tiers), ["tier"]);
+        assert!(fields(&spec, &KnownTiers::any()).is_empty());
+        spec.tier = "pro".into();
+        for rate in [1e-30, 5e-324, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e7] {
+            spec.limits.requests_per_second = Some(rate);
+            assert_eq!(
+                fields(&spec, &tiers),
+                ["limits.requests_per_second"],
+                "{rate}"
+            );
+        }
+        spec.limits.requests_per_second = Some(0.001);
+        spec.limits.burst = Some(0);
+        spec.limits.daily_requests = Some(0);
+        assert_eq!(
+            fields(&spec, &tiers),
+            ["limits.burst", "limits.daily_requests"]
+        );
+        spec.limits = TenantLimits::default();
+        spec.hosts = vec![
+            "api.acme.example".into(),
+            "a".repeat(100_000),
+            "bad_host.example".into(),
+            "Upper.example".into(),
+            "-dash.example".into(),
+            "host:8080".into(),
+            "a..b".into(),
+        ];
+        assert_eq!(
+            fields(&spec, &tiers),
+            ["hosts[1]", "hosts[2]", "hosts[3]", "hosts[4]", "hosts[5]", "hosts[6]"]
+        );
+        assert!(is_valid_host_name(&format!("{}.example", "a".repeat(63))));
+        assert!(!is_valid_host_name(&format!("{}.example", "a".repeat(64))));
     }
 
     #[test]

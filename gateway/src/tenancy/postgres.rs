@@ -3,6 +3,11 @@
 //! changed row on a NOTIFY channel; each gateway replica reads the table at start and then
 //! applies the changes it is notified of, without a restart. After a lost connection it reads
 //! the whole table again, so a change made while it was away is never missed.
+//!
+//! Each row is validated as a tenant of the configured tiers on its own: a row that is not a
+//! valid tenant (unparseable, an unknown tier, limits or host names out of bounds) is refused
+//! with a log line naming the tenant and the field and counted in
+//! `gateway_registry_refused_tenants_total`; every other tenant is served.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +15,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::model::TenantSpec;
+use super::model::{validate_tenant, KnownTiers, TenantSpec};
 use super::registry::{RegistryError, TenantRegistry};
 use crate::config::PostgresConfig;
 use crate::db::{self, DbError};
@@ -38,6 +43,8 @@ pub enum PgRegistryError {
     Config(String),
     #[error("tenant row `{id}`: {message}")]
     Row { id: String, message: String },
+    #[error(transparent)]
+    Invalid(RegistryError),
     #[error("{} invalid tenant(s): {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Registry(Vec<RegistryError>),
 }
@@ -77,7 +84,11 @@ COMMIT;
     Ok(())
 }
 
-fn parse_row(id: &str, doc: serde_json::Value) -> Result<TenantSpec, PgRegistryError> {
+fn parse_row(
+    id: &str,
+    doc: serde_json::Value,
+    tiers: &KnownTiers,
+) -> Result<TenantSpec, PgRegistryError> {
     let spec: TenantSpec =
         serde_path_to_error::deserialize(doc).map_err(|e| PgRegistryError::Row {
             id: id.to_string(),
@@ -89,28 +100,43 @@ fn parse_row(id: &str, doc: serde_json::Value) -> Result<TenantSpec, PgRegistryE
             message: format!("doc.id is `{}`", spec.id),
         });
     }
+    if let Some((field, message)) = validate_tenant(&spec, tiers).into_iter().next() {
+        return Err(PgRegistryError::Invalid(RegistryError::Invalid {
+            tenant: spec.id,
+            field,
+            message,
+        }));
+    }
     Ok(spec)
 }
 
-/// Reads every tenant of the table into a registry.
-pub async fn load_all(client: &Client, table: &str) -> Result<TenantRegistry, PgRegistryError> {
+/// Counts a refused row (its log line says which and why).
+fn count_refused() {
+    metrics::counter!("gateway_registry_refused_tenants_total").increment(1);
+}
+
+/// Reads every tenant of the table into a registry of tenants on `tiers`.
+pub async fn load_all(
+    client: &Client,
+    table: &str,
+    tiers: &KnownTiers,
+) -> Result<TenantRegistry, PgRegistryError> {
     let rows = client
         .query(&format!("SELECT id, doc FROM {table}"), &[])
         .await?;
     let mut specs = Vec::with_capacity(rows.len());
-    let mut bad_rows = Vec::new();
     for row in rows {
         let id: String = row.get(0);
-        match parse_row(&id, row.get(1)) {
+        match parse_row(&id, row.get(1), tiers) {
             Ok(spec) => specs.push(spec),
-            Err(e) => bad_rows.push(e),
+            // A bad row is reported and skipped; it must not keep every other tenant out.
+            Err(e) => {
+                count_refused();
+                tracing::error!(error = %e, "invalid tenant row skipped; the other tenants are served");
+            }
         }
     }
-    // A bad row is reported and skipped; it must not keep every other tenant out.
-    for e in &bad_rows {
-        tracing::error!(error = %e, "skipping invalid tenant row");
-    }
-    TenantRegistry::build(specs).map_err(PgRegistryError::Registry)
+    TenantRegistry::build_with(tiers.clone(), specs).map_err(PgRegistryError::Registry)
 }
 
 /// Reads the tenants named in `ids`: `Some` for present rows, `None` for deleted ones.
@@ -118,6 +144,7 @@ async fn load_some(
     client: &Client,
     table: &str,
     ids: &[String],
+    tiers: &KnownTiers,
 ) -> Result<Vec<(String, Option<TenantSpec>)>, PgRegistryError> {
     let rows = client
         .query(
@@ -129,11 +156,12 @@ async fn load_some(
     let mut invalid = HashSet::new();
     for row in rows {
         let id: String = row.get(0);
-        match parse_row(&id, row.get(1)) {
+        match parse_row(&id, row.get(1), tiers) {
             Ok(spec) => {
                 found.insert(id, spec);
             }
             Err(e) => {
+                count_refused();
                 tracing::error!(error = %e, "ignoring invalid tenant row; the previous version stays");
                 invalid.insert(id);
             }
@@ -146,13 +174,17 @@ async fn load_some(
         .collect())
 }
 
-/// Connects, migrates if configured, and reads the whole table (used at start).
-pub async fn initial_load(config: &PostgresConfig) -> Result<TenantRegistry, PgRegistryError> {
+/// Connects, migrates if configured, and reads the whole table of tenants on `tiers` (used at
+/// start).
+pub async fn initial_load(
+    config: &PostgresConfig,
+    tiers: &KnownTiers,
+) -> Result<TenantRegistry, PgRegistryError> {
     let client = db::connect_config(config, None).await?;
     if config.migrate {
         migrate(&client, &config.table).await?;
     }
-    load_all(&client, &config.table).await
+    load_all(&client, &config.table, tiers).await
 }
 
 /// Follows the table: applies every notified change to the snapshot until shutdown, reconnecting
@@ -192,8 +224,10 @@ async fn follow_once(
     client
         .batch_execute(&format!("LISTEN {}", channel(&config.table)))
         .await?;
+    // The tiers the registry loaded at start was checked against.
+    let tiers = store.load().registry.known_tiers().clone();
     // Changes made while we were not listening: read everything once LISTEN is active.
-    let registry = load_all(&client, &config.table).await?;
+    let registry = load_all(&client, &config.table, &tiers).await?;
     let count = registry.len();
     match store.replace_registry(registry) {
         Ok(()) => tracing::info!(
@@ -209,7 +243,7 @@ async fn follow_once(
             ids.insert(more.payload().to_string());
         }
         let ids: Vec<String> = ids.into_iter().collect();
-        let changes = load_some(&client, &config.table, &ids).await?;
+        let changes = load_some(&client, &config.table, &ids, &tiers).await?;
         match store.apply_tenant_changes(changes) {
             Ok(applied) => {
                 metrics::counter!("gateway_registry_changes_total").increment(applied as u64);

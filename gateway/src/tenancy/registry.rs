@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, TenantSpec};
+use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, KnownTiers, TenantSpec};
 use crate::config::{SourceIssue, SourceIssues, SourceText};
 
 pub type Tenant = Arc<TenantSpec>;
@@ -34,6 +34,8 @@ pub struct TenantIssuer {
 
 #[derive(Debug, Default, Clone)]
 pub struct TenantRegistry {
+    /// The tiers its tenants may be on; registries derived from this one keep them.
+    tiers: KnownTiers,
     tenants: HashMap<Arc<str>, Tenant>,
     hosts: HashMap<Box<str>, Arc<str>>,
     api_keys: HashMap<[u8; 32], ApiKeyEntry>,
@@ -63,9 +65,22 @@ pub enum RegistryError {
 }
 
 impl TenantRegistry {
-    /// Builds a registry, refusing invalid tenants and conflicts (shared hosts or keys).
+    /// Builds a registry of tenants on any tier, refusing invalid tenants and conflicts
+    /// (shared hosts or keys).
     pub fn build(specs: impl IntoIterator<Item = TenantSpec>) -> Result<Self, Vec<RegistryError>> {
-        let mut registry = TenantRegistry::default();
+        Self::build_with(KnownTiers::any(), specs)
+    }
+
+    /// As [`build`](Self::build), refusing tenants on tiers other than `tiers`; the registry
+    /// (and every one derived from it) keeps refusing them.
+    pub fn build_with(
+        tiers: KnownTiers,
+        specs: impl IntoIterator<Item = TenantSpec>,
+    ) -> Result<Self, Vec<RegistryError>> {
+        let mut registry = TenantRegistry {
+            tiers,
+            ..TenantRegistry::default()
+        };
         let mut errors = Vec::new();
         for spec in specs {
             if let Err(e) = registry.insert(spec) {
@@ -81,6 +96,16 @@ impl TenantRegistry {
 
     pub fn len(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// The tiers tenants of this registry may be on.
+    pub fn known_tiers(&self) -> &KnownTiers {
+        &self.tiers
+    }
+
+    /// Problems of `spec` as a tenant of this registry (by itself, without conflicts).
+    pub fn validate(&self, spec: &TenantSpec) -> Vec<(String, String)> {
+        validate_tenant(spec, &self.tiers)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,7 +153,7 @@ impl TenantRegistry {
     }
 
     fn insert(&mut self, spec: TenantSpec) -> Result<(), RegistryError> {
-        if let Some((field, message)) = validate_tenant(&spec).into_iter().next() {
+        if let Some((field, message)) = validate_tenant(&spec, &self.tiers).into_iter().next() {
             return Err(RegistryError::Invalid {
                 tenant: spec.id.clone(),
                 field,
@@ -234,10 +259,11 @@ struct TenantsFile {
     tenant: Vec<TenantSpec>,
 }
 
-/// Loads `tenants.toml` (`[[tenant]]` entries); every problem names file, line and field.
-pub fn load_file(path: &Path) -> Result<TenantRegistry, SourceIssues> {
+/// Loads `tenants.toml` (`[[tenant]]` entries) of tenants on `tiers`; every problem names
+/// file, line and field.
+pub fn load_file(path: &Path, tiers: &KnownTiers) -> Result<TenantRegistry, SourceIssues> {
     let source = SourceText::read(path)?;
-    load_source(&source)
+    load_source(&source, tiers)
 }
 
 /// The file registry a configuration points at (empty without `[tenancy]`).
@@ -248,16 +274,22 @@ pub fn load_file_of(loaded: &crate::config::LoadedConfig) -> Result<TenantRegist
         .as_ref()
         .and_then(|t| t.registry.file.as_ref())
     {
-        Some(file) => load_file(&loaded.resolve(file)),
+        Some(file) => load_file(
+            &loaded.resolve(file),
+            &KnownTiers::of_config(&loaded.config),
+        ),
         None => Ok(TenantRegistry::default()),
     }
 }
 
-pub fn load_source(source: &SourceText) -> Result<TenantRegistry, SourceIssues> {
+pub fn load_source(
+    source: &SourceText,
+    tiers: &KnownTiers,
+) -> Result<TenantRegistry, SourceIssues> {
     let file: TenantsFile = source.deserialize()?;
     let mut issues: Vec<SourceIssue> = Vec::new();
     for (i, spec) in file.tenant.iter().enumerate() {
-        for (field, message) in validate_tenant(spec) {
+        for (field, message) in validate_tenant(spec, tiers) {
             issues.push(source.issue(format!("tenant[{i}].{field}"), message));
         }
     }
@@ -265,7 +297,7 @@ pub fn load_source(source: &SourceText) -> Result<TenantRegistry, SourceIssues> 
         return Err(SourceIssues(issues));
     }
     let ids: Vec<String> = file.tenant.iter().map(|t| t.id.clone()).collect();
-    TenantRegistry::build(file.tenant).map_err(|errors| {
+    TenantRegistry::build_with(tiers.clone(), file.tenant).map_err(|errors| {
         SourceIssues(
             errors
                 .into_iter()
@@ -349,15 +381,32 @@ mod tests {
     fn file_errors_name_line_and_field() {
         let text =
             "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"Bad Id\"\n\n[[tenant]]\nid = \"ok\"\n";
-        let err = load_source(&SourceText::new("tenants.toml", text)).unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
         let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"ok\"\n";
-        let err = load_source(&SourceText::new("tenants.toml", text)).unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
+        let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"gold\"\ntier = \"gold\"\n";
+        let tiers = KnownTiers::of(&["free".to_string()]);
+        let err = load_source(&SourceText::new("tenants.toml", text), &tiers).unwrap_err();
+        assert_eq!(err.0[0].field, "tenant[1].tier");
+        assert_eq!(err.0[0].location.line, Some(6));
+        // Registries derived from a checked one keep checking.
+        let registry = load_source(
+            &SourceText::new("tenants.toml", "[[tenant]]\nid = \"ok\"\n"),
+            &tiers,
+        )
+        .unwrap();
+        let mut gold = TenantSpec::new("gold");
+        gold.tier = "gold".into();
+        assert!(registry.with_upsert(gold).is_err());
         let text = "[[tenant]]\nid = \"ok\"\ntier = 3\n";
-        let err = load_source(&SourceText::new("tenants.toml", text)).unwrap_err();
+        let err =
+            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[0].tier");
     }
 }

@@ -399,7 +399,11 @@ async fn anonymous_callers_are_never_owners() {
             "{body}"
         );
     }
-    assert_eq!(up.served(), 0, "an anonymous owner request reached the upstream");
+    assert_eq!(
+        up.served(),
+        0,
+        "an anonymous owner request reached the upstream"
+    );
     // What anonymous callers may do is unchanged.
     assert_eq!(send_to(&gw, "globex", "GET", "/status", None).await.0, 200);
     // A real user still owns their documents.
@@ -454,7 +458,11 @@ async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
         "an id with `::` owns exactly its own documents"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(gw.log().contains("reason=\"reserved-subject\""), "{}", gw.log());
+    assert!(
+        gw.log().contains("reason=\"reserved-subject\""),
+        "{}",
+        gw.log()
+    );
 }
 
 const PLATFORM_ISSUER: &str = "https://staff.authz.test";
@@ -507,13 +515,21 @@ claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
     for (who, token, method, path) in [
         ("operator", &operator, "DELETE", "/projects/1"),
         ("operator", &operator, "GET", "/billing"),
-        ("operator without MFA", &staff(&["platform-operator"], false), "GET", "/projects/1"),
+        (
+            "operator without MFA",
+            &staff(&["platform-operator"], false),
+            "GET",
+            "/projects/1",
+        ),
         ("admin", &staff(&["admin"], true), "DELETE", "/projects/1"),
         ("viewer", &staff(&["viewer"], true), "GET", "/projects/1"),
     ] {
         let (status, body) = send_to(&gw, "globex", method, path, Some(token)).await;
         assert_eq!(status, 403, "{who} {method} {path}: {body}");
-        assert_eq!(problem_type(&body), "tag:policy-gateway,2026:problem/forbidden");
+        assert_eq!(
+            problem_type(&body),
+            "tag:policy-gateway,2026:problem/forbidden"
+        );
     }
     // A platform token that names a tenant is bound to it like any other.
     let member = signed(
@@ -539,7 +555,11 @@ claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
         "globex",
         "GET",
         "/projects/1",
-        Some(&signed(ISSUER, SECRET, json!({"sub": "nina", "roles": ["admin"]}))),
+        Some(&signed(
+            ISSUER,
+            SECRET,
+            json!({"sub": "nina", "roles": ["admin"]}),
+        )),
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -554,7 +574,10 @@ claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
         log.contains("platform-staff-read-and-operate-only"),
         "the deciding guard is logged: {log}"
     );
-    assert!(log.contains("reason=\"credential-without-tenant\""), "{log}");
+    assert!(
+        log.contains("reason=\"credential-without-tenant\""),
+        "{log}"
+    );
 }
 
 #[test]

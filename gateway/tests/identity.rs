@@ -323,8 +323,8 @@ async fn keys_rotate_without_restart_and_refreshes_are_rate_limited() {
         200
     );
     assert_eq!(idp.jwks_fetches(), 2, "an unknown kid triggers one refetch");
-    // The withdrawn key is gone from the refreshed set. (The old token is cached as verified
-    // until it expires, so sign a fresh one with the withdrawn key.)
+    // The withdrawn key is gone from the refreshed set. (Tokens verified with it before are
+    // refused too, once a refresh no longer lists it: see `jwt_matrix.rs`.)
     let mut other = claims.clone();
     other.insert("sub".into(), json!("bob-2"));
     let withdrawn = idp.token("rsa-1", &other);
@@ -448,13 +448,16 @@ async fn tokens_that_name_no_tenant_act_for_none() {
         assert_eq!(headers_out["content-type"], "application/problem+json");
         let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
-            problem["type"],
-            "tag:policy-gateway,2026:problem/credential-without-tenant",
+            problem["type"], "tag:policy-gateway,2026:problem/credential-without-tenant",
             "{body}"
         );
         assert_eq!(problem["status"], 403);
     }
-    assert_eq!(s.up.served(), served, "a tenantless token reached the upstream");
+    assert_eq!(
+        s.up.served(),
+        served,
+        "a tenantless token reached the upstream"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         s.gw.log().contains("reason=\"credential-without-tenant\""),
@@ -515,13 +518,21 @@ file = "tenants.toml"
     let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
 
     let acme_user = bearer(&idp.token("rsa-1", &user_claims(&idp, "alice", "acme", &[])));
-    let (status, _, body) = get(&gw, "/", &[("authorization", &acme_user), ("x-tenant", "globex")]).await;
+    let (status, _, body) = get(
+        &gw,
+        "/",
+        &[("authorization", &acme_user), ("x-tenant", "globex")],
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("tenant-mismatch"), "{body}");
     let (status, _, body) = get(
         &gw,
         "/",
-        &[("authorization", &acme_user), ("host", "globex.api.example.test")],
+        &[
+            ("authorization", &acme_user),
+            ("host", "globex.api.example.test"),
+        ],
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -533,7 +544,8 @@ file = "tenants.toml"
     // Staff of the platform-wide issuer act in the tenant the request names.
     let staff = bearer(&staff_idp.token("staff-1", &staff_idp.claims("sam")));
     for tenant in ["acme", "globex"] {
-        let (status, _, body) = get(&gw, "/", &[("authorization", &staff), ("x-tenant", tenant)]).await;
+        let (status, _, body) =
+            get(&gw, "/", &[("authorization", &staff), ("x-tenant", tenant)]).await;
         assert_eq!(status, 200, "{tenant}: {body}");
         let echo: Echo = serde_json::from_str(&body).unwrap();
         assert_eq!(echo.headers["x-tenant-id"], vec![tenant]);
@@ -544,9 +556,13 @@ file = "tenants.toml"
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("tenant-required"), "{body}");
     assert_eq!(
-        get(&gw, "/", &[("authorization", &staff), ("x-tenant", "ghost")])
-            .await
-            .0,
+        get(
+            &gw,
+            "/",
+            &[("authorization", &staff), ("x-tenant", "ghost")]
+        )
+        .await
+        .0,
         404
     );
     // The regular issuer's tokens without a tenant claim get no such pass.
@@ -593,7 +609,10 @@ fn check_refuses_issuers_whose_tokens_could_bind_to_no_tenant() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("identity.issuer[0].claims.tenant"), "{stderr}");
+    assert!(
+        stderr.contains("identity.issuer[0].claims.tenant"),
+        "{stderr}"
+    );
     assert!(stderr.contains("issuers[0].platform"), "{stderr}");
 }
 

@@ -126,14 +126,21 @@ async fn assert_refused(m: &Matrix, attacks: &[(&str, &str, String)]) {
             "{name}"
         );
         let problem: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(problem["detail"], "missing or invalid credentials", "{name}");
+        assert_eq!(
+            problem["detail"], "missing or invalid credentials",
+            "{name}"
+        );
         assert!(!body.contains(reason), "{name}: the reason leaked: {body}");
         assert!(
             www.is_some_and(|w| w.contains("invalid_token")),
             "{name}: WWW-Authenticate"
         );
     }
-    assert_eq!(m.up.served(), served, "a refused token reached the upstream");
+    assert_eq!(
+        m.up.served(),
+        served,
+        "a refused token reached the upstream"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = m.gw.log();
     for (name, reason, _) in attacks {
@@ -216,11 +223,7 @@ async fn asymmetric_issuers_accept_their_own_tokens_and_refuse_every_attack() {
     attacks.push((
         "ES384 is not pinned",
         "alg-not-allowed",
-        forge(
-            &json!({"alg": "ES384", "kid": "es-1"}),
-            &claims,
-            &[7u8; 96],
-        ),
+        forge(&json!({"alg": "ES384", "kid": "es-1"}), &claims, &[7u8; 96]),
     ));
     // A kid of another issuer's key: unknown to this issuer, or (same kid name) not its key.
     let claims = fresh_claims(mixed);
@@ -313,7 +316,10 @@ async fn keys_rotate_mid_traffic_and_a_withdrawn_key_stops_verifying_cached_toke
                 let token = idp.token(&kid, &fresh_claims(&idp));
                 let (status, body) = status_of(&m.gw, &token).await;
                 if status != 200 {
-                    failures.lock().unwrap().push(format!("{kid}: {status} {body}"));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{kid}: {status} {body}"));
                 }
                 sent += 1;
             }
@@ -332,7 +338,11 @@ async fn keys_rotate_mid_traffic_and_a_withdrawn_key_stops_verifying_cached_toke
         sent += w.await.unwrap();
     }
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} of {sent} refused: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} refused: {failures:?}",
+        failures.len()
+    );
     assert!(sent > 20, "only {sent} requests");
 
     // The next refetch no longer finds `rs-1`: a token verified with it before is refused now,
@@ -345,7 +355,10 @@ async fn keys_rotate_mid_traffic_and_a_withdrawn_key_stops_verifying_cached_toke
     let fetches = idp.jwks_fetches();
     assert!(fetches >= 3, "{fetches} fetches");
     let (status, body) = status_of(&m.gw, &cached_old).await;
-    assert_eq!(status, 401, "a token of the withdrawn key is still accepted: {body}");
+    assert_eq!(
+        status, 401,
+        "a token of the withdrawn key is still accepted: {body}"
+    );
     let fresh_old = idp.token("rs-1", &fresh_claims(&idp));
     assert_eq!(status_of(&m.gw, &fresh_old).await.0, 401);
     assert_eq!(
@@ -458,7 +471,11 @@ async fn no_request_waits_for_keys_longer_than_the_fetch_timeout() {
             .0,
         401
     );
-    assert!(started.elapsed() < timeout + slack, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < timeout + slack,
+        "{:?}",
+        started.elapsed()
+    );
 
     // Healthy again: keys arrive and are cached.
     idp.discovery_outage(None);

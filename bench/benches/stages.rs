@@ -96,6 +96,7 @@ fn identify_and_tenant(c: &mut Criterion) {
             ..Default::default()
         },
         provision: false,
+        platform: false,
     };
     let policy = IdentityPolicy {
         issuers: [(

@@ -148,7 +148,9 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         max_age: identity
             .map(|i| i.jwks_max_age)
             .unwrap_or(Duration::from_secs(600)),
-        fetch_timeout: Duration::from_secs(5),
+        fetch_timeout: identity
+            .map(|i| i.jwks_fetch_timeout)
+            .unwrap_or(crate::identity::jwks::DEFAULT_FETCH_TIMEOUT),
     };
     let authenticator = Authenticator::new(
         jwks_settings,

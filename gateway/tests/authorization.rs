@@ -40,6 +40,11 @@ fn policy_files() -> Vec<(String, Vec<u8>)> {
 }
 
 fn config(up: std::net::SocketAddr, watch: bool) -> String {
+    config_with(up, watch, "")
+}
+
+/// The test configuration with `extra` issuers after the tenant one.
+fn config_with(up: std::net::SocketAddr, watch: bool, extra: &str) -> String {
     config_for(
         &[up],
         &format!(
@@ -53,6 +58,7 @@ audiences = ["gateway"]
 algorithms = ["HS256"]
 secret_file = "issuer.secret"
 claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
+{extra}
 
 [tenancy]
 sources = ["header", "credential"]
@@ -84,33 +90,64 @@ forbid (principal, action in Action::"write", resource) when { context.weekday =
 "#;
 
 fn token(sub: &str, org: &str, roles: &[&str], mfa: bool) -> String {
-    let claims = json!({
-        "iss": ISSUER, "aud": "gateway", "sub": sub, "org": org, "roles": roles, "mfa": mfa,
-        "exp": common::idp::now() + 600,
-    });
+    signed(
+        ISSUER,
+        SECRET,
+        json!({
+            "sub": sub, "org": org, "roles": roles, "mfa": mfa,
+        }),
+    )
+}
+
+/// An HS256 token of `issuer` with `claims` plus audience and expiry.
+fn signed(issuer: &str, secret: &str, mut claims: serde_json::Value) -> String {
+    claims["iss"] = json!(issuer);
+    claims["aud"] = json!("gateway");
+    claims["exp"] = json!(common::idp::now() + 600);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
 }
 
 fn start(up: std::net::SocketAddr, watch: bool) -> TestGateway {
-    let files = policy_files();
-    let mut all: Vec<(&str, &[u8])> = files
+    start_with(up, watch, "", &[])
+}
+
+/// Starts the gateway with `extra` issuers and `files` besides the policies, secret and tenants.
+fn start_with(
+    up: std::net::SocketAddr,
+    watch: bool,
+    extra: &str,
+    files: &[(&str, &[u8])],
+) -> TestGateway {
+    let policies = policy_files();
+    let mut all: Vec<(&str, &[u8])> = policies
         .iter()
         .map(|(p, b)| (p.as_str(), b.as_slice()))
         .collect();
     all.push(("issuer.secret", SECRET.as_bytes()));
     all.push(("tenants.toml", TENANTS.as_bytes()));
-    TestGateway::start(&config(up, watch), &all)
+    all.extend_from_slice(files);
+    TestGateway::start(&config_with(up, watch, extra), &all)
 }
 
 async fn send(gw: &TestGateway, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    send_to(gw, "acme", method, path, token).await
+}
+
+async fn send_to(
+    gw: &TestGateway,
+    tenant: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut req = client()
         .request(method.parse().unwrap(), gw.url(path))
-        .header("x-tenant", "acme");
+        .header("x-tenant", tenant);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -331,6 +368,216 @@ async fn sighup_reloads_when_watching_is_off() {
     })
     .await
     .expect("SIGHUP reload");
+}
+
+/// The problem type of a refusal body.
+fn problem_type(body: &str) -> String {
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    problem["type"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_callers_are_never_owners() {
+    let up = upstream("app").await;
+    let gw = start(up.addr, false);
+    // The owner comes from the path: `anonymous` must not name the caller without credentials.
+    for (tenant, method, path) in [
+        ("acme", "DELETE", "/users/anonymous/documents/1"),
+        ("acme", "PUT", "/users/anonymous/documents/1"),
+        ("acme", "PATCH", "/users/anonymous/documents/1"),
+        ("acme", "POST", "/users/anonymous/documents/1/share"),
+        ("acme", "DELETE", "/users/anonymous/reports/1"),
+        ("globex", "DELETE", "/users/anonymous/documents/1"),
+        ("globex", "PUT", "/users/anonymous/documents/1"),
+        ("globex", "DELETE", "/users/anonymous/reports/1"),
+    ] {
+        let (status, body) = send_to(&gw, tenant, method, path, None).await;
+        assert_eq!(status, 403, "{tenant} {method} {path}: {body}");
+        assert_eq!(
+            problem_type(&body),
+            "tag:policy-gateway,2026:problem/forbidden",
+            "{body}"
+        );
+    }
+    assert_eq!(
+        up.served(),
+        0,
+        "an anonymous owner request reached the upstream"
+    );
+    // What anonymous callers may do is unchanged.
+    assert_eq!(send_to(&gw, "globex", "GET", "/status", None).await.0, 200);
+    // A real user still owns their documents.
+    let vera = token("vera", "acme", &[], false);
+    assert_eq!(
+        send(&gw, "DELETE", "/users/vera/documents/1", Some(&vera))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = gw.log();
+    assert!(
+        log.contains("decision=\"deny\"")
+            && log.contains("principal=anonymous")
+            && log.contains("reason=\"forbidden\""),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
+    let up = upstream("app").await;
+    let gw = start(up.addr, false);
+    // A subject that is the anonymous caller's id or an API key's is refused outright: it would
+    // be that principal in policies, upstream headers, rate limits and usage records.
+    for sub in ["anonymous", "Anonymous", "apikey:ci", "APIKEY:deploy"] {
+        let t = token(sub, "acme", &["viewer"], false);
+        let (status, body) = send(&gw, "GET", "/projects/1", Some(&t)).await;
+        assert_eq!(status, 401, "{sub}: {body}");
+        let owner_path = format!("/users/{}/documents/1", sub.to_ascii_lowercase());
+        assert_eq!(send(&gw, "DELETE", &owner_path, Some(&t)).await.0, 401);
+    }
+    // Ids are compared exactly as Cedar entity ids, whatever they hold.
+    for (sub, path) in [
+        ("vera\"", "/users/vera/documents/7"),
+        ("User::\"vera\"", "/users/vera/documents/7"),
+        ("vera\" || true || \"", "/users/vera/documents/7"),
+        ("a::b", "/users/a/documents/7"),
+    ] {
+        let t = token(sub, "acme", &[], false);
+        let (status, body) = send(&gw, "DELETE", path, Some(&t)).await;
+        assert_eq!(status, 403, "{sub} on {path}: {body}");
+    }
+    assert_eq!(up.served(), 0);
+    let t = token("a::b", "acme", &[], false);
+    assert_eq!(
+        send(&gw, "DELETE", "/users/a::b/documents/7", Some(&t))
+            .await
+            .0,
+        200,
+        "an id with `::` owns exactly its own documents"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        gw.log().contains("reason=\"reserved-subject\""),
+        "{}",
+        gw.log()
+    );
+}
+
+const PLATFORM_ISSUER: &str = "https://staff.authz.test";
+const PLATFORM_SECRET: &str = "platform-secret-for-the-authorization-tests-987654";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_staff_act_across_tenants_only_where_policies_allow() {
+    let up = upstream("app").await;
+    let extra = format!(
+        r#"
+[[identity.issuer]]
+issuer = "{PLATFORM_ISSUER}"
+audiences = ["gateway"]
+algorithms = ["HS256"]
+secret_file = "platform.secret"
+platform = true
+claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
+"#
+    );
+    let gw = start_with(
+        up.addr,
+        false,
+        &extra,
+        &[("platform.secret", PLATFORM_SECRET.as_bytes())],
+    );
+    let staff = |roles: &[&str], mfa: bool| {
+        signed(
+            PLATFORM_ISSUER,
+            PLATFORM_SECRET,
+            json!({"sub": "sam", "roles": roles, "mfa": mfa}),
+        )
+    };
+    let operator = staff(&["platform-operator"], true);
+    // An operator with MFA reads any tenant's data and runs platform operations...
+    for tenant in ["acme", "globex"] {
+        let (status, body) = send_to(&gw, tenant, "GET", "/projects/1", Some(&operator)).await;
+        assert_eq!(status, 200, "{tenant}: {body}");
+        let echo: Echo = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo.headers["x-tenant-id"], vec![tenant]);
+        assert_eq!(echo.headers["x-principal-id"], vec!["sam"]);
+        assert_eq!(
+            send_to(&gw, tenant, "GET", "/platform/tenants", Some(&operator))
+                .await
+                .0,
+            200
+        );
+    }
+    let served = up.served();
+    // ... but changes nothing in them; and other staff roles open no tenant at all.
+    for (who, token, method, path) in [
+        ("operator", &operator, "DELETE", "/projects/1"),
+        ("operator", &operator, "GET", "/billing"),
+        (
+            "operator without MFA",
+            &staff(&["platform-operator"], false),
+            "GET",
+            "/projects/1",
+        ),
+        ("admin", &staff(&["admin"], true), "DELETE", "/projects/1"),
+        ("viewer", &staff(&["viewer"], true), "GET", "/projects/1"),
+    ] {
+        let (status, body) = send_to(&gw, "globex", method, path, Some(token)).await;
+        assert_eq!(status, 403, "{who} {method} {path}: {body}");
+        assert_eq!(
+            problem_type(&body),
+            "tag:policy-gateway,2026:problem/forbidden"
+        );
+    }
+    // A platform token that names a tenant is bound to it like any other.
+    let member = signed(
+        PLATFORM_ISSUER,
+        PLATFORM_SECRET,
+        json!({"sub": "sam", "org": "acme", "roles": ["admin"], "mfa": true}),
+    );
+    assert_eq!(
+        send_to(&gw, "acme", "DELETE", "/projects/1", Some(&member))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = send_to(&gw, "globex", "GET", "/projects/1", Some(&member)).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        problem_type(&body),
+        "tag:policy-gateway,2026:problem/tenant-mismatch"
+    );
+    // The tenant issuer's token without a tenant claim is refused before any policy.
+    let (status, body) = send_to(
+        &gw,
+        "globex",
+        "GET",
+        "/projects/1",
+        Some(&signed(
+            ISSUER,
+            SECRET,
+            json!({"sub": "nina", "roles": ["admin"]}),
+        )),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        problem_type(&body),
+        "tag:policy-gateway,2026:problem/credential-without-tenant"
+    );
+    assert_eq!(up.served(), served + 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = gw.log();
+    assert!(
+        log.contains("platform-staff-read-and-operate-only"),
+        "the deciding guard is logged: {log}"
+    );
+    assert!(
+        log.contains("reason=\"credential-without-tenant\""),
+        "{log}"
+    );
 }
 
 #[test]

@@ -323,8 +323,8 @@ async fn keys_rotate_without_restart_and_refreshes_are_rate_limited() {
         200
     );
     assert_eq!(idp.jwks_fetches(), 2, "an unknown kid triggers one refetch");
-    // The withdrawn key is gone from the refreshed set. (The old token is cached as verified
-    // until it expires, so sign a fresh one with the withdrawn key.)
+    // The withdrawn key is gone from the refreshed set. (Tokens verified with it before are
+    // refused too, once a refresh no longer lists it: see `jwt_matrix.rs`.)
     let mut other = claims.clone();
     other.insert("sub".into(), json!("bob-2"));
     let withdrawn = idp.token("rsa-1", &other);
@@ -423,6 +423,197 @@ async fn cross_tenant_requests_are_refused_before_the_upstream() {
     assert_eq!(status, 403);
     assert!(body.contains("tenant-suspended"));
     assert_eq!(s.up.served(), served);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_name_no_tenant_act_for_none() {
+    let s = setup("", &[]).await;
+    // A token of the global issuer without its `org` claim, aimed at a tenant every way a
+    // request can name one.
+    let mut claims = s.idp.claims("drifter");
+    claims.insert("roles".into(), json!(["admin"]));
+    let token = s.idp.token("rsa-1", &claims);
+    let auth = bearer(&token);
+    let served = s.up.served();
+    for (path, extra) in [
+        ("/projects/1", vec![("x-tenant", "acme")]),
+        ("/projects/1", vec![("host", "globex.api.example.test")]),
+        ("/t/acme/projects/1", vec![]),
+        ("/projects/1", vec![]),
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(extra.iter().copied());
+        let (status, headers_out, body) = get(&s.gw, path, &headers).await;
+        assert_eq!(status, 403, "{path} {extra:?}: {body}");
+        assert_eq!(headers_out["content-type"], "application/problem+json");
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            problem["type"], "tag:policy-gateway,2026:problem/credential-without-tenant",
+            "{body}"
+        );
+        assert_eq!(problem["status"], 403);
+    }
+    assert_eq!(
+        s.up.served(),
+        served,
+        "a tenantless token reached the upstream"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        s.gw.log().contains("reason=\"credential-without-tenant\""),
+        "{}",
+        s.gw.log()
+    );
+    // The same user with the claim is fine.
+    let named = s
+        .idp
+        .token("rsa-1", &user_claims(&s.idp, "drifter", "acme", &["admin"]));
+    assert_eq!(
+        get(&s.gw, "/projects/1", &[("authorization", &bearer(&named))])
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_issuers_act_in_the_named_tenant_and_tenant_claims_always_bind() {
+    let idp = TestIdp::start().await;
+    idp.add_key("rsa-1", rsa_key("rsa-1"));
+    let staff_idp = TestIdp::start().await;
+    staff_idp.add_key("staff-1", ec_key("staff-1"));
+    let up = upstream("app").await;
+    // `credential` is not a configured source: a token's tenant claim binds it all the same.
+    let config = config_for(
+        &[up.addr],
+        &format!(
+            r#"
+[identity]
+
+[[identity.issuer]]
+issuer = "{issuer}"
+audiences = ["gateway"]
+algorithms = ["RS256"]
+claims = {{ tenant = "org" }}
+
+[[identity.issuer]]
+issuer = "{staff}"
+audiences = ["gateway"]
+algorithms = ["ES256"]
+platform = true
+claims = {{ tenant = "org" }}
+
+[tenancy]
+sources = ["header", "host"]
+host_pattern = "{{tenant}}.api.example.test"
+
+[tenancy.registry]
+file = "tenants.toml"
+"#,
+            issuer = idp.issuer,
+            staff = staff_idp.issuer,
+        ),
+    );
+    let tenants = tenants_toml("https://unused.example");
+    let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
+
+    let acme_user = bearer(&idp.token("rsa-1", &user_claims(&idp, "alice", "acme", &[])));
+    let (status, _, body) = get(
+        &gw,
+        "/",
+        &[("authorization", &acme_user), ("x-tenant", "globex")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("tenant-mismatch"), "{body}");
+    let (status, _, body) = get(
+        &gw,
+        "/",
+        &[
+            ("authorization", &acme_user),
+            ("host", "globex.api.example.test"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = get(&gw, "/", &[("authorization", &acme_user)]).await;
+    assert_eq!(status, 200, "the token's own tenant: {body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo.headers["x-tenant-id"], vec!["acme"]);
+
+    // Staff of the platform-wide issuer act in the tenant the request names.
+    let staff = bearer(&staff_idp.token("staff-1", &staff_idp.claims("sam")));
+    for tenant in ["acme", "globex"] {
+        let (status, _, body) =
+            get(&gw, "/", &[("authorization", &staff), ("x-tenant", tenant)]).await;
+        assert_eq!(status, 200, "{tenant}: {body}");
+        let echo: Echo = serde_json::from_str(&body).unwrap();
+        assert_eq!(echo.headers["x-tenant-id"], vec![tenant]);
+        assert_eq!(echo.headers["x-principal-id"], vec!["sam"]);
+    }
+    // ... but a request that names no tenant is still refused, as are unknown tenants.
+    let (status, _, body) = get(&gw, "/", &[("authorization", &staff)]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tenant-required"), "{body}");
+    assert_eq!(
+        get(
+            &gw,
+            "/",
+            &[("authorization", &staff), ("x-tenant", "ghost")]
+        )
+        .await
+        .0,
+        404
+    );
+    // The regular issuer's tokens without a tenant claim get no such pass.
+    let mut claims = idp.claims("sam");
+    claims.insert("roles".into(), json!(["platform-operator"]));
+    let (status, _, body) = get(
+        &gw,
+        "/",
+        &[
+            ("authorization", &bearer(&idp.token("rsa-1", &claims))),
+            ("x-tenant", "acme"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("credential-without-tenant"), "{body}");
+}
+
+#[test]
+fn check_refuses_issuers_whose_tokens_could_bind_to_no_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        tenants_toml("https://tenant-idp.example").replace(
+            "algorithms = [\"ES256\"]",
+            "algorithms = [\"ES256\"]\nplatform = true",
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        config_for(
+            &["127.0.0.1:9".parse().unwrap()],
+            "[identity]\n\n[[identity.issuer]]\nissuer = \"https://idp.example\"\naudiences = [\"gateway\"]\nalgorithms = [\"RS256\"]\n\n[tenancy]\n[tenancy.registry]\nfile = \"tenants.toml\"\n",
+        )
+        .replace("{listen}", "127.0.0.1:1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("identity.issuer[0].claims.tenant"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("issuers[0].platform"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
 use load::{ParsedPolicies, PolicyOrigin};
@@ -107,8 +108,34 @@ impl Evaluation {
 
 struct EntityTypes {
     user: EntityTypeName,
+    /// Callers without credentials: a type of its own, so that no path parameter or attribute
+    /// (which name `User`s) can ever denote them.
+    anonymous: EntityTypeName,
     tenant: EntityTypeName,
     by_name: HashMap<String, EntityTypeName>,
+}
+
+/// What a principal entity is built from: the entity cache key. A structured key (not a joined
+/// string) so that no id, whatever characters it holds, can collide with another principal's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum EntityKey {
+    Principal {
+        anonymous: bool,
+        id: String,
+        tenant: EntityUid,
+        platform: bool,
+        roles: Vec<String>,
+        email: Option<String>,
+        department: Option<String>,
+    },
+    Tenant {
+        id: String,
+        tier: String,
+        features: Vec<String>,
+        tier_features: Vec<String>,
+        home_region: Option<String>,
+        regime: Option<String>,
+    },
 }
 
 /// A loaded, validated policy package.
@@ -130,7 +157,7 @@ pub struct AuthzEngine {
     /// only those).
     uses: KeyUses,
     /// Built principal and tenant entities, keyed by everything they are built from.
-    entity_cache: quick_cache::sync::Cache<String, Entity>,
+    entity_cache: quick_cache::sync::Cache<EntityKey, Entity>,
     /// Tenant policies from `tenants/<id>/`, kept to combine with registry-provided ones.
     file_tenant_policies: HashMap<String, ParsedPolicies>,
     origins: BTreeMap<String, PolicyOrigin>,
@@ -181,7 +208,7 @@ impl KeyUses {
             for uid in policy.entity_literals() {
                 match uid.type_name().basename() {
                     "Role" | "Tenant" | "Action" => {}
-                    "User" => uses.principal_id = true,
+                    "User" | "Anonymous" => uses.principal_id = true,
                     _ => uses.resource_id = true,
                 }
             }
@@ -262,6 +289,7 @@ impl AuthzEngine {
         };
         let types = EntityTypes {
             user: type_named("User")?,
+            anonymous: type_named("Anonymous")?,
             tenant: type_named("Tenant")?,
             by_name: by_name.clone(),
         };
@@ -541,6 +569,55 @@ impl AuthzEngine {
         .map_err(|e| e.to_string())
     }
 
+    /// The principal's entity: an `Anonymous` caller has its tenant only; a `User` has its
+    /// tenant, `platform`, the text attributes policies read and its roles (transitively) as
+    /// parents.
+    fn principal_entity(&self, key: &EntityKey, uid: EntityUid) -> Result<Entity, String> {
+        let EntityKey::Principal {
+            anonymous,
+            tenant,
+            platform,
+            roles,
+            email,
+            department,
+            ..
+        } = key
+        else {
+            return Err("not a principal".to_string());
+        };
+        let mut attrs = vec![(
+            "tenant".to_string(),
+            RestrictedExpression::new_entity_uid(tenant.clone()),
+        )];
+        let mut parents = Vec::new();
+        if !anonymous {
+            attrs.push((
+                "platform".to_string(),
+                RestrictedExpression::new_bool(*platform),
+            ));
+            for (name, value) in [("email", email), ("department", department)] {
+                if let Some(v) = value {
+                    attrs.push((
+                        name.to_string(),
+                        RestrictedExpression::new_string(v.clone()),
+                    ));
+                }
+            }
+            for role in roles {
+                match self.roles.get(role) {
+                    Some(closure) => parents.extend(closure.iter().cloned()),
+                    None => parents.push(self.uid("Role", role)?),
+                }
+            }
+        }
+        Entity::new(
+            uid,
+            attrs.into_iter().collect(),
+            parents.into_iter().collect(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     fn uid(&self, type_name: &str, id: &str) -> Result<EntityUid, String> {
         let t = match self.types.by_name.get(type_name) {
             Some(t) => t.clone(),
@@ -559,65 +636,59 @@ impl AuthzEngine {
             self.types.tenant.clone(),
             EntityId::new(&input.tenant.id),
         );
-        let principal_tenant = match &input.principal.tenant {
-            Some(t) if **t != *input.tenant.id => {
+        let principal = input.principal;
+        let anonymous = principal.is_anonymous();
+        // Anonymous callers act in the request's tenant, and so do platform principals (their
+        // token names no tenant of its own).
+        let principal_tenant = match &principal.tenant {
+            Some(t) if !anonymous && **t != *input.tenant.id => {
                 EntityUid::from_type_name_and_id(self.types.tenant.clone(), EntityId::new(&**t))
             }
             _ => tenant_uid.clone(),
         };
-        let principal_uid = EntityUid::from_type_name_and_id(
-            self.types.user.clone(),
-            EntityId::new(&input.principal.id),
-        );
-        let mut parents = Vec::new();
-        for role in &input.principal.roles {
-            match self.roles.get(role) {
-                Some(closure) => parents.extend(closure.iter().cloned()),
-                None => parents.push(self.uid("Role", role)?),
-            }
-        }
-        let mut user_attrs = vec![(
-            "tenant".to_string(),
-            RestrictedExpression::new_entity_uid(principal_tenant.clone()),
-        )];
-        for name in ["email", "department"] {
-            if let Some(serde_json::Value::String(v)) = input.principal.attributes.get(name) {
-                user_attrs.push((
-                    name.to_string(),
-                    RestrictedExpression::new_string(v.clone()),
-                ));
-            }
-        }
-        let user_key = format!(
-            "u\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
-            input.principal.id,
-            principal_tenant,
-            input.principal.roles,
-            input.principal.attributes.get("email"),
-            input.principal.attributes.get("department")
-        );
-        let user = match self.entity_cache.get(&user_key) {
+        // Built with the Cedar API from the id as it is: whatever characters a token subject
+        // holds (`"`, `::` ...), it stays one id of one type.
+        let principal_uid = if anonymous {
+            EntityUid::from_type_name_and_id(
+                self.types.anonymous.clone(),
+                EntityId::new(ANONYMOUS_ID),
+            )
+        } else {
+            EntityUid::from_type_name_and_id(self.types.user.clone(), EntityId::new(&principal.id))
+        };
+        let text_attribute = |name: &str| match principal.attributes.get(name) {
+            Some(serde_json::Value::String(v)) if !anonymous => Some(v.clone()),
+            _ => None,
+        };
+        let principal_key = EntityKey::Principal {
+            anonymous,
+            id: principal.id.clone(),
+            tenant: principal_tenant.clone(),
+            platform: principal.platform,
+            roles: if anonymous {
+                Vec::new()
+            } else {
+                principal.roles.clone()
+            },
+            email: text_attribute("email"),
+            department: text_attribute("department"),
+        };
+        let user = match self.entity_cache.get(&principal_key) {
             Some(e) => e,
             None => {
-                let e = Entity::new(
-                    principal_uid.clone(),
-                    user_attrs.into_iter().collect(),
-                    parents.into_iter().collect(),
-                )
-                .map_err(|e| e.to_string())?;
-                self.entity_cache.insert(user_key, e.clone());
+                let e = self.principal_entity(&principal_key, principal_uid.clone())?;
+                self.entity_cache.insert(principal_key, e.clone());
                 e
             }
         };
-        let tenant_key = format!(
-            "t\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
-            input.tenant.id,
-            input.tenant.tier,
-            input.tenant.features,
-            input.tier_features,
-            input.tenant.home_region,
-            input.tenant.regime
-        );
+        let tenant_key = EntityKey::Tenant {
+            id: input.tenant.id.clone(),
+            tier: input.tenant.tier.clone(),
+            features: input.tenant.features.clone(),
+            tier_features: input.tier_features.to_vec(),
+            home_region: input.tenant.home_region.clone(),
+            regime: input.tenant.regime.clone(),
+        };
         let tenant = match self.entity_cache.get(&tenant_key) {
             Some(e) => e,
             None => {
@@ -766,7 +837,7 @@ fn new_compiled_cache() -> quick_cache::sync::Cache<String, Arc<CompiledTenant>>
     quick_cache::sync::Cache::new(20_000)
 }
 
-fn new_entity_cache() -> quick_cache::sync::Cache<String, Entity> {
+fn new_entity_cache() -> quick_cache::sync::Cache<EntityKey, Entity> {
     quick_cache::sync::Cache::new(100_000)
 }
 
@@ -828,9 +899,11 @@ fn cache_key(input: &DecisionInput<'_>, uses: KeyUses) -> String {
     // The principal's id matters when a policy names a user, or when the resource refers to
     // users (an owner the principal may be).
     let principal_id = uses.principal_id || !input.resource_attributes.is_empty();
+    // Values from the request (ids, path parameters) are written with `{:?}`: quoted and
+    // escaped, so no value can pass for a separator and another field.
     let _ = write!(
         key,
-        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
+        "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
         input.action,
         input.resource_type,
         if uses.resource_id { input.resource_id } else { "" },
@@ -839,6 +912,7 @@ fn cache_key(input: &DecisionInput<'_>, uses: KeyUses) -> String {
         p.roles,
         p.scopes,
         p.auth.label(),
+        p.platform,
         t.id,
         t.tier,
         t.features,

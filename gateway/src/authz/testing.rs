@@ -15,6 +15,8 @@
 //! [[case]]
 //! name = "viewers read projects"
 //! principal = { id = "alice", roles = ["viewer"] }   # tenant defaults to the request's
+//! # auth = "jwt" (default), "api-key" or "anonymous"; platform = true for a platform-wide
+//! # issuer's token that names no tenant (then `tenant` must not be set)
 //! action = "projects:read"                         # or: request = "GET /projects/p1"
 //! resource = { type = "Project", id = "p1" }
 //! expect = "allow"
@@ -111,6 +113,9 @@ struct PrincipalSpec {
     mfa: bool,
     /// `jwt` (default), `api-key` or `anonymous`.
     auth: Option<String>,
+    /// A token of a platform-wide issuer that names no tenant (`jwt` only, without `tenant`).
+    #[serde(default)]
+    platform: bool,
     #[serde(default)]
     scopes: Vec<String>,
     email: Option<String>,
@@ -288,9 +293,17 @@ fn run_case(
     let p = &case.principal;
     let mut principal = Principal::anonymous();
     principal.id = p.id.clone();
-    principal.tenant = Some(Arc::from(
-        p.tenant.clone().unwrap_or_else(|| tenant_id.clone()),
-    ));
+    principal.platform = p.platform;
+    principal.tenant = if p.platform {
+        if p.tenant.is_some() {
+            return Err("principal: a platform principal names no tenant".to_string());
+        }
+        None
+    } else {
+        Some(Arc::from(
+            p.tenant.clone().unwrap_or_else(|| tenant_id.clone()),
+        ))
+    };
     principal.roles = p.roles.clone();
     principal.scopes = p.scopes.clone();
     principal.auth = match p.auth.as_deref().unwrap_or("jwt") {
@@ -307,6 +320,9 @@ fn run_case(
             ))
         }
     };
+    if p.platform && !matches!(principal.auth, AuthMethod::Jwt { .. }) {
+        return Err("principal: only a token (auth = \"jwt\") can be a platform principal".into());
+    }
     principal
         .attributes
         .insert("mfa".into(), serde_json::Value::Bool(p.mfa));

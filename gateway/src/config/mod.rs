@@ -129,8 +129,10 @@ pub struct IdentityConfig {
     /// Header carrying API keys.
     #[serde(default = "default_api_key_header")]
     pub api_key_header: String,
-    /// Let requests without credentials through as the `anonymous` principal (policies then
-    /// decide); otherwise they get 401.
+    /// Let requests without credentials through as the anonymous caller; otherwise they get
+    /// 401. Policies then decide: Cedar sees the caller as `Anonymous::"anonymous"` (an entity
+    /// type of its own, never a `User`, so no path or attribute can make it an owner), with the
+    /// request's tenant as its `tenant`; it has no roles.
     #[serde(default)]
     pub allow_anonymous: bool,
     /// An unknown `kid` refetches the issuer's keys at most this often.
@@ -141,6 +143,12 @@ pub struct IdentityConfig {
     #[serde(default = "default_jwks_max_age", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub jwks_max_age: Duration,
+    /// The longest a request waits for an issuer's keys (OIDC discovery and JWKS together,
+    /// including waiting for another request's fetch), 100ms to 60s. When it passes, the
+    /// request is refused with 401 and keys fetched before keep verifying tokens.
+    #[serde(default = "default_jwks_fetch_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub jwks_fetch_timeout: Duration,
     /// Verified tokens remembered (until their expiry) to skip signature checks.
     #[serde(default = "default_token_cache")]
     pub token_cache_capacity: u64,
@@ -460,6 +468,9 @@ fn default_jwks_min_refresh() -> Duration {
 fn default_jwks_max_age() -> Duration {
     Duration::from_secs(600)
 }
+fn default_jwks_fetch_timeout() -> Duration {
+    crate::identity::jwks::DEFAULT_FETCH_TIMEOUT
+}
 fn default_token_cache() -> u64 {
     100_000
 }
@@ -595,7 +606,13 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     let pool_peers = validate_upstream(&source, &config.upstream, &mut issues);
     validate_sanitize(&source, &config.sanitize, &mut issues);
     if let Some(identity) = &config.identity {
-        validate_identity(&source, &base_dir, identity, &mut issues);
+        validate_identity(
+            &source,
+            &base_dir,
+            identity,
+            config.tenancy.is_some(),
+            &mut issues,
+        );
     }
     if let Some(authz) = &config.authorization {
         let dir = resolve_relative(&base_dir, &authz.policies);
@@ -886,16 +903,25 @@ fn validate_sanitize(
     }
 }
 
+/// `tenancy`: tenants are configured, so every token must name its tenant or come from a
+/// platform-wide issuer.
 fn validate_identity(
     source: &SourceText,
     base_dir: &Path,
     identity: &IdentityConfig,
+    tenancy: bool,
     issues: &mut Vec<SourceIssue>,
 ) {
     let mut seen = std::collections::HashSet::new();
     for (i, issuer) in identity.issuer.iter().enumerate() {
         for (field, message) in validate_issuer(issuer, true) {
             issues.push(source.issue(format!("identity.issuer[{i}].{field}"), message));
+        }
+        if tenancy && issuer.claims.tenant.is_none() && !issuer.platform {
+            issues.push(source.issue(
+                format!("identity.issuer[{i}].claims.tenant"),
+                "with [tenancy], a token that names no tenant is refused: name the claim holding the tenant, or declare the issuer platform-wide (`platform = true`)",
+            ));
         }
         if !seen.insert(issuer.issuer.as_str()) {
             issues.push(source.issue(
@@ -920,6 +946,17 @@ fn validate_identity(
     }
     if http::HeaderName::from_bytes(identity.api_key_header.as_bytes()).is_err() {
         issues.push(source.issue("identity.api_key_header", "not a header name"));
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(60))
+        .contains(&identity.jwks_fetch_timeout)
+    {
+        issues.push(source.issue(
+            "identity.jwks_fetch_timeout",
+            format!(
+                "`{}`: between 100ms and 60s",
+                humantime::format_duration(identity.jwks_fetch_timeout)
+            ),
+        ));
     }
     if let Some(ctx) = &identity.context_token {
         if !ctx.header.to_ascii_lowercase().starts_with("x-gateway-") {

@@ -1,15 +1,23 @@
 //! Signing keys of token issuers, fetched from their JWKS (directly or through OIDC discovery),
 //! cached, refreshed when a token names an unknown `kid` (rate-limited, so a flood of made-up
 //! kids cannot hammer the issuer) and when the cached set grows old. Rotation needs no restart.
+//!
+//! What an issuer's outage does: a fetch that fails, times out or brings no usable signing key
+//! keeps the keys fetched before, so tokens signed with them keep working; tokens naming a key
+//! the gateway does not hold are refused. No request waits for keys longer than the fetch
+//! timeout (discovery and JWKS together), whether it fetches itself or waits for another
+//! request's fetch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::AuthError;
 use crate::tenancy::model::IssuerConfig;
@@ -21,15 +29,22 @@ pub struct JwksSettings {
     pub min_refresh_interval: Duration,
     /// Keys older than this are refetched in the background.
     pub max_age: Duration,
+    /// The longest a request waits for an issuer's keys (discovery and JWKS together).
     pub fetch_timeout: Duration,
 }
+
+/// Default of `identity.jwks_fetch_timeout`.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Discovery documents and key sets larger than this are refused (a key set is a few KiB).
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 impl Default for JwksSettings {
     fn default() -> Self {
         JwksSettings {
             min_refresh_interval: Duration::from_secs(30),
             max_age: Duration::from_secs(600),
-            fetch_timeout: Duration::from_secs(5),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
     }
 }
@@ -40,13 +55,25 @@ pub struct VerificationKey {
     pub key: Arc<DecodingKey>,
     /// The algorithm the JWK is restricted to, if it names one.
     pub alg: Option<Algorithm>,
+    /// SHA-256 of the JWK as published: the same key across refreshes, a different one if
+    /// anything about it changed.
+    fingerprint: [u8; 32],
 }
 
 #[derive(Default)]
 struct KeySet {
-    by_kid: HashMap<String, VerificationKey>,
+    /// Usually one key per kid; a kid shared by keys of different types keeps them all.
+    by_kid: HashMap<String, Vec<VerificationKey>>,
     without_kid: Vec<VerificationKey>,
+    /// Fingerprints of every key in the set.
+    published: HashSet<[u8; 32]>,
     fetched_at: Option<Instant>,
+}
+
+impl KeySet {
+    fn len(&self) -> usize {
+        self.published.len()
+    }
 }
 
 struct IssuerKeys {
@@ -55,6 +82,25 @@ struct IssuerKeys {
     keys: ArcSwap<KeySet>,
     /// Serialises fetches; holds the time of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Which published key verified a token, so a cached verification can be dropped once the
+/// issuer withdraws the key (rotation after a compromise must not leave cached tokens valid).
+#[derive(Clone)]
+pub struct KeyOrigin {
+    issuer: Arc<IssuerKeys>,
+    fingerprint: [u8; 32],
+}
+
+impl KeyOrigin {
+    /// The issuer's current key set still holds the key.
+    pub fn still_published(&self) -> bool {
+        self.issuer
+            .keys
+            .load()
+            .published
+            .contains(&self.fingerprint)
+    }
 }
 
 /// Keys of every issuer seen so far, shared by all requests and kept across reloads.
@@ -76,10 +122,25 @@ struct Discovery {
     jwks_uri: String,
 }
 
+/// A key set read leniently: one key the gateway cannot use does not spoil the others.
+#[derive(Deserialize)]
+struct RawKeySet {
+    keys: Vec<Value>,
+}
+
+/// What the cached keys say about a token's `kid` and `alg`.
+enum Lookup {
+    Found(VerificationKey),
+    /// The kid is known, but its key is of another type or restricted to another algorithm.
+    WrongAlgorithm,
+    Missing,
+}
+
 impl JwksStore {
     pub fn new(settings: JwksSettings) -> Self {
         let http = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
+            .connect_timeout(settings.fetch_timeout)
             .user_agent(concat!("policy-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -93,30 +154,56 @@ impl JwksStore {
         }
     }
 
-    /// The key that should verify a token of `issuer` with header `kid`/`alg`.
+    /// The key that should verify a token of `issuer` with header `kid`/`alg`, and where it
+    /// came from.
     pub async fn key(
         &self,
         issuer: &IssuerConfig,
         kid: Option<&str>,
         alg: Algorithm,
-    ) -> Result<VerificationKey, AuthError> {
+    ) -> Result<(VerificationKey, KeyOrigin), AuthError> {
         let entry = self.issuer_entry(issuer);
-        if let Some(k) = find(&entry.keys.load(), kid, alg) {
-            self.refresh_in_background_if_old(&entry);
-            return Ok(k);
+        let found = |key: VerificationKey| {
+            let origin = KeyOrigin {
+                issuer: entry.clone(),
+                fingerprint: key.fingerprint,
+            };
+            (key, origin)
+        };
+        match find(&entry.keys.load(), kid, alg) {
+            Lookup::Found(k) => {
+                self.refresh_in_background_if_old(&entry);
+                return Ok(found(k));
+            }
+            Lookup::WrongAlgorithm => {
+                return Err(AuthError::AlgNotAllowed(format!(
+                    "{alg:?} with a key of another type"
+                )))
+            }
+            Lookup::Missing => {}
         }
-        // Unknown kid (or nothing fetched yet): refetch once, rate-limited.
+        // Unknown kid (or nothing fetched yet): refetch once, rate-limited, waiting no longer
+        // than the fetch timeout (also when another request's fetch is under way).
         let seen_before = entry.keys.load().fetched_at;
-        self.fetcher.refresh(&entry, seen_before, true).await;
+        let wait = self.fetcher.settings.fetch_timeout;
+        if tokio::time::timeout(wait, self.fetcher.refresh(&entry, seen_before, true))
+            .await
+            .is_err()
+        {
+            tracing::warn!(issuer = %entry.issuer, timeout = ?wait, "issuer keys did not arrive within the fetch timeout");
+        }
         let keys = entry.keys.load();
         match find(&keys, kid, alg) {
-            Some(k) => Ok(k),
-            None if keys.fetched_at.is_none() => Err(AuthError::KeysUnavailable),
-            None => Err(AuthError::UnknownKey),
+            Lookup::Found(k) => Ok(found(k)),
+            Lookup::WrongAlgorithm => Err(AuthError::AlgNotAllowed(format!(
+                "{alg:?} with a key of another type"
+            ))),
+            Lookup::Missing if keys.fetched_at.is_none() => Err(AuthError::KeysUnavailable),
+            Lookup::Missing => Err(AuthError::UnknownKey),
         }
     }
 
-    /// Fetches the keys of `issuer` now (used at start so the first request does not wait).
+    /// Fetches the keys of `issuer` now (so the first request does not wait).
     pub async fn prefetch(&self, issuer: &IssuerConfig) {
         let entry = self.issuer_entry(issuer);
         self.fetcher.refresh(&entry, None, false).await;
@@ -157,7 +244,8 @@ impl JwksStore {
 
 impl Fetcher {
     /// Refetches unless another task already did since `seen_before`, or (when `rate_limited`)
-    /// the last attempt was too recent. A failed fetch keeps the previous keys.
+    /// the last attempt was too recent. A failed fetch keeps the previous keys. The fetch itself
+    /// (discovery and key set together) is bounded by the fetch timeout.
     async fn refresh(&self, entry: &IssuerKeys, seen_before: Option<Instant>, rate_limited: bool) {
         let mut last_attempt = entry.refresh.lock().await;
         if entry.keys.load().fetched_at != seen_before {
@@ -171,9 +259,17 @@ impl Fetcher {
             return;
         }
         *last_attempt = Some(Instant::now());
-        match self.fetch(entry).await {
+        let fetched = tokio::time::timeout(self.settings.fetch_timeout, self.fetch(entry))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.settings.fetch_timeout)
+                ))
+            });
+        match fetched {
             Ok(keys) => {
-                tracing::info!(issuer = %entry.issuer, keys = keys.by_kid.len() + keys.without_kid.len(), "fetched issuer keys");
+                tracing::info!(issuer = %entry.issuer, keys = keys.len(), "fetched issuer keys");
                 metrics::counter!("gateway_jwks_refreshes_total", "outcome" => "ok").increment(1);
                 entry.keys.store(Arc::new(keys));
             }
@@ -204,45 +300,39 @@ impl Fetcher {
                 discovery.jwks_uri
             }
         };
-        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let set: RawKeySet = self.get_json(&jwks_uri).await?;
         let mut keys = KeySet {
             fetched_at: Some(Instant::now()),
             ..KeySet::default()
         };
-        for jwk in &set.keys {
-            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-                continue;
-            }
-            let alg = match jwk.common.key_algorithm {
-                Some(a) => match Algorithm::try_from(a) {
-                    Ok(alg) => Some(alg),
-                    // An encryption algorithm: not a signing key.
-                    Err(_) => continue,
-                },
-                None => None,
-            };
-            let key = match DecodingKey::from_jwk(jwk) {
-                Ok(k) => VerificationKey {
-                    key: Arc::new(k),
-                    alg,
-                },
-                Err(e) => {
-                    tracing::debug!(issuer = %entry.issuer, error = %e, "skipping unusable JWK");
-                    continue;
+        let mut skipped = 0usize;
+        for raw in &set.keys {
+            match signing_key(raw) {
+                Ok((kid, key)) => {
+                    keys.published.insert(key.fingerprint);
+                    match kid {
+                        Some(kid) => keys.by_kid.entry(kid).or_default().push(key),
+                        None => keys.without_kid.push(key),
+                    }
                 }
-            };
-            match &jwk.common.key_id {
-                Some(kid) => {
-                    keys.by_kid.insert(kid.clone(), key);
+                Err(reason) => {
+                    skipped += 1;
+                    tracing::debug!(issuer = %entry.issuer, reason, "skipping a JWK");
                 }
-                None => keys.without_kid.push(key),
             }
+        }
+        // A set without one usable signing key is an outage (or garbage), not a rotation:
+        // keep the keys held so far.
+        if keys.published.is_empty() {
+            return Err(format!(
+                "{jwks_uri}: no usable signing key ({skipped} skipped)"
+            ));
         }
         Ok(keys)
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let response = self
+        let mut response = self
             .http
             .get(url)
             .send()
@@ -251,23 +341,150 @@ impl Fetcher {
         if !response.status().is_success() {
             return Err(format!("GET {url}: status {}", response.status()));
         }
-        response
-            .json::<T>()
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
+        {
+            return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("GET {url}: invalid JSON: {e}"))
+            .map_err(|e| format!("GET {url}: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: invalid JSON: {e}"))
     }
 }
 
+/// A JWK usable to verify signatures, with its kid; or why it is not.
+fn signing_key(raw: &Value) -> Result<(Option<String>, VerificationKey), &'static str> {
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| "not a JWK")?;
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(_) => return Err("not a signature key"),
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) | AlgorithmParameters::EllipticCurve(_) => {}
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {}
+        AlgorithmParameters::OctetKeyPair(_) => return Err("not an Ed25519 key"),
+        // A symmetric key in a public document would let anyone sign: never a verification key.
+        AlgorithmParameters::OctetKey(_) => return Err("symmetric key"),
+        _ => return Err("unsupported key type"),
+    }
+    let alg = match jwk.common.key_algorithm {
+        Some(a) => Some(Algorithm::try_from(a).map_err(|_| "not a signature algorithm")?),
+        None => None,
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
+    if alg.is_some_and(|a| a.family() != key.family()) {
+        return Err("algorithm does not fit the key type");
+    }
+    let fingerprint: [u8; 32] = Sha256::digest(raw.to_string().as_bytes()).into();
+    Ok((
+        jwk.common.key_id.clone(),
+        VerificationKey {
+            key: Arc::new(key),
+            alg,
+            fingerprint,
+        },
+    ))
+}
+
 /// The key for `kid`, or when the token names none, the only key that fits `alg`.
-fn find(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<VerificationKey> {
+fn find(keys: &KeySet, kid: Option<&str>, alg: Algorithm) -> Lookup {
     let fits =
         |k: &&VerificationKey| k.key.family() == alg.family() && k.alg.is_none_or(|a| a == alg);
     match kid {
-        Some(kid) => keys.by_kid.get(kid).cloned(),
+        Some(kid) => match keys.by_kid.get(kid) {
+            Some(candidates) => match candidates.iter().find(fits) {
+                Some(k) => Lookup::Found(k.clone()),
+                None => Lookup::WrongAlgorithm,
+            },
+            None => Lookup::Missing,
+        },
         None => {
-            let mut candidates = keys.by_kid.values().chain(&keys.without_kid).filter(fits);
-            let first = candidates.next()?;
-            candidates.next().is_none().then(|| first.clone())
+            let mut candidates = keys
+                .by_kid
+                .values()
+                .flatten()
+                .chain(&keys.without_kid)
+                .filter(fits);
+            match (candidates.next(), candidates.next()) {
+                (Some(only), None) => Lookup::Found(only.clone()),
+                _ => Lookup::Missing,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rsa_jwk(kid: &str, alg: Option<&str>) -> Value {
+        // A syntactically valid RSA public key (the modulus is never used to verify here).
+        let mut v = json!({
+            "kty": "RSA", "kid": kid, "e": "AQAB",
+            "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"
+        });
+        if let Some(a) = alg {
+            v["alg"] = json!(a);
+        }
+        v
+    }
+
+    #[test]
+    fn only_public_signing_keys_are_kept() {
+        let ok = signing_key(&rsa_jwk("a", Some("RS256"))).unwrap();
+        assert_eq!(ok.0.as_deref(), Some("a"));
+        assert_eq!(ok.1.alg, Some(Algorithm::RS256));
+        let mut enc = rsa_jwk("b", None);
+        enc["use"] = json!("enc");
+        assert!(signing_key(&enc).is_err());
+        assert!(signing_key(&rsa_jwk("c", Some("RSA-OAEP"))).is_err());
+        // An RSA key that claims an EC algorithm.
+        assert!(signing_key(&rsa_jwk("d", Some("ES256"))).is_err());
+        assert_eq!(
+            signing_key(&json!({"kty": "oct", "kid": "e", "k": "c2VjcmV0"})).err(),
+            Some("symmetric key")
+        );
+        assert!(signing_key(&json!({"kty": "OKP", "crv": "X25519", "x": "AAAA"})).is_err());
+        assert!(signing_key(&json!({"kid": 7})).is_err());
+        assert!(signing_key(&json!("garbage")).is_err());
+    }
+
+    #[test]
+    fn a_kid_with_a_key_of_another_type_is_not_looked_up_again() {
+        let (kid, key) = signing_key(&rsa_jwk("a", None)).unwrap();
+        let mut set = KeySet::default();
+        set.published.insert(key.fingerprint);
+        set.by_kid.insert(kid.unwrap(), vec![key]);
+        assert!(matches!(
+            find(&set, Some("a"), Algorithm::PS256),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            find(&set, Some("a"), Algorithm::ES256),
+            Lookup::WrongAlgorithm
+        ));
+        assert!(matches!(
+            find(&set, Some("b"), Algorithm::RS256),
+            Lookup::Missing
+        ));
+        assert!(matches!(
+            find(&set, None, Algorithm::RS256),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            find(&set, None, Algorithm::EdDSA),
+            Lookup::Missing
+        ));
     }
 }

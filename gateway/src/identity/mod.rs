@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::tenancy::model::IssuerConfig;
 use crate::tenancy::registry::{api_key_hash, TenantRegistry};
-pub use jwks::{JwksSettings, JwksStore};
+pub use jwks::{JwksSettings, JwksStore, KeyOrigin};
 pub use principal::{AuthMethod, Principal};
 
 /// Why a credential was refused. The slug goes to logs, metrics and the audit record.
@@ -67,6 +67,8 @@ pub enum AuthError {
     WrongIssuer,
     #[error("a tenant issuer's token names another tenant")]
     TenantClaimMismatch,
+    #[error("token subject `{0}` is reserved (anonymous callers and API keys)")]
+    ReservedSubject(String),
     #[error("unknown API key")]
     UnknownApiKey,
     #[error("API key expired")]
@@ -96,6 +98,7 @@ impl AuthError {
             AuthError::WrongAudience => "wrong-audience",
             AuthError::WrongIssuer => "wrong-issuer",
             AuthError::TenantClaimMismatch => "tenant-claim-mismatch",
+            AuthError::ReservedSubject(_) => "reserved-subject",
             AuthError::UnknownApiKey => "unknown-api-key",
             AuthError::ExpiredApiKey => "expired-api-key",
         }
@@ -134,6 +137,10 @@ struct CachedPrincipal {
     /// Identity generation of the snapshot it was verified under: issuers or keys may have
     /// changed since.
     generation: u64,
+    /// The JWKS key that verified it (`None` for an HMAC issuer, whose secret is part of the
+    /// generation): once the issuer stops publishing that key, the token is verified afresh
+    /// (and refused), exactly as if it had never been cached.
+    key: Option<KeyOrigin>,
 }
 
 #[derive(serde::Deserialize)]
@@ -206,6 +213,7 @@ impl Authenticator {
         if let Some(hit) = self.verified.get(&cache_key) {
             if hit.generation == generation
                 && hit.principal.expires_at.is_some_and(|exp| exp > now_secs())
+                && hit.key.as_ref().is_none_or(KeyOrigin::still_published)
             {
                 return Ok(hit.principal);
             }
@@ -236,14 +244,16 @@ impl Authenticator {
         if !issuer.algorithms.iter().any(|a| a.to_jsonwebtoken() == alg) {
             return Err(AuthError::AlgNotAllowed(alg_name));
         }
-        let key = match hmac_key {
-            Some(k) => k,
+        // Only the issuer's own keys verify its tokens: `jwk`, `jku`, `x5u` and `x5c` headers
+        // are never read, and a `kid` is looked up among this issuer's keys only.
+        let (key, origin) = match hmac_key {
+            Some(k) => (k, None),
             None => {
-                let vk = self.jwks.key(&issuer, header.kid.as_deref(), alg).await?;
+                let (vk, origin) = self.jwks.key(&issuer, header.kid.as_deref(), alg).await?;
                 if vk.alg.is_some_and(|a| a != alg) {
                     return Err(AuthError::AlgNotAllowed(alg_name));
                 }
-                vk.key
+                (vk.key, Some(origin))
             }
         };
         let mut validation = Validation::new(alg);
@@ -259,8 +269,13 @@ impl Authenticator {
                 return Err(AuthError::IssuedInFuture);
             }
         }
-        let mut principal =
-            principal::map_claims(&data.claims, &issuer.claims, &issuer.issuer, implied_tenant)?;
+        let mut principal = principal::map_claims(
+            &data.claims,
+            &issuer.claims,
+            &issuer.issuer,
+            implied_tenant,
+            issuer.platform,
+        )?;
         principal.provision = issuer.provision;
         let principal = Arc::new(principal);
         self.verified.insert(
@@ -268,6 +283,7 @@ impl Authenticator {
             CachedPrincipal {
                 principal: principal.clone(),
                 generation,
+                key: origin,
             },
         );
         Ok(principal)
@@ -350,9 +366,10 @@ fn api_key_principal(key: &str, registry: &TenantRegistry) -> Result<Principal, 
         return Err(AuthError::ExpiredApiKey);
     }
     Ok(Principal {
-        id: format!("apikey:{}", entry.key.id),
+        id: format!("{}{}", principal::API_KEY_ID_PREFIX, entry.key.id),
         tenant: Some(entry.tenant.clone()),
         tenant_bound: true,
+        platform: false,
         roles: entry.key.roles.clone(),
         attributes: Map::new(),
         scopes: entry.key.scopes.clone(),

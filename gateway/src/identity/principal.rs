@@ -27,14 +27,37 @@ impl AuthMethod {
     }
 }
 
+/// The principal id of every caller without credentials. No token can claim it (see
+/// [`is_reserved_id`]), and Cedar sees such a caller as an `Anonymous` entity, never a `User`.
+pub const ANONYMOUS_ID: &str = "anonymous";
+
+/// Prefix of API key principal ids (`apikey:<key id>`), reserved for API keys.
+pub const API_KEY_ID_PREFIX: &str = "apikey:";
+
+/// Ids a token subject can never take: they would make the token's holder the anonymous caller
+/// or an API key in the upstream's `x-principal-id`, rate limits, usage records and policies.
+/// Compared without regard to ASCII case, since upstreams may compare ids that way.
+pub fn is_reserved_id(id: &str) -> bool {
+    id.eq_ignore_ascii_case(ANONYMOUS_ID)
+        || id
+            .get(..API_KEY_ID_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(API_KEY_ID_PREFIX))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Principal {
-    /// Unique within its tenant (JWT `sub` or `apikey:<id>`).
+    /// Unique within its tenant (JWT `sub`, `apikey:<id>`, or [`ANONYMOUS_ID`]).
     pub id: String,
-    /// The tenant the credential names, if any.
+    /// The tenant the credential names, if any. A credential that names a tenant is bound to
+    /// it: requests for any other tenant are refused (stage 3).
     pub tenant: Option<Arc<str>>,
-    /// The credential can only ever act for `tenant` (a tenant's own issuer or API key).
+    /// The tenant is implied by the credential itself (a tenant's own issuer or an API key)
+    /// rather than read from a claim. Either way a credential with a tenant acts for no other.
     pub tenant_bound: bool,
+    /// A token of a platform-wide issuer that names no tenant: it may act in the tenant a
+    /// request names, and policies see `principal.platform`. Never set for a token that names
+    /// a tenant, an API key or an anonymous caller.
+    pub platform: bool,
     pub roles: Vec<String>,
     /// Further claims mapped by the issuer's `claims.attributes`.
     pub attributes: Map<String, Value>,
@@ -51,9 +74,10 @@ pub struct Principal {
 impl Principal {
     pub fn anonymous() -> Self {
         Principal {
-            id: "anonymous".to_string(),
+            id: ANONYMOUS_ID.to_string(),
             tenant: None,
             tenant_bound: false,
+            platform: false,
             roles: Vec::new(),
             attributes: Map::new(),
             scopes: Vec::new(),
@@ -65,6 +89,12 @@ impl Principal {
 
     pub fn is_anonymous(&self) -> bool {
         matches!(self.auth, AuthMethod::Anonymous)
+    }
+
+    /// A credential was presented, yet it names no tenant and is not platform-wide: it binds
+    /// to no tenant, so it may act in none (stage 3 refuses it when tenants are configured).
+    pub fn is_unbound(&self) -> bool {
+        !self.is_anonymous() && self.tenant.is_none() && !self.platform
     }
 }
 
@@ -82,12 +112,14 @@ pub fn claim<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value
     Some(current)
 }
 
-/// Builds the principal of a verified token.
+/// Builds the principal of a verified token. `platform_issuer`: the issuer is declared
+/// platform-wide, so its tokens that name no tenant are platform principals.
 pub fn map_claims(
     claims: &Map<String, Value>,
     mapping: &ClaimMapping,
     issuer: &str,
     implied_tenant: Option<Arc<str>>,
+    platform_issuer: bool,
 ) -> Result<Principal, AuthError> {
     let id = match claim(claims, &mapping.subject) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -97,6 +129,9 @@ pub fn map_claims(
     // The id travels in headers, logs and audit records: no control characters.
     if id.chars().any(char::is_control) || id.len() > 256 {
         return Err(AuthError::InvalidClaim(mapping.subject.clone()));
+    }
+    if is_reserved_id(&id) {
+        return Err(AuthError::ReservedSubject(id));
     }
     let claimed_tenant = match &mapping.tenant {
         Some(path) => match claim(claims, path) {
@@ -141,10 +176,14 @@ pub fn map_claims(
             attributes.insert(name.clone(), v.clone());
         }
     }
+    // Only a token that names no tenant speaks for the platform; a tenant's own issuer never
+    // does (validation refuses `platform` there, and its tokens always have a tenant anyway).
+    let platform = platform_issuer && tenant.is_none();
     Ok(Principal {
         id,
         tenant,
         tenant_bound,
+        platform,
         roles,
         attributes,
         scopes: Vec::new(),
@@ -192,7 +231,7 @@ mod tests {
             "https://example.com/mfa": true,
             "profile": {"department": "sales"}
         }));
-        let p = map_claims(&c, &mapping, "https://idp", None).unwrap();
+        let p = map_claims(&c, &mapping, "https://idp", None, false).unwrap();
         assert_eq!(p.id, "u1");
         assert_eq!(p.tenant.as_deref(), Some("acme"));
         assert!(!p.tenant_bound);
@@ -212,7 +251,7 @@ mod tests {
             .role_map
             .insert("okta-admins".into(), "admin".into());
         let c = claims(json!({"sub": "u", "groups": "okta-admins everyone"}));
-        let p = map_claims(&c, &mapping, "i", None).unwrap();
+        let p = map_claims(&c, &mapping, "i", None, false).unwrap();
         assert_eq!(p.roles, vec!["admin"]);
     }
 
@@ -224,11 +263,11 @@ mod tests {
         };
         let c = claims(json!({"sub": "u", "org": "globex"}));
         assert_eq!(
-            map_claims(&c, &mapping, "i", Some("acme".into())).unwrap_err(),
+            map_claims(&c, &mapping, "i", Some("acme".into()), false).unwrap_err(),
             AuthError::TenantClaimMismatch
         );
         let c = claims(json!({"sub": "u"}));
-        let p = map_claims(&c, &mapping, "i", Some("acme".into())).unwrap();
+        let p = map_claims(&c, &mapping, "i", Some("acme".into()), false).unwrap();
         assert_eq!(p.tenant.as_deref(), Some("acme"));
         assert!(p.tenant_bound);
     }
@@ -237,8 +276,56 @@ mod tests {
     fn missing_subject_is_an_error() {
         let c = claims(json!({"email": "x"}));
         assert_eq!(
-            map_claims(&c, &ClaimMapping::default(), "i", None).unwrap_err(),
+            map_claims(&c, &ClaimMapping::default(), "i", None, false).unwrap_err(),
             AuthError::MissingClaim("sub".into())
         );
+    }
+
+    #[test]
+    fn reserved_subjects_are_refused() {
+        for sub in [
+            "anonymous",
+            "Anonymous",
+            "ANONYMOUS",
+            "apikey:ci",
+            "APIKEY:ci",
+            "apikey:",
+        ] {
+            let c = claims(json!({"sub": sub}));
+            assert_eq!(
+                map_claims(&c, &ClaimMapping::default(), "i", None, false).unwrap_err(),
+                AuthError::ReservedSubject(sub.to_string()),
+                "{sub}"
+            );
+        }
+        for sub in [
+            "anonymous-coward",
+            "apikey",
+            "my-apikey:x",
+            "User::\"alice\"",
+            "a\"b",
+        ] {
+            let c = claims(json!({"sub": sub}));
+            let p = map_claims(&c, &ClaimMapping::default(), "i", None, false).unwrap();
+            assert_eq!(p.id, sub);
+        }
+    }
+
+    #[test]
+    fn only_tenantless_tokens_of_platform_issuers_are_platform_principals() {
+        let mapping = ClaimMapping {
+            tenant: Some("org".into()),
+            ..Default::default()
+        };
+        let staff = claims(json!({"sub": "sam"}));
+        let p = map_claims(&staff, &mapping, "i", None, true).unwrap();
+        assert!(p.platform && p.tenant.is_none() && !p.is_unbound());
+        let p = map_claims(&staff, &mapping, "i", None, false).unwrap();
+        assert!(!p.platform && p.is_unbound());
+        let member = claims(json!({"sub": "sam", "org": "acme"}));
+        let p = map_claims(&member, &mapping, "i", None, true).unwrap();
+        assert!(!p.platform && !p.is_unbound());
+        assert_eq!(p.tenant.as_deref(), Some("acme"));
+        assert!(!Principal::anonymous().is_unbound());
     }
 }

@@ -4,6 +4,13 @@
 //! a path prefix (`/t/{tenant}`) and the credential. Every source that is present must agree: a
 //! token of tenant A sent to the host of tenant B is the classic cross-tenant attack. Unknown and
 //! suspended tenants are refused here, before anything reaches the upstream.
+//!
+//! How credentials bind to tenants: a credential that names a tenant (a token's tenant claim, a
+//! tenant issuer's token, an API key) is bound to it, whether or not `credential` is among the
+//! configured sources. A token that names no tenant binds to none and is refused
+//! ([`TenantError::UnboundCredential`]), unless its issuer is declared platform-wide: then it
+//! acts in the tenant the request names, and policies see `principal.platform`. Anonymous
+//! callers act in the tenant the request names, as Cedar's `Anonymous` entity.
 
 use std::sync::Arc;
 
@@ -37,6 +44,8 @@ pub enum TenantError {
     Unknown,
     #[error("the tenant is suspended")]
     Suspended,
+    #[error("the credential names no tenant, and its issuer is not platform-wide")]
+    UnboundCredential,
 }
 
 /// Where a tenant id was read from.
@@ -100,6 +109,9 @@ pub fn resolve_tenant(
     policy: &TenancyPolicy,
     registry: &TenantRegistry,
 ) -> Result<ResolvedTenant, Rejection> {
+    if principal.is_unbound() {
+        return Err(TenantError::UnboundCredential.into());
+    }
     let mut named: Option<Arc<str>> = None;
     let mut sources = Vec::with_capacity(2);
     let mut stripped_path = None;
@@ -158,8 +170,9 @@ pub fn resolve_tenant(
             }
         }
     }
-    // A credential bound to one tenant counts even when `credential` is not a configured source.
-    if principal.tenant_bound && !credential_read {
+    // A credential that names a tenant is bound to it: it counts even when `credential` is not
+    // a configured source.
+    if !credential_read {
         if let Some(id) = &principal.tenant {
             note(TenantSource::Credential, id.clone())?;
         }
@@ -253,6 +266,17 @@ mod tests {
         p
     }
 
+    /// A global issuer's token (`platform`: its issuer is platform-wide).
+    fn jwt(tenant: Option<&str>, platform: bool) -> Principal {
+        let mut p = principal(tenant, false);
+        p.auth = crate::identity::AuthMethod::Jwt {
+            issuer: "https://idp".into(),
+        };
+        p.id = "sam".into();
+        p.platform = platform && tenant.is_none();
+        p
+    }
+
     fn resolve(
         host: Option<&str>,
         header: Option<&str>,
@@ -331,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn bound_credentials_count_even_when_not_a_source() {
+    fn credentials_naming_a_tenant_count_even_when_not_a_source() {
         let mut p = policy();
         p.sources = vec![TenantSourceKind::Header];
         let mut headers = HeaderMap::new();
@@ -344,8 +368,45 @@ mod tests {
         let err =
             resolve_tenant(&request, &principal(Some("acme"), true), &p, &registry()).unwrap_err();
         assert_eq!(err, Rejection::Tenant(TenantError::Mismatch));
-        // An unbound claim is ignored when `credential` is not a source.
-        assert!(resolve_tenant(&request, &principal(Some("acme"), false), &p, &registry()).is_ok());
+        // So does the tenant claim of a global issuer's token.
+        let err = resolve_tenant(&request, &jwt(Some("acme"), false), &p, &registry()).unwrap_err();
+        assert_eq!(err, Rejection::Tenant(TenantError::Mismatch));
+        assert!(resolve_tenant(&request, &jwt(Some("globex"), false), &p, &registry()).is_ok());
+    }
+
+    #[test]
+    fn tokens_naming_no_tenant_act_only_as_platform_principals() {
+        let unbound = jwt(None, false);
+        for (host, header, path) in [
+            (None, Some("acme"), "/x"),
+            (Some("acme.api.example.com"), None, "/x"),
+            (None, None, "/t/acme/x"),
+            (None, None, "/x"),
+        ] {
+            assert_eq!(
+                resolve(host, header, path, &unbound).unwrap_err(),
+                Rejection::Tenant(TenantError::UnboundCredential),
+                "{host:?} {header:?} {path}"
+            );
+        }
+        let staff = jwt(None, true);
+        assert_eq!(
+            resolve(None, Some("globex"), "/x", &staff)
+                .unwrap()
+                .tenant
+                .id,
+            "globex"
+        );
+        assert_eq!(
+            resolve(None, None, "/x", &staff).unwrap_err(),
+            Rejection::Tenant(TenantError::Required)
+        );
+        // Anonymous callers name no tenant either; they act in the one the request names.
+        let anon = principal(None, false);
+        assert_eq!(
+            resolve(None, Some("acme"), "/x", &anon).unwrap().tenant.id,
+            "acme"
+        );
     }
 
     #[test]

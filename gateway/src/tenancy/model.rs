@@ -183,6 +183,13 @@ pub struct IssuerConfig {
     /// Record first-seen principals of this issuer (just-in-time provisioning).
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub provision: bool,
+    /// Declares the issuer platform-wide (global issuers only; default `false`). A token that
+    /// names no tenant (no `claims.tenant` claim) binds to no tenant and is refused with 403 on
+    /// tenant routes, unless its issuer is platform-wide: then it acts in the tenant the request
+    /// names and policies see `principal.platform == true` (so a policy can allow platform staff
+    /// across tenants deliberately). A token that names a tenant is bound to it either way.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub platform: bool,
 }
 
 fn default_leeway() -> Duration {
@@ -196,6 +203,9 @@ fn default_true() -> bool {
 }
 fn is_true(b: &bool) -> bool {
     *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Maximum clock skew an issuer may be configured with.
@@ -566,6 +576,13 @@ pub fn validate_issuer(issuer: &IssuerConfig, global: bool) -> Vec<(String, Stri
             format!("at most {}", humantime::format_duration(MAX_LEEWAY)),
         ));
     }
+    if issuer.platform && !global {
+        issues.push((
+            "platform".to_string(),
+            "only a global issuer (`[[identity.issuer]]`) can be platform-wide: a tenant's own issuer vouches for that tenant only"
+                .to_string(),
+        ));
+    }
     if let Some(uri) = &issuer.jwks_uri {
         if !(uri.starts_with("https://") || uri.starts_with("http://")) {
             issues.push((
@@ -600,6 +617,7 @@ mod tests {
             leeway: default_leeway(),
             claims: ClaimMapping::default(),
             provision: true,
+            platform: false,
         }
     }
 
@@ -675,6 +693,16 @@ mod tests {
         let issues = validate_issuer(&issuer(vec![JwtAlgorithm::HS256]), true);
         assert!(issues.iter().any(|(f, _)| f == "secret_file"));
         assert!(validate_issuer(&issuer(vec![JwtAlgorithm::ES256]), false).is_empty());
+    }
+
+    #[test]
+    fn only_global_issuers_can_be_platform_wide() {
+        let mut i = issuer(vec![JwtAlgorithm::ES256]);
+        i.platform = true;
+        assert!(validate_issuer(&i, true).is_empty());
+        assert!(validate_issuer(&i, false)
+            .iter()
+            .any(|(f, _)| f == "platform"));
     }
 
     #[test]

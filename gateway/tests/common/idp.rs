@@ -1,11 +1,13 @@
-//! A real OIDC issuer on loopback for tests: discovery document, JWKS with RSA and EC keys
-//! generated in the test, key rotation, and a count of key fetches.
+//! A real OIDC issuer on loopback for tests: discovery document, JWKS with RSA, EC and Ed25519
+//! keys generated in the test, key rotation, outages (error statuses, garbage, slow or hanging
+//! answers), a count of key fetches and a record of every request it received.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -22,6 +24,19 @@ pub struct SigningKey {
     pub public_pem: String,
 }
 
+/// How an endpoint of the issuer misbehaves.
+#[derive(Debug, Clone)]
+pub enum Outage {
+    /// Answers with this status and an empty body.
+    Status(u16),
+    /// Answers 200 with this body (`application/json`).
+    Body(String),
+    /// Answers normally, after this delay.
+    Delay(Duration),
+    /// Never answers (the connection stays open).
+    Hang,
+}
+
 #[derive(Clone)]
 pub struct TestIdp {
     pub issuer: String,
@@ -29,6 +44,10 @@ pub struct TestIdp {
     keys: Arc<Mutex<BTreeMap<String, Arc<SigningKey>>>>,
     published: Arc<Mutex<Vec<String>>>,
     fetches: Arc<AtomicU64>,
+    /// Paths of every request received, in order.
+    requests: Arc<Mutex<Vec<String>>>,
+    discovery_outage: Arc<Mutex<Option<Outage>>>,
+    jwks_outage: Arc<Mutex<Option<Outage>>>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -49,6 +68,19 @@ pub fn rsa_key(kid: &str) -> SigningKey {
             "n": b64(&public.n().to_bytes_be()), "e": b64(&public.e().to_bytes_be()),
         }),
         public_pem: public.to_public_key_pem(LineEnding::LF).unwrap(),
+    }
+}
+
+pub fn ed_key(kid: &str) -> SigningKey {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    SigningKey {
+        alg: Algorithm::EdDSA,
+        encoding: EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        jwk: json!({
+            "kty": "OKP", "use": "sig", "alg": "EdDSA", "crv": "Ed25519", "kid": kid,
+            "x": b64(pair.public_key_raw()),
+        }),
+        public_pem: pair.public_key_pem(),
     }
 }
 
@@ -82,6 +114,9 @@ impl TestIdp {
             keys: Arc::default(),
             published: Arc::default(),
             fetches: Arc::default(),
+            requests: Arc::default(),
+            discovery_outage: Arc::default(),
+            jwks_outage: Arc::default(),
         };
         let server = idp.clone();
         tokio::spawn(async move {
@@ -94,7 +129,7 @@ impl TestIdp {
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
                             let idp = idp.clone();
-                            async move { Ok::<_, Infallible>(idp.respond(req.uri().path())) }
+                            async move { Ok::<_, Infallible>(idp.serve(req.uri().path()).await) }
                         },
                     );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -104,6 +139,32 @@ impl TestIdp {
             }
         });
         idp
+    }
+
+    async fn serve(&self, path: &str) -> hyper::Response<Full<Bytes>> {
+        self.requests.lock().unwrap().push(path.to_string());
+        let outage = match path {
+            "/.well-known/openid-configuration" => self.discovery_outage.lock().unwrap().clone(),
+            "/jwks" => self.jwks_outage.lock().unwrap().clone(),
+            _ => None,
+        };
+        match outage {
+            None => {}
+            Some(Outage::Status(status)) => {
+                let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                return r;
+            }
+            Some(Outage::Body(body)) => {
+                let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                return r;
+            }
+            Some(Outage::Delay(delay)) => tokio::time::sleep(delay).await,
+            Some(Outage::Hang) => std::future::pending::<()>().await,
+        }
+        self.respond(path)
     }
 
     fn respond(&self, path: &str) -> hyper::Response<Full<Bytes>> {
@@ -164,6 +225,21 @@ impl TestIdp {
         self.fetches.load(Ordering::SeqCst)
     }
 
+    /// Paths of every request the issuer received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// From now on the JWKS endpoint misbehaves (`None`: serves normally again).
+    pub fn jwks_outage(&self, outage: Option<Outage>) {
+        *self.jwks_outage.lock().unwrap() = outage;
+    }
+
+    /// From now on the discovery document misbehaves (`None`: served normally again).
+    pub fn discovery_outage(&self, outage: Option<Outage>) {
+        *self.discovery_outage.lock().unwrap() = outage;
+    }
+
     /// Standard claims for `sub`, valid for 5 minutes, audience `gateway`.
     pub fn claims(&self, sub: &str) -> serde_json::Map<String, Value> {
         let now = now();
@@ -182,6 +258,16 @@ impl TestIdp {
         let mut header = Header::new(key.alg);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+    }
+
+    /// A token with `header` as given (alg, kid, embedded keys ...), signed with key `kid`.
+    pub fn token_with_header(
+        &self,
+        header: &Header,
+        kid: &str,
+        claims: &serde_json::Map<String, Value>,
+    ) -> String {
+        jsonwebtoken::encode(header, claims, &self.key(kid).encoding).unwrap()
     }
 }
 

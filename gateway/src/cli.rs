@@ -161,7 +161,14 @@ pub enum PolicyCommand {
     },
 }
 
+/// Runs the command line; buffered log lines are written before it returns.
 pub fn main() -> i32 {
+    let code = run_command();
+    crate::logging::flush();
+    code
+}
+
+fn run_command() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -624,7 +631,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(crate::logging::writer());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

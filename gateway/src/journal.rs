@@ -121,6 +121,29 @@ pub struct Journal<F> {
     failing: AtomicBool,
     /// Mirrors `batch.len() > max_buffered_bytes`.
     over_limit: AtomicBool,
+    metrics: JournalMetrics,
+}
+
+/// `gateway_journal_*{journal}`, resolved when the journal opens (records are counted on the
+/// request path).
+struct JournalMetrics {
+    records: metrics::Counter,
+    dropped: metrics::Counter,
+    write_errors: metrics::Counter,
+    healthy: metrics::Gauge,
+    queued_bytes: metrics::Gauge,
+}
+
+impl JournalMetrics {
+    fn new(journal: &'static str) -> Self {
+        JournalMetrics {
+            records: metrics::counter!("gateway_journal_records_total", "journal" => journal),
+            dropped: metrics::counter!("gateway_journal_dropped_total", "journal" => journal),
+            write_errors: metrics::counter!("gateway_journal_write_errors_total", "journal" => journal),
+            healthy: metrics::gauge!("gateway_journal_healthy", "journal" => journal),
+            queued_bytes: metrics::gauge!("gateway_journal_queued_bytes", "journal" => journal),
+        }
+    }
 }
 
 impl<F: Framing> Journal<F> {
@@ -133,7 +156,8 @@ impl<F: Framing> Journal<F> {
         next_seq: u64,
     ) -> Result<Self, JournalError> {
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
-        metrics::gauge!("gateway_journal_healthy", "journal" => settings.name).set(1.0);
+        let metrics = JournalMetrics::new(settings.name);
+        metrics.healthy.set(1.0);
         let path = last_segment.unwrap_or_else(|| settings.dir.join(F::segment_name(next_seq)));
         let file = open_append(&path)?;
         let size = file.metadata().map_err(io(&path))?.len();
@@ -162,6 +186,7 @@ impl<F: Framing> Journal<F> {
             written_seq: AtomicU64::new(next_seq),
             failing: AtomicBool::new(false),
             over_limit: AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -202,8 +227,7 @@ impl<F: Framing> Journal<F> {
         let mut state = self.state.lock();
         if keep == Keep::IfRoom && state.batch.len() >= self.settings.max_buffered_bytes {
             drop(state);
-            metrics::counter!("gateway_journal_dropped_total", "journal" => self.settings.name)
-                .increment(1);
+            self.metrics.dropped.increment(1);
             return false;
         }
         state.push(body);
@@ -315,8 +339,6 @@ impl<F: Framing> Journal<F> {
     pub async fn run_flusher(self: Arc<Self>, on_written: impl Fn(u64) + Send + 'static) {
         let mut last_fsync = Instant::now();
         let mut last_published = self.written_seq();
-        let queued =
-            metrics::gauge!("gateway_journal_queued_bytes", "journal" => self.settings.name);
         loop {
             tokio::time::sleep(self.settings.flush_interval).await;
             let fsync_due = self.settings.fsync
@@ -329,7 +351,7 @@ impl<F: Framing> Journal<F> {
             }
             // Errors are counted, logged and reflected in health inside.
             let _ = self.flush(fsync_due);
-            queued.set(self.queued_bytes() as f64);
+            self.metrics.queued_bytes.set(self.queued_bytes() as f64);
             let written = self.written_seq();
             if written != last_published {
                 last_published = written;
@@ -370,12 +392,10 @@ impl<F: Framing> Journal<F> {
                     "write failed; records stay queued and are retried"
                 );
             }
-            metrics::counter!("gateway_journal_write_errors_total", "journal" => self.settings.name)
-                .increment(1);
+            self.metrics.write_errors.increment(1);
             state.failure = Some(message);
             if !self.failing.swap(true, Ordering::AcqRel) {
-                metrics::gauge!("gateway_journal_healthy", "journal" => self.settings.name)
-                    .set(0.0);
+                self.metrics.healthy.set(0.0);
             }
             self.note_batch_size(state);
             return Err(JournalError::Io {
@@ -389,10 +409,9 @@ impl<F: Framing> Journal<F> {
                 "writes succeed again; queued records written"
             );
             self.failing.store(false, Ordering::Release);
-            metrics::gauge!("gateway_journal_healthy", "journal" => self.settings.name).set(1.0);
+            self.metrics.healthy.set(1.0);
         }
-        metrics::counter!("gateway_journal_records_total", "journal" => self.settings.name)
-            .increment(state.batch_records);
+        self.metrics.records.increment(state.batch_records);
         state.size += state.batch.len() as u64;
         state.batch.clear();
         state.batch_records = 0;
@@ -429,8 +448,7 @@ impl<F: Framing> Journal<F> {
     fn sync_files(&self, files: &[Arc<File>], through: u64) -> Result<(), JournalError> {
         let result = files.iter().try_for_each(|f| f.sync_data());
         if let Err(source) = result {
-            metrics::counter!("gateway_journal_write_errors_total", "journal" => self.settings.name)
-                .increment(1);
+            self.metrics.write_errors.increment(1);
             tracing::error!(journal = self.settings.name, error = %source, "fsync failed");
             self.state.lock().dirty = true;
             return Err(JournalError::Io {

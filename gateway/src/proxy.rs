@@ -14,7 +14,6 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument;
 
-use crate::audit::AuditEntry;
 use crate::identity::provisioning::Provisioner;
 use crate::journal::Keep;
 use crate::lifecycle::{InFlight, InFlightGuard, Recording};
@@ -25,6 +24,7 @@ use crate::pipeline::{
     self, forward, Admitted, Correlation, Problem, Rejection, RequestHead, Services,
 };
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::request_metrics::RequestMetrics;
 use crate::upstream::{SelectedPeer, Upstreams};
 
 pub struct GatewayProxy {
@@ -32,6 +32,7 @@ pub struct GatewayProxy {
     services: Arc<Services>,
     upstreams: Arc<Upstreams>,
     hooks: Hooks,
+    metrics: RequestMetrics,
 }
 
 /// What the proxy records besides forwarding: provisioning, usage, audit; and the requests in
@@ -56,6 +57,7 @@ impl GatewayProxy {
             services,
             upstreams,
             hooks,
+            metrics: RequestMetrics::default(),
         }
     }
 
@@ -179,8 +181,8 @@ impl GatewayProxy {
             }
         }
         if let Some(audit) = &self.hooks.recording.audit {
-            let entry = audit_entry(ctx, &method, status, region);
-            if !audit.append(&entry.kind, &entry.data, keep) {
+            let entry = audit_entry(ctx, &method, status, region.as_deref());
+            if !audit.append("request", &entry, keep) {
                 tracing::warn!(
                     request_id = ctx.request_id(),
                     "audit record of a refused request dropped: the audit log cannot write"
@@ -232,7 +234,7 @@ impl ProxyHttp for GatewayProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            usage_id: uuid::Uuid::now_v7().to_string(),
+            usage_id: crate::pipeline::correlation::new_uuid_v7().to_string(),
             begun: false,
             forwarded: false,
             _in_flight: self.hooks.in_flight.enter(),
@@ -359,12 +361,14 @@ impl ProxyHttp for GatewayProxy {
                 let region = pool.region.as_deref().unwrap_or("");
                 let failover = !ctx.failed_peers.is_empty()
                     || Some(region) != plan.regions.first().map(String::as_str);
-                metrics::counter!(
-                    "gateway_residency_routes_total",
-                    "region" => region.to_string(),
-                    "reason" => if failover { "failover" } else { route_reason(plan.reason) }
-                )
-                .increment(1);
+                self.metrics.routed(
+                    region,
+                    if failover {
+                        "failover"
+                    } else {
+                        route_reason(plan.reason)
+                    },
+                );
                 tracing::debug!(
                     target: "residency",
                     request_id = ctx.request_id(),
@@ -521,7 +525,7 @@ impl ProxyHttp for GatewayProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         self.finish(session, ctx, status).await;
-        record_request_metrics(ctx, status);
+        record_request_metrics(&self.metrics, ctx, status);
         tracing::info!(
             target: "access",
             request_id = ctx.request_id(),
@@ -537,28 +541,22 @@ impl ProxyHttp for GatewayProxy {
     }
 }
 
-/// Request metrics. Labels stay bounded: the route template (from the route table, or
-/// `unmatched`), the status code, the rejection reason slug.
-fn record_request_metrics(ctx: &RequestCtx, status: u16) {
+/// The request's metrics (see [`RequestMetrics`]).
+fn record_request_metrics(metrics: &RequestMetrics, ctx: &RequestCtx, status: u16) {
     let route = ctx
         .admitted
         .as_ref()
         .and_then(|a| a.authorized.as_ref())
         .and_then(|a| a.decision.as_ref())
         .or(ctx.known_decision.as_ref())
-        .map(|d| d.route.clone())
-        .unwrap_or_else(|| "unmatched".to_string());
-    metrics::counter!("gateway_requests_total", "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
-        .record(ctx.started.elapsed().as_secs_f64());
-    if let Some(latency) = ctx.upstream_latency {
-        metrics::histogram!("gateway_upstream_duration_seconds").record(latency.as_secs_f64());
-    }
-    if let Some(rejection) = &ctx.rejection {
-        metrics::counter!("gateway_rejections_total", "reason" => rejection.reason_code())
-            .increment(1);
-    }
+        .map(|d| d.route.as_str());
+    metrics.request(
+        route,
+        status,
+        ctx.started.elapsed(),
+        ctx.upstream_latency,
+        ctx.rejection.as_ref().map(Rejection::reason_code),
+    );
 }
 
 fn route_reason(reason: crate::pipeline::route::RouteReason) -> &'static str {
@@ -697,8 +695,51 @@ fn rejected_event(ctx: &RequestCtx, method: &str, status: u16) -> UsageEvent {
 }
 
 /// The audit record of one request: who, which tenant, what was decided and why, where it was
-/// routed and why, how it ended.
-fn audit_entry(ctx: &RequestCtx, method: &str, status: u16, region: Option<String>) -> AuditEntry {
+/// routed and why, how it ended. Borrowed from the request's state (no JSON tree is built).
+#[derive(serde::Serialize)]
+struct RequestAudit<'a> {
+    request_id: &'a str,
+    trace_id: Option<String>,
+    usage_id: &'a str,
+    method: &'a str,
+    path: Option<&'a str>,
+    status: u16,
+    tenant: Option<&'a str>,
+    principal: Option<&'a str>,
+    auth: Option<&'a str>,
+    rejection: Option<&'static str>,
+    decision: Option<DecisionAudit<'a>>,
+    routing: Option<RoutingAudit<'a>>,
+    country: Option<&'a str>,
+    latency_us: u64,
+}
+
+#[derive(serde::Serialize)]
+struct DecisionAudit<'a> {
+    action: &'a str,
+    resource: &'a str,
+    allowed: bool,
+    policies: &'a [String],
+    errors: &'a [String],
+    shadow: Option<&'a crate::authz::ShadowOutcome>,
+}
+
+#[derive(serde::Serialize)]
+struct RoutingAudit<'a> {
+    region: Option<&'a str>,
+    planned_regions: &'a [String],
+    regime: Option<&'a str>,
+    reason: crate::pipeline::route::RouteReason,
+    peer: Option<String>,
+    failed_peers: Vec<String>,
+}
+
+fn audit_entry<'a>(
+    ctx: &'a RequestCtx,
+    method: &'a str,
+    status: u16,
+    region: Option<&'a str>,
+) -> RequestAudit<'a> {
     let admitted = ctx.admitted.as_ref();
     let decision = admitted
         .and_then(|a| a.authorized.as_ref())
@@ -707,38 +748,39 @@ fn audit_entry(ctx: &RequestCtx, method: &str, status: u16, region: Option<Strin
             Some(Rejection::Forbidden(d)) => Some(&**d),
             _ => ctx.known_decision.as_ref(),
         });
-    let route = admitted.map(|a| &a.route);
-    AuditEntry::new(
-        "request",
-        serde_json::json!({
-            "request_id": ctx.request_id(),
-            "trace_id": ctx.correlation.as_ref().map(|c| c.trace.trace_id_hex()),
-            "usage_id": ctx.usage_id,
-            "method": method,
-            "path": admitted.map(|a| a.path()),
-            "status": status,
-            "tenant": admitted.and_then(|a| a.tenant.as_ref()).map(|t| t.tenant.id.as_str()).or(ctx.known_tenant.as_deref()),
-            "principal": admitted.map(|a| a.principal.id.as_str()).or(ctx.known_principal.as_deref()),
-            "auth": admitted.map(|a| a.principal.auth.label()),
-            "rejection": ctx.rejection.as_ref().map(|r| r.reason_code()),
-            "decision": decision.map(|d| serde_json::json!({
-                "action": d.action,
-                "resource": d.resource,
-                "allowed": d.evaluation.allowed,
-                "policies": d.evaluation.policies,
-                "errors": d.evaluation.errors,
-                "shadow": d.evaluation.shadow,
-            })),
-            "routing": route.map(|r| serde_json::json!({
-                "region": region,
-                "planned_regions": r.regions,
-                "regime": r.regime,
-                "reason": r.reason,
-                "peer": ctx.selected.as_ref().map(|s| s.addr.to_string()),
-                "failed_peers": ctx.failed_peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            })),
-            "country": admitted.and_then(|a| a.country.as_deref()),
-            "latency_us": ctx.started.elapsed().as_micros() as u64,
+    RequestAudit {
+        request_id: ctx.request_id(),
+        trace_id: ctx.correlation.as_ref().map(|c| c.trace.trace_id_hex()),
+        usage_id: &ctx.usage_id,
+        method,
+        path: admitted.map(|a| a.path()),
+        status,
+        tenant: admitted
+            .and_then(|a| a.tenant.as_ref())
+            .map(|t| t.tenant.id.as_str())
+            .or(ctx.known_tenant.as_deref()),
+        principal: admitted
+            .map(|a| a.principal.id.as_str())
+            .or(ctx.known_principal.as_deref()),
+        auth: admitted.map(|a| a.principal.auth.label()),
+        rejection: ctx.rejection.as_ref().map(Rejection::reason_code),
+        decision: decision.map(|d| DecisionAudit {
+            action: &d.action,
+            resource: &d.resource,
+            allowed: d.evaluation.allowed,
+            policies: &d.evaluation.policies,
+            errors: &d.evaluation.errors,
+            shadow: d.evaluation.shadow.as_ref(),
         }),
-    )
+        routing: admitted.map(|a| &a.route).map(|r| RoutingAudit {
+            region,
+            planned_regions: &r.regions,
+            regime: r.regime.as_deref(),
+            reason: r.reason,
+            peer: ctx.selected.as_ref().map(|s| s.addr.to_string()),
+            failed_peers: ctx.failed_peers.iter().map(|p| p.to_string()).collect(),
+        }),
+        country: admitted.and_then(|a| a.country.as_deref()),
+        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
 }

@@ -303,6 +303,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             crate::lifecycle::drained(shutdown, &in_flight, SHUTDOWN_SETTLE).await;
             recording.flush();
             tracing::info!("gateway stopped: no request in flight, records written");
+            crate::logging::flush();
             // Pingora would sit out the rest of the grace period; nothing is left to wait for.
             std::process::exit(0);
         }));

@@ -201,7 +201,7 @@ async fn allowed_requests_reach_the_upstream_and_denied_ones_never_do() {
     assert_eq!(up.served(), 3);
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = gw.log();
+    let log = gw.settled_log();
     assert!(
         log.contains("decision=\"deny\"") && log.contains("action=projects:delete"),
         "{log}"
@@ -291,7 +291,7 @@ async fn policies_reload_under_load_without_failed_or_misauthorized_requests() {
     );
     assert_eq!(switched, 4, "every worker saw the new policy");
     assert!(total.load(Ordering::Relaxed) > 100);
-    assert!(gw.log().contains("reloaded"), "{}", gw.log());
+    assert!(gw.settled_log().contains("reloaded"), "{}", gw.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,11 +307,11 @@ async fn a_bad_policy_is_refused_with_file_and_line_and_the_old_set_keeps_servin
     )
     .unwrap();
     eventually(Duration::from_secs(5), || async {
-        gw.log().contains("reload refused")
+        gw.settled_log().contains("reload refused")
     })
     .await
     .expect("reload refused");
-    assert!(gw.log().contains("broken.cedar:"), "{}", gw.log());
+    assert!(gw.settled_log().contains("broken.cedar:"), "{}", gw.log());
     assert_eq!(send(&gw, "GET", "/projects/1", Some(&viewer)).await.0, 200);
     assert_eq!(
         send(&gw, "DELETE", "/projects/1", Some(&viewer)).await.0,
@@ -324,7 +324,7 @@ async fn a_bad_policy_is_refused_with_file_and_line_and_the_old_set_keeps_servin
     )
     .unwrap();
     eventually(Duration::from_secs(5), || async {
-        gw.log().matches("reload refused").count() >= 2
+        gw.settled_log().matches("reload refused").count() >= 2
     })
     .await
     .expect("second reload refused");
@@ -336,7 +336,7 @@ async fn a_bad_policy_is_refused_with_file_and_line_and_the_old_set_keeps_servin
     // Fixed: the next reload goes through.
     std::fs::remove_file(gw.dir.path().join("policies/broken.cedar")).unwrap();
     eventually(Duration::from_secs(5), || async {
-        gw.log().contains("reloaded")
+        gw.settled_log().contains("reloaded")
     })
     .await
     .expect("reload after fix");
@@ -415,7 +415,7 @@ async fn anonymous_callers_are_never_owners() {
         200
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = gw.log();
+    let log = gw.settled_log();
     assert!(
         log.contains("decision=\"deny\"")
             && log.contains("principal=anonymous")
@@ -459,7 +459,7 @@ async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        gw.log().contains("reason=\"reserved-subject\""),
+        gw.settled_log().contains("reason=\"reserved-subject\""),
         "{}",
         gw.log()
     );
@@ -569,7 +569,7 @@ claims = {{ tenant = "org", attributes = {{ mfa = "mfa" }} }}
     );
     assert_eq!(up.served(), served + 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = gw.log();
+    let log = gw.settled_log();
     assert!(
         log.contains("platform-staff-read-and-operate-only"),
         "the deciding guard is logged: {log}"

@@ -18,7 +18,8 @@ fn yaml(path: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Every `gateway_*` metric name in the sources' `counter!/gauge!/histogram!` calls.
+/// Every `gateway_*` metric name in the sources' `counter!/gauge!/histogram!` calls and
+/// `StaticCounters::new` declarations.
 fn exported_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     fn walk(dir: &Path, names: &mut BTreeSet<String>) {
@@ -28,7 +29,8 @@ fn exported_metrics() -> BTreeSet<String> {
                 walk(&path, names);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for part in text.split("!(").skip(1) {
+                let declared = text.split("StaticCounters::new(").skip(1);
+                for part in text.split("!(").skip(1).chain(declared) {
                     let part = part.trim_start();
                     if let Some(name) = part.strip_prefix('"').and_then(|p| p.split('"').next()) {
                         if name.starts_with("gateway_") {

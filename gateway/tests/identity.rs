@@ -291,7 +291,7 @@ async fn every_jwt_attack_is_refused_with_401_and_a_precise_logged_reason() {
         "a refused request reached the upstream"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = s.gw.log();
+    let log = s.gw.settled_log();
     for (reason, _) in &attacks {
         assert!(
             log.contains(&format!("reason=\"{reason}\"")),
@@ -460,7 +460,7 @@ async fn tokens_that_name_no_tenant_act_for_none() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        s.gw.log().contains("reason=\"credential-without-tenant\""),
+        s.gw.settled_log().contains("reason=\"credential-without-tenant\""),
         "{}",
         s.gw.log()
     );
@@ -718,7 +718,7 @@ async fn first_seen_principals_are_provisioned_once() {
         assert_eq!(line["issuer"], s.idp.issuer);
         assert!(line["request_id"].is_string());
     }
-    assert!(s.gw.log().contains("principal.provisioned"));
+    assert!(s.gw.settled_log().contains("principal.provisioned"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

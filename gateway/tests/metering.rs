@@ -595,7 +595,7 @@ async fn sigterm_under_load_records_every_answered_request_and_exits_when_done()
     for c in clients {
         answered.extend(c.await.unwrap());
     }
-    let log = gw.log();
+    let log = gw.settled_log();
     let exit = exit.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM\n{log}"));
     assert!(exit.success(), "{exit:?}\n{log}");
     // The requests in flight took 400 ms; the grace period is 20 s.

@@ -239,7 +239,7 @@ async fn the_geoip_database_reloads_when_replaced() {
     // A broken replacement is refused; the previous database keeps answering.
     std::fs::write(&target, b"not a database").unwrap();
     eventually(Duration::from_secs(5), || async {
-        gw.log().contains("unreadable")
+        gw.settled_log().contains("unreadable")
     })
     .await
     .expect("broken database refused");
@@ -253,7 +253,7 @@ async fn the_geoip_database_reloads_when_replaced() {
     std::fs::copy(replacement, &staged).unwrap();
     std::fs::rename(&staged, &target).unwrap();
     eventually(Duration::from_secs(5), || async {
-        gw.log().contains("GeoIP database reloaded")
+        gw.settled_log().contains("GeoIP database reloaded")
     })
     .await
     .expect("database reloaded");

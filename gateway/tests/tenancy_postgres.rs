@@ -112,7 +112,7 @@ async fn changes_in_postgres_reach_a_running_gateway_without_restart() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_for(&gw, "acme").await, 200);
-    assert!(gw.log().contains("invalid tenant row"), "{}", gw.log());
+    assert!(gw.settled_log().contains("invalid tenant row"), "{}", gw.log());
 
     // Deletion.
     db.execute(&format!("DELETE FROM {table} WHERE id = 'neo'"), &[])
@@ -168,7 +168,7 @@ async fn a_gateway_serves_100k_tenants_from_postgres() {
         assert_eq!(status_for(&gw, id).await, 200, "{id}");
     }
     assert_eq!(status_for(&gw, "tenant-100001").await, 404);
-    assert!(gw.log().contains("tenants=100000"), "{}", gw.log());
+    assert!(gw.settled_log().contains("tenants=100000"), "{}", gw.log());
     db.batch_execute(&format!(
         "DROP TABLE {table}; DROP FUNCTION {table}_notify()"
     ))
@@ -286,7 +286,7 @@ async fn invalid_rows_are_refused_alone_and_the_rest_served() {
     for id in ["plat", "slow", "longhost"] {
         assert_eq!(status_for(&gw, id).await, 404, "{id}: {}", gw.log());
     }
-    let log = gw.log();
+    let log = gw.settled_log();
     for needle in [
         "tenant `plat`: tier: unknown tier `platinum`",
         "tenant `slow`: limits.requests_per_second",

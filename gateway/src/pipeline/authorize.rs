@@ -10,6 +10,7 @@ use super::Rejection;
 use crate::authz::routes::UnmatchedRoute;
 use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
 use crate::identity::Principal;
+use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
 
 /// Output of stage 4 for a request that was allowed.
@@ -32,15 +33,25 @@ pub struct DecisionRecord {
     pub elapsed: Duration,
 }
 
+static DECISIONS: StaticCounters<1> =
+    StaticCounters::new("gateway_authz_decisions_total", ["decision"]);
+static POLICY_ERRORS: StaticCounters<0> =
+    StaticCounters::new("gateway_authz_policy_errors_total", []);
+static SHADOW_DIFFS: StaticCounters<1> =
+    StaticCounters::new("gateway_authz_shadow_diffs_total", ["enforced"]);
+static DURATION: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+
 impl DecisionRecord {
     /// The decision log line (target `decision`) and metrics.
     pub fn log(&self) {
         let e = &self.evaluation;
         let decision = if e.allowed { "allow" } else { "deny" };
-        metrics::counter!("gateway_authz_decisions_total", "decision" => decision).increment(1);
-        metrics::histogram!("gateway_authz_duration_seconds").record(self.elapsed.as_secs_f64());
+        DECISIONS.increment([decision], 1);
+        DURATION
+            .get_or_init(|| metrics::histogram!("gateway_authz_duration_seconds"))
+            .record(self.elapsed.as_secs_f64());
         if !e.errors.is_empty() {
-            metrics::counter!("gateway_authz_policy_errors_total").increment(e.errors.len() as u64);
+            POLICY_ERRORS.increment([], e.errors.len() as u64);
         }
         let shadow = e
             .shadow
@@ -48,8 +59,7 @@ impl DecisionRecord {
             .map(|s| if s.allowed { "allow" } else { "deny" })
             .unwrap_or("");
         if e.shadow_differs() {
-            metrics::counter!("gateway_authz_shadow_diffs_total", "enforced" => decision)
-                .increment(1);
+            SHADOW_DIFFS.increment([decision], 1);
         }
         tracing::info!(
             target: "decision",

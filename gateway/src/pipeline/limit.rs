@@ -6,7 +6,12 @@
 use super::Rejection;
 use crate::identity::Principal;
 use crate::limits::{Caller, DecidedBy, Exceeded, Limiter};
+use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
+
+/// `gateway_ratelimit_decisions_total{outcome,decided_by}`.
+static DECISIONS: StaticCounters<2> =
+    StaticCounters::new("gateway_ratelimit_decisions_total", ["outcome", "decided_by"]);
 
 /// What stage 6 reads.
 pub struct LimitRequest<'a> {
@@ -80,8 +85,7 @@ pub async fn limit(
         Some(Exceeded::Quota { .. }) => "quota-exhausted",
         Some(Exceeded::Unavailable) => "unavailable",
     };
-    metrics::counter!("gateway_ratelimit_decisions_total", "outcome" => outcome, "decided_by" => by)
-        .increment(1);
+    DECISIONS.increment([outcome, by], 1);
     let headers = verdict.headers();
     // Fallback counts are one replica's share: thresholds are only reported from exact counts.
     let exact = !matches!(verdict.decided_by, DecidedBy::Fallback(_));

@@ -163,6 +163,13 @@ impl TestGateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The log once the gateway has written what it buffers (INFO lines go out in batches at
+    /// most 100 ms apart): for asserting on lines of requests just made.
+    pub fn settled_log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(250));
+        self.log()
+    }
+
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
             .expect("signal gateway");

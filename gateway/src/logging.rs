@@ -156,8 +156,14 @@ mod tests {
             direct: true,
         };
         direct.write_all(b"two\n").unwrap();
-        assert!(sink.pending.lock().is_empty(), "written out before the direct line");
+        assert!(
+            sink.pending.lock().is_empty(),
+            "written out before the direct line"
+        );
         buffered.write_all(&vec![b'x'; FLUSH_BYTES]).unwrap();
-        assert!(sink.pending.lock().is_empty(), "a full batch is written at once");
+        assert!(
+            sink.pending.lock().is_empty(),
+            "a full batch is written at once"
+        );
     }
 }

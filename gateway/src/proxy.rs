@@ -23,8 +23,8 @@ use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACES
 use crate::pipeline::{
     self, forward, Admitted, Correlation, Problem, Rejection, RequestHead, Services,
 };
-use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::request_metrics::RequestMetrics;
+use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::{SelectedPeer, Upstreams};
 
 pub struct GatewayProxy {

@@ -184,7 +184,13 @@ mod tests {
                     None,
                 );
             }
-            m.request(None, 404, Duration::from_millis(1), None, Some("unknown-route"));
+            m.request(
+                None,
+                404,
+                Duration::from_millis(1),
+                None,
+                Some("unknown-route"),
+            );
             m.routed("eu-central", "home");
             m.routed("eu-central", "home");
             let decisions = StaticCounters::new("test_decisions_total", ["outcome", "by"]);

@@ -439,7 +439,11 @@ token_file = "admin.token"
         .unwrap()
         .get(0);
     assert_eq!(stored, 0, "nothing written");
-    assert!(gw.settled_log().contains("tenant document refused"), "{}", gw.log());
+    assert!(
+        gw.settled_log().contains("tenant document refused"),
+        "{}",
+        gw.log()
+    );
 
     // The bounds themselves are accepted.
     let (status, _, body) = admin(

@@ -460,7 +460,8 @@ async fn tokens_that_name_no_tenant_act_for_none() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
-        s.gw.settled_log().contains("reason=\"credential-without-tenant\""),
+        s.gw.settled_log()
+            .contains("reason=\"credential-without-tenant\""),
         "{}",
         s.gw.log()
     );

@@ -210,7 +210,11 @@ async fn three_gateways_share_one_limit_through_redis() {
     );
     assert_eq!(up.served() as f64, admitted);
     for gw in &gateways {
-        assert!(!gw.settled_log().contains("Redis unavailable"), "{}", gw.log());
+        assert!(
+            !gw.settled_log().contains("Redis unavailable"),
+            "{}",
+            gw.log()
+        );
     }
 }
 
@@ -325,7 +329,11 @@ async fn redis_outage_falls_back_as_configured_then_recovers() {
     let statuses = burst(&[open.addr], "acme", 40, 4).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     for gw in [&closed, &shared, &open] {
-        assert!(gw.settled_log().contains("Redis unavailable"), "{}", gw.log());
+        assert!(
+            gw.settled_log().contains("Redis unavailable"),
+            "{}",
+            gw.log()
+        );
     }
 
     // Recovery: Redis back (empty), the gateways use it again by themselves.

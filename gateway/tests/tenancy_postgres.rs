@@ -112,7 +112,11 @@ async fn changes_in_postgres_reach_a_running_gateway_without_restart() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_for(&gw, "acme").await, 200);
-    assert!(gw.settled_log().contains("invalid tenant row"), "{}", gw.log());
+    assert!(
+        gw.settled_log().contains("invalid tenant row"),
+        "{}",
+        gw.log()
+    );
 
     // Deletion.
     db.execute(&format!("DELETE FROM {table} WHERE id = 'neo'"), &[])

@@ -10,8 +10,10 @@ use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
 
 /// `gateway_ratelimit_decisions_total{outcome,decided_by}`.
-static DECISIONS: StaticCounters<2> =
-    StaticCounters::new("gateway_ratelimit_decisions_total", ["outcome", "decided_by"]);
+static DECISIONS: StaticCounters<2> = StaticCounters::new(
+    "gateway_ratelimit_decisions_total",
+    ["outcome", "decided_by"],
+);
 
 /// What stage 6 reads.
 pub struct LimitRequest<'a> {

@@ -106,9 +106,13 @@ pub enum Command {
         /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}`.
         #[arg(long)]
         principal: Option<String>,
-        /// Client country (ISO 3166-1 alpha-2) for the policy context.
+        /// Client country (ISO 3166-1 alpha-2) for the policy context, instead of GeoIP.
         #[arg(long)]
         country: Option<String>,
+        /// The address the request comes from; with `[geoip]`, its country is looked up (after
+        /// walking `X-Forwarded-For` through the trusted proxies, as the proxy does).
+        #[arg(long)]
+        peer: Option<std::net::IpAddr>,
     },
 }
 
@@ -228,6 +232,7 @@ fn run_command() -> i32 {
             headers,
             principal,
             country,
+            peer,
         } => {
             let loaded = match load(&config) {
                 Ok(l) => l,
@@ -269,6 +274,7 @@ fn run_command() -> i32 {
                 headers: header_pairs,
                 principal,
                 country,
+                peer,
             };
             match explain(&loaded, &request) {
                 Ok(out) => {
@@ -613,12 +619,27 @@ fn explain(
             .map_err(|e| e.to_string())?;
         let snapshot =
             crate::snapshot::Snapshot::build(loaded, registry).map_err(|e| e.to_string())?;
+        let geoip = match &loaded.config.geoip {
+            Some(g) => Some(
+                crate::geoip::GeoIp::open(&loaded.resolve(&g.database), g.field.clone())
+                    .map_err(|e| format!("geoip.database: {e}"))?,
+            ),
+            None => None,
+        };
         let services = crate::pipeline::Services {
             authenticator: crate::identity::Authenticator::new(Default::default(), 16),
-            geoip: None,
-            trusted_proxies: Vec::new(),
-            // Tier features for the decision; explaining never takes from a rate limit.
-            limiter: std::sync::Arc::new(crate::limits::Limiter::new(None, &loaded.config.tiers)),
+            geoip,
+            trusted_proxies: loaded
+                .config
+                .geoip
+                .as_ref()
+                .map(|g| g.trusted_proxies.clone())
+                .unwrap_or_default(),
+            // The configured limits, to list them; explaining never spends from them.
+            limiter: std::sync::Arc::new(crate::limits::Limiter::new(
+                loaded.config.limits.as_ref(),
+                &loaded.config.tiers,
+            )),
             webhooks: None,
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)

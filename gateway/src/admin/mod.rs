@@ -151,6 +151,9 @@ struct ExplainBody {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     country: Option<String>,
+    /// The connecting peer's address (`X-Forwarded-For` is walked from it).
+    #[serde(default)]
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Admin {
@@ -420,6 +423,7 @@ impl Admin {
             headers: body.headers.into_iter().collect(),
             principal: None,
             country: body.country,
+            peer: body.peer,
         };
         let snapshot = self.store.load();
         let explanation = crate::explain::explain(&snapshot, &self.services, &request).await;

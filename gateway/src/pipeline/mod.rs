@@ -14,6 +14,7 @@ pub mod rejection;
 pub mod route;
 pub mod sanitize;
 pub mod tenant;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use correlation::{correlate, Correlation, TraceContext};
 pub use rejection::{Problem, Rejection};
 pub use sanitize::Sanitized;
 pub use tenant::ResolvedTenant;
+pub use trace::{Explaining, StageOutcome, Trace};
 
 /// The parts of an inbound request the stages read.
 #[derive(Debug, Clone, Copy)]
@@ -112,25 +114,66 @@ pub async fn admit(
     snapshot: &Snapshot,
     services: &Services,
 ) -> Result<Admitted, Refused> {
+    run_stages(head, snapshot, services, None).await
+}
+
+/// [`admit`] for `explain`: the same stages and decisions, with their reasons recorded in
+/// `explaining.trace` (see [`trace`] for what explaining does not do).
+pub async fn admit_explained(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+    explaining: &mut Explaining,
+) -> Result<Admitted, Refused> {
+    run_stages(head, snapshot, services, Some(explaining)).await
+}
+
+async fn run_stages(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+    mut explaining: Option<&mut Explaining>,
+) -> Result<Admitted, Refused> {
     let refused = |rejection: Rejection| Refused {
         rejection,
         principal: None,
         tenant: None,
         decision: None,
     };
-    let sanitized = sanitize::sanitize(head, &snapshot.sanitize).map_err(refused)?;
-    let principal = identify::identify(
-        head,
-        snapshot.identity.as_deref(),
-        &snapshot.registry,
-        snapshot.identity_generation,
-        &services.authenticator,
-    )
-    .await
-    .map_err(refused)?;
+    let sanitized = sanitize::sanitize(head, &snapshot.sanitize);
+    trace::note(&mut explaining, "sanitize", &sanitized, |s| {
+        format!("{} {}", s.method, s.path)
+    });
+    let sanitized = sanitized.map_err(refused)?;
+    let substitute = explaining.as_ref().and_then(|x| x.principal.clone());
+    let principal = match substitute {
+        Some(principal) => {
+            trace::note::<_, Rejection>(&mut explaining, "identify", &Ok(()), |_| {
+                format!("principal given: {}", principal.id)
+            });
+            principal
+        }
+        None => {
+            let identified = identify::identify(
+                head,
+                snapshot.identity.as_deref(),
+                &snapshot.registry,
+                snapshot.identity_generation,
+                &services.authenticator,
+            )
+            .await;
+            trace::note(&mut explaining, "identify", &identified, |p| {
+                format!("{} ({:?})", p.id, p.auth)
+            });
+            identified.map_err(refused)?
+        }
+    };
+    if let Some(x) = explaining.as_mut() {
+        x.principal = Some(principal.clone());
+    }
     let tenant = match &snapshot.tenancy {
-        Some(policy) => Some(
-            tenant::resolve_tenant(
+        Some(policy) => {
+            let resolved = tenant::resolve_tenant(
                 &tenant::TenantRequest {
                     host: head.host,
                     headers: head.headers,
@@ -139,18 +182,26 @@ pub async fn admit(
                 &principal,
                 policy,
                 &snapshot.registry,
-            )
-            .map_err(|rejection| Refused {
+            );
+            trace::note(&mut explaining, "tenant", &resolved, |t| {
+                t.tenant.id.to_string()
+            });
+            Some(resolved.map_err(|rejection| Refused {
                 rejection,
                 principal: Some(principal.id.clone()),
                 tenant: None,
                 decision: None,
-            })?,
-        ),
-        None => None,
+            })?)
+        }
+        None => {
+            skipped(&mut explaining, "tenant", "no [tenancy] configured");
+            None
+        }
     };
-    let country = match (&services.geoip, head.client_ip) {
-        (Some(geo), Some(ip)) => geo.country(ip),
+    let given_country = explaining.as_ref().and_then(|x| x.country.clone());
+    let country = match (given_country, &services.geoip, head.client_ip) {
+        (Some(country), _, _) => Some(country),
+        (None, Some(geo), Some(ip)) => geo.country(ip),
         _ => None,
     };
     let mut admitted = Admitted {
@@ -189,8 +240,24 @@ pub async fn admit(
                 facts: &facts,
             },
             engine,
+            explaining.as_mut().map(|x| &mut x.trace.authorization),
         );
+        trace::note(&mut explaining, "authorize", &decision, |a| {
+            match &a.decision {
+                Some(d) => format!(
+                    "{} on {}: allowed by {:?}",
+                    d.action, d.resource, d.evaluation.policies
+                ),
+                None => "no route matches; unmatched routes are allowed".to_string(),
+            }
+        });
         admitted.authorized = Some(decision.map_err(|r| refused(r, &admitted))?);
+    } else {
+        skipped(
+            &mut explaining,
+            "authorize",
+            "no [authorization] configured",
+        );
     }
     if let Some(residency) = &snapshot.residency {
         let plan = route::plan_route(
@@ -201,7 +268,17 @@ pub async fn admit(
             },
             residency,
         );
+        trace::note(&mut explaining, "residency", &plan, |p| {
+            format!(
+                "regions {:?} ({:?}) of regime {}",
+                p.regions,
+                p.reason,
+                p.regime.as_deref().unwrap_or("-")
+            )
+        });
         admitted.route = plan.map_err(|r| refused(r, &admitted))?;
+    } else {
+        skipped(&mut explaining, "residency", "no [residency] configured");
     }
     if services.limiter.decides_anything() {
         let tenant = admitted.tenant_spec();
@@ -214,21 +291,31 @@ pub async fn admit(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
-        let within = limit::limit(
-            &limit::LimitRequest {
-                tenant,
-                principal: &admitted.principal,
-                caller: crate::limits::Caller::of(
-                    &admitted.principal,
-                    snapshot.identity.is_some(),
-                    head.client_ip,
-                ),
-                action,
-                now_secs,
-            },
-            &services.limiter,
-        )
-        .await;
+        let request = limit::LimitRequest {
+            tenant,
+            principal: &admitted.principal,
+            caller: crate::limits::Caller::of(
+                &admitted.principal,
+                snapshot.identity.is_some(),
+                head.client_ip,
+            ),
+            action,
+            now_secs,
+        };
+        if let Some(x) = explaining.as_mut() {
+            // Explaining must not spend the budget it describes.
+            let plan = services.limiter.table.plan(
+                request.tenant,
+                request.principal,
+                request.caller,
+                request.action,
+                request.now_secs,
+            );
+            x.trace
+                .note("limit", StageOutcome::NotEvaluated, limit::describe(&plan));
+            return Ok(admitted);
+        }
+        let within = limit::limit(&request, &services.limiter).await;
         let within = within.map_err(|r| refused(r, &admitted))?;
         if let Some(webhooks) = &services.webhooks {
             for c in &within.crossed {
@@ -245,8 +332,16 @@ pub async fn admit(
             }
         }
         admitted.limit_headers = within.headers;
+    } else {
+        skipped(&mut explaining, "limit", "no rate limits or quotas apply");
     }
     Ok(admitted)
+}
+
+fn skipped(explaining: &mut Option<&mut Explaining>, stage: &'static str, why: &str) {
+    if let Some(x) = explaining {
+        x.trace.note(stage, StageOutcome::Skipped, why.to_string());
+    }
 }
 
 /// A refused request, with what the stages before the refusal established.

@@ -356,8 +356,9 @@ impl ProxyHttp for GatewayProxy {
         };
         match self.upstreams.select_from(&plan.pools, &ctx.failed_peers) {
             Some(selected) => {
-                let peer = self.upstreams.http_peer(&selected);
-                let pool = &self.upstreams.pools()[selected.pool];
+                let Some((peer, pool)) = self.upstreams.http_peer(&selected) else {
+                    return Err(Error::explain(ErrorType::InternalError, "unknown pool"));
+                };
                 let region = pool.region.as_deref().unwrap_or("");
                 let failover = !ctx.failed_peers.is_empty()
                     || Some(region) != plan.regions.first().map(String::as_str);

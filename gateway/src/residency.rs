@@ -255,7 +255,10 @@ impl ResidencyPolicy {
     }
 
     pub fn pin_for(&self, path: &str) -> Option<&Pin> {
-        self.pins.at(path).ok().map(|m| &self.pin_list[*m.value])
+        self.pins
+            .at(path)
+            .ok()
+            .and_then(|m| self.pin_list.get(*m.value))
     }
 
     /// Checks every tenant of a registry against the maps.

@@ -2,6 +2,13 @@
 //! Cedar policies in front of the example upstream: normalisation that manufactured double
 //! encoding, malformed `X-Forwarded-For` hops that switched GeoIP off, and method/URL override
 //! headers that let a read through which the upstream then served as a write.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1026,7 +1026,8 @@ pub fn package_digest(dir: &Path) -> String {
         }
         hasher.update([0]);
     }
-    hex::encode(&hasher.finalize()[..8])
+    let digest = hasher.finalize();
+    hex::encode(digest.get(..8).unwrap_or_default())
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -186,7 +186,7 @@ impl RouteTable {
         let lookup = |m: &http::Method| {
             let matched = self.by_method.get(m)?.at(path).ok()?;
             Some(RouteMatch {
-                route: &self.routes[*matched.value],
+                route: self.routes.get(*matched.value)?,
                 params: matched
                     .params
                     .iter()

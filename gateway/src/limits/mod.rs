@@ -20,6 +20,10 @@
 //! The outcome carries the IETF `RateLimit-Policy` / `RateLimit` header values
 //! (draft-ietf-httpapi-ratelimit-headers) for the response.
 
+// Budget arithmetic is integer nanoseconds; floats only where a configured rate is converted,
+// each site allowed with its reason.
+#![deny(clippy::float_arithmetic)]
+
 pub mod cluster;
 pub mod local;
 
@@ -459,6 +463,7 @@ impl Limit {
     }
 
     /// Seconds an empty budget needs to fill (`w` of `RateLimit-Policy`).
+    #[allow(clippy::float_arithmetic)] // rate >= MIN_RATE (see `new`): finite, saturating cast
     fn window_secs(&self) -> u64 {
         // `as` saturates; the rate is at least `MIN_RATE`, so this is finite.
         (f64::from(self.burst) / self.rate).ceil().max(1.0) as u64
@@ -467,6 +472,7 @@ impl Limit {
 
 /// Nanoseconds between two cells at `rate` per second, saturating (a rate below [`MIN_RATE`] or
 /// NaN counts as [`MIN_RATE`]).
+#[allow(clippy::float_arithmetic)] // rate >= MIN_RATE: finite, saturating cast
 fn emission_ns(rate: f64) -> u64 {
     let rate = if rate >= MIN_RATE { rate } else { MIN_RATE };
     // At most 10^12 here; `as` saturates and never panics.

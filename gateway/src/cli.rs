@@ -344,17 +344,6 @@ fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
     }
 }
 
-/// An RFC 3339 time, or a date meaning its midnight UTC.
-pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
-    let full = if value.len() == 10 {
-        format!("{value}T00:00:00Z")
-    } else {
-        value.to_string()
-    };
-    humantime::parse_rfc3339_weak(&full)
-        .map_err(|e| format!("`{value}`: {e} (expected e.g. 2026-11-23 or 2026-11-23T10:00:00Z)"))
-}
-
 fn usage_report(
     config: &Path,
     tenant: Option<String>,
@@ -369,7 +358,10 @@ fn usage_report(
         Ok(l) => l,
         Err(code) => return code,
     };
-    let (from, to) = match (parse_time(from), parse_time(to)) {
+    let (from, to) = match (
+        crate::metering::report::parse_time(from),
+        crate::metering::report::parse_time(to),
+    ) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
@@ -498,7 +490,10 @@ fn residency_report(
             return EXIT_CONFIG;
         }
     };
-    let (from, to) = match (parse_time(from), parse_time(to)) {
+    let (from, to) = match (
+        crate::metering::report::parse_time(from),
+        crate::metering::report::parse_time(to),
+    ) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");

@@ -363,3 +363,20 @@ fn with_tenant_changes(
     }
     Ok(next)
 }
+
+impl crate::tenancy::LiveRegistry for SnapshotStore {
+    fn current(&self) -> Arc<TenantRegistry> {
+        self.load().registry.clone()
+    }
+
+    fn replace(&self, registry: TenantRegistry) -> Result<(), crate::tenancy::ChangeRefused> {
+        Ok(self.replace_registry(registry)?)
+    }
+
+    fn apply(
+        &self,
+        changes: Vec<(String, Option<TenantSpec>)>,
+    ) -> Result<usize, crate::tenancy::ChangeRefused> {
+        Ok(self.apply_tenant_changes(changes)?)
+    }
+}

@@ -25,7 +25,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::durable::{append_line, write_atomically};
-use crate::snapshot::SnapshotStore;
+use crate::tenancy::LiveRegistry;
 use crate::tenancy::{TenantSpec, WebhookSubscription};
 
 /// `[webhooks]`: where deliveries queue and how they are retried.
@@ -161,14 +161,14 @@ impl Webhooks {
 pub struct WebhookWorker {
     config: WebhooksConfig,
     receiver: mpsc::Receiver<Delivery>,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
     client: reqwest::Client,
 }
 
 /// Opens the queue directory; returns the emitting handle and the worker to run.
 pub fn open(
     config: WebhooksConfig,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
 ) -> std::io::Result<(Webhooks, WebhookWorker)> {
     std::fs::create_dir_all(&config.dir)?;
     terminate_torn_line(&config.dir.join("queue.jsonl"))?;
@@ -185,7 +185,7 @@ pub fn open(
         WebhookWorker {
             config,
             receiver,
-            store,
+            registry,
             client,
         },
     ))
@@ -253,7 +253,7 @@ impl WebhookWorker {
                 .map(|s| s.secret.clone())
         };
         match &delivery.tenant {
-            Some(tenant) => matching(&self.store.load().registry.get(tenant)?.webhooks),
+            Some(tenant) => matching(&self.registry.current().get(tenant)?.webhooks),
             None => matching(&self.config.subscriber),
         }
     }

@@ -437,8 +437,9 @@ impl Admin {
     fn period(query: &str) -> Result<(PeriodQuery, SystemTime, SystemTime), String> {
         let q: PeriodQuery =
             serde_urlencoded::from_str(query).map_err(|e| format!("query: {e}"))?;
-        let from = crate::cli::parse_time(&q.from).map_err(|e| format!("from: {e}"))?;
-        let to = crate::cli::parse_time(&q.to).map_err(|e| format!("to: {e}"))?;
+        let from =
+            crate::metering::report::parse_time(&q.from).map_err(|e| format!("from: {e}"))?;
+        let to = crate::metering::report::parse_time(&q.to).map_err(|e| format!("to: {e}"))?;
         Ok((q, from, to))
     }
 

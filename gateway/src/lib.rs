@@ -9,6 +9,7 @@ pub mod background;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod diagnostics;
 pub mod durable;
 pub mod example_upstream;
 pub mod explain;

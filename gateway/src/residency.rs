@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{LoadedConfig, SourceIssue, SourceIssues, SourceText};
+use crate::config::LoadedConfig;
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::tenancy::TenantSpec;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::authz::AuthzEngine;
-use crate::config::{LoadedConfig, SourceIssue, SourceIssues};
+use crate::config::LoadedConfig;
+use crate::diagnostics::{SourceIssue, SourceIssues};
 use crate::identity::IdentityPolicy;
 use crate::pipeline::forward::ContextSigner;
 use crate::pipeline::identify;

@@ -11,7 +11,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::config::{Location, SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
 
 /// Where a policy came from, for explain output and test coverage reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

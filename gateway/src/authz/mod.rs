@@ -24,7 +24,7 @@ use cedar_policy::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
@@ -997,7 +997,7 @@ fn load_tenant_dirs(dir: &Path) -> Result<HashMap<String, ParsedPolicies>, Sourc
 
 fn dir_issue(path: &Path, message: String) -> SourceIssues {
     SourceIssues(vec![SourceIssue {
-        location: crate::config::Location {
+        location: crate::diagnostics::Location {
             file: path.to_path_buf(),
             line: None,
             column: None,

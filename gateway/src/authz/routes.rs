@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::config::{SourceIssue, SourceText};
+use crate::diagnostics::{SourceIssue, SourceText};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,8 +3,6 @@
 //! Every path in the file is relative to the file itself, so a config directory can be moved
 //! or mounted anywhere (a ConfigMap, a git checkout) without edits.
 
-pub mod source;
-
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +10,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use source::{Location, SourceIssue, SourceIssues, SourceText};
+pub use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
 
 use crate::tenancy::model::{validate_issuer, IssuerConfig, JwtAlgorithm};
 

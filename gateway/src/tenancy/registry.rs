@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, KnownTiers, TenantSpec};
-use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 
 pub type Tenant = Arc<TenantSpec>;
 

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod metering;
 pub mod pipeline;
 pub mod proxy;
+pub mod records;
 pub mod reload;
 pub mod request_metrics;
 pub mod residency;

@@ -308,7 +308,7 @@ fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
     let registry = if pg {
         Default::default()
     } else {
-        match crate::tenancy::registry::load_file_of(loaded) {
+        match crate::snapshot::load_file_registry(loaded) {
             Ok(r) => r,
             Err(issues) => {
                 eprintln!("invalid configuration:\n{issues}");

@@ -126,11 +126,27 @@ impl Snapshot {
 }
 
 /// Loads the registry a configuration points at (file or PostgreSQL).
+/// The file registry a configuration points at (empty without `[tenancy]`).
+pub fn load_file_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
+    match loaded
+        .config
+        .tenancy
+        .as_ref()
+        .and_then(|t| t.registry.file.as_ref())
+    {
+        Some(file) => crate::tenancy::registry::load_file(
+            &loaded.resolve(file),
+            &crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys()),
+        ),
+        None => Ok(TenantRegistry::default()),
+    }
+}
+
 pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
     let Some(tenancy) = &loaded.config.tenancy else {
         return Ok(TenantRegistry::default());
     };
-    let tiers = crate::tenancy::model::KnownTiers::of_config(&loaded.config);
+    let tiers = crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys());
     if let Some(file) = &tenancy.registry.file {
         return crate::tenancy::registry::load_file(&loaded.resolve(file), &tiers);
     }

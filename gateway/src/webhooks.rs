@@ -59,28 +59,8 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Checks subscriber URLs and secrets.
-pub fn validate_subscription(s: &WebhookSubscription) -> Result<(), String> {
-    let url = reqwest::Url::parse(&s.url).map_err(|e| format!("url `{}`: {e}", s.url))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url `{}`: must be http or https", s.url));
-    }
-    secret_key(&s.secret).map(drop)
-}
-
-/// The HMAC key of a `whsec_<base64>` secret.
-fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or("secret must start with `whsec_` (Standard Webhooks)")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| format!("secret is not base64 after `whsec_`: {e}"))?;
-    if key.len() < 24 {
-        return Err("secret must hold at least 24 bytes".to_string());
-    }
-    Ok(key)
-}
+pub use crate::tenancy::model::validate_subscription;
+use crate::tenancy::model::webhook_secret_key as secret_key;
 
 /// `v1,<base64 HMAC-SHA256(id.timestamp.body)>`.
 pub fn sign(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Result<String, String> {

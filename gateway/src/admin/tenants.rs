@@ -15,7 +15,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{body_response, problem, respond, AdminResponse};
-use crate::config::PostgresConfig;
+use crate::db::PostgresConfig;
 use crate::snapshot::SnapshotStore;
 use crate::tenancy::{TenantSpec, TenantStatus};
 

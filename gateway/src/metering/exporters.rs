@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::outbox::{OutboxCursor, Written};
 use super::{Assembler, UsageEvent};
-use crate::config::PostgresConfig;
+use crate::db::PostgresConfig;
 use crate::tenancy::LiveRegistry;
 
 /// One `[[metering.exporter]]`.

@@ -117,7 +117,7 @@ pub fn outbox_events(dir: &Path) -> Result<Vec<UsageEvent>, super::outbox::Outbo
 
 /// Rows from a PostgreSQL ledger table.
 pub async fn ledger_rows(
-    config: &crate::config::PostgresConfig,
+    config: &crate::db::PostgresConfig,
     table: &str,
     query: &ReportQuery,
 ) -> Result<Vec<ReportRow>, String> {

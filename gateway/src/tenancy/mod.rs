@@ -1,6 +1,7 @@
 //! Tenants: their definitions, the registry the request path reads, and where it comes from
 //! (a file in the repository, or a PostgreSQL table followed through LISTEN/NOTIFY).
 
+pub mod bounds;
 pub mod model;
 pub mod postgres;
 pub mod registry;

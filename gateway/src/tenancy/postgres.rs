@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use super::model::{validate_tenant, KnownTiers, TenantSpec};
 use super::registry::{RegistryError, TenantRegistry};
 use super::LiveRegistry;
-use crate::config::PostgresConfig;
+use crate::db::PostgresConfig;
 use crate::db::{self, DbError};
 
 pub fn is_identifier(name: &str) -> bool {

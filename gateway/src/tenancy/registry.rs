@@ -266,22 +266,6 @@ pub fn load_file(path: &Path, tiers: &KnownTiers) -> Result<TenantRegistry, Sour
     load_source(&source, tiers)
 }
 
-/// The file registry a configuration points at (empty without `[tenancy]`).
-pub fn load_file_of(loaded: &crate::config::LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
-    match loaded
-        .config
-        .tenancy
-        .as_ref()
-        .and_then(|t| t.registry.file.as_ref())
-    {
-        Some(file) => load_file(
-            &loaded.resolve(file),
-            &KnownTiers::of_config(&loaded.config),
-        ),
-        None => Ok(TenantRegistry::default()),
-    }
-}
-
 pub fn load_source(
     source: &SourceText,
     tiers: &KnownTiers,

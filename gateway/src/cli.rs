@@ -621,7 +621,7 @@ fn explain(
             ),
             None => None,
         };
-        let services = crate::pipeline::Services {
+        let services = crate::admission::Services {
             authenticator: crate::identity::Authenticator::new(Default::default(), 16),
             geoip,
             trusted_proxies: loaded

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
+use crate::admission::trace::StageNote;
+use crate::admission::{admit_explained, Explaining, Services, StageOutcome, Trace};
 use crate::authz::{Evaluation, RequestFacts};
 use crate::identity::Principal;
-use crate::pipeline::trace::StageNote;
-use crate::pipeline::{admit_explained, Explaining, RequestHead, Services, StageOutcome, Trace};
+use crate::pipeline::RequestHead;
 use crate::snapshot::Snapshot;
 
 /// A request to explain.
@@ -56,7 +57,7 @@ pub struct Explanation {
     pub stages: Vec<StageNote>,
 }
 
-/// Explains `request` by running it through [`crate::pipeline::admit_explained`]: the same
+/// Explains `request` by running it through [`crate::admission::admit_explained`]: the same
 /// stages and decisions as a live request, nothing forwarded and no budget spent.
 pub async fn explain(
     snapshot: &Snapshot,

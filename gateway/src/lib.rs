@@ -3,6 +3,7 @@
 //! forwarding it, and meters and audits what it did.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod authz;
 pub mod background;

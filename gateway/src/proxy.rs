@@ -14,13 +14,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument;
 
+use crate::admission::{self, Admitted, Services};
 use crate::identity::provisioning::Provisioner;
 use crate::lifecycle::{InFlight, InFlightGuard, Recording};
 use crate::metering::Metering;
 use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
-use crate::pipeline::{
-    self, forward, Admitted, Correlation, Problem, Rejection, RequestHead, Services,
-};
+use crate::pipeline::{self, forward, Correlation, Problem, Rejection, RequestHead};
 use crate::records::{Established, Exchange, Recorder};
 use crate::request_metrics::RequestMetrics;
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -251,7 +250,7 @@ impl ProxyHttp for GatewayProxy {
         };
         // Every log line of the stages (decisions included) carries the request id.
         let span = tracing::info_span!("request", request_id = %correlation.request_id);
-        let outcome = pipeline::admit(&head, &snapshot, &self.services)
+        let outcome = admission::admit(&head, &snapshot, &self.services)
             .instrument(span)
             .await;
         let request_id = correlation.request_id.clone();
@@ -284,7 +283,7 @@ impl ProxyHttp for GatewayProxy {
                 }
                 Ok(false)
             }
-            Err(pipeline::Refused {
+            Err(admission::Refused {
                 rejection,
                 principal,
                 tenant,

@@ -7,13 +7,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::admission::Admitted;
 use crate::journal::Keep;
 use crate::lifecycle::Recording;
 use crate::metering::outbox::RecordBody;
 use crate::metering::{EventEnd, EventStart, MeterRule, Metering, Outcome, UsageEvent};
 use crate::pipeline::authorize::DecisionRecord;
 use crate::pipeline::route::RouteReason;
-use crate::pipeline::{Admitted, Rejection};
+use crate::pipeline::Rejection;
 
 /// Where a request's records go.
 #[derive(Clone, Copy)]

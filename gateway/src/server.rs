@@ -11,6 +11,7 @@ use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 
+use crate::admission::Services;
 use crate::background::task_service;
 use crate::config::{LoadedConfig, SourceIssues};
 use crate::identity::provisioning::{PrincipalStore, Provisioner};
@@ -18,7 +19,6 @@ use crate::identity::{Authenticator, JwksSettings};
 use crate::lifecycle::{InFlight, Recording};
 use crate::metering::outbox::{Outbox, OutboxSettings};
 use crate::metering::Metering;
-use crate::pipeline::Services;
 use crate::proxy::{GatewayProxy, Hooks};
 use crate::snapshot::{self, Snapshot, SnapshotStore};
 use crate::upstream::Upstreams;

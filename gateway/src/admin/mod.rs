@@ -29,7 +29,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::pipeline::Services;
+use crate::admission::Services;
 use crate::reload::Reloader;
 use crate::snapshot::SnapshotStore;
 use crate::upstream::Upstreams;

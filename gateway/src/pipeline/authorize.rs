@@ -5,14 +5,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
+use serde::Serialize;
 
-use super::trace::AuthorizationTrace;
 use super::Rejection;
 use crate::authz::routes::UnmatchedRoute;
 use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
 use crate::identity::Principal;
 use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
+
+/// What Cedar saw and decided for the request.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizationTrace {
+    pub route: String,
+    pub action: String,
+    /// `Type::"id"`.
+    pub resource: String,
+    pub evaluation: Evaluation,
+    /// The entities Cedar evaluated, in Cedar's JSON form.
+    pub entities: Option<serde_json::Value>,
+    pub context: RequestFacts,
+}
 
 /// Output of stage 4 for a request that was allowed.
 #[derive(Debug, Clone)]

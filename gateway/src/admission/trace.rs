@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::authz::{Evaluation, RequestFacts};
 use crate::identity::Principal;
 
 /// An explain run: optional substitutes for the request's own facts, and the trace.
@@ -28,7 +27,7 @@ pub struct Explaining {
 pub struct Trace {
     pub stages: Vec<StageNote>,
     /// Stage 4's full evaluation, when it ran on a matched route.
-    pub authorization: Option<AuthorizationTrace>,
+    pub authorization: Option<crate::pipeline::authorize::AuthorizationTrace>,
 }
 
 /// One stage's result.
@@ -50,21 +49,8 @@ pub enum StageOutcome {
     NotEvaluated,
 }
 
-/// What Cedar saw and decided for the request.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuthorizationTrace {
-    pub route: String,
-    pub action: String,
-    /// `Type::"id"`.
-    pub resource: String,
-    pub evaluation: Evaluation,
-    /// The entities Cedar evaluated, in Cedar's JSON form.
-    pub entities: Option<serde_json::Value>,
-    pub context: RequestFacts,
-}
-
 impl Trace {
-    pub(super) fn note(&mut self, stage: &'static str, outcome: StageOutcome, detail: String) {
+    pub(crate) fn note(&mut self, stage: &'static str, outcome: StageOutcome, detail: String) {
         self.stages.push(StageNote {
             stage,
             outcome,
@@ -74,7 +60,7 @@ impl Trace {
 }
 
 /// Records a stage's result when explaining; a no-op on the live path.
-pub(super) fn note<T, E: std::fmt::Display>(
+pub(crate) fn note<T, E: std::fmt::Display>(
     explaining: &mut Option<&mut Explaining>,
     stage: &'static str,
     result: &Result<T, E>,

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let spec: Option<TenantSpec> = serde_json::from_slice(body).ok();
     match status {
         400 => {
-            if !spec.is_some_and(|s| s.id == id) {
+            if spec.is_none_or(|s| s.id != id) {
                 return;
             }
             let document: Value = serde_json::from_slice(body).unwrap_or_default();

@@ -33,7 +33,6 @@ fn policy(merge: bool, honor: bool) -> SanitizePolicy {
         } else {
             MethodOverride::Strip
         },
-        ..SanitizeConfig::default()
     })
 }
 

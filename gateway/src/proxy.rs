@@ -258,17 +258,7 @@ impl ProxyHttp for GatewayProxy {
         ctx.snapshot = Some(snapshot);
         match outcome {
             Ok(admitted) => {
-                let req = session.req_header_mut();
-                for name in &admitted.sanitized.strip {
-                    req.remove_header(name);
-                }
-                req.set_method(admitted.sanitized.method.clone());
-                if admitted.rewrites_target() {
-                    let uri = http::Uri::try_from(admitted.upstream_target()).map_err(|e| {
-                        Error::because(ErrorType::InternalError, "normalised target", e)
-                    })?;
-                    req.set_uri(uri);
-                }
+                apply_admitted(session.req_header_mut(), &admitted)?;
                 if let (Some(provisioner), Some(tenant)) =
                     (&self.hooks.provisioner, &admitted.tenant)
                 {
@@ -494,6 +484,23 @@ impl ProxyHttp for GatewayProxy {
 }
 
 /// The request's metrics (see [`RequestMetrics`]).
+/// Applies what the stages settled to the request the upstream receives: headers the gateway
+/// owns (and overrides) removed, the method, and the normalised target (tenant prefix
+/// stripped) whenever it differs from what the client sent. The path the route table matched
+/// is exactly the path this sends.
+pub fn apply_admitted(req: &mut RequestHeader, admitted: &Admitted) -> pingora::Result<()> {
+    for name in &admitted.sanitized.strip {
+        req.remove_header(name);
+    }
+    req.set_method(admitted.sanitized.method.clone());
+    if admitted.rewrites_target() {
+        let uri = http::Uri::try_from(admitted.upstream_target())
+            .map_err(|e| Error::because(ErrorType::InternalError, "normalised target", e))?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
 fn record_request_metrics(metrics: &RequestMetrics, ctx: &RequestCtx, status: u16) {
     let route = ctx
         .admitted

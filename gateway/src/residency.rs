@@ -55,6 +55,15 @@ impl ResidencyMaps {
     pub fn load(dir: &Path) -> Result<Self, SourceIssues> {
         let regions_src = SourceText::read(&dir.join("regions.toml"))?;
         let regimes_src = SourceText::read(&dir.join("regimes.toml"))?;
+        Self::from_sources(&regions_src, &regimes_src)
+    }
+
+    /// As [`load`](Self::load), for the text of `regions.toml` and `regimes.toml` already in
+    /// memory (their paths are used in messages).
+    pub fn from_sources(
+        regions_src: &SourceText,
+        regimes_src: &SourceText,
+    ) -> Result<Self, SourceIssues> {
         let regions: RegionsFile = regions_src.deserialize()?;
         let regimes: RegimesFile = regimes_src.deserialize()?;
         let mut issues = Vec::new();

@@ -334,3 +334,182 @@ fn default_tenant() -> &'static TenantSpec {
     static DEFAULT: std::sync::OnceLock<TenantSpec> = std::sync::OnceLock::new();
     DEFAULT.get_or_init(|| TenantSpec::new("default"))
 }
+
+#[cfg(test)]
+mod differential {
+    //! Property: for arbitrary byte paths, a request the pipeline admits was matched by the route
+    //! table on exactly the path the upstream receives once the proxy has applied the outcome
+    //! (`proxy::apply_admitted`), and that path is a fixed point of the normaliser. Extends the
+    //! sanitizer's own differential (`sanitize.rs`, whose paths it reuses) through tenant prefix
+    //! stripping, the route table, residency pins and the proxy's rewrite of the request.
+    //!
+    //! The deployment is the fuzz targets' fixture (`gateway/fuzz/fixture`): the repository's
+    //! policies and residency maps, tenants on the path (`/t/{tenant}`, stripped) and host.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use pingora::http::RequestHeader;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    use super::*;
+    use crate::pipeline::sanitize::tests::differential::byte_path;
+
+    struct Fixture {
+        snapshot: Snapshot,
+        services: Services,
+        runtime: tokio::runtime::Runtime,
+        token: String,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fixture");
+            let loaded = crate::config::load(&dir.join("gateway.toml")).unwrap();
+            let registry = crate::snapshot::load_file_registry(&loaded).unwrap();
+            let snapshot = Snapshot::build(&loaded, registry).unwrap();
+            let config = &loaded.config;
+            let services = Services {
+                authenticator: Authenticator::new(Default::default(), 16),
+                geoip: None,
+                trusted_proxies: Vec::new(),
+                limiter: Arc::new(crate::limits::Limiter::new(None, &config.tiers)),
+                webhooks: None,
+            };
+            let secret = std::fs::read(dir.join("issuer.secret")).unwrap();
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &serde_json::json!({
+                    "iss": "https://issuer.fuzz.test", "aud": "gateway-fuzz", "sub": "ada",
+                    "org": "acme", "roles": ["admin"], "mfa": true, "exp": 4102444800u64,
+                }),
+                &jsonwebtoken::EncodingKey::from_secret(secret.trim_ascii_end()),
+            )
+            .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            Fixture {
+                snapshot,
+                services,
+                runtime,
+                token,
+            }
+        })
+    }
+
+    /// `template` (matchit syntax) with its parameters filled in.
+    fn fill(template: &str, params: &[(String, String)]) -> String {
+        let mut out = template.to_string();
+        for (name, value) in params {
+            out = out
+                .replace(&format!("{{*{name}}}"), value)
+                .replace(&format!("{{{name}}}"), value);
+        }
+        out
+    }
+
+    #[test]
+    fn the_route_table_matches_the_path_the_upstream_receives() {
+        let f = fixture();
+        let engine = f.snapshot.authz.as_ref().unwrap();
+        let admitted_count = AtomicUsize::new(0);
+        let strategy = (
+            prop::sample::select(vec!["GET", "HEAD", "PUT", "DELETE", "POST"]),
+            prop::sample::select(vec!["/t/acme", ""]),
+            prop::sample::select(vec![
+                "/projects",
+                "/documents",
+                "/users/ada/documents",
+                "/billing",
+                "/reports",
+                "",
+            ]),
+            // Arbitrary paths, and shorter ones that reach the routes more often.
+            prop_oneof![
+                1 => byte_path(),
+                3 => "(/([a-zA-Z0-9._~;-]|%[2-7][0-9a-fA-F]|\\.\\.){1,4}){1,2}/?"
+                    .prop_map(String::into_bytes),
+            ],
+            prop::option::of("[a-z0-9=&%;_]{0,12}"),
+        );
+        let mut runner = TestRunner::new(Config {
+            cases: 2048,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let outcome = runner.run(&strategy, |(method, prefix, route, tail, query)| {
+            let mut target = format!("{prefix}{route}").into_bytes();
+            target.extend_from_slice(&tail);
+            if let Some(q) = query {
+                target.push(b'?');
+                target.extend_from_slice(q.as_bytes());
+            }
+            // What Pingora accepts as a request head is what reaches the pipeline.
+            let Ok(mut req) = RequestHeader::build(method, &target, None) else {
+                return Ok(());
+            };
+            req.insert_header("authorization", format!("Bearer {}", f.token))
+                .unwrap();
+            if prefix.is_empty() {
+                req.insert_header("host", "acme.api.fuzz.test").unwrap();
+            }
+            let head = RequestHead {
+                method: &req.method,
+                target: req.raw_path(),
+                host: req.headers.get("host").and_then(|h| h.to_str().ok()),
+                headers: &req.headers,
+                client_ip: None,
+            };
+            let Ok(admitted) = f.runtime.block_on(admit(&head, &f.snapshot, &f.services)) else {
+                return Ok(());
+            };
+            admitted_count.fetch_add(1, Ordering::Relaxed);
+            let mut upstream = req.clone();
+            crate::proxy::apply_admitted(&mut upstream, &admitted).unwrap();
+            let sent = upstream.raw_path();
+            let sent_path = sent.split(|&b| b == b'?').next().unwrap_or_default();
+            let matched = admitted.path();
+            prop_assert_eq!(
+                String::from_utf8_lossy(sent_path),
+                matched,
+                "{:?}",
+                String::from_utf8_lossy(&target)
+            );
+            // The route the decision was made on matched the whole of that path.
+            let decision = admitted
+                .authorized
+                .as_ref()
+                .and_then(|a| a.decision.as_ref());
+            let m = engine.routes.find(&admitted.sanitized.method, matched);
+            prop_assert_eq!(
+                m.as_ref().map(|m| &m.route.template),
+                decision.map(|d| &d.route)
+            );
+            if let Some(m) = m {
+                prop_assert_eq!(fill(&m.route.template, &m.params), matched);
+            }
+            // A fixed point of the normaliser, and of stage 1 as a whole.
+            let normalised = sanitize::normalize_path(matched.as_bytes(), true);
+            prop_assert_eq!(normalised.as_deref(), Ok(matched));
+            let again = sanitize::sanitize(
+                &RequestHead {
+                    target: sent,
+                    ..head
+                },
+                &f.snapshot.sanitize,
+            );
+            prop_assert_eq!(again.map(|s| s.target().into_bytes()), Ok(sent.to_vec()));
+            Ok(())
+        });
+        if let Err(e) = outcome {
+            panic!("{e}");
+        }
+        // The property was exercised, not only refusals.
+        let admitted = admitted_count.into_inner();
+        assert!(admitted > 100, "only {admitted} of 2048 requests admitted");
+    }
+}

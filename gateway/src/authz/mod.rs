@@ -452,6 +452,16 @@ impl AuthzEngine {
         &self.schema
     }
 
+    /// Empties the decision and entity caches, so that what follows is decided from the
+    /// inputs alone (fuzzing: every input starts from the same state).
+    #[doc(hidden)]
+    pub fn clear_caches(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+        self.entity_cache.clear();
+    }
+
     /// Decides one request, using the decision cache.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Arc<Evaluation> {
         let Some(cache) = &self.cache else {
@@ -941,7 +951,7 @@ fn new_cache(capacity: u64) -> Option<quick_cache::sync::Cache<String, Arc<Evalu
 }
 
 /// Checks that `action` exists and applies to `resource` (used by the route table).
-fn check_action(schema: &Schema, action: &str, resource: &str) -> Result<(), String> {
+pub fn check_action(schema: &Schema, action: &str, resource: &str) -> Result<(), String> {
     let uid = schema
         .actions()
         .find(|a| a.id().unescaped() == action)

@@ -565,7 +565,7 @@ fn validate_query(raw: &[u8]) -> Result<String, PathError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pipeline::Rejection;
     use http::{HeaderValue, Method};
@@ -988,7 +988,7 @@ mod tests {
         .is_ok());
     }
 
-    mod differential {
+    pub(crate) mod differential {
         //! Property: for arbitrary byte paths, the sanitizer either refuses, or its output is a
         //! fixed point and means, to an upstream decoding it once, exactly what the input meant
         //! after dot segments: nothing encoded in it decodes to `/`, `\`, `%`, NUL or a dot
@@ -1023,7 +1023,9 @@ mod tests {
                 .collect()
         }
 
-        fn byte_path() -> impl Strategy<Value = Vec<u8>> {
+        /// Arbitrary request paths, biased towards ambiguous encodings (also used by the
+        /// pipeline's differential in `pipeline/mod.rs`).
+        pub(crate) fn byte_path() -> impl Strategy<Value = Vec<u8>> {
             // Biased towards what makes encodings ambiguous, plus any byte at all.
             let piece = prop_oneof![
                 Just(b"/".to_vec()),

@@ -337,7 +337,11 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             writer,
             metrics,
             token,
-            loaded,
+            crate::admin::AdminPaths {
+                outbox_dir: cfg.metering.as_ref().map(|m| m.dir.clone()),
+                audit_dir: cfg.audit.as_ref().map(|a| a.dir.clone()),
+                config_path: loaded.source.path.clone(),
+            },
             recording.clone(),
         ));
         server.add_service(task_service("admin api", move |shutdown| {

@@ -139,6 +139,15 @@ struct PeriodQuery {
     bucket: Option<String>,
 }
 
+/// The files the admin API reads: usage reports from the outbox, audit queries from the log,
+/// reloads from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AdminPaths {
+    pub outbox_dir: Option<std::path::PathBuf>,
+    pub audit_dir: Option<std::path::PathBuf>,
+    pub config_path: std::path::PathBuf,
+}
+
 /// `POST /admin/explain` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +175,7 @@ impl Admin {
         tenants: tenants::TenantWriter,
         metrics: Option<PrometheusHandle>,
         token_sha256: [u8; 32],
-        loaded: &crate::config::LoadedConfig,
+        paths: AdminPaths,
         recording: Arc<crate::lifecycle::Recording>,
     ) -> Self {
         Admin {
@@ -176,9 +185,9 @@ impl Admin {
             reloader,
             tenants,
             metrics,
-            outbox_dir: loaded.config.metering.as_ref().map(|m| m.dir.clone()),
-            audit_dir: loaded.config.audit.as_ref().map(|a| a.dir.clone()),
-            config_path: loaded.source.path.clone(),
+            outbox_dir: paths.outbox_dir,
+            audit_dir: paths.audit_dir,
+            config_path: paths.config_path,
             token_sha256,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),

@@ -368,16 +368,19 @@ impl ProxyHttp for GatewayProxy {
                 upstream_request.insert_header(name, value)?;
             }
         }
+        // The upstream sees the whole hop list, every header line of it (RFC 9110 §5.3), plus
+        // the peer; `Forwarded` (RFC 7239) is not maintained by the gateway, so a client's own
+        // would reach the upstream unverified: it is removed.
+        upstream_request.remove_header("forwarded");
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prev) => format!(
-                    "{}, {}",
-                    String::from_utf8_lossy(prev.as_bytes()),
-                    client.ip()
-                ),
-                None => client.ip().to_string(),
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            let mut hops: Vec<String> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|line| String::from_utf8_lossy(line.as_bytes()).into_owned())
+                .collect();
+            hops.push(client.ip().to_string());
+            upstream_request.insert_header("x-forwarded-for", hops.join(", "))?;
         }
         if self.hooks.metering.is_some() {
             upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;

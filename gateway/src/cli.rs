@@ -103,7 +103,8 @@ pub enum Command {
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
         /// Skip identification and use this principal: JSON such as
-        /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}`.
+        /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}` (`"platform": true`
+        /// for a platform principal without a tenant).
         #[arg(long)]
         principal: Option<String>,
         /// Client country (ISO 3166-1 alpha-2) for the policy context, instead of GeoIP.
@@ -585,6 +586,9 @@ fn parse_principal(json: &str) -> Result<crate::identity::Principal, String> {
         mfa: bool,
         #[serde(default)]
         scopes: Vec<String>,
+        /// A platform principal (a platform-wide issuer's token without a tenant).
+        #[serde(default)]
+        platform: bool,
     }
     let spec: Spec = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let mut p = crate::identity::Principal::anonymous();
@@ -592,6 +596,7 @@ fn parse_principal(json: &str) -> Result<crate::identity::Principal, String> {
     p.tenant = spec.tenant.map(std::sync::Arc::from);
     p.roles = spec.roles;
     p.scopes = spec.scopes;
+    p.platform = spec.platform;
     p.auth = crate::identity::AuthMethod::Jwt {
         issuer: "explain".into(),
     };

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod background;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod durable;
 pub mod example_upstream;

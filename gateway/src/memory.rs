@@ -13,3 +13,12 @@ pub fn release_freed_memory() {
     // (almost) nothing to do.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
+
+/// Called when many client connections have just closed (a burst of idle or slow clients):
+/// their buffers are free, but mimalloc returns freed pages to the OS only on later allocator
+/// activity (after its purge delay), which a quiet gateway may not have for a long time. This
+/// collects the calling thread's heap and purges what every thread has given back.
+pub fn release_after_burst() {
+    // SAFETY: as in `release_freed_memory`.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}

@@ -208,6 +208,8 @@ impl Drop for ConnectionGuard {
         self.counts.open.set(open as f64);
         // Many connections just went away (a burst of idle or slow clients): their buffers
         // are free, but the allocator keeps freed pages until it is told to give them back.
+        // Asked again at every halving while they keep closing; each worker thread takes
+        // part when it next closes a connection.
         let peak = self.counts.peak.load(Ordering::Relaxed);
         if peak >= open + RELEASE_AFTER_CLOSED
             && open <= peak / 2
@@ -217,7 +219,9 @@ impl Drop for ConnectionGuard {
                 .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            crate::memory::release_after_burst();
+            crate::memory::request_release();
+        } else {
+            crate::memory::release_if_requested();
         }
     }
 }
@@ -278,6 +282,27 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Pingora calls this inside the task it spawned for the connection, whose size is set
+        // by the largest thing it may do, a TLS handshake: about 9 KiB, for every connection,
+        // for as long as it is open. In a task of its own the connection costs what serving
+        // it needs, and Pingora's task ends now.
+        let gate = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { gate.serve(stream, &shutdown).await });
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+impl<A> ConnectionGate<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// Counts the connection and serves it: HTTP/2 by Pingora, HTTP/1.x request by request.
+    async fn serve(self: Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let accepted = Instant::now();
         let client = stream
             .get_socket_digest()
@@ -293,26 +318,17 @@ where
                 } else {
                     self.refuse(stream, rejection, client, accepted).await;
                 }
-                return None;
+                return;
             }
         };
         if h2 {
             // HTTP/2 negotiated by TLS: Pingora's HTTP/2 server, with its idle timeout.
-            return self.app.process_new(stream, shutdown).await;
+            self.app.process_new(stream, shutdown).await;
+            return;
         }
         self.serve_http1(stream, client, accepted, shutdown).await;
-        None
     }
 
-    async fn cleanup(&self) {
-        self.app.cleanup().await;
-    }
-}
-
-impl<A> ConnectionGate<A>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
     /// Serves the requests of one HTTP/1.x connection in turn (as Pingora's own loop does),
     /// reading each head here first.
     async fn serve_http1(
@@ -363,6 +379,9 @@ where
             }
             session.set_read_timeout(Some(settings.body_read_timeout));
             session.set_write_timeout(Some(settings.send_timeout));
+            // The unread rest of a body (after a refusal that keeps the connection) is
+            // drained before the next request; a client trickling it loses the connection.
+            session.set_total_drain_timeout(Some(settings.body_read_timeout));
             // The gateway never enables pipelining, so the previous session handed no
             // pipelined bytes on: this prefix is the only one.
             session.set_pipelined_prefix(prefix);

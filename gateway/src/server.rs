@@ -56,6 +56,8 @@ pub enum StartError {
 /// process exits — as soon as the last one is done. SIGINT: stop now (records of requests cut
 /// off are `interrupted`, as after a crash).
 pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
+    // Before anything large is allocated: memory given back must stay given back.
+    crate::memory::disable_transparent_huge_pages();
     let (server, recording) = build(&loaded)?;
     // Loading (above all a large tenant registry) left its parse trees free: give them back.
     crate::memory::release_freed_memory();

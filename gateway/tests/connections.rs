@@ -495,6 +495,24 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> u16 {
     }
 }
 
+/// `n` normal requests, half on a kept-alive connection and half on fresh ones: p50 and p99.
+async fn latencies(gw: &TestGateway, http: &reqwest::Client, n: usize) -> (Duration, Duration) {
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let res = if i % 2 == 0 {
+            http.get(gw.url("/normal")).send().await.unwrap()
+        } else {
+            client().get(gw.url("/fresh")).send().await.unwrap()
+        };
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        took.push(started.elapsed());
+    }
+    took.sort();
+    (took[n / 2], took[n * 99 / 100])
+}
+
 /// Issue 14: 5,000 idle keep-alive connections and 1,000 slowloris connections at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others() {
@@ -520,11 +538,8 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
     );
     let pid = gw.pid();
     let http = client();
-    for _ in 0..50 {
-        let res = http.get(gw.url("/warm")).send().await.unwrap();
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
-    }
+    // Latency of normal requests alone, to compare with: the same mix as under load.
+    let (quiet_p50, quiet_p99) = latencies(&gw, &http, 200).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = rss_bytes(pid);
 
@@ -578,22 +593,8 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = rss_bytes(pid);
 
-    // Normal requests meanwhile, on keep-alive and on fresh connections.
-    let mut latencies = Vec::new();
-    for i in 0..400 {
-        let started = Instant::now();
-        let res = if i % 2 == 0 {
-            http.get(gw.url("/normal")).send().await.unwrap()
-        } else {
-            client().get(gw.url("/fresh")).send().await.unwrap()
-        };
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
+    // Normal requests meanwhile.
+    let (p50, p99) = latencies(&gw, &http, 400).await;
     // Every idle connection is still usable, and no slow one was answered.
     for stream in idle.iter_mut().take(50) {
         stream
@@ -608,10 +609,12 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
 
     drop(idle);
     drop(slow);
-    // Memory comes back once they are gone.
+    // Memory comes back once they are gone: what stays (allocator caches, the upstream
+    // keep-alive pool) does not grow with the number of connections there were.
+    let allowed = (grown / 4).max(16 * 1024 * 1024);
     let closed = Instant::now();
     let mut after = rss_bytes(pid);
-    while closed.elapsed() < Duration::from_secs(10) && after > baseline + grown / 4 {
+    while closed.elapsed() < Duration::from_secs(10) && after > baseline + allowed {
         tokio::time::sleep(Duration::from_millis(200)).await;
         after = rss_bytes(pid);
     }
@@ -619,7 +622,8 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
     eprintln!(
         "{IDLE} idle + {SLOW} slow connections opened in {opened_in:?}; RSS baseline {:.1} MiB, \
          with them {:.1} MiB (+{:.1} MiB, {:.1} KiB per connection), after closing {:.1} MiB \
-         ({:?} later); normal requests p50 {p50:?} p99 {p99:?}",
+         ({:?} later); normal requests p50 {p50:?} p99 {p99:?} (alone: p50 {quiet_p50:?} \
+         p99 {quiet_p99:?})",
         mib(baseline),
         mib(loaded),
         mib(grown),
@@ -627,14 +631,17 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
         mib(after),
         closed.elapsed(),
     );
-    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    // Under 100 ms; on a machine so busy that requests alone take longer than half of that,
+    // no worse than twice what they take alone.
+    let bound = Duration::from_millis(100).max(quiet_p99 * 2);
+    assert!(p99 < bound, "p99 {p99:?}, alone {quiet_p99:?}");
     assert!(
         grown < 100 * 1024 * 1024,
         "RSS grew by {:.1} MiB",
         mib(grown)
     );
     assert!(
-        after <= baseline + grown / 4,
+        after <= baseline + allowed,
         "RSS after closing {:.1} MiB, baseline {:.1} MiB, grown {:.1} MiB",
         mib(after),
         mib(baseline),

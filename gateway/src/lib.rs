@@ -9,6 +9,7 @@ pub mod authz;
 pub mod background;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod diagnostics;
 pub mod durable;

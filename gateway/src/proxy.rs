@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +19,8 @@ use crate::identity::provisioning::Provisioner;
 use crate::lifecycle::{InFlight, InFlightGuard, Recording};
 use crate::metering::Metering;
 use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::pipeline::rejection::TimeoutPhase;
+use crate::pipeline::sanitize::{self, HeadLimits};
 use crate::pipeline::{self, forward, Correlation, Problem, Rejection, RequestHead};
 use crate::records::{Established, Exchange, Recorder};
 use crate::request_metrics::RequestMetrics;
@@ -30,7 +32,31 @@ pub struct GatewayProxy {
     services: Arc<Services>,
     upstreams: Arc<Upstreams>,
     hooks: Hooks,
-    metrics: RequestMetrics,
+    metrics: Arc<RequestMetrics>,
+    limits: RequestLimits,
+}
+
+/// The limits of `[server]` the proxy checks on a parsed request (the connection gate checks
+/// HTTP/1.x heads before they are parsed, see [`crate::connections`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub head: HeadLimits,
+    /// Unless the route sets its own.
+    pub max_body_bytes: u64,
+    pub body_read_timeout: Duration,
+    /// Longest silence from the client on an upgraded (WebSocket) connection.
+    pub keepalive_timeout: Duration,
+}
+
+impl RequestLimits {
+    pub fn of(server: &crate::config::ServerConfig) -> Self {
+        RequestLimits {
+            head: HeadLimits::of(server),
+            max_body_bytes: server.max_body_bytes,
+            body_read_timeout: server.body_read_timeout,
+            keepalive_timeout: server.keepalive_timeout,
+        }
+    }
 }
 
 /// What the proxy records besides forwarding: provisioning, usage, audit; and the requests in
@@ -49,14 +75,54 @@ impl GatewayProxy {
         services: Arc<Services>,
         upstreams: Arc<Upstreams>,
         hooks: Hooks,
+        limits: RequestLimits,
     ) -> Self {
         GatewayProxy {
             store,
             services,
             upstreams,
             hooks,
-            metrics: RequestMetrics::default(),
+            metrics: Arc::default(),
+            limits,
         }
+    }
+
+    /// The request metrics, shared with the connection gate (its refusals count as requests).
+    pub fn request_metrics(&self) -> Arc<RequestMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Stage 1's checks of the head as it arrived, before the pipeline reads it: sizes and
+    /// control characters of HTTP/2 heads (HTTP/1.x heads were checked as they were read),
+    /// `Host` on HTTP/1.1, and a `Content-Length` no route could accept.
+    fn check_head(&self, session: &Session, snapshot: &Snapshot) -> Result<(), Rejection> {
+        let req = session.req_header();
+        if session.is_http2() {
+            sanitize::check_parsed_head(req.raw_path(), &req.headers, &self.limits.head)?;
+        }
+        sanitize::check_host(req.version, &req.headers)?;
+        let largest = snapshot
+            .authz
+            .as_ref()
+            .and_then(|a| a.routes.largest_body_limit())
+            .map_or(self.limits.max_body_bytes, |l| {
+                l.max(self.limits.max_body_bytes)
+            });
+        sanitize::check_announced_body(&req.headers, largest)
+    }
+
+    /// The body limit of an admitted request: its route's, or `[server] max_body_bytes`.
+    fn body_limit(&self, admitted: &Admitted, snapshot: &Snapshot) -> u64 {
+        snapshot
+            .authz
+            .as_ref()
+            .filter(|a| a.routes.largest_body_limit().is_some())
+            .and_then(|a| {
+                a.routes
+                    .find(&admitted.sanitized.method, admitted.path())
+                    .and_then(|m| m.route.max_body_bytes)
+            })
+            .unwrap_or(self.limits.max_body_bytes)
     }
 
     /// Where this request's records go (see [`crate::records`]).
@@ -123,6 +189,9 @@ pub struct RequestCtx {
     _in_flight: InFlightGuard,
     upstream_sent_at: Option<Instant>,
     upstream_latency: Option<std::time::Duration>,
+    /// The request's body limit (its route's, or the global one) and the bytes seen so far.
+    body_limit: u64,
+    body_seen: u64,
     /// Who and which tenant, when a stage refused the request after establishing them.
     known_principal: Option<String>,
     known_tenant: Option<String>,
@@ -191,6 +260,8 @@ impl ProxyHttp for GatewayProxy {
             _in_flight: self.hooks.in_flight.enter(),
             upstream_sent_at: None,
             upstream_latency: None,
+            body_limit: u64::MAX,
+            body_seen: 0,
             known_principal: None,
             known_tenant: None,
             known_decision: None,
@@ -231,6 +302,13 @@ impl ProxyHttp for GatewayProxy {
                 )
                 .await;
         }
+        if let Err(rejection) = self.check_head(session, &snapshot) {
+            let request_id = correlation.request_id.clone();
+            ctx.correlation = Some(correlation);
+            ctx.snapshot = Some(snapshot);
+            return self.refuse(session, ctx, rejection, &request_id).await;
+        }
+        let req = session.req_header();
         let host = req
             .headers
             .get(HOST)
@@ -255,9 +333,20 @@ impl ProxyHttp for GatewayProxy {
             .await;
         let request_id = correlation.request_id.clone();
         ctx.correlation = Some(correlation);
-        ctx.snapshot = Some(snapshot);
         match outcome {
             Ok(admitted) => {
+                ctx.body_limit = self.body_limit(&admitted, &snapshot);
+                ctx.snapshot = Some(snapshot);
+                if let Err(rejection) =
+                    sanitize::check_announced_body(&session.req_header().headers, ctx.body_limit)
+                {
+                    ctx.admitted = Some(admitted);
+                    return self.refuse(session, ctx, rejection, &request_id).await;
+                }
+                if session.is_upgrade_req() {
+                    // A WebSocket may stay quiet for longer than a body may stall.
+                    session.set_read_timeout(Some(self.limits.keepalive_timeout));
+                }
                 apply_admitted(session.req_header_mut(), &admitted)?;
                 if let (Some(provisioner), Some(tenant)) =
                     (&self.hooks.provisioner, &admitted.tenant)
@@ -279,12 +368,39 @@ impl ProxyHttp for GatewayProxy {
                 tenant,
                 decision,
             }) => {
+                ctx.snapshot = Some(snapshot);
                 ctx.known_principal = principal;
                 ctx.known_tenant = tenant;
                 ctx.known_decision = decision;
                 self.refuse(session, ctx, rejection, &request_id).await
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(chunk) = body else {
+            return Ok(());
+        };
+        ctx.body_seen = ctx.body_seen.saturating_add(chunk.len() as u64);
+        // An upgraded connection's bytes are a stream (WebSocket frames), not a body.
+        if ctx.body_seen > ctx.body_limit && !session.was_upgraded() {
+            let rejection = Rejection::BodyTooLarge {
+                limit: ctx.body_limit,
+            };
+            let status = rejection.status();
+            ctx.rejection = Some(rejection);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "the request body passed its limit",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -442,7 +558,10 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let rejection = ctx.rejection.take().or_else(|| classify_failure(e));
+        let rejection = ctx
+            .rejection
+            .take()
+            .or_else(|| classify_failure(e, &self.limits));
         let Some(rejection) = rejection else {
             // The client went away; there is nobody to answer.
             return FailToProxy {
@@ -451,7 +570,13 @@ impl ProxyHttp for GatewayProxy {
             };
         };
         let status = rejection.status();
-        tracing::warn!(request_id = ctx.request_id(), error = %e, reason = %rejection, "request failed");
+        if status < 500 {
+            // The client's doing (a body over its limit, a stalled body): a refusal like those
+            // of the request filter.
+            tracing::info!(request_id = ctx.request_id(), reason = rejection.reason_code(), detail = %rejection, "request rejected");
+        } else {
+            tracing::warn!(request_id = ctx.request_id(), error = %e, reason = %rejection, "request failed");
+        }
         if session.response_written().is_none() {
             if let Err(write_error) = respond_problem(session, &rejection, ctx.request_id()).await {
                 tracing::debug!(%write_error, "could not write the error response");
@@ -534,7 +659,7 @@ fn route_reason(reason: crate::pipeline::route::RouteReason) -> &'static str {
 
 /// Maps a Pingora failure to the rejection the client is told about; `None` when the
 /// downstream connection itself failed.
-fn classify_failure(e: &Error) -> Option<Rejection> {
+fn classify_failure(e: &Error, limits: &RequestLimits) -> Option<Rejection> {
     let reason = e.to_string();
     match (e.esource(), e.etype()) {
         (_, ErrorType::HTTPStatus(504)) => Some(Rejection::UpstreamTimeout { reason }),
@@ -542,7 +667,12 @@ fn classify_failure(e: &Error) -> Option<Rejection> {
             ErrorSource::Downstream,
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
         ) => None,
-        (ErrorSource::Downstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => None,
+        // The client stopped sending its body: it may still read the answer.
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(Rejection::RequestTimeout(
+            TimeoutPhase::Body(limits.body_read_timeout),
+        )),
+        // The client stopped reading: nobody to answer.
+        (ErrorSource::Downstream, ErrorType::WriteTimedout) => None,
         (ErrorSource::Downstream, _) => Some(Rejection::MalformedRequest),
         (
             _,
@@ -581,8 +711,9 @@ async fn respond_problem(
     for (name, value) in rejection.response_headers() {
         response.insert_header(name, value)?;
     }
-    if rejection.status() == 400 {
-        // After a malformed request the connection's framing cannot be trusted.
+    if rejection.closes_connection() {
+        // After a malformed request the connection's framing cannot be trusted; after a
+        // refused body or head the rest of it was not read.
         session.set_keepalive(None);
     }
     session

@@ -7,19 +7,22 @@ use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
 
 use crate::admission::Services;
 use crate::background::task_service;
 use crate::config::{LoadedConfig, SourceIssues};
+use crate::connections::{ConnectionGate, ConnectionSettings, TLS_READ_BUFFER};
 use crate::identity::provisioning::{PrincipalStore, Provisioner};
 use crate::identity::{Authenticator, JwksSettings};
 use crate::lifecycle::{InFlight, Recording};
 use crate::metering::outbox::{Outbox, OutboxSettings};
 use crate::metering::Metering;
-use crate::proxy::{GatewayProxy, Hooks};
+use crate::proxy::{GatewayProxy, Hooks, RequestLimits};
 use crate::snapshot::{self, Snapshot, SnapshotStore};
 use crate::upstream::Upstreams;
 
@@ -53,6 +56,8 @@ pub enum StartError {
 /// process exits — as soon as the last one is done. SIGINT: stop now (records of requests cut
 /// off are `interrupted`, as after a crash).
 pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
+    // Before anything large is allocated: memory given back must stay given back.
+    crate::memory::disable_transparent_huge_pages();
     let (server, recording) = build(&loaded)?;
     // Loading (above all a large tenant registry) left its parse trees free: give them back.
     crate::memory::release_freed_memory();
@@ -348,17 +353,36 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             admin.serve(listener, shutdown)
         }));
     }
-    let proxy = GatewayProxy::new(store, services, upstreams, hooks);
+    let proxy = GatewayProxy::new(
+        store,
+        services,
+        upstreams,
+        hooks,
+        RequestLimits::of(&cfg.server),
+    );
+    let request_metrics = proxy.request_metrics();
 
+    // Pingora's HTTP proxy behind the connection gate, which counts connections and reads
+    // every HTTP/1.x request head itself (see `connections`).
     let mut options = HttpServerOptions::default();
     options.h2c = cfg.server.h2c;
     options.keepalive_request_limit = cfg.server.keepalive_request_limit;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, proxy)
-        .name("gateway proxy")
-        .server_options(options)
-        .build();
+    options.h2_idle_timeout = Some(cfg.server.keepalive_timeout);
+    let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+    http.server_options = Some(options);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    // HTTP/2 header lists (RFC 9113 §6.5.2 size) over the head limit are refused by the h2
+    // layer with 431.
+    h2.max_header_list_size(u32::try_from(cfg.server.max_header_bytes).unwrap_or(u32::MAX));
+    http.h2_options = Some(h2);
+    let gate = ConnectionGate::new(Arc::new(http), ConnectionSettings::of(cfg), request_metrics);
+    let mut service = Service::new("gateway proxy".to_string(), gate);
     for addr in &loaded.listen {
-        service.add_tcp(&addr.to_string());
+        // No L4 read buffer: heads and bodies are read straight into their own buffers, and
+        // an idle connection holds none (Pingora's default is 64 KiB per connection).
+        service.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+        );
     }
     if let Some(tls) = &cfg.server.tls {
         let cert = loaded.resolve(&tls.cert).display().to_string();
@@ -369,7 +393,11 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             if tls.h2 {
                 settings.enable_h2();
             }
-            service.add_tls_with_settings(&addr.to_string(), None, settings);
+            service.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+            );
         }
     }
     server.add_service(service);

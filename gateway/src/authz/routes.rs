@@ -45,6 +45,9 @@ pub struct RouteSpec {
     pub id: Option<String>,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Largest request body on this route (bytes), instead of `[server] max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A matched route with its parameters.
@@ -80,6 +83,8 @@ pub struct Route {
     pub id_param: Option<String>,
     /// Resource attribute → path parameter.
     pub attributes: Vec<(String, String)>,
+    /// The route's own body limit (`max_body_bytes`), if it has one.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +92,8 @@ pub struct RouteTable {
     by_method: HashMap<http::Method, matchit::Router<usize>>,
     routes: Vec<Route>,
     pub unmatched: UnmatchedRoute,
+    /// The largest `max_body_bytes` of any route.
+    largest_body_limit: Option<u64>,
 }
 
 impl RouteTable {
@@ -131,6 +138,14 @@ impl RouteTable {
                 Methods::One(m) => vec![m.clone()],
                 Methods::Many(ms) => ms.clone(),
             };
+            if let Some(limit) = spec.max_body_bytes {
+                if limit > crate::config::MAX_BODY_BYTES {
+                    issues.push(source.issue(
+                        format!("route[{i}].max_body_bytes"),
+                        format!("{limit} is out of bounds (0 to 1099511627776, 1 TiB)"),
+                    ));
+                }
+            }
             let index = routes.len();
             routes.push(Route {
                 template: spec.path.clone(),
@@ -142,6 +157,7 @@ impl RouteTable {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                max_body_bytes: spec.max_body_bytes,
             });
             for m in methods {
                 let method = match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -168,6 +184,7 @@ impl RouteTable {
         }
         if issues.is_empty() {
             Ok(RouteTable {
+                largest_body_limit: routes.iter().filter_map(|r| r.max_body_bytes).max(),
                 by_method,
                 routes,
                 unmatched: file.default,
@@ -179,6 +196,11 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// The largest body limit any route sets (`None`: no route sets one).
+    pub fn largest_body_limit(&self) -> Option<u64> {
+        self.largest_body_limit
     }
 
     /// The route of `method path` (HEAD falls back to GET).

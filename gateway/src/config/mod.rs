@@ -259,6 +259,55 @@ pub struct ServerConfig {
     /// Close a client connection after this many requests (like nginx `keepalive_requests`).
     #[serde(default)]
     pub keepalive_request_limit: Option<u32>,
+    /// Longest time a client may take to send a request head (request line and headers): from
+    /// the connection's start for its first request, from the first byte for later ones.
+    /// Exceeded with part of a head received → `408`; with nothing received → closed silently.
+    /// 100ms to 5m.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request before it is closed
+    /// (also the longest silence from the client on an upgraded connection and, for HTTP/2,
+    /// on the whole connection). 1s to 1h.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; exceeded → `408`. Keep it below
+    /// `upstream.read_timeout`, or a stalled body is reported as the upstream's `504`.
+    /// 100ms to 1h.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub body_read_timeout: Duration,
+    /// Longest wait for a write to the client to make progress (a client that stops reading
+    /// its response is disconnected). 100ms to 1h.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub send_timeout: Duration,
+    /// Largest request head (request line and header fields, in bytes); larger → `431`.
+    /// 1 KiB to 1 MiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; more → `431`. 1 to 256.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Longest request target (path and query, in bytes); longer → `414`. 256 bytes up to
+    /// `max_header_bytes`.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest request body (bytes), unless the route sets its own `max_body_bytes` in
+    /// `routes.toml`; larger → `413` (announced by `Content-Length`: before anything is
+    /// forwarded; streamed: when the limit is passed). 0 to 1 TiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Most client connections open at once; further ones are answered `503
+    /// too-many-connections` and closed. 1 to 1,000,000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (an IPv6 /64 counts as one);
+    /// `[geoip] trusted_proxies` are exempt (they count only toward `max_connections`).
+    /// 1 to `max_connections`.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -467,6 +516,36 @@ fn default_grace_period() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_header_count() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_client() -> usize {
+    1_000
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
 }
@@ -564,6 +643,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     if config.server.threads == Some(0) {
         issues.push(source.issue("server.threads", "must be at least 1"));
     }
+    validate_server_limits(&source, &config.server, &mut issues);
     let pool_peers = validate_upstream(&source, &config.upstream, &mut issues);
     validate_sanitize(&source, &config.sanitize, &mut issues);
     if let Some(identity) = &config.identity {
@@ -707,6 +787,113 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         pool_peers,
     })
 }
+
+/// Bounds of the client-facing limits and timeouts: none may switch a protection off, and
+/// none may be so tight that ordinary requests fail.
+fn validate_server_limits(
+    source: &SourceText,
+    server: &ServerConfig,
+    issues: &mut Vec<SourceIssue>,
+) {
+    const MS: Duration = Duration::from_millis(100);
+    const MINUTES_5: Duration = Duration::from_secs(300);
+    const HOUR: Duration = Duration::from_secs(3600);
+    for (field, value, min, max, range) in [
+        (
+            "server.header_read_timeout",
+            server.header_read_timeout,
+            MS,
+            MINUTES_5,
+            "100ms to 5m",
+        ),
+        (
+            "server.keepalive_timeout",
+            server.keepalive_timeout,
+            Duration::from_secs(1),
+            HOUR,
+            "1s to 1h",
+        ),
+        (
+            "server.body_read_timeout",
+            server.body_read_timeout,
+            MS,
+            HOUR,
+            "100ms to 1h",
+        ),
+        (
+            "server.send_timeout",
+            server.send_timeout,
+            MS,
+            HOUR,
+            "100ms to 1h",
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            issues.push(source.issue(
+                field,
+                format!(
+                    "{} is out of bounds ({range})",
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+    }
+    let mut bounded = |field: &str, value: u64, min: u64, max: u64, range: &str| {
+        if !(min..=max).contains(&value) {
+            issues.push(source.issue(field, format!("{value} is out of bounds ({range})")));
+        }
+    };
+    bounded(
+        "server.max_header_bytes",
+        server.max_header_bytes as u64,
+        1024,
+        MAX_HEAD_BYTES as u64,
+        "1024 to 1048576",
+    );
+    bounded(
+        "server.max_header_count",
+        server.max_header_count as u64,
+        1,
+        MAX_HEAD_FIELDS as u64,
+        "1 to 256",
+    );
+    bounded(
+        "server.max_uri_bytes",
+        server.max_uri_bytes as u64,
+        256,
+        server.max_header_bytes as u64,
+        "256 to `max_header_bytes`",
+    );
+    bounded(
+        "server.max_body_bytes",
+        server.max_body_bytes,
+        0,
+        MAX_BODY_BYTES,
+        "0 to 1099511627776 (1 TiB)",
+    );
+    bounded(
+        "server.max_connections",
+        server.max_connections as u64,
+        1,
+        1_000_000,
+        "1 to 1000000",
+    );
+    bounded(
+        "server.max_connections_per_client",
+        server.max_connections_per_client as u64,
+        1,
+        server.max_connections as u64,
+        "1 to `max_connections`",
+    );
+}
+
+/// The largest request head Pingora parses (its `MAX_HEADER_SIZE`, 1 MiB).
+pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
+/// The most header fields Pingora parses (its `MAX_HEADERS`); more is a parse error.
+pub const MAX_HEAD_FIELDS: usize = 256;
+/// The largest body limit that can be configured (1 TiB): large enough for any upload a
+/// gateway should stream, small enough that byte counts never overflow.
+pub const MAX_BODY_BYTES: u64 = 1 << 40;
 
 /// Records must reach the disk soon, and a full disk must leave room to queue some.
 fn check_journal_bounds(
@@ -1138,6 +1325,46 @@ peers = []
             .unwrap_err();
         assert_eq!(err.0[0].field, "server.grace_period");
         assert_eq!(err.0[0].location.line, Some(3));
+    }
+
+    #[test]
+    fn client_limits_have_safe_defaults_and_bounds() {
+        let server = load_text(MINIMAL).unwrap().config.server;
+        assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.max_header_bytes, 65536);
+        assert_eq!(server.max_header_count, 100);
+        assert_eq!(server.max_uri_bytes, 8192);
+        assert_eq!(server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.max_connections_per_client, 1_000);
+        let text = MINIMAL.replace(
+            "[server]",
+            "[server]\nheader_read_timeout = \"0s\"\nkeepalive_timeout = \"2h\"\n\
+             max_header_bytes = 100\nmax_header_count = 1000\nmax_uri_bytes = 2000\n\
+             max_body_bytes = 2000000000000\nmax_connections = 0\n\
+             max_connections_per_client = 5",
+        );
+        let err = load_text(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "server.header_read_timeout",
+                "server.keepalive_timeout",
+                "server.max_header_bytes",
+                "server.max_header_count",
+                "server.max_uri_bytes",
+                "server.max_body_bytes",
+                "server.max_connections",
+                "server.max_connections_per_client",
+            ],
+            "{err}"
+        );
+        assert!(err.0[0].message.contains("100ms to 5m"), "{err}");
+        assert_eq!(err.0[2].location.line, Some(5), "{err}");
+        assert!(err.0[2].message.contains("1024 to 1048576"), "{err}");
     }
 
     #[test]

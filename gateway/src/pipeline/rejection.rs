@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::authorize::DecisionRecord;
-use super::sanitize::{FramingError, MethodOverrideError, PathError};
+use super::sanitize::{FramingError, HeadTooLarge, HeaderError, MethodOverrideError, PathError};
 use super::tenant::TenantError;
 use crate::identity::AuthError;
 
@@ -63,7 +63,45 @@ pub enum Rejection {
     /// refused rather than forwarded unrecorded.
     #[error("the request cannot be recorded: {reason}")]
     MeteringUnavailable { reason: String },
+    /// The request head is larger than `[server] max_header_bytes` or has more fields than
+    /// `max_header_count`.
+    #[error("{0}")]
+    HeadTooLarge(#[from] HeadTooLarge),
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    /// The body is (or announces itself) larger than the route's limit.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The client did not send the request head, or the next bytes of its body, in time.
+    #[error("{0}")]
+    RequestTimeout(TimeoutPhase),
+    #[error("bad header: {0}")]
+    BadHeader(#[from] HeaderError),
+    /// A connection over `[server] max_connections` (or `max_connections_per_client`).
+    #[error("connection limit reached ({0})")]
+    TooManyConnections(ConnectionLimit),
 }
+
+/// Which part of a request the client was too slow to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutPhase {
+    #[error("the request head was not received within {}", humantime::format_duration(*.0))]
+    Head(std::time::Duration),
+    #[error("the request body stalled for {}", humantime::format_duration(*.0))]
+    Body(std::time::Duration),
+}
+
+/// Which connection limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionLimit {
+    #[error("{0} connections in total")]
+    Total(usize),
+    #[error("{0} connections from one client address")]
+    PerClient(usize),
+}
+
+/// `Retry-After` of `503 too-many-connections`: connections come and go quickly.
+const CONNECTIONS_RETRY_AFTER_SECS: u32 = 1;
 
 /// `Retry-After` of `503 metering-unavailable`: long enough for an operator's alert, short
 /// enough that clients come back soon after space returns.
@@ -75,7 +113,13 @@ impl Rejection {
             Rejection::BadPath(_)
             | Rejection::AmbiguousFraming(_)
             | Rejection::MethodOverride(_)
+            | Rejection::BadHeader(_)
             | Rejection::MalformedRequest => 400,
+            Rejection::RequestTimeout(_) => 408,
+            Rejection::BodyTooLarge { .. } => 413,
+            Rejection::UriTooLong { .. } => 414,
+            Rejection::HeadTooLarge(_) => 431,
+            Rejection::TooManyConnections(_) => 503,
             Rejection::Internal { .. } => 500,
             Rejection::Unauthenticated(_) => 401,
             Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
@@ -120,6 +164,12 @@ impl Rejection {
             Rejection::LimiterUnavailable { .. } => "rate-limit-unavailable",
             Rejection::FeatureNotInTier(_) => "feature-not-in-tier",
             Rejection::MeteringUnavailable { .. } => "metering-unavailable",
+            Rejection::HeadTooLarge(_) => "headers-too-large",
+            Rejection::UriTooLong { .. } => "uri-too-long",
+            Rejection::BodyTooLarge { .. } => "body-too-large",
+            Rejection::RequestTimeout(_) => "request-timeout",
+            Rejection::BadHeader(_) => "bad-header",
+            Rejection::TooManyConnections(_) => "too-many-connections",
         }
     }
 
@@ -148,6 +198,12 @@ impl Rejection {
             Rejection::LimiterUnavailable { .. } => "Service unavailable",
             Rejection::FeatureNotInTier(_) => "Feature not in plan",
             Rejection::MeteringUnavailable { .. } => "Service unavailable",
+            Rejection::HeadTooLarge(_) => "Request header fields too large",
+            Rejection::UriTooLong { .. } => "URI too long",
+            Rejection::BodyTooLarge { .. } => "Content too large",
+            Rejection::RequestTimeout(_) => "Request timeout",
+            Rejection::BadHeader(_) => "Bad header",
+            Rejection::TooManyConnections(_) => "Too many connections",
         }
     }
 
@@ -199,6 +255,19 @@ impl Rejection {
                 "the gateway cannot record requests right now; retry after the Retry-After delay"
                     .to_string()
             }
+            // The client's own request and the limits it broke: saying which helps it comply.
+            Rejection::HeadTooLarge(e) => e.to_string(),
+            Rejection::UriTooLong { .. }
+            | Rejection::BodyTooLarge { .. }
+            | Rejection::RequestTimeout(_) => self.to_string(),
+            Rejection::BadHeader(e) => e.to_string(),
+            Rejection::TooManyConnections(ConnectionLimit::Total(_)) => {
+                "the gateway has too many open connections; retry later".to_string()
+            }
+            Rejection::TooManyConnections(ConnectionLimit::PerClient(_)) => {
+                "too many open connections from this client address; close some or retry later"
+                    .to_string()
+            }
         }
     }
 
@@ -226,8 +295,18 @@ impl Rejection {
             Rejection::MeteringUnavailable { .. } => {
                 vec![("retry-after", METERING_RETRY_AFTER_SECS.to_string())]
             }
+            Rejection::TooManyConnections(_) => {
+                vec![("retry-after", CONNECTIONS_RETRY_AFTER_SECS.to_string())]
+            }
             _ => Vec::new(),
         }
+    }
+
+    /// After this answer the connection is closed: the request's framing cannot be trusted,
+    /// or the rest of it (a body, a head) was not read.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self.status(), 400 | 408 | 413 | 414 | 431)
+            || matches!(self, Rejection::TooManyConnections(_))
     }
 
     /// The RFC 9457 problem document for this rejection.

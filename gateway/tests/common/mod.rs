@@ -253,6 +253,21 @@ peers = [{}]
     )
 }
 
+/// Asserts an RFC 9457 problem document of `expected_status` and type `slug`.
+pub fn assert_problem(status: u16, body: &str, expected_status: u16, slug: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    let problem: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(problem["status"], expected_status, "{problem}");
+    assert_eq!(
+        problem["type"],
+        format!("tag:policy-gateway,2026:problem/{slug}"),
+        "{problem}"
+    );
+    assert!(problem["title"].is_string(), "{problem}");
+    assert!(problem["request_id"].is_string(), "{problem}");
+}
+
 /// Sends one raw HTTP/1.1 request (the target is written byte for byte, unlike any client
 /// library) and returns the status code and body.
 pub fn raw_request(
@@ -441,9 +456,19 @@ impl RawConnection {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        RawConnection::from_stream(stream)
+    }
+
+    /// Over a connection opened otherwise (e.g. from a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> RawConnection {
         RawConnection {
             reader: std::io::BufReader::new(stream),
         }
+    }
+
+    /// The connection itself (nothing is left buffered between responses).
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
     }
 
     /// Sends `GET target` and reads the response (bodies with `Content-Length` only); `None`

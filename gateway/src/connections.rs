@@ -65,7 +65,7 @@ impl ConnectionSettings {
             keepalive_timeout: server.keepalive_timeout,
             body_read_timeout: server.body_read_timeout,
             send_timeout: server.send_timeout,
-            head: HeadLimits::of(server),
+            head: server.head_limits(),
             max_connections: server.max_connections,
             max_connections_per_client: server.max_connections_per_client,
             exempt: config

@@ -51,7 +51,7 @@ pub struct RequestLimits {
 impl RequestLimits {
     pub fn of(server: &crate::config::ServerConfig) -> Self {
         RequestLimits {
-            head: HeadLimits::of(server),
+            head: server.head_limits(),
             max_body_bytes: server.max_body_bytes,
             body_read_timeout: server.body_read_timeout,
             keepalive_timeout: server.keepalive_timeout,

@@ -558,8 +558,10 @@ async fn sigterm_under_load_records_every_answered_request_and_exits_when_done()
     let url = gw.url("/_upstream/slow?ms=400");
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
+    // Answers before the signal: the load runs until there are enough, however slow the machine.
+    let before_signal = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..CLIENTS {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, counted) = (url.clone(), stop.clone(), before_signal.clone());
         clients.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut answered = Vec::new();
@@ -579,6 +581,7 @@ async fn sigterm_under_load_records_every_answered_request_and_exits_when_done()
                             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
                         let body_complete = r.bytes().await.is_ok();
                         answered.push((status, id, closes, body_complete));
+                        counted.fetch_add(1, Ordering::SeqCst);
                     }
                     // Listeners closed: the request never arrived.
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -587,7 +590,11 @@ async fn sigterm_under_load_records_every_answered_request_and_exits_when_done()
             answered
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(Duration::from_secs(30), || async {
+        before_signal.load(Ordering::SeqCst) >= CLIENTS * 3
+    })
+    .await
+    .expect("the load runs");
     eventually(Duration::from_secs(5), || async {
         up.in_flight() as usize == CLIENTS
     })

@@ -7,6 +7,10 @@ use serde::Deserialize;
 
 use crate::diagnostics::{SourceIssue, SourceText};
 
+/// The largest body limit that can be configured (1 TiB): large enough for any upload a
+/// gateway should stream, small enough that byte counts never overflow.
+pub const MAX_BODY_BYTES: u64 = 1 << 40;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesFile {
@@ -139,7 +143,7 @@ impl RouteTable {
                 Methods::Many(ms) => ms.clone(),
             };
             if let Some(limit) = spec.max_body_bytes {
-                if limit > crate::config::MAX_BODY_BYTES {
+                if limit > MAX_BODY_BYTES {
                     issues.push(source.issue(
                         format!("route[{i}].max_body_bytes"),
                         format!("{limit} is out of bounds (0 to 1099511627776, 1 TiB)"),

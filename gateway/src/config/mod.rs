@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::db::PostgresConfig;
 pub use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
+pub use crate::pipeline::forward::ContextTokenConfig;
+pub use crate::pipeline::sanitize::{MethodOverride, SanitizeConfig};
+pub use crate::pipeline::tenant::{RegistryConfig, TenancyConfig, TenantSourceKind};
 
-use crate::tenancy::model::{validate_issuer, IssuerConfig, JwtAlgorithm};
+use crate::tenancy::model::{validate_issuer, IssuerConfig};
 
 /// The whole gateway configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -161,73 +164,11 @@ pub struct IdentityConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ContextTokenConfig {
-    /// PEM private key (EC P-256 for ES256, Ed25519 for EdDSA, RSA for RS256). Relative to this file.
-    pub key: PathBuf,
-    pub algorithm: JwtAlgorithm,
-    /// `kid` header, so upstreams can pick the key during rotation.
-    #[serde(default)]
-    pub key_id: Option<String>,
-    #[serde(default = "default_context_issuer")]
-    pub issuer: String,
-    pub audience: String,
-    #[serde(default = "default_context_ttl", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub ttl: Duration,
-    /// Must start with `x-gateway-` so clients can never send it themselves.
-    #[serde(default = "default_context_header")]
-    pub header: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
     /// Where first-seen principals are recorded: `file` (JSON lines in the state directory) or
     /// `postgres` (table `gateway_principals`, needs `tenancy.registry.postgres`).
     #[serde(default = "default_provisioning_store")]
     pub store: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TenancyConfig {
-    /// Where the tenant may be named, in the order they are read. All that are present must
-    /// agree. `credential` is the tenant of the token or API key.
-    #[serde(default = "default_tenant_sources")]
-    pub sources: Vec<TenantSourceKind>,
-    /// Host pattern such as `{tenant}.api.example.com`.
-    #[serde(default)]
-    pub host_pattern: Option<String>,
-    /// Header naming the tenant (not `x-tenant-id`: that one the gateway sets for the upstream).
-    #[serde(default = "default_tenant_header")]
-    pub header: String,
-    /// Path prefix such as `/t/{tenant}`.
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// Remove the path prefix before routing and forwarding.
-    #[serde(default = "default_true")]
-    pub strip_path_prefix: bool,
-    pub registry: RegistryConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TenantSourceKind {
-    Host,
-    Header,
-    Path,
-    Credential,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// `tenants.toml` with `[[tenant]]` entries. Relative to this file.
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    /// A PostgreSQL table, read at start and followed through LISTEN/NOTIFY.
-    #[serde(default)]
-    pub postgres: Option<PostgresConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -308,6 +249,17 @@ pub struct ServerConfig {
     /// 1 to `max_connections`.
     #[serde(default = "default_max_connections_per_client")]
     pub max_connections_per_client: usize,
+}
+
+impl ServerConfig {
+    /// The request-head limits of stage 1's scanner.
+    pub fn head_limits(&self) -> crate::pipeline::sanitize::HeadLimits {
+        crate::pipeline::sanitize::HeadLimits {
+            max_header_bytes: self.max_header_bytes,
+            max_header_count: self.max_header_count,
+            max_uri_bytes: self.max_uri_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -416,50 +368,6 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SanitizeConfig {
-    /// Extra inbound headers to strip, besides the ones the gateway owns (`x-tenant-id`,
-    /// `x-principal-*`, `x-gateway-*`). A trailing `*` matches a prefix.
-    #[serde(default)]
-    pub strip_headers: Vec<String>,
-    /// Merge `//` into `/` (otherwise such paths are rejected).
-    #[serde(default = "default_true")]
-    pub merge_slashes: bool,
-    /// Method overrides (the `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`
-    /// headers, the `_method` query parameter), which many frameworks honour on a POST.
-    /// `strip` (default): removed, so the upstream serves the method the gateway authorised.
-    /// `honor`: the override of a POST becomes the request's method: the route, the Cedar
-    /// action and the upstream's request line all use it, and the override itself is removed.
-    /// Conflicting or unusual overrides get 400; so does a POST with a form body that names no
-    /// other method outside the body (the gateway does not read bodies, and the upstream would
-    /// honour a `_method` field in them). `X-Original-URL` and `X-Rewrite-URL` are always
-    /// stripped.
-    #[serde(default)]
-    pub method_override: MethodOverride,
-}
-
-impl Default for SanitizeConfig {
-    fn default() -> Self {
-        SanitizeConfig {
-            strip_headers: Vec::new(),
-            merge_slashes: true,
-            method_override: MethodOverride::default(),
-        }
-    }
-}
-
-/// `[sanitize] method_override`: what the gateway does with method overrides.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MethodOverride {
-    /// Remove them: the upstream sees the request's own method.
-    #[default]
-    Strip,
-    /// A POST's override is the method that is authorised and forwarded.
-    Honor,
-}
-
 fn default_true() -> bool {
     true
 }
@@ -487,28 +395,8 @@ fn default_jwks_fetch_timeout() -> Duration {
 fn default_token_cache() -> u64 {
     100_000
 }
-fn default_context_issuer() -> String {
-    "policy-gateway".to_string()
-}
-fn default_context_ttl() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_context_header() -> String {
-    "x-gateway-context".to_string()
-}
 fn default_provisioning_store() -> String {
     "file".to_string()
-}
-fn default_tenant_sources() -> Vec<TenantSourceKind> {
-    vec![
-        TenantSourceKind::Host,
-        TenantSourceKind::Header,
-        TenantSourceKind::Path,
-        TenantSourceKind::Credential,
-    ]
-}
-fn default_tenant_header() -> String {
-    "x-tenant".to_string()
 }
 fn default_grace_period() -> Duration {
     Duration::from_secs(5)
@@ -891,9 +779,7 @@ fn validate_server_limits(
 pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
 /// The most header fields Pingora parses (its `MAX_HEADERS`); more is a parse error.
 pub const MAX_HEAD_FIELDS: usize = 256;
-/// The largest body limit that can be configured (1 TiB): large enough for any upload a
-/// gateway should stream, small enough that byte counts never overflow.
-pub const MAX_BODY_BYTES: u64 = 1 << 40;
+pub use crate::authz::routes::MAX_BODY_BYTES;
 
 /// Records must reach the disk soon, and a full disk must leave room to queue some.
 fn check_journal_bounds(

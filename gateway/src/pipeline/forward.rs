@@ -2,7 +2,10 @@
 //! short-lived JWT signed by the gateway (`x-gateway-context`) so upstreams can verify it instead
 //! of trusting the network. Clients can never send these: stage 1 strips them on the way in.
 
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +13,6 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::{EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::ContextTokenConfig;
 use crate::identity::{now_secs, Principal};
 use crate::tenancy::model::JwtAlgorithm;
 use crate::tenancy::registry::Tenant;
@@ -169,6 +171,38 @@ impl ContextSigner {
 
 /// Shared handle used by the snapshot.
 pub type SharedSigner = Arc<ContextSigner>;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextTokenConfig {
+    /// PEM private key (EC P-256 for ES256, Ed25519 for EdDSA, RSA for RS256). Relative to this file.
+    pub key: PathBuf,
+    pub algorithm: JwtAlgorithm,
+    /// `kid` header, so upstreams can pick the key during rotation.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default = "default_context_issuer")]
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_context_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+    /// Must start with `x-gateway-` so clients can never send it themselves.
+    #[serde(default = "default_context_header")]
+    pub header: String,
+}
+
+fn default_context_issuer() -> String {
+    "policy-gateway".to_string()
+}
+
+fn default_context_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_context_header() -> String {
+    "x-gateway-context".to_string()
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,8 @@
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, Method};
-
-use crate::config::{MethodOverride, SanitizeConfig};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::RequestHead;
 
@@ -599,16 +599,6 @@ pub struct HeadLimits {
     pub max_uri_bytes: usize,
 }
 
-impl HeadLimits {
-    pub fn of(server: &crate::config::ServerConfig) -> Self {
-        HeadLimits {
-            max_header_bytes: server.max_header_bytes,
-            max_header_count: server.max_header_count,
-            max_uri_bytes: server.max_uri_bytes,
-        }
-    }
-}
-
 /// Slack for the method and the version around the target in a request line that is still
 /// arriving: a line longer than `max_uri_bytes` plus this cannot hold an acceptable target.
 const REQUEST_LINE_SLACK: usize = 32;
@@ -836,6 +826,54 @@ pub fn check_announced_body(headers: &HeaderMap, limit: u64) -> Result<(), super
         Some(length) if length > limit => Err(super::Rejection::BodyTooLarge { limit }),
         _ => Ok(()),
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SanitizeConfig {
+    /// Extra inbound headers to strip, besides the ones the gateway owns (`x-tenant-id`,
+    /// `x-principal-*`, `x-gateway-*`). A trailing `*` matches a prefix.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// Merge `//` into `/` (otherwise such paths are rejected).
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// Method overrides (the `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`
+    /// headers, the `_method` query parameter), which many frameworks honour on a POST.
+    /// `strip` (default): removed, so the upstream serves the method the gateway authorised.
+    /// `honor`: the override of a POST becomes the request's method: the route, the Cedar
+    /// action and the upstream's request line all use it, and the override itself is removed.
+    /// Conflicting or unusual overrides get 400; so does a POST with a form body that names no
+    /// other method outside the body (the gateway does not read bodies, and the upstream would
+    /// honour a `_method` field in them). `X-Original-URL` and `X-Rewrite-URL` are always
+    /// stripped.
+    #[serde(default)]
+    pub method_override: MethodOverride,
+}
+
+impl Default for SanitizeConfig {
+    fn default() -> Self {
+        SanitizeConfig {
+            strip_headers: Vec::new(),
+            merge_slashes: true,
+            method_override: MethodOverride::default(),
+        }
+    }
+}
+
+/// `[sanitize] method_override`: what the gateway does with method overrides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverride {
+    /// Remove them: the upstream sees the request's own method.
+    #[default]
+    Strip,
+    /// A POST's override is the method that is authorised and forwarded.
+    Honor,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[cfg(test)]

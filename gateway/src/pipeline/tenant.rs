@@ -12,12 +12,15 @@
 //! acts in the tenant the request names, and policies see `principal.platform`. Anonymous
 //! callers act in the tenant the request names, as Cedar's `Anonymous` entity.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::HeaderMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::Rejection;
-use crate::config::{TenancyConfig, TenantSourceKind};
+use crate::db::PostgresConfig;
 use crate::identity::Principal;
 use crate::tenancy::model::TenantStatus;
 use crate::tenancy::registry::{Tenant, TenantRegistry};
@@ -221,10 +224,68 @@ fn tenant_from_path<'a>(path: &'a str, literal: &str) -> Option<(&'a str, &'a st
     (!id.is_empty()).then_some((id, remainder))
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenancyConfig {
+    /// Where the tenant may be named, in the order they are read. All that are present must
+    /// agree. `credential` is the tenant of the token or API key.
+    #[serde(default = "default_tenant_sources")]
+    pub sources: Vec<TenantSourceKind>,
+    /// Host pattern such as `{tenant}.api.example.com`.
+    #[serde(default)]
+    pub host_pattern: Option<String>,
+    /// Header naming the tenant (not `x-tenant-id`: that one the gateway sets for the upstream).
+    #[serde(default = "default_tenant_header")]
+    pub header: String,
+    /// Path prefix such as `/t/{tenant}`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Remove the path prefix before routing and forwarding.
+    #[serde(default = "default_true")]
+    pub strip_path_prefix: bool,
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantSourceKind {
+    Host,
+    Header,
+    Path,
+    Credential,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `tenants.toml` with `[[tenant]]` entries. Relative to this file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A PostgreSQL table, read at start and followed through LISTEN/NOTIFY.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_tenant_sources() -> Vec<TenantSourceKind> {
+    vec![
+        TenantSourceKind::Host,
+        TenantSourceKind::Header,
+        TenantSourceKind::Path,
+        TenantSourceKind::Credential,
+    ]
+}
+
+fn default_tenant_header() -> String {
+    "x-tenant".to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RegistryConfig;
     use crate::tenancy::model::TenantSpec;
     use http::HeaderValue;
 

@@ -12,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::EncodingKey;
 use serde_json::{json, Value};
 
+pub mod measure;
+
 /// `n` tenants `tenant-1` … `tenant-n` with realistic fields.
 pub fn tenants(n: usize) -> Vec<TenantSpec> {
     (1..=n)

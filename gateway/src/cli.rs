@@ -103,12 +103,17 @@ pub enum Command {
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
         /// Skip identification and use this principal: JSON such as
-        /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}`.
+        /// `{"id": "alice", "tenant": "acme", "roles": ["viewer"], "mfa": true}` (`"platform": true`
+        /// for a platform principal without a tenant).
         #[arg(long)]
         principal: Option<String>,
-        /// Client country (ISO 3166-1 alpha-2) for the policy context.
+        /// Client country (ISO 3166-1 alpha-2) for the policy context, instead of GeoIP.
         #[arg(long)]
         country: Option<String>,
+        /// The address the request comes from; with `[geoip]`, its country is looked up (after
+        /// walking `X-Forwarded-For` through the trusted proxies, as the proxy does).
+        #[arg(long)]
+        peer: Option<std::net::IpAddr>,
     },
 }
 
@@ -228,6 +233,7 @@ fn run_command() -> i32 {
             headers,
             principal,
             country,
+            peer,
         } => {
             let loaded = match load(&config) {
                 Ok(l) => l,
@@ -269,6 +275,7 @@ fn run_command() -> i32 {
                 headers: header_pairs,
                 principal,
                 country,
+                peer,
             };
             match explain(&loaded, &request) {
                 Ok(out) => {
@@ -302,7 +309,7 @@ fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
     let registry = if pg {
         Default::default()
     } else {
-        match crate::tenancy::registry::load_file_of(loaded) {
+        match crate::snapshot::load_file_registry(loaded) {
             Ok(r) => r,
             Err(issues) => {
                 eprintln!("invalid configuration:\n{issues}");
@@ -338,17 +345,6 @@ fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
     }
 }
 
-/// An RFC 3339 time, or a date meaning its midnight UTC.
-pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
-    let full = if value.len() == 10 {
-        format!("{value}T00:00:00Z")
-    } else {
-        value.to_string()
-    };
-    humantime::parse_rfc3339_weak(&full)
-        .map_err(|e| format!("`{value}`: {e} (expected e.g. 2026-11-23 or 2026-11-23T10:00:00Z)"))
-}
-
 fn usage_report(
     config: &Path,
     tenant: Option<String>,
@@ -363,7 +359,10 @@ fn usage_report(
         Ok(l) => l,
         Err(code) => return code,
     };
-    let (from, to) = match (parse_time(from), parse_time(to)) {
+    let (from, to) = match (
+        crate::metering::report::parse_time(from),
+        crate::metering::report::parse_time(to),
+    ) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
@@ -492,7 +491,10 @@ fn residency_report(
             return EXIT_CONFIG;
         }
     };
-    let (from, to) = match (parse_time(from), parse_time(to)) {
+    let (from, to) = match (
+        crate::metering::report::parse_time(from),
+        crate::metering::report::parse_time(to),
+    ) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
@@ -584,6 +586,9 @@ fn parse_principal(json: &str) -> Result<crate::identity::Principal, String> {
         mfa: bool,
         #[serde(default)]
         scopes: Vec<String>,
+        /// A platform principal (a platform-wide issuer's token without a tenant).
+        #[serde(default)]
+        platform: bool,
     }
     let spec: Spec = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let mut p = crate::identity::Principal::anonymous();
@@ -591,6 +596,7 @@ fn parse_principal(json: &str) -> Result<crate::identity::Principal, String> {
     p.tenant = spec.tenant.map(std::sync::Arc::from);
     p.roles = spec.roles;
     p.scopes = spec.scopes;
+    p.platform = spec.platform;
     p.auth = crate::identity::AuthMethod::Jwt {
         issuer: "explain".into(),
     };
@@ -613,12 +619,27 @@ fn explain(
             .map_err(|e| e.to_string())?;
         let snapshot =
             crate::snapshot::Snapshot::build(loaded, registry).map_err(|e| e.to_string())?;
-        let services = crate::pipeline::Services {
+        let geoip = match &loaded.config.geoip {
+            Some(g) => Some(
+                crate::geoip::GeoIp::open(&loaded.resolve(&g.database), g.field.clone())
+                    .map_err(|e| format!("geoip.database: {e}"))?,
+            ),
+            None => None,
+        };
+        let services = crate::admission::Services {
             authenticator: crate::identity::Authenticator::new(Default::default(), 16),
-            geoip: None,
-            trusted_proxies: Vec::new(),
-            // Tier features for the decision; explaining never takes from a rate limit.
-            limiter: std::sync::Arc::new(crate::limits::Limiter::new(None, &loaded.config.tiers)),
+            geoip,
+            trusted_proxies: loaded
+                .config
+                .geoip
+                .as_ref()
+                .map(|g| g.trusted_proxies.clone())
+                .unwrap_or_default(),
+            // The configured limits, to list them; explaining never spends from them.
+            limiter: std::sync::Arc::new(crate::limits::Limiter::new(
+                loaded.config.limits.as_ref(),
+                &loaded.config.tiers,
+            )),
             webhooks: None,
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)

@@ -161,6 +161,8 @@ impl ConnectionCounts {
         Ok(guard)
     }
 
+    // The index is taken modulo the shard count the vector was built with.
+    #[allow(clippy::indexing_slicing)]
     fn shard(&self, key: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);

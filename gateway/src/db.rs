@@ -5,7 +5,56 @@
 //! authenticate the server, give a CA file (`PGSSLROOTCERT` style): the certificate and host name
 //! are then verified (libpq's `verify-full`).
 
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Config};
+
+/// Where a PostgreSQL-backed feature connects (the `postgres` table of the tenant registry,
+/// principal store and usage exporter sections).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection URL (`postgres://user:pass@host/db?sslmode=require`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Name of an environment variable holding the URL (keeps passwords out of the file).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Table of tenants: `id text primary key, doc jsonb` (created when `migrate` is on).
+    #[serde(default = "default_tenant_table")]
+    pub table: String,
+    /// Create the tables and the NOTIFY trigger if missing.
+    #[serde(default = "default_true")]
+    pub migrate: bool,
+    /// PEM CA bundle: verify the server certificate and host name (libpq `verify-full`).
+    /// Without it, TLS follows libpq's `sslmode` (encrypted, not authenticated). Relative to
+    /// this file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    /// The connection URL, from `url` or the environment variable `url_env`.
+    pub fn connection_url(&self) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+            _ => Err("set exactly one of `url` and `url_env`".to_string()),
+        }
+    }
+}
+
+fn default_tenant_table() -> String {
+    "gateway_tenants".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -31,7 +80,7 @@ pub async fn connect(
 
 /// Connects as configured by a `[... .postgres]` section (URL or its environment variable, CA).
 pub async fn connect_config(
-    config: &crate::config::PostgresConfig,
+    config: &crate::db::PostgresConfig,
     notifications: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>>,
 ) -> Result<Client, DbError> {
     let url = config.connection_url().map_err(DbError::Config)?;

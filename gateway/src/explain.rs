@@ -1,4 +1,4 @@
-//! `gateway explain` (and the admin API's explain endpoint): runs a request through the stages
+//! `gateway explain` (and the admin API's explain endpoint): runs a request through `admit`
 //! without forwarding it and shows every step: principal, tenant, route, decision, the
 //! determining policies with their files, and the entities Cedar saw.
 
@@ -7,9 +7,11 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
-use crate::authz::{DecisionInput, Evaluation, RequestFacts};
+use crate::admission::trace::StageNote;
+use crate::admission::{admit_explained, Explaining, Services, StageOutcome, Trace};
+use crate::authz::{Evaluation, RequestFacts};
 use crate::identity::Principal;
-use crate::pipeline::{identify, sanitize, tenant, RequestHead, Services};
+use crate::pipeline::RequestHead;
 use crate::snapshot::Snapshot;
 
 /// A request to explain.
@@ -21,13 +23,22 @@ pub struct ExplainRequest {
     pub headers: Vec<(String, String)>,
     /// Use this principal instead of identifying the request's credentials.
     pub principal: Option<Principal>,
+    /// Use this client country instead of a GeoIP lookup.
     pub country: Option<String>,
+    /// The address the request comes from (the connecting peer). Its `X-Forwarded-For` is
+    /// walked from there through the trusted proxies, as the proxy does.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {
-    /// `allow`, `deny`, or the stage that refused the request.
+    /// `allow`, `deny` (stage 4 refused it), or `refused` (another stage did).
     pub outcome: String,
+    /// The HTTP status the gateway answers such a request with before forwarding (200 when it
+    /// would forward it; the upstream's own answer is not part of an explanation).
+    pub status: u16,
+    /// The problem type's short name of a refusal (e.g. `feature-not-in-tier`).
+    pub problem: Option<&'static str>,
     pub refused_by: Option<String>,
     pub reason: Option<String>,
     pub path: Option<String>,
@@ -42,29 +53,12 @@ pub struct Explanation {
     pub entities: Option<serde_json::Value>,
     pub context: Option<RequestFacts>,
     pub policy_version: Option<String>,
+    /// Every stage's result, in order.
+    pub stages: Vec<StageNote>,
 }
 
-impl Explanation {
-    fn refused(stage: &str, reason: String) -> Self {
-        Explanation {
-            outcome: "refused".to_string(),
-            refused_by: Some(stage.to_string()),
-            reason: Some(reason),
-            path: None,
-            principal: None,
-            tenant: None,
-            route: None,
-            action: None,
-            resource: None,
-            evaluation: None,
-            policy_origins: Vec::new(),
-            entities: None,
-            context: None,
-            policy_version: None,
-        }
-    }
-}
-
+/// Explains `request` by running it through [`crate::admission::admit_explained`]: the same
+/// stages and decisions as a live request, nothing forwarded and no budget spent.
 pub async fn explain(
     snapshot: &Snapshot,
     services: &Services,
@@ -85,119 +79,91 @@ pub async fn explain(
         target: request.path.as_bytes(),
         host: request.host.as_deref(),
         headers: &headers,
-        client_ip: None,
+        client_ip: request
+            .peer
+            .and_then(|peer| crate::geoip::client_ip(peer, &headers, &services.trusted_proxies)),
     };
-    let sanitized = match sanitize::sanitize(&head, &snapshot.sanitize) {
-        Ok(s) => s,
-        Err(e) => return Explanation::refused("sanitize", e.to_string()),
+    let mut explaining = Explaining {
+        principal: request.principal.clone().map(Arc::new),
+        country: request.country.clone(),
+        trace: Default::default(),
     };
-    let method = sanitized.method.clone();
-    let principal = match &request.principal {
-        Some(p) => Arc::new(p.clone()),
-        None => match identify::identify(
-            &head,
-            snapshot.identity.as_deref(),
-            &snapshot.registry,
-            snapshot.identity_generation,
-            &services.authenticator,
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(e) => return Explanation::refused("identify", e.to_string()),
-        },
+    let result = admit_explained(&head, snapshot, services, &mut explaining).await;
+    let Trace {
+        stages,
+        authorization,
+    } = explaining.trace;
+    let mut out = Explanation {
+        outcome: "allow".to_string(),
+        status: 200,
+        problem: None,
+        refused_by: None,
+        reason: None,
+        path: None,
+        principal: None,
+        tenant: None,
+        route: None,
+        action: None,
+        resource: None,
+        evaluation: None,
+        policy_origins: Vec::new(),
+        entities: None,
+        context: None,
+        policy_version: snapshot.authz.as_ref().map(|e| e.version.clone()),
+        stages,
     };
-    let resolved = match &snapshot.tenancy {
-        Some(policy) => match tenant::resolve_tenant(
-            &tenant::TenantRequest {
-                host: head.host,
-                headers: &headers,
-                path: &sanitized.path,
-            },
-            &principal,
-            policy,
-            &snapshot.registry,
-        ) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let mut x = Explanation::refused("tenant", e.to_string());
-                x.principal = Some((*principal).clone());
-                return x;
+    match result {
+        Ok(admitted) => {
+            out.path = Some(admitted.path().to_string());
+            out.tenant = admitted.tenant.as_ref().map(|t| t.tenant.id.to_string());
+            out.principal = Some((*admitted.principal).clone());
+        }
+        Err(refused) => {
+            let stage = out
+                .stages
+                .iter()
+                .rev()
+                .find(|s| s.outcome == StageOutcome::Refused)
+                .map(|s| s.stage.to_string());
+            out.outcome = if stage.as_deref() == Some("authorize") {
+                "deny"
+            } else {
+                "refused"
             }
-        },
-        None => None,
-    };
-    let path = resolved
-        .as_ref()
-        .and_then(|t| t.stripped_path.clone())
-        .unwrap_or(sanitized.path.clone());
-    let mut out = Explanation::refused("", String::new());
-    out.refused_by = None;
-    out.reason = None;
-    out.path = Some(path.clone());
-    out.principal = Some((*principal).clone());
-    out.tenant = resolved.as_ref().map(|t| t.tenant.id.clone());
-    let Some(engine) = &snapshot.authz else {
-        out.outcome = "allow".to_string();
-        out.reason = Some("no [authorization] configured".to_string());
-        return out;
-    };
-    out.policy_version = Some(engine.version.clone());
-    let Some(matched) = engine.routes.find(&method, &path) else {
-        out.outcome = format!("{:?}", engine.routes.unmatched).to_lowercase();
-        out.reason = Some("no route matches".to_string());
-        return out;
-    };
-    let default_tenant = crate::tenancy::TenantSpec::new("default");
-    let tenant_spec = resolved
-        .as_ref()
-        .map(|t| &*t.tenant)
-        .unwrap_or(&default_tenant);
-    let facts = RequestFacts::now(method.as_str(), request.country.clone(), None);
-    let attributes: Vec<(String, String)> = matched
-        .route
-        .attributes
-        .iter()
-        .filter_map(|(a, p)| matched.param(p).map(|v| (a.clone(), v.to_string())))
-        .collect();
-    let (evaluation, entities) = engine.evaluate(&DecisionInput {
-        principal: &principal,
-        tenant: tenant_spec,
-        tier_features: services.limiter.table.tier_features(&tenant_spec.tier),
-        action: &matched.route.action,
-        resource_type: &matched.route.resource_type,
-        resource_id: matched.resource_id(),
-        resource_attributes: &attributes,
-        facts: &facts,
-    });
-    out.outcome = if evaluation.allowed { "allow" } else { "deny" }.to_string();
-    out.route = Some(matched.route.template.clone());
-    out.action = Some(matched.route.action.clone());
-    out.resource = Some(format!(
-        "{}::{:?}",
-        matched.route.resource_type,
-        matched.resource_id()
-    ));
-    let origins = engine.policy_origins();
-    out.policy_origins = evaluation
-        .policies
-        .iter()
-        .chain(evaluation.shadow.iter().flat_map(|s| s.policies.iter()))
-        .filter_map(|id| {
-            origins.get(id).map(|o| {
-                (
-                    id.clone(),
-                    format!(
-                        "{}{}",
-                        o.file.display(),
-                        o.line.map(|l| format!(":{l}")).unwrap_or_default()
-                    ),
-                )
-            })
-        })
-        .collect();
-    out.entities = entities.and_then(|e| e.to_json_value().ok());
-    out.context = Some(facts);
-    out.evaluation = Some(evaluation);
+            .to_string();
+            out.status = refused.rejection.status();
+            out.problem = Some(refused.rejection.slug());
+            out.reason = Some(refused.rejection.to_string());
+            out.refused_by = stage;
+            out.tenant = refused.tenant;
+            out.principal = explaining
+                .principal
+                .as_deref()
+                .filter(|_| refused.principal.is_some())
+                .cloned();
+        }
+    }
+    if let Some(a) = authorization {
+        if let Some(engine) = &snapshot.authz {
+            let origins = engine.policy_origins();
+            out.policy_origins = a
+                .evaluation
+                .policies
+                .iter()
+                .chain(a.evaluation.shadow.iter().flat_map(|s| s.policies.iter()))
+                .filter_map(|id| {
+                    let o = origins.get(id)?;
+                    let line = o.line.map(|l| format!(":{l}")).unwrap_or_default();
+                    Some((id.clone(), format!("{}{line}", o.file.display())))
+                })
+                .collect();
+        }
+        out.route = Some(a.route);
+        out.action = Some(a.action);
+        out.resource = Some(a.resource);
+        out.entities = a.entities;
+        out.context = Some(a.context);
+        out.evaluation = Some(a.evaluation);
+    }
     out
 }

@@ -3,6 +3,7 @@
 //! forwarding it, and meters and audits what it did.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod authz;
 pub mod background;
@@ -10,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod diagnostics;
 pub mod durable;
 pub mod example_upstream;
 pub mod explain;
@@ -23,6 +25,7 @@ pub mod memory;
 pub mod metering;
 pub mod pipeline;
 pub mod proxy;
+pub mod records;
 pub mod reload;
 pub mod request_metrics;
 pub mod residency;

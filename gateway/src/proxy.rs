@@ -14,17 +14,15 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument;
 
+use crate::admission::{self, Admitted, Services};
 use crate::identity::provisioning::Provisioner;
-use crate::journal::Keep;
 use crate::lifecycle::{InFlight, InFlightGuard, Recording};
-use crate::metering::outbox::RecordBody;
-use crate::metering::{EventEnd, EventStart, Metering, Outcome, UsageEvent};
+use crate::metering::Metering;
 use crate::pipeline::correlation::{REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use crate::pipeline::rejection::TimeoutPhase;
 use crate::pipeline::sanitize::{self, HeadLimits};
-use crate::pipeline::{
-    self, forward, Admitted, Correlation, Problem, Rejection, RequestHead, Services,
-};
+use crate::pipeline::{self, forward, Correlation, Problem, Rejection, RequestHead};
+use crate::records::{Established, Exchange, Recorder};
 use crate::request_metrics::RequestMetrics;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::upstream::{SelectedPeer, Upstreams};
@@ -127,26 +125,21 @@ impl GatewayProxy {
             .unwrap_or(self.limits.max_body_bytes)
     }
 
-    /// The begin record of a request about to be forwarded: in the outbox file (or, with
-    /// `fsync = "batch"`, on disk) before anything is sent upstream, so no crash can lose a
-    /// request the upstream may have seen.
-    async fn begin_usage(&self, ctx: &mut RequestCtx, method: &str) -> Result<(), Rejection> {
-        let (Some(metering), Some(admitted)) = (&self.hooks.metering, &ctx.admitted) else {
-            return Ok(());
-        };
-        if ctx.begun || !metering.record_before_forward {
-            return Ok(());
+    /// Where this request's records go (see [`crate::records`]).
+    fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            metering: self.hooks.metering.as_deref(),
+            recording: &self.hooks.recording,
         }
-        let planned_region = admitted.route.regions.first().cloned();
-        let start = usage_start(admitted, ctx, method, planned_region, &metering.rules);
-        metering
-            .outbox
-            .begin(&start)
-            .await
-            .map_err(|e| Rejection::MeteringUnavailable {
-                reason: e.to_string(),
-            })?;
-        ctx.begun = true;
+    }
+
+    /// The begin record of a request about to be forwarded (see [`Recorder::begin`]).
+    async fn begin_usage(&self, ctx: &mut RequestCtx, method: &str) -> Result<(), Rejection> {
+        let begun = self
+            .recorder()
+            .begin(&ctx.exchange(method, None, 0, None))
+            .await?;
+        ctx.begun = begun;
         Ok(())
     }
 
@@ -171,90 +164,15 @@ impl GatewayProxy {
             .and_then(|p| p.region.clone())
     }
 
-    /// Records usage and audit once the request is over. Records of requests the upstream may
-    /// have seen are always kept; those of refused requests may be dropped (and counted) while
-    /// the disk refuses writes and the writers' queues are full.
-    async fn finish(&self, session: &mut Session, ctx: &mut RequestCtx, status: u16) {
-        let method = session.req_header().method.to_string();
+    /// Records usage and audit once the request is over (see [`Recorder::finish`]).
+    fn finish(&self, session: &Session, ctx: &RequestCtx, status: u16) {
+        let method = session.req_header().method.as_str();
         let region = self.region_of(ctx);
-        let keep = if ctx.begun || ctx.forwarded {
-            Keep::Always
-        } else {
-            Keep::IfRoom
-        };
-        if let Some(metering) = &self.hooks.metering {
-            let body = if ctx.begun {
-                RecordBody::End(EventEnd {
-                    id: ctx.usage_id.clone(),
-                    status,
-                    request_bytes: session.body_bytes_read() as u64,
-                    response_bytes: session.body_bytes_sent() as u64,
-                    upstream_latency_us: ctx.upstream_latency.map(|d| d.as_micros() as u64),
-                    region: region.clone(),
-                    // Refused after the begin record, before anything went upstream.
-                    reason: ctx
-                        .rejection
-                        .as_ref()
-                        .filter(|_| !ctx.forwarded)
-                        .map(|r| r.reason_code().to_string()),
-                })
-            } else {
-                let mut event = match &ctx.admitted {
-                    Some(admitted) => {
-                        let start =
-                            usage_start(admitted, ctx, &method, region.clone(), &metering.rules);
-                        UsageEvent {
-                            id: start.id,
-                            time: start.time,
-                            request_id: start.request_id,
-                            tenant: start.tenant,
-                            principal: start.principal,
-                            action: start.action,
-                            route: start.route,
-                            method: method.clone(),
-                            status,
-                            request_bytes: session.body_bytes_read() as u64,
-                            response_bytes: session.body_bytes_sent() as u64,
-                            upstream_latency_us: ctx.upstream_latency.map(|d| d.as_micros() as u64),
-                            region: start.region,
-                            outcome: Outcome::Completed,
-                            reason: None,
-                            meters: start.meters,
-                        }
-                    }
-                    None => rejected_event(ctx, &method, status),
-                };
-                if let Some(r) = ctx.rejection.as_ref().filter(|_| !ctx.forwarded) {
-                    event.outcome = Outcome::Rejected;
-                    event.reason = Some(r.reason_code().to_string());
-                }
-                RecordBody::Complete(Box::new(event))
-            };
-            if metering.tenant_metrics {
-                let tenant = ctx
-                    .admitted
-                    .as_ref()
-                    .and_then(|a| a.tenant.as_ref())
-                    .map(|t| t.tenant.id.clone())
-                    .unwrap_or_default();
-                metrics::counter!("gateway_usage_requests_total", "tenant" => tenant).increment(1);
-            }
-            if !metering.outbox.record(&body, keep) {
-                tracing::warn!(
-                    request_id = ctx.request_id(),
-                    "usage record of a refused request dropped: the outbox cannot write"
-                );
-            }
-        }
-        if let Some(audit) = &self.hooks.recording.audit {
-            let entry = audit_entry(ctx, &method, status, region.as_deref());
-            if !audit.append("request", &entry, keep) {
-                tracing::warn!(
-                    request_id = ctx.request_id(),
-                    "audit record of a refused request dropped: the audit log cannot write"
-                );
-            }
-        }
+        let trace_id = ctx.correlation.as_ref().map(|c| c.trace.trace_id_hex());
+        let mut exchange = ctx.exchange(method, trace_id.as_deref(), status, region.as_deref());
+        exchange.request_bytes = session.body_bytes_read() as u64;
+        exchange.response_bytes = session.body_bytes_sent() as u64;
+        self.recorder().finish(&exchange);
     }
 }
 
@@ -288,6 +206,39 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// This request as its records describe it.
+    fn exchange<'a>(
+        &'a self,
+        method: &'a str,
+        trace_id: Option<&'a str>,
+        status: u16,
+        region: Option<&'a str>,
+    ) -> Exchange<'a> {
+        Exchange {
+            request_id: self.request_id(),
+            trace_id,
+            usage_id: &self.usage_id,
+            method,
+            started: self.started,
+            admitted: self.admitted.as_ref(),
+            established: Established {
+                principal: self.known_principal.as_deref(),
+                tenant: self.known_tenant.as_deref(),
+                decision: self.known_decision.as_ref(),
+            },
+            rejection: self.rejection.as_ref(),
+            begun: self.begun,
+            forwarded: self.forwarded,
+            status,
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_latency: self.upstream_latency,
+            region,
+            peer: self.selected.as_ref().map(|s| s.addr),
+            failed_peers: &self.failed_peers,
+        }
+    }
+
     fn request_id(&self) -> &str {
         self.correlation
             .as_ref()
@@ -377,7 +328,7 @@ impl ProxyHttp for GatewayProxy {
         };
         // Every log line of the stages (decisions included) carries the request id.
         let span = tracing::info_span!("request", request_id = %correlation.request_id);
-        let outcome = pipeline::admit(&head, &snapshot, &self.services)
+        let outcome = admission::admit(&head, &snapshot, &self.services)
             .instrument(span)
             .await;
         let request_id = correlation.request_id.clone();
@@ -396,17 +347,7 @@ impl ProxyHttp for GatewayProxy {
                     // A WebSocket may stay quiet for longer than a body may stall.
                     session.set_read_timeout(Some(self.limits.keepalive_timeout));
                 }
-                let req = session.req_header_mut();
-                for name in &admitted.sanitized.strip {
-                    req.remove_header(name);
-                }
-                req.set_method(admitted.sanitized.method.clone());
-                if admitted.rewrites_target() {
-                    let uri = http::Uri::try_from(admitted.upstream_target()).map_err(|e| {
-                        Error::because(ErrorType::InternalError, "normalised target", e)
-                    })?;
-                    req.set_uri(uri);
-                }
+                apply_admitted(session.req_header_mut(), &admitted)?;
                 if let (Some(provisioner), Some(tenant)) =
                     (&self.hooks.provisioner, &admitted.tenant)
                 {
@@ -421,7 +362,7 @@ impl ProxyHttp for GatewayProxy {
                 }
                 Ok(false)
             }
-            Err(pipeline::Refused {
+            Err(admission::Refused {
                 rejection,
                 principal,
                 tenant,
@@ -472,8 +413,9 @@ impl ProxyHttp for GatewayProxy {
         };
         match self.upstreams.select_from(&plan.pools, &ctx.failed_peers) {
             Some(selected) => {
-                let peer = self.upstreams.http_peer(&selected);
-                let pool = &self.upstreams.pools()[selected.pool];
+                let Some((peer, pool)) = self.upstreams.http_peer(&selected) else {
+                    return Err(Error::explain(ErrorType::InternalError, "unknown pool"));
+                };
                 let region = pool.region.as_deref().unwrap_or("");
                 let failover = !ctx.failed_peers.is_empty()
                     || Some(region) != plan.regions.first().map(String::as_str);
@@ -542,16 +484,19 @@ impl ProxyHttp for GatewayProxy {
                 upstream_request.insert_header(name, value)?;
             }
         }
+        // The upstream sees the whole hop list, every header line of it (RFC 9110 §5.3), plus
+        // the peer; `Forwarded` (RFC 7239) is not maintained by the gateway, so a client's own
+        // would reach the upstream unverified: it is removed.
+        upstream_request.remove_header("forwarded");
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let forwarded_for = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prev) => format!(
-                    "{}, {}",
-                    String::from_utf8_lossy(prev.as_bytes()),
-                    client.ip()
-                ),
-                None => client.ip().to_string(),
-            };
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            let mut hops: Vec<String> = upstream_request
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|line| String::from_utf8_lossy(line.as_bytes()).into_owned())
+                .collect();
+            hops.push(client.ip().to_string());
+            upstream_request.insert_header("x-forwarded-for", hops.join(", "))?;
         }
         if self.hooks.metering.is_some() {
             upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;
@@ -649,7 +594,7 @@ impl ProxyHttp for GatewayProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        self.finish(session, ctx, status).await;
+        self.finish(session, ctx, status);
         record_request_metrics(&self.metrics, ctx, status);
         tracing::info!(
             target: "access",
@@ -667,6 +612,23 @@ impl ProxyHttp for GatewayProxy {
 }
 
 /// The request's metrics (see [`RequestMetrics`]).
+/// Applies what the stages settled to the request the upstream receives: headers the gateway
+/// owns (and overrides) removed, the method, and the normalised target (tenant prefix
+/// stripped) whenever it differs from what the client sent. The path the route table matched
+/// is exactly the path this sends.
+pub fn apply_admitted(req: &mut RequestHeader, admitted: &Admitted) -> pingora::Result<()> {
+    for name in &admitted.sanitized.strip {
+        req.remove_header(name);
+    }
+    req.set_method(admitted.sanitized.method.clone());
+    if admitted.rewrites_target() {
+        let uri = http::Uri::try_from(admitted.upstream_target())
+            .map_err(|e| Error::because(ErrorType::InternalError, "normalised target", e))?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
 fn record_request_metrics(metrics: &RequestMetrics, ctx: &RequestCtx, status: u16) {
     let route = ctx
         .admitted
@@ -759,159 +721,4 @@ async fn respond_problem(
         .await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-}
-
-/// The begin-time part of a usage event.
-fn usage_start(
-    admitted: &Admitted,
-    ctx: &RequestCtx,
-    method: &str,
-    region: Option<String>,
-    rules: &[crate::metering::MeterRule],
-) -> EventStart {
-    let decision = admitted
-        .authorized
-        .as_ref()
-        .and_then(|a| a.decision.as_ref());
-    let action = decision.map(|d| d.action.clone());
-    let route = decision.map(|d| d.route.clone());
-    EventStart {
-        id: ctx.usage_id.clone(),
-        time: now_rfc3339(),
-        request_id: ctx.request_id().to_string(),
-        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
-        principal: Some(admitted.principal.id.clone()),
-        meters: crate::metering::meters_for(rules, action.as_deref(), route.as_deref()),
-        action,
-        route,
-        method: method.to_string(),
-        region,
-    }
-}
-
-/// The usage event of a request refused before the stages established anything.
-fn rejected_event(ctx: &RequestCtx, method: &str, status: u16) -> UsageEvent {
-    let decision = match &ctx.rejection {
-        Some(Rejection::Forbidden(d)) => Some(&**d),
-        _ => ctx.known_decision.as_ref(),
-    };
-    UsageEvent {
-        id: ctx.usage_id.clone(),
-        time: now_rfc3339(),
-        request_id: ctx.request_id().to_string(),
-        tenant: ctx
-            .known_tenant
-            .clone()
-            .or(decision.map(|d| d.tenant.clone())),
-        principal: ctx
-            .known_principal
-            .clone()
-            .or(decision.map(|d| d.principal.clone())),
-        action: decision.map(|d| d.action.clone()),
-        route: decision.map(|d| d.route.clone()),
-        method: method.to_string(),
-        status,
-        request_bytes: 0,
-        response_bytes: 0,
-        upstream_latency_us: None,
-        region: None,
-        outcome: Outcome::Rejected,
-        reason: ctx.rejection.as_ref().map(|r| r.reason_code().to_string()),
-        meters: Vec::new(),
-    }
-}
-
-/// The audit record of one request: who, which tenant, what was decided and why, where it was
-/// routed and why, how it ended. Borrowed from the request's state (no JSON tree is built).
-#[derive(serde::Serialize)]
-struct RequestAudit<'a> {
-    request_id: &'a str,
-    trace_id: Option<String>,
-    usage_id: &'a str,
-    method: &'a str,
-    path: Option<&'a str>,
-    status: u16,
-    tenant: Option<&'a str>,
-    principal: Option<&'a str>,
-    auth: Option<&'a str>,
-    rejection: Option<&'static str>,
-    decision: Option<DecisionAudit<'a>>,
-    routing: Option<RoutingAudit<'a>>,
-    country: Option<&'a str>,
-    latency_us: u64,
-}
-
-#[derive(serde::Serialize)]
-struct DecisionAudit<'a> {
-    action: &'a str,
-    resource: &'a str,
-    allowed: bool,
-    policies: &'a [String],
-    errors: &'a [String],
-    shadow: Option<&'a crate::authz::ShadowOutcome>,
-}
-
-#[derive(serde::Serialize)]
-struct RoutingAudit<'a> {
-    region: Option<&'a str>,
-    planned_regions: &'a [String],
-    regime: Option<&'a str>,
-    reason: crate::pipeline::route::RouteReason,
-    peer: Option<String>,
-    failed_peers: Vec<String>,
-}
-
-fn audit_entry<'a>(
-    ctx: &'a RequestCtx,
-    method: &'a str,
-    status: u16,
-    region: Option<&'a str>,
-) -> RequestAudit<'a> {
-    let admitted = ctx.admitted.as_ref();
-    let decision = admitted
-        .and_then(|a| a.authorized.as_ref())
-        .and_then(|a| a.decision.as_ref())
-        .or(match &ctx.rejection {
-            Some(Rejection::Forbidden(d)) => Some(&**d),
-            _ => ctx.known_decision.as_ref(),
-        });
-    RequestAudit {
-        request_id: ctx.request_id(),
-        trace_id: ctx.correlation.as_ref().map(|c| c.trace.trace_id_hex()),
-        usage_id: &ctx.usage_id,
-        method,
-        path: admitted.map(|a| a.path()),
-        status,
-        tenant: admitted
-            .and_then(|a| a.tenant.as_ref())
-            .map(|t| t.tenant.id.as_str())
-            .or(ctx.known_tenant.as_deref()),
-        principal: admitted
-            .map(|a| a.principal.id.as_str())
-            .or(ctx.known_principal.as_deref()),
-        auth: admitted.map(|a| a.principal.auth.label()),
-        rejection: ctx.rejection.as_ref().map(Rejection::reason_code),
-        decision: decision.map(|d| DecisionAudit {
-            action: &d.action,
-            resource: &d.resource,
-            allowed: d.evaluation.allowed,
-            policies: &d.evaluation.policies,
-            errors: &d.evaluation.errors,
-            shadow: d.evaluation.shadow.as_ref(),
-        }),
-        routing: admitted.map(|a| &a.route).map(|r| RoutingAudit {
-            region,
-            planned_regions: &r.regions,
-            regime: r.regime.as_deref(),
-            reason: r.reason,
-            peer: ctx.selected.as_ref().map(|s| s.addr.to_string()),
-            failed_peers: ctx.failed_peers.iter().map(|p| p.to_string()).collect(),
-        }),
-        country: admitted.and_then(|a| a.country.as_deref()),
-        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-    }
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{LoadedConfig, SourceIssue, SourceIssues, SourceText};
+use crate::config::LoadedConfig;
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::tenancy::TenantSpec;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,15 @@ impl ResidencyMaps {
     pub fn load(dir: &Path) -> Result<Self, SourceIssues> {
         let regions_src = SourceText::read(&dir.join("regions.toml"))?;
         let regimes_src = SourceText::read(&dir.join("regimes.toml"))?;
+        Self::from_sources(&regions_src, &regimes_src)
+    }
+
+    /// As [`load`](Self::load), for the text of `regions.toml` and `regimes.toml` already in
+    /// memory (their paths are used in messages).
+    pub fn from_sources(
+        regions_src: &SourceText,
+        regimes_src: &SourceText,
+    ) -> Result<Self, SourceIssues> {
         let regions: RegionsFile = regions_src.deserialize()?;
         let regimes: RegimesFile = regimes_src.deserialize()?;
         let mut issues = Vec::new();
@@ -255,7 +265,10 @@ impl ResidencyPolicy {
     }
 
     pub fn pin_for(&self, path: &str) -> Option<&Pin> {
-        self.pins.at(path).ok().map(|m| &self.pin_list[*m.value])
+        self.pins
+            .at(path)
+            .ok()
+            .and_then(|m| self.pin_list.get(*m.value))
     }
 
     /// Checks every tenant of a registry against the maps.

@@ -13,6 +13,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
+use crate::admission::Services;
 use crate::background::task_service;
 use crate::config::{LoadedConfig, SourceIssues};
 use crate::connections::{ConnectionGate, ConnectionSettings, TLS_READ_BUFFER};
@@ -21,7 +22,6 @@ use crate::identity::{Authenticator, JwksSettings};
 use crate::lifecycle::{InFlight, Recording};
 use crate::metering::outbox::{Outbox, OutboxSettings};
 use crate::metering::Metering;
-use crate::pipeline::Services;
 use crate::proxy::{GatewayProxy, Hooks, RequestLimits};
 use crate::snapshot::{self, Snapshot, SnapshotStore};
 use crate::upstream::Upstreams;
@@ -342,7 +342,11 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             writer,
             metrics,
             token,
-            loaded,
+            crate::admin::AdminPaths {
+                outbox_dir: cfg.metering.as_ref().map(|m| m.dir.clone()),
+                audit_dir: cfg.audit.as_ref().map(|a| a.dir.clone()),
+                config_path: loaded.source.path.clone(),
+            },
             recording.clone(),
         ));
         server.add_service(task_service("admin api", move |shutdown| {

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::authz::AuthzEngine;
-use crate::config::{LoadedConfig, SourceIssue, SourceIssues};
+use crate::config::LoadedConfig;
+use crate::diagnostics::{SourceIssue, SourceIssues};
 use crate::identity::IdentityPolicy;
 use crate::pipeline::forward::ContextSigner;
 use crate::pipeline::identify;
@@ -125,11 +126,27 @@ impl Snapshot {
 }
 
 /// Loads the registry a configuration points at (file or PostgreSQL).
+/// The file registry a configuration points at (empty without `[tenancy]`).
+pub fn load_file_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
+    match loaded
+        .config
+        .tenancy
+        .as_ref()
+        .and_then(|t| t.registry.file.as_ref())
+    {
+        Some(file) => crate::tenancy::registry::load_file(
+            &loaded.resolve(file),
+            &crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys()),
+        ),
+        None => Ok(TenantRegistry::default()),
+    }
+}
+
 pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
     let Some(tenancy) = &loaded.config.tenancy else {
         return Ok(TenantRegistry::default());
     };
-    let tiers = crate::tenancy::model::KnownTiers::of_config(&loaded.config);
+    let tiers = crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys());
     if let Some(file) = &tenancy.registry.file {
         return crate::tenancy::registry::load_file(&loaded.resolve(file), &tiers);
     }
@@ -362,4 +379,21 @@ fn with_tenant_changes(
         next.identity_generation += 1;
     }
     Ok(next)
+}
+
+impl crate::tenancy::LiveRegistry for SnapshotStore {
+    fn current(&self) -> Arc<TenantRegistry> {
+        self.load().registry.clone()
+    }
+
+    fn replace(&self, registry: TenantRegistry) -> Result<(), crate::tenancy::ChangeRefused> {
+        Ok(self.replace_registry(registry)?)
+    }
+
+    fn apply(
+        &self,
+        changes: Vec<(String, Option<TenantSpec>)>,
+    ) -> Result<usize, crate::tenancy::ChangeRefused> {
+        Ok(self.apply_tenant_changes(changes)?)
+    }
 }

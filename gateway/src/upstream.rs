@@ -103,9 +103,10 @@ impl Upstreams {
         })
     }
 
-    /// The pingora peer (address, TLS, protocol, timeouts) for a selected peer.
-    pub fn http_peer(&self, selected: &SelectedPeer) -> Box<HttpPeer> {
-        let pool = &self.pools[selected.pool];
+    /// The pingora peer (address, TLS, protocol, timeouts) for a selected peer, with its pool
+    /// (`None` only for a peer some other `Upstreams` selected).
+    pub fn http_peer(&self, selected: &SelectedPeer) -> Option<(Box<HttpPeer>, &UpstreamPool)> {
+        let pool = self.pools.get(selected.pool)?;
         let sni = pool.sni.clone().unwrap_or_else(|| {
             if pool.tls {
                 selected.addr.ip().to_string()
@@ -126,7 +127,7 @@ impl Upstreams {
             // Cleartext HTTP/2 with prior knowledge.
             (UpstreamProtocol::Http2, false) => ALPN::H2,
         };
-        Box::new(peer)
+        Some((Box::new(peer), pool))
     }
 
     /// Takes a peer out of (or back into) rotation, e.g. to drain it. Returns whether the peer

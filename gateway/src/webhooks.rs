@@ -25,7 +25,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::durable::{append_line, write_atomically};
-use crate::snapshot::SnapshotStore;
+use crate::tenancy::LiveRegistry;
 use crate::tenancy::{TenantSpec, WebhookSubscription};
 
 /// `[webhooks]`: where deliveries queue and how they are retried.
@@ -59,28 +59,8 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Checks subscriber URLs and secrets.
-pub fn validate_subscription(s: &WebhookSubscription) -> Result<(), String> {
-    let url = reqwest::Url::parse(&s.url).map_err(|e| format!("url `{}`: {e}", s.url))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url `{}`: must be http or https", s.url));
-    }
-    secret_key(&s.secret).map(drop)
-}
-
-/// The HMAC key of a `whsec_<base64>` secret.
-fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret
-        .strip_prefix("whsec_")
-        .ok_or("secret must start with `whsec_` (Standard Webhooks)")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| format!("secret is not base64 after `whsec_`: {e}"))?;
-    if key.len() < 24 {
-        return Err("secret must hold at least 24 bytes".to_string());
-    }
-    Ok(key)
-}
+pub use crate::tenancy::model::validate_subscription;
+use crate::tenancy::model::webhook_secret_key as secret_key;
 
 /// `v1,<base64 HMAC-SHA256(id.timestamp.body)>`.
 pub fn sign(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Result<String, String> {
@@ -161,14 +141,14 @@ impl Webhooks {
 pub struct WebhookWorker {
     config: WebhooksConfig,
     receiver: mpsc::Receiver<Delivery>,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
     client: reqwest::Client,
 }
 
 /// Opens the queue directory; returns the emitting handle and the worker to run.
 pub fn open(
     config: WebhooksConfig,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
 ) -> std::io::Result<(Webhooks, WebhookWorker)> {
     std::fs::create_dir_all(&config.dir)?;
     terminate_torn_line(&config.dir.join("queue.jsonl"))?;
@@ -185,7 +165,7 @@ pub fn open(
         WebhookWorker {
             config,
             receiver,
-            store,
+            registry,
             client,
         },
     ))
@@ -253,7 +233,7 @@ impl WebhookWorker {
                 .map(|s| s.secret.clone())
         };
         match &delivery.tenant {
-            Some(tenant) => matching(&self.store.load().registry.get(tenant)?.webhooks),
+            Some(tenant) => matching(&self.registry.current().get(tenant)?.webhooks),
             None => matching(&self.config.subscriber),
         }
     }

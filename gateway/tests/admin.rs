@@ -1,6 +1,13 @@
 //! The admin API through the real gateway: open health endpoints, everything else behind the
 //! bearer token, Prometheus metrics, tenant provisioning in PostgreSQL effective within a second,
 //! reload and explain, and `/readyz` turning 503 on graceful shutdown.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! Cedar authorization through the real gateway: allowed requests reach the upstream, denied
 //! ones get 403 and never do; policies reload under load without a failed or mis-authorized
 //! request; a bad policy is refused and the old set keeps serving; the CLI tools.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,4 +1,11 @@
 //! The command line: `check` validates, malformed configs exit 2 with file/line/field.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

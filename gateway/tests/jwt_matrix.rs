@@ -2,6 +2,13 @@
 //! loopback), through the real gateway: HMAC signed with a public key, algorithm switching
 //! within the pinned set, a `kid` of another issuer's key, embedded `jwk`/`jku`/`x5u`/`x5c`
 //! headers, keys rotated mid-traffic, and a JWKS that is down, slow or returns garbage.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,6 +1,13 @@
 //! Metering and audit through the real gateway: exporters against real HTTP receivers (that
 //! fail on demand) and the real PostgreSQL ledger; restarts mid-export; a SIGKILL under load
 //! with 0 lost and 0 duplicated events; the audit chain and the reports.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

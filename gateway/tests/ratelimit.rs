@@ -2,6 +2,13 @@
 //! gateways sharing one limit through the machine's Redis, Redis stopped mid-test (a Redis of
 //! the test's own on another port) with each fallback and the recovery, quotas surviving a
 //! restart, and tier feature gates.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -2,6 +2,13 @@
 //! Cedar policies in front of the example upstream: normalisation that manufactured double
 //! encoding, malformed `X-Forwarded-For` hops that switched GeoIP off, and method/URL override
 //! headers that let a read through which the upstream then served as a write.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -330,6 +337,39 @@ async fn malformed_forwarded_for_hops_do_not_switch_geoip_off() {
 
 // ---------------------------------------------------------------------------------------------
 // Item 6: method and URL override headers.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_gets_every_forwarded_for_line_and_no_client_forwarded_header() {
+    let up = upstream("app").await;
+    let gw = start(up.addr, "");
+    let viewer = token("vera", "acme", &["viewer"]);
+    let (status, body) = raw_request(
+        gw.addr,
+        "GET",
+        b"/projects/42",
+        &format!(
+            "{}{}{}{}{}",
+            header_line("authorization", &format!("Bearer {viewer}")),
+            header_line("x-tenant", "acme"),
+            header_line("x-forwarded-for", "203.0.113.7"),
+            header_line("x-forwarded-for", "198.51.100.9"),
+            header_line("forwarded", "for=192.0.2.1;proto=https"),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echo.headers.get("x-forwarded-for").map(Vec::as_slice),
+        Some(&["203.0.113.7, 198.51.100.9, 127.0.0.1".to_string()][..]),
+        "{:?}",
+        echo.headers
+    );
+    assert!(
+        !echo.headers.contains_key("forwarded"),
+        "a client's Forwarded header reached the upstream: {:?}",
+        echo.headers
+    );
+}
 
 const OVERRIDES: &[&str] = &[
     "x-http-method-override",

@@ -1,6 +1,13 @@
 //! Data residency through the real gateway: several real upstreams on loopback labelled by
 //! region; home-region routing, failover inside the regime, 503 instead of a leak, pinned routes
 //! (451), client geography from GeoIP behind trusted proxies, and GeoIP hot reload.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

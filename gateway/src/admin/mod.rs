@@ -29,7 +29,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::pipeline::Services;
+use crate::admission::Services;
 use crate::reload::Reloader;
 use crate::snapshot::SnapshotStore;
 use crate::upstream::Upstreams;
@@ -139,6 +139,15 @@ struct PeriodQuery {
     bucket: Option<String>,
 }
 
+/// The files the admin API reads: usage reports from the outbox, audit queries from the log,
+/// reloads from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AdminPaths {
+    pub outbox_dir: Option<std::path::PathBuf>,
+    pub audit_dir: Option<std::path::PathBuf>,
+    pub config_path: std::path::PathBuf,
+}
+
 /// `POST /admin/explain` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +160,9 @@ struct ExplainBody {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     country: Option<String>,
+    /// The connecting peer's address (`X-Forwarded-For` is walked from it).
+    #[serde(default)]
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Admin {
@@ -163,7 +175,7 @@ impl Admin {
         tenants: tenants::TenantWriter,
         metrics: Option<PrometheusHandle>,
         token_sha256: [u8; 32],
-        loaded: &crate::config::LoadedConfig,
+        paths: AdminPaths,
         recording: Arc<crate::lifecycle::Recording>,
     ) -> Self {
         Admin {
@@ -173,9 +185,9 @@ impl Admin {
             reloader,
             tenants,
             metrics,
-            outbox_dir: loaded.config.metering.as_ref().map(|m| m.dir.clone()),
-            audit_dir: loaded.config.audit.as_ref().map(|a| a.dir.clone()),
-            config_path: loaded.source.path.clone(),
+            outbox_dir: paths.outbox_dir,
+            audit_dir: paths.audit_dir,
+            config_path: paths.config_path,
             token_sha256,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
@@ -420,6 +432,7 @@ impl Admin {
             headers: body.headers.into_iter().collect(),
             principal: None,
             country: body.country,
+            peer: body.peer,
         };
         let snapshot = self.store.load();
         let explanation = crate::explain::explain(&snapshot, &self.services, &request).await;
@@ -433,8 +446,9 @@ impl Admin {
     fn period(query: &str) -> Result<(PeriodQuery, SystemTime, SystemTime), String> {
         let q: PeriodQuery =
             serde_urlencoded::from_str(query).map_err(|e| format!("query: {e}"))?;
-        let from = crate::cli::parse_time(&q.from).map_err(|e| format!("from: {e}"))?;
-        let to = crate::cli::parse_time(&q.to).map_err(|e| format!("to: {e}"))?;
+        let from =
+            crate::metering::report::parse_time(&q.from).map_err(|e| format!("from: {e}"))?;
+        let to = crate::metering::report::parse_time(&q.to).map_err(|e| format!("to: {e}"))?;
         Ok((q, from, to))
     }
 

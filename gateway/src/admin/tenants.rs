@@ -15,7 +15,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{body_response, problem, respond, AdminResponse};
-use crate::config::PostgresConfig;
+use crate::db::PostgresConfig;
 use crate::snapshot::SnapshotStore;
 use crate::tenancy::{TenantSpec, TenantStatus};
 
@@ -38,15 +38,9 @@ impl TenantWriter {
 
     /// `PUT /admin/tenants/{id}`: the whole tenant document.
     pub async fn put(&self, store: &SnapshotStore, id: &str, body: &[u8]) -> AdminResponse {
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let spec: TenantSpec = match serde_path_to_error::deserialize(&mut deserializer) {
+        let spec = match parse_document(body) {
             Ok(spec) => spec,
-            Err(e) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    format!("body: {}: {}", e.path(), e.inner()),
-                )
-            }
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
         };
         if spec.id != id {
             return problem(
@@ -152,6 +146,18 @@ impl TenantWriter {
     }
 }
 
+/// The tenant document of a request body: one JSON object and nothing after it (a second
+/// document or trailing bytes would otherwise be ignored silently). The error names the field.
+fn parse_document(body: &[u8]) -> Result<TenantSpec, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let spec: TenantSpec = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| format!("body: {}: {}", e.path(), e.inner()))?;
+    deserializer
+        .end()
+        .map_err(|e| format!("body: after the tenant document: {e}"))?;
+    Ok(spec)
+}
+
 /// `400` with an RFC 9457 problem naming each invalid field in `invalid-params` (the extension
 /// member of RFC 9457's own example).
 fn invalid_document(issues: &[(String, String)]) -> AdminResponse {
@@ -176,4 +182,27 @@ fn invalid_document(issues: &[(String, String)]) -> AdminResponse {
         Bytes::from(body.to_string()),
         "application/problem+json",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_is_one_json_object_and_nothing_else() {
+        let spec = parse_document(br#" {"id": "newco", "tier": "pro"} "#).unwrap();
+        assert_eq!((spec.id.as_str(), spec.tier.as_str()), ("newco", "pro"));
+        // Found by the admin_tenant fuzz target: trailing bytes, or a second document, were
+        // ignored and the first document written.
+        for body in [
+            &b"{\"id\": \"newco\"}\xff\xff"[..],
+            br#"{"id": "newco"}{"id": "newco", "status": "suspended"}"#,
+            br#"{"id": "newco"} x"#,
+        ] {
+            let err = parse_document(body).unwrap_err();
+            assert!(err.contains("after the tenant document"), "{err}");
+        }
+        let err = parse_document(br#"{"id": "newco", "limits": {"burst": "x"}}"#).unwrap_err();
+        assert!(err.starts_with("body: limits.burst:"), "{err}");
+    }
 }

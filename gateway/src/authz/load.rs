@@ -11,7 +11,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
-use crate::config::{Location, SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
 
 /// Where a policy came from, for explain output and test coverage reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,8 +146,7 @@ pub fn merge(into: &mut ParsedPolicies, more: ParsedPolicies, issues: &mut Vec<S
     into.sources.extend(more.sources);
     for policy in more.policies {
         let id = policy.id().to_string();
-        if let Some(previous) = into.origins.get(&id) {
-            let origin = &more.origins[&id];
+        if let (Some(previous), Some(origin)) = (into.origins.get(&id), more.origins.get(&id)) {
             issues.push(SourceIssue {
                 location: Location {
                     file: origin.file.clone(),

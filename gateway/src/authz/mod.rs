@@ -24,7 +24,7 @@ use cedar_policy::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
@@ -450,6 +450,16 @@ impl AuthzEngine {
 
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// Empties the decision and entity caches, so that what follows is decided from the
+    /// inputs alone (fuzzing: every input starts from the same state).
+    #[doc(hidden)]
+    pub fn clear_caches(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+        self.entity_cache.clear();
     }
 
     /// Decides one request, using the decision cache.
@@ -941,7 +951,7 @@ fn new_cache(capacity: u64) -> Option<quick_cache::sync::Cache<String, Arc<Evalu
 }
 
 /// Checks that `action` exists and applies to `resource` (used by the route table).
-fn check_action(schema: &Schema, action: &str, resource: &str) -> Result<(), String> {
+pub fn check_action(schema: &Schema, action: &str, resource: &str) -> Result<(), String> {
     let uid = schema
         .actions()
         .find(|a| a.id().unescaped() == action)
@@ -997,7 +1007,7 @@ fn load_tenant_dirs(dir: &Path) -> Result<HashMap<String, ParsedPolicies>, Sourc
 
 fn dir_issue(path: &Path, message: String) -> SourceIssues {
     SourceIssues(vec![SourceIssue {
-        location: crate::config::Location {
+        location: crate::diagnostics::Location {
             file: path.to_path_buf(),
             line: None,
             column: None,
@@ -1026,7 +1036,8 @@ pub fn package_digest(dir: &Path) -> String {
         }
         hasher.update([0]);
     }
-    hex::encode(&hasher.finalize()[..8])
+    let digest = hasher.finalize();
+    hex::encode(digest.get(..8).unwrap_or_default())
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::config::{SourceIssue, SourceText};
+use crate::diagnostics::{SourceIssue, SourceText};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,7 +208,7 @@ impl RouteTable {
         let lookup = |m: &http::Method| {
             let matched = self.by_method.get(m)?.at(path).ok()?;
             Some(RouteMatch {
-                route: &self.routes[*matched.value],
+                route: self.routes.get(*matched.value)?,
                 params: matched
                     .params
                     .iter()

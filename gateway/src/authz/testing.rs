@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
-use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::{AuthMethod, Principal};
 use crate::tenancy::TenantSpec;
 
@@ -204,7 +204,7 @@ pub fn run(engine: &AuthzEngine, dir: &Path) -> Result<TestReport, SourceIssues>
     files.sort();
     if files.is_empty() {
         return Err(SourceIssues(vec![SourceIssue {
-            location: crate::config::Location {
+            location: crate::diagnostics::Location {
                 file: dir.to_path_buf(),
                 line: None,
                 column: None,

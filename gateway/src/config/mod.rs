@@ -3,8 +3,6 @@
 //! Every path in the file is relative to the file itself, so a config directory can be moved
 //! or mounted anywhere (a ConfigMap, a git checkout) without edits.
 
-pub mod source;
-
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +10,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use source::{Location, SourceIssue, SourceIssues, SourceText};
+pub use crate::db::PostgresConfig;
+pub use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
 
 use crate::tenancy::model::{validate_issuer, IssuerConfig, JwtAlgorithm};
 
@@ -229,41 +228,6 @@ pub struct RegistryConfig {
     /// A PostgreSQL table, read at start and followed through LISTEN/NOTIFY.
     #[serde(default)]
     pub postgres: Option<PostgresConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// Connection URL (`postgres://user:pass@host/db?sslmode=require`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Name of an environment variable holding the URL (keeps passwords out of the file).
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// Table of tenants: `id text primary key, doc jsonb` (created when `migrate` is on).
-    #[serde(default = "default_tenant_table")]
-    pub table: String,
-    /// Create the tables and the NOTIFY trigger if missing.
-    #[serde(default = "default_true")]
-    pub migrate: bool,
-    /// PEM CA bundle: verify the server certificate and host name (libpq `verify-full`).
-    /// Without it, TLS follows libpq's `sslmode` (encrypted, not authenticated). Relative to
-    /// this file.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-impl PostgresConfig {
-    /// The connection URL, from `url` or the environment variable `url_env`.
-    pub fn connection_url(&self) -> Result<String, String> {
-        match (&self.url, &self.url_env) {
-            (Some(url), None) => Ok(url.clone()),
-            (None, Some(var)) => {
-                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
-            }
-            _ => Err("set exactly one of `url` and `url_env`".to_string()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -546,9 +510,6 @@ fn default_tenant_sources() -> Vec<TenantSourceKind> {
 fn default_tenant_header() -> String {
     "x-tenant".to_string()
 }
-fn default_tenant_table() -> String {
-    "gateway_tenants".to_string()
-}
 fn default_grace_period() -> Duration {
     Duration::from_secs(5)
 }
@@ -789,7 +750,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
             &base_dir,
             tenancy,
             config.identity.as_ref(),
-            &crate::tenancy::model::KnownTiers::of_config(&config),
+            &crate::tenancy::model::KnownTiers::of(config.tiers.keys()),
             &mut issues,
         );
     }

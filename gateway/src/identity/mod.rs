@@ -261,9 +261,20 @@ impl Authenticator {
         validation.set_audience(&issuer.audiences);
         validation.leeway = issuer.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-            .map_err(map_jwt_error)?;
+        validation.set_required_spec_claims(&REQUIRED_CLAIMS);
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                match e.kind() {
+                    // jsonwebtoken looks for its required claims in hash-set order, so a token
+                    // missing several would be logged and audited with a different one each time.
+                    ErrorKind::MissingRequiredClaim(_) => REQUIRED_CLAIMS
+                        .iter()
+                        .find(|c| unverified.get(**c).is_none_or(Value::is_null))
+                        .map(|c| AuthError::MissingClaim(c.to_string()))
+                        .unwrap_or_else(|| map_jwt_error(e)),
+                    _ => map_jwt_error(e),
+                }
+            })?;
         if let Some(iat) = data.claims.get("iat").and_then(Value::as_u64) {
             if iat > now_secs() + issuer.leeway.as_secs() {
                 return Err(AuthError::IssuedInFuture);
@@ -344,6 +355,9 @@ fn raw_header(token: &str) -> Result<RawHeader, AuthError> {
     serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
 }
 
+/// Claims every token must carry, in the order a missing one is reported.
+const REQUIRED_CLAIMS: [&str; 3] = ["exp", "iss", "aud"];
+
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     match e.kind() {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -386,4 +400,57 @@ pub fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::model::JwtAlgorithm;
+
+    const SECRET: &[u8] = b"identity-unit-test-secret-0123456789abcdef";
+
+    fn policy() -> IdentityPolicy {
+        let config: IssuerConfig = toml::from_str(
+            "issuer = \"https://issuer.test\"\naudiences = [\"api\"]\nalgorithms = [\"HS256\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.algorithms, vec![JwtAlgorithm::HS256]);
+        let mut issuers = HashMap::new();
+        issuers.insert(
+            config.issuer.clone(),
+            Arc::new(GlobalIssuer {
+                config,
+                hmac_key: Some(Arc::new(DecodingKey::from_secret(SECRET))),
+            }),
+        );
+        IdentityPolicy {
+            issuers,
+            api_key_header: HeaderName::from_static("x-api-key"),
+            allow_anonymous: false,
+        }
+    }
+
+    #[test]
+    fn a_token_missing_several_claims_is_always_refused_for_the_same_one() {
+        // Found by the jwt fuzz target: without `aud` and `exp`, the reason alternated.
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"iss": "https://issuer.test", "sub": "a"}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        let (policy, registry) = (policy(), TenantRegistry::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for _ in 0..32 {
+            let authenticator = Authenticator::new(JwksSettings::default(), 16);
+            let refused = runtime
+                .block_on(authenticator.authenticate(&headers, &policy, &registry, 1))
+                .unwrap_err();
+            assert_eq!(refused, AuthError::MissingClaim("exp".into()));
+        }
+    }
 }

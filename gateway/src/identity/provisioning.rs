@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{AuthMethod, Principal};
-use crate::config::PostgresConfig;
 use crate::db;
+use crate::db::PostgresConfig;
 
 /// One provisioned principal, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -77,6 +77,7 @@ impl LocalLimiter {
     }
 
     /// This replica's share of `limit` (all of it unless `local-share` divides it).
+    #[allow(clippy::float_arithmetic)] // divides a validated rate by a positive count
     fn shared_limit(&self, limit: &Limit) -> Limit {
         Limit::new(
             limit.name.clone(),
@@ -230,6 +231,9 @@ struct LockedSet<'a, T> {
     slot: Vec<usize>,
 }
 
+// Indexes are positions of the request's own cells: `slot` has one entry per cell, each below
+// `guards.len()`, by construction in `lock`.
+#[allow(clippy::indexing_slicing)]
 impl<'a, T> LockedSet<'a, T> {
     fn lock<C>(cells: &'a [Arc<C>], mutex: impl Fn(&'a C) -> &'a Mutex<T>) -> Self {
         let mut order: Vec<usize> = (0..cells.len()).collect();

@@ -20,6 +20,10 @@
 //! The outcome carries the IETF `RateLimit-Policy` / `RateLimit` header values
 //! (draft-ietf-httpapi-ratelimit-headers) for the response.
 
+// Budget arithmetic is integer nanoseconds; floats only where a configured rate is converted,
+// each site allowed with its reason.
+#![deny(clippy::float_arithmetic)]
+
 pub mod cluster;
 pub mod local;
 
@@ -192,14 +196,10 @@ pub struct TierConfig {
     pub monthly_requests: Option<u64>,
 }
 
-/// Lowest rate any limit may have (requests per second): one request per 1,000 s.
-pub const MIN_RATE: f64 = 0.001;
-/// Highest rate any limit may have (requests per second).
-pub const MAX_RATE: f64 = 1_000_000.0;
-/// Largest burst of any limit.
-pub const MAX_BURST: u32 = 1_000_000;
-/// Largest day or month quota (counts stay exact in Redis's Lua numbers).
-pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+pub use crate::tenancy::bounds::{
+    check_burst, check_quota, check_rate, is_valid_tier_name, MAX_BURST, MAX_QUOTA, MAX_RATE,
+    MIN_RATE,
+};
 
 /// Anonymous budget of a tenant when its tier sets none.
 const DEFAULT_ANONYMOUS_RATE: f64 = 1.0;
@@ -217,43 +217,6 @@ const RESERVED_NAMES: [&str; 6] = [
     "daily",
     "monthly",
 ];
-
-/// A rate within [`MIN_RATE`, `MAX_RATE`] requests per second.
-pub fn check_rate(rate: f64) -> Result<(), String> {
-    if (MIN_RATE..=MAX_RATE).contains(&rate) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{rate:?}` is out of range: from {MIN_RATE} to {MAX_RATE:.0} requests per second"
-        ))
-    }
-}
-
-/// A burst within [1, `MAX_BURST`].
-pub fn check_burst(burst: u32) -> Result<(), String> {
-    if (1..=MAX_BURST).contains(&burst) {
-        Ok(())
-    } else {
-        Err(format!("`{burst}` is out of range: from 1 to {MAX_BURST}"))
-    }
-}
-
-/// A day or month quota within [1, `MAX_QUOTA`].
-pub fn check_quota(quota: u64) -> Result<(), String> {
-    if (1..=MAX_QUOTA).contains(&quota) {
-        Ok(())
-    } else {
-        Err(format!("`{quota}` is out of range: from 1 to {MAX_QUOTA}"))
-    }
-}
-
-/// A tier name: 1-64 ASCII letters, digits, `-` or `_`.
-pub fn is_valid_tier_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 fn default_redis_timeout() -> Duration {
     Duration::from_millis(50)
@@ -459,6 +422,7 @@ impl Limit {
     }
 
     /// Seconds an empty budget needs to fill (`w` of `RateLimit-Policy`).
+    #[allow(clippy::float_arithmetic)] // rate >= MIN_RATE (see `new`): finite, saturating cast
     fn window_secs(&self) -> u64 {
         // `as` saturates; the rate is at least `MIN_RATE`, so this is finite.
         (f64::from(self.burst) / self.rate).ceil().max(1.0) as u64
@@ -467,6 +431,7 @@ impl Limit {
 
 /// Nanoseconds between two cells at `rate` per second, saturating (a rate below [`MIN_RATE`] or
 /// NaN counts as [`MIN_RATE`]).
+#[allow(clippy::float_arithmetic)] // rate >= MIN_RATE: finite, saturating cast
 fn emission_ns(rate: f64) -> u64 {
     let rate = if rate >= MIN_RATE { rate } else { MIN_RATE };
     // At most 10^12 here; `as` saturates and never panics.

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use super::outbox::{OutboxCursor, Written};
 use super::{Assembler, UsageEvent};
-use crate::config::PostgresConfig;
-use crate::snapshot::SnapshotStore;
+use crate::db::PostgresConfig;
+use crate::tenancy::LiveRegistry;
 
 /// One `[[metering.exporter]]`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -119,7 +119,10 @@ pub trait Sink: Send + Sync {
 }
 
 /// Builds the sink of an exporter configuration.
-pub fn sink(config: &ExporterConfig, store: Arc<SnapshotStore>) -> Result<Box<dyn Sink>, String> {
+pub fn sink(
+    config: &ExporterConfig,
+    registry: Arc<dyn LiveRegistry>,
+) -> Result<Box<dyn Sink>, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -163,7 +166,7 @@ pub fn sink(config: &ExporterConfig, store: Arc<SnapshotStore>) -> Result<Box<dy
             endpoint: endpoint.trim_end_matches('/').to_string(),
             api_key: env(api_key_env)?,
             event_name: event_name.clone(),
-            store,
+            registry,
         }),
         ExporterConfig::Chargebee {
             endpoint,
@@ -175,7 +178,7 @@ pub fn sink(config: &ExporterConfig, store: Arc<SnapshotStore>) -> Result<Box<dy
             endpoint: endpoint.trim_end_matches('/').to_string(),
             api_key: env(api_key_env)?,
             item_price_id: item_price_id.clone(),
-            store,
+            registry,
         }),
     })
 }
@@ -557,13 +560,13 @@ struct StripeSink {
     endpoint: String,
     api_key: String,
     event_name: String,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
 }
 
 #[async_trait]
 impl Sink for StripeSink {
     async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
-        let registry = self.store.load().registry.clone();
+        let registry = self.registry.current();
         for e in events {
             let Some(customer) = e
                 .tenant
@@ -607,13 +610,13 @@ struct ChargebeeSink {
     endpoint: String,
     api_key: String,
     item_price_id: String,
-    store: Arc<SnapshotStore>,
+    registry: Arc<dyn LiveRegistry>,
 }
 
 #[async_trait]
 impl Sink for ChargebeeSink {
     async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
-        let registry = self.store.load().registry.clone();
+        let registry = self.registry.current();
         for e in events {
             let Some(subscription) = e
                 .tenant

@@ -117,7 +117,7 @@ pub fn outbox_events(dir: &Path) -> Result<Vec<UsageEvent>, super::outbox::Outbo
 
 /// Rows from a PostgreSQL ledger table.
 pub async fn ledger_rows(
-    config: &crate::config::PostgresConfig,
+    config: &crate::db::PostgresConfig,
     table: &str,
     query: &ReportQuery,
 ) -> Result<Vec<ReportRow>, String> {
@@ -172,6 +172,18 @@ pub fn to_csv(rows: &[ReportRow]) -> Result<String, String> {
     }
     let bytes = writer.into_inner().map_err(|e| e.to_string())?;
     String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+/// The bound of a report period: an RFC 3339 time, or a date meaning its midnight UTC (the
+/// CLI and the admin API read periods the same way).
+pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
+    let full = if value.len() == 10 {
+        format!("{value}T00:00:00Z")
+    } else {
+        value.to_string()
+    };
+    humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("`{value}`: {e} (expected e.g. 2026-11-23 or 2026-11-23T10:00:00Z)"))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
+use serde::Serialize;
 
 use super::Rejection;
 use crate::authz::routes::UnmatchedRoute;
@@ -12,6 +13,19 @@ use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
 use crate::identity::Principal;
 use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
+
+/// What Cedar saw and decided for the request.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizationTrace {
+    pub route: String,
+    pub action: String,
+    /// `Type::"id"`.
+    pub resource: String,
+    pub evaluation: Evaluation,
+    /// The entities Cedar evaluated, in Cedar's JSON form.
+    pub entities: Option<serde_json::Value>,
+    pub context: RequestFacts,
+}
 
 /// Output of stage 4 for a request that was allowed.
 #[derive(Debug, Clone)]
@@ -93,11 +107,16 @@ pub struct AuthorizeRequest<'a> {
 }
 
 /// Runs stage 4.
+///
+/// With `trace` (explain), the evaluation is recorded there with the entities Cedar saw, and
+/// neither logged nor counted: an explanation is not a decision.
 pub fn authorize(
     request: &AuthorizeRequest<'_>,
     engine: &AuthzEngine,
+    trace: Option<&mut Option<AuthorizationTrace>>,
 ) -> Result<Authorized, Rejection> {
     let started = Instant::now();
+    let trace_is_some = trace.is_some();
     let Some(matched) = engine.routes.find(request.method, request.path) else {
         return match engine.routes.unmatched {
             UnmatchedRoute::Deny => Err(Rejection::UnknownRoute),
@@ -116,7 +135,7 @@ pub fn authorize(
         .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.to_string())))
         .collect();
     let resource_id = matched.resource_id();
-    let evaluation = engine.decide(&DecisionInput {
+    let input = DecisionInput {
         principal: request.principal,
         tenant: request.tenant,
         tier_features: request.tier_features,
@@ -125,17 +144,37 @@ pub fn authorize(
         resource_id,
         resource_attributes: &resource_attributes,
         facts: request.facts,
-    });
+    };
+    let resource = format!("{}::{:?}", route.resource_type, resource_id);
+    let evaluation = match trace {
+        Some(slot) => {
+            // Uncached, to show the entities; the decision cache never changes an outcome.
+            let (evaluation, entities) = engine.evaluate(&input);
+            let trace = slot.insert(AuthorizationTrace {
+                route: route.template.clone(),
+                action: route.action.clone(),
+                resource: resource.clone(),
+                evaluation,
+                entities: entities.and_then(|e| e.to_json_value().ok()),
+                context: request.facts.clone(),
+            });
+            Arc::new(trace.evaluation.clone())
+        }
+        None => engine.decide(&input),
+    };
+    let explaining = trace_is_some;
     let record = DecisionRecord {
         principal: request.principal.id.clone(),
         tenant: request.tenant.id.clone(),
         route: route.template.clone(),
         action: route.action.clone(),
-        resource: format!("{}::{:?}", route.resource_type, resource_id),
+        resource,
         evaluation,
         elapsed: started.elapsed(),
     };
-    record.log();
+    if !explaining {
+        record.log();
+    }
     if record.evaluation.allowed {
         Ok(Authorized {
             decision: Some(record),

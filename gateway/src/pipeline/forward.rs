@@ -20,6 +20,9 @@ pub const PRINCIPAL_ID: HeaderName = HeaderName::from_static("x-principal-id");
 pub const PRINCIPAL_ROLES: HeaderName = HeaderName::from_static("x-principal-roles");
 pub const PRINCIPAL_AUTH: HeaderName = HeaderName::from_static("x-principal-auth");
 pub const PRINCIPAL_SCOPES: HeaderName = HeaderName::from_static("x-principal-scopes");
+/// `true` for a platform principal (a platform-wide issuer's token that names no tenant) acting
+/// in the request's tenant: the upstream can tell platform staff from the tenant's own users.
+pub const PRINCIPAL_PLATFORM: HeaderName = HeaderName::from_static("x-principal-platform");
 
 /// Headers to set on the upstream request. Values that cannot be header values (control
 /// characters in a claim) are left out rather than mangled.
@@ -45,6 +48,9 @@ pub fn context_headers(
     if !principal.scopes.is_empty() {
         push(PRINCIPAL_SCOPES, &principal.scopes.join(","));
     }
+    if principal.platform {
+        push(PRINCIPAL_PLATFORM, "true");
+    }
     if let Some(signer) = signer {
         if let Some(token) = signer.token(principal, tenant.map(|t| t.id.as_str())) {
             out.push((signer.header.clone(), token));
@@ -66,6 +72,8 @@ struct ContextClaims<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     scopes: &'a [String],
     auth: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    platform: bool,
 }
 
 /// Signs context tokens, reusing one per caller for half its lifetime (signing on every request
@@ -120,11 +128,12 @@ impl ContextSigner {
 
     fn token(&self, principal: &Principal, tenant: Option<&str>) -> Option<HeaderValue> {
         let cache_key = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             tenant.unwrap_or(""),
             principal.id,
             principal.roles.join(","),
-            principal.scopes.join(",")
+            principal.scopes.join(","),
+            principal.platform
         );
         let iat = now_secs();
         if let Some((token, signed_at)) = self.cache.get(&cache_key) {
@@ -142,6 +151,7 @@ impl ContextSigner {
             roles: &principal.roles,
             scopes: &principal.scopes,
             auth: principal.auth.label(),
+            platform: principal.platform,
         };
         match jsonwebtoken::encode(&self.jwt_header, &claims, &self.key) {
             Ok(token) => {
@@ -183,6 +193,12 @@ mod tests {
         assert_eq!(get(&PRINCIPAL_ID).as_deref(), Some("user-1"));
         assert_eq!(get(&PRINCIPAL_ROLES).as_deref(), Some("admin,viewer"));
         assert_eq!(get(&PRINCIPAL_AUTH).as_deref(), Some("jwt"));
+        assert_eq!(get(&PRINCIPAL_PLATFORM), None, "a tenant's own user");
+        p.platform = true;
+        let headers = context_headers(&p, Some(&tenant), None);
+        assert!(headers
+            .iter()
+            .any(|(k, v)| k == PRINCIPAL_PLATFORM && v == "true"));
         p.id = "bad\nid".into();
         let headers = context_headers(&p, None, None);
         assert!(headers.iter().all(|(k, _)| k != PRINCIPAL_ID));

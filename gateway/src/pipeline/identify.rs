@@ -42,12 +42,14 @@ pub fn compile(identity: &IdentityConfig, loaded: &LoadedConfig) -> Result<Ident
 }
 
 /// Secret files often end with a newline an editor added; it is not part of the secret.
-fn trim_newline(bytes: &[u8]) -> &[u8] {
-    let mut end = bytes.len();
-    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-        end -= 1;
+fn trim_newline(mut bytes: &[u8]) -> &[u8] {
+    while let Some(rest) = bytes
+        .strip_suffix(b"\n")
+        .or_else(|| bytes.strip_suffix(b"\r"))
+    {
+        bytes = rest;
     }
-    &bytes[..end]
+    bytes
 }
 
 /// Runs stage 2. Without `[identity]` every caller is anonymous.

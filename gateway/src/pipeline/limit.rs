@@ -121,6 +121,27 @@ pub async fn limit(
     }
 }
 
+/// The limits and quotas a request would be checked against, in words (for `explain`, which
+/// spends no budget).
+pub fn describe(plan: &crate::limits::LimitPlan) -> String {
+    if plan.is_empty() {
+        return "no rate limit or quota applies".to_string();
+    }
+    let limits = plan
+        .limits
+        .iter()
+        .map(|l| format!("{} {}/s burst {}", l.name, l.rate, l.burst));
+    let quotas = plan
+        .quotas
+        .iter()
+        .map(|q| format!("{} quota {}", q.name, q.limit));
+    let all: Vec<String> = limits.chain(quotas).collect();
+    format!(
+        "not spent by explain; the request is checked against: {}",
+        all.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

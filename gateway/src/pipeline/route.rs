@@ -129,7 +129,8 @@ pub fn plan_route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_source, SourceText};
+    use crate::config::load_source;
+    use crate::diagnostics::SourceText;
     use proptest::prelude::*;
 
     fn repo_maps() -> String {

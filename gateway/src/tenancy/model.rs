@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -319,13 +320,8 @@ impl KnownTiers {
         KnownTiers((!names.is_empty()).then(|| Arc::new(names)))
     }
 
-    /// The tiers of a configuration.
-    pub fn of_config(config: &crate::config::GatewayConfig) -> Self {
-        Self::of(config.tiers.keys())
-    }
-
     fn check(&self, tier: &str) -> Result<(), String> {
-        if !crate::limits::is_valid_tier_name(tier) {
+        if !crate::tenancy::bounds::is_valid_tier_name(tier) {
             return Err(format!(
                 "`{}`: a tier name is 1-64 ASCII letters, digits, `-` or `_`",
                 truncated(tier)
@@ -499,18 +495,18 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
         }
     }
     for (i, hook) in spec.webhooks.iter().enumerate() {
-        if let Err(e) = crate::webhooks::validate_subscription(hook) {
+        if let Err(e) = validate_subscription(hook) {
             issues.push((format!("webhooks[{i}]"), e));
         }
     }
     let limits = &spec.limits;
     if let Some(rate) = limits.requests_per_second {
-        if let Err(message) = crate::limits::check_rate(rate) {
+        if let Err(message) = crate::tenancy::bounds::check_rate(rate) {
             issues.push(("limits.requests_per_second".to_string(), message));
         }
     }
     if let Some(burst) = limits.burst {
-        if let Err(message) = crate::limits::check_burst(burst) {
+        if let Err(message) = crate::tenancy::bounds::check_burst(burst) {
             issues.push(("limits.burst".to_string(), message));
         }
     }
@@ -518,7 +514,7 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
         ("daily_requests", limits.daily_requests),
         ("monthly_requests", limits.monthly_requests),
     ] {
-        if let Some(Err(message)) = quota.map(crate::limits::check_quota) {
+        if let Some(Err(message)) = quota.map(crate::tenancy::bounds::check_quota) {
             issues.push((format!("limits.{field}"), message));
         }
     }
@@ -601,6 +597,29 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.starts_with('-')
+}
+
+/// Checks subscriber URLs and secrets.
+pub fn validate_subscription(s: &WebhookSubscription) -> Result<(), String> {
+    let url = reqwest::Url::parse(&s.url).map_err(|e| format!("url `{}`: {e}", s.url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("url `{}`: must be http or https", s.url));
+    }
+    webhook_secret_key(&s.secret).map(drop)
+}
+
+/// The HMAC key of a `whsec_<base64>` secret.
+pub fn webhook_secret_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or("secret must start with `whsec_` (Standard Webhooks)")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("secret is not base64 after `whsec_`: {e}"))?;
+    if key.len() < 24 {
+        return Err("secret must hold at least 24 bytes".to_string());
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

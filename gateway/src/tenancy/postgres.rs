@@ -17,9 +17,9 @@ use tokio_postgres::Client;
 
 use super::model::{validate_tenant, KnownTiers, TenantSpec};
 use super::registry::{RegistryError, TenantRegistry};
-use crate::config::PostgresConfig;
+use super::LiveRegistry;
+use crate::db::PostgresConfig;
 use crate::db::{self, DbError};
-use crate::snapshot::SnapshotStore;
 
 pub fn is_identifier(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -191,13 +191,13 @@ pub async fn initial_load(
 /// (and re-reading everything) after failures.
 pub async fn follow(
     config: PostgresConfig,
-    store: Arc<SnapshotStore>,
+    store: Arc<dyn LiveRegistry>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let result = tokio::select! {
-            r = follow_once(&config, &store) => r,
+            r = follow_once(&config, &*store) => r,
             _ = shutdown.changed() => return,
         };
         match result {
@@ -217,7 +217,7 @@ pub async fn follow(
 
 async fn follow_once(
     config: &PostgresConfig,
-    store: &SnapshotStore,
+    store: &dyn LiveRegistry,
 ) -> Result<(), PgRegistryError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let client = db::connect_config(config, Some(tx)).await?;
@@ -225,11 +225,11 @@ async fn follow_once(
         .batch_execute(&format!("LISTEN {}", channel(&config.table)))
         .await?;
     // The tiers the registry loaded at start was checked against.
-    let tiers = store.load().registry.known_tiers().clone();
+    let tiers = store.current().known_tiers().clone();
     // Changes made while we were not listening: read everything once LISTEN is active.
     let registry = load_all(&client, &config.table, &tiers).await?;
     let count = registry.len();
-    match store.replace_registry(registry) {
+    match store.replace(registry) {
         Ok(()) => tracing::info!(
             tenants = count,
             "tenant registry synchronised from PostgreSQL"
@@ -244,7 +244,7 @@ async fn follow_once(
         }
         let ids: Vec<String> = ids.into_iter().collect();
         let changes = load_some(&client, &config.table, &ids, &tiers).await?;
-        match store.apply_tenant_changes(changes) {
+        match store.apply(changes) {
             Ok(applied) => {
                 metrics::counter!("gateway_registry_changes_total").increment(applied as u64);
                 tracing::info!(tenants = ?ids, "tenant registry updated");

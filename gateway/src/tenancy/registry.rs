@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, KnownTiers, TenantSpec};
-use crate::config::{SourceIssue, SourceIssues, SourceText};
+use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 
 pub type Tenant = Arc<TenantSpec>;
 
@@ -264,22 +264,6 @@ struct TenantsFile {
 pub fn load_file(path: &Path, tiers: &KnownTiers) -> Result<TenantRegistry, SourceIssues> {
     let source = SourceText::read(path)?;
     load_source(&source, tiers)
-}
-
-/// The file registry a configuration points at (empty without `[tenancy]`).
-pub fn load_file_of(loaded: &crate::config::LoadedConfig) -> Result<TenantRegistry, SourceIssues> {
-    match loaded
-        .config
-        .tenancy
-        .as_ref()
-        .and_then(|t| t.registry.file.as_ref())
-    {
-        Some(file) => load_file(
-            &loaded.resolve(file),
-            &KnownTiers::of_config(&loaded.config),
-        ),
-        None => Ok(TenantRegistry::default()),
-    }
 }
 
 pub fn load_source(

@@ -1,5 +1,12 @@
 //! Test support: start the real `gateway` binary on loopback ports in front of real upstreams.
 #![allow(dead_code)]
+// Test support: failing loudly is the point (see gateway/clippy.toml for test functions).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

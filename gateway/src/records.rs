@@ -1,0 +1,420 @@
+//! The usage and audit records of one request, built from what the engine decided and how the
+//! exchange ended. A front door (the inline proxy today) describes the request as an
+//! [`Exchange`] and calls [`Recorder::begin`] before forwarding it and [`Recorder::finish`] once
+//! it is over: which records exist, what they say and which of them may never be dropped is
+//! decided here, the same for every door.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::admission::Admitted;
+use crate::journal::Keep;
+use crate::lifecycle::Recording;
+use crate::metering::outbox::RecordBody;
+use crate::metering::{EventEnd, EventStart, MeterRule, Metering, Outcome, UsageEvent};
+use crate::pipeline::authorize::DecisionRecord;
+use crate::pipeline::route::RouteReason;
+use crate::pipeline::Rejection;
+
+/// Where a request's records go.
+#[derive(Clone, Copy)]
+pub struct Recorder<'a> {
+    /// Usage metering, when `[metering]` is configured.
+    pub metering: Option<&'a Metering>,
+    pub recording: &'a Recording,
+}
+
+/// Who and what the stages established before one of them refused the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Established<'a> {
+    pub principal: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub decision: Option<&'a DecisionRecord>,
+}
+
+/// One request as the records describe it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub request_id: &'a str,
+    /// W3C trace id (hex).
+    pub trace_id: Option<&'a str>,
+    /// The usage event's idempotency key.
+    pub usage_id: &'a str,
+    pub method: &'a str,
+    pub started: Instant,
+    /// What every stage let through, when they all did.
+    pub admitted: Option<&'a Admitted>,
+    /// What the stages established, when one refused.
+    pub established: Established<'a>,
+    /// Why the request ended early, when it did.
+    pub rejection: Option<&'a Rejection>,
+    /// Its begin record was written ([`Recorder::begin`]).
+    pub begun: bool,
+    /// It went (or was going) upstream.
+    pub forwarded: bool,
+    /// The status answered (0 when nothing was).
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub upstream_latency: Option<Duration>,
+    /// The region of the peer that served (or was to serve) it.
+    pub region: Option<&'a str>,
+    pub peer: Option<SocketAddr>,
+    pub failed_peers: &'a [SocketAddr],
+}
+
+impl Exchange<'_> {
+    /// The authorization decision, allowed or not.
+    fn decision(&self) -> Option<&DecisionRecord> {
+        self.admitted
+            .and_then(|a| a.authorized.as_ref())
+            .and_then(|a| a.decision.as_ref())
+            .or(match self.rejection {
+                Some(Rejection::Forbidden(d)) => Some(&**d),
+                _ => self.established.decision,
+            })
+    }
+
+    /// Why it was refused, if it never reached the upstream.
+    fn refusal(&self) -> Option<&'static str> {
+        self.rejection
+            .filter(|_| !self.forwarded)
+            .map(Rejection::reason_code)
+    }
+}
+
+impl Recorder<'_> {
+    /// Writes the begin record of a request about to be forwarded: in the outbox file (or, with
+    /// `fsync = "batch"`, on disk) before anything is sent upstream, so no crash can lose a
+    /// request the upstream may have seen. Returns whether a begin record was written (`false`
+    /// when metering is off or configured not to record before forwarding).
+    pub async fn begin(&self, exchange: &Exchange<'_>) -> Result<bool, Rejection> {
+        let (Some(metering), Some(admitted)) = (self.metering, exchange.admitted) else {
+            return Ok(false);
+        };
+        if exchange.begun || !metering.record_before_forward {
+            return Ok(exchange.begun);
+        }
+        let planned_region = admitted.route.regions.first().cloned();
+        let start = usage_start(admitted, exchange, planned_region, &metering.rules);
+        metering
+            .outbox
+            .begin(&start)
+            .await
+            .map_err(|e| Rejection::MeteringUnavailable {
+                reason: e.to_string(),
+            })?;
+        Ok(true)
+    }
+
+    /// Records usage and audit once the request is over. Records of requests the upstream may
+    /// have seen are always kept; those of refused requests may be dropped (and counted) while
+    /// the disk refuses writes and the writers' queues are full.
+    pub fn finish(&self, exchange: &Exchange<'_>) {
+        let keep = if exchange.begun || exchange.forwarded {
+            Keep::Always
+        } else {
+            Keep::IfRoom
+        };
+        if let Some(metering) = self.metering {
+            let body = usage_record(exchange, &metering.rules);
+            if metering.tenant_metrics {
+                let tenant = exchange
+                    .admitted
+                    .and_then(|a| a.tenant.as_ref())
+                    .map(|t| t.tenant.id.clone())
+                    .unwrap_or_default();
+                metrics::counter!("gateway_usage_requests_total", "tenant" => tenant).increment(1);
+            }
+            if !metering.outbox.record(&body, keep) {
+                tracing::warn!(
+                    request_id = exchange.request_id,
+                    "usage record of a refused request dropped: the outbox cannot write"
+                );
+            }
+        }
+        if let Some(audit) = &self.recording.audit {
+            if !audit.append("request", &audit_record(exchange), keep) {
+                tracing::warn!(
+                    request_id = exchange.request_id,
+                    "audit record of a refused request dropped: the audit log cannot write"
+                );
+            }
+        }
+    }
+}
+
+/// The usage record of a finished request: the end of its begin record, or a complete event.
+fn usage_record(exchange: &Exchange<'_>, rules: &[MeterRule]) -> RecordBody {
+    if exchange.begun {
+        return RecordBody::End(EventEnd {
+            id: exchange.usage_id.to_string(),
+            status: exchange.status,
+            request_bytes: exchange.request_bytes,
+            response_bytes: exchange.response_bytes,
+            upstream_latency_us: exchange.upstream_latency.map(micros),
+            region: exchange.region.map(str::to_string),
+            // Refused after the begin record, before anything went upstream.
+            reason: exchange.refusal().map(str::to_string),
+        });
+    }
+    let mut event = match exchange.admitted {
+        Some(admitted) => {
+            let region = exchange.region.map(str::to_string);
+            let start = usage_start(admitted, exchange, region, rules);
+            UsageEvent {
+                id: start.id,
+                time: start.time,
+                request_id: start.request_id,
+                tenant: start.tenant,
+                principal: start.principal,
+                action: start.action,
+                route: start.route,
+                method: start.method,
+                status: exchange.status,
+                request_bytes: exchange.request_bytes,
+                response_bytes: exchange.response_bytes,
+                upstream_latency_us: exchange.upstream_latency.map(micros),
+                region: start.region,
+                outcome: Outcome::Completed,
+                reason: None,
+                meters: start.meters,
+            }
+        }
+        None => refused_event(exchange),
+    };
+    if let Some(reason) = exchange.refusal() {
+        event.outcome = Outcome::Rejected;
+        event.reason = Some(reason.to_string());
+    }
+    RecordBody::Complete(Box::new(event))
+}
+
+/// The begin-time part of a usage event.
+fn usage_start(
+    admitted: &Admitted,
+    exchange: &Exchange<'_>,
+    region: Option<String>,
+    rules: &[MeterRule],
+) -> EventStart {
+    let decision = admitted
+        .authorized
+        .as_ref()
+        .and_then(|a| a.decision.as_ref());
+    let action = decision.map(|d| d.action.clone());
+    let route = decision.map(|d| d.route.clone());
+    EventStart {
+        id: exchange.usage_id.to_string(),
+        time: now_rfc3339(),
+        request_id: exchange.request_id.to_string(),
+        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
+        principal: Some(admitted.principal.id.clone()),
+        meters: crate::metering::meters_for(rules, action.as_deref(), route.as_deref()),
+        action,
+        route,
+        method: exchange.method.to_string(),
+        region,
+    }
+}
+
+/// The usage event of a request refused before every stage let it through.
+fn refused_event(exchange: &Exchange<'_>) -> UsageEvent {
+    let decision = exchange.decision();
+    let known = exchange.established;
+    UsageEvent {
+        id: exchange.usage_id.to_string(),
+        time: now_rfc3339(),
+        request_id: exchange.request_id.to_string(),
+        tenant: known
+            .tenant
+            .map(str::to_string)
+            .or(decision.map(|d| d.tenant.clone())),
+        principal: known
+            .principal
+            .map(str::to_string)
+            .or(decision.map(|d| d.principal.clone())),
+        action: decision.map(|d| d.action.clone()),
+        route: decision.map(|d| d.route.clone()),
+        method: exchange.method.to_string(),
+        status: exchange.status,
+        request_bytes: 0,
+        response_bytes: 0,
+        upstream_latency_us: None,
+        region: None,
+        outcome: Outcome::Rejected,
+        reason: exchange.rejection.map(|r| r.reason_code().to_string()),
+        meters: Vec::new(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The audit record of one request: who, which tenant, what was decided and why, where it was
+/// routed and why, how it ended. Borrowed from the request's state (no JSON tree is built).
+#[derive(serde::Serialize)]
+pub struct RequestAudit<'a> {
+    request_id: &'a str,
+    trace_id: Option<&'a str>,
+    usage_id: &'a str,
+    method: &'a str,
+    path: Option<&'a str>,
+    status: u16,
+    tenant: Option<&'a str>,
+    principal: Option<&'a str>,
+    auth: Option<&'a str>,
+    rejection: Option<&'static str>,
+    decision: Option<DecisionAudit<'a>>,
+    routing: Option<RoutingAudit<'a>>,
+    country: Option<&'a str>,
+    latency_us: u64,
+}
+
+#[derive(serde::Serialize)]
+struct DecisionAudit<'a> {
+    action: &'a str,
+    resource: &'a str,
+    allowed: bool,
+    policies: &'a [String],
+    errors: &'a [String],
+    shadow: Option<&'a crate::authz::ShadowOutcome>,
+}
+
+#[derive(serde::Serialize)]
+struct RoutingAudit<'a> {
+    region: Option<&'a str>,
+    planned_regions: &'a [String],
+    regime: Option<&'a str>,
+    reason: RouteReason,
+    peer: Option<SocketAddr>,
+    failed_peers: &'a [SocketAddr],
+}
+
+/// The audit record of `exchange`.
+pub fn audit_record<'a>(exchange: &'a Exchange<'a>) -> RequestAudit<'a> {
+    let admitted = exchange.admitted;
+    let known = exchange.established;
+    RequestAudit {
+        request_id: exchange.request_id,
+        trace_id: exchange.trace_id,
+        usage_id: exchange.usage_id,
+        method: exchange.method,
+        path: admitted.map(|a| a.path()),
+        status: exchange.status,
+        tenant: admitted
+            .and_then(|a| a.tenant.as_ref())
+            .map(|t| t.tenant.id.as_str())
+            .or(known.tenant),
+        principal: admitted
+            .map(|a| a.principal.id.as_str())
+            .or(known.principal),
+        auth: admitted.map(|a| a.principal.auth.label()),
+        rejection: exchange.rejection.map(Rejection::reason_code),
+        decision: exchange.decision().map(|d| DecisionAudit {
+            action: &d.action,
+            resource: &d.resource,
+            allowed: d.evaluation.allowed,
+            policies: &d.evaluation.policies,
+            errors: &d.evaluation.errors,
+            shadow: d.evaluation.shadow.as_ref(),
+        }),
+        routing: admitted.map(|a| &a.route).map(|r| RoutingAudit {
+            region: exchange.region,
+            planned_regions: &r.regions,
+            regime: r.regime.as_deref(),
+            reason: r.reason,
+            peer: exchange.peer,
+            failed_peers: exchange.failed_peers,
+        }),
+        country: admitted.and_then(|a| a.country.as_deref()),
+        latency_us: micros(exchange.started.elapsed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(rejection: &Rejection) -> Exchange<'_> {
+        Exchange {
+            request_id: "req-1",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            usage_id: "use-1",
+            method: "DELETE",
+            started: Instant::now(),
+            admitted: None,
+            established: Established {
+                principal: Some("alice"),
+                tenant: Some("acme"),
+                decision: None,
+            },
+            rejection: Some(rejection),
+            begun: false,
+            forwarded: false,
+            status: rejection.status(),
+            request_bytes: 0,
+            response_bytes: 0,
+            upstream_latency: None,
+            region: None,
+            peer: None,
+            failed_peers: &[],
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_a_complete_rejected_event_naming_who_the_stages_established() {
+        let rejection = Rejection::UnknownRoute;
+        let RecordBody::Complete(event) = usage_record(&refused(&rejection), &[]) else {
+            panic!("a request without a begin record gets a complete event");
+        };
+        assert_eq!(event.outcome, Outcome::Rejected);
+        assert_eq!(event.reason.as_deref(), Some("unknown-route"));
+        assert_eq!(event.status, 404);
+        assert_eq!(event.principal.as_deref(), Some("alice"));
+        assert_eq!(event.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            (event.id.as_str(), event.method.as_str()),
+            ("use-1", "DELETE")
+        );
+    }
+
+    #[test]
+    fn a_begun_request_ends_its_begin_record_and_says_why_it_never_went_upstream() {
+        let rejection = Rejection::NoHealthyUpstream {
+            scope: "eu-central".into(),
+        };
+        let mut exchange = refused(&rejection);
+        exchange.begun = true;
+        let RecordBody::End(end) = usage_record(&exchange, &[]) else {
+            panic!("a begun request gets an end record");
+        };
+        assert_eq!(end.id, "use-1");
+        assert_eq!(end.reason.as_deref(), Some("no-healthy-upstream"));
+        // Once forwarded, the outcome is the upstream's: no refusal reason.
+        exchange.forwarded = true;
+        let RecordBody::End(end) = usage_record(&exchange, &[]) else {
+            panic!("a begun request gets an end record");
+        };
+        assert_eq!(end.reason, None);
+    }
+
+    #[test]
+    fn the_audit_record_carries_ids_refusal_and_established_identity() {
+        let rejection = Rejection::UnknownRoute;
+        let exchange = refused(&rejection);
+        let json = serde_json::to_value(audit_record(&exchange)).unwrap();
+        assert_eq!(json["request_id"], "req-1");
+        assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(json["usage_id"], "use-1");
+        assert_eq!(json["rejection"], "unknown-route");
+        assert_eq!(json["principal"], "alice");
+        assert_eq!(json["tenant"], "acme");
+        assert_eq!(json["status"], 404);
+        assert!(json["routing"].is_null() && json["decision"].is_null());
+    }
+}

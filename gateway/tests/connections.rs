@@ -5,7 +5,12 @@
 //! connection caps in total and per client (503), and thousands of idle and slow clients that
 //! neither slow normal requests nor cost much memory, which is returned once they are gone.
 // A test crate: helpers fail loudly (the lints guard the gateway's own code).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

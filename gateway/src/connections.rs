@@ -246,7 +246,7 @@ enum Head {
     /// The HTTP/2 preface (h2c with prior knowledge); the bytes read so far.
     H2c(BytesMut),
     Closed(Closed),
-    /// Refused with a problem document, after `Instant` (when the head began).
+    /// Refused with a problem document.
     Refused(Rejection),
 }
 
@@ -267,10 +267,6 @@ impl<A> ConnectionGate<A> {
             counts: Arc::new(ConnectionCounts::default()),
             metrics,
         }
-    }
-
-    pub fn counts(&self) -> Arc<ConnectionCounts> {
-        self.counts.clone()
     }
 }
 

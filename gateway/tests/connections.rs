@@ -117,6 +117,45 @@ async fn oversized_heads_get_431_and_long_targets_414_without_reaching_the_upstr
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn http2_heads_get_the_same_limits() {
+    let up = upstream("app").await;
+    let gw = TestGateway::start(
+        &config_with_server(
+            &[up.addr],
+            "max_header_bytes = 8192\nmax_header_count = 20\nmax_uri_bytes = 1024\n\
+             max_body_bytes = 1000",
+            "",
+        ),
+        &[],
+    );
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let send = |req: reqwest::RequestBuilder| async move {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.version(), reqwest::Version::HTTP_2);
+        let status = res.status().as_u16();
+        (status, res.text().await.unwrap())
+    };
+    assert_eq!(send(h2.get(gw.url("/fine"))).await.0, 200);
+    let mut many = h2.get(gw.url("/many"));
+    for i in 0..21 {
+        many = many.header(format!("x-f{i}"), "v");
+    }
+    let (status, body) = send(many).await;
+    assert_problem(status, &body, 431, "headers-too-large");
+    let (status, body) = send(h2.get(gw.url(&format!("/{}", "a".repeat(1100))))).await;
+    assert_problem(status, &body, 414, "uri-too-long");
+    // A header list over the limit: refused by the HTTP/2 layer (RFC 9113 §6.5.2) with 431.
+    let (status, _) = send(h2.get(gw.url("/big")).header("x-big", "a".repeat(9000))).await;
+    assert_eq!(status, 431);
+    let (status, body) = send(h2.post(gw.url("/upload")).body(vec![b'a'; 1001])).await;
+    assert_problem(status, &body, 413, "body-too-large");
+    assert_eq!(up.served(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn missing_host_and_control_characters_get_400_problems() {
     let up = upstream("app").await;
     let gw = TestGateway::start(&config_for(&[up.addr], ""), &[]);

@@ -61,11 +61,14 @@ impl Snapshot {
             None => None,
         };
         let authz = match &config.authorization {
-            Some(a) => Some(Arc::new(AuthzEngine::load(
-                &loaded.resolve(&a.policies),
-                &registry,
-                a.decision_cache_capacity,
-            )?)),
+            Some(a) => Some(Arc::new(
+                AuthzEngine::load(
+                    &loaded.resolve(&a.policies),
+                    &registry,
+                    a.decision_cache_capacity,
+                )
+                .map_err(|e| e.or_on_field(&loaded.source, "authorization.policies"))?,
+            )),
             None => None,
         };
         // A file registry is small and part of the deployment: check its tenants' policies now

@@ -54,6 +54,27 @@ impl fmt::Display for SourceIssues {
 
 impl std::error::Error for SourceIssues {}
 
+impl SourceIssues {
+    /// Problems of a file or directory as a whole (it cannot be read, or lacks something: no
+    /// field, no line in it) are reported on `field` of `source`, the setting that names it,
+    /// with its path in the message: every problem then says where to change something.
+    pub fn or_on_field(self, source: &SourceText, field: &str) -> SourceIssues {
+        SourceIssues(
+            self.0
+                .into_iter()
+                .map(|issue| {
+                    if issue.field.is_empty() && issue.location.line.is_none() {
+                        let path = issue.location.file.display();
+                        source.issue(field, format!("{path}: {}", issue.message))
+                    } else {
+                        issue
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 impl From<SourceIssue> for SourceIssues {
     fn from(issue: SourceIssue) -> Self {
         SourceIssues(vec![issue])

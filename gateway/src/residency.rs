@@ -203,7 +203,8 @@ impl ResidencyPolicy {
         let Some(cfg) = &loaded.config.residency else {
             return Ok(None);
         };
-        let maps = ResidencyMaps::load(&loaded.resolve(&cfg.maps))?;
+        let maps = ResidencyMaps::load(&loaded.resolve(&cfg.maps))
+            .map_err(|e| e.or_on_field(&loaded.source, "residency.maps"))?;
         let source = &loaded.source;
         let mut issues: Vec<SourceIssue> = Vec::new();
         let mut pools_by_region: HashMap<String, Vec<usize>> = HashMap::new();

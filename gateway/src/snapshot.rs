@@ -62,11 +62,14 @@ impl Snapshot {
             None => None,
         };
         let authz = match &config.authorization {
-            Some(a) => Some(Arc::new(AuthzEngine::load(
-                &loaded.resolve(&a.policies),
-                &registry,
-                a.decision_cache_capacity,
-            )?)),
+            Some(a) => Some(Arc::new(
+                AuthzEngine::load(
+                    &loaded.resolve(&a.policies),
+                    &registry,
+                    a.decision_cache_capacity,
+                )
+                .map_err(|e| e.or_on_field(&loaded.source, "authorization.policies"))?,
+            )),
             None => None,
         };
         // A file registry is small and part of the deployment: check its tenants' policies now
@@ -137,7 +140,8 @@ pub fn load_file_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, Sourc
         Some(file) => crate::tenancy::registry::load_file(
             &loaded.resolve(file),
             &crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys()),
-        ),
+        )
+        .map_err(|e| e.or_on_field(&loaded.source, "tenancy.registry.file")),
         None => Ok(TenantRegistry::default()),
     }
 }

@@ -1,5 +1,5 @@
 //! `gateway.toml` from arbitrary text, through what `gateway check` runs: `config::load_source`,
-//! the file registry (`tenancy::registry::load_file_of`) and `Snapshot::build` (policies,
+//! the file registry (`snapshot::load_file_registry`) and `Snapshot::build` (policies,
 //! routes, residency maps, keys), with the text placed at `fixture/gateway.toml`.
 //!
 //! Input: the file's text. So that a run reads nothing but the repository's example files and
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             .as_ref()
             .and_then(|t| t.registry.file.as_ref())
             .and_then(|f| SourceText::read(&loaded.resolve(f)).ok());
-        match gateway::tenancy::registry::load_file_of(&loaded) {
+        match gateway::snapshot::load_file_registry(&loaded) {
             Ok(r) => r,
             Err(issues) => {
                 let mut texts = vec![&source];

@@ -1,4 +1,4 @@
-//! A whole request through the pipeline (`pipeline::admit`: sanitize, identify, tenant,
+//! A whole request through the pipeline (`admission::admit`: sanitize, identify, tenant,
 //! authorize with the route table, residency route, limits) against the fixture deployment,
 //! then applied to the upstream request exactly as the proxy applies it
 //! (`proxy::apply_admitted`).
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         headers: &req.headers,
         client_ip: gateway::geoip::client_ip(peer, &req.headers, &d.services.trusted_proxies),
     };
-    let admitted = match d.block_on(gateway::pipeline::admit(&head, &snapshot, &d.services)) {
+    let admitted = match d.block_on(gateway::admission::admit(&head, &snapshot, &d.services)) {
         Ok(a) => a,
         Err(refused) => {
             let status = refused.rejection.status();

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let d = deployment();
-    let tiers = KnownTiers::of_config(&d.loaded.config);
+    let tiers = KnownTiers::of(d.loaded.config.tiers.keys());
     let source = SourceText::new(fixture_dir().join("tenants.toml"), text);
     let registry = match load_source(&source, &tiers) {
         Ok(r) => r,

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use gateway::config::{LoadedConfig, SourceIssues, SourceText};
 use gateway::identity::{Authenticator, JwksSettings};
 use gateway::limits::Limiter;
-use gateway::pipeline::Services;
+use gateway::admission::Services;
 use gateway::snapshot::{Snapshot, SnapshotStore};
 
 /// `gateway/fuzz`.
@@ -65,7 +65,7 @@ pub fn deployment() -> &'static Deployment {
         let path = fixture_dir().join("gateway.toml");
         let loaded = gateway::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let registry =
-            gateway::tenancy::registry::load_file_of(&loaded).unwrap_or_else(|e| panic!("{e}"));
+            gateway::snapshot::load_file_registry(&loaded).unwrap_or_else(|e| panic!("{e}"));
         let snapshot = Snapshot::build(&loaded, registry).unwrap_or_else(|e| panic!("{e}"));
         let config = &loaded.config;
         let services = Services {

@@ -1078,9 +1078,7 @@ fn validate_tenancy(
         (Some(file), None) => {
             let path = resolve_relative(base_dir, file);
             if let Err(e) = crate::tenancy::registry::load_file(&path, tiers) {
-                for issue in e.0 {
-                    issues.push(issue);
-                }
+                issues.extend(e.or_on_field(source, "tenancy.registry.file").0);
             }
         }
         (None, Some(pg)) => {

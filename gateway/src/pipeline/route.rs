@@ -311,6 +311,25 @@ mod tests {
     }
 
     #[test]
+    fn maps_that_cannot_be_read_are_reported_on_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[residency]\nmaps = \"{}\"\n\
+             [[upstream.pool]]\nname = \"a\"\nregion = \"a\"\npeers = [\"127.0.0.1:2\"]\n",
+            dir.path().display()
+        );
+        let loaded = load_source(SourceText::new("/tmp/gw/gateway.toml", text)).unwrap();
+        let issues = ResidencyPolicy::build(&loaded).unwrap_err();
+        let issue = &issues.0[0];
+        assert_eq!(
+            (issue.field.as_str(), issue.location.line),
+            ("residency.maps", Some(4)),
+            "{issues}"
+        );
+        assert!(issue.message.contains("regions.toml"), "{issue}");
+    }
+
+    #[test]
     fn tenant_homes_must_be_storage_regions_of_their_regime() {
         let loaded = config(ALL, 1, "");
         let p = policy(&loaded);

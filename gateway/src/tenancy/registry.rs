@@ -315,6 +315,38 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_registry_file_is_reported_on_the_setting_that_names_it() {
+        // Found by the gateway_config fuzz target: the problem named neither field nor line.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[upstream.pool]]\nname = \"a\"\n\
+                    peers = [\"127.0.0.1:2\"]\n[tenancy]\nsources = [\"header\"]\n\
+                    [tenancy.registry]\nfile = \"tenants.toml\"\n";
+        let located = |issues: SourceIssues| {
+            let [issue] = issues.0.as_slice() else {
+                panic!("{issues}");
+            };
+            assert_eq!(issue.field, "tenancy.registry.file", "{issue}");
+            assert_eq!(
+                (&issue.location.file, issue.location.line),
+                (&config, Some(9)),
+                "{issue}"
+            );
+            assert!(
+                issue.message.contains("tenants.toml") && issue.message.contains("cannot read"),
+                "{issue}"
+            );
+        };
+        // `gateway check` (the configuration's validation reads the file) ...
+        located(crate::config::load_source(SourceText::new(&config, text)).unwrap_err());
+        // ... and a registry (re)load after the file went away.
+        std::fs::write(dir.path().join("tenants.toml"), "[[tenant]]\nid = \"a\"\n").unwrap();
+        let loaded = crate::config::load_source(SourceText::new(&config, text)).unwrap();
+        std::fs::remove_file(dir.path().join("tenants.toml")).unwrap();
+        located(crate::snapshot::load_file_registry(&loaded).unwrap_err());
+    }
+
+    #[test]
     fn indexes_hosts_keys_and_issuers_and_updates_them() {
         let mut a = tenant("acme");
         a.hosts = vec!["api.acme.test".into()];

@@ -114,6 +114,23 @@ impl SourceText {
         }
     }
 
+    /// The directory the file's relative paths start from (`.` for a bare file name).
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// A path written in the file, made absolute against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir().join(path)
+        }
+    }
+
     /// Deserialize the whole file into `T`, reporting the failing field path and its position.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, SourceIssue> {
         let deserializer = match toml::Deserializer::parse(&self.text) {

@@ -10,6 +10,48 @@ use arc_swap::ArcSwapOption;
 use http::HeaderMap;
 use ipnet::IpNet;
 use maxminddb::PathElement;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostics::{SourceIssue, SourceText};
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpConfig {
+    /// A MaxMind-format country database (GeoIP2/GeoLite2 or DB-IP). Relative to this file.
+    pub database: PathBuf,
+    /// Dotted path of the ISO country code in a record (default: `country.iso_code` for
+    /// GeoIP2/GeoLite2 databases, `country_code` otherwise).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). Others' is ignored. Behind them,
+    /// the hops of all `X-Forwarded-For` lines are walked from the right and the first hop that
+    /// is not a trusted proxy is the client; what is left of it is ignored. A hop that is not an
+    /// address (`unknown`, garbage) makes the client unknown (no address, no country), never the
+    /// proxy. `Forwarded` (RFC 7239) is not read.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often to check the file for a replacement.
+    #[serde(default = "default_geoip_reload", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub reload_interval: Duration,
+}
+
+impl GeoIpConfig {
+    /// The database must open: a gateway that cannot locate clients would apply country
+    /// policies to nobody.
+    pub fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        let path = source.resolve(&self.database);
+        if let Err(e) = maxminddb::Reader::open_readfile(&path) {
+            issues.push(source.issue("geoip.database", format!("{}: {e}", path.display())));
+        }
+    }
+}
+
+fn default_geoip_reload() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// The client's address, or `None` when it cannot be known.
 ///

@@ -31,6 +31,7 @@ pub mod request_metrics;
 pub mod residency;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod tenancy;
 pub mod upstream;
 pub mod webhooks;

@@ -4,13 +4,45 @@
 //! deployment's upstream pools per region and route pins, and is what stage 5 reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::config::LoadedConfig;
 use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::tenancy::TenantSpec;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// Directory with `regions.toml` and `regimes.toml`. Relative to this file.
+    pub maps: PathBuf,
+    /// Regime of tenants without one (and of requests without a tenant).
+    #[serde(default = "default_regime")]
+    pub default_regime: String,
+    /// Routes served only in one region.
+    #[serde(default)]
+    pub pin: Vec<PinConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    /// Path template (`{name}` one segment, `{*name}` the rest).
+    pub path: String,
+    pub region: String,
+}
+
+fn default_regime() -> String {
+    "none".to_string()
+}
+
+/// Where an upstream pool runs, as stage 5 needs it (`upstream.pool[i]`).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolRegion<'a> {
+    pub name: &'a str,
+    pub region: Option<&'a str>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,23 +231,28 @@ pub struct ResidencyPolicy {
 
 impl ResidencyPolicy {
     /// Builds the policy from `[residency]` and the upstream pools, with located errors.
-    pub fn build(loaded: &LoadedConfig) -> Result<Option<Self>, SourceIssues> {
-        let Some(cfg) = &loaded.config.residency else {
-            return Ok(None);
-        };
-        let maps = ResidencyMaps::load(&loaded.resolve(&cfg.maps))
-            .map_err(|e| e.or_on_field(&loaded.source, "residency.maps"))?;
-        let source = &loaded.source;
+    /// `pools` are the upstream pools in configuration order; `source` is the file
+    /// `[residency]` was read from (for relative paths and located errors).
+    pub fn build(
+        cfg: &ResidencyConfig,
+        pools: &[PoolRegion<'_>],
+        source: &SourceText,
+    ) -> Result<Self, SourceIssues> {
+        let maps = ResidencyMaps::load(&source.resolve(&cfg.maps))
+            .map_err(|e| e.or_on_field(source, "residency.maps"))?;
         let mut issues: Vec<SourceIssue> = Vec::new();
         let mut pools_by_region: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, pool) in loaded.config.upstream.pool.iter().enumerate() {
-            match &pool.region {
+        for (i, pool) in pools.iter().enumerate() {
+            match pool.region {
                 Some(r) if maps.has_region(r) => {
-                    pools_by_region.entry(r.clone()).or_default().push(i)
+                    pools_by_region.entry(r.to_string()).or_default().push(i)
                 }
                 Some(r) => issues.push(source.issue(
                     format!("upstream.pool[{i}].region"),
-                    format!("unknown region `{r}` (not in the residency maps)"),
+                    format!(
+                        "unknown region `{r}` of pool `{}` (not in the residency maps)",
+                        pool.name
+                    ),
                 )),
                 None => issues.push(source.issue(
                     format!("upstream.pool[{i}]"),
@@ -249,13 +286,13 @@ impl ResidencyPolicy {
         if !issues.is_empty() {
             return Err(SourceIssues(issues));
         }
-        Ok(Some(ResidencyPolicy {
+        Ok(ResidencyPolicy {
             maps,
             pools_by_region,
             pins,
             pin_list,
             default_regime: cfg.default_regime.clone(),
-        }))
+        })
     }
 
     pub fn pools_in(&self, region: &str) -> &[usize] {

@@ -325,7 +325,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         let token = cfg
             .admin
             .as_ref()
-            .map(|a| crate::admin::read_token(&a.token_file))
+            .map(|a| crate::config::read_admin_token(&a.token_file))
             .transpose()
             .map_err(|e| StartError::Runtime(e.to_string()))?
             .unwrap_or_default();

@@ -46,7 +46,7 @@ impl Snapshot {
             |field: &str, message: String| SourceIssues(vec![loaded.source.issue(field, message)]);
         let identity = match &config.identity {
             Some(identity) => Some(Arc::new(
-                identify::compile(identity, loaded).map_err(|e| issue("identity", e))?,
+                identify::compile(identity, &loaded.source).map_err(|e| issue("identity", e))?,
             )),
             None => None,
         };
@@ -93,7 +93,7 @@ impl Snapshot {
                 return Err(SourceIssues(issues));
             }
         }
-        let residency = ResidencyPolicy::build(loaded)?.map(Arc::new);
+        let residency = loaded.residency_policy()?.map(Arc::new);
         if let (Some(policy), Some(_)) = (
             &residency,
             config

@@ -196,3 +196,17 @@ fn health_check(
         Box::new(check)
     }
 }
+
+impl crate::status::UpstreamStatus for Upstreams {
+    fn pools(&self) -> Vec<crate::status::PoolStatus> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| crate::status::PoolStatus {
+                name: pool.name.clone(),
+                region: pool.region.clone(),
+                peers: self.peer_health(i),
+            })
+            .collect()
+    }
+}

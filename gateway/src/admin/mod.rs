@@ -23,8 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -32,17 +31,7 @@ use subtle::ConstantTimeEq;
 use crate::admission::Services;
 use crate::reload::Reloader;
 use crate::snapshot::SnapshotStore;
-use crate::upstream::Upstreams;
-
-/// `[admin]`: the admin listener.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// `ip:port`; keep it on loopback or a private interface.
-    pub listen: String,
-    /// File holding the bearer token (at least 32 characters). Relative to the config file.
-    pub token_file: PathBuf,
-}
+use crate::status::UpstreamStatus;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -54,7 +43,7 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Admin {
     pub store: Arc<SnapshotStore>,
     pub services: Arc<Services>,
-    pub upstreams: Arc<Upstreams>,
+    pub upstreams: Arc<dyn UpstreamStatus>,
     pub reloader: Option<Reloader>,
     pub tenants: tenants::TenantWriter,
     pub metrics: Option<PrometheusHandle>,
@@ -66,31 +55,6 @@ pub struct Admin {
     shutting_down: AtomicBool,
     /// The usage outbox and audit log: not ready while they cannot write.
     recording: Arc<crate::lifecycle::Recording>,
-}
-
-/// Why the admin API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("admin.token_file {path}: {source}")]
-    TokenFile {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("admin.token_file {0}: the token must be at least 32 characters")]
-    WeakToken(String),
-}
-
-/// Reads the token file: one line, surrounding whitespace ignored.
-pub fn read_token(path: &std::path::Path) -> Result<[u8; 32], AdminError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AdminError::TokenFile {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let token = text.trim();
-    if token.len() < 32 {
-        return Err(AdminError::WeakToken(path.display().to_string()));
-    }
-    Ok(Sha256::digest(token.as_bytes()).into())
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -170,7 +134,7 @@ impl Admin {
     pub fn new(
         store: Arc<SnapshotStore>,
         services: Arc<Services>,
-        upstreams: Arc<Upstreams>,
+        upstreams: Arc<dyn UpstreamStatus>,
         reloader: Option<Reloader>,
         tenants: tenants::TenantWriter,
         metrics: Option<PrometheusHandle>,
@@ -329,13 +293,12 @@ impl Admin {
 
     /// Peer health as gauges, read when scraped.
     fn record_upstream_health(&self) {
-        for (i, pool) in self.upstreams.pools().iter().enumerate() {
-            let peers = self.upstreams.peer_health(i);
-            let healthy = peers.iter().filter(|(_, h)| *h).count();
+        for pool in self.upstreams.pools() {
+            let healthy = pool.peers.iter().filter(|(_, h)| *h).count();
             metrics::gauge!("gateway_upstream_healthy_peers", "pool" => pool.name.clone())
                 .set(healthy as f64);
-            metrics::gauge!("gateway_upstream_peers", "pool" => pool.name.clone())
-                .set(peers.len() as f64);
+            metrics::gauge!("gateway_upstream_peers", "pool" => pool.name)
+                .set(pool.peers.len() as f64);
         }
     }
 
@@ -367,12 +330,10 @@ impl Admin {
         let pools: Vec<serde_json::Value> = self
             .upstreams
             .pools()
-            .iter()
-            .enumerate()
-            .map(|(i, pool)| {
-                let peers: Vec<serde_json::Value> = self
-                    .upstreams
-                    .peer_health(i)
+            .into_iter()
+            .map(|pool| {
+                let peers: Vec<serde_json::Value> = pool
+                    .peers
                     .into_iter()
                     .map(|(addr, healthy)| json!({"addr": addr.to_string(), "healthy": healthy}))
                     .collect();

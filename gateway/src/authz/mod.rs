@@ -6,6 +6,7 @@
 //! semantics (any satisfied forbid denies; otherwise any satisfied permit allows; otherwise
 //! deny), so the cost does not grow with the number of tenants.
 
+mod config;
 pub mod load;
 pub mod routes;
 pub mod testing;
@@ -28,6 +29,7 @@ use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
+pub use config::AuthorizationConfig;
 use load::{ParsedPolicies, PolicyOrigin};
 use routes::{RouteTable, RoutesFile};
 

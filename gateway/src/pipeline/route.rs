@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn policy(loaded: &crate::config::LoadedConfig) -> ResidencyPolicy {
-        ResidencyPolicy::build(loaded).unwrap().unwrap()
+        loaded.residency_policy().unwrap().unwrap()
     }
 
     fn tenant(regime: &str, home: Option<&str>) -> TenantSpec {
@@ -319,7 +319,7 @@ mod tests {
             dir.path().display()
         );
         let loaded = load_source(SourceText::new("/tmp/gw/gateway.toml", text)).unwrap();
-        let issues = ResidencyPolicy::build(&loaded).unwrap_err();
+        let issues = loaded.residency_policy().unwrap_err();
         let issue = &issues.0[0];
         assert_eq!(
             (issue.field.as_str(), issue.location.line),

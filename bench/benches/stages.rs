@@ -255,9 +255,7 @@ fn residency_stage(c: &mut Criterion) {
         text,
     ))
     .expect("config");
-    let policy = gateway::residency::ResidencyPolicy::build(&loaded)
-        .expect("maps")
-        .expect("residency");
+    let policy = loaded.residency_policy().expect("maps").expect("residency");
     let (upstreams, _checks) = gateway::upstream::Upstreams::build(&loaded).expect("pools");
     let tenant: gateway::tenancy::TenantSpec =
         toml::from_str("id = \"t\"\nregime = \"ccpa\"\nhome_region = \"us-east\"").expect("tenant");

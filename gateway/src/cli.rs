@@ -131,14 +131,30 @@ pub enum UsageCommand {
         /// RFC 3339 time or date (UTC), exclusive.
         #[arg(long)]
         to: String,
-        #[arg(long, value_enum, default_value_t = crate::metering::report::Bucket::Hour)]
-        bucket: crate::metering::report::Bucket,
+        #[arg(long, value_enum, default_value_t = ReportBucket::Hour)]
+        bucket: ReportBucket,
         #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
         format: ReportFormat,
         /// Read a PostgreSQL ledger exporter (all replicas) instead of this replica's outbox.
         #[arg(long)]
         ledger: Option<String>,
     },
+}
+
+/// `--bucket`: the period usage is summed over.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReportBucket {
+    Hour,
+    Day,
+}
+
+impl From<ReportBucket> for crate::metering::report::Bucket {
+    fn from(bucket: ReportBucket) -> Self {
+        match bucket {
+            ReportBucket::Hour => Self::Hour,
+            ReportBucket::Day => Self::Day,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -350,7 +366,7 @@ fn usage_report(
     tenant: Option<String>,
     from: &str,
     to: &str,
-    bucket: crate::metering::report::Bucket,
+    bucket: ReportBucket,
     format: ReportFormat,
     ledger: Option<String>,
 ) -> i32 {
@@ -377,7 +393,7 @@ fn usage_report(
         tenant,
         from,
         to,
-        bucket,
+        bucket: bucket.into(),
     };
     let rows = match ledger {
         Some(name) => {

@@ -1,37 +1,22 @@
 //! Policy-as-code gateway sidecar: a Pingora reverse proxy that runs every request through
 //! a pipeline of stages (sanitize, identify, tenant, authorize, residency, rate limit) before
 //! forwarding it, and meters and audits what it did.
+//!
+//! This crate is the top of the stack: the `gateway` command ([`cli`]) and the composition
+//! root that starts a configured gateway ([`server`]). The work is done by the crates below
+//! it, re-exported here under their old paths so tools and tests name one crate:
+//! `gateway-engine` (the pipeline and records, no proxy), `gateway-proxy` (the Pingora front
+//! door) and `gateway-admin` (the admin API).
 
-pub mod admin;
-pub mod admission;
-pub mod audit;
-pub mod authz;
-pub mod background;
+pub use gateway_admin as admin;
+pub use gateway_engine::{
+    admission, audit, authz, config, db, diagnostics, durable, explain, geoip, identity, journal,
+    lifecycle, limits, memory, metering, pipeline, records, reload, request_metrics, residency,
+    snapshot, status, tenancy, webhooks,
+};
+pub use gateway_proxy::{background, connections, proxy, upstream};
+
 pub mod cli;
-pub mod config;
-pub mod connections;
-pub mod db;
-pub mod diagnostics;
-pub mod durable;
 pub mod example_upstream;
-pub mod explain;
-pub mod geoip;
-pub mod identity;
-pub mod journal;
-pub mod lifecycle;
-pub mod limits;
 pub mod logging;
-pub mod memory;
-pub mod metering;
-pub mod pipeline;
-pub mod proxy;
-pub mod records;
-pub mod reload;
-pub mod request_metrics;
-pub mod residency;
 pub mod server;
-pub mod snapshot;
-pub mod status;
-pub mod tenancy;
-pub mod upstream;
-pub mod webhooks;

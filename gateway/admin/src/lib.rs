@@ -1,0 +1,484 @@
+//! The admin API, on its own listener (`[admin]`; absent: no admin listener at all).
+//!
+//! Open: `GET /healthz` (the process serves), `GET /readyz` (policies, registry and maps are
+//! loaded and the gateway is not shutting down), `GET /openapi.json`. Everything else needs
+//! `Authorization: Bearer <token>` with the token of `token_file`: Prometheus `/metrics`,
+//! `/admin/status`, `/admin/reload`, `/admin/explain`, `/admin/usage`, `/admin/residency`, and
+//! tenant provisioning under `/admin/tenants/{id}` (create/update/suspend, effective on the
+//! next request; with a PostgreSQL registry also written there, so every replica follows).
+
+mod tenants;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use gateway_engine::admission::Services;
+use gateway_engine::reload::Reloader;
+use gateway_engine::snapshot::SnapshotStore;
+use gateway_engine::status::UpstreamStatus;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 1 << 20;
+
+/// What the admin API reads and acts on.
+pub struct Admin {
+    pub store: Arc<SnapshotStore>,
+    pub services: Arc<Services>,
+    pub upstreams: Arc<dyn UpstreamStatus>,
+    pub reloader: Option<Reloader>,
+    pub tenants: tenants::TenantWriter,
+    pub metrics: Option<PrometheusHandle>,
+    pub outbox_dir: Option<PathBuf>,
+    pub audit_dir: Option<PathBuf>,
+    pub config_path: PathBuf,
+    token_sha256: [u8; 32],
+    started: Instant,
+    shutting_down: AtomicBool,
+    /// The usage outbox and audit log: not ready while they cannot write.
+    recording: Arc<gateway_engine::lifecycle::Recording>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+/// A response with a body of `content_type`, never cached.
+fn body_response(status: StatusCode, body: Bytes, content_type: &'static str) -> AdminResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn respond(status: StatusCode, body: serde_json::Value) -> AdminResponse {
+    body_response(status, Bytes::from(body.to_string()), "application/json")
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> AdminResponse {
+    let body = json!({
+        "type": format!("{}admin-{}", gateway_engine::pipeline::rejection::PROBLEM_TYPE_PREFIX, status.as_u16()),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail.into(),
+    });
+    body_response(
+        status,
+        Bytes::from(body.to_string()),
+        "application/problem+json",
+    )
+}
+
+/// `GET /admin/usage` and `/admin/residency` query parameters.
+#[derive(Debug, Deserialize)]
+struct PeriodQuery {
+    tenant: Option<String>,
+    from: String,
+    to: String,
+    #[serde(default)]
+    bucket: Option<String>,
+}
+
+/// The files the admin API reads: usage reports from the outbox, audit queries from the log,
+/// reloads from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AdminPaths {
+    pub outbox_dir: Option<std::path::PathBuf>,
+    pub audit_dir: Option<std::path::PathBuf>,
+    pub config_path: std::path::PathBuf,
+}
+
+/// `POST /admin/explain` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    method: String,
+    path: String,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    country: Option<String>,
+    /// The connecting peer's address (`X-Forwarded-For` is walked from it).
+    #[serde(default)]
+    peer: Option<std::net::IpAddr>,
+}
+
+impl Admin {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        services: Arc<Services>,
+        upstreams: Arc<dyn UpstreamStatus>,
+        reloader: Option<Reloader>,
+        tenants: tenants::TenantWriter,
+        metrics: Option<PrometheusHandle>,
+        token_sha256: [u8; 32],
+        paths: AdminPaths,
+        recording: Arc<gateway_engine::lifecycle::Recording>,
+    ) -> Self {
+        Admin {
+            store,
+            services,
+            upstreams,
+            reloader,
+            tenants,
+            metrics,
+            outbox_dir: paths.outbox_dir,
+            audit_dir: paths.audit_dir,
+            config_path: paths.config_path,
+            token_sha256,
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            recording,
+        }
+    }
+
+    /// Serves until shutdown; `/readyz` turns 503 as soon as shutdown begins, so load
+    /// balancers stop sending while in-flight requests finish.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(%error, "admin listener");
+                return;
+            }
+        };
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let admin = self.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let admin = admin.clone();
+                            async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                changed = shutdown.changed(), if watching => {
+                    // Keep answering (readyz: 503) through the grace period; the server ends
+                    // this task when it stops.
+                    watching = changed.is_ok();
+                    if *shutdown.borrow() {
+                        self.shutting_down.store(true, Ordering::Release);
+                        tracing::info!("admin: shutting down, /readyz answers 503");
+                    }
+                }
+            }
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        digest.ct_eq(&self.token_sha256).into()
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => return respond(StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET, ["readyz"]) => return self.readyz(),
+            (&Method::GET, ["openapi.json"]) => {
+                return body_response(
+                    StatusCode::OK,
+                    Bytes::from_static(OPENAPI.as_bytes()),
+                    "application/json",
+                )
+            }
+            _ => {}
+        }
+        if !self.authorized(&req) {
+            tracing::warn!(%peer, %method, path, "admin request without a valid token");
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "a valid admin bearer token is required",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
+            );
+            return r;
+        }
+        let query = req.uri().query().unwrap_or("").to_string();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        };
+        let response = match (&method, segments.as_slice()) {
+            (&Method::GET, ["metrics"]) => match &self.metrics {
+                Some(handle) => {
+                    self.record_upstream_health();
+                    body_response(
+                        StatusCode::OK,
+                        Bytes::from(handle.render()),
+                        "text/plain; version=0.0.4",
+                    )
+                }
+                None => problem(StatusCode::NOT_FOUND, "metrics are not enabled"),
+            },
+            (&Method::GET, ["admin", "status"]) => self.status(),
+            (&Method::POST, ["admin", "reload"]) => self.reload().await,
+            (&Method::POST, ["admin", "explain"]) => self.explain(&body).await,
+            (&Method::GET, ["admin", "usage"]) => self.usage(&query).await,
+            (&Method::GET, ["admin", "residency"]) => self.residency(&query).await,
+            (&Method::GET, ["admin", "tenants", id]) => self.tenants.get(&self.store, id),
+            (&Method::PUT, ["admin", "tenants", id]) => {
+                self.tenants.put(&self.store, id, &body).await
+            }
+            (&Method::POST, ["admin", "tenants", id, "suspend"]) => {
+                self.tenants
+                    .set_status(
+                        &self.store,
+                        id,
+                        gateway_engine::tenancy::TenantStatus::Suspended,
+                    )
+                    .await
+            }
+            (&Method::POST, ["admin", "tenants", id, "activate"]) => {
+                self.tenants
+                    .set_status(
+                        &self.store,
+                        id,
+                        gateway_engine::tenancy::TenantStatus::Active,
+                    )
+                    .await
+            }
+            _ => problem(
+                StatusCode::NOT_FOUND,
+                format!("no admin route {method} {path}"),
+            ),
+        };
+        tracing::info!(target: "admin", %peer, %method, path, status = response.status().as_u16(), "admin request");
+        response
+    }
+
+    /// Peer health as gauges, read when scraped.
+    fn record_upstream_health(&self) {
+        for pool in self.upstreams.pools() {
+            let healthy = pool.peers.iter().filter(|(_, h)| *h).count();
+            metrics::gauge!("gateway_upstream_healthy_peers", "pool" => pool.name.clone())
+                .set(healthy as f64);
+            metrics::gauge!("gateway_upstream_peers", "pool" => pool.name)
+                .set(pool.peers.len() as f64);
+        }
+    }
+
+    fn readyz(&self) -> AdminResponse {
+        let snapshot = self.store.load();
+        let shutting_down = self.shutting_down.load(Ordering::Acquire);
+        // A replica that cannot record usage or audit refuses requests (503): take it out of
+        // the load balancer's rotation until it can again.
+        let recording_unavailable = self.recording.unavailable();
+        let ready = !shutting_down && recording_unavailable.is_none();
+        let body = json!({
+            "ready": ready,
+            "shutting_down": shutting_down,
+            "recording_unavailable": recording_unavailable,
+            "policies": snapshot.authz.as_ref().map(|a| a.version.clone()),
+            "tenants": snapshot.registry.len(),
+            "residency_maps": snapshot.residency.is_some(),
+        });
+        let status = if !ready {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        respond(status, body)
+    }
+
+    fn status(&self) -> AdminResponse {
+        let snapshot = self.store.load();
+        let pools: Vec<serde_json::Value> = self
+            .upstreams
+            .pools()
+            .into_iter()
+            .map(|pool| {
+                let peers: Vec<serde_json::Value> = pool
+                    .peers
+                    .into_iter()
+                    .map(|(addr, healthy)| json!({"addr": addr.to_string(), "healthy": healthy}))
+                    .collect();
+                json!({"name": pool.name, "region": pool.region, "peers": peers})
+            })
+            .collect();
+        respond(
+            StatusCode::OK,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config": self.config_path.display().to_string(),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "policies": snapshot.authz.as_ref().map(|a| json!({
+                    "version": a.version,
+                })),
+                "tenants": snapshot.registry.len(),
+                "identity_generation": snapshot.identity_generation,
+                "residency": snapshot.residency.as_ref().map(|r| json!({
+                    "regions": r.maps.regions().iter().map(|g| g.id.clone()).collect::<Vec<_>>(),
+                    "default_regime": r.default_regime,
+                })),
+                "rate_limits": self.services.limiter.status(),
+                "upstream_pools": pools,
+            }),
+        )
+    }
+
+    async fn reload(&self) -> AdminResponse {
+        let Some(reloader) = self.reloader.clone() else {
+            return problem(
+                StatusCode::CONFLICT,
+                "nothing is reloadable: no [authorization] and no file registry",
+            );
+        };
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(report) => {
+                let status = if report.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                respond(status, serde_json::to_value(&report).unwrap_or_default())
+            }
+            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn explain(&self, body: &[u8]) -> AdminResponse {
+        let body: ExplainBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        };
+        let request = gateway_engine::explain::ExplainRequest {
+            method: body.method,
+            path: body.path,
+            host: body.host,
+            headers: body.headers.into_iter().collect(),
+            principal: None,
+            country: body.country,
+            peer: body.peer,
+        };
+        let snapshot = self.store.load();
+        let explanation =
+            gateway_engine::explain::explain(&snapshot, &self.services, &request).await;
+        respond(
+            StatusCode::OK,
+            serde_json::to_value(&explanation).unwrap_or_default(),
+        )
+    }
+
+    /// Parses `tenant`, `from`, `to` (and `bucket`); the error is the problem detail (400).
+    fn period(query: &str) -> Result<(PeriodQuery, SystemTime, SystemTime), String> {
+        let q: PeriodQuery =
+            serde_urlencoded::from_str(query).map_err(|e| format!("query: {e}"))?;
+        let from = gateway_engine::metering::report::parse_time(&q.from)
+            .map_err(|e| format!("from: {e}"))?;
+        let to =
+            gateway_engine::metering::report::parse_time(&q.to).map_err(|e| format!("to: {e}"))?;
+        Ok((q, from, to))
+    }
+
+    async fn usage(&self, query: &str) -> AdminResponse {
+        use gateway_engine::metering::report::{self, Bucket, ReportQuery};
+        let (q, from, to) = match Self::period(query) {
+            Ok(p) => p,
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
+        };
+        let bucket = match q.bucket.as_deref() {
+            None | Some("hour") => Bucket::Hour,
+            Some("day") => Bucket::Day,
+            Some(other) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("bucket: `{other}` is not `hour` or `day`"),
+                )
+            }
+        };
+        let Some(dir) = self.outbox_dir.clone() else {
+            return problem(StatusCode::CONFLICT, "no [metering] outbox configured");
+        };
+        let query = ReportQuery {
+            tenant: q.tenant,
+            from,
+            to,
+            bucket,
+        };
+        let rows = tokio::task::spawn_blocking(move || {
+            report::outbox_events(&dir).map(|events| report::aggregate(&events, &query))
+        })
+        .await;
+        match rows {
+            Ok(Ok(rows)) => respond(StatusCode::OK, json!({ "rows": rows })),
+            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn residency(&self, query: &str) -> AdminResponse {
+        let (q, from, to) = match Self::period(query) {
+            Ok(p) => p,
+            Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
+        };
+        let Some(dir) = self.audit_dir.clone() else {
+            return problem(StatusCode::CONFLICT, "no [audit] log configured");
+        };
+        let rows = tokio::task::spawn_blocking(move || {
+            gateway_engine::audit::read_all(&dir).map(|records| {
+                gateway_engine::residency::report(&records, q.tenant.as_deref(), from, to)
+            })
+        })
+        .await;
+        match rows {
+            Ok(Ok(rows)) => respond(StatusCode::OK, json!({ "rows": rows })),
+            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+pub use tenants::TenantWriter;

@@ -1,0 +1,336 @@
+//! Admission: runs the pipeline's stages in order against the current [`Snapshot`] — the one
+//! entry point every front door calls (the inline proxy, explain) — and returns what they
+//! decided: an [`Admitted`] request with the headers to add, or a [`Refused`] one with its
+//! [`Rejection`]. [`Recorder`](crate::records::Recorder) turns either into usage and audit
+//! records.
+
+pub mod trace;
+
+use std::sync::Arc;
+
+use crate::authz::RequestFacts;
+use crate::identity::{Authenticator, Principal};
+use crate::pipeline::{
+    authorize, identify, limit, route, sanitize, tenant, Rejection, RequestHead, ResolvedTenant,
+    Sanitized,
+};
+use crate::snapshot::Snapshot;
+use crate::tenancy::TenantSpec;
+
+pub use trace::{Explaining, StageOutcome, Trace};
+
+/// Long-lived services the stages use besides the snapshot (caches, key stores).
+pub struct Services {
+    pub authenticator: Authenticator,
+    /// Client country lookups, when `[geoip]` is configured.
+    pub geoip: Option<std::sync::Arc<crate::geoip::GeoIp>>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Tiers, rate limits and quotas (state outlives policy reloads).
+    pub limiter: Arc<crate::limits::Limiter>,
+    /// Signed webhooks, when `[webhooks]` is configured.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
+}
+
+/// A request every stage let through, with what the stages established about it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub sanitized: Sanitized,
+    pub principal: Arc<Principal>,
+    pub tenant: Option<ResolvedTenant>,
+    /// `None` without `[authorization]`.
+    pub authorized: Option<authorize::Authorized>,
+    /// The client's country (GeoIP), when known.
+    pub country: Option<String>,
+    /// Where the request may be sent, in order.
+    pub route: route::RoutePlan,
+    /// `RateLimit-Policy` / `RateLimit` for the response (stage 6).
+    pub limit_headers: Vec<(&'static str, String)>,
+}
+
+impl Admitted {
+    /// The path later stages route on and the upstream receives (tenant prefix stripped).
+    pub fn path(&self) -> &str {
+        self.tenant
+            .as_ref()
+            .and_then(|t| t.stripped_path.as_deref())
+            .unwrap_or(&self.sanitized.path)
+    }
+
+    /// `path?query` for the upstream.
+    pub fn upstream_target(&self) -> String {
+        match &self.sanitized.query {
+            Some(q) => format!("{}?{q}", self.path()),
+            None => self.path().to_string(),
+        }
+    }
+
+    /// The tenant's definition (the built-in default tenant without `[tenancy]`).
+    pub fn tenant_spec(&self) -> &TenantSpec {
+        self.tenant
+            .as_ref()
+            .map(|t| &*t.tenant)
+            .unwrap_or_else(|| default_tenant())
+    }
+
+    /// The upstream target differs from what the client sent.
+    pub fn rewrites_target(&self) -> bool {
+        self.sanitized.rewrite_target
+            || self
+                .tenant
+                .as_ref()
+                .is_some_and(|t| t.stripped_path.is_some())
+    }
+}
+
+/// Runs the stages in order; the first rejection ends the request.
+pub async fn admit(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+) -> Result<Admitted, Refused> {
+    run_stages(head, snapshot, services, None).await
+}
+
+/// [`admit`] for `explain`: the same stages and decisions, with their reasons recorded in
+/// `explaining.trace` (see [`trace`] for what explaining does not do).
+pub async fn admit_explained(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+    explaining: &mut Explaining,
+) -> Result<Admitted, Refused> {
+    run_stages(head, snapshot, services, Some(explaining)).await
+}
+
+async fn run_stages(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+    mut explaining: Option<&mut Explaining>,
+) -> Result<Admitted, Refused> {
+    let refused = |rejection: Rejection| Refused {
+        rejection,
+        principal: None,
+        tenant: None,
+        decision: None,
+    };
+    let sanitized = sanitize::sanitize(head, &snapshot.sanitize);
+    trace::note(&mut explaining, "sanitize", &sanitized, |s| {
+        format!("{} {}", s.method, s.path)
+    });
+    let sanitized = sanitized.map_err(refused)?;
+    let substitute = explaining.as_ref().and_then(|x| x.principal.clone());
+    let principal = match substitute {
+        Some(principal) => {
+            trace::note::<_, Rejection>(&mut explaining, "identify", &Ok(()), |_| {
+                format!("principal given: {}", principal.id)
+            });
+            principal
+        }
+        None => {
+            let identified = identify::identify(
+                head,
+                snapshot.identity.as_deref(),
+                &snapshot.registry,
+                snapshot.identity_generation,
+                &services.authenticator,
+            )
+            .await;
+            trace::note(&mut explaining, "identify", &identified, |p| {
+                format!("{} ({:?})", p.id, p.auth)
+            });
+            identified.map_err(refused)?
+        }
+    };
+    if let Some(x) = explaining.as_mut() {
+        x.principal = Some(principal.clone());
+    }
+    let tenant = match &snapshot.tenancy {
+        Some(policy) => {
+            let resolved = tenant::resolve_tenant(
+                &tenant::TenantRequest {
+                    host: head.host,
+                    headers: head.headers,
+                    path: &sanitized.path,
+                },
+                &principal,
+                policy,
+                &snapshot.registry,
+            );
+            trace::note(&mut explaining, "tenant", &resolved, |t| {
+                t.tenant.id.to_string()
+            });
+            Some(resolved.map_err(|rejection| Refused {
+                rejection,
+                principal: Some(principal.id.clone()),
+                tenant: None,
+                decision: None,
+            })?)
+        }
+        None => {
+            skipped(&mut explaining, "tenant", "no [tenancy] configured");
+            None
+        }
+    };
+    let given_country = explaining.as_ref().and_then(|x| x.country.clone());
+    let country = match (given_country, &services.geoip, head.client_ip) {
+        (Some(country), _, _) => Some(country),
+        (None, Some(geo), Some(ip)) => geo.country(ip),
+        _ => None,
+    };
+    let mut admitted = Admitted {
+        sanitized,
+        principal,
+        tenant,
+        authorized: None,
+        country,
+        route: route::unrestricted(snapshot.pool_count),
+        limit_headers: Vec::new(),
+    };
+    // From here on, refusals know who and which tenant.
+    let refused = |rejection: Rejection, admitted: &Admitted| Refused {
+        rejection,
+        principal: Some(admitted.principal.id.clone()),
+        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
+        decision: admitted
+            .authorized
+            .as_ref()
+            .and_then(|a| a.decision.clone()),
+    };
+    if let Some(engine) = &snapshot.authz {
+        let tenant = admitted.tenant_spec();
+        let limits = &services.limiter.table;
+        // The method stage 1 settled on (an honoured override), as the upstream will see it.
+        let method = &admitted.sanitized.method;
+        let facts = RequestFacts::now(method.as_str(), admitted.country.clone(), head.client_ip);
+        let decision = authorize::authorize(
+            &authorize::AuthorizeRequest {
+                method,
+                path: admitted.path(),
+                principal: &admitted.principal,
+                tenant,
+                tier_features: limits.tier_features(&tenant.tier),
+                feature_gates: Some(limits),
+                facts: &facts,
+            },
+            engine,
+            explaining.as_mut().map(|x| &mut x.trace.authorization),
+        );
+        trace::note(&mut explaining, "authorize", &decision, |a| {
+            match &a.decision {
+                Some(d) => format!(
+                    "{} on {}: allowed by {:?}",
+                    d.action, d.resource, d.evaluation.policies
+                ),
+                None => "no route matches; unmatched routes are allowed".to_string(),
+            }
+        });
+        admitted.authorized = Some(decision.map_err(|r| refused(r, &admitted))?);
+    } else {
+        skipped(
+            &mut explaining,
+            "authorize",
+            "no [authorization] configured",
+        );
+    }
+    if let Some(residency) = &snapshot.residency {
+        let plan = route::plan_route(
+            &route::RouteRequest {
+                path: admitted.path(),
+                tenant: admitted.tenant.as_ref().map(|t| &*t.tenant),
+                client_country: admitted.country.as_deref(),
+            },
+            residency,
+        );
+        trace::note(&mut explaining, "residency", &plan, |p| {
+            format!(
+                "regions {:?} ({:?}) of regime {}",
+                p.regions,
+                p.reason,
+                p.regime.as_deref().unwrap_or("-")
+            )
+        });
+        admitted.route = plan.map_err(|r| refused(r, &admitted))?;
+    } else {
+        skipped(&mut explaining, "residency", "no [residency] configured");
+    }
+    if services.limiter.decides_anything() {
+        let tenant = admitted.tenant_spec();
+        let action = admitted
+            .authorized
+            .as_ref()
+            .and_then(|a| a.decision.as_ref())
+            .map(|d| d.action.as_str());
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let request = limit::LimitRequest {
+            tenant,
+            principal: &admitted.principal,
+            caller: crate::limits::Caller::of(
+                &admitted.principal,
+                snapshot.identity.is_some(),
+                head.client_ip,
+            ),
+            action,
+            now_secs,
+        };
+        if let Some(x) = explaining.as_mut() {
+            // Explaining must not spend the budget it describes.
+            let plan = services.limiter.table.plan(
+                request.tenant,
+                request.principal,
+                request.caller,
+                request.action,
+                request.now_secs,
+            );
+            x.trace
+                .note("limit", StageOutcome::NotEvaluated, limit::describe(&plan));
+            return Ok(admitted);
+        }
+        let within = limit::limit(&request, &services.limiter).await;
+        let within = within.map_err(|r| refused(r, &admitted))?;
+        if let Some(webhooks) = &services.webhooks {
+            for c in &within.crossed {
+                webhooks.emit(
+                    Some(tenant),
+                    crate::webhooks::WebhookEvent::new(
+                        "quota.threshold",
+                        serde_json::json!({
+                            "tenant": tenant.id, "quota": c.quota, "percent": c.percent,
+                            "used": c.used, "limit": c.limit,
+                        }),
+                    ),
+                );
+            }
+        }
+        admitted.limit_headers = within.headers;
+    } else {
+        skipped(&mut explaining, "limit", "no rate limits or quotas apply");
+    }
+    Ok(admitted)
+}
+
+fn skipped(explaining: &mut Option<&mut Explaining>, stage: &'static str, why: &str) {
+    if let Some(x) = explaining {
+        x.trace.note(stage, StageOutcome::Skipped, why.to_string());
+    }
+}
+
+/// A refused request, with what the stages before the refusal established.
+#[derive(Debug)]
+pub struct Refused {
+    pub rejection: Rejection,
+    pub principal: Option<String>,
+    pub tenant: Option<String>,
+    /// The authorization decision, when the refusal came after it (e.g. residency).
+    pub decision: Option<authorize::DecisionRecord>,
+}
+
+/// The tenant of deployments without `[tenancy]`.
+fn default_tenant() -> &'static TenantSpec {
+    static DEFAULT: std::sync::OnceLock<TenantSpec> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| TenantSpec::new("default"))
+}

@@ -1,0 +1,602 @@
+//! `gateway.toml`: serde types, loading, and semantic validation with file/line/field errors.
+//!
+//! Every path in the file is relative to the file itself, so a config directory can be moved
+//! or mounted anywhere (a ConfigMap, a git checkout) without edits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+mod listeners;
+
+use listeners::{
+    parse_listen_addrs, validate_server_limits, validate_tls_files, validate_upstream,
+};
+pub use listeners::{
+    read_admin_token, AdminConfig, AdminTokenError, HealthCheckConfig, PoolConfig, ServerConfig,
+    TlsListenerConfig, UpstreamConfig, UpstreamProtocol, MAX_BODY_BYTES, MAX_HEAD_BYTES,
+    MAX_HEAD_FIELDS,
+};
+
+pub use crate::authz::AuthorizationConfig;
+pub use crate::db::PostgresConfig;
+pub use crate::diagnostics::{Location, SourceIssue, SourceIssues, SourceText};
+pub use crate::geoip::GeoIpConfig;
+pub use crate::pipeline::forward::ContextTokenConfig;
+pub use crate::pipeline::identify::{IdentityConfig, ProvisioningConfig};
+pub use crate::pipeline::sanitize::{MethodOverride, SanitizeConfig};
+pub use crate::pipeline::tenant::{RegistryConfig, TenancyConfig, TenantSourceKind};
+pub use crate::residency::{PinConfig, ResidencyConfig};
+use crate::residency::{PoolRegion, ResidencyPolicy};
+
+/// The whole gateway configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listeners, worker threads and shutdown behaviour.
+    pub server: ServerConfig,
+    /// Where admitted requests are forwarded.
+    pub upstream: UpstreamConfig,
+    /// Stage 1: path normalisation and inbound header stripping.
+    #[serde(default)]
+    pub sanitize: SanitizeConfig,
+    /// Stage 2: who is calling. Absent: no identification (every caller is anonymous).
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+    /// Stage 3: for which tenant. Absent: no tenancy.
+    #[serde(default)]
+    pub tenancy: Option<TenancyConfig>,
+    /// Stage 4: Cedar policies. Absent: no authorization (every identified request passes).
+    #[serde(default)]
+    pub authorization: Option<AuthorizationConfig>,
+    /// Stage 5: data residency. Absent: every pool may serve every request.
+    #[serde(default)]
+    pub residency: Option<ResidencyConfig>,
+    /// Client geography (country for policies and routing preference).
+    #[serde(default)]
+    pub geoip: Option<GeoIpConfig>,
+    /// Stage 7: usage events for billing (durable outbox, exporters).
+    #[serde(default)]
+    pub metering: Option<crate::metering::MeteringConfig>,
+    /// The tamper-evident audit log of decisions and routing.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// Pricing tiers: features, rate limits and quotas by tier name (`[tiers.free]` ...).
+    #[serde(default)]
+    pub tiers: std::collections::BTreeMap<String, crate::limits::TierConfig>,
+    /// Stage 6: where rate limits are decided (local or Redis), fallback, feature gates, rules.
+    #[serde(default)]
+    pub limits: Option<crate::limits::LimitsConfig>,
+    /// The admin API and Prometheus metrics, on their own listener. Absent: none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Signed webhooks (quota thresholds, suspensions, failed reloads) with a durable queue.
+    #[serde(default)]
+    pub webhooks: Option<crate::webhooks::WebhooksConfig>,
+}
+
+/// A configuration that parsed and validated, with the directory its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: GatewayConfig,
+    pub source: SourceText,
+    pub base_dir: PathBuf,
+    /// Listener addresses, validated.
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// Peers of each pool (same order as `upstream.pool`), resolved.
+    pub pool_peers: Vec<Vec<SocketAddr>>,
+}
+
+impl LoadedConfig {
+    /// A path from the config file, made absolute against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.source.resolve(path)
+    }
+
+    /// Stage 5's policy from `[residency]` and the upstream pools; `None` without `[residency]`.
+    pub fn residency_policy(&self) -> Result<Option<ResidencyPolicy>, SourceIssues> {
+        let Some(section) = &self.config.residency else {
+            return Ok(None);
+        };
+        let pools: Vec<PoolRegion<'_>> = self
+            .config
+            .upstream
+            .pool
+            .iter()
+            .map(|pool| PoolRegion {
+                name: &pool.name,
+                region: pool.region.as_deref(),
+            })
+            .collect();
+        ResidencyPolicy::build(section, &pools, &self.source).map(Some)
+    }
+}
+
+/// Reads, parses and validates `gateway.toml`. All problems found are returned together.
+pub fn load(path: &Path) -> Result<LoadedConfig, SourceIssues> {
+    let source = SourceText::read(path)?;
+    load_source(source)
+}
+
+/// As [`load`], for text already in memory (the path is used for messages and relative paths).
+pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
+    let config: GatewayConfig = source.deserialize()?;
+    let base_dir = source.base_dir();
+    let mut issues = Vec::new();
+    let listen = parse_listen_addrs(&source, "server.listen", &config.server.listen, &mut issues);
+    let tls_listen = match &config.server.tls {
+        Some(tls) => {
+            let addrs = parse_listen_addrs(&source, "server.tls.listen", &tls.listen, &mut issues);
+            if tls.listen.is_empty() {
+                issues.push(source.issue("server.tls.listen", "needs at least one address"));
+            }
+            validate_tls_files(&source, tls, &mut issues);
+            addrs
+        }
+        None => Vec::new(),
+    };
+    if config.server.listen.is_empty() && config.server.tls.is_none() {
+        issues.push(source.issue(
+            "server",
+            "no listener: set `listen` and/or a `[server.tls]` section",
+        ));
+    }
+    if config.server.threads == Some(0) {
+        issues.push(source.issue("server.threads", "must be at least 1"));
+    }
+    validate_server_limits(&source, &config.server, &mut issues);
+    let pool_peers = validate_upstream(&source, &config.upstream, &mut issues);
+    validate_sanitize(&source, &config.sanitize, &mut issues);
+    if let Some(identity) = &config.identity {
+        crate::pipeline::identify::validate(
+            &source,
+            identity,
+            config.tenancy.is_some(),
+            &mut issues,
+        );
+    }
+    if let Some(authz) = &config.authorization {
+        authz.validate(&source, &mut issues);
+    }
+    if let Some(metering) = &config.metering {
+        let mut names = std::collections::HashSet::new();
+        for (i, exporter) in metering.exporter.iter().enumerate() {
+            let name = exporter.name();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                issues.push(source.issue(
+                    format!("metering.exporter[{i}].name"),
+                    "letters, digits, `-` and `_` only (it names the checkpoint file)",
+                ));
+            }
+            if !names.insert(name.to_string()) {
+                issues.push(source.issue(
+                    format!("metering.exporter[{i}].name"),
+                    format!("duplicate exporter `{name}`"),
+                ));
+            }
+        }
+        for (i, meter) in metering.meter.iter().enumerate() {
+            if meter.action.is_none() && meter.route.is_none() {
+                issues.push(source.issue(
+                    format!("metering.meter[{i}]"),
+                    "needs `action` and/or `route`",
+                ));
+            }
+        }
+        if metering.segment_bytes < 4096 {
+            issues.push(source.issue("metering.segment_bytes", "at least 4096"));
+        }
+        check_journal_bounds(
+            &source,
+            "metering",
+            metering.flush_interval,
+            metering.buffer_bytes,
+            &mut issues,
+        );
+    }
+    if let Some(audit) = &config.audit {
+        if audit.segment_bytes < 4096 {
+            issues.push(source.issue("audit.segment_bytes", "at least 4096"));
+        }
+        check_journal_bounds(
+            &source,
+            "audit",
+            audit.commit_delay,
+            audit.buffer_bytes,
+            &mut issues,
+        );
+    }
+    if let Some(geoip) = &config.geoip {
+        geoip.validate(&source, &mut issues);
+    }
+    if let Some(webhooks) = &config.webhooks {
+        for (i, s) in webhooks.subscriber.iter().enumerate() {
+            if let Err(e) = crate::webhooks::validate_subscription(s) {
+                issues.push(source.issue(format!("webhooks.subscriber[{i}]"), e));
+            }
+        }
+    }
+    if let Some(admin) = &config.admin {
+        admin.validate(&source, &mut issues);
+    }
+    for (field, message) in crate::limits::validate(config.limits.as_ref(), &config.tiers) {
+        issues.push(source.issue(field, message));
+    }
+    if let Some(tenancy) = &config.tenancy {
+        validate_tenancy(
+            &source,
+            tenancy,
+            config.identity.as_ref(),
+            &crate::tenancy::model::KnownTiers::of(config.tiers.keys()),
+            &mut issues,
+        );
+    }
+    if !issues.is_empty() {
+        return Err(SourceIssues(issues));
+    }
+    let mut config = config;
+    // Background tasks use these paths long after loading: make them absolute now.
+    if let Some(pg) = config
+        .tenancy
+        .as_mut()
+        .and_then(|t| t.registry.postgres.as_mut())
+    {
+        pg.ca_file = pg.ca_file.as_ref().map(|p| source.resolve(p));
+    }
+    if let Some(m) = config.metering.as_mut() {
+        m.dir = source.resolve(&m.dir);
+    }
+    if let Some(a) = config.audit.as_mut() {
+        a.dir = source.resolve(&a.dir);
+    }
+    if let Some(w) = config.webhooks.as_mut() {
+        w.dir = source.resolve(&w.dir);
+    }
+    if let Some(a) = config.admin.as_mut() {
+        a.token_file = source.resolve(&a.token_file);
+    }
+    Ok(LoadedConfig {
+        config,
+        source,
+        base_dir,
+        listen,
+        tls_listen,
+        pool_peers,
+    })
+}
+
+/// Records must reach the disk soon, and a full disk must leave room to queue some.
+fn check_journal_bounds(
+    source: &SourceText,
+    section: &str,
+    flush_interval: Duration,
+    buffer_bytes: usize,
+    issues: &mut Vec<SourceIssue>,
+) {
+    let field = if section == "audit" {
+        "commit_delay"
+    } else {
+        "flush_interval"
+    };
+    if flush_interval > Duration::from_secs(10) {
+        issues.push(source.issue(
+            format!("{section}.{field}"),
+            "at most 10s (records wait this long in memory)",
+        ));
+    }
+    if !(4096..=1 << 30).contains(&buffer_bytes) {
+        issues.push(source.issue(
+            format!("{section}.buffer_bytes"),
+            "between 4096 and 1073741824 bytes",
+        ));
+    }
+}
+
+fn validate_sanitize(
+    source: &SourceText,
+    sanitize: &SanitizeConfig,
+    issues: &mut Vec<SourceIssue>,
+) {
+    for (i, name) in sanitize.strip_headers.iter().enumerate() {
+        let bare = name.strip_suffix('*').unwrap_or(name);
+        if bare.is_empty() || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+            issues.push(source.issue(
+                format!("sanitize.strip_headers[{i}]"),
+                format!("`{name}` is not a header name (a trailing `*` matches a prefix)"),
+            ));
+        }
+    }
+}
+
+fn validate_tenancy(
+    source: &SourceText,
+    tenancy: &TenancyConfig,
+    identity: Option<&IdentityConfig>,
+    tiers: &crate::tenancy::model::KnownTiers,
+    issues: &mut Vec<SourceIssue>,
+) {
+    if let Some(pattern) = &tenancy.host_pattern {
+        if crate::pipeline::tenant::host_suffix(pattern).is_none() {
+            issues.push(source.issue(
+                "tenancy.host_pattern",
+                format!("`{pattern}`: expected `{{tenant}}.` followed by a domain, e.g. `{{tenant}}.api.example.com`"),
+            ));
+        }
+    }
+    if let Some(prefix) = &tenancy.path_prefix {
+        if crate::pipeline::tenant::path_literal(prefix).is_none() {
+            issues.push(source.issue(
+                "tenancy.path_prefix",
+                format!("`{prefix}`: expected a path ending in the segment `{{tenant}}`, e.g. `/t/{{tenant}}`"),
+            ));
+        }
+    }
+    let header = tenancy.header.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        || crate::pipeline::sanitize::SanitizePolicy::default().is_owned(&header)
+    {
+        issues.push(source.issue(
+            "tenancy.header",
+            format!(
+                "`{}` cannot name the tenant: it is not a header name, or the gateway owns it",
+                tenancy.header
+            ),
+        ));
+    }
+    if tenancy.sources.is_empty() {
+        issues.push(source.issue("tenancy.sources", "needs at least one source"));
+    }
+    for (i, kind) in tenancy.sources.iter().enumerate() {
+        let configured = match kind {
+            TenantSourceKind::Path => tenancy.path_prefix.is_some(),
+            // Hosts also match tenants' custom domains, without a pattern.
+            TenantSourceKind::Host | TenantSourceKind::Header | TenantSourceKind::Credential => {
+                true
+            }
+        };
+        if !configured {
+            issues.push(source.issue(
+                format!("tenancy.sources[{i}]"),
+                "`path` needs `tenancy.path_prefix`",
+            ));
+        }
+    }
+    match (&tenancy.registry.file, &tenancy.registry.postgres) {
+        (Some(file), None) => {
+            let path = source.resolve(file);
+            if let Err(e) = crate::tenancy::registry::load_file(&path, tiers) {
+                issues.extend(e.or_on_field(source, "tenancy.registry.file").0);
+            }
+        }
+        (None, Some(pg)) => {
+            if let Some(ca) = &pg.ca_file {
+                let path = source.resolve(ca);
+                if let Err(e) = std::fs::read(&path) {
+                    issues.push(source.issue(
+                        "tenancy.registry.postgres.ca_file",
+                        format!("{}: {e}", path.display()),
+                    ));
+                }
+            }
+            if let Err(e) = pg.connection_url() {
+                issues.push(source.issue("tenancy.registry.postgres", e));
+            }
+            if !crate::tenancy::postgres::is_identifier(&pg.table) {
+                issues.push(source.issue(
+                    "tenancy.registry.postgres.table",
+                    "lower-case letters, digits and `_`, starting with a letter",
+                ));
+            }
+        }
+        _ => issues.push(source.issue(
+            "tenancy.registry",
+            "set exactly one of `file` and `postgres`",
+        )),
+    }
+    if let Some(p) = identity.and_then(|i| i.provisioning.as_ref()) {
+        if p.store == "postgres" && tenancy.registry.postgres.is_none() {
+            issues.push(source.issue(
+                "identity.provisioning.store",
+                "`postgres` needs `tenancy.registry.postgres`",
+            ));
+        }
+    }
+}
+
+/// JSON Schema of `gateway.toml`, as committed in `deploy/gateway.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(GatewayConfig);
+    serde_json::to_value(schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<LoadedConfig, SourceIssues> {
+        load_source(SourceText::new("/etc/gw/gateway.toml", text))
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[[upstream.pool]]
+name = "app"
+peers = ["127.0.0.1:9000"]
+"#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let loaded = load_text(MINIMAL).unwrap();
+        assert_eq!(loaded.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(
+            loaded.config.upstream.connect_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(loaded.config.server.h2c);
+        assert_eq!(
+            loaded.pool_peers[0],
+            vec!["127.0.0.1:9000".parse().unwrap()]
+        );
+        assert_eq!(
+            loaded.resolve(Path::new("state")),
+            PathBuf::from("/etc/gw/state")
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_line() {
+        let err = load_text(&MINIMAL.replace("name = \"app\"", "name = \"app\"\nweight = 3"))
+            .unwrap_err();
+        let issue = &err.0[0];
+        assert_eq!(issue.location.line, Some(7), "{issue}");
+        assert!(issue.message.contains("weight"), "{issue}");
+        assert!(issue.field.starts_with("upstream.pool[0]"), "{issue}");
+    }
+
+    #[test]
+    fn bad_values_are_all_reported_with_field_and_line() {
+        let text = r#"
+[server]
+listen = ["127.0.0.1:8080", "not-an-addr"]
+threads = 0
+
+[upstream]
+read_timeout = "0s"
+
+[[upstream.pool]]
+name = "app"
+peers = ["127.0.0.1:9000", "nohost"]
+
+[[upstream.pool]]
+name = "app"
+peers = []
+"#;
+        let err = load_text(text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|i| i.field.as_str()).collect();
+        assert!(fields.contains(&"server.listen[1]"), "{err}");
+        assert!(fields.contains(&"server.threads"), "{err}");
+        assert!(fields.contains(&"upstream.read_timeout"), "{err}");
+        assert!(fields.contains(&"upstream.pool[0].peers[1]"), "{err}");
+        assert!(fields.contains(&"upstream.pool[1].name"), "{err}");
+        assert!(fields.contains(&"upstream.pool[1].peers"), "{err}");
+        let listen = err
+            .0
+            .iter()
+            .find(|i| i.field == "server.listen[1]")
+            .unwrap();
+        assert_eq!(listen.location.line, Some(3));
+        assert!(err.to_string().contains("/etc/gw/gateway.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_field() {
+        let err = load_text(&MINIMAL.replace("[server]", "[server]\ngrace_period = \"soon\""))
+            .unwrap_err();
+        assert_eq!(err.0[0].field, "server.grace_period");
+        assert_eq!(err.0[0].location.line, Some(3));
+    }
+
+    #[test]
+    fn client_limits_have_safe_defaults_and_bounds() {
+        let server = load_text(MINIMAL).unwrap().config.server;
+        assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.max_header_bytes, 65536);
+        assert_eq!(server.max_header_count, 100);
+        assert_eq!(server.max_uri_bytes, 8192);
+        assert_eq!(server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.max_connections_per_client, 1_000);
+        let text = MINIMAL.replace(
+            "[server]",
+            "[server]\nheader_read_timeout = \"0s\"\nkeepalive_timeout = \"2h\"\n\
+             max_header_bytes = 100\nmax_header_count = 1000\nmax_uri_bytes = 2000\n\
+             max_body_bytes = 2000000000000\nmax_connections = 0\n\
+             max_connections_per_client = 5",
+        );
+        let err = load_text(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "server.header_read_timeout",
+                "server.keepalive_timeout",
+                "server.max_header_bytes",
+                "server.max_header_count",
+                "server.max_uri_bytes",
+                "server.max_body_bytes",
+                "server.max_connections",
+                "server.max_connections_per_client",
+            ],
+            "{err}"
+        );
+        assert!(err.0[0].message.contains("100ms to 5m"), "{err}");
+        assert_eq!(err.0[2].location.line, Some(5), "{err}");
+        assert!(err.0[2].message.contains("1024 to 1048576"), "{err}");
+    }
+
+    #[test]
+    fn method_override_defaults_to_strip_and_names_a_bad_value() {
+        let loaded = load_text(MINIMAL).unwrap();
+        assert_eq!(
+            loaded.config.sanitize.method_override,
+            MethodOverride::Strip
+        );
+        let honor = format!("{MINIMAL}\n[sanitize]\nmethod_override = \"honor\"\n");
+        let loaded = load_text(&honor).unwrap();
+        assert_eq!(
+            loaded.config.sanitize.method_override,
+            MethodOverride::Honor
+        );
+        let err = load_text(&honor.replace("\"honor\"", "\"always\"")).unwrap_err();
+        assert_eq!(err.0[0].field, "sanitize.method_override", "{err}");
+        assert_eq!(err.0[0].location.line, Some(10), "{err}");
+        assert!(err.0[0].message.contains("`strip` or `honor`"), "{err}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_reported() {
+        let text = format!(
+            "{MINIMAL}\n[server.tls]\nlisten = [\"127.0.0.1:8443\"]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n"
+        );
+        let err = load_text(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, vec!["server.tls.cert", "server.tls.key"], "{err}");
+        assert!(err.0[0].message.contains("/etc/gw/nope.pem"), "{err}");
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        let err =
+            load_text("[server]\n[[upstream.pool]]\nname = \"a\"\npeers = [\"127.0.0.1:1\"]\n")
+                .unwrap_err();
+        assert_eq!(err.0[0].field, "server");
+    }
+
+    #[test]
+    fn missing_required_section_is_reported() {
+        let err = load_text("[server]\nlisten = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(err.0[0].message.contains("upstream"), "{err}");
+    }
+
+    #[test]
+    fn committed_json_schema_is_current() {
+        let committed = include_str!("../../../../deploy/gateway.schema.json");
+        let committed: serde_json::Value = serde_json::from_str(committed).unwrap();
+        assert!(
+            committed == json_schema(),
+            "deploy/gateway.schema.json is stale: run `cargo run -p gateway -- schema > deploy/gateway.schema.json`"
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Upstream pools: peers, health checks and selection (pingora-load-balancing), and the
+//! per-peer connection options (timeouts, TLS, protocol) every proxied request uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::ALPN;
+use pingora::services::background::{background_service, GenBackgroundService};
+use pingora::upstreams::peer::HttpPeer;
+
+use gateway_engine::config::{LoadedConfig, PoolConfig, UpstreamConfig, UpstreamProtocol};
+
+/// One pool of equivalent peers.
+pub struct UpstreamPool {
+    pub name: String,
+    pub region: Option<String>,
+    balancer: Arc<LoadBalancer<RoundRobin>>,
+    tls: bool,
+    sni: Option<String>,
+    protocol: UpstreamProtocol,
+}
+
+/// A peer chosen for one request attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedPeer {
+    pub pool: usize,
+    pub addr: SocketAddr,
+}
+
+/// All pools plus the connection options shared by their peers.
+pub struct Upstreams {
+    pools: Vec<UpstreamPool>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    pub connect_retries: usize,
+}
+
+impl Upstreams {
+    /// Builds the pools and the background services that health-check them. The services
+    /// must be added to the server; until the first check runs every peer counts as healthy.
+    pub fn build(
+        loaded: &LoadedConfig,
+    ) -> std::io::Result<(Self, Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>)> {
+        let cfg = &loaded.config.upstream;
+        let mut pools = Vec::with_capacity(cfg.pool.len());
+        let mut services = Vec::with_capacity(cfg.pool.len());
+        for (pool_cfg, peers) in cfg.pool.iter().zip(&loaded.pool_peers) {
+            let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(peers.iter().copied())?;
+            balancer.set_health_check(health_check(cfg, pool_cfg));
+            balancer.health_check_frequency = Some(cfg.health_check.interval);
+            balancer.parallel_health_check = true;
+            let service = background_service(&format!("health {}", pool_cfg.name), balancer);
+            pools.push(UpstreamPool {
+                name: pool_cfg.name.clone(),
+                region: pool_cfg.region.clone(),
+                balancer: service.task(),
+                tls: pool_cfg.tls,
+                sni: pool_cfg.sni.clone(),
+                protocol: pool_cfg.protocol,
+            });
+            services.push(service);
+        }
+        Ok((
+            Upstreams {
+                pools,
+                connect_timeout: cfg.connect_timeout,
+                read_timeout: cfg.read_timeout,
+                write_timeout: cfg.write_timeout,
+                idle_timeout: cfg.idle_timeout,
+                connect_retries: cfg.connect_retries,
+            },
+            services,
+        ))
+    }
+
+    pub fn pools(&self) -> &[UpstreamPool] {
+        &self.pools
+    }
+
+    /// The first healthy peer not in `exclude`, walking `pools` in order (a route plan).
+    pub fn select_from(&self, pools: &[usize], exclude: &[SocketAddr]) -> Option<SelectedPeer> {
+        pools.iter().find_map(|&pool| self.select(pool, exclude))
+    }
+
+    /// A healthy peer of pool `pool` that is not in `exclude` (peers that already failed this
+    /// request). Round robin among the rest.
+    pub fn select(&self, pool: usize, exclude: &[SocketAddr]) -> Option<SelectedPeer> {
+        let p = self.pools.get(pool)?;
+        let candidates = p.balancer.backends().get_backend().len();
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && backend_addr(b).is_some_and(|a| !exclude.contains(&a))
+        };
+        let chosen = p.balancer.select_with(b"", candidates.max(1), accept)?;
+        Some(SelectedPeer {
+            pool,
+            addr: backend_addr(&chosen)?,
+        })
+    }
+
+    /// The pingora peer (address, TLS, protocol, timeouts) for a selected peer, with its pool
+    /// (`None` only for a peer some other `Upstreams` selected).
+    pub fn http_peer(&self, selected: &SelectedPeer) -> Option<(Box<HttpPeer>, &UpstreamPool)> {
+        let pool = self.pools.get(selected.pool)?;
+        let sni = pool.sni.clone().unwrap_or_else(|| {
+            if pool.tls {
+                selected.addr.ip().to_string()
+            } else {
+                String::new()
+            }
+        });
+        let mut peer = HttpPeer::new(selected.addr, pool.tls, sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        options.total_connection_timeout = Some(self.connect_timeout * 2);
+        options.read_timeout = Some(self.read_timeout);
+        options.write_timeout = Some(self.write_timeout);
+        options.idle_timeout = Some(self.idle_timeout);
+        options.alpn = match (pool.protocol, pool.tls) {
+            (UpstreamProtocol::Http1, _) => ALPN::H1,
+            (UpstreamProtocol::Http2, true) => ALPN::H2H1,
+            // Cleartext HTTP/2 with prior knowledge.
+            (UpstreamProtocol::Http2, false) => ALPN::H2,
+        };
+        Some((Box::new(peer), pool))
+    }
+
+    /// Takes a peer out of (or back into) rotation, e.g. to drain it. Returns whether the peer
+    /// exists.
+    pub fn set_enabled(&self, pool: usize, addr: SocketAddr, enabled: bool) -> bool {
+        let Some(p) = self.pools.get(pool) else {
+            return false;
+        };
+        let backends = p.balancer.backends();
+        match backends
+            .get_backend()
+            .iter()
+            .find(|b| backend_addr(b) == Some(addr))
+        {
+            Some(b) => {
+                backends.set_enable(b, enabled);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Peers of a pool with their current health, for status pages and metrics.
+    pub fn peer_health(&self, pool: usize) -> Vec<(SocketAddr, bool)> {
+        let Some(p) = self.pools.get(pool) else {
+            return Vec::new();
+        };
+        let backends = p.balancer.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| backend_addr(b).map(|a| (a, backends.ready(b))))
+            .collect()
+    }
+}
+
+fn backend_addr(b: &Backend) -> Option<SocketAddr> {
+    b.addr.as_inet().copied()
+}
+
+fn health_check(
+    cfg: &UpstreamConfig,
+    pool: &PoolConfig,
+) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
+    let hc = &cfg.health_check;
+    if hc.probe == "tcp" {
+        let mut check = if pool.tls {
+            TcpHealthCheck::new_tls(pool.sni.as_deref().unwrap_or_default())
+        } else {
+            TcpHealthCheck::new()
+        };
+        check.consecutive_failure = hc.unhealthy_threshold;
+        check.consecutive_success = hc.healthy_threshold;
+        check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
+        check
+    } else {
+        let host = pool.sni.clone().unwrap_or_else(|| "localhost".to_string());
+        let mut check = HttpHealthCheck::new(&host, pool.tls);
+        check
+            .req
+            .set_uri(http::Uri::try_from(hc.probe.as_str()).unwrap_or_default());
+        check.consecutive_failure = hc.unhealthy_threshold;
+        check.consecutive_success = hc.healthy_threshold;
+        check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
+        check.peer_template.options.read_timeout = Some(cfg.connect_timeout);
+        Box::new(check)
+    }
+}
+
+impl gateway_engine::status::UpstreamStatus for Upstreams {
+    fn pools(&self) -> Vec<gateway_engine::status::PoolStatus> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(i, pool)| gateway_engine::status::PoolStatus {
+                name: pool.name.clone(),
+                region: pool.region.clone(),
+                peers: self.peer_health(i),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Residency's promise holds through peer selection: the pools stage 5 plans are the only
+    //! ones a peer is taken from, whatever the health of the peers.
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use gateway_engine::pipeline::route::{plan_route, RouteRequest};
+    use gateway_engine::residency::ResidencyPolicy;
+    use gateway_engine::test_support::{regional_config, tenant_in};
+
+    /// 5 regions × 10 peers, built once for all property cases.
+    fn fixture() -> &'static (LoadedConfig, ResidencyPolicy, Upstreams) {
+        static FIXTURE: std::sync::OnceLock<(LoadedConfig, ResidencyPolicy, Upstreams)> =
+            std::sync::OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let loaded = regional_config(
+                &["eu-central", "us-east", "in-west", "cn-north", "jp-east"],
+                10,
+                "",
+            );
+            let p = loaded.residency_policy().unwrap().unwrap();
+            let (upstreams, _checks) = Upstreams::build(&loaded).unwrap();
+            (loaded, p, upstreams)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Whatever the tenant, regime, client, peer health and failed peers: a selected peer is
+        /// always in a region the tenant's regime allows for processing.
+        #[test]
+        fn no_request_is_ever_sent_outside_the_allowed_regions(
+            regime_index in 0usize..6,
+            home_pick in 0usize..4,
+            country in prop::sample::select(vec!["DE", "US", "IN", "CN", "JP", "IE", "BR", "ZZ"]),
+            enabled in prop::collection::vec(any::<bool>(), 5 * 10),
+            failed in prop::collection::vec(any::<bool>(), 5 * 10),
+        ) {
+            let regions = ["eu-central", "us-east", "in-west", "cn-north", "jp-east"];
+            let (loaded, p, upstreams) = fixture();
+            let regime_id = ["gdpr", "ccpa", "dpdp", "pipl", "appi", "none"][regime_index];
+            let regime = p.maps.regime(regime_id).unwrap();
+            let storage: Vec<String> = if regime.storage.iter().any(|r| r == "*") { regions.iter().map(|r| r.to_string()).collect() } else { regime.storage.clone() };
+            let home = (home_pick < storage.len()).then(|| storage[home_pick].as_str());
+            let t = tenant_in(regime_id, home);
+            let allowed: Vec<&str> = p.maps.processing_regions(regime);
+            let mut all_peers = Vec::new();
+            for (pool, peers) in loaded.pool_peers.iter().enumerate() {
+                for addr in peers {
+                    all_peers.push((pool, *addr));
+                }
+            }
+            let mut excluded = Vec::new();
+            for (i, (pool, addr)) in all_peers.iter().enumerate() {
+                upstreams.set_enabled(*pool, *addr, enabled[i]);
+                if failed[i] {
+                    excluded.push(*addr);
+                }
+            }
+            match plan_route(&RouteRequest { path: "/p", tenant: Some(&t), client_country: Some(country) }, p) {
+                Ok(plan) => {
+                    for r in &plan.regions {
+                        prop_assert!(allowed.contains(&r.as_str()), "plan region {} outside {:?}", r, allowed);
+                    }
+                    if let Some(selected) = upstreams.select_from(&plan.pools, &excluded) {
+                        let region = upstreams.pools()[selected.pool].region.clone().unwrap();
+                        prop_assert!(allowed.contains(&region.as_str()), "peer in {} outside {:?}", region, allowed);
+                        prop_assert!(!excluded.contains(&selected.addr));
+                    } else {
+                        // Nothing selectable: every peer of every allowed region is out.
+                        for (i, (pool, addr)) in all_peers.iter().enumerate() {
+                            let region = upstreams.pools()[*pool].region.clone().unwrap();
+                            if allowed.contains(&region.as_str()) {
+                                prop_assert!(!enabled[i] || excluded.contains(addr));
+                            }
+                        }
+                    }
+                }
+                Err(e) => prop_assert_eq!(e.status(), 451),
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The integration tests, one binary: each module starts the real `gateway` binary on loopback
+//! ports in front of a real upstream (a small hyper server), with real Redis and PostgreSQL
+//! where a feature needs them. One binary links once instead of once per file.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+mod admin;
+mod authorization;
+mod cli;
+mod connections;
+mod deploy;
+mod explain;
+mod identity;
+mod jwt_matrix;
+mod metering;
+mod proxy;
+mod ratelimit;
+mod request_shape;
+mod residency;
+mod tenancy_postgres;
+mod webhooks;

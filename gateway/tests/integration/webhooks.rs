@@ -1,0 +1,250 @@
+//! Signed webhooks through the real gateway: quota thresholds (80 %, 100 %), tenant suspension
+//! and failed reloads reach their subscribers with valid Standard Webhooks signatures, failed
+//! attempts are retried with the same `webhook-id`, and a delivery pending when the gateway is
+//! killed is made after the restart.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::{client, config_for, eventually, upstream, Received, Receiver, TestGateway};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+
+const TENANT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OPERATOR_SECRET: &str = "whsec_b3BlcmF0b3Itc2VjcmV0LWZvci10ZXN0cy0wMTIz";
+
+/// Checks a delivery's signature the way a receiver following the specification would.
+fn verify(secret: &str, received: &Received) -> bool {
+    let header = |n: &str| {
+        received
+            .headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(&received.body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+fn event_type(r: &Received) -> String {
+    serde_json::from_slice::<Value>(&r.body).unwrap()["type"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn tenants(receiver: &Receiver, status: &str) -> String {
+    format!(
+        r#"
+[[tenant]]
+id = "acme"
+tier = "free"
+status = "{status}"
+[[tenant.webhooks]]
+url = "{}"
+secret = "{TENANT_SECRET}"
+"#,
+        receiver.url("/acme-hooks")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_signed_retried_and_survive_a_restart() {
+    let up = upstream("app").await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let flag = failing.clone();
+    // The first attempt of every event fails; later ones succeed unless `failing` is set.
+    let receiver = Receiver::start(move |_, _, attempt| {
+        if flag.load(Ordering::SeqCst) || attempt % 2 == 0 {
+            503
+        } else {
+            200
+        }
+    })
+    .await;
+    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    let config = config_for(
+        &[up.addr],
+        &format!(
+            r#"
+[tenancy]
+sources = ["header"]
+registry = {{ file = "tenants.toml" }}
+
+[tiers.free]
+monthly_requests = 5
+
+[limits]
+backend = "redis"
+redis_url = "{redis}"
+key_prefix = "gwtest:webhooks:{}:{}"
+redis_timeout = "2s"
+
+[webhooks]
+dir = "webhooks"
+retry_delay = "50ms"
+[[webhooks.subscriber]]
+url = "{}"
+secret = "{OPERATOR_SECRET}"
+events = ["policy.reload_failed"]
+"#,
+            std::process::id(),
+            rand::random::<u32>(),
+            receiver.url("/operator-hooks")
+        ),
+    );
+    let mut gw = TestGateway::start(
+        &config,
+        &[("tenants.toml", tenants(&receiver, "active").as_bytes())],
+    );
+    for _ in 0..5 {
+        let status = client()
+            .get(gw.url("/x"))
+            .header("x-tenant", "acme")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    // Suspension through a registry reload, then a refused reload.
+    std::fs::write(
+        gw.dir.path().join("tenants.toml"),
+        tenants(&receiver, "suspended"),
+    )
+    .unwrap();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let suspended = eventually(Duration::from_secs(5), || async {
+        client()
+            .get(gw.url("/x"))
+            .header("x-tenant", "acme")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 403
+    })
+    .await;
+    assert!(suspended.is_some());
+    std::fs::write(
+        gw.dir.path().join("tenants.toml"),
+        "[[tenant]]\nid = \"Not Valid\"\n",
+    )
+    .unwrap();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+
+    let delivered = |r: &Received| r.status == 200;
+    let all = eventually(Duration::from_secs(10), || async {
+        receiver.received().iter().filter(|r| delivered(r)).count() >= 4
+    })
+    .await;
+    let received = receiver.received();
+    assert!(
+        all.is_some(),
+        "deliveries: {:?}",
+        received
+            .iter()
+            .map(|r| (r.path.clone(), r.status, event_type(r)))
+            .collect::<Vec<_>>()
+    );
+
+    let ok: Vec<&Received> = received.iter().filter(|r| delivered(r)).collect();
+    let tenant_events: Vec<Value> = ok
+        .iter()
+        .filter(|r| r.path == "/acme-hooks")
+        .map(|r| {
+            assert!(verify(TENANT_SECRET, r), "bad tenant signature");
+            serde_json::from_slice(&r.body).unwrap()
+        })
+        .collect();
+    let summary: Vec<(String, Value)> = tenant_events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["data"]["percent"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("quota.threshold".to_string(), Value::from(80)),
+            ("quota.threshold".to_string(), Value::from(100)),
+            ("tenant.suspended".to_string(), Value::Null),
+        ]
+    );
+    assert_eq!(tenant_events[0]["data"]["used"], 4);
+    let operator: Vec<&&Received> = ok.iter().filter(|r| r.path == "/operator-hooks").collect();
+    assert_eq!(operator.len(), 1);
+    assert!(verify(OPERATOR_SECRET, operator[0]));
+    assert_eq!(event_type(operator[0]), "policy.reload_failed");
+    // Every delivery was first refused, then retried with the same id.
+    for r in &ok {
+        let id = r.headers.get("webhook-id").unwrap();
+        let attempts = received
+            .iter()
+            .filter(|x| x.headers.get("webhook-id") == Some(id))
+            .count();
+        assert_eq!(attempts, 2, "{id:?}");
+    }
+
+    // A delivery pending when the gateway is killed is made after the restart.
+    failing.store(true, Ordering::SeqCst);
+    std::fs::write(gw.dir.path().join("tenants.toml"), "not toml at all").unwrap();
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let before = receiver.received().len();
+    let attempted = eventually(Duration::from_secs(5), || async {
+        receiver.received().len() > before
+    })
+    .await;
+    assert!(
+        attempted.is_some(),
+        "the reload failure was never attempted"
+    );
+    let pending_id = receiver.received()[before]
+        .headers
+        .get("webhook-id")
+        .cloned()
+        .unwrap();
+    gw.kill();
+    failing.store(false, Ordering::SeqCst);
+    std::fs::write(
+        gw.dir.path().join("tenants.toml"),
+        tenants(&receiver, "active"),
+    )
+    .unwrap();
+    gw.restart();
+    let redelivered = eventually(Duration::from_secs(10), || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.status == 200 && r.headers.get("webhook-id") == Some(&pending_id))
+    })
+    .await;
+    assert!(
+        redelivered.is_some(),
+        "pending delivery lost across the restart:\n{}",
+        gw.log()
+    );
+}

@@ -262,8 +262,8 @@ fn residency_stage(c: &mut Criterion) {
     let mut group = c.benchmark_group("residency");
     group.bench_function("plan + select (5 regions x 10 peers)", |b| {
         b.iter(|| {
-            let plan = gateway::pipeline::route::plan_route(
-                &gateway::pipeline::route::RouteRequest {
+            let plan = gateway::pipeline::placement::place(
+                &gateway::pipeline::placement::PlacementRequest {
                     path: "/projects/1",
                     tenant: Some(&tenant),
                     client_country: Some("DE"),

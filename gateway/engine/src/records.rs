@@ -13,7 +13,7 @@ use crate::lifecycle::Recording;
 use crate::metering::outbox::RecordBody;
 use crate::metering::{EventEnd, EventStart, MeterRule, Metering, Outcome, UsageEvent};
 use crate::pipeline::authorize::DecisionRecord;
-use crate::pipeline::route::RouteReason;
+use crate::pipeline::placement::PlacementReason;
 use crate::pipeline::Rejection;
 
 /// Where a request's records go.
@@ -95,7 +95,7 @@ impl Recorder<'_> {
         if exchange.begun || !metering.record_before_forward {
             return Ok(exchange.begun);
         }
-        let planned_region = admitted.route.regions.first().cloned();
+        let planned_region = admitted.placement.regions.first().cloned();
         let start = usage_start(admitted, exchange, planned_region, &metering.rules);
         metering
             .outbox
@@ -290,7 +290,7 @@ struct RoutingAudit<'a> {
     region: Option<&'a str>,
     planned_regions: &'a [String],
     regime: Option<&'a str>,
-    reason: RouteReason,
+    reason: PlacementReason,
     peer: Option<SocketAddr>,
     failed_peers: &'a [SocketAddr],
 }
@@ -323,7 +323,7 @@ pub fn audit_record<'a>(exchange: &'a Exchange<'a>) -> RequestAudit<'a> {
             errors: &d.evaluation.errors,
             shadow: d.evaluation.shadow.as_ref(),
         }),
-        routing: admitted.map(|a| &a.route).map(|r| RoutingAudit {
+        routing: admitted.map(|a| &a.placement).map(|r| RoutingAudit {
             region: exchange.region,
             planned_regions: &r.regions,
             regime: r.regime.as_deref(),

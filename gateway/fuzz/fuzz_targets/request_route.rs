@@ -144,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
             .regime(&regime_id)
             .unwrap_or_else(|| panic!("admitted under unknown regime {regime_id}"));
         let allowed = residency.maps.processing_regions(regime);
-        for region in &admitted.route.regions {
+        for region in &admitted.placement.regions {
             assert!(
                 allowed.contains(&region.as_str()),
                 "planned into {region}, regime {regime_id} allows {allowed:?}"

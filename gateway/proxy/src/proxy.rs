@@ -414,7 +414,7 @@ impl ProxyHttp for GatewayProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let Some(plan) = ctx.admitted.as_ref().map(|a| &a.route) else {
+        let Some(plan) = ctx.admitted.as_ref().map(|a| &a.placement) else {
             return Err(Error::explain(ErrorType::InternalError, "no route plan"));
         };
         match self.upstreams.select_from(&plan.pools, &ctx.failed_peers) {
@@ -430,7 +430,7 @@ impl ProxyHttp for GatewayProxy {
                     if failover {
                         "failover"
                     } else {
-                        route_reason(plan.reason)
+                        placement_reason(plan.reason)
                     },
                 );
                 tracing::debug!(
@@ -652,14 +652,14 @@ fn record_request_metrics(metrics: &RequestMetrics, ctx: &RequestCtx, status: u1
     );
 }
 
-fn route_reason(reason: gateway_engine::pipeline::route::RouteReason) -> &'static str {
-    use gateway_engine::pipeline::route::RouteReason;
+fn placement_reason(reason: gateway_engine::pipeline::placement::PlacementReason) -> &'static str {
+    use gateway_engine::pipeline::placement::PlacementReason;
     match reason {
-        RouteReason::Home => "home",
-        RouteReason::ClientProximity => "client-proximity",
-        RouteReason::RegimePreference => "regime-preference",
-        RouteReason::Pinned => "pinned",
-        RouteReason::Unrestricted => "unrestricted",
+        PlacementReason::Home => "home",
+        PlacementReason::ClientProximity => "client-proximity",
+        PlacementReason::RegimePreference => "regime-preference",
+        PlacementReason::Pinned => "pinned",
+        PlacementReason::Unrestricted => "unrestricted",
     }
 }
 

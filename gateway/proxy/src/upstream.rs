@@ -219,7 +219,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use gateway_engine::pipeline::route::{plan_route, RouteRequest};
+    use gateway_engine::pipeline::placement::{place, PlacementRequest};
     use gateway_engine::residency::ResidencyPolicy;
     use gateway_engine::test_support::{regional_config, tenant_in};
 
@@ -272,7 +272,7 @@ mod tests {
                     excluded.push(*addr);
                 }
             }
-            match plan_route(&RouteRequest { path: "/p", tenant: Some(&t), client_country: Some(country) }, p) {
+            match place(&PlacementRequest { path: "/p", tenant: Some(&t), client_country: Some(country) }, p) {
                 Ok(plan) => {
                     for r in &plan.regions {
                         prop_assert!(allowed.contains(&r.as_str()), "plan region {} outside {:?}", r, allowed);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::authz::RequestFacts;
 use crate::identity::{Authenticator, Principal};
 use crate::pipeline::{
-    authorize, identify, limit, route, sanitize, tenant, Rejection, RequestHead, ResolvedTenant,
-    Sanitized,
+    authorize, identify, limit, placement, sanitize, tenant, Rejection, RequestHead,
+    ResolvedTenant, Sanitized,
 };
 use crate::snapshot::Snapshot;
 use crate::tenancy::TenantSpec;
@@ -43,7 +43,7 @@ pub struct Admitted {
     /// The client's country (GeoIP), when known.
     pub country: Option<String>,
     /// Where the request may be sent, in order.
-    pub route: route::RoutePlan,
+    pub placement: placement::Placement,
     /// `RateLimit-Policy` / `RateLimit` for the response (stage 6).
     pub limit_headers: Vec<(&'static str, String)>,
 }
@@ -185,7 +185,7 @@ async fn run_stages(
         tenant,
         authorized: None,
         country,
-        route: route::unrestricted(snapshot.pool_count),
+        placement: placement::unrestricted(snapshot.pool_count),
         limit_headers: Vec::new(),
     };
     // From here on, refusals know who and which tenant.
@@ -235,8 +235,8 @@ async fn run_stages(
         );
     }
     if let Some(residency) = &snapshot.residency {
-        let plan = route::plan_route(
-            &route::RouteRequest {
+        let plan = placement::place(
+            &placement::PlacementRequest {
                 path: admitted.path(),
                 tenant: admitted.tenant.as_ref().map(|t| &*t.tenant),
                 client_country: admitted.country.as_deref(),
@@ -251,7 +251,7 @@ async fn run_stages(
                 p.regime.as_deref().unwrap_or("-")
             )
         });
-        admitted.route = plan.map_err(|r| refused(r, &admitted))?;
+        admitted.placement = plan.map_err(|r| refused(r, &admitted))?;
     } else {
         skipped(&mut explaining, "residency", "no [residency] configured");
     }

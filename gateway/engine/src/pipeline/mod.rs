@@ -1,9 +1,9 @@
-//! The request path as a pipeline of stages (see DESIGN.md). Each stage is a function from a
+//! The request path as a pipeline of stages (see ARCHITECTURE.md). Each stage is a function from a
 //! typed input (plus the current [`Snapshot`]) to a typed output or a [`Rejection`]; none of
 //! them knows about Pingora, so each is testable on its own.
 //!
 //! Stages: 1 sanitize, 2 identify, 3 tenant, 4 authorize (with tier feature gates),
-//! 5 residency route, 6 rate limit and quota. [`forward`] builds what the upstream receives.
+//! 5 residency placement (which pools may serve it), 6 rate limit and quota. [`forward`] builds what the upstream receives.
 //! The admission module runs them in order against the current snapshot.
 
 pub mod authorize;
@@ -11,8 +11,8 @@ pub mod correlation;
 pub mod forward;
 pub mod identify;
 pub mod limit;
+pub mod placement;
 pub mod rejection;
-pub mod route;
 pub mod sanitize;
 pub mod tenant;
 

@@ -14,7 +14,7 @@ use crate::tenancy::TenantSpec;
 /// Why the first region of a plan was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RouteReason {
+pub enum PlacementReason {
     /// The tenant's home region.
     Home,
     /// The region nearest the client.
@@ -29,37 +29,37 @@ pub enum RouteReason {
 
 /// Output of stage 5.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RoutePlan {
+pub struct Placement {
     /// Pool indexes in the order they may be tried.
     pub pools: Vec<usize>,
     /// The regions of those pools, in order (deduplicated).
     pub regions: Vec<String>,
     pub regime: Option<String>,
-    pub reason: RouteReason,
+    pub reason: PlacementReason,
 }
 
 /// What stage 5 reads.
-pub struct RouteRequest<'a> {
+pub struct PlacementRequest<'a> {
     pub path: &'a str,
     pub tenant: Option<&'a TenantSpec>,
     pub client_country: Option<&'a str>,
 }
 
 /// A plan over every pool, for deployments without `[residency]`.
-pub fn unrestricted(pool_count: usize) -> RoutePlan {
-    RoutePlan {
+pub fn unrestricted(pool_count: usize) -> Placement {
+    Placement {
         pools: (0..pool_count).collect(),
         regions: Vec::new(),
         regime: None,
-        reason: RouteReason::Unrestricted,
+        reason: PlacementReason::Unrestricted,
     }
 }
 
 /// Runs stage 5.
-pub fn plan_route(
-    request: &RouteRequest<'_>,
+pub fn place(
+    request: &PlacementRequest<'_>,
     policy: &ResidencyPolicy,
-) -> Result<RoutePlan, Rejection> {
+) -> Result<Placement, Rejection> {
     let maps = &policy.maps;
     let regime_id = request
         .tenant
@@ -83,7 +83,7 @@ pub fn plan_route(
             });
         }
         order.push(&pin.region);
-        reason = RouteReason::Pinned;
+        reason = PlacementReason::Pinned;
     } else {
         let home = request
             .tenant
@@ -94,9 +94,9 @@ pub fn plan_route(
             .and_then(|c| maps.region_for_country(c))
             .filter(|r| allowed.contains(r));
         reason = match (home, near) {
-            (Some(_), _) => RouteReason::Home,
-            (None, Some(_)) => RouteReason::ClientProximity,
-            (None, None) => RouteReason::RegimePreference,
+            (Some(_), _) => PlacementReason::Home,
+            (None, Some(_)) => PlacementReason::ClientProximity,
+            (None, None) => PlacementReason::RegimePreference,
         };
         for region in home.into_iter().chain(near).chain(allowed.iter().copied()) {
             if !order.contains(&region) {
@@ -118,7 +118,7 @@ pub fn plan_route(
             reason: format!("no upstream runs in a region that regime `{regime_id}` allows for this tenant's data"),
         });
     }
-    Ok(RoutePlan {
+    Ok(Placement {
         pools,
         regions,
         regime: Some(regime_id.to_string()),
@@ -158,8 +158,8 @@ mod tests {
         let loaded = config(ALL, 1, "");
         let p = policy(&loaded);
         let t = tenant("gdpr", Some("eu-west"));
-        let plan = plan_route(
-            &RouteRequest {
+        let plan = place(
+            &PlacementRequest {
                 path: "/x",
                 tenant: Some(&t),
                 client_country: Some("DE"),
@@ -168,11 +168,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.regions, vec!["eu-west", "eu-central"]);
-        assert_eq!(plan.reason, RouteReason::Home);
+        assert_eq!(plan.reason, PlacementReason::Home);
         // No home: the client's nearest allowed region first.
         let t = tenant("ccpa", None);
-        let plan = plan_route(
-            &RouteRequest {
+        let plan = place(
+            &PlacementRequest {
                 path: "/x",
                 tenant: Some(&t),
                 client_country: Some("IE"),
@@ -181,11 +181,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.regions, vec!["eu-west", "us-east", "eu-central"]);
-        assert_eq!(plan.reason, RouteReason::ClientProximity);
+        assert_eq!(plan.reason, PlacementReason::ClientProximity);
         // A client in a region the regime forbids changes nothing.
         let t = tenant("pipl", Some("cn-north"));
-        let plan = plan_route(
-            &RouteRequest {
+        let plan = place(
+            &PlacementRequest {
                 path: "/x",
                 tenant: Some(&t),
                 client_country: Some("US"),
@@ -205,8 +205,8 @@ mod tests {
         );
         let p = policy(&loaded);
         let gdpr = tenant("gdpr", Some("eu-central"));
-        let err = plan_route(
-            &RouteRequest {
+        let err = place(
+            &PlacementRequest {
                 path: "/analytics/q",
                 tenant: Some(&gdpr),
                 client_country: None,
@@ -220,8 +220,8 @@ mod tests {
             "{err}"
         );
         let ccpa = tenant("ccpa", Some("us-east"));
-        let plan = plan_route(
-            &RouteRequest {
+        let plan = place(
+            &PlacementRequest {
                 path: "/analytics/q",
                 tenant: Some(&ccpa),
                 client_country: None,
@@ -231,7 +231,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (plan.regions, plan.reason),
-            (vec!["us-east".to_string()], RouteReason::Pinned)
+            (vec!["us-east".to_string()], PlacementReason::Pinned)
         );
     }
 
@@ -239,8 +239,8 @@ mod tests {
     fn no_pool_in_any_allowed_region_is_451() {
         let loaded = config(&["us-east"], 2, "");
         let p = policy(&loaded);
-        let err = plan_route(
-            &RouteRequest {
+        let err = place(
+            &PlacementRequest {
                 path: "/",
                 tenant: Some(&tenant("dpdp", Some("in-west"))),
                 client_country: None,

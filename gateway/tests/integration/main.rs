@@ -12,6 +12,7 @@
 mod common;
 
 mod admin;
+mod architecture;
 mod authorization;
 mod cli;
 mod connections;

@@ -877,7 +877,7 @@ fn default_true() -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::pipeline::Rejection;
     use http::{HeaderValue, Method};

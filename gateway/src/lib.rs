@@ -12,7 +12,7 @@ pub use gateway_admin as admin;
 pub use gateway_engine::{
     admission, audit, authz, config, db, diagnostics, durable, explain, geoip, identity, journal,
     lifecycle, limits, memory, metering, pipeline, records, reload, request_metrics, residency,
-    snapshot, status, tenancy, webhooks,
+    snapshot, status, telemetry, tenancy, webhooks,
 };
 pub use gateway_proxy::{background, connections, proxy, upstream};
 

@@ -417,10 +417,12 @@ fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusH
         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
         0.5, 1.0, 2.5, 5.0, 10.0,
     ];
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), BUCKETS)
         .and_then(|b| b.install_recorder())
-        .map_err(|e| StartError::Runtime(format!("metrics recorder: {e}")))
+        .map_err(|e| StartError::Runtime(format!("metrics recorder: {e}")))?;
+    crate::telemetry::describe();
+    Ok(handle)
 }
 
 fn ensure_bindable(addr: SocketAddr, field: &'static str) -> Result<(), StartError> {

@@ -303,9 +303,9 @@ impl Admin {
     fn record_upstream_health(&self) {
         for pool in self.upstreams.pools() {
             let healthy = pool.peers.iter().filter(|(_, h)| *h).count();
-            metrics::gauge!("gateway_upstream_healthy_peers", "pool" => pool.name.clone())
+            metrics::gauge!(gateway_engine::telemetry::UPSTREAM_HEALTHY_PEERS, "pool" => pool.name.clone())
                 .set(healthy as f64);
-            metrics::gauge!("gateway_upstream_peers", "pool" => pool.name)
+            metrics::gauge!(gateway_engine::telemetry::UPSTREAM_PEERS, "pool" => pool.name)
                 .set(pool.peers.len() as f64);
         }
     }

@@ -142,7 +142,7 @@ impl TenantWriter {
         store
             .apply_tenant_changes(change)
             .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        metrics::counter!("gateway_admin_tenant_writes_total").increment(1);
+        metrics::counter!(gateway_engine::telemetry::ADMIN_TENANT_WRITES_TOTAL).increment(1);
         tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
         Ok(spec)
     }

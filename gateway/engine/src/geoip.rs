@@ -184,13 +184,15 @@ impl GeoIp {
         match self.read() {
             Ok(db) => {
                 tracing::info!(path = %self.path.display(), "GeoIP database reloaded");
-                metrics::counter!("gateway_geoip_reloads_total", "outcome" => "ok").increment(1);
+                metrics::counter!(crate::telemetry::GEOIP_RELOADS_TOTAL, "outcome" => "ok")
+                    .increment(1);
                 self.db.store(Some(Arc::new(db)));
                 true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "GeoIP database replacement unreadable; keeping the previous one");
-                metrics::counter!("gateway_geoip_reloads_total", "outcome" => "error").increment(1);
+                metrics::counter!(crate::telemetry::GEOIP_RELOADS_TOTAL, "outcome" => "error")
+                    .increment(1);
                 false
             }
         }

@@ -137,11 +137,11 @@ struct JournalMetrics {
 impl JournalMetrics {
     fn new(journal: &'static str) -> Self {
         JournalMetrics {
-            records: metrics::counter!("gateway_journal_records_total", "journal" => journal),
-            dropped: metrics::counter!("gateway_journal_dropped_total", "journal" => journal),
-            write_errors: metrics::counter!("gateway_journal_write_errors_total", "journal" => journal),
-            healthy: metrics::gauge!("gateway_journal_healthy", "journal" => journal),
-            queued_bytes: metrics::gauge!("gateway_journal_queued_bytes", "journal" => journal),
+            records: metrics::counter!(crate::telemetry::JOURNAL_RECORDS_TOTAL, "journal" => journal),
+            dropped: metrics::counter!(crate::telemetry::JOURNAL_DROPPED_TOTAL, "journal" => journal),
+            write_errors: metrics::counter!(crate::telemetry::JOURNAL_WRITE_ERRORS_TOTAL, "journal" => journal),
+            healthy: metrics::gauge!(crate::telemetry::JOURNAL_HEALTHY, "journal" => journal),
+            queued_bytes: metrics::gauge!(crate::telemetry::JOURNAL_QUEUED_BYTES, "journal" => journal),
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod request_metrics;
 pub mod residency;
 pub mod snapshot;
 pub mod status;
+pub mod telemetry;
 pub mod tenancy;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;

@@ -124,7 +124,8 @@ impl Recorder<'_> {
                     .and_then(|a| a.tenant.as_ref())
                     .map(|t| t.tenant.id.clone())
                     .unwrap_or_default();
-                metrics::counter!("gateway_usage_requests_total", "tenant" => tenant).increment(1);
+                metrics::counter!(crate::telemetry::USAGE_REQUESTS_TOTAL, "tenant" => tenant)
+                    .increment(1);
             }
             if !metering.outbox.record(&body, keep) {
                 tracing::warn!(

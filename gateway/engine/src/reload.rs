@@ -82,7 +82,7 @@ impl Reloader {
             duration_ms: started.elapsed().as_millis() as u64,
         };
         let outcome = if report.ok { "ok" } else { "error" };
-        metrics::counter!("gateway_reloads_total", "outcome" => outcome).increment(1);
+        metrics::counter!(crate::telemetry::RELOADS_TOTAL, "outcome" => outcome).increment(1);
         if report.ok {
             tracing::info!(version = ?report.policy_version, tenants = report.tenants, ms = report.duration_ms, "reloaded");
         } else {

@@ -48,7 +48,7 @@ impl RequestMetrics {
         route.status(status).increment(1);
         if let Some(upstream) = upstream {
             self.upstream_duration
-                .get_or_init(|| metrics::histogram!("gateway_upstream_duration_seconds"))
+                .get_or_init(|| metrics::histogram!(crate::telemetry::UPSTREAM_DURATION_SECONDS))
                 .record(upstream.as_secs_f64());
         }
         if let Some(reason) = rejection {
@@ -69,7 +69,7 @@ impl RequestMetrics {
             return;
         }
         let counter = metrics::counter!(
-            "gateway_residency_routes_total",
+            crate::telemetry::RESIDENCY_ROUTES_TOTAL,
             "region" => region.to_string(),
             "reason" => reason
         );
@@ -89,7 +89,7 @@ impl RequestMetrics {
             .or_insert_with(|| {
                 Arc::new(RouteMetrics {
                     duration: metrics::histogram!(
-                        "gateway_request_duration_seconds",
+                        crate::telemetry::REQUEST_DURATION_SECONDS,
                         "route" => route.to_string()
                     ),
                     by_status: RwLock::new(Vec::new()),
@@ -106,7 +106,9 @@ impl RequestMetrics {
         self.rejections
             .write()
             .entry(reason)
-            .or_insert_with(|| metrics::counter!("gateway_rejections_total", "reason" => reason))
+            .or_insert_with(
+                || metrics::counter!(crate::telemetry::REJECTIONS_TOTAL, "reason" => reason),
+            )
             .clone()
     }
 }
@@ -121,7 +123,7 @@ impl RouteMetrics {
             return c.clone();
         }
         let counter = metrics::counter!(
-            "gateway_requests_total",
+            crate::telemetry::REQUESTS_TOTAL,
             "route" => self.route.clone(),
             "status" => status.to_string()
         );

@@ -130,7 +130,7 @@ impl Webhooks {
                 event: event.clone(),
             };
             if self.sender.try_send(delivery).is_err() {
-                metrics::counter!("gateway_webhook_dropped_total").increment(1);
+                metrics::counter!(crate::telemetry::WEBHOOK_DROPPED_TOTAL).increment(1);
                 tracing::error!(event = %event.event_type, "webhook queue full: event not queued");
             }
         }
@@ -191,7 +191,7 @@ impl WebhookWorker {
             }
             if !batch.is_empty() {
                 if let Err(error) = append(&self.queue_path(), &batch) {
-                    metrics::counter!("gateway_webhook_queue_errors_total").increment(1);
+                    metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
                     tracing::error!(%error, "webhook queue not written; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -213,7 +213,7 @@ impl WebhookWorker {
                         received = self.receiver.recv() => match received {
                             Some(d) => {
                                 if let Err(error) = append(&self.queue_path(), &[d]) {
-                                    metrics::counter!("gateway_webhook_queue_errors_total").increment(1);
+                                    metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
                                     tracing::error!(%error, "webhook queue not written");
                                 }
                             }
@@ -277,21 +277,21 @@ impl WebhookWorker {
                 .await;
             match result {
                 Ok(res) if res.status().is_success() => {
-                    metrics::counter!("gateway_webhook_deliveries_total", "outcome" => "delivered")
+                    metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "delivered")
                         .increment(1);
                     return;
                 }
                 Ok(res) => last_error = format!("status {}", res.status()),
                 Err(e) => last_error = e.to_string(),
             }
-            metrics::counter!("gateway_webhook_deliveries_total", "outcome" => "retried")
+            metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "retried")
                 .increment(1);
             tracing::warn!(url = %delivery.url, id = %delivery.id, attempt, error = %last_error, "webhook delivery failed");
             if attempt < self.config.max_attempts {
                 tokio::time::sleep(backoff.next().unwrap_or(self.config.retry_delay)).await;
             }
         }
-        metrics::counter!("gateway_webhook_deliveries_total", "outcome" => "dead-lettered")
+        metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "dead-lettered")
             .increment(1);
         tracing::error!(url = %delivery.url, id = %delivery.id, error = %last_error, "webhook delivery dead-lettered");
         let line = serde_json::json!({"delivery": delivery, "error": last_error});

@@ -121,7 +121,7 @@ impl Default for ConnectionCounts {
         ConnectionCounts {
             total: AtomicUsize::new(0),
             per_client: (0..CLIENT_SHARDS).map(|_| Mutex::default()).collect(),
-            open: metrics::gauge!("gateway_connections_open"),
+            open: metrics::gauge!(gateway_engine::telemetry::CONNECTIONS_OPEN),
             peak: AtomicUsize::new(0),
         }
     }
@@ -447,7 +447,7 @@ where
 
 static IDLE_CLOSES: gateway_engine::request_metrics::StaticCounters<1> =
     gateway_engine::request_metrics::StaticCounters::new(
-        "gateway_connections_idle_closed_total",
+        gateway_engine::telemetry::CONNECTIONS_IDLE_CLOSED_TOTAL,
         ["state"],
     );
 

@@ -219,6 +219,9 @@ token_file = "admin.token"
         "gateway_request_duration_seconds_bucket",
         "gateway_upstream_healthy_peers{pool=\"app\"} 1",
         "gateway_admin_tenant_writes_total",
+        // HELP texts from the one declaration of each metric (telemetry.rs).
+        "# HELP gateway_requests_total Requests answered, by route template and status.",
+        "# HELP gateway_request_duration_seconds Time from the request head",
     ] {
         assert!(
             metrics.contains(needle),

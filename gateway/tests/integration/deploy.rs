@@ -25,34 +25,77 @@ fn yaml(path: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Every `gateway_*` metric name in the sources' `counter!/gauge!/histogram!` calls and
-/// `StaticCounters::new` declarations.
+/// Every metric the gateway declares (`gateway_engine::telemetry`).
 fn exported_metrics() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    fn walk(dir: &Path, names: &mut BTreeSet<String>) {
+    gateway::telemetry::ALL
+        .iter()
+        .map(|m| m.name.to_string())
+        .collect()
+}
+
+/// The Rust sources of every crate of the gateway: the engine, the front doors and the CLI.
+fn gateway_sources() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
             if path.is_dir() {
-                walk(&path, names);
+                walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                let declared = text.split("StaticCounters::new(").skip(1);
-                for part in text.split("!(").skip(1).chain(declared) {
-                    let part = part.trim_start();
-                    if let Some(name) = part.strip_prefix('"').and_then(|p| p.split('"').next()) {
-                        if name.starts_with("gateway_") {
-                            names.insert(name.to_string());
-                        }
-                    }
-                }
+                out.push((path, text));
             }
         }
     }
-    // Every crate of the gateway: the engine, the front doors and the CLI.
+    let mut out = Vec::new();
     for dir in ["src", "engine/src", "proxy/src", "admin/src"] {
-        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut names);
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut out);
     }
-    names
+    out
+}
+
+/// Metric names are declared once, in `telemetry.rs`: no recording call names one itself, and
+/// every declared metric is recorded somewhere.
+#[test]
+fn metrics_are_declared_once_and_all_recorded() {
+    let sources = gateway_sources();
+    for (path, text) in &sources {
+        if path.ends_with("telemetry.rs") {
+            continue;
+        }
+        for part in text
+            .split("!(")
+            .skip(1)
+            .chain(text.split("StaticCounters::new(").skip(1))
+        {
+            let part = part.trim_start();
+            assert!(
+                !part.starts_with("\"gateway_"),
+                "{}: a metric named by a string literal; declare it in telemetry.rs",
+                path.display()
+            );
+        }
+    }
+    // Every declared constant is used by some recording code.
+    let telemetry = sources
+        .iter()
+        .find(|(p, _)| p.ends_with("telemetry.rs"))
+        .map(|(_, t)| t.clone())
+        .unwrap();
+    for line in telemetry.lines() {
+        let Some(rest) = line.strip_prefix("pub const ") else {
+            continue;
+        };
+        let Some((constant, _)) = rest.split_once(':') else {
+            continue;
+        };
+        if constant == "ALL" {
+            continue;
+        }
+        let used = sources.iter().any(|(p, t)| {
+            !p.ends_with("telemetry.rs") && t.contains(&format!("telemetry::{constant}"))
+        });
+        assert!(used, "telemetry::{constant} is declared but never recorded");
+    }
 }
 
 /// Metric names a PromQL expression uses (histogram series suffixes removed).

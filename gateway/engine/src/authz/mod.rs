@@ -410,7 +410,7 @@ impl AuthzEngine {
                 .collect::<HashMap<_, _>>()),
             Ok(None) => Ok(HashMap::new()),
             Err(issues) => {
-                metrics::counter!("gateway_authz_tenant_policy_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::AUTHZ_TENANT_POLICY_ERRORS_TOTAL).increment(1);
                 tracing::error!(tenant = %tenant.id, error = %issues, "tenant policies invalid: the tenant's requests are denied");
                 Err(issues.to_string())
             }

@@ -254,7 +254,7 @@ impl Fetcher {
         if rate_limited
             && last_attempt.is_some_and(|t| t.elapsed() < self.settings.min_refresh_interval)
         {
-            metrics::counter!("gateway_jwks_refreshes_total", "outcome" => "rate_limited")
+            metrics::counter!(crate::telemetry::JWKS_REFRESHES_TOTAL, "outcome" => "rate_limited")
                 .increment(1);
             return;
         }
@@ -270,12 +270,13 @@ impl Fetcher {
         match fetched {
             Ok(keys) => {
                 tracing::info!(issuer = %entry.issuer, keys = keys.len(), "fetched issuer keys");
-                metrics::counter!("gateway_jwks_refreshes_total", "outcome" => "ok").increment(1);
+                metrics::counter!(crate::telemetry::JWKS_REFRESHES_TOTAL, "outcome" => "ok")
+                    .increment(1);
                 entry.keys.store(Arc::new(keys));
             }
             Err(e) => {
                 tracing::warn!(issuer = %entry.issuer, error = %e, "fetching issuer keys failed; keeping the previous keys");
-                metrics::counter!("gateway_jwks_refreshes_total", "outcome" => "error")
+                metrics::counter!(crate::telemetry::JWKS_REFRESHES_TOTAL, "outcome" => "error")
                     .increment(1);
             }
         }

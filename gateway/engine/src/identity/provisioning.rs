@@ -74,7 +74,7 @@ impl Provisioner {
         match self.queue.try_send(record) {
             Ok(()) => self.known.insert(key, ()),
             Err(_) => {
-                metrics::counter!("gateway_provisioning_deferred_total").increment(1);
+                metrics::counter!(crate::telemetry::PROVISIONING_DEFERRED_TOTAL).increment(1);
             }
         }
     }
@@ -162,7 +162,8 @@ impl PrincipalStore {
                                 request_id = %record.request_id,
                                 "first-seen principal provisioned"
                             );
-                            metrics::counter!("gateway_principals_provisioned_total").increment(1);
+                            metrics::counter!(crate::telemetry::PRINCIPALS_PROVISIONED_TOTAL)
+                                .increment(1);
                             if let Some(audit) = &audit {
                                 audit
                                     .record(crate::audit::AuditEntry::new(

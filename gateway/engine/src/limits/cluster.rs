@@ -91,7 +91,7 @@ impl ClusterLimiter {
     /// `None` when the URL does not parse (validation reports that before).
     pub fn new(config: &LimitsConfig) -> Option<Self> {
         let client = Client::open(config.redis_url.as_deref()?).ok()?;
-        metrics::gauge!("gateway_ratelimit_redis_up").set(1.0);
+        metrics::gauge!(crate::telemetry::RATELIMIT_REDIS_UP).set(1.0);
         Some(ClusterLimiter {
             client,
             prefix: config.key_prefix.clone(),
@@ -161,7 +161,7 @@ impl ClusterLimiter {
         match &result {
             Ok(_) => {
                 if !self.up.swap(true, Ordering::AcqRel) {
-                    metrics::gauge!("gateway_ratelimit_redis_up").set(1.0);
+                    metrics::gauge!(crate::telemetry::RATELIMIT_REDIS_UP).set(1.0);
                     tracing::warn!("rate limits: Redis answers again; cluster-wide limits resume");
                 }
             }
@@ -171,7 +171,7 @@ impl ClusterLimiter {
                     Ordering::Release,
                 );
                 if self.up.swap(false, Ordering::AcqRel) {
-                    metrics::gauge!("gateway_ratelimit_redis_up").set(0.0);
+                    metrics::gauge!(crate::telemetry::RATELIMIT_REDIS_UP).set(0.0);
                     tracing::error!(%error, "rate limits: Redis unavailable; the fallback decides");
                 }
                 // A broken connection is replaced on the next try.

@@ -930,7 +930,7 @@ impl Limiter {
                 verdict
             }
             Err(error) => {
-                metrics::counter!("gateway_ratelimit_fallback_decisions_total", "mode" => self.fallback.label())
+                metrics::counter!(crate::telemetry::RATELIMIT_FALLBACK_DECISIONS_TOTAL, "mode" => self.fallback.label())
                     .increment(1);
                 tracing::debug!(%error, mode = self.fallback.label(), "rate limit decided by the fallback");
                 match self.fallback {

@@ -215,7 +215,7 @@ fn dead_letter(dir: &Path, name: &str, event: &UsageEvent, reason: &str) {
     let path = dir.join("dead-letter").join(format!("{name}.jsonl"));
     let line = serde_json::json!({ "reason": reason, "event": event });
     let result = crate::durable::append_line(&path, &line.to_string());
-    metrics::counter!("gateway_exporter_dead_letters_total", "exporter" => name.to_string())
+    metrics::counter!(crate::telemetry::EXPORTER_DEAD_LETTERS_TOTAL, "exporter" => name.to_string())
         .increment(1);
     match result {
         Ok(()) => {
@@ -268,7 +268,8 @@ pub async fn run(
             .borrow()
             .next_offset
             .saturating_sub(cursor.next_offset());
-        metrics::gauge!("gateway_exporter_lag_records", "exporter" => name.clone()).set(lag as f64);
+        metrics::gauge!(crate::telemetry::EXPORTER_LAG_RECORDS, "exporter" => name.clone())
+            .set(lag as f64);
         if backlog.is_empty() {
             let resume = assembler.resume_from(cursor.next_offset());
             if resume != checkpoint.resume_from {
@@ -298,7 +299,7 @@ pub async fn run(
         if let Err(e) = save_checkpoint(&dir, &name, &checkpoint) {
             tracing::error!(exporter = %name, error = %e, "saving the checkpoint failed (events may be re-sent; sinks deduplicate)");
         }
-        metrics::counter!("gateway_exporter_events_total", "exporter" => name.clone())
+        metrics::counter!(crate::telemetry::EXPORTER_EVENTS_TOTAL, "exporter" => name.clone())
             .increment(events.len() as u64);
     }
 }
@@ -322,7 +323,7 @@ async fn deliver_with_retries(
         match sink.deliver(events).await {
             Ok(()) => return true,
             Err(DeliveryError::Transient(e)) => {
-                metrics::counter!("gateway_exporter_retries_total", "exporter" => name.to_string())
+                metrics::counter!(crate::telemetry::EXPORTER_RETRIES_TOTAL, "exporter" => name.to_string())
                     .increment(1);
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(exporter = name, error = %e, retry_in = ?delay, "delivery failed; retrying");
@@ -574,7 +575,7 @@ impl Sink for StripeSink {
                 .and_then(|t| registry.get(t))
                 .and_then(|t| t.billing.get("stripe_customer").cloned())
             else {
-                metrics::counter!("gateway_exporter_unmapped_total", "exporter" => "stripe")
+                metrics::counter!(crate::telemetry::EXPORTER_UNMAPPED_TOTAL, "exporter" => "stripe")
                     .increment(1);
                 continue;
             };
@@ -624,7 +625,7 @@ impl Sink for ChargebeeSink {
                 .and_then(|t| registry.get(t))
                 .and_then(|t| t.billing.get("chargebee_subscription").cloned())
             else {
-                metrics::counter!("gateway_exporter_unmapped_total", "exporter" => "chargebee")
+                metrics::counter!(crate::telemetry::EXPORTER_UNMAPPED_TOTAL, "exporter" => "chargebee")
                     .increment(1);
                 continue;
             };

@@ -48,11 +48,11 @@ pub struct DecisionRecord {
 }
 
 static DECISIONS: StaticCounters<1> =
-    StaticCounters::new("gateway_authz_decisions_total", ["decision"]);
+    StaticCounters::new(crate::telemetry::AUTHZ_DECISIONS_TOTAL, ["decision"]);
 static POLICY_ERRORS: StaticCounters<0> =
-    StaticCounters::new("gateway_authz_policy_errors_total", []);
+    StaticCounters::new(crate::telemetry::AUTHZ_POLICY_ERRORS_TOTAL, []);
 static SHADOW_DIFFS: StaticCounters<1> =
-    StaticCounters::new("gateway_authz_shadow_diffs_total", ["enforced"]);
+    StaticCounters::new(crate::telemetry::AUTHZ_SHADOW_DIFFS_TOTAL, ["enforced"]);
 static DURATION: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
 
 impl DecisionRecord {
@@ -62,7 +62,7 @@ impl DecisionRecord {
         let decision = if e.allowed { "allow" } else { "deny" };
         DECISIONS.increment([decision], 1);
         DURATION
-            .get_or_init(|| metrics::histogram!("gateway_authz_duration_seconds"))
+            .get_or_init(|| metrics::histogram!(crate::telemetry::AUTHZ_DURATION_SECONDS))
             .record(self.elapsed.as_secs_f64());
         if !e.errors.is_empty() {
             POLICY_ERRORS.increment([], e.errors.len() as u64);

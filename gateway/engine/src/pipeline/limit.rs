@@ -11,7 +11,7 @@ use crate::tenancy::TenantSpec;
 
 /// `gateway_ratelimit_decisions_total{outcome,decided_by}`.
 static DECISIONS: StaticCounters<2> = StaticCounters::new(
-    "gateway_ratelimit_decisions_total",
+    crate::telemetry::RATELIMIT_DECISIONS_TOTAL,
     ["outcome", "decided_by"],
 );
 

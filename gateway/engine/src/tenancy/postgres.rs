@@ -112,7 +112,7 @@ fn parse_row(
 
 /// Counts a refused row (its log line says which and why).
 fn count_refused() {
-    metrics::counter!("gateway_registry_refused_tenants_total").increment(1);
+    metrics::counter!(crate::telemetry::REGISTRY_REFUSED_TENANTS_TOTAL).increment(1);
 }
 
 /// Reads every tenant of the table into a registry of tenants on `tiers`.
@@ -203,7 +203,7 @@ pub async fn follow(
         match result {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) => {
-                metrics::counter!("gateway_registry_sync_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::REGISTRY_SYNC_ERRORS_TOTAL).increment(1);
                 tracing::warn!(error = %e, retry_in = ?backoff, "tenant registry sync interrupted");
             }
         }
@@ -246,11 +246,12 @@ async fn follow_once(
         let changes = load_some(&client, &config.table, &ids, &tiers).await?;
         match store.apply(changes) {
             Ok(applied) => {
-                metrics::counter!("gateway_registry_changes_total").increment(applied as u64);
+                metrics::counter!(crate::telemetry::REGISTRY_CHANGES_TOTAL)
+                    .increment(applied as u64);
                 tracing::info!(tenants = ?ids, "tenant registry updated");
             }
             Err(e) => {
-                metrics::counter!("gateway_registry_sync_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::REGISTRY_SYNC_ERRORS_TOTAL).increment(1);
                 tracing::error!(error = %e, "tenant change refused; the previous version stays");
             }
         }

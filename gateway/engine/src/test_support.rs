@@ -1,10 +1,16 @@
 //! Test fixtures shared with the front doors' tests (feature `test-support`): proptest
 //! strategies for request paths, and deployments built in memory.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use proptest::prelude::*;
 
+use crate::admission::Services;
 use crate::config::{load_source, LoadedConfig};
 use crate::diagnostics::SourceText;
+use crate::identity::Authenticator;
+use crate::snapshot::Snapshot;
 use crate::tenancy::TenantSpec;
 
 /// Arbitrary request paths, biased towards ambiguous encodings (the sanitizer's differential,
@@ -80,4 +86,63 @@ pub fn tenant_in(regime: &str, home: Option<&str>) -> TenantSpec {
     t.regime = Some(regime.to_string());
     t.home_region = home.map(str::to_string);
     t
+}
+
+/// The deployment the fuzz targets load (`gateway/fuzz/fixture`): the repository's policies
+/// and residency maps, tenants `acme` (pro, gdpr), `globex` (free, ccpa) and `initech`
+/// (suspended), found by host `{tenant}.api.fuzz.test`, header `x-tenant`, path prefix
+/// `/t/{tenant}` (stripped) or the token's `org` claim; an HMAC issuer
+/// `https://issuer.fuzz.test` (audience `gateway-fuzz`) and a platform-wide one; anonymous
+/// callers allowed; local rate limits.
+pub struct Deployment {
+    pub dir: PathBuf,
+    pub snapshot: Snapshot,
+    pub services: Services,
+    secret: Vec<u8>,
+}
+
+impl Deployment {
+    /// # Panics
+    /// When the fixture does not load: a broken fixture is a broken test.
+    #[allow(clippy::expect_used)]
+    pub fn load() -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixture");
+        let loaded = crate::config::load(&dir.join("gateway.toml")).expect("fixture config");
+        let registry = crate::snapshot::load_file_registry(&loaded).expect("fixture tenants");
+        let snapshot = Snapshot::build(&loaded, registry).expect("fixture snapshot");
+        let services = Services {
+            authenticator: Authenticator::new(Default::default(), 16),
+            geoip: None,
+            trusted_proxies: Vec::new(),
+            limiter: Arc::new(crate::limits::Limiter::new(
+                loaded.config.limits.as_ref(),
+                &loaded.config.tiers,
+            )),
+            webhooks: None,
+        };
+        let secret = std::fs::read(dir.join("issuer.secret")).expect("fixture secret");
+        Deployment {
+            dir,
+            snapshot,
+            services,
+            secret: secret.trim_ascii_end().to_vec(),
+        }
+    }
+
+    /// A token of the tenant issuer for `sub` in tenant `org` with `roles`, valid until 2100.
+    ///
+    /// # Panics
+    /// Never in practice (HMAC signing of a JSON object).
+    #[allow(clippy::expect_used)]
+    pub fn token(&self, sub: &str, org: &str, roles: &[&str]) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({
+                "iss": "https://issuer.fuzz.test", "aud": "gateway-fuzz", "sub": sub,
+                "org": org, "roles": roles, "mfa": true, "exp": 4102444800u64,
+            }),
+            &jsonwebtoken::EncodingKey::from_secret(&self.secret),
+        )
+        .expect("HS256 signing")
+    }
 }

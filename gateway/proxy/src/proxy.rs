@@ -741,7 +741,7 @@ mod admitted_paths {
     //! policies and residency maps, tenants on the path (`/t/{tenant}`, stripped) and host.
 
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, OnceLock};
+    use std::sync::OnceLock;
 
     use pingora::http::RequestHeader;
     use proptest::prelude::*;
@@ -749,12 +749,10 @@ mod admitted_paths {
 
     use super::*;
     use gateway_engine::admission::admit;
-    use gateway_engine::identity::Authenticator;
-    use gateway_engine::test_support::byte_path;
+    use gateway_engine::test_support::{byte_path, Deployment};
 
     struct Fixture {
-        snapshot: Snapshot,
-        services: Services,
+        deployment: Deployment,
         runtime: tokio::runtime::Runtime,
         token: String,
     }
@@ -762,35 +760,14 @@ mod admitted_paths {
     fn fixture() -> &'static Fixture {
         static FIXTURE: OnceLock<Fixture> = OnceLock::new();
         FIXTURE.get_or_init(|| {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/fixture");
-            let loaded = gateway_engine::config::load(&dir.join("gateway.toml")).unwrap();
-            let registry = gateway_engine::snapshot::load_file_registry(&loaded).unwrap();
-            let snapshot = Snapshot::build(&loaded, registry).unwrap();
-            let config = &loaded.config;
-            let services = Services {
-                authenticator: Authenticator::new(Default::default(), 16),
-                geoip: None,
-                trusted_proxies: Vec::new(),
-                limiter: Arc::new(gateway_engine::limits::Limiter::new(None, &config.tiers)),
-                webhooks: None,
-            };
-            let secret = std::fs::read(dir.join("issuer.secret")).unwrap();
-            let token = jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-                &serde_json::json!({
-                    "iss": "https://issuer.fuzz.test", "aud": "gateway-fuzz", "sub": "ada",
-                    "org": "acme", "roles": ["admin"], "mfa": true, "exp": 4102444800u64,
-                }),
-                &jsonwebtoken::EncodingKey::from_secret(secret.trim_ascii_end()),
-            )
-            .unwrap();
+            let deployment = Deployment::load();
+            let token = deployment.token("ada", "acme", &["admin"]);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             Fixture {
-                snapshot,
-                services,
+                deployment,
                 runtime,
                 token,
             }
@@ -811,7 +788,7 @@ mod admitted_paths {
     #[test]
     fn the_route_table_matches_the_path_the_upstream_receives() {
         let f = fixture();
-        let engine = f.snapshot.authz.as_ref().unwrap();
+        let engine = f.deployment.snapshot.authz.as_ref().unwrap();
         let admitted_count = AtomicUsize::new(0);
         let strategy = (
             prop::sample::select(vec!["GET", "HEAD", "PUT", "DELETE", "POST"]),
@@ -860,7 +837,10 @@ mod admitted_paths {
                 headers: &req.headers,
                 client_ip: None,
             };
-            let Ok(admitted) = f.runtime.block_on(admit(&head, &f.snapshot, &f.services)) else {
+            let Ok(admitted) =
+                f.runtime
+                    .block_on(admit(&head, &f.deployment.snapshot, &f.deployment.services))
+            else {
                 return Ok(());
             };
             admitted_count.fetch_add(1, Ordering::Relaxed);
@@ -896,7 +876,7 @@ mod admitted_paths {
                     target: sent,
                     ..head
                 },
-                &f.snapshot.sanitize,
+                &f.deployment.snapshot.sanitize,
             );
             prop_assert_eq!(again.map(|s| s.target().into_bytes()), Ok(sent.to_vec()));
             Ok(())

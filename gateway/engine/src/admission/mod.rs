@@ -334,3 +334,182 @@ fn default_tenant() -> &'static TenantSpec {
     static DEFAULT: std::sync::OnceLock<TenantSpec> = std::sync::OnceLock::new();
     DEFAULT.get_or_init(|| TenantSpec::new("default"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! `admit` in process, no sockets: the fuzz fixture's deployment (repository policies and
+    //! maps, three tenants, an HMAC issuer), one request head per case.
+
+    use std::sync::OnceLock;
+
+    use http::{HeaderMap, HeaderValue, Method};
+
+    use super::*;
+    use crate::test_support::Deployment;
+
+    fn deployment() -> &'static Deployment {
+        static DEPLOYMENT: OnceLock<Deployment> = OnceLock::new();
+        DEPLOYMENT.get_or_init(Deployment::load)
+    }
+
+    /// Admits `method target` with `headers` (name, value) on a fresh single-thread runtime.
+    #[allow(clippy::result_large_err)] // `admit`'s own result, passed through
+    fn run(method: &str, target: &str, headers: &[(&str, String)]) -> Result<Admitted, Refused> {
+        let d = deployment();
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let head = RequestHead {
+            method: &method,
+            target: target.as_bytes(),
+            host: map.get("host").and_then(|h| h.to_str().ok()),
+            headers: &map,
+            client_ip: None,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(admit(&head, &d.snapshot, &d.services))
+    }
+
+    fn bearer(sub: &str, org: &str, roles: &[&str]) -> (&'static str, String) {
+        (
+            "authorization",
+            format!("Bearer {}", deployment().token(sub, org, roles)),
+        )
+    }
+
+    fn refused_with(result: Result<Admitted, Refused>) -> (u16, &'static str) {
+        match result {
+            Ok(a) => panic!("admitted: {:?}", a.path()),
+            Err(r) => (r.rejection.status(), r.rejection.slug()),
+        }
+    }
+
+    #[test]
+    fn an_admin_of_the_tenant_is_admitted_with_everything_the_proxy_needs() {
+        let admitted = run(
+            "GET",
+            "/t/acme/projects/42?x=1",
+            &[bearer("ada", "acme", &["admin"])],
+        )
+        .unwrap();
+        assert_eq!(admitted.path(), "/projects/42");
+        assert_eq!(admitted.upstream_target(), "/projects/42?x=1");
+        assert_eq!(admitted.tenant_spec().id, "acme");
+        assert_eq!(admitted.principal.id, "ada");
+        let decision = admitted
+            .authorized
+            .as_ref()
+            .and_then(|a| a.decision.as_ref());
+        assert_eq!(decision.map(|d| d.route.as_str()), Some("/projects/{id}"));
+        // gdpr homed in eu-central: only EU pools, home first.
+        assert_eq!(
+            admitted.placement.regions.first().map(String::as_str),
+            Some("eu-central")
+        );
+        assert!(admitted
+            .limit_headers
+            .iter()
+            .any(|(n, _)| *n == "ratelimit"));
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        for (case, result, expected) in [
+            (
+                "anonymous caller deleting a path-named owner's document",
+                run("DELETE", "/t/acme/users/anonymous/documents/1", &[]),
+                (403, "forbidden"),
+            ),
+            (
+                "token of acme on globex's host",
+                run(
+                    "GET",
+                    "/projects/42",
+                    &[
+                        ("host", "globex.api.fuzz.test".to_string()),
+                        bearer("ada", "acme", &["admin"]),
+                    ],
+                ),
+                (403, "tenant-mismatch"),
+            ),
+            (
+                "suspended tenant",
+                run(
+                    "GET",
+                    "/t/initech/projects/42",
+                    &[bearer("ada", "initech", &["admin"])],
+                ),
+                (403, "tenant-suspended"),
+            ),
+            (
+                "unknown tenant",
+                run("GET", "/t/nobody/projects/42", &[]),
+                (404, "unknown-tenant"),
+            ),
+            (
+                "encoded slash inside a segment",
+                run(
+                    "GET",
+                    "/t/acme/projects/4%2f2",
+                    &[bearer("ada", "acme", &["admin"])],
+                ),
+                (400, "bad-path"),
+            ),
+            (
+                "forged signature",
+                run(
+                    "GET",
+                    "/t/acme/projects/42",
+                    &[(
+                        "authorization",
+                        format!("Bearer {}x", deployment().token("ada", "acme", &["admin"])),
+                    )],
+                ),
+                (401, "unauthenticated"),
+            ),
+            (
+                "free tier asking for a pro feature",
+                run(
+                    "POST",
+                    "/t/globex/documents/7/export",
+                    &[bearer("gus", "globex", &["admin"])],
+                ),
+                (403, "feature-not-in-tier"),
+            ),
+        ] {
+            assert_eq!(refused_with(result), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn refusals_carry_who_and_which_tenant_as_far_as_they_were_established() {
+        // Refused by Cedar: principal and tenant are known, and so is the decision.
+        let refused = run("DELETE", "/t/acme/users/anonymous/documents/1", &[]).unwrap_err();
+        assert_eq!(refused.principal.as_deref(), Some("anonymous"));
+        assert_eq!(refused.tenant.as_deref(), Some("acme"));
+        let Rejection::Forbidden(decision) = &refused.rejection else {
+            panic!("{:?}", refused.rejection)
+        };
+        assert_eq!(
+            (decision.action.as_str(), decision.principal.as_str()),
+            ("documents:delete", "anonymous")
+        );
+        // Refused by stage 3: the tenant was never established, so the records name none.
+        let refused = run(
+            "GET",
+            "/t/initech/projects/42",
+            &[bearer("ada", "initech", &["admin"])],
+        )
+        .unwrap_err();
+        assert_eq!(refused.principal.as_deref(), Some("ada"));
+        assert_eq!(refused.tenant, None);
+    }
+}

@@ -453,4 +453,113 @@ mod tests {
             assert_eq!(refused, AuthError::MissingClaim("exp".into()));
         }
     }
+
+    /// Verifies `claims` signed with `alg` and `key` through the test policy.
+    fn verify(
+        alg: Algorithm,
+        key: &[u8],
+        claims: serde_json::Value,
+    ) -> Result<Arc<Principal>, AuthError> {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap();
+        verify_token(&token)
+    }
+
+    fn verify_token(token: &str) -> Result<Arc<Principal>, AuthError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let authenticator = Authenticator::new(JwksSettings::default(), 16);
+        runtime.block_on(authenticator.authenticate(
+            &headers,
+            &policy(),
+            &TenantRegistry::default(),
+            1,
+        ))
+    }
+
+    fn claims(extra: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({
+            "iss": "https://issuer.test", "aud": "api", "sub": "ada", "exp": now_secs() + 600,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    #[test]
+    fn a_valid_token_yields_its_subject() {
+        let principal = verify(Algorithm::HS256, SECRET, claims(serde_json::json!({}))).unwrap();
+        assert_eq!(principal.id, "ada");
+        assert_eq!(principal.roles, Vec::<String>::new());
+    }
+
+    #[test]
+    fn tokens_are_refused_for_what_is_wrong_with_them() {
+        let past = now_secs() - 3600;
+        for (case, result) in [
+            (
+                "expired",
+                verify(
+                    Algorithm::HS256,
+                    SECRET,
+                    claims(serde_json::json!({"exp": past})),
+                ),
+            ),
+            (
+                "other audience",
+                verify(
+                    Algorithm::HS256,
+                    SECRET,
+                    claims(serde_json::json!({"aud": "other"})),
+                ),
+            ),
+            (
+                "other secret",
+                verify(
+                    Algorithm::HS256,
+                    b"another-secret-0123456789abcdef-xyz",
+                    claims(serde_json::json!({})),
+                ),
+            ),
+            (
+                "algorithm not pinned for the issuer",
+                verify(Algorithm::HS384, SECRET, claims(serde_json::json!({}))),
+            ),
+            (
+                "untrusted issuer",
+                verify(
+                    Algorithm::HS256,
+                    SECRET,
+                    claims(serde_json::json!({"iss": "https://evil.test"})),
+                ),
+            ),
+        ] {
+            let expected = match case {
+                "expired" => AuthError::Expired,
+                "other audience" => AuthError::WrongAudience,
+                "other secret" => AuthError::BadSignature,
+                "algorithm not pinned for the issuer" => AuthError::AlgNotAllowed("HS384".into()),
+                _ => AuthError::UnknownIssuer("https://evil.test".into()),
+            };
+            assert_eq!(result.unwrap_err(), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn alg_none_is_refused_before_anything_else() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64.encode(claims(serde_json::json!({})).to_string());
+        let refused = verify_token(&format!("{header}.{body}.")).unwrap_err();
+        assert_eq!(refused, AuthError::AlgNone);
+    }
 }

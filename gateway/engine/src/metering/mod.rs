@@ -298,7 +298,7 @@ pub fn meters_for(rules: &[MeterRule], action: Option<&str>, route: Option<&str>
 mod tests {
     use super::*;
 
-    fn start(id: &str) -> EventStart {
+    pub(super) fn start(id: &str) -> EventStart {
         EventStart {
             id: id.into(),
             time: "2026-11-23T10:00:00Z".into(),
@@ -321,7 +321,7 @@ mod tests {
         }
     }
 
-    fn end(id: &str) -> EventEnd {
+    pub(super) fn end(id: &str) -> EventEnd {
         EventEnd {
             id: id.into(),
             status: 200,

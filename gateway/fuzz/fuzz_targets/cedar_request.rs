@@ -130,7 +130,6 @@ fuzz_target!(|decisions: Vec<Decision>| {
             .principal_tenant
             .as_ref()
             .map(|t| Arc::from(pick(t, TENANTS)));
-        principal.platform = decision.platform;
         principal.auth = match &decision.credential {
             Credential::Jwt => AuthMethod::Jwt {
                 issuer: "https://issuer.fuzz.test".into(),
@@ -144,6 +143,11 @@ fuzz_target!(|decisions: Vec<Decision>| {
         if principal.is_anonymous() {
             principal.id = gateway::identity::principal::ANONYMOUS_ID.to_string();
         }
+        // As identity builds principals: only a verified token that names no tenant speaks for
+        // the platform (an API key or a tenant's token never does).
+        principal.platform = decision.platform
+            && principal.tenant.is_none()
+            && matches!(principal.auth, AuthMethod::Jwt { .. });
         principal.roles = decision
             .roles
             .iter()

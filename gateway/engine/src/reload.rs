@@ -58,7 +58,7 @@ impl Reloader {
         if let Some(file) = &self.tenants_file {
             match registry::load_file(file, self.store.load().registry.known_tiers()) {
                 Ok(reg) => {
-                    if let Err(e) = self.store.replace_registry(reg) {
+                    if let Err(e) = self.store.replace_registry(reg, None) {
                         errors.push(e.to_string());
                     }
                 }

@@ -2,6 +2,7 @@
 //! swapped in atomically (`arc-swap`), so a request sees either the old or the new state whole.
 //! Parts are shared between snapshots, so changing the tenant registry does not rebuild policies.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -184,7 +185,8 @@ pub enum TenantChangeError {
 /// notifications, admin API, file reloads) never lose each other's changes.
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
-    writer: Mutex<()>,
+    /// Serialises writers; holds the tenant changes applied so far (see [`TenantWrites`]).
+    writer: Mutex<TenantWrites>,
     /// Where tenant suspensions and failed reloads are announced, when configured.
     webhooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
 }
@@ -193,7 +195,7 @@ impl SnapshotStore {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         Arc::new(SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(()),
+            writer: Mutex::new(TenantWrites::default()),
             webhooks: std::sync::OnceLock::new(),
         })
     }
@@ -238,29 +240,75 @@ impl SnapshotStore {
 
     /// Replaces the snapshot with `f(current)`, or keeps it when `f` fails.
     pub fn update<E>(&self, f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>) -> Result<(), E> {
-        let _guard = self
+        self.update_with_writes(|current, _| f(current))
+    }
+
+    fn update_with_writes<E>(
+        &self,
+        f: impl FnOnce(&Snapshot, &mut TenantWrites) -> Result<Snapshot, E>,
+    ) -> Result<(), E> {
+        let mut writes = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.current.load_full();
-        let next = f(&current)?;
+        let next = f(&current, &mut writes)?;
         self.current.store(Arc::new(next));
         Ok(())
     }
 
+    /// A mark to take before a full re-read of the registry's source: tenants changed through
+    /// [`apply_tenant_changes`](Self::apply_tenant_changes) after it keep their state when the
+    /// re-read is swapped in, since it may predate them.
+    pub fn tenant_write_mark(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .seq
+    }
+
     /// Swaps in a whole new registry (e.g. after a full re-read). Tenant policies are
     /// recompiled; if one is invalid the registry is refused and the previous one stays.
-    pub fn replace_registry(&self, registry: TenantRegistry) -> Result<(), TenantChangeError> {
+    /// `since`: the [`tenant_write_mark`](Self::tenant_write_mark) taken before the re-read
+    /// began (`None`: the new registry is the whole truth, as after a file reload).
+    pub fn replace_registry(
+        &self,
+        registry: TenantRegistry,
+        since: Option<u64>,
+    ) -> Result<(), TenantChangeError> {
         let before = self.load();
-        self.replace_registry_quietly(registry)?;
+        self.replace_registry_quietly(registry, since)?;
         let after = self.load();
         self.announce_suspensions(&before, after.registry.tenants().map(|t| t.id.as_str()));
         Ok(())
     }
 
-    fn replace_registry_quietly(&self, registry: TenantRegistry) -> Result<(), TenantChangeError> {
-        self.update(|current| {
+    fn replace_registry_quietly(
+        &self,
+        registry: TenantRegistry,
+        since: Option<u64>,
+    ) -> Result<(), TenantChangeError> {
+        self.update_with_writes(|current, writes| {
             let mut registry = registry;
+            // Changes applied here after the re-read began win over what it read: their own
+            // notifications may still be on the way.
+            let newer: Vec<(String, Option<TenantSpec>)> = since
+                .map(|since| writes.since(since))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|id| {
+                    let spec = current.registry.get(&id).map(|t| TenantSpec::clone(t));
+                    (id, spec)
+                })
+                .collect();
+            for (id, spec) in newer {
+                registry = match spec {
+                    Some(spec) => registry
+                        .with_upsert(spec)
+                        .map_err(TenantChangeError::Registry)?,
+                    None => registry.without(&id),
+                };
+            }
             if let Some(policy) = &current.residency {
                 // Tenants that break the residency rules are left out (their requests get 404)
                 // rather than refusing every other tenant.
@@ -322,7 +370,11 @@ impl SnapshotStore {
         let count = changes.len();
         let before = self.load();
         let ids: Vec<String> = changes.iter().map(|(id, _)| id.clone()).collect();
-        self.update(|current| with_tenant_changes(current, changes))?;
+        self.update_with_writes(|current, writes| {
+            let next = with_tenant_changes(current, changes)?;
+            writes.record(&ids);
+            Ok(next)
+        })?;
         self.announce_suspensions(&before, ids.iter().map(String::as_str));
         Ok(count)
     }
@@ -334,6 +386,39 @@ impl SnapshotStore {
         changes: Vec<(String, Option<TenantSpec>)>,
     ) -> Result<(), TenantChangeError> {
         with_tenant_changes(&self.load(), changes).map(drop)
+    }
+}
+
+/// Which tenants were changed one by one, and when (a sequence number per change), so a full
+/// re-read that started earlier does not undo them.
+#[derive(Debug, Default)]
+struct TenantWrites {
+    seq: u64,
+    last: HashMap<String, u64>,
+}
+
+impl TenantWrites {
+    /// Most tenants remembered; beyond, the oldest marks are forgotten (a re-read running
+    /// across that many changes is followed by their notifications anyway).
+    const REMEMBERED: usize = 10_000;
+
+    fn record(&mut self, ids: &[String]) {
+        self.seq += 1;
+        for id in ids {
+            self.last.insert(id.clone(), self.seq);
+        }
+        if self.last.len() > Self::REMEMBERED {
+            let cutoff = self.seq.saturating_sub(Self::REMEMBERED as u64 / 2);
+            self.last.retain(|_, seq| *seq > cutoff);
+        }
+    }
+
+    fn since(&self, mark: u64) -> Vec<String> {
+        self.last
+            .iter()
+            .filter(|(_, seq)| **seq > mark)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 
@@ -390,8 +475,16 @@ impl crate::tenancy::LiveRegistry for SnapshotStore {
         self.load().registry.clone()
     }
 
-    fn replace(&self, registry: TenantRegistry) -> Result<(), crate::tenancy::ChangeRefused> {
-        Ok(self.replace_registry(registry)?)
+    fn write_mark(&self) -> u64 {
+        self.tenant_write_mark()
+    }
+
+    fn replace(
+        &self,
+        registry: TenantRegistry,
+        since: u64,
+    ) -> Result<(), crate::tenancy::ChangeRefused> {
+        Ok(self.replace_registry(registry, Some(since))?)
     }
 
     fn apply(
@@ -399,5 +492,29 @@ impl crate::tenancy::LiveRegistry for SnapshotStore {
         changes: Vec<(String, Option<TenantSpec>)>,
     ) -> Result<usize, crate::tenancy::ChangeRefused> {
         Ok(self.apply_tenant_changes(changes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Deployment;
+
+    #[test]
+    fn a_full_re_read_does_not_undo_a_newer_local_change() {
+        let store = SnapshotStore::new(Deployment::load().snapshot);
+        // What a re-read of the source returns when it ran before `newco` was written there.
+        let stale = (*store.load().registry).clone();
+        let mark = store.tenant_write_mark();
+        store
+            .apply_tenant_changes(vec![("newco".into(), Some(TenantSpec::new("newco")))])
+            .unwrap();
+        store.replace_registry(stale.clone(), Some(mark)).unwrap();
+        assert!(store.load().registry.get("newco").is_some());
+        assert!(store.load().registry.get("acme").is_some());
+        // A re-read that began after the change is the truth (the row was deleted since).
+        let mark = store.tenant_write_mark();
+        store.replace_registry(stale, Some(mark)).unwrap();
+        assert!(store.load().registry.get("newco").is_none());
     }
 }

@@ -20,8 +20,12 @@ pub type ChangeRefused = Box<dyn std::error::Error + Send + Sync>;
 pub trait LiveRegistry: Send + Sync {
     /// The registry requests are served with now.
     fn current(&self) -> Arc<TenantRegistry>;
+    /// A mark to take before re-reading the whole registry from its source.
+    fn write_mark(&self) -> u64;
     /// Swaps in a whole new registry, unless it cannot serve (then the previous one stays).
-    fn replace(&self, registry: TenantRegistry) -> Result<(), ChangeRefused>;
+    /// Tenants changed through [`apply`](Self::apply) (here or by the admin API) after `since`
+    /// keep their current state: the re-read may predate them.
+    fn replace(&self, registry: TenantRegistry, since: u64) -> Result<(), ChangeRefused>;
     /// Applies upserts (`Some`) and removals (`None`) in one swap; returns how many changed.
     fn apply(&self, changes: Vec<(String, Option<TenantSpec>)>) -> Result<usize, ChangeRefused>;
 }

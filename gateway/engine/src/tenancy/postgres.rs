@@ -226,10 +226,12 @@ async fn follow_once(
         .await?;
     // The tiers the registry loaded at start was checked against.
     let tiers = store.current().known_tiers().clone();
-    // Changes made while we were not listening: read everything once LISTEN is active.
+    // Changes made while we were not listening: read everything once LISTEN is active. Changes
+    // applied meanwhile (the admin API applies its writes at once) are newer than this read.
+    let mark = store.write_mark();
     let registry = load_all(&client, &config.table, &tiers).await?;
     let count = registry.len();
-    match store.replace(registry) {
+    match store.replace(registry, mark) {
         Ok(()) => tracing::info!(
             tenants = count,
             "tenant registry synchronised from PostgreSQL"

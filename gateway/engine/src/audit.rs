@@ -6,6 +6,7 @@
 //! byte, removed or reordered line breaks the chain; `gateway audit verify` finds the first such
 //! record.
 
+use crate::diagnostics::{SourceIssue, SourceText};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,23 @@ pub struct AuditConfig {
     /// request it cannot audit.
     #[serde(default = "default_buffer_bytes")]
     pub buffer_bytes: usize,
+}
+
+impl AuditConfig {
+    /// Checks `[audit]`, all problems at once.
+    pub fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        if self.segment_bytes < 4096 {
+            issues.push(source.issue("audit.segment_bytes", "at least 4096"));
+        }
+        crate::journal::check_bounds(
+            source,
+            "audit",
+            "commit_delay",
+            self.commit_delay,
+            self.buffer_bytes,
+            issues,
+        );
+    }
 }
 
 fn default_commit_delay() -> Duration {

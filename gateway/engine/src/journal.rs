@@ -516,6 +516,30 @@ pub fn cut_tail(path: &Path, good_bytes: u64) -> Result<(), JournalError> {
     Ok(())
 }
 
+/// Checks a journal's settings in its section: records must reach the disk soon, and a full
+/// disk must leave room to queue some. `delay_field` names the section's flush delay.
+pub fn check_bounds(
+    source: &crate::diagnostics::SourceText,
+    section: &str,
+    delay_field: &str,
+    flush_interval: Duration,
+    buffer_bytes: usize,
+    issues: &mut Vec<crate::diagnostics::SourceIssue>,
+) {
+    if flush_interval > Duration::from_secs(10) {
+        issues.push(source.issue(
+            format!("{section}.{delay_field}"),
+            "at most 10s (records wait this long in memory)",
+        ));
+    }
+    if !(4096..=1 << 30).contains(&buffer_bytes) {
+        issues.push(source.issue(
+            format!("{section}.buffer_bytes"),
+            "between 4096 and 1073741824 bytes",
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

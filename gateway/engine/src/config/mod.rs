@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -150,7 +149,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     }
     validate_server_limits(&source, &config.server, &mut issues);
     let pool_peers = validate_upstream(&source, &config.upstream, &mut issues);
-    validate_sanitize(&source, &config.sanitize, &mut issues);
+    config.sanitize.validate(&source, &mut issues);
     if let Some(identity) = &config.identity {
         crate::pipeline::identify::validate(
             &source,
@@ -163,56 +162,10 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         authz.validate(&source, &mut issues);
     }
     if let Some(metering) = &config.metering {
-        let mut names = std::collections::HashSet::new();
-        for (i, exporter) in metering.exporter.iter().enumerate() {
-            let name = exporter.name();
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                issues.push(source.issue(
-                    format!("metering.exporter[{i}].name"),
-                    "letters, digits, `-` and `_` only (it names the checkpoint file)",
-                ));
-            }
-            if !names.insert(name.to_string()) {
-                issues.push(source.issue(
-                    format!("metering.exporter[{i}].name"),
-                    format!("duplicate exporter `{name}`"),
-                ));
-            }
-        }
-        for (i, meter) in metering.meter.iter().enumerate() {
-            if meter.action.is_none() && meter.route.is_none() {
-                issues.push(source.issue(
-                    format!("metering.meter[{i}]"),
-                    "needs `action` and/or `route`",
-                ));
-            }
-        }
-        if metering.segment_bytes < 4096 {
-            issues.push(source.issue("metering.segment_bytes", "at least 4096"));
-        }
-        check_journal_bounds(
-            &source,
-            "metering",
-            metering.flush_interval,
-            metering.buffer_bytes,
-            &mut issues,
-        );
+        metering.validate(&source, &mut issues);
     }
     if let Some(audit) = &config.audit {
-        if audit.segment_bytes < 4096 {
-            issues.push(source.issue("audit.segment_bytes", "at least 4096"));
-        }
-        check_journal_bounds(
-            &source,
-            "audit",
-            audit.commit_delay,
-            audit.buffer_bytes,
-            &mut issues,
-        );
+        audit.validate(&source, &mut issues);
     }
     if let Some(geoip) = &config.geoip {
         geoip.validate(&source, &mut issues);
@@ -231,7 +184,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         issues.push(source.issue(field, message));
     }
     if let Some(tenancy) = &config.tenancy {
-        validate_tenancy(
+        crate::pipeline::tenant::validate(
             &source,
             tenancy,
             config.identity.as_ref(),
@@ -273,144 +226,6 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     })
 }
 
-/// Records must reach the disk soon, and a full disk must leave room to queue some.
-fn check_journal_bounds(
-    source: &SourceText,
-    section: &str,
-    flush_interval: Duration,
-    buffer_bytes: usize,
-    issues: &mut Vec<SourceIssue>,
-) {
-    let field = if section == "audit" {
-        "commit_delay"
-    } else {
-        "flush_interval"
-    };
-    if flush_interval > Duration::from_secs(10) {
-        issues.push(source.issue(
-            format!("{section}.{field}"),
-            "at most 10s (records wait this long in memory)",
-        ));
-    }
-    if !(4096..=1 << 30).contains(&buffer_bytes) {
-        issues.push(source.issue(
-            format!("{section}.buffer_bytes"),
-            "between 4096 and 1073741824 bytes",
-        ));
-    }
-}
-
-fn validate_sanitize(
-    source: &SourceText,
-    sanitize: &SanitizeConfig,
-    issues: &mut Vec<SourceIssue>,
-) {
-    for (i, name) in sanitize.strip_headers.iter().enumerate() {
-        let bare = name.strip_suffix('*').unwrap_or(name);
-        if bare.is_empty() || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
-            issues.push(source.issue(
-                format!("sanitize.strip_headers[{i}]"),
-                format!("`{name}` is not a header name (a trailing `*` matches a prefix)"),
-            ));
-        }
-    }
-}
-
-fn validate_tenancy(
-    source: &SourceText,
-    tenancy: &TenancyConfig,
-    identity: Option<&IdentityConfig>,
-    tiers: &crate::tenancy::model::KnownTiers,
-    issues: &mut Vec<SourceIssue>,
-) {
-    if let Some(pattern) = &tenancy.host_pattern {
-        if crate::pipeline::tenant::host_suffix(pattern).is_none() {
-            issues.push(source.issue(
-                "tenancy.host_pattern",
-                format!("`{pattern}`: expected `{{tenant}}.` followed by a domain, e.g. `{{tenant}}.api.example.com`"),
-            ));
-        }
-    }
-    if let Some(prefix) = &tenancy.path_prefix {
-        if crate::pipeline::tenant::path_literal(prefix).is_none() {
-            issues.push(source.issue(
-                "tenancy.path_prefix",
-                format!("`{prefix}`: expected a path ending in the segment `{{tenant}}`, e.g. `/t/{{tenant}}`"),
-            ));
-        }
-    }
-    let header = tenancy.header.to_ascii_lowercase();
-    if http::HeaderName::from_bytes(header.as_bytes()).is_err()
-        || crate::pipeline::sanitize::SanitizePolicy::default().is_owned(&header)
-    {
-        issues.push(source.issue(
-            "tenancy.header",
-            format!(
-                "`{}` cannot name the tenant: it is not a header name, or the gateway owns it",
-                tenancy.header
-            ),
-        ));
-    }
-    if tenancy.sources.is_empty() {
-        issues.push(source.issue("tenancy.sources", "needs at least one source"));
-    }
-    for (i, kind) in tenancy.sources.iter().enumerate() {
-        let configured = match kind {
-            TenantSourceKind::Path => tenancy.path_prefix.is_some(),
-            // Hosts also match tenants' custom domains, without a pattern.
-            TenantSourceKind::Host | TenantSourceKind::Header | TenantSourceKind::Credential => {
-                true
-            }
-        };
-        if !configured {
-            issues.push(source.issue(
-                format!("tenancy.sources[{i}]"),
-                "`path` needs `tenancy.path_prefix`",
-            ));
-        }
-    }
-    match (&tenancy.registry.file, &tenancy.registry.postgres) {
-        (Some(file), None) => {
-            let path = source.resolve(file);
-            if let Err(e) = crate::tenancy::registry::load_file(&path, tiers) {
-                issues.extend(e.or_on_field(source, "tenancy.registry.file").0);
-            }
-        }
-        (None, Some(pg)) => {
-            if let Some(ca) = &pg.ca_file {
-                let path = source.resolve(ca);
-                if let Err(e) = std::fs::read(&path) {
-                    issues.push(source.issue(
-                        "tenancy.registry.postgres.ca_file",
-                        format!("{}: {e}", path.display()),
-                    ));
-                }
-            }
-            if let Err(e) = pg.connection_url() {
-                issues.push(source.issue("tenancy.registry.postgres", e));
-            }
-            if !crate::tenancy::postgres::is_identifier(&pg.table) {
-                issues.push(source.issue(
-                    "tenancy.registry.postgres.table",
-                    "lower-case letters, digits and `_`, starting with a letter",
-                ));
-            }
-        }
-        _ => issues.push(source.issue(
-            "tenancy.registry",
-            "set exactly one of `file` and `postgres`",
-        )),
-    }
-    if let Some(p) = identity.and_then(|i| i.provisioning.as_ref()) {
-        if p.store == "postgres" && tenancy.registry.postgres.is_none() {
-            issues.push(source.issue(
-                "identity.provisioning.store",
-                "`postgres` needs `tenancy.registry.postgres`",
-            ));
-        }
-    }
-}
-
 /// JSON Schema of `gateway.toml`, as committed in `deploy/gateway.schema.json`.
 pub fn json_schema() -> serde_json::Value {
     let schema = schemars::schema_for!(GatewayConfig);
@@ -419,6 +234,8 @@ pub fn json_schema() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn load_text(text: &str) -> Result<LoadedConfig, SourceIssues> {

@@ -14,6 +14,7 @@ pub mod exporters;
 pub mod outbox;
 pub mod report;
 
+use crate::diagnostics::{SourceIssue, SourceText};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -237,6 +238,51 @@ pub struct MeteringConfig {
     pub meter: Vec<MeterRule>,
     #[serde(default)]
     pub exporter: Vec<exporters::ExporterConfig>,
+}
+
+impl MeteringConfig {
+    /// Checks `[metering]`, all problems at once.
+    pub fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        let mut names = std::collections::HashSet::new();
+        for (i, exporter) in self.exporter.iter().enumerate() {
+            let name = exporter.name();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                issues.push(source.issue(
+                    format!("metering.exporter[{i}].name"),
+                    "letters, digits, `-` and `_` only (it names the checkpoint file)",
+                ));
+            }
+            if !names.insert(name.to_string()) {
+                issues.push(source.issue(
+                    format!("metering.exporter[{i}].name"),
+                    format!("duplicate exporter `{name}`"),
+                ));
+            }
+        }
+        for (i, meter) in self.meter.iter().enumerate() {
+            if meter.action.is_none() && meter.route.is_none() {
+                issues.push(source.issue(
+                    format!("metering.meter[{i}]"),
+                    "needs `action` and/or `route`",
+                ));
+            }
+        }
+        if self.segment_bytes < 4096 {
+            issues.push(source.issue("metering.segment_bytes", "at least 4096"));
+        }
+        crate::journal::check_bounds(
+            source,
+            "metering",
+            "flush_interval",
+            self.flush_interval,
+            self.buffer_bytes,
+            issues,
+        );
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

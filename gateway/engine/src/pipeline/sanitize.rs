@@ -851,6 +851,25 @@ pub struct SanitizeConfig {
     pub method_override: MethodOverride,
 }
 
+impl SanitizeConfig {
+    /// Checks `[sanitize]`.
+    pub fn validate(
+        &self,
+        source: &crate::diagnostics::SourceText,
+        issues: &mut Vec<crate::diagnostics::SourceIssue>,
+    ) {
+        for (i, name) in self.strip_headers.iter().enumerate() {
+            let bare = name.strip_suffix('*').unwrap_or(name);
+            if bare.is_empty() || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+                issues.push(source.issue(
+                    format!("self.strip_headers[{i}]"),
+                    format!("`{name}` is not a header name (a trailing `*` matches a prefix)"),
+                ));
+            }
+        }
+    }
+}
+
 impl Default for SanitizeConfig {
     fn default() -> Self {
         SanitizeConfig {

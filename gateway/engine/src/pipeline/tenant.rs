@@ -283,6 +283,102 @@ fn default_tenant_header() -> String {
     "x-tenant".to_string()
 }
 
+/// Checks `[tenancy]` against `[identity]` and the tiers, all problems at once.
+pub fn validate(
+    source: &crate::diagnostics::SourceText,
+    tenancy: &TenancyConfig,
+    identity: Option<&super::identify::IdentityConfig>,
+    tiers: &crate::tenancy::model::KnownTiers,
+    issues: &mut Vec<crate::diagnostics::SourceIssue>,
+) {
+    if let Some(pattern) = &tenancy.host_pattern {
+        if host_suffix(pattern).is_none() {
+            issues.push(source.issue(
+                "tenancy.host_pattern",
+                format!("`{pattern}`: expected `{{tenant}}.` followed by a domain, e.g. `{{tenant}}.api.example.com`"),
+            ));
+        }
+    }
+    if let Some(prefix) = &tenancy.path_prefix {
+        if crate::pipeline::tenant::path_literal(prefix).is_none() {
+            issues.push(source.issue(
+                "tenancy.path_prefix",
+                format!("`{prefix}`: expected a path ending in the segment `{{tenant}}`, e.g. `/t/{{tenant}}`"),
+            ));
+        }
+    }
+    let header = tenancy.header.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        || crate::pipeline::sanitize::SanitizePolicy::default().is_owned(&header)
+    {
+        issues.push(source.issue(
+            "tenancy.header",
+            format!(
+                "`{}` cannot name the tenant: it is not a header name, or the gateway owns it",
+                tenancy.header
+            ),
+        ));
+    }
+    if tenancy.sources.is_empty() {
+        issues.push(source.issue("tenancy.sources", "needs at least one source"));
+    }
+    for (i, kind) in tenancy.sources.iter().enumerate() {
+        let configured = match kind {
+            TenantSourceKind::Path => tenancy.path_prefix.is_some(),
+            // Hosts also match tenants' custom domains, without a pattern.
+            TenantSourceKind::Host | TenantSourceKind::Header | TenantSourceKind::Credential => {
+                true
+            }
+        };
+        if !configured {
+            issues.push(source.issue(
+                format!("tenancy.sources[{i}]"),
+                "`path` needs `tenancy.path_prefix`",
+            ));
+        }
+    }
+    match (&tenancy.registry.file, &tenancy.registry.postgres) {
+        (Some(file), None) => {
+            let path = source.resolve(file);
+            if let Err(e) = crate::tenancy::registry::load_file(&path, tiers) {
+                issues.extend(e.or_on_field(source, "tenancy.registry.file").0);
+            }
+        }
+        (None, Some(pg)) => {
+            if let Some(ca) = &pg.ca_file {
+                let path = source.resolve(ca);
+                if let Err(e) = std::fs::read(&path) {
+                    issues.push(source.issue(
+                        "tenancy.registry.postgres.ca_file",
+                        format!("{}: {e}", path.display()),
+                    ));
+                }
+            }
+            if let Err(e) = pg.connection_url() {
+                issues.push(source.issue("tenancy.registry.postgres", e));
+            }
+            if !crate::tenancy::postgres::is_identifier(&pg.table) {
+                issues.push(source.issue(
+                    "tenancy.registry.postgres.table",
+                    "lower-case letters, digits and `_`, starting with a letter",
+                ));
+            }
+        }
+        _ => issues.push(source.issue(
+            "tenancy.registry",
+            "set exactly one of `file` and `postgres`",
+        )),
+    }
+    if let Some(p) = identity.and_then(|i| i.provisioning.as_ref()) {
+        if p.store == "postgres" && tenancy.registry.postgres.is_none() {
+            issues.push(source.issue(
+                "identity.provisioning.store",
+                "`postgres` needs `tenancy.registry.postgres`",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

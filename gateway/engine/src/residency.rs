@@ -275,7 +275,9 @@ impl ResidencyPolicy {
                     format!("unknown region `{}`", pin.region),
                 ));
             }
-            if let Err(e) = pins.insert(&pin.path, i) {
+            if let Err(e) = crate::authz::routes::check_template(&pin.path) {
+                issues.push(source.issue(format!("residency.pin[{i}].path"), e));
+            } else if let Err(e) = pins.insert(&pin.path, i) {
                 issues.push(source.issue(format!("residency.pin[{i}].path"), e.to_string()));
             }
             pin_list.push(Pin {

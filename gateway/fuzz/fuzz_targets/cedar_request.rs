@@ -244,7 +244,15 @@ fuzz_target!(|decisions: Vec<Decision>| {
             }
         }
 
+        // The resource's tenant is the request's, unless the resource is the principal itself
+        // (`User::"<own id>"`) or the principal's own tenant entity: those belong to the
+        // principal's tenant, so acting on them is not acting across tenants.
+        let resource_is_principals_own = (resource_type == "User"
+            && decision.resource_id == principal.id)
+            || (resource_type == "Tenant"
+                && principal.tenant.as_deref() == Some(decision.resource_id.as_str()));
         let other_tenant = !principal.is_anonymous()
+            && !resource_is_principals_own
             && principal.tenant.as_deref().is_some_and(|t| t != tenant.id);
         assert!(
             !(other_tenant && allowed),

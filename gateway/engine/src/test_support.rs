@@ -48,6 +48,36 @@ pub fn byte_path() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// What a request path means (no query): its percent-decoded segments after RFC 3986 §5.2.4
+/// dot-segment removal, `//` merged; `None` when `..` climbs above the root. The reference
+/// the sanitizer's differential tests and fuzz target compare with (decoder: the
+/// `percent-encoding` crate).
+pub fn reference_segments(path: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for segment in path.get(1..)?.split(|&b| b == b'/') {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(segment).collect();
+        match decoded.as_slice() {
+            b"" | b"." => {}
+            b".." => {
+                out.pop()?;
+            }
+            _ => out.push(decoded),
+        }
+    }
+    Some(out)
+}
+
+/// The percent-decoded non-empty segments of a normalised path (as an upstream decoding it
+/// once sees them).
+pub fn decoded_segments(path: &str) -> Vec<Vec<u8>> {
+    path.get(1..)
+        .unwrap_or_default()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).collect())
+        .collect()
+}
+
 /// A configuration with `per_region` loopback peers in each of `regions` (ports never
 /// connected to: planning and selection only) and the repository's residency maps; `extra`
 /// is appended to the file's top.

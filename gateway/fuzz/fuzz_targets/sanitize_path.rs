@@ -20,6 +20,7 @@
 use gateway::config::{MethodOverride, SanitizeConfig};
 use gateway::pipeline::sanitize::{normalize_path, sanitize, SanitizePolicy};
 use gateway::pipeline::RequestHead;
+use gateway_engine::test_support::{decoded_segments, reference_segments};
 use gateway_fuzz::parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
@@ -34,30 +35,6 @@ fn policy(merge: bool, honor: bool) -> SanitizePolicy {
             MethodOverride::Strip
         },
     })
-}
-
-/// What a path means: its decoded segments after dot segments, `//` merged (RFC 3986 §5.2.4).
-fn reference(path: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    for segment in path.get(1..)?.split(|&b| b == b'/') {
-        let decoded: Vec<u8> = percent_encoding::percent_decode(segment).collect();
-        match decoded.as_slice() {
-            b"" | b"." => {}
-            b".." => {
-                out.pop()?;
-            }
-            _ => out.push(decoded),
-        }
-    }
-    Some(out)
-}
-
-fn decoded_segments(path: &str) -> Vec<Vec<u8>> {
-    path[1..]
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).collect())
-        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -134,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
         let raw_path = target.split(|&b| b == b'?').next().unwrap_or_default();
         assert_eq!(
             Some(decoded_segments(path)),
-            reference(raw_path),
+            reference_segments(raw_path),
             "{path:?}"
         );
     }

@@ -7,10 +7,10 @@ use std::future::Future;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use gateway::admission::Services;
 use gateway::config::{LoadedConfig, SourceIssues, SourceText};
 use gateway::identity::{Authenticator, JwksSettings};
 use gateway::limits::Limiter;
-use gateway::admission::Services;
 use gateway::snapshot::{Snapshot, SnapshotStore};
 
 /// `gateway/fuzz`.

@@ -827,6 +827,20 @@ fn print_demo_banner(
         );
         println!("  curl -s http://{}/metrics -H \"authorization: Bearer $ADMIN\" | grep gateway_requests_total", admin.listen);
     }
+    if let (Some(door), false) = (&loaded.config.ext_authz, tokens.is_empty()) {
+        println!("  # Envoy ext_authz (gRPC, reflection on): the same decision as the proxy's, as a CheckResponse");
+        println!(
+            "  grpcurl -plaintext -d '{{\"attributes\":{{\"request\":{{\"http\":{{\"method\":\"GET\",\"path\":\"/projects/42\",\"headers\":{{\"authorization\":\"Bearer '\"$ALICE\"'\"}}}}}}}}}}' {} envoy.service.auth.v3.Authorization/Check",
+            door.listen
+        );
+    }
+    if let (Some(door), false) = (&loaded.config.forward_auth, tokens.is_empty()) {
+        println!("  # forward-auth (nginx auth_request, Traefik, Caddy): 200 with the context headers, or the refusal");
+        println!(
+            "  curl -si http://{}{} -H 'x-original-method: DELETE' -H 'x-original-uri: /projects/42' -H \"authorization: Bearer $ALICE\"",
+            door.listen, door.path
+        );
+    }
     println!(
         "  # the path is normalised before anything else sees it; ambiguous encodings are refused"
     );

@@ -6,13 +6,15 @@
 //! root that starts a configured gateway ([`server`]). The work is done by the crates below
 //! it, re-exported here under their old paths so tools and tests name one crate:
 //! `gateway-engine` (the pipeline and records, no proxy), `gateway-proxy` (the Pingora front
-//! door) and `gateway-admin` (the admin API).
+//! door), `gateway-check` (the Envoy ext_authz and forward-auth front doors) and
+//! `gateway-admin` (the admin API).
 
 pub use gateway_admin as admin;
+pub use gateway_check::{ext_authz, forward_auth};
 pub use gateway_engine::{
-    admission, audit, authz, config, db, diagnostics, durable, explain, geoip, identity, journal,
-    lifecycle, limits, memory, metering, pipeline, records, reload, request_metrics, residency,
-    snapshot, status, telemetry, tenancy, webhooks,
+    admission, audit, authz, check, config, db, diagnostics, durable, explain, geoip, identity,
+    journal, lifecycle, limits, memory, metering, pipeline, records, reload, request_metrics,
+    residency, snapshot, status, telemetry, tenancy, webhooks,
 };
 pub use gateway_proxy::{background, connections, proxy, upstream};
 

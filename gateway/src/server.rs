@@ -105,6 +105,14 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         }
         None => None,
     };
+    let ext_authz_listener = match &cfg.ext_authz {
+        Some(door) => Some(bind_door(&door.listen, "ext_authz.listen")?),
+        None => None,
+    };
+    let forward_auth_listener = match &cfg.forward_auth {
+        Some(door) => Some(bind_door(&door.listen, "forward_auth.listen")?),
+        None => None,
+    };
     let metrics = match &cfg.admin {
         Some(_) => Some(install_metrics_recorder()?),
         None => None,
@@ -313,6 +321,31 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             std::process::exit(0);
         }));
     }
+    // The decision-only front doors: the same stages and records as the proxy's.
+    let decider = gateway_check::Decider {
+        store: store.clone(),
+        services: services.clone(),
+        metering: metering.clone(),
+        recording: recording.clone(),
+        in_flight: in_flight.clone(),
+        head_limits: cfg.server.head_limits(),
+        max_body_bytes: cfg.server.max_body_bytes,
+    };
+    if let Some(listener) = ext_authz_listener {
+        let decider = decider.clone();
+        server.add_service(task_service("ext_authz", move |shutdown| {
+            gateway_check::ext_authz::serve(decider, listener, shutdown)
+        }));
+    }
+    if let (Some(listener), Some(door)) = (forward_auth_listener, &cfg.forward_auth) {
+        let door = Arc::new(gateway_check::forward_auth::ForwardAuth::new(
+            decider.clone(),
+            &door.path,
+        ));
+        server.add_service(task_service("forward-auth", move |_shutdown| {
+            gateway_check::forward_auth::serve(door, listener)
+        }));
+    }
     let hooks = Hooks {
         provisioner,
         metering,
@@ -423,6 +456,18 @@ fn install_metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusH
         .map_err(|e| StartError::Runtime(format!("metrics recorder: {e}")))?;
     crate::telemetry::describe();
     Ok(handle)
+}
+
+/// Binds a front door's listener now: a clear error naming the field, and no race.
+fn bind_door(listen: &str, field: &'static str) -> Result<TcpListener, StartError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| StartError::Runtime(format!("{field}: {e}")))?;
+    gateway_check::bind(addr).map_err(|source| StartError::Listen {
+        addr,
+        field,
+        source,
+    })
 }
 
 fn ensure_bindable(addr: SocketAddr, field: &'static str) -> Result<(), StartError> {

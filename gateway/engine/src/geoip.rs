@@ -68,11 +68,33 @@ fn default_geoip_reload() -> Duration {
 /// list elements are skipped (RFC 9110 §5.6.1). When every hop is a trusted proxy, the
 /// left-most one is the client. The RFC 7239 `Forwarded` header is not read.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let mut client = peer.to_canonical();
-    if !is_trusted(&client) {
+    let client = peer.to_canonical();
+    if !trusted.iter().any(|net| net.contains(&client)) {
         return Some(client);
     }
+    walk_forwarded_for(client, headers, trusted)
+}
+
+/// The client of a request described by the proxy in front, which is trusted by definition
+/// (the caller of the forward-auth endpoint): the right-most `X-Forwarded-For` hop (the
+/// address that proxy saw), then leftwards only while hops are trusted proxies; the proxy
+/// itself when it sent no `X-Forwarded-For`.
+pub fn forwarded_client_ip(
+    proxy: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    walk_forwarded_for(proxy.to_canonical(), headers, trusted)
+}
+
+/// Walks `X-Forwarded-For` from the right, starting behind `client` (a trusted hop): the first
+/// hop that is not a trusted proxy is the client; an unparsable hop makes it unknown.
+fn walk_forwarded_for(
+    mut client: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     for line in headers.get_all("x-forwarded-for").iter().rev() {
         for hop in line.as_bytes().rsplit(|&b| b == b',') {
             let hop = hop.trim_ascii();

@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod audit;
 pub mod authz;
+pub mod check;
 pub mod config;
 pub mod db;
 pub mod diagnostics;

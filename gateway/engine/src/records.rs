@@ -1,5 +1,5 @@
 //! The usage and audit records of one request, built from what the engine decided and how the
-//! exchange ended. A front door (the inline proxy today) describes the request as an
+//! exchange ended. A front door (the inline proxy, Envoy ext_authz, forward-auth) describes the request as an
 //! [`Exchange`] and calls [`Recorder::begin`] before forwarding it and [`Recorder::finish`] once
 //! it is over: which records exist, what they say and which of them may never be dropped is
 //! decided here, the same for every door.
@@ -32,9 +32,22 @@ pub struct Established<'a> {
     pub decision: Option<&'a DecisionRecord>,
 }
 
+/// Which front door took the request (named in its audit record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FrontDoor {
+    /// The inline proxy, which forwards the request itself.
+    Proxy,
+    /// Envoy's external authorization filter (gRPC `Check`).
+    ExtAuthz,
+    /// A proxy's forward-auth subrequest (nginx `auth_request`, Traefik, Caddy).
+    ForwardAuth,
+}
+
 /// One request as the records describe it.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
+    pub door: FrontDoor,
     pub request_id: &'a str,
     /// W3C trace id (hex).
     pub trace_id: Option<&'a str>,
@@ -117,16 +130,8 @@ impl Recorder<'_> {
             Keep::IfRoom
         };
         if let Some(metering) = self.metering {
+            count_usage(metering, exchange);
             let body = usage_record(exchange, &metering.rules);
-            if metering.tenant_metrics {
-                let tenant = exchange
-                    .admitted
-                    .and_then(|a| a.tenant.as_ref())
-                    .map(|t| t.tenant.id.clone())
-                    .unwrap_or_default();
-                metrics::counter!(crate::telemetry::USAGE_REQUESTS_TOTAL, "tenant" => tenant)
-                    .increment(1);
-            }
             if !metering.outbox.record(&body, keep) {
                 tracing::warn!(
                     request_id = exchange.request_id,
@@ -134,6 +139,33 @@ impl Recorder<'_> {
                 );
             }
         }
+        self.audit(exchange, keep);
+    }
+
+    /// Records a request that a decision-only front door (Envoy ext_authz, forward-auth)
+    /// answered. The proxy in front forwards an allowed request (`exchange.forwarded`) as soon
+    /// as this returns, so its complete usage event is written now, as a begin record would
+    /// be (an error refuses the request with 503 `metering-unavailable` instead), and its audit
+    /// record is always kept; a refused request is recorded like any refusal.
+    pub async fn decided(&self, exchange: &Exchange<'_>) -> Result<(), Rejection> {
+        if !exchange.forwarded {
+            self.finish(exchange);
+            return Ok(());
+        }
+        if let Some(metering) = self.metering {
+            let body = usage_record(exchange, &metering.rules);
+            metering.outbox.complete_now(&body).await.map_err(|e| {
+                Rejection::MeteringUnavailable {
+                    reason: e.to_string(),
+                }
+            })?;
+            count_usage(metering, exchange);
+        }
+        self.audit(exchange, Keep::Always);
+        Ok(())
+    }
+
+    fn audit(&self, exchange: &Exchange<'_>, keep: Keep) {
         if let Some(audit) = &self.recording.audit {
             if !audit.append("request", &audit_record(exchange), keep) {
                 tracing::warn!(
@@ -142,6 +174,18 @@ impl Recorder<'_> {
                 );
             }
         }
+    }
+}
+
+/// `gateway_usage_requests_total{tenant}`, when per-tenant metrics are on.
+fn count_usage(metering: &Metering, exchange: &Exchange<'_>) {
+    if metering.tenant_metrics {
+        let tenant = exchange
+            .admitted
+            .and_then(|a| a.tenant.as_ref())
+            .map(|t| t.tenant.id.clone())
+            .unwrap_or_default();
+        metrics::counter!(crate::telemetry::USAGE_REQUESTS_TOTAL, "tenant" => tenant).increment(1);
     }
 }
 
@@ -260,6 +304,7 @@ fn micros(d: Duration) -> u64 {
 /// routed and why, how it ended. Borrowed from the request's state (no JSON tree is built).
 #[derive(serde::Serialize)]
 pub struct RequestAudit<'a> {
+    door: FrontDoor,
     request_id: &'a str,
     trace_id: Option<&'a str>,
     usage_id: &'a str,
@@ -301,6 +346,7 @@ pub fn audit_record<'a>(exchange: &'a Exchange<'a>) -> RequestAudit<'a> {
     let admitted = exchange.admitted;
     let known = exchange.established;
     RequestAudit {
+        door: exchange.door,
         request_id: exchange.request_id,
         trace_id: exchange.trace_id,
         usage_id: exchange.usage_id,
@@ -343,6 +389,7 @@ mod tests {
 
     fn refused(rejection: &Rejection) -> Exchange<'_> {
         Exchange {
+            door: FrontDoor::Proxy,
             request_id: "req-1",
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             usage_id: "use-1",

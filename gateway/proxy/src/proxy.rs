@@ -25,7 +25,7 @@ use gateway_engine::pipeline::correlation::{
 use gateway_engine::pipeline::rejection::TimeoutPhase;
 use gateway_engine::pipeline::sanitize::{self, HeadLimits};
 use gateway_engine::pipeline::{self, forward, Correlation, Problem, Rejection, RequestHead};
-use gateway_engine::records::{Established, Exchange, Recorder};
+use gateway_engine::records::{Established, Exchange, FrontDoor, Recorder};
 use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
@@ -217,6 +217,7 @@ impl RequestCtx {
         region: Option<&'a str>,
     ) -> Exchange<'a> {
         Exchange {
+            door: FrontDoor::Proxy,
             request_id: self.request_id(),
             trace_id,
             usage_id: &self.usage_id,

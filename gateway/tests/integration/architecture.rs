@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The gateway's crates, by source directory relative to this crate's manifest.
-const CRATES: &[&str] = &["engine/src", "proxy/src", "admin/src", "src"];
+const CRATES: &[&str] = &["engine/src", "proxy/src", "admin/src", "check/src", "src"];
 
 /// Which top-level modules of a crate each top-level module names through `crate::`.
 fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
@@ -186,6 +186,26 @@ fn the_engine_knows_no_proxy_server_or_cli() {
         assert!(
             !deps.contains_key(forbidden),
             "gateway-engine depends on `{forbidden}`: the engine must stay usable by any front door"
+        );
+    }
+}
+
+#[test]
+fn front_doors_know_no_proxy_admin_api_or_cli() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("check/Cargo.toml");
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let deps = manifest["dependencies"].as_table().unwrap();
+    for forbidden in [
+        "pingora",
+        "clap",
+        "gateway-proxy",
+        "gateway-admin",
+        "gateway",
+    ] {
+        assert!(
+            !deps.contains_key(forbidden),
+            "gateway-check depends on `{forbidden}`: a front door is an adapter over the engine only"
         );
     }
 }

@@ -18,6 +18,7 @@ mod cli;
 mod connections;
 mod deploy;
 mod explain;
+mod front_doors;
 mod identity;
 mod jwt_matrix;
 mod metering;

@@ -220,6 +220,69 @@ pub struct AdminConfig {
     pub token_file: PathBuf,
 }
 
+/// `[ext_authz]`: Envoy's external authorization service (gRPC
+/// `envoy.service.auth.v3.Authorization/Check`, plus `grpc.health.v1.Health` and server
+/// reflection) on its own listener.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// `ip:port` (OPA's Envoy plugin uses 9191). Envoy is its only client: keep it on loopback
+    /// or the pod network.
+    pub listen: String,
+}
+
+/// `[forward_auth]`: the forward-auth endpoint of nginx `auth_request`, Traefik `forwardAuth`
+/// and Caddy `forward_auth` on its own listener.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// `ip:port`. The proxy in front is its only client (it sets the `X-Original-*` /
+    /// `X-Forwarded-*` headers the decision trusts): keep it on loopback or a private network.
+    pub listen: String,
+    /// The path the proxy asks (default `/auth`); refusals kept for nginx are served under
+    /// `<path>/refusals/`.
+    #[serde(default = "default_forward_auth_path")]
+    pub path: String,
+}
+
+fn default_forward_auth_path() -> String {
+    "/auth".to_string()
+}
+
+impl ExtAuthzConfig {
+    pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        check_listen(&self.listen, "ext_authz.listen", source, issues);
+    }
+}
+
+impl ForwardAuthConfig {
+    pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        check_listen(&self.listen, "forward_auth.listen", source, issues);
+        let valid = self.path.starts_with('/')
+            && self.path.len() > 1
+            && !self.path.ends_with('/')
+            && self
+                .path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+        if !valid {
+            issues.push(source.issue(
+                "forward_auth.path",
+                format!(
+                    "`{}` is not a plain absolute path like `/auth` (letters, digits, `/-_.~`, no trailing `/`)",
+                    self.path
+                ),
+            ));
+        }
+    }
+}
+
+fn check_listen(listen: &str, field: &str, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+    if listen.parse::<SocketAddr>().is_err() {
+        issues.push(source.issue(field, format!("`{listen}` is not an `ip:port` address")));
+    }
+}
+
 /// Why the admin token cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminTokenError {
@@ -248,12 +311,7 @@ pub fn read_admin_token(path: &Path) -> Result<[u8; 32], AdminTokenError> {
 
 impl AdminConfig {
     pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
-        if self.listen.parse::<SocketAddr>().is_err() {
-            issues.push(source.issue(
-                "admin.listen",
-                format!("`{}` is not an `ip:port` address", self.listen),
-            ));
-        }
+        check_listen(&self.listen, "admin.listen", source, issues);
         if let Err(e) = read_admin_token(&source.resolve(&self.token_file)) {
             issues.push(source.issue("admin.token_file", e.to_string()));
         }

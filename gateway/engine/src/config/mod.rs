@@ -15,9 +15,9 @@ use listeners::{
     parse_listen_addrs, validate_server_limits, validate_tls_files, validate_upstream,
 };
 pub use listeners::{
-    read_admin_token, AdminConfig, AdminTokenError, HealthCheckConfig, PoolConfig, ServerConfig,
-    TlsListenerConfig, UpstreamConfig, UpstreamProtocol, MAX_BODY_BYTES, MAX_HEAD_BYTES,
-    MAX_HEAD_FIELDS,
+    read_admin_token, AdminConfig, AdminTokenError, ExtAuthzConfig, ForwardAuthConfig,
+    HealthCheckConfig, PoolConfig, ServerConfig, TlsListenerConfig, UpstreamConfig,
+    UpstreamProtocol, MAX_BODY_BYTES, MAX_HEAD_BYTES, MAX_HEAD_FIELDS,
 };
 
 pub use crate::authz::AuthorizationConfig;
@@ -75,6 +75,12 @@ pub struct GatewayConfig {
     /// Signed webhooks (quota thresholds, suspensions, failed reloads) with a durable queue.
     #[serde(default)]
     pub webhooks: Option<crate::webhooks::WebhooksConfig>,
+    /// Envoy's external authorization (gRPC) front door. Absent: none.
+    #[serde(default)]
+    pub ext_authz: Option<ExtAuthzConfig>,
+    /// The forward-auth (nginx `auth_request`, Traefik, Caddy) front door. Absent: none.
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
 /// A configuration that parsed and validated, with the directory its relative paths start from.
@@ -179,6 +185,12 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     }
     if let Some(admin) = &config.admin {
         admin.validate(&source, &mut issues);
+    }
+    if let Some(door) = &config.ext_authz {
+        door.validate(&source, &mut issues);
+    }
+    if let Some(door) = &config.forward_auth {
+        door.validate(&source, &mut issues);
     }
     for (field, message) in crate::limits::validate(config.limits.as_ref(), &config.tiers) {
         issues.push(source.issue(field, message));

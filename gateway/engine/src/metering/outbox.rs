@@ -175,6 +175,17 @@ impl Outbox {
         Ok(())
     }
 
+    /// Writes a complete usage event now, as [`Outbox::begin`] writes a begin record: the
+    /// decision-only front doors (ext_authz, forward-auth) answer "allowed" only once the
+    /// request's usage is in the file, so a crash cannot lose a request the upstream may serve.
+    pub async fn complete_now(&self, body: &RecordBody) -> Result<(), OutboxError> {
+        let seq = self.journal.append_now(&encode(body))?;
+        if self.fsync == FsyncPolicy::Batch {
+            self.journal.sync_through(seq).await?;
+        }
+        Ok(())
+    }
+
     /// Queues a record (written within the flush interval). False if it was dropped: only
     /// [`Keep::IfRoom`] records, while the disk refuses writes and the queue is full.
     pub fn record(&self, body: &RecordBody, keep: Keep) -> bool {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use gateway::example_upstream::ExampleUpstream;
 
+pub mod example;
 pub mod idp;
+pub mod nginx;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

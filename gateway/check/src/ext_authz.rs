@@ -1,0 +1,359 @@
+//! Envoy's external authorization filter as a front door: `envoy.service.auth.v3.Authorization`
+//! over gRPC, next to `grpc.health.v1.Health` (Kubernetes gRPC probes) and server reflection
+//! (`grpcurl`, Postman) on one listener.
+//!
+//! Envoy describes the request in `attributes.request.http`: the method, `path` (the request
+//! target with its query, undecoded), `host` (`:authority`), and the headers — lower-case,
+//! repeated fields joined with commas, HTTP/2 pseudo-headers (`:method`, `:path`, ...) among
+//! them for every protocol, or, with `encode_raw_headers`, as `header_map` with raw values.
+//! `attributes.source.address` is the downstream address Envoy settled on.
+//!
+//! The answer: `OK` with the headers to set on the upstream request (overwriting what the
+//! client sent), the headers to remove, `:path` when the decided target differs from the
+//! request's, and the `RateLimit` headers for the client; or a denial with the inline proxy's
+//! status, headers and RFC 9457 body. `x-gateway-region` names the region residency chose, for
+//! the Envoy route to pick the region's cluster (see deploy/envoy/).
+
+use std::net::IpAddr;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
+    HeaderAppendAction, HeaderValue as EnvoyHeaderValue, HeaderValueOption, HttpStatus,
+    OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::google::rpc;
+use gateway_engine::check::{self, Verdict};
+use gateway_engine::pipeline::sanitize::HeaderError;
+use gateway_engine::pipeline::{Rejection, RequestHead};
+use gateway_engine::records::FrontDoor;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tonic::{Request, Response, Status};
+
+use crate::Decider;
+
+/// The encoded descriptors of `envoy/service/auth/v3/external_auth.proto` and its imports, for
+/// server reflection (envoy-types ships code, not descriptors; see `examples/`).
+pub const DESCRIPTORS: &[u8] = include_bytes!("ext_authz_descriptors.bin");
+
+/// google.rpc codes (google/rpc/code.proto) of the answers.
+const RPC_OK: i32 = 0;
+const RPC_INVALID_ARGUMENT: i32 = 3;
+const RPC_PERMISSION_DENIED: i32 = 7;
+const RPC_RESOURCE_EXHAUSTED: i32 = 8;
+const RPC_UNAVAILABLE: i32 = 14;
+const RPC_UNAUTHENTICATED: i32 = 16;
+
+/// The `Authorization` service.
+pub struct ExtAuthz {
+    decider: Decider,
+}
+
+impl ExtAuthz {
+    pub fn new(decider: Decider) -> Self {
+        ExtAuthz { decider }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let described = Described::of(&request).map_err(Status::invalid_argument)?;
+        let client_ip = described.source.map(|peer| {
+            gateway_engine::geoip::client_ip(
+                peer,
+                &described.headers,
+                &self.decider.services.trusted_proxies,
+            )
+        });
+        let check_request = check::CheckRequest {
+            head: RequestHead {
+                method: &described.method,
+                target: described.target.as_bytes(),
+                host: described.host.as_deref(),
+                headers: &described.headers,
+                client_ip: client_ip.flatten(),
+            },
+            door: FrontDoor::ExtAuthz,
+            head_limits: self.decider.head_limits,
+            max_body_bytes: self.decider.max_body_bytes,
+            malformed: described.malformed,
+        };
+        let verdict = self.decider.decide(&check_request).await;
+        Ok(Response::new(answer(verdict, &described.target)))
+    }
+}
+
+/// The request as Envoy described it.
+struct Described {
+    method: Method,
+    target: String,
+    host: Option<String>,
+    headers: HeaderMap,
+    source: Option<IpAddr>,
+    malformed: Option<Rejection>,
+}
+
+impl Described {
+    fn of(request: &CheckRequest) -> Result<Self, String> {
+        let attributes = request.attributes.as_ref();
+        let http = attributes
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .ok_or("a CheckRequest without attributes.request.http")?;
+        let mut malformed = None;
+        let mut pseudo = PseudoHeaders::default();
+        let mut headers = HeaderMap::new();
+        let mut add = |name: &str, value: &[u8]| {
+            if let Some(rest) = name.strip_prefix(':') {
+                pseudo.note(rest, value);
+                return;
+            }
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                (Err(_), _) => {
+                    malformed.get_or_insert(Rejection::BadHeader(HeaderError::MalformedField));
+                }
+                (Ok(_), Err(_)) => {
+                    malformed.get_or_insert(Rejection::BadHeader(HeaderError::ControlCharacter(
+                        name.to_string(),
+                    )));
+                }
+            }
+        };
+        // With `encode_raw_headers`, Envoy leaves `headers` empty and sends raw values.
+        match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
+            Some(map) => {
+                for h in &map.headers {
+                    let value = if h.raw_value.is_empty() {
+                        h.value.as_bytes()
+                    } else {
+                        &h.raw_value
+                    };
+                    add(&h.key, value);
+                }
+            }
+            None => {
+                for (name, value) in &http.headers {
+                    add(name, value.as_bytes());
+                }
+            }
+        }
+        let method_text = non_empty(&http.method).or(pseudo.method.as_deref());
+        let method = method_text
+            .ok_or("no method (attributes.request.http.method or :method)")
+            .and_then(|m| {
+                Method::from_bytes(m.as_bytes()).map_err(|_| "the method is not an HTTP token")
+            })?;
+        let target = non_empty(&http.path)
+            .or(pseudo.path.as_deref())
+            .ok_or("no request target (attributes.request.http.path or :path)")?
+            .to_string();
+        let host = non_empty(&http.host)
+            .map(str::to_string)
+            .or(pseudo.authority);
+        Ok(Described {
+            method,
+            target,
+            host,
+            headers,
+            source: attributes
+                .and_then(|a| a.source.as_ref())
+                .and_then(|peer| peer.address.as_ref())
+                .and_then(socket_ip),
+            malformed,
+        })
+    }
+}
+
+/// `:method`, `:path` and `:authority`, as Envoy lists them among the headers.
+#[derive(Default)]
+struct PseudoHeaders {
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+}
+
+impl PseudoHeaders {
+    fn note(&mut self, name: &str, value: &[u8]) {
+        let slot = match name {
+            "method" => &mut self.method,
+            "path" => &mut self.path,
+            "authority" => &mut self.authority,
+            _ => return,
+        };
+        *slot = std::str::from_utf8(value).ok().map(str::to_string);
+    }
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn socket_ip(address: &envoy_types::pb::envoy::config::core::v3::Address) -> Option<IpAddr> {
+    match address.address.as_ref()? {
+        Address::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The `CheckResponse` for a verdict on a request whose target was `target`.
+fn answer(verdict: Verdict, target: &str) -> CheckResponse {
+    match verdict.outcome {
+        Ok(allowed) => {
+            let mut headers: Vec<HeaderValueOption> = allowed
+                .set
+                .iter()
+                .map(|(name, value)| overwrite(name.as_str(), value.as_bytes()))
+                .collect();
+            // Envoy applies a `:path` mutation; the route was chosen already, which is right:
+            // the decided path differs only by normalisation or a stripped tenant prefix.
+            if let Some(decided) = &allowed.rewritten_target {
+                if decided != target {
+                    headers.push(overwrite(":path", decided.as_bytes()));
+                }
+            }
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: RPC_OK,
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers,
+                    headers_to_remove: allowed
+                        .remove
+                        .iter()
+                        .map(|name| name.as_str().to_string())
+                        .collect(),
+                    response_headers_to_add: allowed
+                        .response
+                        .iter()
+                        .map(|(name, value)| overwrite(name.as_str(), value.as_bytes()))
+                        .collect(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        }
+        Err(denied) => CheckResponse {
+            status: Some(rpc::Status {
+                code: rpc_code(denied.status),
+                message: denied.reason.to_string(),
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                // Envoy takes the number as it is (451 included, which its enum lacks).
+                status: Some(HttpStatus {
+                    code: i32::from(denied.status),
+                }),
+                headers: denied
+                    .headers
+                    .iter()
+                    .map(|(name, value)| overwrite(name.as_str(), value.as_bytes()))
+                    .collect(),
+                body: String::from_utf8_lossy(&denied.body).into_owned(),
+            })),
+            ..Default::default()
+        },
+    }
+}
+
+/// A header Envoy sets, replacing any value of the same name (the default, append, would let a
+/// client's own `x-tenant-id` travel next to the verified one).
+fn overwrite(name: &str, value: &[u8]) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(EnvoyHeaderValue {
+            key: name.to_string(),
+            value: String::from_utf8_lossy(value).into_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The gRPC status Envoy logs next to the HTTP status it answers.
+fn rpc_code(status: u16) -> i32 {
+    match status {
+        401 => RPC_UNAUTHENTICATED,
+        429 => RPC_RESOURCE_EXHAUSTED,
+        400 | 408 | 413 | 414 | 431 => RPC_INVALID_ARGUMENT,
+        503 => RPC_UNAVAILABLE,
+        _ => RPC_PERMISSION_DENIED,
+    }
+}
+
+/// Serves the `Authorization` service, health and reflection on `listener` until `shutdown`
+/// turns true; health answers `NOT_SERVING` from the moment a graceful shutdown begins, while
+/// checks keep being answered until the process ends.
+pub async fn serve(
+    decider: Decider,
+    listener: std::net::TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "ext_authz listener");
+            return;
+        }
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<AuthorizationServer<ExtAuthz>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let (reflection, reflection_alpha) = match (reflection, reflection_alpha) {
+        (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "ext_authz: reflection descriptors");
+            return;
+        }
+    };
+    let health_on_shutdown = async move {
+        while shutdown.changed().await.is_ok() {
+            if *shutdown.borrow() {
+                reporter
+                    .set_not_serving::<AuthorizationServer<ExtAuthz>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                tracing::info!("ext_authz: shutting down, health answers NOT_SERVING");
+                break;
+            }
+        }
+        // Keep answering checks until the process ends (Envoy may still ask).
+        std::future::pending::<()>().await;
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(ExtAuthz::new(decider)))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            health_on_shutdown,
+        )
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "ext_authz server");
+    }
+}

@@ -1,0 +1,282 @@
+//! The forward-auth front door: a proxy in front of the app asks, for each request, with a
+//! subrequest carrying the original request's headers and
+//!
+//! - nginx `auth_request`: `X-Original-Method`, `X-Original-URI`, `X-Forwarded-Host` and
+//!   `X-Original-Content-Length` (set in deploy/nginx/gateway-auth.conf);
+//! - Traefik `forwardAuth`, Caddy `forward_auth`: `X-Forwarded-Method`, `X-Forwarded-Uri`,
+//!   `X-Forwarded-Host`, `X-Forwarded-Proto`.
+//!
+//! `<path>` answers 200 with the context headers for the upstream (`x-tenant-id`,
+//! `x-principal-*`, the signed context token, `x-request-id`, `x-gateway-target`, ...), the
+//! `RateLimit` headers and `x-gateway-remove` (client headers the upstream must not see); or
+//! the refusal with the inline proxy's status, headers and RFC 9457 body (Traefik and Caddy
+//! pass it to the client as it is).
+//!
+//! nginx accepts only 2xx, 401 and 403 from an auth subrequest (anything else becomes 500), so
+//! `<path>/nginx` answers every refusal as 401 or 403 with `x-gateway-refusal: <id>` and keeps
+//! the real answer for a minute at `<path>/refusals/<id>`; the nginx snippet's `error_page`
+//! fetches it from there, so the client gets the same status and body as from the inline proxy.
+//!
+//! Only the proxy in front may reach this listener: it trusts the `X-Original-*` and
+//! `X-Forwarded-*` headers, and takes the right-most `X-Forwarded-For` hop as the client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_engine::check::{CheckRequest, Denied, Verdict};
+use gateway_engine::pipeline::RequestHead;
+use gateway_engine::records::FrontDoor;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::Decider;
+
+/// Client headers the upstream must not see (comma-separated), for proxies that can remove
+/// headers by name.
+pub const REMOVE_HEADER: HeaderName = HeaderName::from_static("x-gateway-remove");
+/// The id under which `<path>/refusals/` keeps a refusal answered to nginx as 401/403.
+pub const REFUSAL_HEADER: HeaderName = HeaderName::from_static("x-gateway-refusal");
+/// The refusal's real status, next to the 401/403 nginx is given.
+pub const STATUS_HEADER: HeaderName = HeaderName::from_static("x-gateway-status");
+
+/// How long a refusal answered to nginx can be fetched (nginx asks within milliseconds).
+const REFUSAL_KEPT: Duration = Duration::from_secs(60);
+/// Refusals kept at most (a burst of refusals evicts the oldest).
+const REFUSALS_KEPT_MAX: usize = 10_000;
+
+/// The headers with which proxies describe the original request: read, then not passed to the
+/// stages as if the client had sent them.
+const DESCRIPTION_HEADERS: &[&str] = &[
+    "x-original-content-length",
+    "x-original-method",
+    "x-original-uri",
+    "x-original-host",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+];
+
+type Answer = hyper::Response<Full<Bytes>>;
+
+/// The forward-auth service.
+pub struct ForwardAuth {
+    decider: Decider,
+    /// `[forward_auth] path`.
+    path: String,
+    nginx_path: String,
+    refusals_prefix: String,
+    refusals: quick_cache::sync::Cache<String, Arc<(Instant, Denied)>>,
+}
+
+/// How refusals are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// With their own status (Traefik, Caddy).
+    AsIs,
+    /// As 401 or 403, the real answer kept for the `error_page` to fetch.
+    Nginx,
+}
+
+impl ForwardAuth {
+    pub fn new(decider: Decider, path: &str) -> Self {
+        ForwardAuth {
+            decider,
+            path: path.to_string(),
+            nginx_path: format!("{path}/nginx"),
+            refusals_prefix: format!("{path}/refusals/"),
+            refusals: quick_cache::sync::Cache::new(REFUSALS_KEPT_MAX),
+        }
+    }
+
+    /// Answers one request of the proxy in front.
+    pub async fn handle(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Answer {
+        let path = request.uri().path();
+        if path == self.path {
+            self.authorize(request.headers(), request.method(), peer, Mode::AsIs)
+                .await
+        } else if path == self.nginx_path {
+            self.authorize(request.headers(), request.method(), peer, Mode::Nginx)
+                .await
+        } else if let Some(id) = path.strip_prefix(&self.refusals_prefix) {
+            self.kept_refusal(id)
+        } else {
+            plain(StatusCode::NOT_FOUND, "not a forward-auth path")
+        }
+    }
+
+    async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        peer: SocketAddr,
+        mode: Mode,
+    ) -> Answer {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let Some(target) = text("x-original-uri").or_else(|| text("x-forwarded-uri")) else {
+            tracing::warn!(
+                %peer,
+                "forward-auth request without X-Original-URI (nginx) or X-Forwarded-Uri (Traefik, Caddy): the proxy in front is misconfigured"
+            );
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "forward-auth needs X-Original-URI or X-Forwarded-Uri",
+            );
+        };
+        let method = match text("x-original-method").or_else(|| text("x-forwarded-method")) {
+            Some(m) => match Method::from_bytes(m.as_bytes()) {
+                Ok(m) => m,
+                Err(_) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "the original method is not an HTTP token",
+                    )
+                }
+            },
+            None => method.clone(),
+        };
+        let host = text("x-forwarded-host")
+            .or_else(|| text("x-original-host"))
+            .or_else(|| text(HOST.as_str()))
+            .map(str::to_string);
+        let mut original = headers.clone();
+        // nginx sends no body with the subrequest; the body's announced length comes apart.
+        let announced = original.remove("x-original-content-length");
+        for name in DESCRIPTION_HEADERS {
+            original.remove(*name);
+        }
+        if let Some(length) = announced.filter(|v| !v.is_empty()) {
+            original.insert(CONTENT_LENGTH, length);
+        }
+        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            original.insert(HOST, h);
+        }
+        let client_ip = gateway_engine::geoip::forwarded_client_ip(
+            peer.ip(),
+            &original,
+            &self.decider.services.trusted_proxies,
+        );
+        let request = CheckRequest {
+            head: RequestHead {
+                method: &method,
+                target: target.as_bytes(),
+                host: host.as_deref(),
+                headers: &original,
+                client_ip,
+            },
+            door: FrontDoor::ForwardAuth,
+            head_limits: self.decider.head_limits,
+            max_body_bytes: self.decider.max_body_bytes,
+            malformed: None,
+        };
+        let verdict = self.decider.decide(&request).await;
+        self.answer(verdict, mode)
+    }
+
+    fn answer(&self, verdict: Verdict, mode: Mode) -> Answer {
+        match verdict.outcome {
+            Ok(allowed) => {
+                let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+                let headers = answer.headers_mut();
+                for (name, value) in allowed.set.iter().chain(&allowed.response) {
+                    headers.insert(name.clone(), value.clone());
+                }
+                if !allowed.remove.is_empty() {
+                    let names: Vec<&str> = allowed.remove.iter().map(HeaderName::as_str).collect();
+                    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+                        headers.insert(REMOVE_HEADER, v);
+                    }
+                }
+                answer
+            }
+            Err(denied) => match mode {
+                Mode::AsIs => refusal(&denied),
+                Mode::Nginx => {
+                    let status = if denied.status == 401 {
+                        StatusCode::UNAUTHORIZED
+                    } else {
+                        StatusCode::FORBIDDEN
+                    };
+                    let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+                    *answer.status_mut() = status;
+                    let headers = answer.headers_mut();
+                    if let Ok(id) = HeaderValue::from_str(&verdict.usage_id) {
+                        headers.insert(REFUSAL_HEADER, id);
+                    }
+                    headers.insert(STATUS_HEADER, HeaderValue::from(denied.status));
+                    self.refusals
+                        .insert(verdict.usage_id, Arc::new((Instant::now(), denied)));
+                    answer
+                }
+            },
+        }
+    }
+
+    /// A refusal kept for nginx, once.
+    fn kept_refusal(&self, id: &str) -> Answer {
+        match self.refusals.remove(id) {
+            Some((_, kept)) if kept.0.elapsed() <= REFUSAL_KEPT => refusal(&kept.1),
+            _ => plain(
+                StatusCode::NOT_FOUND,
+                "no such refusal (refusals are kept for a minute)",
+            ),
+        }
+    }
+}
+
+/// The inline proxy's answer to a refused request.
+fn refusal(denied: &Denied) -> Answer {
+    let mut answer = hyper::Response::new(Full::new(Bytes::from(denied.body.clone())));
+    *answer.status_mut() =
+        StatusCode::from_u16(denied.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = answer.headers_mut();
+    for (name, value) in &denied.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    answer
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Answer {
+    let mut answer = hyper::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    answer
+}
+
+/// Serves forward-auth on `listener` until the process ends (a graceful shutdown lets the
+/// proxy in front keep asking while requests drain).
+pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(%error, "forward-auth listener");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let door = door.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let door = door.clone();
+                async move { Ok::<_, Infallible>(door.handle(req, peer).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

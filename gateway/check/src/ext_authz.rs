@@ -357,3 +357,193 @@ pub async fn serve(
         tracing::error!(%error, "ext_authz server");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use envoy_types::pb::envoy::config::core::v3::HeaderMap as EnvoyHeaderMap;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use gateway_engine::check::{Allowed, Denied};
+    use prost::Message;
+
+    use super::*;
+
+    fn request(http: HttpRequest) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    time: None,
+                    http: Some(http),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_descriptors_describe_the_authorization_service() {
+        let set = prost_types::FileDescriptorSet::decode(DESCRIPTORS).unwrap();
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.name() == "envoy/service/auth/v3/external_auth.proto")
+            .unwrap();
+        let service = file
+            .service
+            .iter()
+            .find(|s| s.name() == "Authorization")
+            .unwrap();
+        assert!(service.method.iter().any(|m| m.name() == "Check"));
+        // Every import is in the set, so reflection clients can resolve every type.
+        let names: Vec<&str> = set.file.iter().map(|f| f.name()).collect();
+        for f in &set.file {
+            for dep in &f.dependency {
+                assert!(
+                    names.contains(&dep.as_str()),
+                    "{} imports missing {dep}",
+                    f.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn envoys_fields_or_its_pseudo_headers_describe_the_request() {
+        let mut headers = HashMap::new();
+        headers.insert(":method".to_string(), "DELETE".to_string());
+        headers.insert(":path".to_string(), "/projects/42?force=1".to_string());
+        headers.insert(":authority".to_string(), "acme.example".to_string());
+        headers.insert("authorization".to_string(), "Bearer t".to_string());
+        headers.insert(
+            "x-forwarded-for".to_string(),
+            "10.0.0.1,10.0.0.2".to_string(),
+        );
+        let described = Described::of(&request(HttpRequest {
+            headers,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(described.method, Method::DELETE);
+        assert_eq!(described.target, "/projects/42?force=1");
+        assert_eq!(described.host.as_deref(), Some("acme.example"));
+        assert!(described.headers.get(":path").is_none());
+        assert_eq!(described.headers["authorization"], "Bearer t");
+        assert!(described.malformed.is_none());
+
+        // `encode_raw_headers`: fields apart, raw bytes; a control character is refused.
+        let described = Described::of(&request(HttpRequest {
+            method: "GET".into(),
+            path: "/status".into(),
+            host: "h".into(),
+            header_map: Some(EnvoyHeaderMap {
+                headers: vec![
+                    EnvoyHeaderValue {
+                        key: "x-a".into(),
+                        raw_value: b"1".to_vec(),
+                        ..Default::default()
+                    },
+                    EnvoyHeaderValue {
+                        key: "x-a".into(),
+                        raw_value: b"2".to_vec(),
+                        ..Default::default()
+                    },
+                    EnvoyHeaderValue {
+                        key: "x-b".into(),
+                        raw_value: b"bad\x01value".to_vec(),
+                        ..Default::default()
+                    },
+                ],
+            }),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(described.headers.get_all("x-a").iter().count(), 2);
+        assert!(matches!(
+            described.malformed,
+            Some(Rejection::BadHeader(HeaderError::ControlCharacter(_)))
+        ));
+
+        assert!(Described::of(&CheckRequest::default()).is_err());
+        assert!(Described::of(&request(HttpRequest {
+            method: "GET".into(),
+            ..Default::default()
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn allowed_overwrites_headers_and_sets_the_decided_path() {
+        let verdict = Verdict {
+            request_id: "r".into(),
+            usage_id: "u".into(),
+            outcome: Ok(Allowed {
+                set: vec![(
+                    HeaderName::from_static("x-tenant-id"),
+                    HeaderValue::from_static("acme"),
+                )],
+                remove: vec![HeaderName::from_static("x-http-method-override")],
+                response: vec![(
+                    HeaderName::from_static("ratelimit"),
+                    HeaderValue::from_static("\"tenant\";r=9;t=1"),
+                )],
+                rewritten_target: Some("/projects/42".into()),
+                regions: vec!["eu-central".into()],
+            }),
+        };
+        let response = answer(verdict, "/t/acme/projects/42");
+        assert_eq!(response.status.unwrap().code, RPC_OK);
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not OK");
+        };
+        let set: Vec<(&str, &str, i32)> = ok
+            .headers
+            .iter()
+            .map(|h| {
+                let v = h.header.as_ref().unwrap();
+                (v.key.as_str(), v.value.as_str(), h.append_action)
+            })
+            .collect();
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        assert_eq!(
+            set,
+            [
+                ("x-tenant-id", "acme", overwrite),
+                (":path", "/projects/42", overwrite)
+            ]
+        );
+        assert_eq!(ok.headers_to_remove, ["x-http-method-override"]);
+        assert_eq!(ok.response_headers_to_add.len(), 1);
+    }
+
+    #[test]
+    fn denied_keeps_the_status_even_where_envoys_enum_has_none() {
+        let verdict = Verdict {
+            request_id: "r".into(),
+            usage_id: "u".into(),
+            outcome: Err(Denied {
+                status: 451,
+                reason: "residency-violation",
+                headers: vec![(
+                    HeaderName::from_static("content-type"),
+                    HeaderValue::from_static("application/problem+json"),
+                )],
+                body: br#"{"status":451}"#.to_vec(),
+            }),
+        };
+        let response = answer(verdict, "/billing");
+        assert_eq!(
+            response.status.as_ref().unwrap().code,
+            RPC_PERMISSION_DENIED
+        );
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+            panic!("not denied");
+        };
+        assert_eq!(denied.status.unwrap().code, 451);
+        assert_eq!(denied.body, r#"{"status":451}"#);
+        assert_eq!(rpc_code(401), RPC_UNAUTHENTICATED);
+        assert_eq!(rpc_code(429), RPC_RESOURCE_EXHAUSTED);
+        assert_eq!(rpc_code(503), RPC_UNAVAILABLE);
+    }
+}

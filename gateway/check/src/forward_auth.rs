@@ -280,3 +280,109 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gateway_engine::check::Allowed;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn door() -> ForwardAuth {
+        // The decider is not used by `answer` and `kept_refusal`.
+        ForwardAuth {
+            decider: test_decider(),
+            path: "/auth".into(),
+            nginx_path: "/auth/nginx".into(),
+            refusals_prefix: "/auth/refusals/".into(),
+            refusals: quick_cache::sync::Cache::new(16),
+        }
+    }
+
+    fn test_decider() -> Decider {
+        let deployment = gateway_engine::test_support::Deployment::load();
+        Decider {
+            store: gateway_engine::snapshot::SnapshotStore::new(deployment.snapshot),
+            services: Arc::new(deployment.services),
+            metering: None,
+            recording: Arc::default(),
+            in_flight: Arc::default(),
+            head_limits: gateway_engine::pipeline::sanitize::HeadLimits {
+                max_header_bytes: 16 * 1024,
+                max_header_count: 100,
+                max_uri_bytes: 1024,
+            },
+            max_body_bytes: 1024,
+        }
+    }
+
+    fn denied(status: u16) -> Verdict {
+        Verdict {
+            request_id: "r".into(),
+            usage_id: format!("usage-{status}"),
+            outcome: Err(gateway_engine::check::denied(
+                &gateway_engine::pipeline::Rejection::RateLimited {
+                    limit: "tenant".into(),
+                    headers: vec![("retry-after", "3".into())],
+                },
+                "r",
+            )),
+        }
+    }
+
+    async fn body(answer: Answer) -> String {
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn refusals_are_answered_as_they_are_or_kept_once_for_nginx() {
+        let door = door();
+        let as_is = door.answer(denied(429), Mode::AsIs);
+        assert_eq!(as_is.status(), 429);
+        assert_eq!(as_is.headers()["retry-after"], "3");
+        assert!(body(as_is).await.contains("\"status\":429"));
+
+        let nginx = door.answer(denied(429), Mode::Nginx);
+        assert_eq!(nginx.status(), 403);
+        assert_eq!(nginx.headers()[&STATUS_HEADER], "429");
+        let id = nginx.headers()[&REFUSAL_HEADER]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(id, "usage-429");
+        let kept = door.kept_refusal(&id);
+        assert_eq!(kept.status(), 429);
+        assert_eq!(kept.headers()["retry-after"], "3");
+        assert!(body(kept).await.contains("rate-limited"));
+        // Once only.
+        assert_eq!(door.kept_refusal(&id).status(), 404);
+    }
+
+    #[tokio::test]
+    async fn allowed_carries_the_context_and_what_to_remove() {
+        let door = door();
+        let verdict = Verdict {
+            request_id: "r".into(),
+            usage_id: "u".into(),
+            outcome: Ok(Allowed {
+                set: vec![(
+                    HeaderName::from_static("x-tenant-id"),
+                    HeaderValue::from_static("acme"),
+                )],
+                remove: vec![
+                    HeaderName::from_static("x-tenant-id"),
+                    HeaderName::from_static("x-original-url"),
+                ],
+                ..Allowed::default()
+            }),
+        };
+        let answer = door.answer(verdict, Mode::Nginx);
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-tenant-id"], "acme");
+        assert_eq!(
+            answer.headers()[&REMOVE_HEADER],
+            "x-tenant-id, x-original-url"
+        );
+    }
+}

@@ -307,3 +307,171 @@ fn header(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
         HeaderValue::from_str(value).ok()?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! `check` in process against the fuzz fixture's deployment (see `test_support`).
+
+    use std::sync::OnceLock;
+
+    use http::{HeaderMap, Method};
+
+    use super::*;
+    use crate::lifecycle::Recording;
+    use crate::test_support::Deployment;
+
+    fn deployment() -> &'static Deployment {
+        static DEPLOYMENT: OnceLock<Deployment> = OnceLock::new();
+        DEPLOYMENT.get_or_init(Deployment::load)
+    }
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_header_bytes: 16 * 1024,
+        max_header_count: 100,
+        max_uri_bytes: 1024,
+    };
+
+    fn run(
+        method: &str,
+        target: &str,
+        headers: &[(&str, String)],
+        malformed: Option<Rejection>,
+    ) -> Verdict {
+        let d = deployment();
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let request = CheckRequest {
+            head: RequestHead {
+                method: &method,
+                target: target.as_bytes(),
+                host: None,
+                headers: &map,
+                client_ip: None,
+            },
+            door: FrontDoor::ExtAuthz,
+            head_limits: LIMITS,
+            max_body_bytes: 1024,
+            malformed,
+        };
+        let recording = Recording::default();
+        let recorder = Recorder {
+            metering: None,
+            recording: &recording,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(check(&request, &d.snapshot, &d.services, recorder))
+    }
+
+    fn bearer(sub: &str, org: &str, roles: &[&str]) -> (&'static str, String) {
+        (
+            "authorization",
+            format!("Bearer {}", deployment().token(sub, org, roles)),
+        )
+    }
+
+    fn value<'a>(list: &'a [(HeaderName, HeaderValue)], name: &str) -> Option<&'a str> {
+        list.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn an_allowed_request_says_what_to_set_remove_and_send() {
+        let verdict = run(
+            "GET",
+            "/t/acme/projects/42?x=1",
+            &[
+                bearer("ada", "acme", &["admin"]),
+                ("x-tenant-id", "globex".to_string()),
+                ("x-request-id", "req-42".to_string()),
+            ],
+            None,
+        );
+        let allowed = verdict.outcome.unwrap();
+        assert_eq!(value(&allowed.set, "x-tenant-id"), Some("acme"));
+        assert_eq!(value(&allowed.set, "x-principal-id"), Some("ada"));
+        assert_eq!(value(&allowed.set, "x-request-id"), Some("req-42"));
+        assert_eq!(verdict.request_id, "req-42");
+        assert!(value(&allowed.set, "traceparent").is_some());
+        assert_eq!(value(&allowed.set, "x-gateway-region"), Some("eu-central"));
+        assert_eq!(
+            value(&allowed.set, "x-gateway-target"),
+            Some("/projects/42?x=1")
+        );
+        // The tenant prefix is stripped: the proxy must send the decided target.
+        assert_eq!(
+            allowed.rewritten_target.as_deref(),
+            Some("/projects/42?x=1")
+        );
+        assert!(allowed.remove.iter().any(|n| n == "x-tenant-id"));
+        assert!(value(&allowed.response, "ratelimit").is_some());
+        // No metering configured: no usage id header.
+        assert!(value(&allowed.set, "x-gateway-usage-id").is_none());
+    }
+
+    #[test]
+    fn a_refusal_is_the_inline_proxys_answer() {
+        let verdict = run(
+            "DELETE",
+            "/t/acme/projects/42",
+            &[("authorization", "Bearer not-a-token".to_string())],
+            None,
+        );
+        let denied = verdict.outcome.unwrap_err();
+        assert_eq!(denied.status, 401);
+        assert_eq!(
+            value(&denied.headers, "content-type"),
+            Some("application/problem+json")
+        );
+        assert!(value(&denied.headers, "www-authenticate").is_some());
+        let problem: serde_json::Value = serde_json::from_slice(&denied.body).unwrap();
+        assert_eq!(problem["status"], 401);
+        assert_eq!(problem["request_id"], verdict.request_id.as_str());
+
+        let verdict = run(
+            "DELETE",
+            "/t/acme/projects/42",
+            &[bearer("vic", "acme", &["viewer"])],
+            None,
+        );
+        let denied = verdict.outcome.unwrap_err();
+        assert_eq!((denied.status, denied.reason), (403, "forbidden"));
+    }
+
+    #[test]
+    fn what_the_door_found_malformed_and_oversized_heads_are_refused_before_the_stages() {
+        let verdict = run(
+            "GET",
+            "/t/acme/projects/42",
+            &[bearer("ada", "acme", &["admin"])],
+            Some(Rejection::BadHeader(sanitize::HeaderError::MalformedField)),
+        );
+        assert_eq!(verdict.outcome.unwrap_err().status, 400);
+        let long = format!("/t/acme/projects/{}", "a".repeat(2000));
+        let verdict = run("GET", &long, &[bearer("ada", "acme", &["admin"])], None);
+        assert_eq!(verdict.outcome.unwrap_err().status, 414);
+    }
+
+    #[test]
+    fn an_announced_body_over_the_limit_is_413() {
+        let verdict = run(
+            "PUT",
+            "/t/acme/projects/42",
+            &[
+                bearer("ada", "acme", &["admin"]),
+                ("content-length", "5000".to_string()),
+            ],
+            None,
+        );
+        assert_eq!(verdict.outcome.unwrap_err().status, 413);
+    }
+}

@@ -331,20 +331,26 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         head_limits: cfg.server.head_limits(),
         max_body_bytes: cfg.server.max_body_bytes,
     };
+    // A door decides as much as the proxy does: as many threads (a background service's
+    // runtime has one by default).
     if let Some(listener) = ext_authz_listener {
         let decider = decider.clone();
-        server.add_service(task_service("ext_authz", move |shutdown| {
+        let mut service = task_service("ext_authz", move |shutdown| {
             gateway_check::ext_authz::serve(decider, listener, shutdown)
-        }));
+        });
+        service.threads = Some(server.configuration.threads);
+        server.add_service(service);
     }
     if let (Some(listener), Some(door)) = (forward_auth_listener, &cfg.forward_auth) {
         let door = Arc::new(gateway_check::forward_auth::ForwardAuth::new(
             decider.clone(),
             &door.path,
         ));
-        server.add_service(task_service("forward-auth", move |_shutdown| {
+        let mut service = task_service("forward-auth", move |_shutdown| {
             gateway_check::forward_auth::serve(door, listener)
-        }));
+        });
+        service.threads = Some(server.configuration.threads);
+        server.add_service(service);
     }
     let hooks = Hooks {
         provisioner,

@@ -132,7 +132,11 @@ pub async fn check(
             Err(refused) => Err(refused),
         }
     };
-    let method = head.method.as_str();
+    // The method the upstream gets (an honoured override), as the inline proxy records it.
+    let method = match &outcome {
+        Ok(admitted) => admitted.sanitized.method.as_str(),
+        Err(_) => head.method.as_str(),
+    };
     let trace_id = correlation.trace.trace_id_hex();
     let mut exchange = Exchange {
         door: request.door,

@@ -18,7 +18,10 @@
 //! fetches it from there, so the client gets the same status and body as from the inline proxy.
 //!
 //! Only the proxy in front may reach this listener: it trusts the `X-Original-*` and
-//! `X-Forwarded-*` headers, and takes the right-most `X-Forwarded-For` hop as the client.
+//! `X-Forwarded-*` headers, and takes the right-most `X-Forwarded-For` hop as the client. Each
+//! proxy sets one family and passes the client's own headers of the other along, so where both
+//! families name the method or target they must agree: otherwise the request is refused (400
+//! `malformed-request`), never decided on what the client wrote.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_engine::check::{CheckRequest, Denied, Verdict};
-use gateway_engine::pipeline::RequestHead;
+use gateway_engine::pipeline::{Rejection, RequestHead};
 use gateway_engine::records::FrontDoor;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -56,7 +59,6 @@ const DESCRIPTION_HEADERS: &[&str] = &[
     "x-original-content-length",
     "x-original-method",
     "x-original-uri",
-    "x-original-host",
     "x-forwarded-method",
     "x-forwarded-uri",
     "x-forwarded-host",
@@ -121,7 +123,21 @@ impl ForwardAuth {
         mode: Mode,
     ) -> Answer {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let Some(target) = text("x-original-uri").or_else(|| text("x-forwarded-uri")) else {
+        // nginx describes the request with X-Original-*, Traefik and Caddy with X-Forwarded-*;
+        // each passes the client's own headers of the other family along. Where both families
+        // are present they must agree, or a client could describe a request of its choosing.
+        let (target, method_named, ambiguous) = match (
+            described(&text, "x-original-uri", "x-forwarded-uri"),
+            described(&text, "x-original-method", "x-forwarded-method"),
+        ) {
+            (Ok(target), Ok(method)) => (target, method, false),
+            (target, method) => (
+                target.unwrap_or_else(|(proxy, _)| Some(proxy)),
+                method.unwrap_or_else(|(proxy, _)| Some(proxy)),
+                true,
+            ),
+        };
+        let Some(target) = target else {
             tracing::warn!(
                 %peer,
                 "forward-auth request without X-Original-URI (nginx) or X-Forwarded-Uri (Traefik, Caddy): the proxy in front is misconfigured"
@@ -131,7 +147,7 @@ impl ForwardAuth {
                 "forward-auth needs X-Original-URI or X-Forwarded-Uri",
             );
         };
-        let method = match text("x-original-method").or_else(|| text("x-forwarded-method")) {
+        let method = match method_named {
             Some(m) => match Method::from_bytes(m.as_bytes()) {
                 Ok(m) => m,
                 Err(_) => {
@@ -143,8 +159,14 @@ impl ForwardAuth {
             },
             None => method.clone(),
         };
+        let malformed = ambiguous.then(|| {
+            tracing::info!(
+                %peer,
+                "forward-auth: X-Original-* and X-Forwarded-* describe different requests (a client's own headers): refused"
+            );
+            Rejection::MalformedRequest
+        });
         let host = text("x-forwarded-host")
-            .or_else(|| text("x-original-host"))
             .or_else(|| text(HOST.as_str()))
             .map(str::to_string);
         let mut original = headers.clone();
@@ -175,7 +197,7 @@ impl ForwardAuth {
             door: FrontDoor::ForwardAuth,
             head_limits: self.decider.head_limits,
             max_body_bytes: self.decider.max_body_bytes,
-            malformed: None,
+            malformed,
         };
         let verdict = self.decider.decide(&request).await;
         self.answer(verdict, mode)
@@ -229,6 +251,19 @@ impl ForwardAuth {
                 "no such refusal (refusals are kept for a minute)",
             ),
         }
+    }
+}
+
+/// What the two header families say about one part of the request: `Err((nginx's, the other))`
+/// when both are present and differ.
+fn described<'h>(
+    text: &impl Fn(&str) -> Option<&'h str>,
+    original: &str,
+    forwarded: &str,
+) -> Result<Option<&'h str>, (&'h str, &'h str)> {
+    match (text(original), text(forwarded)) {
+        (Some(a), Some(b)) if a != b => Err((a, b)),
+        (a, b) => Ok(a.or(b)),
     }
 }
 
@@ -357,6 +392,76 @@ mod tests {
         assert!(body(kept).await.contains("rate-limited"));
         // Once only.
         assert_eq!(door.kept_refusal(&id).status(), 404);
+    }
+
+    fn describing(family: &[(&str, &str)], token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in family {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_describe_its_own_request_in_the_other_family() {
+        let deployment = gateway_engine::test_support::Deployment::load();
+        let viewer = deployment.token("vic", "acme", &["viewer"]);
+        let door = door();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let status = |headers: HeaderMap, mode: Mode| {
+            let door = &door;
+            async move {
+                door.authorize(&headers, &Method::GET, peer, mode)
+                    .await
+                    .status()
+            }
+        };
+        let traefik = [
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-uri", "/t/acme/projects/42"),
+        ];
+        let nginx = [
+            ("x-original-method", "DELETE"),
+            ("x-original-uri", "/t/acme/projects/42"),
+        ];
+        // Each proxy's own description is decided on: a viewer may not delete.
+        assert_eq!(status(describing(&traefik, &viewer), Mode::AsIs).await, 403);
+        assert_eq!(status(describing(&nginx, &viewer), Mode::Nginx).await, 403);
+        // The client's headers of the other family, naming a read: refused, not allowed.
+        let spoofed_through_traefik = [
+            traefik[0],
+            traefik[1],
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/t/acme/projects/42"),
+        ];
+        assert_eq!(
+            status(describing(&spoofed_through_traefik, &viewer), Mode::AsIs).await,
+            400
+        );
+        let spoofed_through_nginx = [nginx[0], nginx[1], ("x-forwarded-method", "GET")];
+        assert_eq!(
+            status(describing(&spoofed_through_nginx, &viewer), Mode::Nginx).await,
+            403,
+            "nginx is told 403; the kept refusal says 400"
+        );
+        // Both families agreeing (a client repeating the truth) changes nothing.
+        let agreeing = [traefik[0], traefik[1], nginx[0], nginx[1]];
+        assert_eq!(
+            status(describing(&agreeing, &viewer), Mode::AsIs).await,
+            403
+        );
+        let reading = [
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/t/acme/projects/42"),
+        ];
+        assert_eq!(status(describing(&reading, &viewer), Mode::AsIs).await, 200);
     }
 
     #[tokio::test]

@@ -359,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_asking_for_a_forward_auth_decision_names_the_client_in_one_hop() {
+        let mut h = HeaderMap::new();
+        // A client's own claim, then what the proxy (not among trusted_proxies) appended.
+        h.insert(
+            "x-forwarded-for",
+            "175.45.1.1, 198.51.100.7".parse().unwrap(),
+        );
+        assert_eq!(
+            forwarded_client_ip(ip("127.0.0.1"), &h, &trusted()),
+            Some(ip("198.51.100.7"))
+        );
+        // The proxy's own hop is a trusted proxy: on to the next.
+        h.insert("x-forwarded-for", "175.45.1.1, 10.0.0.5".parse().unwrap());
+        assert_eq!(
+            forwarded_client_ip(ip("127.0.0.1"), &h, &trusted()),
+            Some(ip("175.45.1.1"))
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            forwarded_client_ip(ip("127.0.0.1"), &HeaderMap::new(), &trusted()),
+            Some(ip("127.0.0.1"))
+        );
+    }
+
+    #[test]
     fn malformed_hops_left_of_the_client_are_ignored() {
         for lines in [
             &[&b"garbage, 175.45.1.1"[..]][..],

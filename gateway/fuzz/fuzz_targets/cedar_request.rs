@@ -110,17 +110,22 @@ fuzz_target!(|decisions: Vec<Decision>| {
     let Some(engine) = snapshot.authz.as_ref() else {
         panic!("the fixture has [authorization]");
     };
-    let actions: Vec<String> = engine
+    // Sorted: the schema lists them in hash order, which differs between processes, so an
+    // input would name another action in another run (a finding that "only reproduced after
+    // other inputs" was this).
+    let mut actions: Vec<String> = engine
         .schema()
         .actions()
         .map(|a| a.id().unescaped().to_string())
         .collect();
+    actions.sort();
     let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
-    let types: Vec<String> = engine
+    let mut types: Vec<String> = engine
         .schema()
         .entity_types()
         .map(|t| t.basename().to_string())
         .collect();
+    types.sort();
     let types: Vec<&str> = types.iter().map(String::as_str).collect();
     engine.clear_caches();
     for decision in decisions.iter().take(4) {

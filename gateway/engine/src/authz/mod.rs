@@ -454,6 +454,20 @@ impl AuthzEngine {
         &self.schema
     }
 
+    /// Whether a resource of this type can be an entity the request builds anyway: the
+    /// principal (`User`, `Anonymous`), a tenant, a role or an action. Its id then changes the
+    /// entity set — the resource is the principal itself, or collides with a tenant entity and
+    /// the request fails to build — so it must be part of the decision cache key (found by the
+    /// `cedar_request` fuzz target: a cached denial by policy answered for a request whose
+    /// entities could not be built).
+    fn builds_entities_of(&self, resource_type: &str) -> bool {
+        resource_type == self.types.user.basename()
+            || resource_type == self.types.anonymous.basename()
+            || resource_type == self.types.tenant.basename()
+            || resource_type == "Role"
+            || resource_type == "Action"
+    }
+
     /// Empties the decision and entity caches, so that what follows is decided from the
     /// inputs alone (fuzzing: every input starts from the same state).
     #[doc(hidden)]
@@ -473,7 +487,7 @@ impl AuthzEngine {
         if let Some(compiled) = self.tenant_policies(input.tenant) {
             uses = uses.union(compiled.uses);
         }
-        let key = cache_key(input, uses);
+        let key = cache_key(input, uses, self.builds_entities_of(input.resource_type));
         if let Some(hit) = cache.get(&key) {
             return hit;
         }
@@ -903,7 +917,10 @@ fn denied_with_error(error: String) -> Evaluation {
 }
 
 /// Everything a decision depends on, as one string (inputs no policy reads are left out).
-fn cache_key(input: &DecisionInput<'_>, uses: KeyUses) -> String {
+/// The decision cache key: everything the decision reads. `resource_id_matters` when the
+/// resource can be one of the entities the request builds anyway (see
+/// [`AuthzEngine::builds_entities_of`]).
+fn cache_key(input: &DecisionInput<'_>, uses: KeyUses, resource_id_matters: bool) -> String {
     let mut key = String::with_capacity(160);
     let p = input.principal;
     let t = input.tenant;
@@ -918,7 +935,11 @@ fn cache_key(input: &DecisionInput<'_>, uses: KeyUses) -> String {
         "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
         input.action,
         input.resource_type,
-        if uses.resource_id { input.resource_id } else { "" },
+        if uses.resource_id || resource_id_matters {
+            input.resource_id
+        } else {
+            ""
+        },
         if principal_id { p.id.as_str() } else { "" },
         p.tenant,
         p.roles,
@@ -1105,6 +1126,43 @@ mod tests {
             resource_attributes: &[],
             facts: &facts,
         })
+    }
+
+    #[test]
+    fn resource_ids_that_can_name_request_entities_key_the_cache() {
+        let engine = example();
+        // A principal of another tenant ("") on `Tenant` resources: one of them is its own
+        // tenant's entity, which the request builds too, so the two decisions differ.
+        let mut p = principal("", "", &["admin"], true);
+        p.auth = AuthMethod::ApiKey { key_id: "k".into() };
+        p.scopes = vec![")".into()];
+        let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
+        let facts = RequestFacts {
+            hour: 10,
+            weekday: 2,
+            method: "GET".into(),
+            country: None,
+            ip: None,
+        };
+        let attributes = vec![(String::new(), String::new())];
+        for resource_type in ["Tenant", "User", "Role", "Action", "Project"] {
+            engine.clear_caches();
+            for resource_id in ["x", "", "admin", "projects:read"] {
+                let input = DecisionInput {
+                    principal: &p,
+                    tenant: &tenant,
+                    tier_features: &[],
+                    action: "projects:read",
+                    resource_type,
+                    resource_id,
+                    resource_attributes: &attributes,
+                    facts: &facts,
+                };
+                let cached = engine.decide(&input);
+                let (fresh, _) = engine.evaluate(&input);
+                assert_eq!(*cached, fresh, "{resource_type}::{resource_id:?}");
+            }
+        }
     }
 
     #[test]

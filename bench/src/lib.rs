@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::EncodingKey;
 use serde_json::{json, Value};
 
+pub mod harness;
 pub mod measure;
 
 /// `n` tenants `tenant-1` … `tenant-n` with realistic fields.

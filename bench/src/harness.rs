@@ -1,0 +1,479 @@
+//! The load harness shared by `comparison` and `ext-authz`: processes pinned to a core (CPU,
+//! context switches and memory read from `/proc`), the full-pipeline gateway configuration,
+//! generated tenants and tokens, `wrk` at saturation and the open-loop latency generator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::measure::{context_switches, process_tree, request_bytes};
+use crate::tenants;
+
+/// Where and how long the load generator runs at saturation.
+pub struct Load<'a> {
+    /// The core `wrk` is pinned to.
+    pub core: &'a str,
+    /// Measured runs (median and spread).
+    pub reps: usize,
+    /// Seconds per run.
+    pub seconds: u64,
+}
+
+/// `count` ES256 tokens of the bench issuer, signed with `key` (kid `kid`): `sub` `user-i`,
+/// tenant claim `org` spread over `tenant-1` … `tenant-<tenants>`, role `viewer`, valid for an
+/// hour.
+pub fn signed_tokens(
+    key: &jsonwebtoken::EncodingKey,
+    kid: &str,
+    count: usize,
+    tenants: usize,
+) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    (1..=count)
+        .map(|i| {
+            let claims = json!({
+                "iss": "https://bench-issuer.local", "aud": "bench", "sub": format!("user-{i}"),
+                "org": format!("tenant-{}", (i * 97) % tenants.max(1) + 1), "roles": ["viewer"],
+                "exp": now + 3600, "iat": now,
+            });
+            jsonwebtoken::encode(&header, &claims, key).expect("token")
+        })
+        .collect()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn wait_listening(addr: SocketAddr, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds used so far (user + system, every thread) by the processes `pids`, from
+/// `/proc/<pid>/stat` (this process: `std::process::id()`).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            // After the command: state is field 0; utime 11, stime 12.
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// How a configuration's process is started (again under callgrind at the end).
+#[derive(Clone)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// A process pinned to a core, killed when dropped.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(core: &str, launch: &Launch, log: &Path, name: &str) -> Proc {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(core)
+            .arg(&launch.program)
+            .args(&launch.args)
+            .env("GATEWAY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// The process and its children (nginx's workers).
+    pub fn pids(&self) -> Vec<u32> {
+        process_tree(self.child.id())
+    }
+
+    /// CPU seconds used so far (user + system) by the process and its children.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.pids())
+    }
+
+    pub fn context_switches(&self) -> u64 {
+        context_switches(&self.pids())
+    }
+
+    pub fn status_kb(&self, field: &str) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .sum()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Children first (nginx's workers would outlive a killed master and keep the port).
+        let children: Vec<String> = self.pids().iter().skip(1).map(|p| p.to_string()).collect();
+        if !children.is_empty() {
+            let _ = Command::new("kill").arg("-9").args(&children).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("stopped {}", self.name);
+    }
+}
+
+/// One configuration under test.
+pub struct Target {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub addr: SocketAddr,
+    /// Whose CPU and memory count.
+    pub proc_index: usize,
+    pub headers: Vec<Vec<(String, String)>>,
+    pub launch: Launch,
+}
+
+impl Target {
+    /// The requests of the fixed-count runs, on the wire.
+    pub fn requests(&self) -> Vec<Vec<u8>> {
+        self.headers
+            .iter()
+            .map(|h| request_bytes("/projects/42", h))
+            .collect()
+    }
+}
+
+/// `wrk` at saturation: requests/s and non-2xx count.
+pub fn wrk(core: &str, target: &Target, seconds: u64) -> (f64, u64, u64) {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", core, "wrk", "-t1", "-c64", "--latency"])
+        .arg(format!("-d{seconds}s"));
+    for (name, value) in &target.headers[0] {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    cmd.arg(format!("http://{}/projects/42", target.addr));
+    let out = cmd.output().expect("wrk (bench/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let total = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let non2xx = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (rps, total, non2xx)
+}
+
+/// Open loop: request `i` is due at `start + i / rate`; latency counts from that moment.
+pub async fn open_loop(
+    target: &Target,
+    rate: f64,
+    seconds: u64,
+    connections: usize,
+) -> (Vec<u64>, u64) {
+    let total = (rate * seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..connections {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, usize)>();
+        queues.push(tx);
+        let addr = target.addr;
+        let headers = target.headers.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut sender = None;
+            while let Some((due, i)) = rx.recv().await {
+                if sender.is_none() {
+                    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                        errors += 1;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((s, conn)) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    else {
+                        errors += 1;
+                        continue;
+                    };
+                    tokio::spawn(conn);
+                    sender = Some(s);
+                }
+                let Some(s) = sender.as_mut() else { continue };
+                let mut req = hyper::Request::get("/projects/42").header("host", "bench.local");
+                for (n, v) in &headers[(i + w) % headers.len()] {
+                    req = req.header(n.as_str(), v.as_str());
+                }
+                let Ok(req) = req.body(Empty::<bytes::Bytes>::new()) else {
+                    continue;
+                };
+                match s.send_request(req).await {
+                    Ok(res) => {
+                        let ok = res.status().is_success();
+                        let _ = res.into_body().collect().await;
+                        if ok {
+                            latencies.push(due.elapsed().as_micros() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        sender = None;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    // The schedule runs on its own thread, which sleeps until the next due time (timer slack
+    // 1 µs) and then hands out every request that is due. It does not spin: a spinning
+    // scheduler takes the load core from the client and the upstream that share it, and that
+    // showed up as milliseconds of tail in every configuration, direct included.
+    let start = Instant::now() + Duration::from_millis(20);
+    let scheduler = std::thread::spawn(move || {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64);
+        }
+        let mut i = 0;
+        while i < total {
+            let now = Instant::now();
+            let due = start + interval.mul_f64(i as f64);
+            if due > now {
+                std::thread::sleep(due - now);
+                continue;
+            }
+            while i < total && start + interval.mul_f64(i as f64) <= now {
+                let _ = queues[i % connections].send((start + interval.mul_f64(i as f64), i));
+                i += 1;
+            }
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    let mut latencies = Vec::with_capacity(total);
+    let mut errors = 0;
+    for w in workers {
+        if let Ok((l, e)) = w.await {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    latencies.sort_unstable();
+    (latencies, errors)
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Spread of repeated runs: (max - min) / median, in percent.
+pub fn spread(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    let m = median(&mut v);
+    let (min, max) = (v[0], v[v.len() - 1]);
+    if m == 0.0 {
+        0.0
+    } else {
+        (max - min) / m * 100.0
+    }
+}
+
+pub fn write_tenants(path: &Path, n: usize) {
+    let mut text = String::with_capacity(n * 120);
+    for t in tenants(n) {
+        text.push_str(&format!(
+            "[[tenant]]\nid = \"{}\"\ntier = \"{}\"\nhome_region = \"{}\"\nregime = \"{}\"\n\n",
+            t.id,
+            t.tier,
+            t.home_region.unwrap_or_default(),
+            t.regime.unwrap_or_default()
+        ));
+    }
+    std::fs::write(path, text).expect("tenants file");
+}
+
+pub fn gateway_config(
+    listen: u16,
+    threads: usize,
+    upstream: SocketAddr,
+    full: Option<(&str, &Path, &str)>,
+) -> String {
+    let base = format!(
+        "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nthreads = {threads}\nstate_dir = \"state-{listen}\"\n\n"
+    );
+    let Some((jwks, repo, limits)) = full else {
+        return format!(
+            "{base}[upstream]\nkeepalive_pool_size = 256\n[[upstream.pool]]\nname = \"app\"\npeers = [\"{upstream}\"]\n"
+        );
+    };
+    let pools: String = ["eu-central", "us-east", "in-west", "jp-east", "cn-north"]
+        .iter()
+        .map(|r| {
+            format!(
+                "[[upstream.pool]]\nname = \"{r}\"\nregion = \"{r}\"\npeers = [\"{upstream}\"]\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"{base}
+[identity]
+[[identity.issuer]]
+issuer = "https://bench-issuer.local"
+jwks_uri = "{jwks}"
+audiences = ["bench"]
+algorithms = ["ES256"]
+claims = {{ tenant = "org", roles = "roles" }}
+
+[tenancy]
+sources = ["credential"]
+registry = {{ file = "tenants.toml" }}
+
+[authorization]
+policies = "{repo}/policies"
+
+[residency]
+maps = "{repo}/residency-maps"
+
+[tiers.free]
+requests_per_second = 1000000
+burst = 1000000
+[tiers.pro]
+requests_per_second = 1000000
+burst = 1000000
+[tiers.enterprise]
+requests_per_second = 1000000
+burst = 1000000
+
+{limits}
+
+[metering]
+dir = "outbox-{listen}"
+fsync = "interval"
+{metering_extra}
+
+[audit]
+dir = "audit-{listen}"
+{audit_extra}
+
+[upstream]
+keepalive_pool_size = 256
+{pools}"#,
+        repo = repo.display(),
+        // For exploring what each part costs, e.g. BENCH_METERING='record_before_forward = false'.
+        metering_extra = std::env::var("BENCH_METERING").unwrap_or_default(),
+        audit_extra = std::env::var("BENCH_AUDIT").unwrap_or_default(),
+    )
+}
+
+/// Saturation with wrk: `load.reps` runs after a warm-up; req/s, CPU µs and context switches per
+/// request of the proxy process(es).
+pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc: &Proc) -> Value {
+    // Warm-up (also fills the verified-token and decision caches).
+    runtime.block_on(open_loop(t, 2000.0, 1, 64));
+    wrk(load.core, t, 2);
+    let mut rps = Vec::new();
+    let mut cpu_per_req = Vec::new();
+    let mut ctx_per_req = Vec::new();
+    let mut errors = 0;
+    for _ in 0..load.reps {
+        let cpu_before = proc.cpu_seconds();
+        let ctx_before = proc.context_switches();
+        let (r, total, non2xx) = wrk(load.core, t, load.seconds);
+        let cpu = proc.cpu_seconds() - cpu_before;
+        let ctx = proc.context_switches().saturating_sub(ctx_before);
+        rps.push(r);
+        let per = |x: f64| if total > 0 { x / total as f64 } else { 0.0 };
+        cpu_per_req.push(per(cpu * 1e6));
+        ctx_per_req.push(per(ctx as f64));
+        errors += non2xx;
+    }
+    let peak = median(&mut rps.clone());
+    eprintln!(
+        "{}: {peak:.0} req/s (runs {rps:?}), {:.1} µs CPU/request, {:.3} context switches/request, non-2xx {errors}",
+        t.label,
+        median(&mut cpu_per_req.clone()),
+        median(&mut ctx_per_req.clone()),
+    );
+    json!({
+        "label": t.label,
+        "rps_median": peak, "rps_runs": rps, "rps_spread_pct": spread(&rps),
+        "cpu_us_per_request_median": median(&mut cpu_per_req.clone()),
+        "cpu_us_per_request_runs": cpu_per_req,
+        "context_switches_per_request_median": median(&mut ctx_per_req.clone()),
+        "context_switches_per_request_runs": ctx_per_req,
+        "non_2xx": errors,
+    })
+}
+
+/// The 1-, 5- and 15-minute load averages (other work on the machine shows here).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Cores of the machine (this process is pinned to one, so not `available_parallelism`).
+pub fn online_cores() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(1)
+        .max(1)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into())
+}

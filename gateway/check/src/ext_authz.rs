@@ -349,7 +349,9 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // Without TCP_NODELAY part of each answer waits for the client's delayed ACK:
+            // 48 ms per Check instead of 0.2 ms (bench/results/2026-12-03-vm-ext-authz*.md).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             health_on_shutdown,
         )
         .await;

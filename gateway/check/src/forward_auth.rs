@@ -303,6 +303,10 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        // Answers are small and must not wait for the proxy's delayed ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "forward-auth: TCP_NODELAY");
+        }
         let door = door.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

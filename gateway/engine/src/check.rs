@@ -119,15 +119,7 @@ pub async fn check(
         match admission::admit(head, snapshot, services).await {
             Ok(admitted) => match announced_body_limit(request, snapshot, &admitted) {
                 Ok(()) => Ok(admitted),
-                Err(rejection) => Err(Refused {
-                    rejection,
-                    principal: Some(admitted.principal.id.clone()),
-                    tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
-                    decision: admitted
-                        .authorized
-                        .as_ref()
-                        .and_then(|a| a.decision.clone()),
-                }),
+                Err(rejection) => Err(Refused::after(rejection, &admitted)),
             },
             Err(refused) => Err(refused),
         }

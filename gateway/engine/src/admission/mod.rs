@@ -189,15 +189,7 @@ async fn run_stages(
         limit_headers: Vec::new(),
     };
     // From here on, refusals know who and which tenant.
-    let refused = |rejection: Rejection, admitted: &Admitted| Refused {
-        rejection,
-        principal: Some(admitted.principal.id.clone()),
-        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
-        decision: admitted
-            .authorized
-            .as_ref()
-            .and_then(|a| a.decision.clone()),
-    };
+    let refused = Refused::after;
     if let Some(engine) = &snapshot.authz {
         let tenant = admitted.tenant_spec();
         let limits = &services.limiter.table;
@@ -327,6 +319,21 @@ pub struct Refused {
     pub tenant: Option<String>,
     /// The authorization decision, when the refusal came after it (e.g. residency).
     pub decision: Option<authorize::DecisionRecord>,
+}
+
+impl Refused {
+    /// A refusal of a request the stages had established this much about.
+    pub fn after(rejection: Rejection, admitted: &Admitted) -> Self {
+        Refused {
+            rejection,
+            principal: Some(admitted.principal.id.clone()),
+            tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
+            decision: admitted
+                .authorized
+                .as_ref()
+                .and_then(|a| a.decision.clone()),
+        }
+    }
 }
 
 /// The tenant of deployments without `[tenancy]`.

@@ -291,10 +291,11 @@ impl Callgrind {
         scratch: &Path,
         log: &Path,
     ) -> std::io::Result<Callgrind> {
+        // Named after the log, so several configurations in one scratch directory keep
+        // their own dumps.
         let out = scratch.join(format!(
-            "callgrind-{}-{}.out",
-            program.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
+            "{}.out",
+            log.file_stem().unwrap_or_default().to_string_lossy()
         ));
         let child = Command::new("taskset")
             .args([
@@ -393,6 +394,10 @@ impl Drop for Callgrind {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::env::var_os("BENCH_KEEP_CALLGRIND").is_some() {
+            // Kept for `callgrind_annotate` (the scratch directory must be kept too).
+            return;
+        }
         for i in 0..=self.dumps + 1 {
             let _ = std::fs::remove_file(format!("{}.{i}", self.out.display()));
         }

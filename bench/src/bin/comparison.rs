@@ -27,6 +27,13 @@
 //! Usage: comparison --gateway BIN --upstream-bin BIN --bare-pingora BIN --out DIR [--reps N]
 //!        [--seconds S] [--tenants N] [--redis URL] [--criterion DIR] [--proxy-core C]
 //!        [--load-core C] [--callgrind-requests N] [--strace-requests N] [--no-callgrind]
+//!        [--only KEY,KEY...] [--instructions-only]
+//!
+//! `--only passthrough,full` (keys as in the JSON report) measures only the named
+//! configurations, saturation and syscalls only, and writes no report (e.g. to profile one of
+//! them with `perf record -p`); with `--instructions-only` only their instructions per request:
+//! the quick, repeatable check of one change. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
+//! scratch directory are kept for `callgrind_annotate`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,6 +64,10 @@ struct Opts {
     callgrind_requests: u64,
     strace_requests: u64,
     callgrind: bool,
+    /// Only these configurations, saturation and syscalls, no report.
+    only: Option<Vec<String>>,
+    /// With `only`: only instructions per request.
+    instructions_only: bool,
 }
 
 impl Opts {
@@ -99,6 +110,8 @@ fn opts() -> Opts {
             .and_then(|v| v.parse().ok())
             .unwrap_or(20_000),
         callgrind: !std::env::args().any(|a| a == "--no-callgrind"),
+        only: arg("--only").map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
+        instructions_only: std::env::args().any(|a| a == "--instructions-only"),
     }
 }
 
@@ -198,6 +211,37 @@ fn instructions(
     }
 }
 
+/// Instructions per request of one configuration, started again under callgrind (the native
+/// process must be gone: it holds the port).
+fn instructions_of(
+    o: &Opts,
+    runtime: &tokio::runtime::Runtime,
+    t: &Target,
+    scratch: &Path,
+) -> Value {
+    let (addr, launch) = if t.key == "direct" {
+        // A second upstream: the first keeps serving the proxies.
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        (
+            addr,
+            Launch {
+                program: o.upstream_bin.clone(),
+                args: vec![addr.to_string()],
+            },
+        )
+    } else if t.key == "nginx" {
+        // One process: callgrind follows no children.
+        let mut launch = t.launch.clone();
+        if let Some(g) = launch.args.last_mut() {
+            *g = "daemon off; master_process off;".into();
+        }
+        (t.addr, launch)
+    } else {
+        (t.addr, t.launch.clone())
+    };
+    instructions(o, runtime, t, addr, &launch, scratch)
+}
+
 fn main() {
     let o = opts();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -205,7 +249,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let work = tempfile::tempdir().expect("work dir");
+    let mut work = tempfile::tempdir().expect("work dir");
+    if std::env::var_os("BENCH_KEEP_CALLGRIND").is_some() {
+        work.disable_cleanup(true);
+        eprintln!("scratch directory kept: {}", work.path().display());
+    }
     let dir = work.path();
     let repo =
         std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).expect("repo");
@@ -355,6 +403,28 @@ fn main() {
         launch: upstream_launch.clone(),
     }];
     for (key, label, launch, port, tokens) in configurations(1, "") {
+        let selected = o
+            .only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|k| k == key));
+        if !selected || o.instructions_only {
+            // Started under callgrind only, one at a time, below.
+            if selected {
+                targets.push(Target {
+                    key,
+                    label,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    proc_index: 0,
+                    headers: if tokens {
+                        token_headers.clone()
+                    } else {
+                        plain.clone()
+                    },
+                    launch,
+                });
+            }
+            continue;
+        }
         procs.push(Proc::spawn(
             &o.proxy_core,
             &launch,
@@ -374,6 +444,15 @@ fn main() {
             launch,
         });
     }
+    if let Some(only) = &o.only {
+        targets.retain(|t| only.iter().any(|k| k == t.key));
+    }
+    if o.instructions_only {
+        for t in &targets {
+            instructions_of(&o, &runtime, t, dir);
+        }
+        return;
+    }
     for t in &targets {
         wait_listening(t.addr, t.label, Duration::from_secs(120));
     }
@@ -391,6 +470,10 @@ fn main() {
     for t in &targets {
         let s = syscalls(&o, &runtime, t, &procs[t.proc_index], dir);
         results.get_mut(t.key).expect("entry")["syscalls"] = s;
+    }
+
+    if o.only.is_some() {
+        return;
     }
 
     // Latency at fixed offered rates: 10 % and 50 % of the full pipeline's peak.
@@ -466,27 +549,7 @@ fn main() {
     // Instructions per request under callgrind, one configuration at a time.
     if o.callgrind {
         for t in &targets {
-            let (addr, launch) = if t.key == "direct" {
-                // A second upstream: the first keeps serving the proxies.
-                let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                (
-                    addr,
-                    Launch {
-                        program: o.upstream_bin.clone(),
-                        args: vec![addr.to_string()],
-                    },
-                )
-            } else if t.key == "nginx" {
-                // One process: callgrind follows no children.
-                let mut launch = t.launch.clone();
-                if let Some(g) = launch.args.last_mut() {
-                    *g = "daemon off; master_process off;".into();
-                }
-                (t.addr, launch)
-            } else {
-                (t.addr, t.launch.clone())
-            };
-            let i = instructions(&o, &runtime, t, addr, &launch, dir);
+            let i = instructions_of(&o, &runtime, t, dir);
             results.get_mut(t.key).expect("entry")["instructions"] = i;
         }
     }

@@ -301,10 +301,16 @@ fn chain_line_into(seq: u64, time: &str, body: &[u8], prev: &str, out: &mut Vec<
         .unwrap_or_default();
     out.extend_from_slice(fields);
     let _ = write!(out, ",\"prev\":\"{prev}\"}}");
-    let hash = hex::encode(Sha256::digest(out.get(start..).unwrap_or_default()));
+    let digest = Sha256::digest(out.get(start..).unwrap_or_default());
+    // Hex in place: hex::encode builds its String a char at a time, on every record.
+    let mut hex = [0u8; 64];
+    let _ = hex::encode_to_slice(digest, &mut hex);
+    let hash = std::str::from_utf8(&hex).unwrap_or_default();
     out.pop();
-    let _ = writeln!(out, ",\"hash\":\"{hash}\"}}");
-    hash
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    hash.to_string()
 }
 
 /// The hash a line claims, if it is well-formed.

@@ -1,6 +1,7 @@
 //! The Pingora glue: a thin `ProxyHttp` implementation that feeds each request through the
 //! pipeline, applies the outcome to the upstream request, and maps failures to problem JSON.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -496,14 +497,14 @@ impl ProxyHttp for GatewayProxy {
         // would reach the upstream unverified: it is removed.
         upstream_request.remove_header("forwarded");
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let mut hops: Vec<String> = upstream_request
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|line| String::from_utf8_lossy(line.as_bytes()).into_owned())
-                .collect();
-            hops.push(client.ip().to_string());
-            upstream_request.insert_header("x-forwarded-for", hops.join(", "))?;
+            let mut hops = String::with_capacity(64);
+            for line in upstream_request.headers.get_all("x-forwarded-for") {
+                hops.push_str(&String::from_utf8_lossy(line.as_bytes()));
+                hops.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(hops, "{}", client.ip());
+            upstream_request.insert_header("x-forwarded-for", hops)?;
         }
         if self.hooks.metering.is_some() {
             upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;

@@ -34,16 +34,31 @@ pub struct TraceContext {
 impl TraceContext {
     /// `traceparent` value for the upstream request (version 00).
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            self.flags
-        )
+        // Written in place, without hex's per-char String: this runs for every request.
+        let mut line = String::with_capacity(55);
+        line.push_str("00-");
+        push_hex(&mut line, &self.trace_id);
+        line.push('-');
+        push_hex(&mut line, &self.span_id);
+        line.push('-');
+        push_hex(&mut line, &[self.flags]);
+        line
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+        let mut hex = String::with_capacity(32);
+        push_hex(&mut hex, &self.trace_id);
+        hex
+    }
+}
+
+/// Appends lower-case hex of `bytes` (at most 16 of them) to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; 32];
+    if let Some(digits) = buf.get_mut(..bytes.len() * 2) {
+        if hex::encode_to_slice(bytes, digits).is_ok() {
+            out.push_str(std::str::from_utf8(digits).unwrap_or_default());
+        }
     }
 }
 

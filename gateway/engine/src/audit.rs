@@ -174,23 +174,29 @@ impl AuditLog {
 /// `{"kind":"<kind>", <fields of data>}`; `data` must serialize as a JSON object (an entry that
 /// does not is kept under `data`).
 fn encode_entry<T: Serialize>(kind: &str, data: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
+    // The entry's fields are serialized in place after `kind` (one buffer, no second copy):
+    // an object's `{` becomes the separating comma; anything else goes under `data`.
+    let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"kind\":");
-    // Serializing a string or plain data into a Vec cannot fail.
+    // Serializing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, kind);
-    let fields = serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec());
-    match fields.strip_prefix(b"{").and_then(|f| f.strip_suffix(b"}")) {
-        Some(inner) if !inner.is_empty() => {
-            out.push(b',');
-            out.extend_from_slice(inner);
+    let start = out.len();
+    if serde_json::to_writer(&mut out, data).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+    let fields = out.len() - start;
+    match out.get_mut(start) {
+        Some(open @ b'{') if fields > 2 => *open = b',',
+        Some(b'{') => {
+            out.truncate(start);
+            out.push(b'}');
         }
-        Some(_) => {}
-        None => {
-            out.extend_from_slice(b",\"data\":");
-            out.extend_from_slice(&fields);
+        _ => {
+            out.splice(start..start, b",\"data\":".iter().copied());
+            out.push(b'}');
         }
     }
-    out.push(b'}');
     out
 }
 

@@ -803,20 +803,26 @@ impl Verdict {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), plus
     /// `Retry-After` when refused.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
+        use std::fmt::Write as _;
+        let mut out = Vec::with_capacity(3);
         if !self.states.is_empty() {
-            let policy = self
-                .states
-                .iter()
-                .map(|s| format!("\"{}\";q={};w={}", s.name, s.quota, s.window_secs))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let state = self
-                .states
-                .iter()
-                .map(|s| format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs))
-                .collect::<Vec<_>>()
-                .join(", ");
+            // Written straight into each value (every admitted request carries them).
+            let mut policy = String::with_capacity(32 * self.states.len());
+            let mut state = String::with_capacity(32 * self.states.len());
+            for (i, s) in self.states.iter().enumerate() {
+                let separator = if i == 0 { "" } else { ", " };
+                // Writing to a String cannot fail.
+                let _ = write!(
+                    policy,
+                    "{separator}\"{}\";q={};w={}",
+                    s.name, s.quota, s.window_secs
+                );
+                let _ = write!(
+                    state,
+                    "{separator}\"{}\";r={};t={}",
+                    s.name, s.remaining, s.reset_secs
+                );
+            }
             out.push(("ratelimit-policy", policy));
             out.push(("ratelimit", state));
         }

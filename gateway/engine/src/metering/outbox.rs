@@ -237,7 +237,13 @@ impl Outbox {
 /// A record body as JSON; records are plain data, so this cannot fail in practice (an empty
 /// object is written if it ever did, and the exporters skip it).
 fn encode(body: &RecordBody) -> Vec<u8> {
-    serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec())
+    // Sized for a usage record at once (serde_json's default starts at 128 bytes and regrows).
+    let mut out = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut out, body).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    out
 }
 
 /// A process id for the boot record: UUIDv7, unique per start.

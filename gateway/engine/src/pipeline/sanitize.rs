@@ -645,7 +645,7 @@ impl HeadScan {
                 }
             }
             let rest = buf.get(self.pos..).unwrap_or_default();
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 if !self.request_line_done {
                     self.check_method(buf.get(self.line_start..).unwrap_or_default())?;
                 }
@@ -738,10 +738,7 @@ fn check_field_line(line: &[u8]) -> Result<(), HeaderError> {
     if matches!(line.first(), Some(b' ' | b'\t')) {
         return Err(HeaderError::ObsoleteFolding);
     }
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(HeaderError::MalformedField)?;
+    let colon = memchr::memchr(b':', line).ok_or(HeaderError::MalformedField)?;
     let (name, value) = line
         .split_at_checked(colon)
         .ok_or(HeaderError::MalformedField)?;

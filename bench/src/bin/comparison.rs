@@ -27,7 +27,7 @@
 //! Usage: comparison --gateway BIN --upstream-bin BIN --bare-pingora BIN --out DIR [--reps N]
 //!        [--seconds S] [--tenants N] [--redis URL] [--criterion DIR] [--proxy-core C]
 //!        [--load-core C] [--callgrind-requests N] [--strace-requests N] [--no-callgrind]
-//!        [--only KEY,KEY...] [--instructions-only]
+//!        [--only KEY,KEY...] [--instructions-only] [--build-profile NAME]
 //!
 //! `--only passthrough,full` (keys as in the JSON report) measures only the named
 //! configurations, saturation and syscalls only, and writes no report (e.g. to profile one of
@@ -64,6 +64,8 @@ struct Opts {
     callgrind_requests: u64,
     strace_requests: u64,
     callgrind: bool,
+    /// The cargo profile the binaries were built with (for the report).
+    build_profile: String,
     /// Only these configurations, saturation and syscalls, no report.
     only: Option<Vec<String>>,
     /// With `only`: only instructions per request.
@@ -110,6 +112,7 @@ fn opts() -> Opts {
             .and_then(|v| v.parse().ok())
             .unwrap_or(20_000),
         callgrind: !std::env::args().any(|a| a == "--no-callgrind"),
+        build_profile: arg("--build-profile").unwrap_or_else(|| "release".into()),
         only: arg("--only").map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
         instructions_only: std::env::args().any(|a| a == "--instructions-only"),
     }
@@ -630,6 +633,7 @@ fn main() {
     let report = json!({
         "date": date, "host": host, "cores": online_cores(),
         "proxy_core": o.proxy_core, "load_core": o.load_core, "reps": o.reps, "seconds_per_run": o.seconds,
+        "build_profile": o.build_profile,
         "tenants": o.tenants, "strace_requests": o.strace_requests, "callgrind_requests": o.callgrind_requests,
         "loadavg_before": load_before, "loadavg_after": loadavg(),
         "configurations": results, "threads_2": two_threads, "ratios": ratios,
@@ -693,8 +697,8 @@ fn markdown(r: &Value) -> String {
     let c = &r["configurations"];
     let mut md = format!(
         "# Load comparison {} on `{}`\n\n{} cores; proxy pinned to core {}, load generator and upstream to core {}. \
-**The machine was shared**: other agents were compiling on both cores during the run (load average {} before, {} after), \
-so req/s, CPU µs and latencies move between runs; instructions, syscalls and context switches per request are the figures to decide with. \
+Build profile `{}`. Load average {} before, {} after: other work on the machine \
+moves req/s, CPU µs and latencies between runs; instructions, syscalls and context switches per request are the figures to decide with. \
 Each throughput and latency figure is the median of {} runs of {} s; spread = (max − min) / median.\n\n\
 - Saturation: wrk, 1 thread, 64 connections, closed loop; CPU µs and context switches (voluntary + involuntary, summed over `/proc/PID/task/*/status`) of the proxy per request during those runs.\n\
 - Syscalls: `strace -c -f` attached to the proxy over {} requests on 64 keep-alive connections.\n\
@@ -706,6 +710,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
         r["cores"],
         r["proxy_core"].as_str().unwrap_or(""),
         r["load_core"].as_str().unwrap_or(""),
+        r["build_profile"].as_str().unwrap_or("release"),
         r["loadavg_before"].as_str().unwrap_or(""),
         r["loadavg_after"].as_str().unwrap_or(""),
         r["reps"],

@@ -226,6 +226,14 @@ fn helm_chart_container_and_systemd_files_are_sound() {
         "multi-stage"
     );
     assert!(dockerfile.contains("USER 10001"), "runs as non-root");
+    // The image ships the build profile the benchmarks measure, and it exists.
+    let manifest = std::fs::read_to_string(deploy("../Cargo.toml")).unwrap();
+    assert!(manifest.contains("[profile.release-lto]"));
+    assert!(
+        dockerfile.contains("cargo build --profile release-lto")
+            && dockerfile.contains("COPY --from=build /src/target/release-lto/gateway"),
+        "Dockerfile builds and copies the release-lto binary"
+    );
     let unit = std::fs::read_to_string(deploy("systemd/policy-gateway.service")).unwrap();
     for line in [
         "ExecStart=/usr/local/bin/gateway run",

@@ -22,6 +22,7 @@ mod front_doors;
 mod identity;
 mod jwt_matrix;
 mod metering;
+mod nats;
 mod proxy;
 mod ratelimit;
 mod request_shape;

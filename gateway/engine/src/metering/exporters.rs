@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::outbox::{OutboxCursor, Written};
 use super::{Assembler, UsageEvent};
 use crate::db::PostgresConfig;
+use crate::diagnostics::{SourceIssue, SourceText};
 use crate::tenancy::LiveRegistry;
 
 /// One `[[metering.exporter]]`.
@@ -59,6 +60,32 @@ pub enum ExporterConfig {
         #[serde(default = "default_batch")]
         batch_size: usize,
     },
+    /// NATS JetStream: one CloudEvent (structured JSON) per event on
+    /// `<subject_prefix>.<tenant>`, with `Nats-Msg-Id` = the event id, so the stream's
+    /// duplicate window drops a batch the exporter sends again after a crash. The stream is
+    /// created (file storage) when absent.
+    Nats {
+        name: String,
+        /// e.g. `nats://127.0.0.1:4222`.
+        url: String,
+        #[serde(default = "default_nats_stream")]
+        stream: String,
+        #[serde(default = "default_nats_subject_prefix")]
+        subject_prefix: String,
+        /// The duplicate window of a stream the exporter creates. A batch sent again after a
+        /// crash is dropped by the broker only within it: keep it above the longest time a
+        /// gateway may stay down; the broker keeps every message id of the window in memory.
+        #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+        #[schemars(with = "String")]
+        duplicate_window: Duration,
+        /// Environment variable with the server's auth token, when it wants one.
+        #[serde(default)]
+        token_env: Option<String>,
+        #[serde(default = "default_source")]
+        source: String,
+        #[serde(default = "default_batch")]
+        batch_size: usize,
+    },
     /// Chargebee usage records. Tenants need `billing.chargebee_subscription`.
     Chargebee {
         name: String,
@@ -80,6 +107,15 @@ fn default_batch() -> usize {
 fn default_source() -> String {
     "policy-gateway".to_string()
 }
+fn default_nats_stream() -> String {
+    "GATEWAY_USAGE".to_string()
+}
+fn default_nats_subject_prefix() -> String {
+    "gateway.usage".to_string()
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_stripe_endpoint() -> String {
     "https://api.stripe.com".to_string()
 }
@@ -90,6 +126,7 @@ impl ExporterConfig {
             ExporterConfig::Postgres { name, .. }
             | ExporterConfig::Cloudevents { name, .. }
             | ExporterConfig::Stripe { name, .. }
+            | ExporterConfig::Nats { name, .. }
             | ExporterConfig::Chargebee { name, .. } => name,
         }
     }
@@ -99,7 +136,55 @@ impl ExporterConfig {
             ExporterConfig::Postgres { batch_size, .. }
             | ExporterConfig::Cloudevents { batch_size, .. }
             | ExporterConfig::Stripe { batch_size, .. }
+            | ExporterConfig::Nats { batch_size, .. }
             | ExporterConfig::Chargebee { batch_size, .. } => (*batch_size).max(1),
+        }
+    }
+}
+
+impl ExporterConfig {
+    /// Checks what the exporter's own settings need (`field` is its place in the file).
+    pub fn validate(&self, field: &str, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+        if let ExporterConfig::Nats {
+            url,
+            stream,
+            subject_prefix,
+            duplicate_window,
+            ..
+        } = self
+        {
+            if url.trim().is_empty() {
+                issues.push(source.issue(format!("{field}.url"), "a NATS server URL"));
+            }
+            // JetStream stream names: no whitespace, `.`, `*`, `>`, path separators.
+            if stream.is_empty()
+                || stream.chars().any(|c| {
+                    c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\')
+                })
+            {
+                issues.push(source.issue(
+                    format!("{field}.stream"),
+                    "a stream name: no whitespace, `.`, `*`, `>`, `/` or `\\`",
+                ));
+            }
+            let tokens_ok = subject_prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && !token
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '>'))
+            });
+            if !tokens_ok {
+                issues.push(source.issue(
+                    format!("{field}.subject_prefix"),
+                    "dot-separated subject tokens without wildcards or whitespace (events go to `<subject_prefix>.<tenant>`)",
+                ));
+            }
+            if duplicate_window.is_zero() {
+                issues.push(source.issue(
+                    format!("{field}.duplicate_window"),
+                    "more than zero: redelivery after a crash is dropped by the broker only within it",
+                ));
+            }
         }
     }
 }
@@ -167,6 +252,23 @@ pub fn sink(
             api_key: env(api_key_env)?,
             event_name: event_name.clone(),
             registry,
+        }),
+        ExporterConfig::Nats {
+            url,
+            stream,
+            subject_prefix,
+            duplicate_window,
+            token_env,
+            source,
+            ..
+        } => Box::new(NatsSink {
+            url: url.clone(),
+            token: token_env.as_deref().map(env).transpose()?,
+            stream: stream.clone(),
+            subject_prefix: subject_prefix.clone(),
+            duplicate_window: *duplicate_window,
+            source: source.clone(),
+            jetstream: tokio::sync::Mutex::new(None),
         }),
         ExporterConfig::Chargebee {
             endpoint,
@@ -520,29 +622,10 @@ struct CloudEventsSink {
 #[async_trait]
 impl Sink for CloudEventsSink {
     async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
-        use cloudevents::{EventBuilder, EventBuilderV10};
-        let mut batch = Vec::with_capacity(events.len());
-        for e in events {
-            let mut builder = EventBuilderV10::new()
-                .id(e.id.clone())
-                .ty("com.policy-gateway.request")
-                .source(self.source.clone())
-                .time(e.time.as_str())
-                .data(
-                    "application/json",
-                    serde_json::to_value(e).unwrap_or_default(),
-                );
-            if let Some(tenant) = &e.tenant {
-                builder = builder.subject(tenant.clone());
-            }
-            let event = builder
-                .build()
-                .map_err(|err| DeliveryError::Rejected(err.to_string()))?;
-            batch.push(
-                serde_json::to_value(event)
-                    .map_err(|err| DeliveryError::Rejected(err.to_string()))?,
-            );
-        }
+        let batch = events
+            .iter()
+            .map(|e| cloudevent(e, &self.source))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut request = self
             .http
             .post(&self.endpoint)
@@ -554,6 +637,140 @@ impl Sink for CloudEventsSink {
         let (status, body) = send(request).await?;
         classify_status(status, &body)
     }
+}
+
+/// A usage event as a CloudEvent (JSON, structured mode): the event id is the CloudEvent id,
+/// the tenant its subject.
+fn cloudevent(e: &UsageEvent, source: &str) -> Result<serde_json::Value, DeliveryError> {
+    use cloudevents::{EventBuilder, EventBuilderV10};
+    let mut builder = EventBuilderV10::new()
+        .id(e.id.clone())
+        .ty("com.policy-gateway.request")
+        .source(source.to_string())
+        .time(e.time.as_str())
+        .data(
+            "application/json",
+            serde_json::to_value(e).unwrap_or_default(),
+        );
+    if let Some(tenant) = &e.tenant {
+        builder = builder.subject(tenant.clone());
+    }
+    let event = builder
+        .build()
+        .map_err(|err| DeliveryError::Rejected(err.to_string()))?;
+    serde_json::to_value(event).map_err(|err| DeliveryError::Rejected(err.to_string()))
+}
+
+struct NatsSink {
+    url: String,
+    token: Option<String>,
+    stream: String,
+    subject_prefix: String,
+    duplicate_window: Duration,
+    source: String,
+    /// Connected (and the stream ensured) on first delivery, so a broker that is down when the
+    /// gateway starts only delays export; the client reconnects by itself after that.
+    jetstream: tokio::sync::Mutex<Option<async_nats::jetstream::Context>>,
+}
+
+impl NatsSink {
+    async fn jetstream(&self) -> Result<async_nats::jetstream::Context, DeliveryError> {
+        let mut slot = self.jetstream.lock().await;
+        if let Some(context) = slot.as_ref() {
+            return Ok(context.clone());
+        }
+        let mut options = async_nats::ConnectOptions::new()
+            .name("policy-gateway usage exporter")
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        let client = options
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| DeliveryError::Transient(format!("connecting to {}: {e}", self.url)))?;
+        let context = async_nats::jetstream::new(client);
+        let wanted = format!("{}.>", self.subject_prefix);
+        let stream = context
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![wanted.clone()],
+                duplicate_window: self.duplicate_window,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| DeliveryError::Transient(format!("stream `{}`: {e}", self.stream)))?;
+        // An existing stream must capture the exporter's subjects, or every publish would
+        // wait for an acknowledgement that never comes.
+        let subjects = &stream.cached_info().config.subjects;
+        if !subjects.iter().any(|s| s == &wanted || s == ">") {
+            return Err(DeliveryError::Transient(format!(
+                "stream `{}` exists with subjects {subjects:?}, not `{wanted}`",
+                self.stream
+            )));
+        }
+        *slot = Some(context.clone());
+        Ok(context)
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
+        use async_nats::jetstream::message::PublishMessage;
+        let jetstream = self.jetstream().await?;
+        let transient = |e: &dyn std::fmt::Display| DeliveryError::Transient(e.to_string());
+        // All published, then all acknowledgements awaited: one round trip per batch.
+        let mut acks = Vec::with_capacity(events.len());
+        for e in events {
+            let payload = serde_json::to_vec(&cloudevent(e, &self.source)?)
+                .map_err(|err| DeliveryError::Rejected(err.to_string()))?;
+            let message = PublishMessage::build()
+                .payload(payload.into())
+                .header("content-type", "application/cloudevents+json")
+                .message_id(&e.id);
+            let subject = nats_subject(&self.subject_prefix, e.tenant.as_deref());
+            acks.push(
+                jetstream
+                    .send_publish(subject, message)
+                    .await
+                    .map_err(|e| transient(&e))?,
+            );
+        }
+        for ack in acks {
+            // A duplicate (sent before a crash, within the window) is stored once: fine.
+            ack.await.map_err(|e| transient(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `<prefix>.<tenant>`; a tenant id is one subject token, so the bytes NATS reserves there
+/// (`.`, `*`, `>`, whitespace, `%` itself) are percent-encoded. Events without a tenant go to
+/// `<prefix>._none`.
+fn nats_subject(prefix: &str, tenant: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    let mut subject = String::with_capacity(prefix.len() + 24);
+    subject.push_str(prefix);
+    subject.push('.');
+    match tenant {
+        None => subject.push_str("_none"),
+        Some(tenant) => {
+            for c in tenant.chars() {
+                if matches!(c, '.' | '*' | '>' | '%') || c.is_whitespace() || c.is_control() {
+                    let mut utf8 = [0u8; 4];
+                    for b in c.encode_utf8(&mut utf8).bytes() {
+                        // Writing to a String cannot fail.
+                        let _ = write!(subject, "%{b:02X}");
+                    }
+                } else {
+                    subject.push(c);
+                }
+            }
+        }
+    }
+    subject
 }
 
 struct StripeSink {
@@ -652,5 +869,49 @@ impl Sink for ChargebeeSink {
             classify_status(status, &body)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_subjects_are_one_token_per_tenant() {
+        assert_eq!(nats_subject("usage", Some("acme")), "usage.acme");
+        assert_eq!(
+            nats_subject("gateway.usage", Some("a.b *>%c d")),
+            "gateway.usage.a%2Eb%20%2A%3E%25c%20d"
+        );
+        assert_eq!(nats_subject("usage", None), "usage._none");
+    }
+
+    #[test]
+    fn nats_settings_are_checked_with_their_line() {
+        let text = "[metering]\ndir = \"outbox\"\n\n[[metering.exporter]]\nkind = \"nats\"\nname = \"js\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"usage.events\"\nsubject_prefix = \"usage.>\"\nduplicate_window = \"0s\"\n";
+        let source = SourceText::new("gateway.toml", text);
+        #[derive(Deserialize)]
+        struct Doc {
+            metering: super::super::MeteringConfig,
+        }
+        let doc: Doc = source.deserialize().unwrap();
+        let mut issues = Vec::new();
+        doc.metering.validate(&source, &mut issues);
+        let found: Vec<(String, Option<usize>)> = issues
+            .iter()
+            .map(|i| (i.field.clone(), i.location.line))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                ("metering.exporter[0].stream".to_string(), Some(8)),
+                ("metering.exporter[0].subject_prefix".to_string(), Some(9)),
+                (
+                    "metering.exporter[0].duplicate_window".to_string(),
+                    Some(10)
+                ),
+            ],
+            "{issues:?}"
+        );
     }
 }

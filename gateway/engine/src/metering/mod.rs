@@ -262,6 +262,7 @@ impl MeteringConfig {
                     format!("duplicate exporter `{name}`"),
                 ));
             }
+            exporter.validate(&format!("metering.exporter[{i}]"), source, issues);
         }
         for (i, meter) in self.meter.iter().enumerate() {
             if meter.action.is_none() && meter.route.is_none() {

@@ -18,6 +18,7 @@ use gateway::example_upstream::ExampleUpstream;
 
 pub mod example;
 pub mod idp;
+pub mod nats;
 pub mod nginx;
 
 /// A loopback port that was free a moment ago.

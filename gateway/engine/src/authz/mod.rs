@@ -214,19 +214,87 @@ impl KeyUses {
                     _ => uses.resource_id = true,
                 }
             }
-            let text = policy.to_string();
-            let words: std::collections::HashSet<&str> = text
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .collect();
-            uses.hour |= words.contains("hour");
-            uses.weekday |= words.contains("weekday");
-            uses.method |= words.contains("method");
-            uses.country |= words.contains("country");
-            uses.ip |= words.contains("ip");
-            uses.email |= words.contains("email");
-            uses.department |= words.contains("department");
+            match policy.to_json() {
+                Ok(json) => {
+                    // The conditions only: annotations and ids are not read by a decision.
+                    if let Some(conditions) = json.get("conditions") {
+                        uses.read_in(conditions);
+                    }
+                }
+                // Not expressible as JSON (cannot happen for parsed policies): assume it
+                // reads everything.
+                Err(_) => uses.read_everything(),
+            }
         }
         uses
+    }
+
+    /// Records what `expr` (a part of a policy in cedar's JSON form, the EST) reads: attribute
+    /// accesses (`.` and `has`) of `context` and of entities, and `context` used whole.
+    fn read_in(&mut self, expr: &serde_json::Value) {
+        use serde_json::Value;
+        match expr {
+            Value::Object(map) => {
+                for (op, operand) in map {
+                    match (op.as_str(), operand) {
+                        ("." | "has", Value::Object(access)) => {
+                            let attr = access
+                                .get("attr")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default();
+                            match access.get("left") {
+                                Some(left) if is_var(left, "context") => self.read_context(attr),
+                                Some(left) => {
+                                    // An entity's attribute: the principal's, or another
+                                    // entity's of the same name (e.g. an owner who is the
+                                    // principal).
+                                    self.read_entity_attribute(attr);
+                                    self.read_in(left);
+                                }
+                                None => self.read_everything(),
+                            }
+                        }
+                        ("Var", Value::String(var)) if var == "context" => self.read_everything(),
+                        _ => self.read_in(operand),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| self.read_in(item)),
+            _ => {}
+        }
+    }
+
+    fn read_context(&mut self, attr: &str) {
+        match attr {
+            "hour" => self.hour = true,
+            "weekday" => self.weekday = true,
+            "method" => self.method = true,
+            "country" => self.country = true,
+            "ip" => self.ip = true,
+            // `mfa`, `auth`, `scope_ok` come from what every key holds; a name the schema
+            // lacks does not validate.
+            _ => {}
+        }
+    }
+
+    /// Assumes every request input is read.
+    fn read_everything(&mut self) {
+        self.hour = true;
+        self.weekday = true;
+        self.method = true;
+        self.country = true;
+        self.ip = true;
+        self.email = true;
+        self.department = true;
+    }
+
+    fn read_entity_attribute(&mut self, attr: &str) {
+        match attr {
+            "email" => self.email = true,
+            "department" => self.department = true,
+            // Tenant, role, owner and other attributes are in every key.
+            _ => {}
+        }
     }
 
     fn union(self, o: KeyUses) -> KeyUses {
@@ -916,6 +984,11 @@ fn denied_with_error(error: String) -> Evaluation {
     }
 }
 
+/// `{"Var": name}`.
+fn is_var(expr: &serde_json::Value, name: &str) -> bool {
+    expr.get("Var").and_then(serde_json::Value::as_str) == Some(name)
+}
+
 /// Everything a decision depends on, as one string (inputs no policy reads are left out).
 /// The decision cache key: everything the decision reads. `resource_id_matters` when the
 /// resource can be one of the entities the request builds anyway (see
@@ -1161,6 +1234,266 @@ mod tests {
                 let cached = engine.decide(&input);
                 let (fresh, _) = engine.evaluate(&input);
                 assert_eq!(*cached, fresh, "{resource_type}::{resource_id:?}");
+            }
+        }
+    }
+
+    fn uses_of(text: &str) -> KeyUses {
+        let set: PolicySet = text.parse().unwrap();
+        KeyUses::of(set.policies())
+    }
+
+    #[test]
+    fn key_uses_come_from_what_conditions_read() {
+        let none = KeyUses::default();
+        // Words in annotations, ids and string literals are not reads.
+        assert_eq!(
+            uses_of(
+                r#"@id("ip-hour-email") permit(principal, action, resource) when { context.auth == "ip weekday" };"#
+            ),
+            none
+        );
+        let u = uses_of(
+            r#"permit(principal, action, resource) when { context.hour < 9 && context has country && context.country == "DE" };
+               forbid(principal, action, resource) when { context has ip && context.ip.isInRange(ip("10.0.0.0/8")) };"#,
+        );
+        assert_eq!(
+            u,
+            KeyUses {
+                hour: true,
+                country: true,
+                ip: true,
+                ..none
+            }
+        );
+        let u = uses_of(
+            r#"permit(principal, action, resource) when { principal has email && principal.email like "*@acme.test" };
+               permit(principal, action, resource) when { resource.owner.department == "eng" };"#,
+        );
+        assert_eq!(
+            u,
+            KeyUses {
+                email: true,
+                department: true,
+                ..none
+            }
+        );
+        // `context` compared whole reads all of it.
+        let u = uses_of(r#"permit(principal, action, resource) when { context == {"hour": 1} };"#);
+        assert!(
+            u.hour && u.weekday && u.method && u.country && u.ip,
+            "{u:?}"
+        );
+        let u = uses_of(
+            r#"permit(principal == User::"u1", action, resource) when { resource == Project::"7" };"#,
+        );
+        assert!(u.principal_id && u.resource_id && !u.hour, "{u:?}");
+    }
+
+    /// A copy of the example package with `extra` as one more policy file.
+    fn package_with(extra: &str) -> (tempfile::TempDir, AuthzEngine) {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap().flatten() {
+                let target = to.join(entry.file_name());
+                if entry.path().is_dir() {
+                    copy(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), target).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        copy(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies"),
+            dir.path(),
+        );
+        std::fs::write(dir.path().join("generated.cedar"), extra).unwrap();
+        match AuthzEngine::load(dir.path(), &TenantRegistry::default(), 1000) {
+            Ok(engine) => (dir, engine),
+            Err(e) => panic!("{e}\n{extra}"),
+        }
+    }
+
+    mod cached_equals_uncached {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Conditions over every input a decision can read, valid against the example schema.
+        fn condition() -> impl Strategy<Value = String> {
+            let atom = prop_oneof![
+                (0i64..24).prop_map(|h| format!("context.hour < {h}")),
+                (1i64..8).prop_map(|d| format!("context.weekday == {d}")),
+                prop_oneof![Just("GET"), Just("DELETE")]
+                    .prop_map(|m| format!("context.method == \"{m}\"")),
+                prop_oneof![Just("DE"), Just("US")]
+                    .prop_map(|c| format!("(context has country && context.country == \"{c}\")")),
+                Just("(context has ip && context.ip.isInRange(ip(\"10.0.0.0/8\")))".to_string()),
+                Just("context.mfa".to_string()),
+                Just("context.auth == \"jwt\"".to_string()),
+                Just("(principal is User && principal has email && principal.email like \"*@acme.test\")".to_string()),
+                prop_oneof![Just("eng"), Just("sales")].prop_map(|d| format!(
+                    "(principal is User && principal has department && principal.department == \"{d}\")"
+                )),
+                prop_oneof![Just("u1"), Just("u2")].prop_map(|u| format!("principal == User::\"{u}\"")),
+                prop_oneof![Just("7"), Just("8")].prop_map(|r| format!("resource == Project::\"{r}\"")),
+            ];
+            atom.prop_recursive(2, 6, 2, |inner| {
+                prop_oneof![
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+                    inner.prop_map(|a| format!("!({a})")),
+                ]
+            })
+        }
+
+        fn policies() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                (
+                    prop_oneof![Just("permit"), Just("forbid")],
+                    prop_oneof![Just("projects:read"), Just("projects:delete")],
+                    condition(),
+                ),
+                1..4,
+            )
+            .prop_map(|rules| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (effect, action, when))| {
+                        format!(
+                            "@id(\"generated-{i}\")\n{effect}(principal, action == Action::\"{action}\", resource)\nwhen {{ {when} }};\n"
+                        )
+                    })
+                    .collect()
+            })
+        }
+
+        #[derive(Debug, Clone)]
+        struct Ask {
+            principal: &'static str,
+            email: Option<&'static str>,
+            department: Option<&'static str>,
+            mfa: bool,
+            admin: bool,
+            action: &'static str,
+            resource: &'static str,
+            hour: i64,
+            weekday: i64,
+            method: &'static str,
+            country: Option<&'static str>,
+            ip: Option<&'static str>,
+        }
+
+        fn asks() -> impl Strategy<Value = Vec<Ask>> {
+            let ask = (
+                (
+                    prop_oneof![Just("u1"), Just("u2")],
+                    prop::option::of(prop_oneof![Just("a@acme.test"), Just("b@other.test")]),
+                    prop::option::of(prop_oneof![Just("eng"), Just("sales")]),
+                    any::<bool>(),
+                    any::<bool>(),
+                    prop_oneof![Just("projects:read"), Just("projects:delete")],
+                    prop_oneof![Just("7"), Just("8")],
+                ),
+                (
+                    0i64..24,
+                    1i64..8,
+                    prop_oneof![Just("GET"), Just("DELETE")],
+                    prop::option::of(prop_oneof![Just("DE"), Just("US")]),
+                    prop::option::of(prop_oneof![Just("10.1.2.3"), Just("192.168.1.1")]),
+                ),
+            )
+                .prop_map(
+                    |(
+                        (principal, email, department, mfa, admin, action, resource),
+                        (hour, weekday, method, country, ip),
+                    )| Ask {
+                        principal,
+                        email,
+                        department,
+                        mfa,
+                        admin,
+                        action,
+                        resource,
+                        hour,
+                        weekday,
+                        method,
+                        country,
+                        ip,
+                    },
+                );
+            prop::collection::vec(ask, 3..6)
+        }
+
+        /// `ask` and, after it, each request that differs from it in one input only: any
+        /// input the key leaves out while a policy reads it shows as a wrong cached answer.
+        fn with_neighbours(ask: &Ask) -> Vec<Ask> {
+            let other = |v: Option<&'static str>, values: [&'static str; 2]| match v {
+                None => Some(values[0]),
+                Some(x) if x == values[0] => Some(values[1]),
+                Some(_) => None,
+            };
+            let mut out = vec![ask.clone()];
+            let mut vary = |change: &dyn Fn(&mut Ask)| {
+                let mut next = ask.clone();
+                change(&mut next);
+                out.push(next);
+            };
+            vary(&|a| a.principal = if a.principal == "u1" { "u2" } else { "u1" });
+            vary(&|a| a.email = other(a.email, ["a@acme.test", "b@other.test"]));
+            vary(&|a| a.department = other(a.department, ["eng", "sales"]));
+            vary(&|a| a.mfa = !a.mfa);
+            vary(&|a| a.admin = !a.admin);
+            vary(&|a| a.resource = if a.resource == "7" { "8" } else { "7" });
+            vary(&|a| a.hour = (a.hour + 1) % 24);
+            vary(&|a| a.hour = (a.hour + 12) % 24);
+            vary(&|a| a.weekday = a.weekday % 7 + 1);
+            vary(&|a| a.method = if a.method == "GET" { "DELETE" } else { "GET" });
+            vary(&|a| a.country = other(a.country, ["DE", "US"]));
+            vary(&|a| a.ip = other(a.ip, ["10.1.2.3", "192.168.1.1"]));
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Whatever the policies read, a decision served from the cache equals the one
+            /// evaluated afresh: the key holds every input the policies read.
+            #[test]
+            fn for_random_policies_and_requests(extra in policies(), asks in asks()) {
+                let (_dir, engine) = package_with(&extra);
+                let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
+                for ask in asks.iter().flat_map(with_neighbours) {
+                    let roles: &[&str] = if ask.admin { &["admin"] } else { &["viewer"] };
+                    let mut p = principal(ask.principal, "acme", roles, ask.mfa);
+                    if let Some(email) = ask.email {
+                        p.attributes.insert("email".into(), serde_json::Value::from(email));
+                    }
+                    if let Some(department) = ask.department {
+                        p.attributes.insert("department".into(), serde_json::Value::from(department));
+                    }
+                    let facts = RequestFacts {
+                        hour: ask.hour,
+                        weekday: ask.weekday,
+                        method: ask.method.to_string(),
+                        country: ask.country.map(str::to_string),
+                        ip: ask.ip.map(|ip| ip.parse().unwrap()),
+                    };
+                    let input = DecisionInput {
+                        principal: &p,
+                        tenant: &tenant,
+                        tier_features: &[],
+                        action: ask.action,
+                        resource_type: "Project",
+                        resource_id: ask.resource,
+                        resource_attributes: &[],
+                        facts: &facts,
+                    };
+                    let cached = engine.decide(&input);
+                    let (fresh, _) = engine.evaluate(&input);
+                    prop_assert_eq!(&*cached, &fresh, "{:?}\n{}", &ask, extra);
+                }
             }
         }
     }

@@ -994,52 +994,135 @@ fn is_var(expr: &serde_json::Value, name: &str) -> bool {
 /// resource can be one of the entities the request builds anyway (see
 /// [`AuthzEngine::builds_entities_of`]).
 fn cache_key(input: &DecisionInput<'_>, uses: KeyUses, resource_id_matters: bool) -> String {
-    let mut key = String::with_capacity(160);
     let p = input.principal;
     let t = input.tenant;
     let f = input.facts;
     // The principal's id matters when a policy names a user, or when the resource refers to
     // users (an owner the principal may be).
     let principal_id = uses.principal_id || !input.resource_attributes.is_empty();
-    // Values from the request (ids, path parameters) are written with `{:?}`: quoted and
-    // escaped, so no value can pass for a separator and another field.
-    let _ = write!(
-        key,
-        "{}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{}\u{1f}{}\u{1f}{:?}\u{1f}{}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
-        input.action,
-        input.resource_type,
-        if uses.resource_id || resource_id_matters {
-            input.resource_id
-        } else {
-            ""
-        },
-        if principal_id { p.id.as_str() } else { "" },
-        p.tenant,
-        p.roles,
-        p.scopes,
-        p.auth.label(),
-        p.platform,
-        t.id,
-        t.tier,
-        t.features,
-        input.tier_features,
-        t.home_region,
-        t.regime,
-        input.resource_attributes,
-        p.attributes.get("mfa"),
+    let mut key = KeyWriter(String::with_capacity(160));
+    key.text(input.action);
+    key.text(input.resource_type);
+    key.text(if uses.resource_id || resource_id_matters {
+        input.resource_id
+    } else {
+        ""
+    });
+    key.text(if principal_id { p.id.as_str() } else { "" });
+    key.maybe(p.tenant.as_deref(), KeyWriter::text);
+    key.list(p.roles.iter().map(String::as_str));
+    key.list(p.scopes.iter().map(String::as_str));
+    key.text(p.auth.label());
+    key.flag(p.platform);
+    key.text(&t.id);
+    key.text(&t.tier);
+    key.list(t.features.iter().map(String::as_str));
+    key.list(input.tier_features.iter().map(String::as_str));
+    key.maybe(t.home_region.as_deref(), KeyWriter::text);
+    key.maybe(t.regime.as_deref(), KeyWriter::text);
+    key.list(
+        input
+            .resource_attributes
+            .iter()
+            .flat_map(|(name, value)| [name.as_str(), value.as_str()]),
     );
-    let _ = write!(
-        key,
-        "\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}\u{1f}{:?}",
-        uses.hour.then_some(f.hour),
-        uses.weekday.then_some(f.weekday),
-        uses.method.then_some(&f.method),
-        uses.country.then_some(&f.country),
-        uses.ip.then_some(f.ip),
-        uses.email.then(|| p.attributes.get("email")),
+    key.maybe(p.attributes.get("mfa"), KeyWriter::json);
+    // Inputs only some policies read: a marker when no policy reads them.
+    key.maybe(uses.hour.then_some(f.hour), KeyWriter::number);
+    key.maybe(uses.weekday.then_some(f.weekday), KeyWriter::number);
+    key.maybe(uses.method.then_some(f.method.as_str()), KeyWriter::text);
+    key.maybe(uses.country.then_some(&f.country), |k, c| {
+        k.maybe(c.as_deref(), KeyWriter::text)
+    });
+    key.maybe(uses.ip.then_some(f.ip), |k, ip| {
+        k.maybe(ip, |k, ip| k.display(&ip))
+    });
+    key.maybe(uses.email.then(|| p.attributes.get("email")), |k, v| {
+        k.maybe(v, KeyWriter::json)
+    });
+    key.maybe(
         uses.department.then(|| p.attributes.get("department")),
+        |k, v| k.maybe(v, KeyWriter::json),
     );
-    key
+    key.0
+}
+
+/// Writes the decision cache key: each field ends with a separator; values from the request
+/// (ids, path parameters, claims) have the separators and the escape character escaped, so
+/// no value can pass for a separator and another field. (Written directly rather than with
+/// `{:?}`: the key is built for every decision.)
+struct KeyWriter(String);
+
+impl KeyWriter {
+    const END: char = '\u{1f}';
+    const NONE: char = '\u{1e}';
+    const LIST_END: char = '\u{1d}';
+    const ESCAPE: char = '\\';
+
+    fn text(&mut self, value: &str) {
+        let special = |c: char| matches!(c, Self::END | Self::NONE | Self::LIST_END | Self::ESCAPE);
+        if value.contains(special) {
+            for c in value.chars() {
+                if special(c) {
+                    self.0.push(Self::ESCAPE);
+                }
+                self.0.push(c);
+            }
+        } else {
+            self.0.push_str(value);
+        }
+        self.0.push(Self::END);
+    }
+
+    fn list<'a>(&mut self, items: impl Iterator<Item = &'a str>) {
+        for item in items {
+            self.text(item);
+        }
+        self.0.push(Self::LIST_END);
+    }
+
+    fn flag(&mut self, value: bool) {
+        self.0.push(if value { '1' } else { '0' });
+        self.0.push(Self::END);
+    }
+
+    fn number(&mut self, value: i64) {
+        self.display(&value);
+    }
+
+    fn display(&mut self, value: &dyn std::fmt::Display) {
+        // Numbers and addresses contain no separator; writing to a String cannot fail.
+        let _ = write!(self.0, "{value}");
+        self.0.push(Self::END);
+    }
+
+    /// A claim: tagged by kind, so `true`, `1` and `"1"` differ.
+    fn json(&mut self, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Bool(b) => {
+                self.0.push('b');
+                self.flag(*b);
+            }
+            serde_json::Value::String(s) => {
+                self.0.push('s');
+                self.text(s);
+            }
+            other => {
+                self.0.push('j');
+                self.text(&other.to_string());
+            }
+        }
+    }
+
+    fn maybe<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match value {
+            Some(v) => {
+                self.0.push('+');
+                write(self, v);
+            }
+            None => self.0.push(Self::NONE),
+        }
+    }
 }
 
 fn new_cache(capacity: u64) -> Option<quick_cache::sync::Cache<String, Arc<Evaluation>>> {
@@ -1241,6 +1324,37 @@ mod tests {
     fn uses_of(text: &str) -> KeyUses {
         let set: PolicySet = text.parse().unwrap();
         KeyUses::of(set.policies())
+    }
+
+    #[test]
+    fn key_fields_cannot_run_into_each_other() {
+        let write = |fields: &[&str]| {
+            let mut key = KeyWriter(String::new());
+            key.list(fields.iter().copied());
+            key.0
+        };
+        assert_ne!(write(&["a\u{1f}b"]), write(&["a", "b"]));
+        assert_ne!(write(&["a\\", "b"]), write(&["a\\\u{1f}b"]));
+        assert_ne!(write(&["a\u{1d}"]), write(&["a"]));
+        let claim = |v: serde_json::Value| {
+            let mut key = KeyWriter(String::new());
+            key.maybe(Some(&v), KeyWriter::json);
+            key.0
+        };
+        let claims = [
+            serde_json::json!(true),
+            serde_json::json!(1),
+            serde_json::json!("1"),
+            serde_json::json!("true"),
+            serde_json::json!(["1"]),
+        ];
+        let written: std::collections::HashSet<String> = claims.into_iter().map(claim).collect();
+        assert_eq!(written.len(), 5);
+        let mut absent = KeyWriter(String::new());
+        absent.maybe(None::<&str>, KeyWriter::text);
+        let mut empty = KeyWriter(String::new());
+        empty.maybe(Some(""), KeyWriter::text);
+        assert_ne!(absent.0, empty.0);
     }
 
     #[test]

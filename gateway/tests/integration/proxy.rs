@@ -224,8 +224,14 @@ async fn passes_websocket_upgrades_through() {
         let msg = format!("ping {i}");
         ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone()))
             .await
-            .unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
+            .unwrap_or_else(|e| panic!("send {i}: {e}\n{}", gw.log()));
+        // (Once in a while under the whole suite the connection was reset here; the gateway's
+        // log says by whom.)
+        let echoed = ws
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("closed before echo {i}\n{}", gw.log()))
+            .unwrap_or_else(|e| panic!("echo {i}: {e}\n{}", gw.log()));
         assert_eq!(echoed.into_text().unwrap().as_str(), msg);
     }
     ws.close(None).await.unwrap();

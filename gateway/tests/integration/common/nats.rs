@@ -18,12 +18,25 @@ pub struct NatsServer {
     _store: tempfile::TempDir,
 }
 
+/// Debian installs it in /usr/sbin, which a non-root user's PATH may lack.
+fn nats_server_bin() -> std::path::PathBuf {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/local/bin/nats-server",
+        "/usr/bin/nats-server",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| "nats-server".into())
+}
+
 impl NatsServer {
     pub fn start() -> NatsServer {
         let store = tempfile::tempdir().unwrap();
         let addr = super::free_addr();
         let log = std::fs::File::create(store.path().join("nats.log")).unwrap();
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server_bin())
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(addr.port().to_string())
             .arg("--store_dir")

@@ -410,35 +410,27 @@ fn main() {
             .only
             .as_ref()
             .is_none_or(|only| only.iter().any(|k| k == key));
-        if !selected || o.instructions_only {
-            // Started under callgrind only, one at a time, below.
-            if selected {
-                targets.push(Target {
-                    key,
-                    label,
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    proc_index: 0,
-                    headers: if tokens {
-                        token_headers.clone()
-                    } else {
-                        plain.clone()
-                    },
-                    launch,
-                });
-            }
+        if !selected {
             continue;
         }
-        procs.push(Proc::spawn(
-            &o.proxy_core,
-            &launch,
-            &dir.join(format!("{key}.log")),
-            label,
-        ));
+        // With `--instructions-only` nothing runs natively: each is started under callgrind,
+        // one at a time, below.
+        let proc_index = if o.instructions_only {
+            0
+        } else {
+            procs.push(Proc::spawn(
+                &o.proxy_core,
+                &launch,
+                &dir.join(format!("{key}.log")),
+                label,
+            ));
+            procs.len() - 1
+        };
         targets.push(Target {
             key,
             label,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            proc_index: procs.len() - 1,
+            proc_index,
             headers: if tokens {
                 token_headers.clone()
             } else {

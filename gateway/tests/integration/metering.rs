@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{
-    client, eventually, gateway_bin, pg_url, unique_table, upstream, Receiver, TestGateway,
+    client, eventually, gateway_bin, pg_url, sigkill_under_load, unique_table, upstream, Receiver,
+    TestGateway,
 };
 
 const TENANTS: &str = r#"
@@ -406,36 +407,16 @@ async fn sigkill_under_load_loses_nothing_and_counts_nothing_twice() {
         &config(up.addr, &ledger, ""),
         &[("tenants.toml", TENANTS.as_bytes())],
     );
-    let url = gw.url("/_upstream/slow?ms=200");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..CLIENTS {
-        let (url, stop) = (url.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut ok = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                match http.get(&url).header("x-tenant", "globex").send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-            ok
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // Kill at a moment when every client's request is inside the upstream.
-    eventually(Duration::from_secs(5), || async {
-        up.in_flight() == CLIENTS
-    })
-    .await
-    .expect("all clients in flight");
-    gw.kill();
-    stop.store(true, Ordering::SeqCst);
-    let mut completed = 0;
-    for c in clients {
-        completed += c.await.unwrap();
-    }
+    // Killed at a moment when every client's request is inside the upstream.
+    let completed = sigkill_under_load(
+        &mut gw,
+        &up,
+        "/_upstream/slow?ms=200",
+        &["globex"],
+        CLIENTS,
+        Duration::from_millis(1200),
+    )
+    .await;
     let received = up.received();
     assert!(
         completed >= CLIENTS * 2,

@@ -3,25 +3,19 @@
 //! every usage event exactly once (the broker drops redeliveries by `Nats-Msg-Id`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::nats::NatsServer;
-use crate::common::{eventually, upstream, TestGateway};
+use crate::common::{config_for, eventually, sigkill_under_load, upstream, TestGateway};
 
 const STREAM: &str = "USAGE_TEST";
 const TENANTS: &str = "[[tenant]]\nid = \"acme\"\n\n[[tenant]]\nid = \"globex\"\n";
 
 fn config(up: std::net::SocketAddr, nats: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = ["{{listen}}"]
-threads = 2
-grace_period = "1s"
-shutdown_timeout = "1s"
-
+    config_for(
+        &[up],
+        &format!(
+            r#"
 [tenancy]
 sources = ["header"]
 registry = {{ file = "tenants.toml" }}
@@ -37,14 +31,8 @@ url = "{nats}"
 stream = "{STREAM}"
 subject_prefix = "usage"
 batch_size = 7
-
-[upstream]
-read_timeout = "5s"
-
-[[upstream.pool]]
-name = "app"
-peers = ["{up}"]
 "#
+        ),
     )
 }
 
@@ -64,37 +52,16 @@ async fn jetstream_holds_every_event_once_after_sigkill_and_full_redelivery() {
         &config(up.addr, &nats.url()),
         &[("tenants.toml", TENANTS.as_bytes())],
     );
-    let url = gw.url("/_upstream/slow?ms=40");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let (url, stop) = (url.clone(), stop.clone());
-        let tenant = if c % 2 == 0 { "acme" } else { "globex" };
-        clients.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            let mut ok = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                match http.get(&url).header("x-tenant", tenant).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-            ok
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     // Killed while every client's request is inside the upstream (and export is under way).
-    eventually(Duration::from_secs(5), || async {
-        up.in_flight() == CLIENTS
-    })
-    .await
-    .expect("all clients in flight");
-    gw.kill();
-    stop.store(true, Ordering::SeqCst);
-    let mut completed = 0;
-    for c in clients {
-        completed += c.await.unwrap();
-    }
+    let completed = sigkill_under_load(
+        &mut gw,
+        &up,
+        "/_upstream/slow?ms=40",
+        &["acme", "globex"],
+        CLIENTS,
+        Duration::from_millis(1500),
+    )
+    .await;
     let received = up.received();
     assert!(completed >= CLIENTS * 5, "the load ran ({completed})");
 

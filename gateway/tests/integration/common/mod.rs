@@ -510,3 +510,50 @@ impl RawConnection {
         })
     }
 }
+
+/// Keeps `clients` clients requesting `path` (client `c` as tenant `tenants[c % len]`, by the
+/// `x-tenant` header) for `load_for`, then SIGKILLs the gateway at a moment when every
+/// client's request is inside the upstream, and stops the clients. Returns how many requests
+/// completed; the upstream counts what it received.
+pub async fn sigkill_under_load(
+    gw: &mut TestGateway,
+    up: &ExampleUpstream,
+    path: &str,
+    tenants: &[&'static str],
+    clients: u64,
+    load_for: Duration,
+) -> u64 {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let url = gw.url(path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (url, stop) = (url.clone(), stop.clone());
+        let tenant = tenants[c as usize % tenants.len()];
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ok = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                match http.get(&url).header("x-tenant", tenant).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            ok
+        }));
+    }
+    tokio::time::sleep(load_for).await;
+    eventually(Duration::from_secs(5), || async {
+        up.in_flight() == clients
+    })
+    .await
+    .expect("all clients in flight");
+    gw.kill();
+    stop.store(true, Ordering::SeqCst);
+    let mut completed = 0;
+    for task in tasks {
+        completed += task.await.unwrap();
+    }
+    completed
+}

@@ -222,6 +222,7 @@ fn authorize_stage(c: &mut Criterion) {
         resource_type: "Document",
         resource_id: "42",
         resource_attributes: &[],
+        resource_record: Default::default(),
         facts: &facts,
     };
     assert!(uncached.decide(&input).allowed);

@@ -657,6 +657,7 @@ fn explain(
                 &loaded.config.tiers,
             )),
             webhooks: None,
+            entity_store: Default::default(),
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)
     })
@@ -793,6 +794,21 @@ fn print_demo_banner(
         println!("  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/projects/42 -H \"authorization: Bearer $CAROL\"; done; echo");
         println!("  # GeoIP behind a trusted proxy: a download from an embargoed country is denied by policy");
         println!("  curl -si {base}/documents/7/download -H \"authorization: Bearer $ALICE\" -H 'x-forwarded-for: 175.45.1.1'");
+        println!("  # ownership and tenancy from data (policies/entities.json): acme's documents 1-3 are alice's, 4-6 bob's, 100 is globex's");
+        println!("  # alice, only a viewer, may update her own document ...");
+        println!("  curl -si -X PUT {base}/documents/1 -H \"authorization: Bearer $ALICE\"");
+        println!("  # ... but not bob's, whatever owner the URL names (403)");
+        println!("  curl -si -X PUT {base}/documents/4 -H \"authorization: Bearer $ALICE\"");
+        println!(
+            "  curl -si -X PUT {base}/users/alice/documents/4 -H \"authorization: Bearer $ALICE\""
+        );
+        println!(
+            "  # globex's document through acme: 403, \"the resource belongs to another tenant\""
+        );
+        println!("  curl -si {base}/documents/100 -H \"authorization: Bearer $ALICE\"");
+        println!("  # a custom claim: DAVE's clearance 3 reads document 5 (classified 2) but not 6 (classified 4)");
+        println!("  curl -si {base}/documents/5 -H \"authorization: Bearer $DAVE\"");
+        println!("  curl -si {base}/documents/6 -H \"authorization: Bearer $DAVE\"");
         println!("  # why was that denied?");
         println!("  cargo run -q -p gateway -- explain --config {} --method DELETE --path /projects/42 --token \"$ALICE\"", config_path.display());
         println!("  # edit policies/*.cedar while this runs: the change is live within a second (or refused with file:line)");
@@ -871,19 +887,24 @@ fn demo_tokens(loaded: &LoadedConfig) -> Vec<(&'static str, &'static str, String
     let key = jsonwebtoken::EncodingKey::from_secret(secret.trim_end().as_bytes());
     let now = crate::identity::now_secs();
     let audience = issuer.audiences.first().cloned().unwrap_or_default();
-    let people: [(&str, &str, &str, &str, bool); 4] = [
-        ("ALICE", "alice", "acme", "viewer", false),
-        ("BOB", "bob", "acme", "admin", true),
-        ("OLGA", "olga", "acme", "tenant-owner", true),
-        ("CAROL", "carol", "globex", "editor", false),
+    // (variable, subject, tenant, role, MFA, `clearance` claim)
+    let people: [(&str, &str, &str, &str, bool, Option<i64>); 5] = [
+        ("ALICE", "alice", "acme", "viewer", false, None),
+        ("BOB", "bob", "acme", "admin", true, None),
+        ("OLGA", "olga", "acme", "tenant-owner", true, None),
+        ("CAROL", "carol", "globex", "editor", false, None),
+        ("DAVE", "dave", "acme", "viewer", false, Some(3)),
     ];
     people
         .iter()
-        .filter_map(|(var, sub, org, role, mfa)| {
-            let claims = serde_json::json!({
+        .filter_map(|(var, sub, org, role, mfa, clearance)| {
+            let mut claims = serde_json::json!({
                 "iss": issuer.issuer, "aud": audience, "sub": sub, "org": org,
                 "roles": [role], "mfa": mfa, "iat": now, "exp": now + 12 * 3600,
             });
+            if let (Some(level), Some(map)) = (clearance, claims.as_object_mut()) {
+                map.insert("clearance".to_string(), serde_json::json!(level));
+            }
             let token = jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
                 &claims,
@@ -894,6 +915,7 @@ fn demo_tokens(loaded: &LoadedConfig) -> Vec<(&'static str, &'static str, String
                 "ALICE" => "alice, viewer of acme",
                 "BOB" => "bob, admin of acme, with MFA",
                 "OLGA" => "olga, tenant owner of acme, with MFA",
+                "DAVE" => "dave, viewer of acme, with a `clearance: 3` claim",
                 _ => "carol, editor of globex",
             };
             Some((*var, who, token))

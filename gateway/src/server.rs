@@ -206,6 +206,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             .unwrap_or_default(),
         limiter: Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers)),
         webhooks,
+        entity_store: Default::default(),
     });
 
     // The writers are not stopped by the shutdown signal: requests in flight keep recording

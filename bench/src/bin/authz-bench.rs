@@ -105,6 +105,7 @@ fn measure(
             resource_type: resource,
             resource_id: &id,
             resource_attributes: &[],
+            resource_record: Default::default(),
             facts: &facts,
         };
         let started = Instant::now();
@@ -201,6 +202,7 @@ fn main() {
                     resource_type: "Project",
                     resource_id: "1",
                     resource_attributes: &[],
+                    resource_record: Default::default(),
                     facts: &facts,
                 }));
                 first_use.push(started.elapsed().as_nanos() as u64);

@@ -73,6 +73,30 @@ impl Snapshot {
             )),
             None => None,
         };
+        // Claims mapped to user attributes must fit the schema (declared, optional, a type a
+        // claim can have), so that a typo fails the load rather than every decision.
+        if let (Some(engine), Some(identity)) = (&authz, &config.identity) {
+            let issues: Vec<_> = identity
+                .issuer
+                .iter()
+                .enumerate()
+                .flat_map(|(i, issuer)| {
+                    issuer.claims.attributes.keys().filter_map(move |name| {
+                        crate::authz::check_claim_attribute(engine.shapes(), name)
+                            .err()
+                            .map(|e| {
+                                loaded.source.issue(
+                                    format!("identity.issuer[{i}].claims.attributes.{name}"),
+                                    e,
+                                )
+                            })
+                    })
+                })
+                .collect();
+            if !issues.is_empty() {
+                return Err(SourceIssues(issues));
+            }
+        }
         // A file registry is small and part of the deployment: check its tenants' policies now
         // (a PostgreSQL registry's are checked as they are written, and on first use).
         if let (Some(engine), Some(_)) = (

@@ -46,6 +46,13 @@ pub const AUTHZ_POLICY_ERRORS_TOTAL: &str = "gateway_authz_policy_errors_total";
 /// Evaluations of a tenant's own policy set that raised an error.
 pub const AUTHZ_TENANT_POLICY_ERRORS_TOTAL: &str = "gateway_authz_tenant_policy_errors_total";
 
+/// Entity store lookups that failed (provider down or timed out, record not fitting the schema).
+pub const AUTHZ_ENTITY_STORE_ERRORS_TOTAL: &str = "gateway_authz_entity_store_errors_total";
+
+/// Claim or request-fact values left out of a decision because they do not have the type the
+/// schema declares for their attribute.
+pub const AUTHZ_ATTRIBUTE_TYPE_ERRORS_TOTAL: &str = "gateway_authz_attribute_type_errors_total";
+
 /// Requests on which the shadow policies decided differently from the enforced ones.
 pub const AUTHZ_SHADOW_DIFFS_TOTAL: &str = "gateway_authz_shadow_diffs_total";
 
@@ -185,6 +192,16 @@ pub const ALL: &[Metric] = &[
         name: AUTHZ_TENANT_POLICY_ERRORS_TOTAL,
         kind: Kind::Counter,
         help: "Evaluations of a tenant's own policy set that raised an error.",
+    },
+    Metric {
+        name: AUTHZ_ENTITY_STORE_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        help: "Entity store lookups that failed (provider down or timed out, record not fitting the schema).",
+    },
+    Metric {
+        name: AUTHZ_ATTRIBUTE_TYPE_ERRORS_TOTAL,
+        kind: Kind::Counter,
+        help: "Claim or request-fact values left out of a decision: not of the type the schema declares.",
     },
     Metric {
         name: AUTHZ_SHADOW_DIFFS_TOTAL,

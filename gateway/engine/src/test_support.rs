@@ -149,6 +149,7 @@ impl Deployment {
                 &loaded.config.tiers,
             )),
             webhooks: None,
+            entity_store: Default::default(),
         };
         let secret = std::fs::read(dir.join("issuer.secret")).expect("fixture secret");
         Deployment {

@@ -208,6 +208,7 @@ fuzz_target!(|decisions: Vec<Decision>| {
             resource_type,
             resource_id: &decision.resource_id,
             resource_attributes: &resource_attributes,
+            resource_record: Default::default(),
             facts: &facts,
         };
         let cached = engine.decide(&input);

@@ -74,6 +74,7 @@ pub fn deployment() -> &'static Deployment {
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap_or_else(|e| panic!("{e}"))],
             limiter: Arc::new(Limiter::new(config.limits.as_ref(), &config.tiers)),
             webhooks: None,
+            entity_store: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -30,6 +30,8 @@ pub struct Services {
     pub limiter: Arc<crate::limits::Limiter>,
     /// Signed webhooks, when `[webhooks]` is configured.
     pub webhooks: Option<crate::webhooks::Webhooks>,
+    /// Entity records from providers outside the policy package (PostgreSQL, HTTP), cached.
+    pub entity_store: Arc<crate::authz::store::EntityStore>,
 }
 
 /// A request every stage let through, with what the stages established about it.
@@ -207,8 +209,10 @@ async fn run_stages(
                 facts: &facts,
             },
             engine,
+            &services.entity_store,
             explaining.as_mut().map(|x| &mut x.trace.authorization),
-        );
+        )
+        .await;
         trace::note(&mut explaining, "authorize", &decision, |a| {
             match &a.decision {
                 Some(d) => format!(

@@ -9,6 +9,8 @@
 mod config;
 pub mod load;
 pub mod routes;
+pub mod shapes;
+pub mod store;
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,9 +31,12 @@ use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
-pub use config::AuthorizationConfig;
+pub use config::{AuthorizationConfig, EntityProviderKind, EntityStoreConfig};
 use load::{ParsedPolicies, PolicyOrigin};
 use routes::{RouteTable, RoutesFile};
+use shapes::{AttrType, SchemaShapes};
+pub use store::ResourceRecord;
+use store::{EntityFile, StoredEntity};
 
 /// Facts about the request that policies may use (the Cedar `context`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -75,8 +80,11 @@ pub struct DecisionInput<'a> {
     pub action: &'a str,
     pub resource_type: &'a str,
     pub resource_id: &'a str,
-    /// Resource attributes from the route (e.g. `owner`).
+    /// Resource attributes from the route's path parameters (typed by the schema; never an
+    /// entity reference such as an owner: those come from the entity store).
     pub resource_attributes: &'a [(String, String)],
+    /// What the entity store knows of the resource.
+    pub resource_record: ResourceRecord<'a>,
     pub facts: &'a RequestFacts,
 }
 
@@ -89,6 +97,10 @@ pub struct Evaluation {
     pub policies: Vec<String>,
     /// Policies that failed to evaluate (they count as not satisfied).
     pub errors: Vec<String>,
+    /// For a denial: the `@reason` annotation of the first determining forbid that has one,
+    /// which the refusal tells the caller (the policy author chose to say it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// What the shadow policies would have decided, when there are any.
     pub shadow: Option<ShadowOutcome>,
 }
@@ -127,8 +139,9 @@ enum EntityKey {
         tenant: EntityUid,
         platform: bool,
         roles: Vec<String>,
-        email: Option<String>,
-        department: Option<String>,
+        /// The mapped attributes the schema declares for users, in
+        /// [`AuthzEngine::principal_attributes`] order, as JSON text.
+        attributes: Vec<Option<String>>,
     },
     Tenant {
         id: String,
@@ -170,6 +183,17 @@ pub struct AuthzEngine {
     /// all 60-odd actions would make Cedar's closure computation dominate the cost).
     action_entities: HashMap<EntityUid, Vec<Entity>>,
     types: EntityTypes,
+    /// The attribute types the schema declares.
+    shapes: SchemaShapes,
+    /// The user attributes a token's claims may fill (declared by the schema, of a type a
+    /// claim can have; not `tenant` or `platform`, which the gateway sets), sorted by name.
+    principal_attributes: Vec<(String, AttrType)>,
+    /// `entities.json` of the package.
+    entity_file: EntityFile,
+    /// Policy id → its `@reason` annotation.
+    reasons: HashMap<String, String>,
+    /// Whether the schema's context declares `resource_found`.
+    context_has_resource_found: bool,
     authorizer: Authorizer,
     /// The decision cache. (quick_cache rather than moka on the request path: moka runs its
     /// maintenance inline on reading threads, which measured p99 25 µs per `get` against
@@ -199,12 +223,16 @@ struct KeyUses {
     method: bool,
     country: bool,
     ip: bool,
-    email: bool,
-    department: bool,
+    /// Bit `i`: the principal attribute `i` of [`AuthzEngine::principal_attributes`] is read
+    /// (bit 63 stands for every attribute from the 63rd on).
+    principal_attributes: u64,
 }
 
 impl KeyUses {
-    fn of<'a>(policies: impl IntoIterator<Item = &'a cedar_policy::Policy>) -> Self {
+    fn of<'a>(
+        policies: impl IntoIterator<Item = &'a cedar_policy::Policy>,
+        principal_attributes: &[(String, AttrType)],
+    ) -> Self {
         let mut uses = KeyUses::default();
         for policy in policies {
             for uid in policy.entity_literals() {
@@ -218,7 +246,7 @@ impl KeyUses {
                 Ok(json) => {
                     // The conditions only: annotations and ids are not read by a decision.
                     if let Some(conditions) = json.get("conditions") {
-                        uses.read_in(conditions);
+                        uses.read_in(conditions, principal_attributes);
                     }
                 }
                 // Not expressible as JSON (cannot happen for parsed policies): assume it
@@ -231,7 +259,7 @@ impl KeyUses {
 
     /// Records what `expr` (a part of a policy in cedar's JSON form, the EST) reads: attribute
     /// accesses (`.` and `has`) of `context` and of entities, and `context` used whole.
-    fn read_in(&mut self, expr: &serde_json::Value) {
+    fn read_in(&mut self, expr: &serde_json::Value, attrs: &[(String, AttrType)]) {
         use serde_json::Value;
         match expr {
             Value::Object(map) => {
@@ -248,18 +276,18 @@ impl KeyUses {
                                     // An entity's attribute: the principal's, or another
                                     // entity's of the same name (e.g. an owner who is the
                                     // principal).
-                                    self.read_entity_attribute(attr);
-                                    self.read_in(left);
+                                    self.read_entity_attribute(attr, attrs);
+                                    self.read_in(left, attrs);
                                 }
                                 None => self.read_everything(),
                             }
                         }
                         ("Var", Value::String(var)) if var == "context" => self.read_everything(),
-                        _ => self.read_in(operand),
+                        _ => self.read_in(operand, attrs),
                     }
                 }
             }
-            Value::Array(items) => items.iter().for_each(|item| self.read_in(item)),
+            Value::Array(items) => items.iter().for_each(|item| self.read_in(item, attrs)),
             _ => {}
         }
     }
@@ -284,16 +312,14 @@ impl KeyUses {
         self.method = true;
         self.country = true;
         self.ip = true;
-        self.email = true;
-        self.department = true;
+        self.principal_attributes = u64::MAX;
     }
 
-    fn read_entity_attribute(&mut self, attr: &str) {
-        match attr {
-            "email" => self.email = true,
-            "department" => self.department = true,
-            // Tenant, role, owner and other attributes are in every key.
-            _ => {}
+    /// An entity attribute read: when it is one a claim fills, the key holds the principal's
+    /// value of it. (Tenant, platform, roles and resource attributes are in every key.)
+    fn read_entity_attribute(&mut self, attr: &str, attrs: &[(String, AttrType)]) {
+        if let Some(index) = attrs.iter().position(|(name, _)| name == attr) {
+            self.principal_attributes |= 1 << index.min(63);
         }
     }
 
@@ -306,8 +332,7 @@ impl KeyUses {
             method: self.method || o.method,
             country: self.country || o.country,
             ip: self.ip || o.ip,
-            email: self.email || o.email,
-            department: self.department || o.department,
+            principal_attributes: self.principal_attributes | o.principal_attributes,
         }
     }
 }
@@ -335,8 +360,13 @@ impl AuthzEngine {
         let file_tenant_policies = load_tenant_dirs(&dir.join("tenants"))?;
         let mut origins = global_parsed.origins.clone();
         origins.extend(shadow_parsed.origins.clone());
+        let schema_source = SourceText::read(&dir.join("schema.cedarschema"))?;
+        let shapes = SchemaShapes::from_cedarschema(&schema_source.text)
+            .map_err(|e| dir_issue(dir, format!("schema.cedarschema: {e}")))?;
+        let entity_file = EntityFile::load(dir, &schema)?;
         let routes_source = SourceText::read(&dir.join("routes.toml"))?;
         let routes_file: RoutesFile = routes_source.deserialize()?;
+        check_route_attributes(&routes_file, &routes_source, &shapes)?;
         let routes = RouteTable::build(routes_file, &routes_source, |action, resource| {
             check_action(&schema, action, resource)
         })
@@ -377,6 +407,18 @@ impl AuthzEngine {
                 (uid, related)
             })
             .collect();
+        let principal_attributes = claim_attributes(&shapes, &types.user);
+        let context_has_resource_found = shapes.context.contains_key("resource_found");
+        let mut reasons = HashMap::new();
+        for policy in global.policies().chain(
+            file_tenant_policies
+                .values()
+                .flat_map(|p| p.policies.iter()),
+        ) {
+            if let Some(reason) = policy.annotation("reason") {
+                reasons.insert(policy.id().to_string(), reason.to_string());
+            }
+        }
         let global_slices = slice_per_action(&global, &action_entities);
         let shadow_slices = shadow
             .as_ref()
@@ -399,6 +441,11 @@ impl AuthzEngine {
             roles,
             actions,
             types,
+            shapes,
+            principal_attributes,
+            entity_file,
+            reasons,
+            context_has_resource_found,
             authorizer: Authorizer::new(),
             cache: None,
             version: package_digest(dir),
@@ -422,6 +469,7 @@ impl AuthzEngine {
                 .global
                 .policies()
                 .chain(engine.shadow.iter().flat_map(|s| s.policies())),
+            &engine.principal_attributes,
         );
         engine.cache = new_cache(cache_capacity);
         Ok(engine)
@@ -484,7 +532,10 @@ impl AuthzEngine {
             }
         };
         let uses = match &slices {
-            Ok(map) => KeyUses::of(map.values().flat_map(|set| set.policies())),
+            Ok(map) => KeyUses::of(
+                map.values().flat_map(|set| set.policies()),
+                &self.principal_attributes,
+            ),
             Err(_) => KeyUses::default(),
         };
         let compiled = Arc::new(CompiledTenant {
@@ -522,6 +573,31 @@ impl AuthzEngine {
         &self.schema
     }
 
+    /// The attribute types the schema declares.
+    pub fn shapes(&self) -> &SchemaShapes {
+        &self.shapes
+    }
+
+    /// What `entities.json` says of `type_name::"id"`.
+    pub fn file_record(&self, type_name: &str, id: &str) -> ResourceRecord<'_> {
+        if !self.entity_file.covers(type_name) {
+            return ResourceRecord::NotCovered;
+        }
+        match self
+            .uid(type_name, id)
+            .ok()
+            .and_then(|uid| self.entity_file.get(&uid))
+        {
+            Some(record) => ResourceRecord::Found(record),
+            None => ResourceRecord::Missing,
+        }
+    }
+
+    /// Records in `entities.json`.
+    pub fn entity_file_len(&self) -> usize {
+        self.entity_file.len()
+    }
+
     /// Whether a resource of this type can be an entity the request builds anyway: the
     /// principal (`User`, `Anonymous`), a tenant, a role or an action. Its id then changes the
     /// entity set — the resource is the principal itself, or collides with a tenant entity and
@@ -555,7 +631,12 @@ impl AuthzEngine {
         if let Some(compiled) = self.tenant_policies(input.tenant) {
             uses = uses.union(compiled.uses);
         }
-        let key = cache_key(input, uses, self.builds_entities_of(input.resource_type));
+        let key = cache_key(
+            input,
+            uses,
+            self.builds_entities_of(input.resource_type),
+            &self.principal_attributes,
+        );
         if let Some(hit) = cache.get(&key) {
             return hit;
         }
@@ -596,11 +677,17 @@ impl AuthzEngine {
             let (allowed, policies, _) = combine(&responses);
             ShadowOutcome { allowed, policies }
         });
+        let reason = if allowed {
+            None
+        } else {
+            policies.iter().find_map(|id| self.reasons.get(id).cloned())
+        };
         (
             Evaluation {
                 allowed,
                 policies,
                 errors,
+                reason,
                 shadow,
             },
             Some(entities),
@@ -672,8 +759,7 @@ impl AuthzEngine {
             tenant,
             platform,
             roles,
-            email,
-            department,
+            attributes,
             ..
         } = key
         else {
@@ -689,12 +775,19 @@ impl AuthzEngine {
                 "platform".to_string(),
                 RestrictedExpression::new_bool(*platform),
             ));
-            for (name, value) in [("email", email), ("department", department)] {
-                if let Some(v) = value {
-                    attrs.push((
-                        name.to_string(),
-                        RestrictedExpression::new_string(v.clone()),
-                    ));
+            for ((name, ty), value) in self.principal_attributes.iter().zip(attributes) {
+                let Some(text) = value else { continue };
+                let converted = serde_json::from_str(text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| ty.convert(&v, &self.types.by_name));
+                match converted {
+                    Ok(expr) => attrs.push((name.clone(), expr)),
+                    // Left out: `principal has <name>` is false, as for a token without it.
+                    Err(e) => {
+                        metrics::counter!(crate::telemetry::AUTHZ_ATTRIBUTE_TYPE_ERRORS_TOTAL)
+                            .increment(1);
+                        tracing::debug!(attribute = %name, error = %e, "claim left out of the principal entity");
+                    }
                 }
             }
             for role in roles {
@@ -710,6 +803,49 @@ impl AuthzEngine {
             parents.into_iter().collect(),
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// The resource: the store's record as it is when there is one (its `tenant`, `owner` …
+    /// are the data's, not the request's), else an entity of the request's tenant. Route
+    /// attributes (typed by the schema) add what the record does not have.
+    fn resource_entity(
+        &self,
+        input: &DecisionInput<'_>,
+        resource_uid: &EntityUid,
+        tenant_uid: &EntityUid,
+    ) -> Result<Entity, String> {
+        let (mut attrs, parents) = match input.resource_record {
+            ResourceRecord::Found(StoredEntity { entity, .. })
+                if input.resource_attributes.is_empty() =>
+            {
+                return Ok(entity.clone());
+            }
+            ResourceRecord::Found(StoredEntity { entity, .. }) => {
+                let (_, attrs, parents) = entity.clone().into_inner();
+                (attrs, parents)
+            }
+            ResourceRecord::NotCovered | ResourceRecord::Missing => (
+                HashMap::from([(
+                    "tenant".to_string(),
+                    RestrictedExpression::new_entity_uid(tenant_uid.clone()),
+                )]),
+                Default::default(),
+            ),
+        };
+        for (name, value) in input.resource_attributes {
+            if attrs.contains_key(name) {
+                continue;
+            }
+            let expr = match self.shapes.entity_attribute(input.resource_type, name) {
+                Some(shape) => shape.ty.convert(
+                    &serde_json::Value::String(value.clone()),
+                    &self.types.by_name,
+                )?,
+                None => RestrictedExpression::new_string(value.clone()),
+            };
+            attrs.insert(name.clone(), expr);
+        }
+        Entity::new(resource_uid.clone(), attrs, parents).map_err(|e| e.to_string())
     }
 
     fn uid(&self, type_name: &str, id: &str) -> Result<EntityUid, String> {
@@ -750,10 +886,6 @@ impl AuthzEngine {
         } else {
             EntityUid::from_type_name_and_id(self.types.user.clone(), EntityId::new(&principal.id))
         };
-        let text_attribute = |name: &str| match principal.attributes.get(name) {
-            Some(serde_json::Value::String(v)) if !anonymous => Some(v.clone()),
-            _ => None,
-        };
         let principal_key = EntityKey::Principal {
             anonymous,
             id: principal.id.clone(),
@@ -764,8 +896,14 @@ impl AuthzEngine {
             } else {
                 principal.roles.clone()
             },
-            email: text_attribute("email"),
-            department: text_attribute("department"),
+            attributes: if anonymous {
+                Vec::new()
+            } else {
+                self.principal_attributes
+                    .iter()
+                    .map(|(name, _)| principal.attributes.get(name).map(|v| v.to_string()))
+                    .collect()
+            },
         };
         let user = match self.entity_cache.get(&principal_key) {
             Some(e) => e,
@@ -792,27 +930,7 @@ impl AuthzEngine {
             }
         };
         let resource_uid = self.uid(input.resource_type, input.resource_id)?;
-        let mut resource_attrs = vec![(
-            "tenant".to_string(),
-            RestrictedExpression::new_entity_uid(tenant_uid.clone()),
-        )];
-        for (name, value) in input.resource_attributes {
-            let expr = if name == "owner" {
-                RestrictedExpression::new_entity_uid(EntityUid::from_type_name_and_id(
-                    self.types.user.clone(),
-                    EntityId::new(value),
-                ))
-            } else {
-                RestrictedExpression::new_string(value.clone())
-            };
-            resource_attrs.push((name.clone(), expr));
-        }
-        let resource = Entity::new(
-            resource_uid.clone(),
-            resource_attrs.into_iter().collect(),
-            Default::default(),
-        )
-        .map_err(|e| e.to_string())?;
+        let resource = self.resource_entity(input, &resource_uid, &tenant_uid)?;
         let mut list = vec![user, tenant];
         // A principal's other tenant (a mismatch the tenant stage should have refused) still
         // needs an entity so the isolation guard can compare it.
@@ -826,7 +944,21 @@ impl AuthzEngine {
             list.extend(related.iter().cloned());
         }
         let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
-        let context = Context::from_pairs(context_pairs(input)).map_err(|e| e.to_string())?;
+        let mut pairs = context_pairs(input);
+        if self.context_has_resource_found {
+            match input.resource_record {
+                ResourceRecord::NotCovered => {}
+                ResourceRecord::Missing => pairs.push((
+                    "resource_found".to_string(),
+                    RestrictedExpression::new_bool(false),
+                )),
+                ResourceRecord::Found(_) => pairs.push((
+                    "resource_found".to_string(),
+                    RestrictedExpression::new_bool(true),
+                )),
+            }
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let request = Request::new(principal_uid, action.clone(), resource_uid, context, None)
             .map_err(|e| e.to_string())?;
         Ok((request, entities))
@@ -980,6 +1112,7 @@ fn denied_with_error(error: String) -> Evaluation {
         allowed: false,
         policies: Vec::new(),
         errors: vec![error],
+        reason: None,
         shadow: None,
     }
 }
@@ -993,13 +1126,20 @@ fn is_var(expr: &serde_json::Value, name: &str) -> bool {
 /// The decision cache key: everything the decision reads. `resource_id_matters` when the
 /// resource can be one of the entities the request builds anyway (see
 /// [`AuthzEngine::builds_entities_of`]).
-fn cache_key(input: &DecisionInput<'_>, uses: KeyUses, resource_id_matters: bool) -> String {
+fn cache_key(
+    input: &DecisionInput<'_>,
+    uses: KeyUses,
+    resource_id_matters: bool,
+    principal_attributes: &[(String, AttrType)],
+) -> String {
     let p = input.principal;
     let t = input.tenant;
     let f = input.facts;
-    // The principal's id matters when a policy names a user, or when the resource refers to
-    // users (an owner the principal may be).
-    let principal_id = uses.principal_id || !input.resource_attributes.is_empty();
+    // The principal's id matters when a policy names a user, or when the resource's record or
+    // attributes may refer to users (an owner the principal may be).
+    let principal_id = uses.principal_id
+        || !input.resource_attributes.is_empty()
+        || matches!(input.resource_record, ResourceRecord::Found(_));
     let mut key = KeyWriter(String::with_capacity(160));
     key.text(input.action);
     key.text(input.resource_type);
@@ -1027,6 +1167,12 @@ fn cache_key(input: &DecisionInput<'_>, uses: KeyUses, resource_id_matters: bool
             .flat_map(|(name, value)| [name.as_str(), value.as_str()]),
     );
     key.maybe(p.attributes.get("mfa"), KeyWriter::json);
+    // The store's record: none, missing, or the record itself.
+    match input.resource_record {
+        ResourceRecord::NotCovered => key.maybe(None::<&str>, KeyWriter::text),
+        ResourceRecord::Missing => key.text(""),
+        ResourceRecord::Found(record) => key.text(&record.fingerprint),
+    }
     // Inputs only some policies read: a marker when no policy reads them.
     key.maybe(uses.hour.then_some(f.hour), KeyWriter::number);
     key.maybe(uses.weekday.then_some(f.weekday), KeyWriter::number);
@@ -1037,13 +1183,12 @@ fn cache_key(input: &DecisionInput<'_>, uses: KeyUses, resource_id_matters: bool
     key.maybe(uses.ip.then_some(f.ip), |k, ip| {
         k.maybe(ip, |k, ip| k.display(&ip))
     });
-    key.maybe(uses.email.then(|| p.attributes.get("email")), |k, v| {
-        k.maybe(v, KeyWriter::json)
-    });
-    key.maybe(
-        uses.department.then(|| p.attributes.get("department")),
-        |k, v| k.maybe(v, KeyWriter::json),
-    );
+    for (index, (name, _)) in principal_attributes.iter().enumerate() {
+        let read = uses.principal_attributes & (1 << index.min(63)) != 0;
+        key.maybe(read.then(|| p.attributes.get(name)), |k, v| {
+            k.maybe(v, KeyWriter::json)
+        });
+    }
     key.0
 }
 
@@ -1130,6 +1275,113 @@ fn new_cache(capacity: u64) -> Option<quick_cache::sync::Cache<String, Arc<Evalu
 }
 
 /// Checks that `action` exists and applies to `resource` (used by the route table).
+/// Route attributes come from the caller's URL: each must be declared by the resource type, of
+/// a type a path segment can have, and never an entity reference — an owner named in the URL
+/// is whoever the caller writes there (ownership comes from the entity store).
+fn check_route_attributes(
+    file: &RoutesFile,
+    source: &SourceText,
+    shapes: &SchemaShapes,
+) -> Result<(), SourceIssues> {
+    let mut issues = Vec::new();
+    for (i, route) in file.route.iter().enumerate() {
+        for attr in route.attributes.keys() {
+            let field = format!("route[{i}].attributes.{attr}");
+            match shapes.entity_attribute(&route.resource, attr) {
+                // An undeclared type or attribute: the action check and policy validation
+                // report what is wrong with the type; an undeclared attribute is a typo.
+                None if shapes.entities.contains_key(&route.resource) => issues.push(source.issue(
+                    field,
+                    format!(
+                        "the schema's `{}` has no attribute `{attr}`",
+                        route.resource
+                    ),
+                )),
+                None => {}
+                Some(shape) => match &shape.ty {
+                    AttrType::Entity(target) => issues.push(source.issue(
+                        field,
+                        format!(
+                            "`{attr}` is a reference to a `{target}`: it cannot come from the URL, \
+                             where the caller writes whatever they like; give resources their \
+                             `{attr}` in the entity store (entities.json or \
+                             [[authorization.entity_store]])"
+                        ),
+                    )),
+                    AttrType::String
+                    | AttrType::Long
+                    | AttrType::Bool
+                    | AttrType::Decimal
+                    | AttrType::IpAddr => {}
+                    other => issues.push(source.issue(
+                        field,
+                        format!("a path parameter cannot be a {}", other.describe()),
+                    )),
+                },
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(SourceIssues(issues))
+    }
+}
+
+/// The user attributes claims may fill: declared by the schema, of a fillable type, and not
+/// one the gateway sets itself.
+fn claim_attributes(shapes: &SchemaShapes, user: &EntityTypeName) -> Vec<(String, AttrType)> {
+    let mut attrs: Vec<(String, AttrType)> = shapes
+        .entities
+        .get(user.basename())
+        .into_iter()
+        .flatten()
+        .filter(|(name, shape)| {
+            !GATEWAY_SET_USER_ATTRIBUTES.contains(&name.as_str()) && shape.ty.is_fillable()
+        })
+        .map(|(name, shape)| (name.clone(), shape.ty.clone()))
+        .collect();
+    attrs.sort_by(|a, b| a.0.cmp(&b.0));
+    attrs
+}
+
+/// User attributes the gateway sets from what it verified, never from a claim mapping.
+const GATEWAY_SET_USER_ATTRIBUTES: [&str; 2] = ["tenant", "platform"];
+
+/// Why a claim mapping (`identity.issuer[].claims.attributes.<name>`) cannot fill a user
+/// attribute of this schema, if it cannot.
+pub fn check_claim_attribute(shapes: &SchemaShapes, name: &str) -> Result<(), String> {
+    // `mfa` feeds `context.mfa`; it needs no user attribute.
+    if name == "mfa" {
+        return Ok(());
+    }
+    if GATEWAY_SET_USER_ATTRIBUTES.contains(&name) {
+        return Err(format!(
+            "`{name}` is set by the gateway from what it verified, not from a claim"
+        ));
+    }
+    let Some(shape) = shapes.entity_attribute("User", name) else {
+        return Err(format!(
+            "the schema's `User` has no attribute `{name}` (declare it in schema.cedarschema, \
+             e.g. `{name}?: String`)"
+        ));
+    };
+    if !shape.ty.is_fillable() {
+        return Err(format!(
+            "`User.{name}` is a {}, which a claim cannot fill",
+            shape.ty.describe()
+        ));
+    }
+    if shape.required {
+        return Err(format!(
+            "`User.{name}` is required in the schema, but a token may lack the claim: declare \
+             it optional (`{name}?: {}`)",
+            shape.ty.describe()
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_action(schema: &Schema, action: &str, resource: &str) -> Result<(), String> {
     let uid = schema
         .actions()
@@ -1280,6 +1532,7 @@ mod tests {
             resource_type: resource,
             resource_id: "1",
             resource_attributes: &[],
+            resource_record: Default::default(),
             facts: &facts,
         })
     }
@@ -1312,6 +1565,7 @@ mod tests {
                     resource_type,
                     resource_id,
                     resource_attributes: &attributes,
+                    resource_record: Default::default(),
                     facts: &facts,
                 };
                 let cached = engine.decide(&input);
@@ -1323,7 +1577,11 @@ mod tests {
 
     fn uses_of(text: &str) -> KeyUses {
         let set: PolicySet = text.parse().unwrap();
-        KeyUses::of(set.policies())
+        let attrs = [
+            ("department".to_string(), AttrType::String),
+            ("email".to_string(), AttrType::String),
+        ];
+        KeyUses::of(set.policies(), &attrs)
     }
 
     #[test]
@@ -1387,8 +1645,7 @@ mod tests {
         assert_eq!(
             u,
             KeyUses {
-                email: true,
-                department: true,
+                principal_attributes: 0b11,
                 ..none
             }
         );
@@ -1602,6 +1859,7 @@ mod tests {
                         resource_type: "Project",
                         resource_id: ask.resource,
                         resource_attributes: &[],
+                        resource_record: Default::default(),
                         facts: &facts,
                     };
                     let cached = engine.decide(&input);

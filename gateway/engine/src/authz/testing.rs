@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
+use super::{AuthzEngine, DecisionInput, Evaluation, RequestFacts, ResourceRecord};
 use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::{AuthMethod, Principal};
 use crate::tenancy::TenantSpec;
@@ -120,6 +120,9 @@ struct PrincipalSpec {
     scopes: Vec<String>,
     email: Option<String>,
     department: Option<String>,
+    /// Further claims, as a token's claim mapping would give them (e.g. `clearance = 3`).
+    #[serde(default)]
+    claims: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +339,9 @@ fn run_case(
             .attributes
             .insert("department".into(), dept.clone().into());
     }
+    for (name, value) in &p.claims {
+        principal.attributes.insert(name.clone(), value.clone());
+    }
     let d = &file.defaults.context;
     let c = &case.context;
     let facts = RequestFacts {
@@ -389,6 +395,12 @@ fn run_case(
             }
             _ => return Err("give either `request`, or `action` and `resource`".to_string()),
         };
+    // The package's entities.json is the data the case runs against, unless the case states
+    // the resource's owner itself.
+    let resource_record = match &case.resource {
+        Some(ResourceSpec { owner: Some(_), .. }) => ResourceRecord::NotCovered,
+        _ => engine.file_record(&resource_type, &resource_id),
+    };
     let (evaluation, _) = engine.evaluate(&DecisionInput {
         principal: &principal,
         tenant: &tenant,
@@ -397,6 +409,7 @@ fn run_case(
         resource_type: &resource_type,
         resource_id: &resource_id,
         resource_attributes: &attributes,
+        resource_record,
         facts: &facts,
     });
     let mut diff = Vec::new();

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::Rejection;
 use crate::authz::routes::UnmatchedRoute;
-use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts};
+use crate::authz::store::{EntityStore, Lookup};
+use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts, ResourceRecord};
 use crate::identity::Principal;
 use crate::request_metrics::StaticCounters;
 use crate::tenancy::TenantSpec;
@@ -106,13 +107,15 @@ pub struct AuthorizeRequest<'a> {
     pub facts: &'a RequestFacts,
 }
 
-/// Runs stage 4.
+/// Runs stage 4. The resource's record comes from the package's `entities.json`, else from the
+/// configured entity store providers (awaited only for the types they serve).
 ///
 /// With `trace` (explain), the evaluation is recorded there with the entities Cedar saw, and
 /// neither logged nor counted: an explanation is not a decision.
-pub fn authorize(
+pub async fn authorize(
     request: &AuthorizeRequest<'_>,
     engine: &AuthzEngine,
+    store: &EntityStore,
     trace: Option<&mut Option<AuthorizationTrace>>,
 ) -> Result<Authorized, Rejection> {
     let started = Instant::now();
@@ -135,6 +138,34 @@ pub fn authorize(
         .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.to_string())))
         .collect();
     let resource_id = matched.resource_id();
+    let fetched;
+    // A collection route (no id) names no object: nothing to look up.
+    let resource_record = match engine.file_record(&route.resource_type, resource_id) {
+        _ if route.id_param.is_none() => ResourceRecord::NotCovered,
+        ResourceRecord::Found(record) => ResourceRecord::Found(record),
+        from_file => match store
+            .lookup(
+                &route.resource_type,
+                resource_id,
+                engine.schema(),
+                &engine.version,
+            )
+            .await
+        {
+            Ok(Lookup::Found(record)) => {
+                fetched = record;
+                ResourceRecord::Found(&fetched)
+            }
+            Ok(Lookup::Missing) => ResourceRecord::Missing,
+            Ok(Lookup::NotCovered) => from_file,
+            Err(e) => {
+                tracing::warn!(error = %e, resource_type = %route.resource_type, "entity store unavailable: request refused");
+                return Err(Rejection::EntityStoreUnavailable {
+                    reason: e.to_string(),
+                });
+            }
+        },
+    };
     let input = DecisionInput {
         principal: request.principal,
         tenant: request.tenant,
@@ -143,6 +174,7 @@ pub fn authorize(
         resource_type: &route.resource_type,
         resource_id,
         resource_attributes: &resource_attributes,
+        resource_record,
         facts: request.facts,
     };
     let resource = format!("{}::{:?}", route.resource_type, resource_id);

@@ -63,6 +63,10 @@ pub enum Rejection {
     /// refused rather than forwarded unrecorded.
     #[error("the request cannot be recorded: {reason}")]
     MeteringUnavailable { reason: String },
+    /// The entity store cannot say what the resource is (provider down, timed out, or its
+    /// record does not fit the schema) and the provider is configured to fail closed.
+    #[error("the entity store cannot answer: {reason}")]
+    EntityStoreUnavailable { reason: String },
     /// The request head is larger than `[server] max_header_bytes` or has more fields than
     /// `max_header_count`.
     #[error("{0}")]
@@ -124,7 +128,9 @@ impl Rejection {
             Rejection::Unauthenticated(_) => 401,
             Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
             Rejection::RateLimited { .. } | Rejection::QuotaExhausted { .. } => 429,
-            Rejection::LimiterUnavailable { .. } | Rejection::MeteringUnavailable { .. } => 503,
+            Rejection::LimiterUnavailable { .. }
+            | Rejection::MeteringUnavailable { .. }
+            | Rejection::EntityStoreUnavailable { .. } => 503,
             Rejection::UnknownRoute => 404,
             Rejection::Tenant(TenantError::Required) => 400,
             Rejection::Tenant(
@@ -164,6 +170,7 @@ impl Rejection {
             Rejection::LimiterUnavailable { .. } => "rate-limit-unavailable",
             Rejection::FeatureNotInTier(_) => "feature-not-in-tier",
             Rejection::MeteringUnavailable { .. } => "metering-unavailable",
+            Rejection::EntityStoreUnavailable { .. } => "entity-store-unavailable",
             Rejection::HeadTooLarge(_) => "headers-too-large",
             Rejection::UriTooLong { .. } => "uri-too-long",
             Rejection::BodyTooLarge { .. } => "body-too-large",
@@ -197,7 +204,9 @@ impl Rejection {
             Rejection::QuotaExhausted { .. } => "Quota exhausted",
             Rejection::LimiterUnavailable { .. } => "Service unavailable",
             Rejection::FeatureNotInTier(_) => "Feature not in plan",
-            Rejection::MeteringUnavailable { .. } => "Service unavailable",
+            Rejection::MeteringUnavailable { .. } | Rejection::EntityStoreUnavailable { .. } => {
+                "Service unavailable"
+            }
             Rejection::HeadTooLarge(_) => "Request header fields too large",
             Rejection::UriTooLong { .. } => "URI too long",
             Rejection::BodyTooLarge { .. } => "Content too large",
@@ -234,7 +243,12 @@ impl Rejection {
             Rejection::Unauthenticated(_) => "missing or invalid credentials".to_string(),
             Rejection::Tenant(e) => e.to_string(),
             // Which policy denied is for the audit record, not for the caller.
-            Rejection::Forbidden(_) => "the request is not allowed by policy".to_string(),
+            // Which policy denied is for the audit record; what a policy's `@reason`
+            // annotation says was written for the caller.
+            Rejection::Forbidden(record) => match &record.evaluation.reason {
+                Some(reason) => format!("the request is not allowed by policy: {reason}"),
+                None => "the request is not allowed by policy".to_string(),
+            },
             Rejection::UnknownRoute => "no such route".to_string(),
             Rejection::Internal { .. } => "the gateway failed to handle the request".to_string(),
             Rejection::RateLimited { limit, .. } => {
@@ -254,6 +268,9 @@ impl Rejection {
             Rejection::MeteringUnavailable { .. } => {
                 "the gateway cannot record requests right now; retry after the Retry-After delay"
                     .to_string()
+            }
+            Rejection::EntityStoreUnavailable { .. } => {
+                "the data this decision needs cannot be read right now; retry later".to_string()
             }
             // The client's own request and the limits it broke: saying which helps it comply.
             Rejection::HeadTooLarge(e) => e.to_string(),

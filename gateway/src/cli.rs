@@ -888,7 +888,8 @@ fn demo_tokens(loaded: &LoadedConfig) -> Vec<(&'static str, &'static str, String
     let now = crate::identity::now_secs();
     let audience = issuer.audiences.first().cloned().unwrap_or_default();
     // (variable, subject, tenant, role, MFA, `clearance` claim)
-    let people: [(&str, &str, &str, &str, bool, Option<i64>); 5] = [
+    type Person<'a> = (&'a str, &'a str, &'a str, &'a str, bool, Option<i64>);
+    let people: [Person; 5] = [
         ("ALICE", "alice", "acme", "viewer", false, None),
         ("BOB", "bob", "acme", "admin", true, None),
         ("OLGA", "olga", "acme", "tenant-owner", true, None),

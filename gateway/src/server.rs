@@ -196,6 +196,35 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         }
         None => None,
     };
+    let entity_store = match cfg.authorization.as_ref() {
+        Some(a) if !a.entity_store.is_empty() => {
+            // The providers' connections and change feeds run on a runtime of their own that
+            // lives until shutdown (the startup runtime stops polling once start-up is done).
+            let io = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("entity-store")
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::Runtime(format!("entity store runtime: {e}")))?;
+            let (entity_store, feeds) = io
+                .block_on(crate::authz::store::EntityStore::open(
+                    &a.entity_store,
+                    |p| loaded.resolve(p),
+                ))
+                .map_err(StartError::Runtime)?;
+            let entity_store = Arc::new(entity_store);
+            let following = entity_store.clone();
+            background.push(task_service(
+                "entity store changes",
+                move |shutdown| async move {
+                    let _ = io.spawn(following.follow(feeds, shutdown)).await;
+                    io.shutdown_background();
+                },
+            ));
+            entity_store
+        }
+        _ => Default::default(),
+    };
     let services = Arc::new(Services {
         authenticator,
         geoip,
@@ -206,7 +235,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             .unwrap_or_default(),
         limiter: Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers)),
         webhooks,
-        entity_store: Default::default(),
+        entity_store,
     });
 
     // The writers are not stopped by the shutdown signal: requests in flight keep recording

@@ -35,9 +35,10 @@ pub struct EntityStoreConfig {
     pub types: Vec<String>,
     /// `postgres` or `http`.
     pub kind: EntityProviderKind,
-    /// `kind = "postgres"`: where the table is. Its `table` names the entity table
-    /// (`entity_type text, entity_id text, record jsonb`, primary key on both; created with a
-    /// NOTIFY trigger when `migrate` is on).
+    /// `kind = "postgres"`: where the table is. Set its `table` (e.g. `gateway_entities`):
+    /// `entity_type text, entity_id text, attrs jsonb, parents jsonb`, primary key on the
+    /// first two; created with a NOTIFY trigger when `migrate` is on. Changes reach every
+    /// replica's cache through NOTIFY.
     #[serde(default)]
     pub postgres: Option<crate::db::PostgresConfig>,
     /// `kind = "http"`: base URL; the record of `Type::"id"` is `GET {url}/{Type}/{id}`
@@ -121,6 +122,14 @@ impl AuthorizationConfig {
                     Some(pg) => {
                         if let Err(e) = pg.connection_url() {
                             issues.push(source.issue(field("postgres"), e));
+                        }
+                        // The default table is the tenant registry's.
+                        if pg.table == "gateway_tenants" {
+                            issues.push(source.issue(
+                                field("postgres"),
+                                "set `table` (e.g. \"gateway_entities\"): the default names \
+                                 the tenant registry's table",
+                            ));
                         }
                     }
                 },

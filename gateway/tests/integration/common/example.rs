@@ -81,6 +81,17 @@ pub fn example_file(name: &str) -> Vec<u8> {
 
 /// A token of the demo issuer, as `gateway demo` mints them.
 pub fn token(sub: &str, tenant: Option<&str>, roles: &[String], mfa: bool) -> String {
+    token_with(sub, tenant, roles, mfa, json!({}))
+}
+
+/// As [`token`], with further claims (e.g. `{"clearance": 3}`).
+pub fn token_with(
+    sub: &str,
+    tenant: Option<&str>,
+    roles: &[String],
+    mfa: bool,
+    extra: serde_json::Value,
+) -> String {
     let secret = String::from_utf8(example_file("demo-issuer.secret")).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -92,6 +103,9 @@ pub fn token(sub: &str, tenant: Option<&str>, roles: &[String], mfa: bool) -> St
     });
     if let Some(t) = tenant {
         claims["org"] = json!(t);
+    }
+    if let (Some(map), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+        map.extend(extra.clone());
     }
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -279,6 +293,19 @@ pub fn demo_cases() -> Vec<Case> {
     let bob = person("bob", "acme", "admin", true);
     let olga = person("olga", "acme", "tenant-owner", true);
     let carol = person("carol", "globex", "editor", false);
+    let dave = (
+        "authorization".to_string(),
+        format!(
+            "Bearer {}",
+            token_with(
+                "dave",
+                Some("acme"),
+                &["viewer".to_string()],
+                false,
+                json!({"clearance": 3})
+            )
+        ),
+    );
     let h = |k: &str, v: &str| (k.to_string(), v.to_string());
     let case = |name: &str, method: &str, target: &str, headers: Vec<(String, String)>| Case {
         name: format!("demo: {name}"),
@@ -327,6 +354,27 @@ pub fn demo_cases() -> Vec<Case> {
             "/documents/7/download",
             vec![alice.clone(), h("x-forwarded-for", "175.45.1.1")],
         ),
+        case("owner updates", "PUT", "/documents/1", vec![alice.clone()]),
+        case("not the owner", "PUT", "/documents/4", vec![alice.clone()]),
+        case(
+            "owner named in the URL",
+            "PUT",
+            "/users/alice/documents/4",
+            vec![alice.clone()],
+        ),
+        case(
+            "another tenant's document",
+            "GET",
+            "/documents/100",
+            vec![alice.clone()],
+        ),
+        case(
+            "clearance suffices",
+            "GET",
+            "/documents/5",
+            vec![dave.clone()],
+        ),
+        case("clearance too low", "GET", "/documents/6", vec![dave]),
         case(
             "encoded traversal",
             "GET",

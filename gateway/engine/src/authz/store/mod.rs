@@ -30,6 +30,12 @@ use serde_json::Value;
 
 use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 
+pub mod http;
+pub mod postgres;
+
+use super::config::{EntityProviderKind, EntityStoreConfig};
+use postgres::EntityChange;
+
 /// One record of the store, validated against the schema.
 #[derive(Debug, Clone)]
 pub struct StoredEntity {
@@ -278,6 +284,94 @@ impl EntityStore {
     /// Whether a provider serves this entity type.
     pub fn covers(&self, type_name: &str) -> bool {
         self.by_type.contains_key(type_name)
+    }
+
+    /// Opens the configured providers (PostgreSQL ones connect now; `resolve` makes their CA
+    /// file paths absolute). Returns the store and the PostgreSQL change feeds, which
+    /// [`EntityStore::follow`] applies.
+    pub async fn open(
+        configs: &[EntityStoreConfig],
+        resolve: impl Fn(&Path) -> std::path::PathBuf,
+    ) -> Result<
+        (
+            EntityStore,
+            Vec<tokio::sync::mpsc::UnboundedReceiver<EntityChange>>,
+        ),
+        String,
+    > {
+        let mut store = EntityStore::new();
+        let mut feeds = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let field = format!("authorization.entity_store[{i}]");
+            let provider: Arc<dyn EntityProvider> = match config.kind {
+                EntityProviderKind::Postgres => {
+                    let mut pg = config
+                        .postgres
+                        .clone()
+                        .ok_or_else(|| format!("{field}: `postgres` is missing"))?;
+                    pg.ca_file = pg.ca_file.as_deref().map(&resolve);
+                    let (provider, changes) = postgres::connect(&pg)
+                        .await
+                        .map_err(|e| format!("{field}.postgres: {e}"))?;
+                    feeds.push(changes);
+                    Arc::new(provider.with_timeout(config.timeout))
+                }
+                EntityProviderKind::Http => {
+                    let url = config
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| format!("{field}: `url` is missing"))?;
+                    Arc::new(
+                        http::HttpEntities::new(url, config.timeout)
+                            .map_err(|e| format!("{field}.url: {e}"))?,
+                    )
+                }
+            };
+            store.add(
+                &config.types,
+                provider,
+                CachePolicy {
+                    capacity: config.cache_capacity,
+                    ttl: config.ttl,
+                    negative_ttl: config.negative_ttl,
+                },
+                config.on_error,
+            );
+        }
+        Ok((store, feeds))
+    }
+
+    /// Applies the providers' change notifications to the caches until shutdown.
+    pub async fn follow(
+        self: Arc<Self>,
+        feeds: Vec<tokio::sync::mpsc::UnboundedReceiver<EntityChange>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut merged = futures_util::stream::select_all(
+            feeds
+                .into_iter()
+                .map(|mut rx| Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))),
+        );
+        loop {
+            tokio::select! {
+                change = futures_util::StreamExt::next(&mut merged) => match change {
+                    Some(EntityChange::One { type_name, id }) => {
+                        self.invalidate(&type_name, &id).await;
+                    }
+                    Some(EntityChange::All) => self.invalidate_all(),
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Forgets everything cached (a change feed was lost and is back).
+    pub fn invalidate_all(&self) {
+        for provider in self.by_type.values() {
+            provider.cache.invalidate_all();
+        }
+        self.validated.invalidate_all();
     }
 
     /// Forgets what is cached of one entity (a provider's change notification).

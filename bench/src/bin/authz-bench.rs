@@ -106,6 +106,7 @@ fn measure(
             resource_id: &id,
             resource_attributes: &[],
             resource_record: Default::default(),
+            declared_facts: &[],
             facts: &facts,
         };
         let started = Instant::now();
@@ -203,6 +204,7 @@ fn main() {
                     resource_id: "1",
                     resource_attributes: &[],
                     resource_record: Default::default(),
+                    declared_facts: &[],
                     facts: &facts,
                 }));
                 first_use.push(started.elapsed().as_nanos() as u64);

@@ -411,10 +411,10 @@ async fn anonymous_callers_are_never_owners() {
     );
     // What anonymous callers may do is unchanged.
     assert_eq!(send_to(&gw, "globex", "GET", "/status", None).await.0, 200);
-    // A real user still owns their documents.
-    let vera = token("vera", "acme", &[], false);
+    // A real user still owns their documents (document 1 is alice's in policies/entities.json).
+    let alice = token("alice", "acme", &[], false);
     assert_eq!(
-        send(&gw, "DELETE", "/users/vera/documents/1", Some(&vera))
+        send(&gw, "DELETE", "/users/alice/documents/1", Some(&alice))
             .await
             .0,
         200
@@ -432,7 +432,20 @@ async fn anonymous_callers_are_never_owners() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
     let up = upstream("app").await;
-    let gw = start(up.addr, false);
+    // Document 7 belongs to the user `a`, document 8 to the user whose id is `a::b`.
+    let mut entities: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(repo().join("policies/entities.json")).unwrap())
+            .unwrap();
+    for (id, owner) in [("7", "a"), ("8", "a::b")] {
+        entities.push(serde_json::json!({
+            "uid": {"type": "Document", "id": id},
+            "attrs": {"tenant": {"__entity": {"type": "Tenant", "id": "acme"}},
+                      "owner": {"__entity": {"type": "User", "id": owner}}},
+            "parents": [],
+        }));
+    }
+    let entities = serde_json::to_vec(&entities).unwrap();
+    let gw = start_with(up.addr, false, "", &[("policies/entities.json", &entities)]);
     // A subject that is the anonymous caller's id or an API key's is refused outright: it would
     // be that principal in policies, upstream headers, rate limits and usage records.
     for sub in ["anonymous", "Anonymous", "apikey:ci", "APIKEY:deploy"] {
@@ -448,6 +461,8 @@ async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
         ("User::\"vera\"", "/users/vera/documents/7"),
         ("vera\" || true || \"", "/users/vera/documents/7"),
         ("a::b", "/users/a/documents/7"),
+        ("a::b", "/users/a::b/documents/7"),
+        ("a", "/users/a::b/documents/8"),
     ] {
         let t = token(sub, "acme", &[], false);
         let (status, body) = send(&gw, "DELETE", path, Some(&t)).await;
@@ -456,7 +471,7 @@ async fn token_subjects_cannot_take_reserved_ids_or_pass_for_other_entities() {
     assert_eq!(up.served(), 0);
     let t = token("a::b", "acme", &[], false);
     assert_eq!(
-        send(&gw, "DELETE", "/users/a::b/documents/7", Some(&t))
+        send(&gw, "DELETE", "/users/a::b/documents/8", Some(&t))
             .await
             .0,
         200,

@@ -207,6 +207,8 @@ async fn run_stages(
                 tier_features: limits.tier_features(&tenant.tier),
                 feature_gates: Some(limits),
                 facts: &facts,
+                headers: head.headers,
+                query: admitted.sanitized.query.as_deref(),
             },
             engine,
             &services.entity_store,

@@ -7,6 +7,7 @@
 //! deny), so the cost does not grow with the number of tenants.
 
 mod config;
+pub mod facts;
 pub mod load;
 pub mod routes;
 pub mod shapes;
@@ -32,6 +33,7 @@ use crate::identity::principal::ANONYMOUS_ID;
 use crate::identity::Principal;
 use crate::tenancy::{TenantRegistry, TenantSpec};
 pub use config::{AuthorizationConfig, EntityProviderKind, EntityStoreConfig};
+use facts::ContextFacts;
 use load::{ParsedPolicies, PolicyOrigin};
 use routes::{RouteTable, RoutesFile};
 use shapes::{AttrType, SchemaShapes};
@@ -85,6 +87,9 @@ pub struct DecisionInput<'a> {
     pub resource_attributes: &'a [(String, String)],
     /// What the entity store knows of the resource.
     pub resource_record: ResourceRecord<'a>,
+    /// The declared request facts' raw values (routes.toml `[context]`), in
+    /// [`AuthzEngine::context_facts`] order; empty when none are declared.
+    pub declared_facts: &'a [Option<String>],
     pub facts: &'a RequestFacts,
 }
 
@@ -192,6 +197,8 @@ pub struct AuthzEngine {
     entity_file: EntityFile,
     /// Policy id → its `@reason` annotation.
     reasons: HashMap<String, String>,
+    /// Request facts declared in routes.toml `[context]`.
+    context_facts: ContextFacts,
     /// Whether the schema's context declares `resource_found`.
     context_has_resource_found: bool,
     authorizer: Authorizer,
@@ -226,12 +233,21 @@ struct KeyUses {
     /// Bit `i`: the principal attribute `i` of [`AuthzEngine::principal_attributes`] is read
     /// (bit 63 stands for every attribute from the 63rd on).
     principal_attributes: u64,
+    /// Bit `i`: the declared context fact `i` is read (likewise).
+    context_facts: u64,
+}
+
+/// The open-ended inputs a key may hold, by position: the principal attributes claims fill
+/// and the declared context facts.
+struct KeyNames<'a> {
+    principal: &'a [(String, AttrType)],
+    context: &'a ContextFacts,
 }
 
 impl KeyUses {
     fn of<'a>(
         policies: impl IntoIterator<Item = &'a cedar_policy::Policy>,
-        principal_attributes: &[(String, AttrType)],
+        names: &KeyNames<'_>,
     ) -> Self {
         let mut uses = KeyUses::default();
         for policy in policies {
@@ -246,7 +262,7 @@ impl KeyUses {
                 Ok(json) => {
                     // The conditions only: annotations and ids are not read by a decision.
                     if let Some(conditions) = json.get("conditions") {
-                        uses.read_in(conditions, principal_attributes);
+                        uses.read_in(conditions, names);
                     }
                 }
                 // Not expressible as JSON (cannot happen for parsed policies): assume it
@@ -259,7 +275,7 @@ impl KeyUses {
 
     /// Records what `expr` (a part of a policy in cedar's JSON form, the EST) reads: attribute
     /// accesses (`.` and `has`) of `context` and of entities, and `context` used whole.
-    fn read_in(&mut self, expr: &serde_json::Value, attrs: &[(String, AttrType)]) {
+    fn read_in(&mut self, expr: &serde_json::Value, names: &KeyNames<'_>) {
         use serde_json::Value;
         match expr {
             Value::Object(map) => {
@@ -271,28 +287,33 @@ impl KeyUses {
                                 .and_then(Value::as_str)
                                 .unwrap_or_default();
                             match access.get("left") {
-                                Some(left) if is_var(left, "context") => self.read_context(attr),
+                                Some(left) if is_var(left, "context") => {
+                                    self.read_context(attr, names)
+                                }
                                 Some(left) => {
                                     // An entity's attribute: the principal's, or another
                                     // entity's of the same name (e.g. an owner who is the
                                     // principal).
-                                    self.read_entity_attribute(attr, attrs);
-                                    self.read_in(left, attrs);
+                                    self.read_entity_attribute(attr, names);
+                                    self.read_in(left, names);
                                 }
                                 None => self.read_everything(),
                             }
                         }
                         ("Var", Value::String(var)) if var == "context" => self.read_everything(),
-                        _ => self.read_in(operand, attrs),
+                        _ => self.read_in(operand, names),
                     }
                 }
             }
-            Value::Array(items) => items.iter().for_each(|item| self.read_in(item, attrs)),
+            Value::Array(items) => items.iter().for_each(|item| self.read_in(item, names)),
             _ => {}
         }
     }
 
-    fn read_context(&mut self, attr: &str) {
+    fn read_context(&mut self, attr: &str, names: &KeyNames<'_>) {
+        if let Some(index) = names.context.position(attr) {
+            self.context_facts |= 1 << index.min(63);
+        }
         match attr {
             "hour" => self.hour = true,
             "weekday" => self.weekday = true,
@@ -313,12 +334,13 @@ impl KeyUses {
         self.country = true;
         self.ip = true;
         self.principal_attributes = u64::MAX;
+        self.context_facts = u64::MAX;
     }
 
     /// An entity attribute read: when it is one a claim fills, the key holds the principal's
     /// value of it. (Tenant, platform, roles and resource attributes are in every key.)
-    fn read_entity_attribute(&mut self, attr: &str, attrs: &[(String, AttrType)]) {
-        if let Some(index) = attrs.iter().position(|(name, _)| name == attr) {
+    fn read_entity_attribute(&mut self, attr: &str, names: &KeyNames<'_>) {
+        if let Some(index) = names.principal.iter().position(|(name, _)| name == attr) {
             self.principal_attributes |= 1 << index.min(63);
         }
     }
@@ -333,6 +355,7 @@ impl KeyUses {
             country: self.country || o.country,
             ip: self.ip || o.ip,
             principal_attributes: self.principal_attributes | o.principal_attributes,
+            context_facts: self.context_facts | o.context_facts,
         }
     }
 }
@@ -367,6 +390,7 @@ impl AuthzEngine {
         let routes_source = SourceText::read(&dir.join("routes.toml"))?;
         let routes_file: RoutesFile = routes_source.deserialize()?;
         check_route_attributes(&routes_file, &routes_source, &shapes)?;
+        let context_facts = ContextFacts::build(&routes_file.context, &routes_source, &shapes)?;
         let routes = RouteTable::build(routes_file, &routes_source, |action, resource| {
             check_action(&schema, action, resource)
         })
@@ -445,6 +469,7 @@ impl AuthzEngine {
             principal_attributes,
             entity_file,
             reasons,
+            context_facts,
             context_has_resource_found,
             authorizer: Authorizer::new(),
             cache: None,
@@ -469,7 +494,7 @@ impl AuthzEngine {
                 .global
                 .policies()
                 .chain(engine.shadow.iter().flat_map(|s| s.policies())),
-            &engine.principal_attributes,
+            &engine.key_names(),
         );
         engine.cache = new_cache(cache_capacity);
         Ok(engine)
@@ -534,7 +559,7 @@ impl AuthzEngine {
         let uses = match &slices {
             Ok(map) => KeyUses::of(
                 map.values().flat_map(|set| set.policies()),
-                &self.principal_attributes,
+                &self.key_names(),
             ),
             Err(_) => KeyUses::default(),
         };
@@ -571,6 +596,18 @@ impl AuthzEngine {
 
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    fn key_names(&self) -> KeyNames<'_> {
+        KeyNames {
+            principal: &self.principal_attributes,
+            context: &self.context_facts,
+        }
+    }
+
+    /// Request facts declared in routes.toml `[context]`.
+    pub fn context_facts(&self) -> &ContextFacts {
+        &self.context_facts
     }
 
     /// The attribute types the schema declares.
@@ -635,7 +672,7 @@ impl AuthzEngine {
             input,
             uses,
             self.builds_entities_of(input.resource_type),
-            &self.principal_attributes,
+            &self.key_names(),
         );
         if let Some(hit) = cache.get(&key) {
             return hit;
@@ -945,6 +982,21 @@ impl AuthzEngine {
         }
         let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
         let mut pairs = context_pairs(input);
+        for (fact, value) in self.context_facts.iter().zip(input.declared_facts) {
+            let Some(text) = value else { continue };
+            match fact.ty.convert(
+                &serde_json::Value::String(text.clone()),
+                &self.types.by_name,
+            ) {
+                Ok(expr) => pairs.push((fact.name.clone(), expr)),
+                // Absent, as if the request did not carry it.
+                Err(e) => {
+                    metrics::counter!(crate::telemetry::AUTHZ_ATTRIBUTE_TYPE_ERRORS_TOTAL)
+                        .increment(1);
+                    tracing::debug!(fact = %fact.name, error = %e, "request fact left out of the context");
+                }
+            }
+        }
         if self.context_has_resource_found {
             match input.resource_record {
                 ResourceRecord::NotCovered => {}
@@ -1130,7 +1182,7 @@ fn cache_key(
     input: &DecisionInput<'_>,
     uses: KeyUses,
     resource_id_matters: bool,
-    principal_attributes: &[(String, AttrType)],
+    names: &KeyNames<'_>,
 ) -> String {
     let p = input.principal;
     let t = input.tenant;
@@ -1183,10 +1235,16 @@ fn cache_key(
     key.maybe(uses.ip.then_some(f.ip), |k, ip| {
         k.maybe(ip, |k, ip| k.display(&ip))
     });
-    for (index, (name, _)) in principal_attributes.iter().enumerate() {
+    for (index, (name, _)) in names.principal.iter().enumerate() {
         let read = uses.principal_attributes & (1 << index.min(63)) != 0;
         key.maybe(read.then(|| p.attributes.get(name)), |k, v| {
             k.maybe(v, KeyWriter::json)
+        });
+    }
+    for (index, value) in input.declared_facts.iter().enumerate() {
+        let read = uses.context_facts & (1 << index.min(63)) != 0;
+        key.maybe(read.then_some(value), |k, v| {
+            k.maybe(v.as_deref(), KeyWriter::text)
         });
     }
     key.0
@@ -1533,6 +1591,7 @@ mod tests {
             resource_id: "1",
             resource_attributes: &[],
             resource_record: Default::default(),
+            declared_facts: &[],
             facts: &facts,
         })
     }
@@ -1566,6 +1625,7 @@ mod tests {
                     resource_id,
                     resource_attributes: &attributes,
                     resource_record: Default::default(),
+                    declared_facts: &[],
                     facts: &facts,
                 };
                 let cached = engine.decide(&input);
@@ -1581,7 +1641,13 @@ mod tests {
             ("department".to_string(), AttrType::String),
             ("email".to_string(), AttrType::String),
         ];
-        KeyUses::of(set.policies(), &attrs)
+        KeyUses::of(
+            set.policies(),
+            &KeyNames {
+                principal: &attrs,
+                context: &ContextFacts::default(),
+            },
+        )
     }
 
     #[test]
@@ -1662,6 +1728,75 @@ mod tests {
     }
 
     /// A copy of the example package with `extra` as one more policy file.
+    #[test]
+    fn declared_request_facts_are_typed_and_key_the_cache_only_when_read() {
+        let (dir, _) = package_with(
+            r#"@id("deep-pages") forbid (principal, action == Action::"projects:read", resource)
+               when { context has page && context.page > 100 };"#,
+        );
+        let schema = dir.path().join("schema.cedarschema");
+        let text = std::fs::read_to_string(&schema).unwrap().replace(
+            "  resource_found?: Bool,",
+            "  resource_found?: Bool,\n  page?: Long,\n  plan?: String,",
+        );
+        std::fs::write(&schema, text).unwrap();
+        let routes = dir.path().join("routes.toml");
+        let mut text = std::fs::read_to_string(&routes).unwrap();
+        text.push_str("\n[context]\npage = { query = \"page\" }\nplan = { header = \"x-plan\" }\n");
+        std::fs::write(&routes, text).unwrap();
+        let engine = AuthzEngine::load(dir.path(), &TenantRegistry::default(), 1000).unwrap();
+        let names: Vec<_> = engine
+            .context_facts()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names, ["page", "plan"]);
+
+        let p = principal("alice", "acme", &["viewer"], false);
+        let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
+        let facts = RequestFacts {
+            hour: 10,
+            weekday: 2,
+            method: "GET".into(),
+            country: None,
+            ip: None,
+        };
+        let decide = |page: Option<&str>, plan: Option<&str>| {
+            let declared = [page.map(str::to_string), plan.map(str::to_string)];
+            let input = DecisionInput {
+                principal: &p,
+                tenant: &tenant,
+                tier_features: &[],
+                action: "projects:read",
+                resource_type: "Project",
+                resource_id: "1",
+                resource_attributes: &[],
+                resource_record: ResourceRecord::NotCovered,
+                declared_facts: &declared,
+                facts: &facts,
+            };
+            let cached = engine.decide(&input);
+            assert_eq!(*cached, engine.evaluate(&input).0, "{page:?} {plan:?}");
+            let uses = engine.uses;
+            (
+                cached.allowed,
+                cache_key(&input, uses, false, &engine.key_names()),
+            )
+        };
+        let (shallow, key_3) = decide(Some("3"), None);
+        let (deep, key_101) = decide(Some("101"), None);
+        assert!(shallow && !deep);
+        assert_ne!(key_3, key_101, "a fact a policy reads is in the key");
+        // Not a Long: absent, so the forbid does not apply (and it is not an error).
+        let (allowed, _) = decide(Some("many"), None);
+        assert!(allowed);
+        // A fact no policy reads stays out of the key.
+        let (_, gold) = decide(Some("3"), Some("gold"));
+        let (_, silver) = decide(Some("3"), Some("silver"));
+        assert_eq!(gold, silver);
+        assert_eq!(gold, key_3);
+    }
+
     fn package_with(extra: &str) -> (tempfile::TempDir, AuthzEngine) {
         fn copy(from: &Path, to: &Path) {
             std::fs::create_dir_all(to).unwrap();
@@ -1708,6 +1843,12 @@ mod tests {
                 )),
                 prop_oneof![Just("u1"), Just("u2")].prop_map(|u| format!("principal == User::\"{u}\"")),
                 prop_oneof![Just("7"), Just("8")].prop_map(|r| format!("resource == Project::\"{r}\"")),
+                // Store records and schema-typed claims.
+                Just("(resource has owner && resource.owner == principal)".to_string()),
+                Just("(principal is User && resource.tenant == principal.tenant)".to_string()),
+                (0i64..5).prop_map(|c| format!(
+                    "(principal is User && principal has clearance && principal.clearance > {c})"
+                )),
             ];
             atom.prop_recursive(2, 6, 2, |inner| {
                 prop_oneof![
@@ -1754,6 +1895,10 @@ mod tests {
             method: &'static str,
             country: Option<&'static str>,
             ip: Option<&'static str>,
+            clearance: Option<i64>,
+            /// The store: not covering Project (`None`), or its record (tenant, owner), or
+            /// no record (`Some(None)`).
+            record: Option<Option<(&'static str, Option<&'static str>)>>,
         }
 
         fn asks() -> impl Strategy<Value = Vec<Ask>> {
@@ -1774,11 +1919,19 @@ mod tests {
                     prop::option::of(prop_oneof![Just("DE"), Just("US")]),
                     prop::option::of(prop_oneof![Just("10.1.2.3"), Just("192.168.1.1")]),
                 ),
+                (
+                    prop::option::of(0i64..5),
+                    prop::option::of(prop::option::of((
+                        prop_oneof![Just("acme"), Just("globex")],
+                        prop::option::of(prop_oneof![Just("u1"), Just("u2")]),
+                    ))),
+                ),
             )
                 .prop_map(
                     |(
                         (principal, email, department, mfa, admin, action, resource),
                         (hour, weekday, method, country, ip),
+                        (clearance, record),
                     )| Ask {
                         principal,
                         email,
@@ -1792,6 +1945,8 @@ mod tests {
                         method,
                         country,
                         ip,
+                        clearance,
+                        record,
                     },
                 );
             prop::collection::vec(ask, 3..6)
@@ -1823,6 +1978,30 @@ mod tests {
             vary(&|a| a.method = if a.method == "GET" { "DELETE" } else { "GET" });
             vary(&|a| a.country = other(a.country, ["DE", "US"]));
             vary(&|a| a.ip = other(a.ip, ["10.1.2.3", "192.168.1.1"]));
+            vary(&|a| a.clearance = a.clearance.map_or(Some(3), |c| (c < 4).then_some(c + 1)));
+            vary(&|a| {
+                a.record = match a.record {
+                    None => Some(None),
+                    Some(None) => Some(Some(("acme", Some("u1")))),
+                    Some(Some(_)) => None,
+                }
+            });
+            vary(&|a| {
+                if let Some(Some((tenant, owner))) = a.record {
+                    let tenant = if tenant == "acme" { "globex" } else { "acme" };
+                    a.record = Some(Some((tenant, owner)));
+                }
+            });
+            vary(&|a| {
+                if let Some(Some((tenant, owner))) = a.record {
+                    let owner = match owner {
+                        None => Some("u1"),
+                        Some("u1") => Some("u2"),
+                        Some(_) => None,
+                    };
+                    a.record = Some(Some((tenant, owner)));
+                }
+            });
             out
         }
 
@@ -1844,6 +2023,28 @@ mod tests {
                     if let Some(department) = ask.department {
                         p.attributes.insert("department".into(), serde_json::Value::from(department));
                     }
+                    if let Some(clearance) = ask.clearance {
+                        p.attributes.insert("clearance".into(), serde_json::Value::from(clearance));
+                    }
+                    let stored = ask.record.flatten().map(|(tenant, owner)| {
+                        let mut attrs = serde_json::json!({
+                            "tenant": {"__entity": {"type": "Tenant", "id": tenant}}
+                        });
+                        if let Some(owner) = owner {
+                            attrs["owner"] = serde_json::json!({"__entity": {"type": "User", "id": owner}});
+                        }
+                        let json = serde_json::json!({
+                            "uid": {"type": "Project", "id": ask.resource},
+                            "attrs": attrs,
+                            "parents": [],
+                        });
+                        StoredEntity::from_json(json, engine.schema()).unwrap()
+                    });
+                    let resource_record = match (&ask.record, &stored) {
+                        (None, _) => ResourceRecord::NotCovered,
+                        (Some(_), Some(record)) => ResourceRecord::Found(record),
+                        (Some(_), None) => ResourceRecord::Missing,
+                    };
                     let facts = RequestFacts {
                         hour: ask.hour,
                         weekday: ask.weekday,
@@ -1859,7 +2060,8 @@ mod tests {
                         resource_type: "Project",
                         resource_id: ask.resource,
                         resource_attributes: &[],
-                        resource_record: Default::default(),
+                        resource_record,
+                        declared_facts: &[],
                         facts: &facts,
                     };
                     let cached = engine.decide(&input);

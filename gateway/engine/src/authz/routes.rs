@@ -19,6 +19,9 @@ pub struct RoutesFile {
     pub default: UnmatchedRoute,
     #[serde(default)]
     pub route: Vec<RouteSpec>,
+    /// Request facts policies read as context attributes (see [`super::facts`]).
+    #[serde(default)]
+    pub context: BTreeMap<String, super::facts::FactSource>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

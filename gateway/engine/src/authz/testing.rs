@@ -410,6 +410,7 @@ fn run_case(
         resource_id: &resource_id,
         resource_attributes: &attributes,
         resource_record,
+        declared_facts: &[],
         facts: &facts,
     });
     let mut diff = Vec::new();

@@ -105,6 +105,9 @@ pub struct AuthorizeRequest<'a> {
     /// Actions only some tiers include (checked before policies, for a clear 403).
     pub feature_gates: Option<&'a crate::limits::LimitTable>,
     pub facts: &'a RequestFacts,
+    /// For the facts routes.toml `[context]` declares.
+    pub headers: &'a http::HeaderMap,
+    pub query: Option<&'a str>,
 }
 
 /// Runs stage 4. The resource's record comes from the package's `entities.json`, else from the
@@ -166,6 +169,13 @@ pub async fn authorize(
             }
         },
     };
+    let declared_facts = if engine.context_facts().is_empty() {
+        Vec::new()
+    } else {
+        engine
+            .context_facts()
+            .gather(request.headers, request.query, |name| matched.param(name))
+    };
     let input = DecisionInput {
         principal: request.principal,
         tenant: request.tenant,
@@ -175,6 +185,7 @@ pub async fn authorize(
         resource_id,
         resource_attributes: &resource_attributes,
         resource_record,
+        declared_facts: &declared_facts,
         facts: request.facts,
     };
     let resource = format!("{}::{:?}", route.resource_type, resource_id);

@@ -1,0 +1,240 @@
+//! Request facts a deployment declares for its policies: `[context]` in routes.toml names a
+//! context attribute and where its value comes from — a header, a query parameter or a route
+//! parameter — and the schema's context record types it:
+//!
+//! ```toml
+//! [context]
+//! plan = { header = "x-plan" }       # context.plan, typed by `plan?: String`
+//! page = { query = "page" }          # context.page, `page?: Long`
+//! project = { param = "project" }    # the route parameter `{project}`, where a route has one
+//! ```
+//!
+//! A fact the request does not carry, or whose text is not of the declared type, is absent
+//! (`context has page` is false): never a string where a policy compares a number.
+
+use std::collections::BTreeMap;
+
+use http::HeaderMap;
+use serde::Deserialize;
+
+use super::shapes::{AttrType, SchemaShapes};
+use crate::diagnostics::{SourceIssues, SourceText};
+
+/// Where a declared fact's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum FactSource {
+    /// The first value of this request header.
+    Header(String),
+    /// The first value of this query parameter (percent-decoded).
+    Query(String),
+    /// The matched route's parameter of this name.
+    Param(String),
+}
+
+/// One declared fact, typed.
+#[derive(Debug, Clone)]
+pub struct ContextFact {
+    pub name: String,
+    source: Source,
+    pub ty: AttrType,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Header(http::HeaderName),
+    Query(String),
+    Param(String),
+}
+
+/// The context attributes the gateway fills itself: a declaration cannot take their names.
+const BUILT_IN: [&str; 9] = [
+    "hour",
+    "weekday",
+    "mfa",
+    "auth",
+    "scope_ok",
+    "method",
+    "country",
+    "ip",
+    "resource_found",
+];
+
+/// Every declared fact, in declaration (name) order.
+#[derive(Debug, Clone, Default)]
+pub struct ContextFacts(Vec<ContextFact>);
+
+impl ContextFacts {
+    /// Checks the declarations of `[context]` against the schema's context record: each must
+    /// be declared there, optional (a request may lack it) and of a type text can have.
+    pub fn build(
+        declared: &BTreeMap<String, FactSource>,
+        source: &SourceText,
+        shapes: &SchemaShapes,
+    ) -> Result<ContextFacts, SourceIssues> {
+        let mut facts = Vec::new();
+        let mut issues = Vec::new();
+        for (name, from) in declared {
+            let mut issue = |message: String| {
+                issues.push(source.issue(format!("context.{name}"), message));
+            };
+            if BUILT_IN.contains(&name.as_str()) {
+                issue(format!("`context.{name}` is set by the gateway"));
+                continue;
+            }
+            let Some(shape) = shapes.context.get(name) else {
+                issue(format!(
+                    "the schema's context has no attribute `{name}` (declare `{name}?: String` \
+                     or the type it has in the context record)"
+                ));
+                continue;
+            };
+            let fillable = matches!(
+                shape.ty,
+                AttrType::String
+                    | AttrType::Long
+                    | AttrType::Bool
+                    | AttrType::Decimal
+                    | AttrType::IpAddr
+                    | AttrType::Entity(_)
+            );
+            if !fillable {
+                issue(format!(
+                    "`context.{name}` is a {}, which a request's text cannot fill",
+                    shape.ty.describe()
+                ));
+                continue;
+            }
+            if shape.required {
+                issue(format!(
+                    "`context.{name}` is required in the schema, but a request may lack it: \
+                     declare it optional (`{name}?: {}`)",
+                    shape.ty.describe()
+                ));
+                continue;
+            }
+            let from = match from {
+                FactSource::Header(header) => {
+                    match http::HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes()) {
+                        Ok(h) => Source::Header(h),
+                        Err(_) => {
+                            issue(format!("`{header}` is not a header name"));
+                            continue;
+                        }
+                    }
+                }
+                FactSource::Query(q) => Source::Query(q.clone()),
+                FactSource::Param(p) => Source::Param(p.clone()),
+            };
+            facts.push(ContextFact {
+                name: name.clone(),
+                source: from,
+                ty: shape.ty.clone(),
+            });
+        }
+        if issues.is_empty() {
+            Ok(ContextFacts(facts))
+        } else {
+            Err(SourceIssues(issues))
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ContextFact> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Position of the fact named `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|f| f.name == name)
+    }
+
+    /// The facts' raw values in this request, in declaration order.
+    pub fn gather<'p>(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        param: impl Fn(&str) -> Option<&'p str>,
+    ) -> Vec<Option<String>> {
+        self.0
+            .iter()
+            .map(|fact| match &fact.source {
+                Source::Header(h) => headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                Source::Query(q) => query.and_then(|query| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .find(|(k, _)| k == q)
+                        .map(|(_, v)| v.into_owned())
+                }),
+                Source::Param(p) => param(p).map(str::to_string),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        type Ctx = { hour: Long, plan?: String, page?: Long, must: String, tags?: Set<String> };
+        entity U;
+        action "a" appliesTo { principal: U, resource: U, context: Ctx };
+    "#;
+
+    fn build(text: &str) -> Result<ContextFacts, SourceIssues> {
+        #[derive(Deserialize)]
+        struct File {
+            context: BTreeMap<String, FactSource>,
+        }
+        let source = SourceText::new("routes.toml", text);
+        let file: File = source.deserialize().map_err(|e| SourceIssues(vec![e]))?;
+        let shapes = SchemaShapes::from_cedarschema(SCHEMA).expect("schema");
+        ContextFacts::build(&file.context, &source, &shapes)
+    }
+
+    #[test]
+    fn declarations_are_checked_against_the_schema_with_their_line() {
+        let err = build(
+            "[context]\nhour = { header = \"x-hour\" }\nnope = { query = \"n\" }\nmust = { header = \"x-must\" }\ntags = { query = \"t\" }\n",
+        )
+        .unwrap_err();
+        let lines: Vec<_> = err
+            .0
+            .iter()
+            .map(|i| (i.field.as_str(), i.location.line))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("context.hour", Some(2)),
+                ("context.must", Some(4)),
+                ("context.nope", Some(3)),
+                ("context.tags", Some(5)),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gathers_headers_query_and_params() {
+        let facts =
+            build("[context]\nplan = { header = \"X-Plan\" }\npage = { query = \"page\" }\n")
+                .expect("facts");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-plan", "gold".parse().expect("value"));
+        let values = facts.gather(&headers, Some("a=1&page=3&page=4"), |_| None);
+        // Declaration order is by name: page, plan.
+        assert_eq!(
+            values,
+            vec![Some("3".to_string()), Some("gold".to_string())]
+        );
+        let values = facts.gather(&HeaderMap::new(), Some("pag%65=%32"), |_| None);
+        assert_eq!(values, vec![Some("2".to_string()), None]);
+    }
+}

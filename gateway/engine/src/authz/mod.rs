@@ -158,6 +158,14 @@ enum EntityKey {
     },
 }
 
+/// A Cedar request with its entities, ready to evaluate.
+#[doc(hidden)]
+pub struct Prepared {
+    action: EntityUid,
+    pub request: Request,
+    pub entities: Entities,
+}
+
 /// A loaded, validated policy package.
 pub struct AuthzEngine {
     pub dir: PathBuf,
@@ -684,32 +692,61 @@ impl AuthzEngine {
 
     /// Evaluates without the cache, also returning the entities used (for `explain`).
     pub fn evaluate(&self, input: &DecisionInput<'_>) -> (Evaluation, Option<Entities>) {
-        let Some(action) = self.actions.get(input.action) else {
-            return (
-                denied_with_error(format!("unknown action `{}`", input.action)),
-                None,
-            );
-        };
-        let (request, entities) = match self.request(input, action) {
-            Ok(r) => r,
-            Err(e) => return (denied_with_error(e), None),
-        };
+        match self.prepare(input) {
+            Ok(prepared) => {
+                let evaluation = self.evaluate_prepared(input, &prepared);
+                (evaluation, Some(prepared.entities))
+            }
+            Err(e) => (denied_with_error(e), None),
+        }
+    }
+
+    /// The first half of an evaluation: the Cedar request and entities built from the input
+    /// (principal, tenant and resource entities, context). Public for the benchmark that
+    /// splits a decision's cost; [`AuthzEngine::evaluate`] is the API.
+    #[doc(hidden)]
+    pub fn prepare(&self, input: &DecisionInput<'_>) -> Result<Prepared, String> {
+        let action = self
+            .actions
+            .get(input.action)
+            .ok_or_else(|| format!("unknown action `{}`", input.action))?;
+        let (request, entities) = self.request(input, action)?;
+        Ok(Prepared {
+            action: action.clone(),
+            request,
+            entities,
+        })
+    }
+
+    /// The global policy set (for the benchmark comparing Cedar on the whole set).
+    #[doc(hidden)]
+    pub fn global_policies(&self) -> &PolicySet {
+        &self.global
+    }
+
+    /// The second half: Cedar's `is_authorized` on the action's slices of the global, tenant
+    /// and shadow sets, combined.
+    #[doc(hidden)]
+    pub fn evaluate_prepared(&self, input: &DecisionInput<'_>, prepared: &Prepared) -> Evaluation {
+        let Prepared {
+            action,
+            request,
+            entities,
+        } = prepared;
         let mut responses = Vec::with_capacity(3);
         if let Some(set) = self.global_slices.get(action) {
-            responses.push(self.authorizer.is_authorized(&request, set, &entities));
+            responses.push(self.authorizer.is_authorized(request, set, entities));
         }
         match self.tenant_slice(input.tenant, action) {
-            Ok(Some(set)) => {
-                responses.push(self.authorizer.is_authorized(&request, &set, &entities))
-            }
+            Ok(Some(set)) => responses.push(self.authorizer.is_authorized(request, &set, entities)),
             Ok(None) => {}
             // The tenant's own policies are broken: fail closed.
-            Err(e) => return (denied_with_error(e), Some(entities)),
+            Err(e) => return denied_with_error(e),
         }
         let (allowed, policies, errors) = combine(&responses);
         let shadow = self.shadow.as_ref().map(|_| {
             if let Some(set) = self.shadow_slices.get(action) {
-                responses.push(self.authorizer.is_authorized(&request, set, &entities));
+                responses.push(self.authorizer.is_authorized(request, set, entities));
             }
             let (allowed, policies, _) = combine(&responses);
             ShadowOutcome { allowed, policies }
@@ -719,16 +756,13 @@ impl AuthzEngine {
         } else {
             policies.iter().find_map(|id| self.reasons.get(id).cloned())
         };
-        (
-            Evaluation {
-                allowed,
-                policies,
-                errors,
-                reason,
-                shadow,
-            },
-            Some(entities),
-        )
+        Evaluation {
+            allowed,
+            policies,
+            errors,
+            reason,
+            shadow,
+        }
     }
 
     /// The tenant's policies that can apply to `action`, or `None` when none can.
@@ -981,7 +1015,14 @@ impl AuthzEngine {
             list.extend(related.iter().cloned());
         }
         let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
-        let mut pairs = context_pairs(input);
+        // Optional context attributes no policy reads are left out: building them costs (an
+        // `ipaddr` is parsed through Cedar's extension machinery, ~3 µs) and cannot change a
+        // decision.
+        let mut uses = self.uses;
+        if let Some(compiled) = self.tenant_policies(input.tenant) {
+            uses = uses.union(compiled.uses);
+        }
+        let mut pairs = context_pairs(input, uses);
         for (fact, value) in self.context_facts.iter().zip(input.declared_facts) {
             let Some(text) = value else { continue };
             match fact.ty.convert(
@@ -1017,7 +1058,7 @@ impl AuthzEngine {
     }
 }
 
-fn context_pairs(input: &DecisionInput<'_>) -> Vec<(String, RestrictedExpression)> {
+fn context_pairs(input: &DecisionInput<'_>, uses: KeyUses) -> Vec<(String, RestrictedExpression)> {
     let principal = input.principal;
     let mfa = principal.attributes.get("mfa").is_some_and(claims_mfa);
     let auth = principal.auth.label();
@@ -1048,13 +1089,13 @@ fn context_pairs(input: &DecisionInput<'_>) -> Vec<(String, RestrictedExpression
             RestrictedExpression::new_string(facts.method.clone()),
         ),
     ];
-    if let Some(c) = &facts.country {
+    if let (Some(c), true) = (&facts.country, uses.country) {
         pairs.push((
             "country".to_string(),
             RestrictedExpression::new_string(c.clone()),
         ));
     }
-    if let Some(ip) = facts.ip {
+    if let (Some(ip), true) = (facts.ip, uses.ip) {
         pairs.push((
             "ip".to_string(),
             RestrictedExpression::new_ip(ip.to_string()),

@@ -29,5 +29,6 @@ mod proxy;
 mod ratelimit;
 mod request_shape;
 mod residency;
+mod rls;
 mod tenancy_postgres;
 mod webhooks;

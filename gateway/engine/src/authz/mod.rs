@@ -667,15 +667,20 @@ impl AuthzEngine {
         self.entity_cache.clear();
     }
 
+    /// What the global, shadow and the tenant's own policies read.
+    fn uses_for(&self, tenant: &TenantSpec) -> KeyUses {
+        match self.tenant_policies(tenant) {
+            Some(compiled) => self.uses.union(compiled.uses),
+            None => self.uses,
+        }
+    }
+
     /// Decides one request, using the decision cache.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Arc<Evaluation> {
         let Some(cache) = &self.cache else {
             return Arc::new(self.evaluate(input).0);
         };
-        let mut uses = self.uses;
-        if let Some(compiled) = self.tenant_policies(input.tenant) {
-            uses = uses.union(compiled.uses);
-        }
+        let uses = self.uses_for(input.tenant);
         let key = cache_key(
             input,
             uses,
@@ -1018,10 +1023,7 @@ impl AuthzEngine {
         // Optional context attributes no policy reads are left out: building them costs (an
         // `ipaddr` is parsed through Cedar's extension machinery, ~3 µs) and cannot change a
         // decision.
-        let mut uses = self.uses;
-        if let Some(compiled) = self.tenant_policies(input.tenant) {
-            uses = uses.union(compiled.uses);
-        }
+        let uses = self.uses_for(input.tenant);
         let mut pairs = context_pairs(input, uses);
         for (fact, value) in self.context_facts.iter().zip(input.declared_facts) {
             let Some(text) = value else { continue };
@@ -1607,6 +1609,20 @@ mod tests {
         p
     }
 
+    fn pro_tenant(id: &str) -> TenantSpec {
+        toml::from_str(&format!("id = \"{id}\"\ntier = \"pro\"")).unwrap()
+    }
+
+    fn tuesday_ten_am_get() -> RequestFacts {
+        RequestFacts {
+            hour: 10,
+            weekday: 2,
+            method: "GET".into(),
+            country: None,
+            ip: None,
+        }
+    }
+
     fn decide(
         engine: &AuthzEngine,
         p: &Principal,
@@ -1614,15 +1630,8 @@ mod tests {
         action: &str,
         resource: &str,
     ) -> Arc<Evaluation> {
-        let tenant: TenantSpec =
-            toml::from_str(&format!("id = \"{tenant}\"\ntier = \"pro\"")).unwrap();
-        let facts = RequestFacts {
-            hour: 10,
-            weekday: 2,
-            method: "GET".into(),
-            country: None,
-            ip: None,
-        };
+        let tenant = pro_tenant(tenant);
+        let facts = tuesday_ten_am_get();
         engine.decide(&DecisionInput {
             principal: p,
             tenant: &tenant,
@@ -1645,14 +1654,8 @@ mod tests {
         let mut p = principal("", "", &["admin"], true);
         p.auth = AuthMethod::ApiKey { key_id: "k".into() };
         p.scopes = vec![")".into()];
-        let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
-        let facts = RequestFacts {
-            hour: 10,
-            weekday: 2,
-            method: "GET".into(),
-            country: None,
-            ip: None,
-        };
+        let tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
         let attributes = vec![(String::new(), String::new())];
         for resource_type in ["Tenant", "User", "Role", "Action", "Project"] {
             engine.clear_caches();
@@ -1794,14 +1797,8 @@ mod tests {
         assert_eq!(names, ["page", "plan"]);
 
         let p = principal("alice", "acme", &["viewer"], false);
-        let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
-        let facts = RequestFacts {
-            hour: 10,
-            weekday: 2,
-            method: "GET".into(),
-            country: None,
-            ip: None,
-        };
+        let tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
         let decide = |page: Option<&str>, plan: Option<&str>| {
             let declared = [page.map(str::to_string), plan.map(str::to_string)];
             let input = DecisionInput {
@@ -2054,7 +2051,7 @@ mod tests {
             #[test]
             fn for_random_policies_and_requests(extra in policies(), asks in asks()) {
                 let (_dir, engine) = package_with(&extra);
-                let tenant: TenantSpec = toml::from_str("id = \"acme\"\ntier = \"pro\"").unwrap();
+                let tenant = pro_tenant("acme");
                 for ask in asks.iter().flat_map(with_neighbours) {
                     let roles: &[&str] = if ask.admin { &["admin"] } else { &["viewer"] };
                     let mut p = principal(ask.principal, "acme", roles, ask.mfa);

@@ -142,32 +142,35 @@ pub async fn authorize(
         .collect();
     let resource_id = matched.resource_id();
     let fetched;
-    // A collection route (no id) names no object: nothing to look up.
-    let resource_record = match engine.file_record(&route.resource_type, resource_id) {
-        _ if route.id_param.is_none() => ResourceRecord::NotCovered,
-        ResourceRecord::Found(record) => ResourceRecord::Found(record),
-        from_file => match store
-            .lookup(
-                &route.resource_type,
-                resource_id,
-                engine.schema(),
-                &engine.version,
-            )
-            .await
-        {
-            Ok(Lookup::Found(record)) => {
-                fetched = record;
-                ResourceRecord::Found(&fetched)
-            }
-            Ok(Lookup::Missing) => ResourceRecord::Missing,
-            Ok(Lookup::NotCovered) => from_file,
-            Err(e) => {
-                tracing::warn!(error = %e, resource_type = %route.resource_type, "entity store unavailable: request refused");
-                return Err(Rejection::EntityStoreUnavailable {
-                    reason: e.to_string(),
-                });
-            }
-        },
+    let resource_record = if route.id_param.is_none() {
+        // A collection route (no id) names no object: nothing to look up.
+        ResourceRecord::NotCovered
+    } else {
+        match engine.file_record(&route.resource_type, resource_id) {
+            found @ ResourceRecord::Found(_) => found,
+            from_file => match store
+                .lookup(
+                    &route.resource_type,
+                    resource_id,
+                    engine.schema(),
+                    &engine.version,
+                )
+                .await
+            {
+                Ok(Lookup::Found(record)) => {
+                    fetched = record;
+                    ResourceRecord::Found(&fetched)
+                }
+                Ok(Lookup::Missing) => ResourceRecord::Missing,
+                Ok(Lookup::NotCovered) => from_file,
+                Err(e) => {
+                    tracing::warn!(error = %e, resource_type = %route.resource_type, "entity store unavailable: request refused");
+                    return Err(Rejection::EntityStoreUnavailable {
+                        reason: e.to_string(),
+                    });
+                }
+            },
+        }
     };
     let declared_facts = if engine.context_facts().is_empty() {
         Vec::new()

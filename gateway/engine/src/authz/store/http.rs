@@ -11,7 +11,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{EntityProvider, ProviderError};
+use super::{describe, EntityProvider, ProviderError};
 
 /// The largest record body read.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -157,21 +157,6 @@ fn check_uid(uid: &Value, type_name: &str, id: &str) -> Result<(), String> {
             "asked for {type_name}::{id:?}, the record is of {t}::{i:?}"
         ))
     }
-}
-
-/// An error with its causes (reqwest's own text is only "error sending request").
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[async_trait::async_trait]

@@ -65,12 +65,7 @@ impl StoredEntity {
         };
         let entity = Entity::from_json_value(value, Some(schema)).map_err(|e| {
             // Cedar's top message is generic ("does not conform"): the causes say what.
-            let mut message = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
+            let mut message = describe(&e);
             if let Some(help) = miette::Diagnostic::help(&e) {
                 message.push_str(&format!(" ({help})"));
             }
@@ -82,6 +77,22 @@ impl StoredEntity {
             tenant,
         })
     }
+}
+
+/// An error with its causes: the providers' libraries (reqwest, tokio-postgres, Cedar) put
+/// what went wrong in the causes ("error sending request", "db error" on top).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// What the store says about a request's resource.
@@ -204,10 +215,24 @@ pub enum OnError {
     Absent,
 }
 
-/// A provider's answer as cached: the raw record (validated per schema version on use).
+/// A provider's answer as cached: the raw record, and the record validated under the schema of
+/// the package version that last used it (a reload with a new schema validates it again; a
+/// refetch after the TTL starts from the new raw record).
 #[derive(Debug, Clone)]
 struct Cached {
-    record: Option<Arc<Value>>,
+    record: Option<Arc<Fetched>>,
+}
+
+#[derive(Debug)]
+struct Fetched {
+    raw: Value,
+    validated: arc_swap::ArcSwapOption<Validated>,
+}
+
+#[derive(Debug)]
+struct Validated {
+    version: String,
+    record: Arc<StoredEntity>,
 }
 
 /// A provider with its cache, for the entity types it serves.
@@ -220,8 +245,6 @@ struct CachedProvider {
 /// The configured providers, by entity type, with their caches.
 pub struct EntityStore {
     by_type: HashMap<String, Arc<CachedProvider>>,
-    /// Validated records, keyed by the package digest they were validated under.
-    validated: moka::sync::Cache<(String, String, String), Arc<StoredEntity>>,
 }
 
 /// How a provider's answers are cached.
@@ -253,7 +276,6 @@ impl EntityStore {
     pub fn new() -> EntityStore {
         EntityStore {
             by_type: HashMap::new(),
-            validated: moka::sync::Cache::new(10_000),
         }
     }
 
@@ -371,7 +393,6 @@ impl EntityStore {
         for provider in self.by_type.values() {
             provider.cache.invalidate_all();
         }
-        self.validated.invalidate_all();
     }
 
     /// Forgets what is cached of one entity (a provider's change notification).
@@ -380,15 +401,6 @@ impl EntityStore {
             p.cache
                 .invalidate(&(type_name.to_string(), id.to_string()))
                 .await;
-        }
-        let stale: Vec<_> = self
-            .validated
-            .iter()
-            .filter(|(k, _)| k.1 == type_name && k.2 == id)
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        for key in stale {
-            self.validated.invalidate(&key);
         }
     }
 
@@ -412,7 +424,12 @@ impl EntityStore {
                     .fetch(type_name, id)
                     .await
                     .map(|record| Cached {
-                        record: record.map(Arc::new),
+                        record: record.map(|raw| {
+                            Arc::new(Fetched {
+                                raw,
+                                validated: Default::default(),
+                            })
+                        }),
                     })
             })
             .await;
@@ -426,14 +443,15 @@ impl EntityStore {
                 };
             }
         };
-        let Some(raw) = cached.record else {
+        let Some(fetched) = cached.record else {
             return Ok(Lookup::Missing);
         };
-        let validated_key = (version.to_string(), key.0, key.1);
-        if let Some(hit) = self.validated.get(&validated_key) {
-            return Ok(Lookup::Found(hit));
+        if let Some(hit) = fetched.validated.load().as_ref() {
+            if hit.version == version {
+                return Ok(Lookup::Found(hit.record.clone()));
+            }
         }
-        let record = StoredEntity::from_json((*raw).clone(), schema)
+        let record = StoredEntity::from_json(fetched.raw.clone(), schema)
             .map_err(|reason| ProviderError {
                 provider: format!("entity store record {type_name}::{id:?}"),
                 reason,
@@ -452,7 +470,10 @@ impl EntityStore {
         match record {
             Ok(record) => {
                 let record = Arc::new(record);
-                self.validated.insert(validated_key, record.clone());
+                fetched.validated.store(Some(Arc::new(Validated {
+                    version: version.to_string(),
+                    record: record.clone(),
+                })));
                 Ok(Lookup::Found(record))
             }
             Err(e) => {
@@ -540,6 +561,43 @@ mod tests {
     struct Counting {
         calls: std::sync::atomic::AtomicUsize,
         fail: bool,
+    }
+
+    /// Answers with a different owner on every fetch.
+    struct Changing(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl EntityProvider for Changing {
+        async fn fetch(&self, _t: &str, id: &str) -> Result<Option<Value>, ProviderError> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(doc(id, &format!("owner-{n}"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_fetched_again_after_its_ttl_is_the_new_one() {
+        let mut store = EntityStore::new();
+        let policy = CachePolicy {
+            capacity: 10,
+            ttl: Duration::from_millis(50),
+            negative_ttl: Duration::from_millis(50),
+        };
+        let provider = Arc::new(Changing(Default::default()));
+        store.add(&["Doc".to_string()], provider, policy, OnError::Deny);
+        let s = schema();
+        let owner = |lookup: Result<Lookup, ProviderError>| match lookup {
+            Ok(Lookup::Found(record)) => record.fingerprint.clone(),
+            other => panic!("{other:?}"),
+        };
+        let first = owner(store.lookup("Doc", "1", &s, "v1").await);
+        assert_eq!(owner(store.lookup("Doc", "1", &s, "v1").await), first);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let second = owner(store.lookup("Doc", "1", &s, "v1").await);
+        assert_ne!(
+            first, second,
+            "the refetched record replaces the validated one"
+        );
+        assert!(second.contains("owner-1"), "{second}");
     }
 
     #[async_trait::async_trait]

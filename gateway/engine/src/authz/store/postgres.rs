@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Notification, Statement};
 
-use super::{EntityProvider, ProviderError};
+use super::{describe, EntityProvider, ProviderError};
 use crate::db::{self, DbError, PostgresConfig};
 use crate::tenancy::postgres::is_identifier;
 
@@ -374,21 +374,6 @@ fn connection_lost(e: &tokio_postgres::Error, client: &Client) -> bool {
     e.is_closed()
         || client.is_closed()
         || e.code().is_some_and(|code| code.code().starts_with("57P"))
-}
-
-/// An error with its causes: tokio-postgres says only "db error" without them.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A connection (notifications forwarded to `notifications`), given [`CONNECT_TIMEOUT`].

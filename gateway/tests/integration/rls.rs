@@ -59,10 +59,7 @@ impl Schema {
                      VALUES ({id}, 7, 'user-{id}', 'Document {id}', 'Body of {id}');"
                 ));
             }
-            let tx = owner.transaction().await.unwrap();
-            tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
-                .await
-                .unwrap();
+            let tx = as_tenant(&mut owner, tenant).await;
             tx.batch_execute(&inserts).await.unwrap();
             tx.commit().await.unwrap();
         }
@@ -152,6 +149,30 @@ fn assert_refused_by_policy(err: &tokio_postgres::Error) {
 
 fn ids(list: &[i64]) -> BTreeSet<i64> {
     list.iter().copied().collect()
+}
+
+/// A transaction that names `tenant`, as the app opens one per request.
+async fn as_tenant<'a>(
+    db: &'a mut tokio_postgres::Client,
+    tenant: &str,
+) -> tokio_postgres::Transaction<'a> {
+    let tx = db.transaction().await.unwrap();
+    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
+        .await
+        .unwrap();
+    tx
+}
+
+/// The documents a transaction naming `tenant` sees.
+async fn documents_seen_by(db: &mut tokio_postgres::Client, tenant: &str) -> i64 {
+    let tx = as_tenant(db, tenant).await;
+    let n = tx
+        .query_one("SELECT count(*) FROM documents", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tx.commit().await.unwrap();
+    n
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,17 +321,10 @@ async fn a_transaction_that_names_no_tenant_sees_no_rows() {
     assert_eq!(count("SELECT count(*) FROM documents").await, 0);
     assert_eq!(count("SELECT count(*) FROM projects").await, 0);
 
-    let tx = db.transaction().await.unwrap();
-    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&"acme"])
-        .await
-        .unwrap();
-    let n: i64 = tx
-        .query_one("SELECT count(*) FROM documents", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, ACME_DOCS.len() as i64);
-    tx.commit().await.unwrap();
+    assert_eq!(
+        documents_seen_by(&mut db, "acme").await,
+        ACME_DOCS.len() as i64
+    );
 
     // After a transaction that named a tenant, the session's setting is '' (not NULL): a pooled
     // connection's next transaction that forgets to name one still sees nothing.
@@ -339,10 +353,7 @@ async fn a_transaction_that_names_no_tenant_sees_no_rows() {
     tx.rollback().await.unwrap();
 
     // Naming one tenant and writing another's row is refused.
-    let tx = db.transaction().await.unwrap();
-    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&"acme"])
-        .await
-        .unwrap();
+    let tx = as_tenant(&mut db, "acme").await;
     let err = tx
         .execute(
             "INSERT INTO documents (tenant_id, id, owner, title) VALUES ('globex', 9, 'x', 'x')",
@@ -355,17 +366,10 @@ async fn a_transaction_that_names_no_tenant_sees_no_rows() {
 
     // The schema file can be run again.
     db.batch_execute(&schema_sql()).await.unwrap();
-    let tx = db.transaction().await.unwrap();
-    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&"globex"])
-        .await
-        .unwrap();
-    let n: i64 = tx
-        .query_one("SELECT count(*) FROM documents", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, GLOBEX_DOCS.len() as i64);
-    tx.commit().await.unwrap();
+    assert_eq!(
+        documents_seen_by(&mut db, "globex").await,
+        GLOBEX_DOCS.len() as i64
+    );
 
     drop(db);
     schema.drop().await;

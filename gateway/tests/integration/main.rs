@@ -27,6 +27,7 @@ mod nats;
 mod object_isolation;
 mod proxy;
 mod ratelimit;
+mod ratelimit_cluster;
 mod request_shape;
 mod residency;
 mod rls;

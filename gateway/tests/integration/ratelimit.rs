@@ -12,7 +12,7 @@
 
 use crate::common;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -247,7 +247,7 @@ impl OwnRedis {
     }
 
     fn restart(&mut self) {
-        let child = Command::new(redis_server())
+        let child = Command::new(common::redis_cluster::redis_server_bin())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -276,14 +276,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn redis_server() -> PathBuf {
-    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

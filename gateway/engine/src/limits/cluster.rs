@@ -2,16 +2,27 @@
 //! of the request and, only when all of them admit, takes from all of them — atomically, in one
 //! round trip, with Redis's clock (replicas' clocks do not matter).
 //!
-//! The connection is one multiplexed connection (concurrent requests pipeline on it). When
-//! Redis fails or is slower than `redis_timeout`, it is marked down: the fallback decides
-//! without waiting for Redis until `redis_retry_interval` has passed, then the next request
-//! tries Redis again. State changes are logged and exported as
-//! `gateway_ratelimit_redis_up`.
+//! Redis is one server (`redis_url`) or a Redis Cluster (`redis_cluster_nodes`). In a cluster
+//! every key of a tenant carries the tenant's id as its hash tag (`gateway:{acme}:t:acme`), so
+//! one decision's keys share a slot and its script runs on the master owning it; the client
+//! follows MOVED/ASK redirections and failovers. Route-wide rules (`per = "route"`, one budget
+//! of all tenants) live in a slot of their own (`gateway:{*}:r:name`): with one of them, a
+//! decision is two script calls, the route-wide budget first — a request it admits that the
+//! tenant's own budgets then refuse has used one route-wide cell (it errs towards refusing).
+//!
+//! The connection is one multiplexed connection (concurrent requests pipeline on it; in a
+//! cluster, one per master). When Redis fails or is slower than `redis_timeout`, it is marked
+//! down: the fallback decides without waiting for Redis until `redis_retry_interval` has passed,
+//! then the next request tries Redis again. State changes are logged and exported as
+//! `gateway_ratelimit_redis_up`. In a cluster this state is the whole cluster's: while one
+//! master fails over, every tenant is decided by the fallback until the next try succeeds.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
 use tokio::sync::Mutex;
 
@@ -73,13 +84,29 @@ for j = 1, nq do out[#out + 1] = counts[j] end
 return out
 "#;
 
+/// The Redis a limiter talks to.
+enum Server {
+    One(Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to it (cheap to clone: requests share it).
+#[derive(Clone)]
+enum Connection {
+    One(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+/// Hash tag of the budgets all tenants share (not a tenant id: those are DNS labels).
+const ALL_TENANTS_TAG: &str = "*";
+
 pub struct ClusterLimiter {
-    client: Client,
+    server: Server,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
     script: Script,
-    connection: Mutex<Option<MultiplexedConnection>>,
+    connection: Mutex<Option<Connection>>,
     /// Redis answered last time (or has not been tried yet).
     up: AtomicBool,
     /// While down: when Redis may be tried again (µs since `epoch`).
@@ -88,12 +115,26 @@ pub struct ClusterLimiter {
 }
 
 impl ClusterLimiter {
-    /// `None` when the URL does not parse (validation reports that before).
+    /// `None` when no server is configured or a URL does not parse (validation reports that
+    /// before).
     pub fn new(config: &LimitsConfig) -> Option<Self> {
-        let client = Client::open(config.redis_url.as_deref()?).ok()?;
+        let server = if config.redis_cluster_nodes.is_empty() {
+            Server::One(Client::open(config.redis_url.as_deref()?).ok()?)
+        } else {
+            Server::Cluster(Box::new(
+                ClusterClientBuilder::new(config.redis_cluster_nodes.iter().map(String::as_str))
+                    .connection_timeout(config.redis_timeout.max(Duration::from_millis(100)))
+                    .response_timeout(config.redis_timeout)
+                    // Enough to follow a MOVED or ASK; a failing master is the fallback's
+                    // case, not a reason to keep a request waiting.
+                    .retries(2)
+                    .build()
+                    .ok()?,
+            ))
+        };
         metrics::gauge!(crate::telemetry::RATELIMIT_REDIS_UP).set(1.0);
         Some(ClusterLimiter {
-            client,
+            server,
             prefix: config.key_prefix.clone(),
             timeout: config.redis_timeout,
             retry_interval: config.redis_retry_interval,
@@ -103,6 +144,11 @@ impl ClusterLimiter {
             retry_at_us: AtomicU64::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// Whether Redis is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.server, Server::Cluster(_))
     }
 
     pub fn is_up(&self) -> bool {
@@ -119,18 +165,24 @@ impl ClusterLimiter {
 
     /// A connection, made on first use on the runtime that serves requests (a connection's
     /// driver task lives on the runtime that made it).
-    async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
+    async fn connection(&self) -> Result<Connection, LimiterError> {
         let mut slot = self.connection.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(self.timeout));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = match &self.server {
+            Server::One(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+                    .set_response_timeout(Some(self.timeout));
+                Connection::One(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Server::Cluster(client) => Connection::Cluster(client.get_async_connection().await?),
+        };
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -187,12 +239,57 @@ impl ClusterLimiter {
 
     async fn call(&self, plan: &LimitPlan) -> Result<Verdict, LimiterError> {
         let mut conn = self.connection().await?;
+        let tenants_own = plan.limits.iter().any(|l| !l.all_tenants) || !plan.quotas.is_empty();
+        let split = self.is_cluster() && tenants_own && plan.limits.iter().any(|l| l.all_tenants);
+        if !split {
+            return self.run_script(&mut conn, plan).await;
+        }
+        // Two slots: the budgets of all tenants first, then the tenant's own.
+        let (shared, own): (Vec<Limit>, Vec<Limit>) =
+            plan.limits.iter().cloned().partition(|l| l.all_tenants);
+        let shared = LimitPlan {
+            tenant: plan.tenant.clone(),
+            limits: shared,
+            quotas: Vec::new(),
+        };
+        let shared_verdict = self.run_script(&mut conn, &shared).await?;
+        if shared_verdict.exceeded.is_some() {
+            return Ok(shared_verdict);
+        }
+        let own = LimitPlan {
+            tenant: plan.tenant.clone(),
+            limits: own,
+            quotas: plan.quotas.clone(),
+        };
+        let mut verdict = self.run_script(&mut conn, &own).await?;
+        verdict.states.extend(shared_verdict.states);
+        Ok(verdict)
+    }
+
+    /// The Redis key of a budget: in a cluster, hash-tagged with its tenant (or with the tag of
+    /// the budgets all tenants share).
+    fn key(&self, tenant: &str, key: &str, all_tenants: bool) -> String {
+        match self.server {
+            Server::One(_) => format!("{}:{key}", self.prefix),
+            Server::Cluster(_) => {
+                let tag = if all_tenants { ALL_TENANTS_TAG } else { tenant };
+                format!("{}:{{{tag}}}:{key}", self.prefix)
+            }
+        }
+    }
+
+    /// One script call; every key of `plan` is in one slot when Redis is a cluster.
+    async fn run_script(
+        &self,
+        conn: &mut Connection,
+        plan: &LimitPlan,
+    ) -> Result<Verdict, LimiterError> {
         let mut invocation = self.script.prepare_invoke();
         for limit in &plan.limits {
-            invocation.key(format!("{}:{}", self.prefix, limit.key));
+            invocation.key(self.key(&plan.tenant, &limit.key, limit.all_tenants));
         }
         for quota in &plan.quotas {
-            invocation.key(format!("{}:{}", self.prefix, quota.key));
+            invocation.key(self.key(&plan.tenant, &quota.key, false));
         }
         invocation.arg(plan.limits.len());
         for limit in &plan.limits {
@@ -208,7 +305,10 @@ impl ClusterLimiter {
             let time_to_live = quota.resets_in + Duration::from_secs(3600);
             invocation.arg(quota.limit).arg(time_to_live.as_secs());
         }
-        let reply: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        let reply: Vec<i64> = match conn {
+            Connection::One(c) => invocation.invoke_async(c).await?,
+            Connection::Cluster(c) => invocation.invoke_async(c).await?,
+        };
         verdict(plan, &reply)
     }
 }
@@ -297,6 +397,7 @@ mod tests {
 
     fn plan() -> LimitPlan {
         LimitPlan {
+            tenant: "acme".into(),
             limits: vec![Limit::new(Arc::from("tenant"), "t:a".into(), 1.0, 2)],
             quotas: vec![Quota {
                 name: "daily",
@@ -306,6 +407,31 @@ mod tests {
                 resets_in: Duration::from_secs(60),
             }],
         }
+    }
+
+    #[test]
+    fn cluster_keys_share_the_tenants_slot_and_route_wide_ones_their_own() {
+        let config = |extra: &str| -> LimitsConfig {
+            toml::from_str(&format!(
+                "backend = \"redis\"\nkey_prefix = \"gw\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let one = ClusterLimiter::new(&config("redis_url = \"redis://127.0.0.1:1\"")).unwrap();
+        assert!(!one.is_cluster());
+        // One server: the keys of earlier versions (no hash tags; counts survive an upgrade).
+        assert_eq!(one.key("acme", "t:acme", false), "gw:t:acme");
+        let cluster = ClusterLimiter::new(&config(
+            "redis_cluster_nodes = [\"redis://127.0.0.1:1\", \"redis://127.0.0.1:2\"]",
+        ))
+        .unwrap();
+        assert!(cluster.is_cluster());
+        assert_eq!(cluster.key("acme", "t:acme", false), "gw:{acme}:t:acme");
+        assert_eq!(
+            cluster.key("acme", "q:d:acme:20261204", false),
+            "gw:{acme}:q:d:acme:20261204"
+        );
+        assert_eq!(cluster.key("acme", "r:everyone", true), "gw:{*}:r:everyone");
     }
 
     #[test]

@@ -268,6 +268,7 @@ mod tests {
 
     fn plan(rate: f64, burst: u32) -> LimitPlan {
         LimitPlan {
+            tenant: "acme".into(),
             limits: vec![Limit::new(
                 Arc::from("tenant"),
                 "t:acme".into(),
@@ -307,6 +308,7 @@ mod tests {
         let principal = Limit::new(Arc::from("principal"), "p:acme:eve".into(), 0.001, 2);
         let tenant = Limit::new(Arc::from("tenant"), "t:acme".into(), 0.001, 5);
         let eve = LimitPlan {
+            tenant: "acme".into(),
             limits: vec![tenant.clone(), principal],
             quotas: Vec::new(),
         };
@@ -321,6 +323,7 @@ mod tests {
             })));
         // The tenant's 5 minus eve's 2 are left for bob.
         let bob = LimitPlan {
+            tenant: "acme".into(),
             limits: vec![
                 tenant,
                 Limit::new(Arc::from("principal"), "p:acme:bob".into(), 0.001, 5),
@@ -338,6 +341,7 @@ mod tests {
         let limiter = LocalLimiter::new(100, 1);
         let limit = Limit::new(Arc::from("x"), "r:x".into(), 0.001, 3);
         let plan = LimitPlan {
+            tenant: "acme".into(),
             limits: vec![limit.clone(), limit],
             quotas: Vec::new(),
         };
@@ -357,6 +361,7 @@ mod tests {
                 let tenant = tenant.clone();
                 std::thread::spawn(move || {
                     let plan = LimitPlan {
+                        tenant: "acme".into(),
                         limits: vec![
                             tenant,
                             Limit::new(Arc::from("principal"), format!("p:{t}"), 0.001, 20),

@@ -49,6 +49,11 @@ pub struct LimitsConfig {
     /// `rediss://` for TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Instead of `redis_url`: seed nodes of a Redis Cluster (`redis://host:port` each; the
+    /// others are discovered). A decision's keys share the tenant's hash slot, so its script
+    /// runs on the one master owning it; redirections and failovers are followed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_cluster_nodes: Vec<String>,
     /// How long a decision may wait for Redis before the fallback decides.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -322,17 +327,31 @@ pub fn validate(
         return issues;
     };
     if limits.backend == Backend::Redis {
-        match &limits.redis_url {
-            None => check(
+        match (&limits.redis_url, limits.redis_cluster_nodes.as_slice()) {
+            (None, []) => check(
                 "limits.redis_url".to_string(),
-                Err("required with `backend = \"redis\"`".to_string()),
+                Err("required with `backend = \"redis\"` (or `redis_cluster_nodes`)".to_string()),
             ),
-            Some(url) => check(
+            (Some(_), [_, ..]) => check(
+                "limits.redis_cluster_nodes".to_string(),
+                Err("either `redis_url` (one server) or `redis_cluster_nodes` (a cluster), not both".to_string()),
+            ),
+            (Some(url), []) => check(
                 "limits.redis_url".to_string(),
                 redis::Client::open(url.as_str())
                     .map(drop)
                     .map_err(|e| e.to_string()),
             ),
+            (None, nodes) => {
+                for (i, node) in nodes.iter().enumerate() {
+                    check(
+                        format!("limits.redis_cluster_nodes[{i}]"),
+                        redis::Client::open(node.as_str())
+                            .map(drop)
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
         }
     }
     if !(1..=MAX_REPLICAS).contains(&limits.replicas) {
@@ -395,6 +414,8 @@ pub struct Limit {
     pub key: String,
     pub rate: f64,
     pub burst: u32,
+    /// One budget for every tenant (a rule `per = "route"`); all others are one tenant's.
+    pub all_tenants: bool,
 }
 
 impl Limit {
@@ -408,6 +429,15 @@ impl Limit {
             key,
             rate: if rate >= MIN_RATE { rate } else { MIN_RATE },
             burst: burst.clamp(1, MAX_BURST),
+            all_tenants: false,
+        }
+    }
+
+    /// The same limit as one budget of all tenants together.
+    pub fn for_all_tenants(self) -> Self {
+        Limit {
+            all_tenants: true,
+            ..self
         }
     }
 
@@ -453,6 +483,8 @@ pub struct Quota {
 /// Every limit and quota one request must fit in.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitPlan {
+    /// The tenant whose budgets these are (its id is the Redis Cluster hash tag of its keys).
+    pub tenant: String,
     pub limits: Vec<Limit>,
     pub quotas: Vec<Quota>,
 }
@@ -585,7 +617,10 @@ impl LimitTable {
         let tiered = !self.tiers.is_empty();
         let tier = self.tiers.get(&tenant.tier);
         let own = &tenant.limits;
-        let mut plan = LimitPlan::default();
+        let mut plan = LimitPlan {
+            tenant: tenant.id.clone(),
+            ..LimitPlan::default()
+        };
         match caller {
             Caller::Anonymous { client } if tiered => {
                 let rate = tier
@@ -669,12 +704,12 @@ impl LimitTable {
                 },
                 LimitScope::Route => format!("r:{name}"),
             };
-            plan.limits.push(Limit::new(
-                name.clone(),
-                key,
-                rule.requests_per_second,
-                rule.burst,
-            ));
+            let limit = Limit::new(name.clone(), key, rule.requests_per_second, rule.burst);
+            plan.limits.push(if rule.per == LimitScope::Route {
+                limit.for_all_tenants()
+            } else {
+                limit
+            });
         }
         // Quotas are the tenant's: anonymous requests do not use them up.
         if caller != Caller::Known {
@@ -909,7 +944,11 @@ impl Limiter {
     /// Backend, fallback and Redis state, for the admin status.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
-            "backend": if self.cluster.is_some() { "redis" } else { "local" },
+            "backend": match &self.cluster {
+                None => "local",
+                Some(c) if c.is_cluster() => "redis-cluster",
+                Some(_) => "redis",
+            },
             "fallback": self.fallback.label(),
             "redis_up": self.cluster.as_ref().map(|c| c.is_up()),
             "tiers": self.table.tiers.keys().collect::<Vec<_>>(),
@@ -1179,6 +1218,44 @@ mod tests {
         let issues = validate(Some(&l), &tiers());
         let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["limits.redis_url", "limits.rule[0].burst"]);
+    }
+
+    #[test]
+    fn a_redis_cluster_is_seed_nodes_instead_of_one_url() {
+        let mut l = limits();
+        l.redis_cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
+        let issues = validate(Some(&l), &tiers());
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].0, "limits.redis_cluster_nodes");
+        assert!(issues[0].1.contains("not both"), "{}", issues[0].1);
+        l.redis_url = None;
+        assert!(validate(Some(&l), &tiers()).is_empty());
+        l.redis_cluster_nodes.push("http://not-redis".into());
+        let issues = validate(Some(&l), &tiers());
+        let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["limits.redis_cluster_nodes[1]"]);
+    }
+
+    #[test]
+    fn route_wide_rules_are_marked_as_every_tenants_budget() {
+        let mut l = limits();
+        l.rule.push(
+            toml::from_str(
+                "name = \"everyone\"\nper = \"route\"\nrequests_per_second = 1\nburst = 1",
+            )
+            .unwrap(),
+        );
+        let table = LimitTable::new(Some(&l), &tiers());
+        let tenant = TenantSpec::new("acme");
+        let plan = table.plan(&tenant, &Principal::anonymous(), Caller::Known, None, 0);
+        assert_eq!(plan.tenant, "acme");
+        let shared: Vec<(&str, bool)> = plan
+            .limits
+            .iter()
+            .map(|l| (&*l.name, l.all_tenants))
+            .collect();
+        assert!(shared.contains(&("everyone", true)), "{shared:?}");
+        assert!(shared.contains(&("tenant", false)), "{shared:?}");
     }
 
     #[test]

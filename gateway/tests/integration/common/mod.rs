@@ -20,6 +20,7 @@ pub mod example;
 pub mod idp;
 pub mod nats;
 pub mod nginx;
+pub mod redis_cluster;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -1,0 +1,243 @@
+//! Cluster-wide limits on a real Redis Cluster (three masters, three replicas, started by the
+//! test): three gateways share one tenant's limit within ±2 % of the GCRA bound while the
+//! master holding the tenant's slot is killed and its replica promoted, the local-share
+//! fallback deciding in the gap; and a route-wide rule (its own slot) shared by two tenants
+//! next to their own limits, every decision made by Redis.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::redis_cluster::RedisCluster;
+use crate::common::{client, config_for, free_addr, upstream, TestGateway};
+
+const TENANTS: &str = r#"
+[[tenant]]
+id = "acme"
+tier = "free"
+
+[[tenant]]
+id = "bigco"
+tier = "free"
+"#;
+
+fn cluster_limits(cluster: &RedisCluster, extra: &str) -> String {
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "\n[tenancy]\nsources = [\"header\"]\nregistry = {{ file = \"tenants.toml\" }}\n\
+         [limits]\nbackend = \"redis\"\nredis_cluster_nodes = [{}]\nkey_prefix = \"gwtest\"\n{extra}\n",
+        nodes.join(", ")
+    )
+}
+
+async fn get(addr: SocketAddr, tenant: &str) -> u16 {
+    match client()
+        .get(format!("http://{addr}/things"))
+        .header("x-tenant", tenant)
+        .send()
+        .await
+    {
+        Ok(res) => res.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Sends `rate` requests per second in all, round-robin over `gateways`, for `duration`
+/// (paced, not as fast as possible: the bound is about time); calls `at` once after `at_time`.
+/// Returns the statuses and the time from the first request to the last.
+async fn paced(
+    gateways: &[SocketAddr],
+    tenant: &str,
+    rate: u32,
+    duration: Duration,
+    at_time: Duration,
+    at: impl FnOnce() + Send + 'static,
+) -> (Vec<u16>, f64) {
+    let tenant: Arc<str> = Arc::from(tenant);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    let mut at = Some(at);
+    let started = Instant::now();
+    let mut last = started;
+    let mut i = 0usize;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        if started.elapsed() >= at_time {
+            if let Some(at) = at.take() {
+                // Off the runtime: killing a process and waiting for it blocks.
+                tokio::task::spawn_blocking(at);
+            }
+        }
+        let addr = gateways[i % gateways.len()];
+        let tenant = tenant.clone();
+        last = Instant::now();
+        tasks.push(tokio::spawn(async move { get(addr, &tenant).await }));
+        i += 1;
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    let mut statuses = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    (statuses, elapsed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_gateways_share_a_limit_on_redis_cluster_through_a_failover() {
+    let up = upstream("app").await;
+    let cluster = Arc::new(std::sync::Mutex::new(RedisCluster::start()));
+    let (rate, burst) = (100.0, 5.0);
+    let limits = cluster_limits(
+        &cluster.lock().unwrap(),
+        "replicas = 3\nfallback = \"local-share\"\nredis_timeout = \"500ms\"\nredis_retry_interval = \"200ms\"",
+    );
+    let config = config_for(
+        &[up.addr],
+        &format!("{limits}\n[tiers.free]\nrequests_per_second = {rate}\nburst = {burst}\n"),
+    );
+    let files: &[(&str, &[u8])] = &[("tenants.toml", TENANTS.as_bytes())];
+    let gateways = [
+        TestGateway::start(&config, files),
+        TestGateway::start(&config, files),
+        TestGateway::start(&config, files),
+    ];
+    let addrs: Vec<SocketAddr> = gateways.iter().map(|g| g.addr).collect();
+
+    // The master of acme's slot dies 4 s in; its replica takes over after the node timeout.
+    let killed = Arc::new(std::sync::Mutex::new(None));
+    let (cluster_for_kill, killed_for_kill) = (cluster.clone(), killed.clone());
+    let kill = move || {
+        let mut cluster = cluster_for_kill.lock().unwrap();
+        let port = cluster.kill_master_of("gwtest:{acme}:t:acme");
+        let gap = cluster.wait_failover(port, Duration::from_secs(30));
+        *killed_for_kill.lock().unwrap() = Some((port, gap));
+    };
+    let (statuses, elapsed) = paced(
+        &addrs,
+        "acme",
+        3 * rate as u32,
+        Duration::from_secs(15),
+        Duration::from_secs(4),
+        kill,
+    )
+    .await;
+    let (port, gap) = killed
+        .lock()
+        .unwrap()
+        .expect("the master was killed and replaced during the run");
+
+    let admitted = statuses.iter().filter(|s| **s == 200).count() as f64;
+    let bound = burst + rate * elapsed;
+    eprintln!(
+        "redis cluster: master {port} killed, replica serving after {:.2}s; admitted {admitted} \
+         of {} requests, GCRA bound {bound:.1} over {elapsed:.2}s ({:+.2}%)",
+        gap.as_secs_f64(),
+        statuses.len(),
+        100.0 * (admitted - bound) / bound
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "only admitted or limited: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 200 && **s != 429)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        (admitted - bound).abs() <= 0.02 * bound,
+        "admitted {admitted}, bound {bound:.1} (±2%)"
+    );
+    assert_eq!(up.served() as f64, admitted);
+    // Every gateway fell back during the gap and went back to Redis after it.
+    for gw in &gateways {
+        let log = gw.settled_log();
+        assert!(
+            log.contains("Redis unavailable; the fallback decides")
+                && log.contains("Redis answers again"),
+            "{log}\n{}",
+            cluster.lock().unwrap().logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_wide_rule_and_tenant_limits_decide_on_redis_cluster() {
+    let up = upstream("app").await;
+    let cluster = RedisCluster::start();
+    // A route-wide budget of 30 that both tenants use up together, next to each tenant's own
+    // 20: keys in different slots (`{*}` and each tenant's), so two script calls a request.
+    let admin = free_addr();
+    let limits = cluster_limits(
+        &cluster,
+        "redis_timeout = \"2s\"\n\
+         [[limits.rule]]\nname = \"everyone\"\nper = \"route\"\nrequests_per_second = 0.001\nburst = 30\n",
+    );
+    let config = config_for(
+        &[up.addr],
+        &format!(
+            "{limits}\n[tiers.free]\nrequests_per_second = 0.001\nburst = 20\n\
+             [admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"
+        ),
+    );
+    let mut gw = TestGateway::start(
+        &config,
+        &[
+            ("tenants.toml", TENANTS.as_bytes()),
+            (
+                "admin.token",
+                b"cluster-test-admin-token-of-32-characters\n",
+            ),
+        ],
+    );
+    gw.wait_accepting(admin);
+    let mut acme = Vec::new();
+    for _ in 0..25 {
+        acme.push(get(gw.addr, "acme").await);
+    }
+    let mut bigco = Vec::new();
+    for _ in 0..25 {
+        bigco.push(get(gw.addr, "bigco").await);
+    }
+    let ok = |v: &[u16]| v.iter().filter(|s| **s == 200).count();
+    // acme: its own 20, then refused by its own limit (the route-wide cell of each refusal
+    // is spent: 25 of the 30 are gone). bigco: the 5 left of the route-wide budget.
+    assert_eq!((ok(&acme), ok(&bigco)), (20, 5), "{acme:?} {bigco:?}");
+    let res = client()
+        .get(format!("http://{}/things", gw.addr))
+        .header("x-tenant", "bigco")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let policy = res
+        .headers()
+        .get("ratelimit-policy")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(policy.contains("everyone"), "{policy}");
+    let status: serde_json::Value = client()
+        .get(format!("http://{admin}/admin/status"))
+        .bearer_auth("cluster-test-admin-token-of-32-characters")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["rate_limits"]["backend"], "redis-cluster",
+        "{status}"
+    );
+    assert!(
+        !gw.settled_log().contains("Redis unavailable"),
+        "{}",
+        gw.log()
+    );
+}

@@ -33,22 +33,28 @@ pub fn signed_tokens(
     count: usize,
     tenants: usize,
 ) -> Vec<String> {
+    (1..=count)
+        .map(|i| {
+            let org = format!("tenant-{}", (i * 97) % tenants.max(1) + 1);
+            signed_token(key, kid, &format!("user-{i}"), &org)
+        })
+        .collect()
+}
+
+/// One ES256 token of the bench issuer for `sub` of tenant `org`, role `viewer`, valid for an
+/// hour.
+pub fn signed_token(key: &jsonwebtoken::EncodingKey, kid: &str, sub: &str, org: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.into());
-    (1..=count)
-        .map(|i| {
-            let claims = json!({
-                "iss": "https://bench-issuer.local", "aud": "bench", "sub": format!("user-{i}"),
-                "org": format!("tenant-{}", (i * 97) % tenants.max(1) + 1), "roles": ["viewer"],
-                "exp": now + 3600, "iat": now,
-            });
-            jsonwebtoken::encode(&header, &claims, key).expect("token")
-        })
-        .collect()
+    let claims = json!({
+        "iss": "https://bench-issuer.local", "aud": "bench", "sub": sub, "org": org,
+        "roles": ["viewer"], "exp": now + 3600, "iat": now,
+    });
+    jsonwebtoken::encode(&header, &claims, key).expect("token")
 }
 
 pub fn free_port() -> u16 {

@@ -302,6 +302,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
     let (upstreams, health_checks) = Upstreams::build(loaded).map_err(StartError::Upstreams)?;
     let mut outbox = None;
     let mut metering = None;
+    let mut export_drain = crate::metering::exporters::ExportDrain::default();
     if let Some(m) = &cfg.metering {
         let settings = OutboxSettings {
             dir: m.dir.clone(),
@@ -326,10 +327,22 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                 m.dir.clone(),
                 progress.clone(),
             );
-            background.push(task_service(&format!("exporter {name}"), move |shutdown| {
-                crate::metering::exporters::run(name, batch, sink, dir, progress, shutdown)
-            }));
+            let (exported, exported_rx) = tokio::sync::watch::channel(0);
+            export_drain.exported.push(exported_rx);
+            // Not stopped by the shutdown signal: they deliver what the last requests recorded
+            // (see `drain and exit`); the process's exit ends them.
+            let stop = export_drain.stop.subscribe();
+            background.push(task_service(
+                &format!("exporter {name}"),
+                move |_shutdown| {
+                    crate::metering::exporters::run(
+                        name, batch, sink, dir, progress, exported, stop,
+                    )
+                },
+            ));
         }
+        export_drain.written = Some(progress);
+        export_drain.timeout = m.export_drain_timeout;
         outbox = Some(handle.clone());
         metering = Some(Arc::new(Metering {
             outbox: handle,
@@ -345,6 +358,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         background.push(task_service("drain and exit", move |shutdown| async move {
             crate::lifecycle::drained(shutdown, &in_flight, SHUTDOWN_SETTLE).await;
             recording.flush();
+            export_drain.run().await;
             tracing::info!("gateway stopped: no request in flight, records written");
             crate::logging::flush();
             // Pingora would sit out the rest of the grace period; nothing is left to wait for.

@@ -203,10 +203,13 @@ fn helm_chart_container_and_systemd_files_are_sound() {
         "configmap.yaml",
         "deployment.yaml",
         "secret.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
         "_helpers.tpl",
     ] {
         assert!(deploy(&format!("helm/policy-gateway/templates/{template}")).exists());
     }
+    helm_chart_scales_and_shares_limits(&values[0]);
     if let Ok(out) = std::process::Command::new("helm")
         .arg("lint")
         .arg(deploy("helm/policy-gateway"))
@@ -242,6 +245,173 @@ fn helm_chart_container_and_systemd_files_are_sound() {
     ] {
         assert!(unit.contains(line), "{line}");
     }
+}
+
+/// A template of the Helm chart, as text (templates are not YAML until rendered).
+fn helm_template(name: &str) -> String {
+    std::fs::read_to_string(deploy(&format!("helm/policy-gateway/templates/{name}"))).unwrap()
+}
+
+/// The chart's autoscaler, disruption budget, Redis (Cluster) limits and NATS export: their
+/// values exist, the templates produce the right kinds, the Deployment leaves `replicas` to the
+/// autoscaler, and every gateway.toml key the chart writes is one the gateway knows.
+fn helm_chart_scales_and_shares_limits(values: &Yaml) {
+    let autoscaling = &values["autoscaling"];
+    assert_eq!(
+        autoscaling["enabled"].as_bool(),
+        Some(false),
+        "autoscaling.enabled"
+    );
+    for key in [
+        "minReplicas",
+        "maxReplicas",
+        "targetCPUUtilizationPercentage",
+    ] {
+        assert!(autoscaling[key].as_i64().is_some(), "autoscaling.{key}");
+    }
+    assert!(
+        autoscaling["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+            .as_i64()
+            .is_some(),
+        "autoscaling.behavior.scaleDown.stabilizationWindowSeconds"
+    );
+    let pdb = &values["podDisruptionBudget"];
+    assert_eq!(
+        pdb["enabled"].as_bool(),
+        Some(true),
+        "podDisruptionBudget.enabled"
+    );
+    for key in ["minAvailable", "maxUnavailable"] {
+        assert!(!pdb[key].is_badvalue(), "podDisruptionBudget.{key}");
+    }
+    let limits = &values["limits"];
+    assert!(limits["backend"].as_str().is_some(), "limits.backend");
+    assert_eq!(limits["redis"]["mode"].as_str(), Some("standalone"));
+    assert!(
+        limits["redis"]["url"].as_str().is_some(),
+        "limits.redis.url"
+    );
+    assert!(
+        limits["redis"]["clusterNodes"].as_vec().is_some(),
+        "limits.redis.clusterNodes"
+    );
+    assert_eq!(limits["fallback"].as_str(), Some("local-share"));
+    assert!(!limits["replicas"].is_badvalue(), "limits.replicas");
+    let nats = &values["usageExport"]["nats"];
+    assert_eq!(
+        nats["enabled"].as_bool(),
+        Some(false),
+        "usageExport.nats.enabled"
+    );
+    for key in ["url", "stream", "subjectPrefix", "duplicateWindow"] {
+        assert!(nats[key].as_str().is_some(), "usageExport.nats.{key}");
+    }
+    assert!(nats["tokenSecret"]["name"].as_str().is_some());
+
+    let hpa = helm_template("hpa.yaml");
+    assert!(hpa.starts_with("{{- if .Values.autoscaling.enabled }}"));
+    assert!(hpa.contains("\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\n"));
+    assert!(hpa.contains("behavior:"));
+    let pdb = helm_template("pdb.yaml");
+    assert!(pdb.starts_with("{{- if .Values.podDisruptionBudget.enabled }}"));
+    assert!(pdb.contains("\napiVersion: policy/v1\nkind: PodDisruptionBudget\n"));
+    assert!(
+        pdb.contains("{{- fail "),
+        "minAvailable and maxUnavailable together fail the render"
+    );
+    // `replicas` only without the autoscaler, or every upgrade would reset its choice.
+    let deployment = helm_template("deployment.yaml");
+    let lines: Vec<&str> = deployment.lines().map(str::trim).collect();
+    let replicas: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("replicas:"))
+        .collect();
+    assert_eq!(replicas.len(), 1, "one `replicas:` in deployment.yaml");
+    let at = replicas[0];
+    assert_eq!(lines[at], "replicas: {{ .Values.replicaCount }}");
+    assert!(at > 0 && lines[at - 1] == "{{- if not .Values.autoscaling.enabled }}");
+    assert_eq!(lines.get(at + 1).copied(), Some("{{- end }}"));
+
+    // The tables the chart writes into gateway.toml: appended by the ConfigMap, with
+    // `[limits] replicas` following replicaCount or the autoscaler's minimum.
+    let configmap = helm_template("configmap.yaml");
+    for helper in [
+        "policy-gateway.limitsToml",
+        "policy-gateway.usageExportToml",
+    ] {
+        assert!(
+            configmap.contains(&format!("include \"{helper}\"")),
+            "{helper}"
+        );
+    }
+    let helpers = helm_template("_helpers.tpl");
+    assert!(helpers.contains("{{- $n := .Values.replicaCount -}}"));
+    assert!(helpers.contains("{{- $n = .Values.autoscaling.minReplicas -}}"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("gateway.schema.json")).unwrap())
+            .unwrap();
+    let defs = &schema["$defs"];
+    let nats_exporter = defs["ExporterConfig"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["properties"]["kind"]["const"] == "nats")
+        .expect("a NATS exporter in the schema");
+    let written = chart_toml_keys(&helpers);
+    for (table, key) in &written {
+        let properties = match table.as_str() {
+            "limits" => &defs["LimitsConfig"]["properties"],
+            "metering" => &defs["MeteringConfig"]["properties"],
+            "metering.exporter" => &nats_exporter["properties"],
+            other => panic!("the chart writes [{other}], which this test does not know"),
+        };
+        assert!(
+            properties.get(key.as_str()).is_some(),
+            "the chart writes `{key}` in [{table}], which the gateway does not know"
+        );
+    }
+    for (table, key) in [
+        ("limits", "backend"),
+        ("limits", "redis_url"),
+        ("limits", "redis_cluster_nodes"),
+        ("limits", "fallback"),
+        ("limits", "replicas"),
+        ("metering", "dir"),
+        ("metering.exporter", "kind"),
+        ("metering.exporter", "url"),
+        ("metering.exporter", "stream"),
+        ("metering.exporter", "subject_prefix"),
+        ("metering.exporter", "token_env"),
+    ] {
+        assert!(
+            written.contains(&(table.to_string(), key.to_string())),
+            "the chart does not write `{key}` in [{table}]"
+        );
+    }
+}
+
+/// `(table, key)` of every `key = ...` line the chart's helpers write into gateway.toml, the
+/// table being the last `[table]` or `[[table]]` header above it.
+fn chart_toml_keys(helpers: &str) -> BTreeSet<(String, String)> {
+    let mut table = String::new();
+    let mut out = BTreeSet::new();
+    for line in helpers.lines() {
+        if let Some(header) = line
+            .strip_prefix("[[")
+            .and_then(|l| l.strip_suffix("]]"))
+            .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        {
+            table = header.to_string();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                assert!(
+                    !table.is_empty(),
+                    "`{key}` before any table in _helpers.tpl"
+                );
+                out.insert((table.clone(), key.to_string()));
+            }
+        }
+    }
+    out
 }
 
 /// Every YAML document of a `deploy/` directory, by file name.

@@ -10,10 +10,10 @@
 )]
 
 use crate::common;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::{
     client, eventually, gateway_bin, pg_url, sigkill_under_load, unique_table, upstream, Receiver,
@@ -697,6 +697,55 @@ impl Drop for Tmpfs {
 /// `503 metering-unavailable` with `Retry-After` on a connection that stays open, `/readyz`
 /// fails, the write errors are a metric; no forwarded request loses its records (those in
 /// flight are held and written later); when space returns everything recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_waits_for_the_exporters_to_deliver_the_outbox() {
+    const REQUESTS: usize = 40;
+    let up = upstream("app").await;
+    // A slow sink: 150 ms a batch of 5, so 40 events need over a second after the last
+    // request (the receiver's thread sleeps; the test has workers to spare).
+    let sink = Receiver::start(|_, _, _| {
+        std::thread::sleep(Duration::from_millis(150));
+        200
+    })
+    .await;
+    let config = format!(
+        "{}\n[[metering.exporter]]\nkind = \"cloudevents\"\nname = \"slow\"\nendpoint = \"{}\"\nbatch_size = 5\n",
+        recording_config(up.addr, common::free_addr(), "data"),
+        sink.url("/events")
+    );
+    let mut gw = TestGateway::start(
+        &config,
+        &[
+            ("tenants.toml", TENANTS.as_bytes()),
+            ("admin.token", ADMIN_TOKEN.as_bytes()),
+        ],
+    );
+    for _ in 0..REQUESTS {
+        assert_eq!(request(&gw, "globex", "/things").await, 200);
+    }
+    let signalled = Instant::now();
+    gw.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        gw.log()
+    );
+    let delivered: BTreeSet<String> = cloudevent_ids(&sink).into_iter().collect();
+    eprintln!(
+        "SIGTERM with {REQUESTS} events to export: {} delivered before exit, {took:?}",
+        delivered.len()
+    );
+    assert_eq!(delivered.len(), REQUESTS, "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("usage exporters delivered every recorded event"),
+        "{}",
+        gw.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_refuses_new_requests_keeps_forwarded_records_and_recovers() {
     let Some(fs) = Tmpfs::mount(2 * 1024 * 1024) else {

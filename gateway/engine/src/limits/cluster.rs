@@ -86,7 +86,7 @@ return out
 
 /// The Redis a limiter talks to.
 enum Server {
-    One(Client),
+    One(Box<Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -119,7 +119,7 @@ impl ClusterLimiter {
     /// before).
     pub fn new(config: &LimitsConfig) -> Option<Self> {
         let server = if config.redis_cluster_nodes.is_empty() {
-            Server::One(Client::open(config.redis_url.as_deref()?).ok()?)
+            Server::One(Box::new(Client::open(config.redis_url.as_deref()?).ok()?))
         } else {
             Server::Cluster(Box::new(
                 ClusterClientBuilder::new(config.redis_cluster_nodes.iter().map(String::as_str))

@@ -83,7 +83,9 @@ impl LocalLimiter {
             limit.name.clone(),
             String::new(),
             limit.rate / f64::from(self.share),
-            (limit.burst / self.share).max(1),
+            // Rounded up: a share's burst of 1 loses rate to every request arriving a little
+            // late (GCRA without tolerance), so shares rounded down fell short of the limit.
+            limit.burst.div_ceil(self.share),
         )
     }
 
@@ -377,6 +379,22 @@ mod tests {
         let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
         // 8 principals × 20 = 160 wanted, the tenant allows exactly 100.
         assert_eq!(admitted, 100);
+    }
+
+    #[test]
+    fn local_share_rounds_bursts_up() {
+        let limiter = LocalLimiter::new(100, 3);
+        // A burst of 5 over 3 replicas: 2 each (6 in all), not 1 (3 in all, and no tolerance
+        // for a request arriving late).
+        let admitted = (0..10)
+            .filter(|_| {
+                limiter
+                    .decide(&plan(0.001, 5), DecidedBy::Local)
+                    .exceeded
+                    .is_none()
+            })
+            .count();
+        assert_eq!(admitted, 2);
     }
 
     #[test]

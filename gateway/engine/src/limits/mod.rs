@@ -1230,10 +1230,14 @@ mod tests {
         assert!(issues[0].1.contains("not both"), "{}", issues[0].1);
         l.redis_url = None;
         assert!(validate(Some(&l), &tiers()).is_empty());
+        // TLS (rustls) for one server and for cluster nodes alike.
+        l.redis_cluster_nodes
+            .push("rediss://redis.example:6380".into());
+        assert!(validate(Some(&l), &tiers()).is_empty());
         l.redis_cluster_nodes.push("http://not-redis".into());
         let issues = validate(Some(&l), &tiers());
         let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["limits.redis_cluster_nodes[1]"]);
+        assert_eq!(fields, ["limits.redis_cluster_nodes[2]"]);
     }
 
     #[test]

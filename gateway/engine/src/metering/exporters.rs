@@ -329,13 +329,16 @@ fn dead_letter(dir: &Path, name: &str, event: &UsageEvent, reason: &str) {
     }
 }
 
-/// Runs one exporter until shutdown.
+/// Runs one exporter until `shutdown`. Whenever it has delivered everything it has read, it
+/// publishes in `exported` the outbox offset it has read up to (a graceful shutdown waits for
+/// it to reach the last record written: [`wait_exported`]).
 pub async fn run(
     name: String,
     batch_size: usize,
     sink: Box<dyn Sink>,
     dir: PathBuf,
     mut progress: watch::Receiver<Written>,
+    exported: watch::Sender<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut checkpoint = load_checkpoint(&dir, &name);
@@ -373,6 +376,7 @@ pub async fn run(
         metrics::gauge!(crate::telemetry::EXPORTER_LAG_RECORDS, "exporter" => name.clone())
             .set(lag as f64);
         if backlog.is_empty() {
+            exported.send_replace(cursor.next_offset());
             let resume = assembler.resume_from(cursor.next_offset());
             if resume != checkpoint.resume_from {
                 checkpoint.resume_from = resume;
@@ -404,6 +408,78 @@ pub async fn run(
         metrics::counter!(crate::telemetry::EXPORTER_EVENTS_TOTAL, "exporter" => name.clone())
             .increment(events.len() as u64);
     }
+}
+
+/// What a graceful shutdown waits for before the process exits: every exporter having
+/// delivered the outbox up to its last record, for at most `timeout`
+/// (`[metering] export_drain_timeout`).
+pub struct ExportDrain {
+    /// Each exporter's offset delivered through (see [`run`]).
+    pub exported: Vec<watch::Receiver<u64>>,
+    /// The outbox's progress (the offset after its last record).
+    pub written: Option<watch::Receiver<Written>>,
+    pub timeout: Duration,
+    /// The exporters' stop signal, sent once the drain is over (its receivers would take the
+    /// sender's drop for a stop).
+    pub stop: watch::Sender<bool>,
+}
+
+impl Default for ExportDrain {
+    fn default() -> Self {
+        ExportDrain {
+            exported: Vec::new(),
+            written: None,
+            timeout: Duration::ZERO,
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+impl ExportDrain {
+    /// Call once the last request's records are written (the outbox flushed).
+    pub async fn run(mut self) {
+        if let Some(written) = &self.written {
+            let target = written.borrow().next_offset;
+            if !self.exported.is_empty() && !self.timeout.is_zero() {
+                let started = std::time::Instant::now();
+                if wait_exported(&mut self.exported, target, self.timeout).await {
+                    tracing::info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "usage exporters delivered every recorded event"
+                    );
+                } else {
+                    tracing::warn!(
+                        timeout = ?self.timeout,
+                        "usage exporters did not deliver every event before exit: the rest stays in the outbox for the next start"
+                    );
+                }
+            }
+        }
+        self.stop.send_replace(true);
+    }
+}
+
+/// Waits until every exporter has delivered the outbox up to `written` (the offset after the
+/// last record), or `limit` has passed; true when all have.
+async fn wait_exported(
+    exported: &mut [watch::Receiver<u64>],
+    written: u64,
+    limit: Duration,
+) -> bool {
+    let all = async {
+        for receiver in exported.iter_mut() {
+            // An exporter that has stopped cannot deliver more: stop waiting for it.
+            if receiver
+                .wait_for(|offset| *offset >= written)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(limit, all).await.unwrap_or(false)
 }
 
 /// Delivers a batch: transient failures retry with backoff until they succeed (or shutdown:
@@ -875,6 +951,30 @@ impl Sink for ChargebeeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_shutdown_waits_for_every_exporter_but_not_for_ever() {
+        let (first, first_rx) = watch::channel(0u64);
+        let (second, second_rx) = watch::channel(0u64);
+        let mut exported = vec![first_rx, second_rx];
+        // Both reach the outbox's end: done as soon as the slower one does.
+        let slow = tokio::spawn(async move {
+            first.send_replace(100);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            second.send_replace(100);
+            (first, second)
+        });
+        assert!(wait_exported(&mut exported, 100, Duration::from_secs(5)).await);
+        let (first, second) = slow.await.unwrap();
+        // One stuck behind (its sink down): the limit ends the wait.
+        first.send_replace(150);
+        let started = std::time::Instant::now();
+        assert!(!wait_exported(&mut exported, 150, Duration::from_millis(50)).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // One that has stopped cannot deliver more: no waiting for it.
+        drop(second);
+        assert!(!wait_exported(&mut exported, 150, Duration::from_secs(5)).await);
+    }
 
     #[test]
     fn nats_subjects_are_one_token_per_tenant() {

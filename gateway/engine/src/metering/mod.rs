@@ -238,6 +238,14 @@ pub struct MeteringConfig {
     pub meter: Vec<MeterRule>,
     #[serde(default)]
     pub exporter: Vec<exporters::ExporterConfig>,
+    /// On a graceful shutdown (SIGTERM), once the last request is done and its records are
+    /// written: how long to wait for the exporters to deliver everything in the outbox before
+    /// the process exits (within what is left of `server.grace_period`). What is not delivered
+    /// by then stays in the outbox for the next start — lost only when the outbox goes with the
+    /// process (a pod's `emptyDir`). `0s`: exit at once.
+    #[serde(default = "default_export_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub export_drain_timeout: Duration,
 }
 
 impl MeteringConfig {
@@ -309,6 +317,9 @@ fn default_fsync_interval() -> Duration {
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_export_drain_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_flush_interval() -> Duration {
     Duration::from_millis(10)

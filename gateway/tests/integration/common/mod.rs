@@ -9,7 +9,7 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -18,21 +18,9 @@ use gateway::example_upstream::ExampleUpstream;
 
 pub mod example;
 pub mod idp;
-pub mod nats;
 pub mod nginx;
-pub mod redis_cluster;
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
-
-pub fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
+pub use gateway_testkit::{free_addr, free_port, nats, redis_cluster};
 
 pub async fn upstream(label: &str) -> ExampleUpstream {
     ExampleUpstream::start("127.0.0.1:0".parse().unwrap(), label)

@@ -1,12 +1,6 @@
 //! A real NATS server with JetStream (the Debian package `nats-server`; `scripts/ensure-deps
 //! test` installs it), started per test on a free loopback port with a scratch store, and
 //! stopped when dropped.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -34,7 +28,7 @@ fn nats_server_bin() -> std::path::PathBuf {
 impl NatsServer {
     pub fn start() -> NatsServer {
         let store = tempfile::tempdir().unwrap();
-        let addr = super::free_addr();
+        let addr = crate::free_addr();
         let log = std::fs::File::create(store.path().join("nats.log")).unwrap();
         let child = Command::new(nats_server_bin())
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
@@ -58,6 +52,11 @@ impl NatsServer {
             child,
             _store: store,
         }
+    }
+
+    /// The server's process id (a benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self) -> String {

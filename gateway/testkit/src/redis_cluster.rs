@@ -2,12 +2,6 @@
 //! `redis-server --cluster-enabled yes` processes on free loopback ports, joined by
 //! `redis-cli --cluster create`; stopped when dropped. The test kills a master with
 //! [`RedisCluster::kill_master_of`] and waits for its replica's promotion.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -51,9 +45,9 @@ impl RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = super::free_port();
+            let port = crate::free_port();
             // The bus port is given explicitly: port + 10000 may be above 65535 or taken.
-            let bus_port = super::free_port();
+            let bus_port = crate::free_port();
             let log = std::fs::File::create(dir.path().join(format!("redis-{port}.log"))).unwrap();
             let child = Command::new(redis_server_bin())
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -100,6 +94,14 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes, dir };
         cluster.wait_ok(Duration::from_secs(30));
         cluster
+    }
+
+    /// Process ids of the live nodes (a benchmark reads their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// Seed URLs of every node, for `redis_cluster_nodes`.

@@ -1,0 +1,27 @@
+//! Real services started on free loopback ports by the integration tests and the benchmarks
+//! (one copy for both): a Redis Cluster of six `redis-server` processes and a NATS server with
+//! JetStream. Each is stopped when dropped. They need the Debian packages `scripts/ensure-deps
+//! test` installs (redis-server, redis-tools, nats-server).
+// Test support: failing loudly, with the reason, is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+pub mod nats;
+pub mod redis_cluster;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], free_port()))
+}

@@ -28,6 +28,7 @@ mod object_isolation;
 mod proxy;
 mod ratelimit;
 mod ratelimit_cluster;
+mod replicas;
 mod request_shape;
 mod residency;
 mod rls;

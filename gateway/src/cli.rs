@@ -658,6 +658,7 @@ fn explain(
             )),
             webhooks: None,
             entity_store: Default::default(),
+            directory: Default::default(),
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)
     })
@@ -735,17 +736,73 @@ fn demo(config_path: PathBuf) -> i32 {
             }
         }
     }
-    print_demo_banner(&config_path, &loaded, &upstreams);
+    let scim_users = match runtime.block_on(seed_demo_directory(&loaded)) {
+        Ok(users) => users,
+        Err(e) => {
+            eprintln!("cannot seed the demo's principal directory: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    print_demo_banner(&config_path, &loaded, &upstreams, &scim_users);
     let code = run(loaded);
     drop(upstreams);
     drop(runtime);
     code
 }
 
+/// The SCIM token of the example tenant `acme` (its SHA-256 is in the example tenants.toml), as
+/// the demo API key is: a demo secret, printed for trying it out.
+const DEMO_ACME_SCIM_TOKEN: &str = "demo-acme-scim-token-4b1d3c9e";
+
+/// The demo identities as the tenants' identity providers would have provisioned them: users
+/// of the directory (state_dir/directory.json), added once. Returns (tenant, user) of each.
+async fn seed_demo_directory(
+    loaded: &LoadedConfig,
+) -> Result<Vec<(String, crate::identity::directory::DirectoryUser)>, String> {
+    use crate::identity::directory::{Directory, DirectoryStore, DirectoryUser};
+    let path = loaded
+        .resolve(&loaded.config.server.state_dir)
+        .join("directory.json");
+    let directory = Directory::open(DirectoryStore::File(path)).map_err(|e| e.to_string())?;
+    let people = [
+        ("acme", "alice"),
+        ("acme", "bob"),
+        ("acme", "olga"),
+        ("acme", "dave"),
+        ("globex", "carol"),
+    ];
+    let mut users = Vec::new();
+    for (tenant, name) in people {
+        let user = match directory.users(tenant, Some(name)).into_iter().next() {
+            Some(user) => user,
+            None => {
+                let now = jiff::Timestamp::now().to_string();
+                let user = DirectoryUser {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    user_name: name.to_string(),
+                    external_id: None,
+                    active: true,
+                    attributes: serde_json::Map::new(),
+                    created: now.clone(),
+                    last_modified: now,
+                    version: 1,
+                };
+                directory
+                    .save(tenant, user)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        users.push((tenant.to_string(), user));
+    }
+    Ok(users)
+}
+
 fn print_demo_banner(
     config_path: &Path,
     loaded: &LoadedConfig,
     upstreams: &[(String, ExampleUpstream)],
+    scim_users: &[(String, crate::identity::directory::DirectoryUser)],
 ) {
     let base = gateway_base_url(loaded);
     println!("Policy gateway demo  (config: {})", config_path.display());
@@ -842,6 +899,37 @@ fn print_demo_banner(
             admin.listen
         );
         println!("  curl -s http://{}/metrics -H \"authorization: Bearer $ADMIN\" | grep gateway_requests_total", admin.listen);
+    }
+    let registry = crate::snapshot::load_file_registry(loaded).ok();
+    let acme_scim = registry
+        .as_ref()
+        .and_then(|r| r.get("acme"))
+        .and_then(|t| t.scim.as_ref())
+        .is_some_and(|s| {
+            use sha2::Digest;
+            s.token_sha256 == hex::encode(sha2::Sha256::digest(DEMO_ACME_SCIM_TOKEN.as_bytes()))
+        });
+    let alice = scim_users
+        .iter()
+        .find(|(tenant, user)| tenant == "acme" && user.user_name == "alice");
+    if let (Some(admin), true, Some((_, alice)), false) =
+        (&loaded.config.admin, acme_scim, alice, tokens.is_empty())
+    {
+        let scim = format!("http://{}/scim/v2/acme", admin.listen);
+        let patch = |active: bool| {
+            format!(
+                "  curl -s -X PATCH {scim}/Users/{} -H \"authorization: Bearer $ACME_SCIM\" -H 'content-type: application/scim+json' -d '{{\"schemas\":[\"urn:ietf:params:scim:api:messages:2.0:PatchOp\"],\"Operations\":[{{\"op\":\"replace\",\"value\":{{\"active\":{active}}}}}]}}'",
+                alice.id
+            )
+        };
+        println!("  # SCIM 2.0: acme's identity provider provisions its users (base URL {scim})");
+        println!("  export ACME_SCIM='{DEMO_ACME_SCIM_TOKEN}'");
+        println!("  curl -s '{scim}/Users?filter=userName%20eq%20%22alice%22' -H \"authorization: Bearer $ACME_SCIM\"");
+        println!("  # deactivate alice: her still-valid token answers 401 principal-deactivated within a second");
+        println!("{}", patch(false));
+        println!("  curl -si {base}/projects/42 -H \"authorization: Bearer $ALICE\"");
+        println!("  # and back");
+        println!("{}", patch(true));
     }
     if let (Some(door), false) = (&loaded.config.ext_authz, tokens.is_empty()) {
         println!("  # Envoy ext_authz (gRPC, reflection on): the same decision as the proxy's, as a CheckResponse");

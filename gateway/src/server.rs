@@ -225,6 +225,14 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         }
         _ => Default::default(),
     };
+    // Users provisioned by identity providers over SCIM (the admin listener's /scim/v2/).
+    let directory_path = state_dir.join("directory.json");
+    let directory = Arc::new(
+        crate::identity::directory::Directory::open(
+            crate::identity::directory::DirectoryStore::File(directory_path),
+        )
+        .map_err(|e| StartError::Runtime(format!("principal directory: {e}")))?,
+    );
     let services = Arc::new(Services {
         authenticator,
         geoip,
@@ -236,6 +244,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         limiter: Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers)),
         webhooks,
         entity_store,
+        directory,
     });
 
     // The writers are not stopped by the shutdown signal: requests in flight keep recording

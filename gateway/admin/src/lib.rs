@@ -7,6 +7,7 @@
 //! tenant provisioning under `/admin/tenants/{id}` (create/update/suspend, effective on the
 //! next request; with a PostgreSQL registry also written there, so every replica follows).
 
+mod scim;
 mod tenants;
 
 use std::collections::BTreeMap;
@@ -233,6 +234,41 @@ impl Admin {
                 )
             }
             _ => {}
+        }
+        // SCIM: the tenant's identity provider, with the tenant's own token.
+        if let ["scim", "v2", tenant, rest @ ..] = segments.as_slice() {
+            let authorization = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !scim::authorized(&self.store, tenant, authorization) {
+                tracing::warn!(%peer, %method, path, "SCIM request without the tenant's token");
+                let mut r = problem(
+                    StatusCode::UNAUTHORIZED,
+                    "the tenant's SCIM bearer token is required",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"gateway-scim\""),
+                );
+                return r;
+            }
+            let query = req.uri().query().unwrap_or("").to_string();
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            };
+            let response = scim::handle(
+                &self.services.directory,
+                tenant,
+                &method,
+                rest,
+                &query,
+                &body,
+            )
+            .await;
+            tracing::info!(target: "admin", %peer, %method, path, status = response.status().as_u16(), "SCIM request");
+            return response;
         }
         if !self.authorized(&req) {
             tracing::warn!(%peer, %method, path, "admin request without a valid token");

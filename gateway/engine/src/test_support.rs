@@ -150,6 +150,7 @@ impl Deployment {
             )),
             webhooks: None,
             entity_store: Default::default(),
+            directory: Default::default(),
         };
         let secret = std::fs::read(dir.join("issuer.secret")).expect("fixture secret");
         Deployment {

@@ -75,6 +75,7 @@ pub fn deployment() -> &'static Deployment {
             limiter: Arc::new(Limiter::new(config.limits.as_ref(), &config.tiers)),
             webhooks: None,
             entity_store: Default::default(),
+            directory: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

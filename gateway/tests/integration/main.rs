@@ -32,5 +32,6 @@ mod replicas;
 mod request_shape;
 mod residency;
 mod rls;
+mod scim;
 mod tenancy_postgres;
 mod webhooks;

@@ -9,7 +9,7 @@ pub mod trace;
 use std::sync::Arc;
 
 use crate::authz::RequestFacts;
-use crate::identity::{Authenticator, Principal};
+use crate::identity::{AuthError, Authenticator, Principal};
 use crate::pipeline::{
     authorize, identify, limit, placement, sanitize, tenant, Rejection, RequestHead,
     ResolvedTenant, Sanitized,
@@ -32,6 +32,8 @@ pub struct Services {
     pub webhooks: Option<crate::webhooks::Webhooks>,
     /// Entity records from providers outside the policy package (PostgreSQL, HTTP), cached.
     pub entity_store: Arc<crate::authz::store::EntityStore>,
+    /// Users as identity providers provision them (SCIM): deactivated ones are refused.
+    pub directory: Arc<crate::identity::directory::Directory>,
 }
 
 /// A request every stage let through, with what the stages established about it.
@@ -105,6 +107,30 @@ pub async fn admit_explained(
     run_stages(head, snapshot, services, Some(explaining)).await
 }
 
+/// Whether the directory refuses `principal` in `tenant`: deactivated or deleted, or an API key
+/// whose owner is.
+fn lifecycle_refuses(
+    directory: &crate::identity::directory::Directory,
+    tenant: &crate::tenancy::TenantSpec,
+    principal: &Principal,
+) -> bool {
+    if !directory.refuses_anyone() {
+        return false;
+    }
+    if directory.is_refused(&tenant.id, &principal.id) {
+        return true;
+    }
+    match &principal.auth {
+        crate::identity::AuthMethod::ApiKey { key_id } => tenant
+            .api_keys
+            .iter()
+            .find(|k| &k.id == key_id)
+            .and_then(|k| k.owner.as_deref())
+            .is_some_and(|owner| directory.is_refused(&tenant.id, owner)),
+        _ => false,
+    }
+}
+
 async fn run_stages(
     head: &RequestHead<'_>,
     snapshot: &Snapshot,
@@ -175,6 +201,23 @@ async fn run_stages(
             None
         }
     };
+    if let Some(resolved) = &tenant {
+        let deprovisioned = lifecycle_refuses(&services.directory, &resolved.tenant, &principal);
+        let outcome = if deprovisioned {
+            Err(Rejection::Unauthenticated(AuthError::PrincipalDeactivated))
+        } else {
+            Ok(())
+        };
+        trace::note(&mut explaining, "directory", &outcome, |_| {
+            "the principal is not deactivated".to_string()
+        });
+        outcome.map_err(|rejection| Refused {
+            rejection,
+            principal: Some(principal.id.clone()),
+            tenant: Some(resolved.tenant.id.clone()),
+            decision: None,
+        })?;
+    }
     let given_country = explaining.as_ref().and_then(|x| x.country.clone());
     let country = match (given_country, &services.geoip, head.client_ip) {
         (Some(country), _, _) => Some(country),

@@ -3,6 +3,7 @@
 //! Every refusal carries a precise [`AuthError`] for logs and the audit record; the client only
 //! ever learns "missing or invalid credentials".
 
+pub mod directory;
 pub mod jwks;
 pub mod principal;
 pub mod provisioning;
@@ -73,6 +74,10 @@ pub enum AuthError {
     UnknownApiKey,
     #[error("API key expired")]
     ExpiredApiKey,
+    #[error(
+        "the principal (or the owner of its API key) is deactivated or deleted in the directory"
+    )]
+    PrincipalDeactivated,
 }
 
 impl AuthError {
@@ -101,6 +106,7 @@ impl AuthError {
             AuthError::ReservedSubject(_) => "reserved-subject",
             AuthError::UnknownApiKey => "unknown-api-key",
             AuthError::ExpiredApiKey => "expired-api-key",
+            AuthError::PrincipalDeactivated => "principal-deactivated",
         }
     }
 

@@ -156,6 +156,8 @@ impl Rejection {
             Rejection::UpstreamTimeout { .. } => "upstream-timeout",
             Rejection::UpstreamFailed { .. } => "upstream-failed",
             Rejection::MalformedRequest => "malformed-request",
+            // The caller knows who they are: telling them the account is off is no leak.
+            Rejection::Unauthenticated(AuthError::PrincipalDeactivated) => "principal-deactivated",
             Rejection::Unauthenticated(_) => "unauthenticated",
             Rejection::Forbidden(_) => "forbidden",
             Rejection::UnknownRoute => "unknown-route",
@@ -240,6 +242,9 @@ impl Rejection {
             Rejection::MalformedRequest => "the request could not be parsed".to_string(),
             // The precise reason (expired, bad signature, alg none ...) goes to the audit record
             // only: telling an attacker which check failed helps them.
+            Rejection::Unauthenticated(AuthError::PrincipalDeactivated) => {
+                "this account is deactivated".to_string()
+            }
             Rejection::Unauthenticated(_) => "missing or invalid credentials".to_string(),
             Rejection::Tenant(e) => e.to_string(),
             // Which policy denied is for the audit record, not for the caller.

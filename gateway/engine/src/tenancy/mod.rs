@@ -6,7 +6,7 @@ pub mod model;
 pub mod postgres;
 pub mod registry;
 
-pub use model::{TenantSpec, TenantStatus, WebhookSubscription};
+pub use model::{ScimSettings, TenantSpec, TenantStatus, WebhookSubscription};
 pub use registry::{Tenant, TenantRegistry};
 
 use std::sync::Arc;

@@ -57,6 +57,19 @@ pub struct TenantSpec {
     /// The tenant's webhook subscribers (quota thresholds, suspension).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<WebhookSubscription>,
+    /// SCIM 2.0 provisioning of the tenant's users by its identity provider, at
+    /// `/scim/v2/<tenant>/` on the admin listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scim: Option<ScimSettings>,
+}
+
+/// A tenant's SCIM endpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScimSettings {
+    /// Hex SHA-256 of the bearer token the identity provider's SCIM client sends (the token
+    /// itself is never stored).
+    pub token_sha256: String,
 }
 
 /// A webhook subscriber (Standard Webhooks signing).
@@ -90,6 +103,7 @@ impl TenantSpec {
             policies: None,
             billing: BTreeMap::new(),
             webhooks: Vec::new(),
+            scim: None,
         }
     }
 }
@@ -149,6 +163,10 @@ pub struct ApiKeySpec {
     /// RFC 3339 expiry; expired keys are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// The principal (user name) the key belongs to: deactivating or deleting that user in the
+    /// directory (SCIM) refuses the key too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A trusted token issuer (global in `gateway.toml`, or a tenant's own).
@@ -479,6 +497,14 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
                     format!("`{}` is not an RFC 3339 timestamp", truncated(expires)),
                 ));
             }
+        }
+    }
+    if let Some(scim) = &spec.scim {
+        if scim.token_sha256.len() != 64 || hex::decode(&scim.token_sha256).is_err() {
+            issues.push((
+                "scim.token_sha256".to_string(),
+                "expected 64 hex digits (the SHA-256 of the SCIM bearer token)".to_string(),
+            ));
         }
     }
     for (i, host) in spec.hosts.iter().enumerate() {

@@ -356,6 +356,7 @@ mod tests {
             scopes: vec![],
             roles: vec!["viewer".into()],
             expires: None,
+            owner: None,
         }];
         let reg = TenantRegistry::build([a.clone(), tenant("globex")]).unwrap();
         assert_eq!(reg.len(), 2);

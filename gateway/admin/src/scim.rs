@@ -1,0 +1,769 @@
+//! SCIM 2.0 (RFC 7643/7644) for each tenant's identity provider, at `/scim/v2/<tenant>/` on the
+//! admin listener, authorised by the tenant's own bearer token (`scim.token_sha256` in its
+//! registry document): `/Users` (create, read, replace, PATCH in the forms Okta and Entra ID
+//! send, delete; `filter=userName eq "…"` and `externalId eq "…"`, `startIndex`/`count`
+//! pagination), `/ServiceProviderConfig`, `/Schemas`, `/ResourceTypes`. A user set
+//! `active: false` or deleted is refused on the next request with `401 principal-deactivated`,
+//! its still-valid tokens and the API keys it owns included.
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use gateway_engine::identity::directory::{Directory, DirectoryError, DirectoryUser};
+use gateway_engine::snapshot::SnapshotStore;
+
+use super::{body_response, AdminResponse};
+
+const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+/// Most users in one page.
+const MAX_PAGE: usize = 200;
+
+fn scim_response(status: StatusCode, body: Value) -> AdminResponse {
+    body_response(
+        status,
+        Bytes::from(body.to_string()),
+        "application/scim+json",
+    )
+}
+
+/// A refused request, as RFC 7644 §3.12 describes it (small, unlike the response it becomes).
+struct ScimError {
+    status: StatusCode,
+    scim_type: Option<&'static str>,
+    detail: String,
+}
+
+impl ScimError {
+    fn bad(scim_type: &'static str, detail: impl Into<String>) -> Self {
+        ScimError {
+            status: StatusCode::BAD_REQUEST,
+            scim_type: Some(scim_type),
+            detail: detail.into(),
+        }
+    }
+
+    fn response(self) -> AdminResponse {
+        scim_error(self.status, self.scim_type, self.detail)
+    }
+}
+
+/// An RFC 7644 §3.12 error.
+fn scim_error(
+    status: StatusCode,
+    scim_type: Option<&str>,
+    detail: impl Into<String>,
+) -> AdminResponse {
+    let mut body = json!({
+        "schemas": [ERROR_SCHEMA],
+        "status": status.as_u16().to_string(),
+        "detail": detail.into(),
+    });
+    if let (Some(kind), Some(map)) = (scim_type, body.as_object_mut()) {
+        map.insert("scimType".into(), json!(kind));
+    }
+    scim_response(status, body)
+}
+
+/// Whether `authorization` carries the tenant's SCIM token.
+pub fn authorized(store: &SnapshotStore, tenant: &str, authorization: Option<&str>) -> bool {
+    let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let snapshot = store.load();
+    let Some(expected) = snapshot
+        .registry
+        .get(tenant)
+        .and_then(|t| t.scim.as_ref())
+        .and_then(|s| hex::decode(&s.token_sha256).ok())
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    digest.as_slice().ct_eq(expected.as_slice()).into()
+}
+
+/// Answers one SCIM request of `tenant`; `rest` are the path segments after the tenant.
+pub async fn handle(
+    directory: &Directory,
+    tenant: &str,
+    method: &Method,
+    rest: &[&str],
+    query: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let base = format!("/scim/v2/{tenant}");
+    match (method, rest) {
+        (&Method::GET, ["ServiceProviderConfig"]) => {
+            scim_response(StatusCode::OK, service_provider_config(&base))
+        }
+        (&Method::GET, ["Schemas"]) => {
+            scim_response(StatusCode::OK, list(vec![user_schema()], 1, 1))
+        }
+        (&Method::GET, ["Schemas", id]) if *id == USER_SCHEMA => {
+            scim_response(StatusCode::OK, user_schema())
+        }
+        (&Method::GET, ["ResourceTypes"]) => {
+            scim_response(StatusCode::OK, list(vec![user_resource_type(&base)], 1, 1))
+        }
+        (&Method::GET, ["Users"]) => list_users(directory, tenant, &base, query),
+        (&Method::POST, ["Users"]) => create_user(directory, tenant, &base, body).await,
+        (&Method::GET, ["Users", id]) => match directory.user(tenant, id) {
+            Some(user) => scim_response(StatusCode::OK, user_json(&user, &base)),
+            None => scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}")),
+        },
+        (&Method::PUT, ["Users", id]) => replace_user(directory, tenant, &base, id, body).await,
+        (&Method::PATCH, ["Users", id]) => patch_user(directory, tenant, &base, id, body).await,
+        (&Method::DELETE, ["Users", id]) => match directory.delete(tenant, id).await {
+            Ok(user) => {
+                tracing::info!(target: "audit", event = "principal.deleted", tenant, principal = %user.user_name, "SCIM: user deleted");
+                body_response(
+                    StatusCode::NO_CONTENT,
+                    Bytes::new(),
+                    "application/scim+json",
+                )
+            }
+            Err(e) => directory_error(e),
+        },
+        _ => scim_error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("no SCIM endpoint {method} {base}/{}", rest.join("/")),
+        ),
+    }
+}
+
+fn directory_error(error: DirectoryError) -> AdminResponse {
+    match error {
+        DirectoryError::UserNameTaken(_) => {
+            scim_error(StatusCode::CONFLICT, Some("uniqueness"), error.to_string())
+        }
+        DirectoryError::NoSuchUser(_) => scim_error(StatusCode::NOT_FOUND, None, error.to_string()),
+        DirectoryError::Store(_) => {
+            tracing::error!(%error, "SCIM: the directory could not be written");
+            scim_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "the directory could not be written; retry",
+            )
+        }
+    }
+}
+
+fn list(resources: Vec<Value>, total: usize, start_index: usize) -> Value {
+    json!({
+        "schemas": [LIST_SCHEMA],
+        "totalResults": total,
+        "startIndex": start_index,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    })
+}
+
+/// `userName eq "alice"` (or `externalId eq …`): (attribute, value).
+fn parse_filter(filter: &str) -> Result<(String, String), String> {
+    let filter = filter.trim();
+    let mut parts = filter.splitn(3, char::is_whitespace);
+    let (Some(attribute), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "unsupported filter `{filter}`: expected `userName eq \"…\"`"
+        ));
+    };
+    let value = value.trim();
+    let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
+    if !op.eq_ignore_ascii_case("eq") || !quoted {
+        return Err(format!(
+            "unsupported filter `{filter}`: only `eq` with a quoted value"
+        ));
+    }
+    let attribute = attribute.rsplit(':').next().unwrap_or(attribute);
+    let attribute = if attribute.eq_ignore_ascii_case("userName") {
+        "userName"
+    } else if attribute.eq_ignore_ascii_case("externalId") {
+        "externalId"
+    } else {
+        return Err(format!(
+            "unsupported filter attribute `{attribute}`: userName or externalId"
+        ));
+    };
+    let value: String = serde_json::from_str(value).map_err(|e| format!("filter value: {e}"))?;
+    Ok((attribute.to_string(), value))
+}
+
+fn list_users(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
+    let mut filter = None;
+    let mut start_index = 1usize;
+    let mut count = MAX_PAGE;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "filter" => match parse_filter(&value) {
+                Ok(f) => filter = Some(f),
+                Err(e) => return scim_error(StatusCode::BAD_REQUEST, Some("invalidFilter"), e),
+            },
+            // RFC 7644 §3.4.2.4: a start below 1 counts as 1, a negative count as 0.
+            "startIndex" => start_index = value.parse::<i64>().unwrap_or(1).max(1) as usize,
+            "count" => count = (value.parse::<i64>().unwrap_or(0).max(0) as usize).min(MAX_PAGE),
+            _ => {}
+        }
+    }
+    let users: Vec<DirectoryUser> = match &filter {
+        Some((attribute, value)) if attribute == "userName" => directory.users(tenant, Some(value)),
+        Some((_, value)) => directory
+            .users(tenant, None)
+            .into_iter()
+            .filter(|u| u.external_id.as_deref() == Some(value.as_str()))
+            .collect(),
+        None => directory.users(tenant, None),
+    };
+    let total = users.len();
+    let page: Vec<Value> = users
+        .iter()
+        .skip(start_index - 1)
+        .take(count)
+        .map(|u| user_json(u, base))
+        .collect();
+    scim_response(StatusCode::OK, list(page, total, start_index))
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// The user as SCIM returns it.
+fn user_json(user: &DirectoryUser, base: &str) -> Value {
+    let mut map = user.attributes.clone();
+    map.insert("schemas".into(), json!([USER_SCHEMA]));
+    map.insert("id".into(), json!(user.id));
+    map.insert("userName".into(), json!(user.user_name));
+    if let Some(external) = &user.external_id {
+        map.insert("externalId".into(), json!(external));
+    }
+    map.insert("active".into(), json!(user.active));
+    map.insert(
+        "meta".into(),
+        json!({
+            "resourceType": "User",
+            "created": user.created,
+            "lastModified": user.last_modified,
+            "version": format!("W/\"{}\"", user.version),
+            "location": format!("{base}/Users/{}", user.id),
+        }),
+    );
+    Value::Object(map)
+}
+
+/// SCIM booleans arrive as JSON booleans or, from some clients (Entra ID), as `"True"`/`"False"`.
+fn scim_bool(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// A user from a request body (`id` and `meta` are the server's; a password is never kept).
+fn user_from(
+    body: &[u8],
+    id: String,
+    created: String,
+    version: u64,
+) -> Result<DirectoryUser, ScimError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ScimError::bad("invalidSyntax", format!("body: {e}")))?;
+    let Value::Object(mut map) = value else {
+        return Err(ScimError::bad(
+            "invalidSyntax",
+            "the body must be a JSON object",
+        ));
+    };
+    user_from_map(&mut map, id, created, version)
+}
+
+fn user_from_map(
+    map: &mut Map<String, Value>,
+    id: String,
+    created: String,
+    version: u64,
+) -> Result<DirectoryUser, ScimError> {
+    for server_owned in ["id", "meta", "schemas", "password"] {
+        map.remove(server_owned);
+    }
+    let user_name = match map.remove("userName") {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 256 => name,
+        _ => {
+            return Err(ScimError::bad(
+                "invalidValue",
+                "userName is required: a non-empty string of at most 256 characters",
+            ))
+        }
+    };
+    let external_id = match map.remove("externalId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ScimError::bad(
+                "invalidValue",
+                "externalId must be a string",
+            ))
+        }
+    };
+    let active = match map.remove("active") {
+        None | Some(Value::Null) => true,
+        Some(v) => scim_bool(&v)
+            .ok_or_else(|| ScimError::bad("invalidValue", "active must be a boolean"))?,
+    };
+    Ok(DirectoryUser {
+        id,
+        user_name,
+        external_id,
+        active,
+        attributes: std::mem::take(map),
+        created: created.clone(),
+        last_modified: if version == 1 { created } else { now() },
+        version,
+    })
+}
+
+async fn create_user(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let user = match user_from(body, uuid::Uuid::new_v4().to_string(), now(), 1) {
+        Ok(u) => u,
+        Err(error) => return error.response(),
+    };
+    match directory.save(tenant, user).await {
+        Ok(user) => {
+            tracing::info!(target: "audit", event = "principal.scim_created", tenant, principal = %user.user_name, active = user.active, "SCIM: user created");
+            let mut response = scim_response(StatusCode::CREATED, user_json(&user, base));
+            if let Ok(location) = http::HeaderValue::from_str(&format!("{base}/Users/{}", user.id))
+            {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
+            response
+        }
+        Err(e) => directory_error(e),
+    }
+}
+
+async fn replace_user(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    id: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let Some(current) = directory.user(tenant, id) else {
+        return scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"));
+    };
+    let user = match user_from(
+        body,
+        current.id.clone(),
+        current.created.clone(),
+        current.version + 1,
+    ) {
+        Ok(u) => u,
+        Err(error) => return error.response(),
+    };
+    save_changed(directory, tenant, base, &current, user).await
+}
+
+async fn save_changed(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    before: &DirectoryUser,
+    user: DirectoryUser,
+) -> AdminResponse {
+    match directory.save(tenant, user).await {
+        Ok(user) => {
+            if before.active != user.active {
+                let event = if user.active {
+                    "principal.activated"
+                } else {
+                    "principal.deactivated"
+                };
+                tracing::info!(target: "audit", event, tenant, principal = %user.user_name, "SCIM: user {}", if user.active { "activated" } else { "deactivated" });
+            }
+            scim_response(StatusCode::OK, user_json(&user, base))
+        }
+        Err(e) => directory_error(e),
+    }
+}
+
+async fn patch_user(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    id: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let Some(current) = directory.user(tenant, id) else {
+        return scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"));
+    };
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return scim_error(
+                StatusCode::BAD_REQUEST,
+                Some("invalidSyntax"),
+                format!("body: {e}"),
+            )
+        }
+    };
+    if !patch
+        .get("schemas")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|v| v == PATCH_SCHEMA))
+    {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidSyntax"),
+            format!("a PATCH body names the schema {PATCH_SCHEMA}"),
+        );
+    }
+    let Some(operations) = patch
+        .get("Operations")
+        .or_else(|| patch.get("operations"))
+        .and_then(Value::as_array)
+    else {
+        return scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidSyntax"),
+            "no Operations",
+        );
+    };
+    // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
+    let mut resource = match user_json(&current, base) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    for (i, operation) in operations.iter().enumerate() {
+        if let Err(detail) = apply(&mut resource, operation) {
+            return scim_error(
+                StatusCode::BAD_REQUEST,
+                Some("invalidPath"),
+                format!("Operations[{i}]: {detail}"),
+            );
+        }
+    }
+    let user = match user_from_map(
+        &mut resource,
+        current.id.clone(),
+        current.created.clone(),
+        current.version + 1,
+    ) {
+        Ok(u) => u,
+        Err(error) => return error.response(),
+    };
+    save_changed(directory, tenant, base, &current, user).await
+}
+
+/// One PATCH operation (RFC 7644 §3.5.2) on a user's SCIM form: `add`/`replace` with no path
+/// (a map of attributes), with an attribute path (`active`, `name.givenName`), or with a value
+/// filter (`emails[type eq "work"].value`, as Entra ID sends); `remove` with a path.
+fn apply(resource: &mut Map<String, Value>, operation: &Value) -> Result<(), String> {
+    let op = operation["op"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path = operation["path"]
+        .as_str()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
+    let value = operation.get("value").cloned().unwrap_or(Value::Null);
+    match (op.as_str(), path) {
+        ("add" | "replace", None) => {
+            let Value::Object(map) = value else {
+                return Err("without a path, the value must be an object of attributes".into());
+            };
+            for (name, value) in map {
+                set_path(resource, &name, value)?;
+            }
+            Ok(())
+        }
+        ("add" | "replace", Some(path)) => set_path(resource, path, value),
+        ("remove", Some(path)) => remove_path(resource, path),
+        ("remove", None) => Err("remove needs a path".into()),
+        (other, _) => Err(format!("unknown op `{other}` (add, replace or remove)")),
+    }
+}
+
+/// A PATCH path: `attr`, `attr.sub`, or `attr[key eq "v"].sub`.
+type PathParts = (String, Option<(String, String)>, Option<String>);
+
+/// The parts of a PATCH path; a schema URN prefix is dropped.
+fn split_path(path: &str) -> Result<PathParts, String> {
+    let path = match path.strip_prefix(USER_SCHEMA) {
+        Some(rest) => rest.trim_start_matches(':'),
+        None => path,
+    };
+    if let Some((attribute, rest)) = path.split_once('[') {
+        let (filter, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unbalanced `[` in `{path}`"))?;
+        let (key, value) = parse_filter_pair(filter)?;
+        let sub = after.strip_prefix('.').map(str::to_string);
+        return Ok((attribute.to_string(), Some((key, value)), sub));
+    }
+    match path.split_once('.') {
+        Some((attribute, sub)) => Ok((attribute.to_string(), None, Some(sub.to_string()))),
+        None => Ok((path.to_string(), None, None)),
+    }
+}
+
+/// `type eq "work"` inside a value filter.
+fn parse_filter_pair(filter: &str) -> Result<(String, String), String> {
+    let mut parts = filter.trim().splitn(3, char::is_whitespace);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(key), Some(op), Some(value)) if op.eq_ignore_ascii_case("eq") => {
+            let value: String = serde_json::from_str(value.trim())
+                .map_err(|_| format!("value filter `{filter}`: a quoted value"))?;
+            Ok((key.to_string(), value))
+        }
+        _ => Err(format!(
+            "value filter `{filter}`: only `<attribute> eq \"…\"`"
+        )),
+    }
+}
+
+/// The attribute name as the resource spells it (SCIM names are case-insensitive).
+fn existing_name(resource: &Map<String, Value>, name: &str) -> String {
+    resource
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .unwrap_or_else(|| name.to_string())
+}
+
+fn set_path(resource: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), String> {
+    let (attribute, filter, sub) = split_path(path)?;
+    let attribute = existing_name(resource, &attribute);
+    match (filter, sub) {
+        (None, None) => {
+            resource.insert(attribute, value);
+        }
+        (None, Some(sub)) => {
+            let entry = resource
+                .entry(attribute.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(map) = entry else {
+                return Err(format!("`{attribute}` is not a complex attribute"));
+            };
+            let sub = existing_name(map, &sub);
+            map.insert(sub, value);
+        }
+        (Some((key, wanted)), sub) => {
+            let entry = resource
+                .entry(attribute.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let Value::Array(items) = entry else {
+                return Err(format!("`{attribute}` is not multi-valued"));
+            };
+            let position = items
+                .iter()
+                .position(|item| item.get(key.as_str()) == Some(&Value::String(wanted.clone())));
+            let index = match position {
+                Some(index) => index,
+                None => {
+                    items.push(json!({ key.as_str(): wanted }));
+                    items.len() - 1
+                }
+            };
+            let Some(Value::Object(item)) = items.get_mut(index) else {
+                return Err(format!("`{attribute}` holds a value that is not an object"));
+            };
+            match (sub, value) {
+                (Some(sub), value) => {
+                    item.insert(sub, value);
+                }
+                (None, Value::Object(fields)) => item.extend(fields),
+                (None, _) => {
+                    return Err("a filtered path without a sub-attribute takes an object".into())
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_path(resource: &mut Map<String, Value>, path: &str) -> Result<(), String> {
+    let (attribute, filter, sub) = split_path(path)?;
+    let attribute = existing_name(resource, &attribute);
+    match (filter, sub) {
+        (None, None) => {
+            resource.remove(&attribute);
+        }
+        (None, Some(sub)) => {
+            if let Some(Value::Object(map)) = resource.get_mut(&attribute) {
+                let sub = existing_name(map, &sub);
+                map.remove(&sub);
+            }
+        }
+        (Some((key, wanted)), sub) => {
+            if let Some(Value::Array(items)) = resource.get_mut(&attribute) {
+                match sub {
+                    None => items.retain(|item| {
+                        item.get(key.as_str()) != Some(&Value::String(wanted.clone()))
+                    }),
+                    Some(sub) => {
+                        for item in items.iter_mut().filter(|item| {
+                            item.get(key.as_str()) == Some(&Value::String(wanted.clone()))
+                        }) {
+                            if let Value::Object(fields) = item {
+                                fields.remove(&sub);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service_provider_config(base: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "documentationUri": "https://github.com/policy-gateway/policy-gateway#provision-users-with-scim",
+        "patch": { "supported": true },
+        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+        "filter": { "supported": true, "maxResults": MAX_PAGE },
+        "changePassword": { "supported": false },
+        "sort": { "supported": false },
+        "etag": { "supported": false },
+        "authenticationSchemes": [{
+            "type": "oauthbearertoken",
+            "name": "Bearer token",
+            "description": "The tenant's SCIM token (scim.token_sha256 in its registry document)",
+            "primary": true,
+        }],
+        "meta": { "resourceType": "ServiceProviderConfig", "location": format!("{base}/ServiceProviderConfig") },
+    })
+}
+
+fn user_resource_type(base: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+        "id": "User",
+        "name": "User",
+        "endpoint": "/Users",
+        "schema": USER_SCHEMA,
+        "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/User") },
+    })
+}
+
+fn attribute(name: &str, kind: &str, required: bool, uniqueness: &str) -> Value {
+    json!({
+        "name": name, "type": kind, "multiValued": false, "required": required,
+        "caseExact": false, "mutability": "readWrite", "returned": "default",
+        "uniqueness": uniqueness,
+    })
+}
+
+fn user_schema() -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": USER_SCHEMA,
+        "name": "User",
+        "description": "A user of the tenant; userName is the principal id of the user's tokens. Other attributes of RFC 7643's User are kept as sent.",
+        "attributes": [
+            attribute("userName", "string", true, "server"),
+            attribute("externalId", "string", false, "none"),
+            attribute("active", "boolean", false, "none"),
+            attribute("displayName", "string", false, "none"),
+        ],
+        "meta": { "resourceType": "Schema" },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_user_name_or_external_id_equality() {
+        assert_eq!(
+            parse_filter("userName eq \"alice\"").unwrap(),
+            ("userName".into(), "alice".into())
+        );
+        assert_eq!(
+            parse_filter("urn:ietf:params:scim:schemas:core:2.0:User:userName EQ \"a b\"").unwrap(),
+            ("userName".into(), "a b".into())
+        );
+        assert_eq!(
+            parse_filter("externalId eq \"00u1\"").unwrap(),
+            ("externalId".into(), "00u1".into())
+        );
+        for bad in [
+            "userName sw \"a\"",
+            "emails eq \"a\"",
+            "userName eq alice",
+            "userName",
+        ] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_operations_of_okta_and_entra() {
+        let mut user = json!({"userName": "alice", "active": true, "name": {"givenName": "A"}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        // Okta: replace without a path.
+        apply(
+            &mut user,
+            &json!({"op": "replace", "value": {"active": false}}),
+        )
+        .unwrap();
+        assert_eq!(user["active"], false);
+        // Entra ID: capitalised op, a path, a string boolean.
+        apply(
+            &mut user,
+            &json!({"op": "Replace", "path": "active", "value": "True"}),
+        )
+        .unwrap();
+        assert_eq!(scim_bool(&user["active"]), Some(true));
+        apply(
+            &mut user,
+            &json!({"op": "Add", "path": "emails[type eq \"work\"].value", "value": "a@acme.test"}),
+        )
+        .unwrap();
+        apply(&mut user, &json!({"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "alice@acme.test"})).unwrap();
+        assert_eq!(
+            user["emails"],
+            json!([{"type": "work", "value": "alice@acme.test"}])
+        );
+        apply(
+            &mut user,
+            &json!({"op": "Replace", "path": "name.familyName", "value": "Z"}),
+        )
+        .unwrap();
+        assert_eq!(user["name"], json!({"givenName": "A", "familyName": "Z"}));
+        apply(
+            &mut user,
+            &json!({"op": "Remove", "path": "emails[type eq \"work\"]"}),
+        )
+        .unwrap();
+        assert_eq!(user["emails"], json!([]));
+        assert!(apply(&mut user, &json!({"op": "move", "path": "active"})).is_err());
+        assert!(apply(&mut user, &json!({"op": "remove"})).is_err());
+        assert!(apply(
+            &mut user,
+            &json!({"op": "replace", "path": "emails[type eq work].value", "value": 1})
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! SCIM 2.0 provisioning through the real gateway's admin listener (the example deployment:
+//! tenant acme's SCIM token), replaying the request sequences Okta and Entra ID document, and
+//! deprovisioning: a user deactivated or deleted is refused on the next request — a still-valid
+//! token and an API key the user owns — with `401 principal-deactivated`, and the audit record
+//! says so; reactivation restores access; the directory survives a restart.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::example::{example_config, example_file, token};
+use crate::common::{client, free_addr, upstream, TestGateway};
+
+const SCIM_TOKEN: &str = "demo-acme-scim-token-4b1d3c9e";
+
+struct Scim {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Scim {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, body, SCIM_TOKEN).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/scim+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+async fn status_of(gw: &TestGateway, bearer: &str) -> (u16, String) {
+    let response = client()
+        .get(gw.url("/projects/42"))
+        .header("authorization", bearer)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// How long until `bearer` gets `want` on `GET /projects/42`.
+async fn until_status(gw: &TestGateway, bearer: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        if status_of(gw, bearer).await.0 == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no {want} within 5 s\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The reports route with the demo API key (owned by bob).
+async fn reports(gw: &TestGateway) -> reqwest::Response {
+    client()
+        .get(gw.url("/reports"))
+        .header("x-api-key", "demo-acme-reporting-key")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn start(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway {
+    let mut gw = TestGateway::start(
+        &example_config(admin, eu, us),
+        &[
+            ("demo-issuer.secret", &example_file("demo-issuer.secret")),
+            ("demo-admin.token", &example_file("demo-admin.token")),
+            ("tenants.toml", &example_file("tenants.toml")),
+        ],
+    );
+    gw.wait_accepting(admin);
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn okta_and_entra_provision_and_deprovision_users_on_the_next_request() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let mut gw = start(admin, eu.addr, us.addr);
+    let scim = Scim {
+        base: format!("http://{admin}/scim/v2/acme"),
+        http: client(),
+    };
+
+    // Only the tenant's own token opens its SCIM endpoint.
+    let admin_token = String::from_utf8(example_file("demo-admin.token")).unwrap();
+    for (tenant, token) in [
+        ("acme", "wrong"),
+        ("acme", admin_token.trim()),
+        ("globex", SCIM_TOKEN),
+    ] {
+        let wrong = Scim {
+            base: format!("http://{admin}/scim/v2/{tenant}"),
+            http: client(),
+        };
+        let (status, _) = wrong.call_with("GET", "/Users", None, token).await;
+        assert_eq!(status, 401, "{tenant} with {token}");
+    }
+
+    // Discovery, as both clients start.
+    let (status, config) = scim.call("GET", "/ServiceProviderConfig", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(config["patch"]["supported"], true);
+    assert_eq!(config["filter"]["supported"], true);
+    let (status, schemas) = scim.call("GET", "/Schemas", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        schemas["Resources"][0]["id"],
+        "urn:ietf:params:scim:schemas:core:2.0:User"
+    );
+
+    // Okta: look the user up by userName, create when absent.
+    let (status, found) = scim
+        .call(
+            "GET",
+            "/Users?filter=userName%20eq%20%22alice%22&startIndex=1&count=100",
+            None,
+        )
+        .await;
+    assert_eq!((status, found["totalResults"].clone()), (200, json!(0)));
+    let (status, alice) = scim
+        .call(
+            "POST",
+            "/Users",
+            Some(json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "alice",
+                "name": {"givenName": "Alice", "familyName": "Anders"},
+                "emails": [{"primary": true, "value": "alice@acme.example", "type": "work"}],
+                "displayName": "Alice Anders",
+                "locale": "en-US",
+                "externalId": "00u1okta",
+                "groups": [],
+                "password": "never-stored-1!",
+                "active": true
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{alice}");
+    let alice_id = alice["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        alice["meta"]["location"],
+        format!("/scim/v2/acme/Users/{alice_id}")
+    );
+    assert!(alice.get("password").is_none(), "{alice}");
+    let (status, conflict) = scim
+        .call("POST", "/Users", Some(json!({"userName": "ALICE"})))
+        .await;
+    assert_eq!(
+        (status, conflict["scimType"].clone()),
+        (409, json!("uniqueness"))
+    );
+    let (status, found) = scim
+        .call("GET", "/Users?filter=userName%20eq%20%22alice%22", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(found["totalResults"], 1);
+    assert_eq!(found["Resources"][0]["id"], alice_id.as_str());
+    assert_eq!(found["Resources"][0]["name"]["givenName"], "Alice");
+
+    // Alice's token works; Okta deactivates her (PATCH, op replace without a path): the same,
+    // still valid token is refused on the next request.
+    let alice_bearer = format!(
+        "Bearer {}",
+        token("alice", Some("acme"), &["viewer".into()], false)
+    );
+    assert_eq!(status_of(&gw, &alice_bearer).await.0, 200);
+    let (status, patched) = scim
+        .call(
+            "PATCH",
+            &format!("/Users/{alice_id}"),
+            Some(patch(
+                json!([{"op": "replace", "value": {"active": false}}]),
+            )),
+        )
+        .await;
+    assert_eq!((status, patched["active"].clone()), (200, json!(false)));
+    let took = until_status(&gw, &alice_bearer, 401).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (status, body) = status_of(&gw, &alice_bearer).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("principal-deactivated"), "{body}");
+    // Okta reactivates her.
+    scim.call(
+        "PATCH",
+        &format!("/Users/{alice_id}"),
+        Some(patch(json!([{"op": "replace", "value": {"active": true}}]))),
+    )
+    .await;
+    until_status(&gw, &alice_bearer, 200).await;
+
+    // Entra ID: create bob, then its PATCH forms (capitalised ops, paths, string booleans).
+    let (status, bob) = scim
+        .call(
+            "POST",
+            "/Users",
+            Some(json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+                "externalId": "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef",
+                "userName": "bob",
+                "active": true,
+                "emails": [{"primary": true, "type": "work", "value": "bob@acme.example"}],
+                "meta": {"resourceType": "User"},
+                "name": {"formatted": "Bob B", "familyName": "B", "givenName": "Bob"},
+                "roles": []
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{bob}");
+    let bob_id = bob["id"].as_str().unwrap().to_string();
+    let (status, bob) = scim
+        .call(
+            "PATCH",
+            &format!("/Users/{bob_id}"),
+            Some(patch(json!([
+                {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "robert@acme.example"},
+                {"op": "Replace", "path": "name.givenName", "value": "Robert"},
+                {"op": "Add", "path": "displayName", "value": "Robert B"}
+            ]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{bob}");
+    assert_eq!(bob["emails"][0]["value"], "robert@acme.example");
+    assert_eq!(bob["name"]["givenName"], "Robert");
+    assert_eq!(bob["meta"]["version"], "W/\"2\"");
+    let (status, found) = scim
+        .call(
+            "GET",
+            "/Users?filter=externalId%20eq%20%220a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef%22",
+            None,
+        )
+        .await;
+    assert_eq!((status, found["totalResults"].clone()), (200, json!(1)));
+    // The API key bob owns works until Entra disables bob ("False", a string).
+    assert_eq!(reports(&gw).await.status(), 200);
+    let (status, _) = scim
+        .call(
+            "PATCH",
+            &format!("/Users/{bob_id}"),
+            Some(patch(
+                json!([{"op": "Replace", "path": "active", "value": "False"}]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let refused = reports(&gw).await;
+    assert_eq!(refused.status(), 401);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("principal-deactivated"));
+
+    // Pagination over the two users.
+    let (_, page) = scim.call("GET", "/Users?startIndex=2&count=1", None).await;
+    assert_eq!(
+        (
+            page["totalResults"].clone(),
+            page["itemsPerPage"].clone(),
+            page["startIndex"].clone()
+        ),
+        (json!(2), json!(1), json!(2))
+    );
+    assert_eq!(page["Resources"][0]["userName"], "bob");
+    // Bad filters and paths are SCIM errors, not guesses.
+    let (status, error) = scim
+        .call("GET", "/Users?filter=userName%20sw%20%22a%22", None)
+        .await;
+    assert_eq!(
+        (status, error["scimType"].clone()),
+        (400, json!("invalidFilter"))
+    );
+    let (status, _) = scim
+        .call(
+            "PATCH",
+            &format!("/Users/{alice_id}"),
+            Some(patch(json!([{"op": "move", "path": "active"}]))),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // A deleted user stays refused; the directory survives a restart.
+    let (status, _) = scim
+        .call("DELETE", &format!("/Users/{alice_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        scim.call("GET", &format!("/Users/{alice_id}"), None)
+            .await
+            .0,
+        404
+    );
+    until_status(&gw, &alice_bearer, 401).await;
+    gw.restart();
+    gw.wait_accepting(admin);
+    assert_eq!(status_of(&gw, &alice_bearer).await.0, 401);
+    assert_eq!(reports(&gw).await.status(), 401);
+    let (_, found) = scim.call("GET", "/Users", None).await;
+    assert_eq!(found["totalResults"], 1, "{found}");
+
+    // The audit log says why.
+    let audit = std::fs::read_dir(gw.dir.path().join("state/audit"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .collect::<String>();
+    assert!(audit.contains("principal-deactivated"), "no audit reason");
+}

@@ -225,14 +225,33 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         }
         _ => Default::default(),
     };
-    // Users provisioned by identity providers over SCIM (the admin listener's /scim/v2/).
-    let directory_path = state_dir.join("directory.json");
-    let directory = Arc::new(
-        crate::identity::directory::Directory::open(
-            crate::identity::directory::DirectoryStore::File(directory_path),
-        )
-        .map_err(|e| StartError::Runtime(format!("principal directory: {e}")))?,
-    );
+    // Users provisioned by identity providers over SCIM (the admin listener's /scim/v2/): in
+    // the tenant registry's PostgreSQL when there is one (every replica follows it), else in
+    // the state directory.
+    let registry_pg = cfg
+        .tenancy
+        .as_ref()
+        .and_then(|t| t.registry.postgres.clone());
+    let shared_directory = registry_pg.is_some();
+    let directory = match registry_pg {
+        Some(pg) => {
+            let table = format!("{}_users", pg.table);
+            startup.block_on(crate::identity::directory::Directory::open_postgres(
+                pg, table,
+            ))
+        }
+        None => crate::identity::directory::Directory::open(
+            crate::identity::directory::DirectoryStore::File(state_dir.join("directory.json")),
+        ),
+    }
+    .map_err(|e| StartError::Runtime(format!("principal directory: {e}")))?;
+    let directory = Arc::new(directory);
+    if shared_directory {
+        let directory = directory.clone();
+        background.push(task_service("principal directory sync", move |shutdown| {
+            directory.follow(shutdown)
+        }));
+    }
     let services = Arc::new(Services {
         authenticator,
         geoip,

@@ -263,6 +263,22 @@ fn parent_field(field: &str) -> &str {
     }
 }
 
+/// An error with its causes: libraries (reqwest, tokio-postgres, Cedar) put what went wrong in
+/// the causes ("error sending request", "db error" on top).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

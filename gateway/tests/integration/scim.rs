@@ -337,3 +337,154 @@ async fn okta_and_entra_provision_and_deprovision_users_on_the_next_request() {
         .collect::<String>();
     assert!(audit.contains("principal-deactivated"), "no audit reason");
 }
+
+/// Three replicas on one PostgreSQL registry: a user deactivated through one replica's SCIM
+/// endpoint is refused by every replica within a second (its API key here), and a user deleted
+/// through another is too; reactivation reaches all of them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deactivation_reaches_every_replica_within_a_second() {
+    use crate::common::{config_for, pg_url, unique_table};
+    use gateway::tenancy::registry::api_key_hash;
+    use sha2::Digest;
+
+    let db = gateway::db::connect(&pg_url(), None).await.unwrap();
+    let table = unique_table("scim_tenants");
+    gateway::tenancy::postgres::migrate(&db, &table)
+        .await
+        .unwrap();
+    let key_of = |id: &str, owner: &str| json!({"id": id, "sha256": hex::encode(api_key_hash(&format!("{id}-secret"))), "owner": owner});
+    let doc = json!({
+        "id": "acme",
+        "scim": {"token_sha256": hex::encode(sha2::Sha256::digest(SCIM_TOKEN.as_bytes()))},
+        "api_keys": [key_of("alice-key", "alice"), key_of("bob-key", "bob")],
+    });
+    db.execute(
+        &format!("INSERT INTO {table} (id, doc) VALUES ('acme', $1)"),
+        &[&doc],
+    )
+    .await
+    .unwrap();
+    let up = upstream("app").await;
+    let admins = [free_addr(), free_addr(), free_addr()];
+    let token = "replica-test-admin-token-0123456789abcdef";
+    let mut gateways = Vec::new();
+    for admin in admins {
+        let config = config_for(
+            &[up.addr],
+            &format!(
+                "\n[identity]\n[tenancy]\nsources = [\"credential\"]\n\
+                 [tenancy.registry.postgres]\nurl = \"{}\"\ntable = \"{table}\"\n\
+                 [admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n",
+                pg_url()
+            ),
+        );
+        let mut gw = TestGateway::start(&config, &[("admin.token", token.as_bytes())]);
+        gw.wait_accepting(admin);
+        gateways.push(gw);
+    }
+    let scim = |i: usize| Scim {
+        base: format!("http://{}/scim/v2/acme", admins[i]),
+        http: client(),
+    };
+    let with_key = |gw: &TestGateway, key: &str| {
+        client()
+            .get(gw.url("/things"))
+            .header("x-api-key", format!("{key}-secret"))
+            .send()
+    };
+    let (status, alice) = scim(0)
+        .call("POST", "/Users", Some(json!({"userName": "alice"})))
+        .await;
+    assert_eq!(status, 201, "{alice}");
+    let (status, bob) = scim(1)
+        .call("POST", "/Users", Some(json!({"userName": "bob"})))
+        .await;
+    assert_eq!(status, 201, "{bob}");
+    // The name is taken for every replica (the table's unique index).
+    let (status, _) = scim(2)
+        .call("POST", "/Users", Some(json!({"userName": "Alice"})))
+        .await;
+    assert_eq!(status, 409);
+    for gw in &gateways {
+        for key in ["alice-key", "bob-key"] {
+            assert_eq!(with_key(gw, key).await.unwrap().status(), 200, "{key}");
+        }
+    }
+
+    // Alice deactivated through replica 0: every replica refuses her key within a second.
+    let alice_id = alice["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let (status, _) = scim(0)
+        .call(
+            "PATCH",
+            &format!("/Users/{alice_id}"),
+            Some(patch(
+                json!([{"op": "replace", "path": "active", "value": false}]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut slowest = Duration::ZERO;
+    for gw in &gateways {
+        loop {
+            let response = with_key(gw, "alice-key").await.unwrap();
+            if response.status() == 401 {
+                assert!(response
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains("principal-deactivated"));
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{}", gw.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("deactivation refused by all three replicas after {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    for gw in &gateways {
+        assert_eq!(with_key(gw, "bob-key").await.unwrap().status(), 200);
+    }
+
+    // Bob deleted through replica 2, alice reactivated through replica 1.
+    let bob_id = bob["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        scim(2)
+            .call("DELETE", &format!("/Users/{bob_id}"), None)
+            .await
+            .0,
+        204
+    );
+    scim(1)
+        .call(
+            "PATCH",
+            &format!("/Users/{alice_id}"),
+            Some(patch(
+                json!([{"op": "replace", "path": "active", "value": true}]),
+            )),
+        )
+        .await;
+    let started = Instant::now();
+    for gw in &gateways {
+        loop {
+            let alice = with_key(gw, "alice-key").await.unwrap().status();
+            let bob = with_key(gw, "bob-key").await.unwrap().status();
+            if (alice, bob) == (reqwest::StatusCode::OK, reqwest::StatusCode::UNAUTHORIZED) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{}", gw.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every replica lists the same directory.
+    for i in 0..3 {
+        let (_, list) = scim(i).call("GET", "/Users", None).await;
+        assert_eq!(list["totalResults"], 1, "replica {i}: {list}");
+    }
+}

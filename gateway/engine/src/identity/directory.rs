@@ -6,7 +6,10 @@
 //! A user's `userName` (and `externalId`, when set) is the principal id its tokens carry (the
 //! JWT `sub`). The request path reads an immutable snapshot (arc-swap): one hash lookup, and
 //! none at all while no principal of any tenant is deactivated. Writes (the SCIM API) replace
-//! the snapshot after the store has the change: a JSON file written atomically.
+//! the snapshot after the store has the change: a JSON file written atomically (one replica),
+//! or a PostgreSQL table whose trigger NOTIFYs every replica of each changed row; each
+//! replica's follower applies it to its snapshot ([`Directory::follow`]), so a deactivation
+//! reaches every replica within the notification's round trip.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -89,6 +92,24 @@ pub enum DirectoryStore {
     Memory,
     /// One JSON document, replaced atomically on every change.
     File(PathBuf),
+    /// A table shared by every replica (`<table>`: one row per user, deleted users kept as
+    /// tombstones), changes NOTIFYed on `<table>_changed`.
+    Postgres {
+        config: crate::db::PostgresConfig,
+        table: String,
+    },
+}
+
+/// One change of the directory, as stores write it.
+enum Change<'a> {
+    Save {
+        tenant: &'a str,
+        user: &'a DirectoryUser,
+    },
+    Delete {
+        tenant: &'a str,
+        user: &'a DirectoryUser,
+    },
 }
 
 /// The principal directory of every tenant.
@@ -111,10 +132,34 @@ impl Default for Directory {
 }
 
 impl Directory {
-    /// Opens the directory, reading what the store holds.
+    /// Opens a directory kept in PostgreSQL: creates the table and its trigger if missing and
+    /// reads it; [`Directory::follow`] then keeps it current.
+    pub async fn open_postgres(
+        config: crate::db::PostgresConfig,
+        table: String,
+    ) -> Result<Directory, DirectoryError> {
+        if !crate::tenancy::postgres::is_identifier(&table) {
+            return Err(DirectoryError::Store(format!(
+                "`{table}` is not a valid table name"
+            )));
+        }
+        let client = crate::db::connect_config(&config, None)
+            .await
+            .map_err(|e| DirectoryError::Store(e.to_string()))?;
+        pg::migrate(&client, &table).await?;
+        let state = pg::load_all(&client, &table).await?;
+        Ok(Directory {
+            state: ArcSwap::from_pointee(state.derive()),
+            store: DirectoryStore::Postgres { config, table },
+            writing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Opens the directory, reading what the store holds (a file; PostgreSQL: use
+    /// [`Directory::open_postgres`]).
     pub fn open(store: DirectoryStore) -> Result<Directory, DirectoryError> {
         let state = match &store {
-            DirectoryStore::Memory => DirectoryState::default(),
+            DirectoryStore::Memory | DirectoryStore::Postgres { .. } => DirectoryState::default(),
             DirectoryStore::File(path) => match std::fs::read(path) {
                 Ok(bytes) => serde_json::from_slice::<DirectoryState>(&bytes)
                     .map_err(|e| DirectoryError::Store(format!("{}: {e}", path.display())))?,
@@ -186,7 +231,14 @@ impl Directory {
             .entry(tenant.to_string())
             .or_default()
             .insert(user.id.clone(), user.clone());
-        self.commit(next).await?;
+        self.commit(
+            next,
+            Change::Save {
+                tenant,
+                user: &user,
+            },
+        )
+        .await?;
         Ok(user)
     }
 
@@ -208,27 +260,288 @@ impl Directory {
         if let Some(external) = &user.external_id {
             next.deleted.insert(key(tenant, external));
         }
-        self.commit(next).await?;
+        self.commit(
+            next,
+            Change::Delete {
+                tenant,
+                user: &user,
+            },
+        )
+        .await?;
         Ok(user)
     }
 
-    /// Writes `next` to the store, then makes it the state requests see.
-    async fn commit(&self, next: DirectoryState) -> Result<(), DirectoryError> {
-        if let DirectoryStore::File(path) = &self.store {
-            let bytes = serde_json::to_vec_pretty(&next)
+    /// Writes `change` (whose result is `next`) to the store, then makes `next` the state
+    /// requests see.
+    async fn commit(&self, next: DirectoryState, change: Change<'_>) -> Result<(), DirectoryError> {
+        match &self.store {
+            DirectoryStore::Memory => {}
+            DirectoryStore::File(path) => {
+                let bytes = serde_json::to_vec_pretty(&next)
+                    .map_err(|e| DirectoryError::Store(e.to_string()))?;
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    crate::durable::write_atomically(&path, &bytes)
+                })
+                .await
+                .map_err(|e| DirectoryError::Store(e.to_string()))?
                 .map_err(|e| DirectoryError::Store(e.to_string()))?;
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                crate::durable::write_atomically(&path, &bytes)
-            })
-            .await
-            .map_err(|e| DirectoryError::Store(e.to_string()))?
-            .map_err(|e| DirectoryError::Store(e.to_string()))?;
+            }
+            DirectoryStore::Postgres { config, table } => {
+                let client = crate::db::connect_config(config, None)
+                    .await
+                    .map_err(|e| DirectoryError::Store(e.to_string()))?;
+                pg::write(&client, table, &change).await?;
+            }
         }
         self.state.store(Arc::new(next.derive()));
+        Ok(())
+    }
+
+    /// Keeps a PostgreSQL directory current: applies every change another replica makes (and
+    /// re-reads the table after a lost connection) until shutdown. Nothing to do otherwise.
+    pub async fn follow(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let DirectoryStore::Postgres { config, table } = &self.store else {
+            return;
+        };
+        let mut backoff = std::time::Duration::from_millis(500);
+        loop {
+            let result = tokio::select! {
+                r = self.follow_once(config, table) => r,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, retry_in = ?backoff, "principal directory sync interrupted");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
+    }
+
+    async fn follow_once(
+        &self,
+        config: &crate::db::PostgresConfig,
+        table: &str,
+    ) -> Result<(), DirectoryError> {
+        let store_error = |e: tokio_postgres::Error| DirectoryError::Store(e.to_string());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = crate::db::connect_config(config, Some(tx))
+            .await
+            .map_err(|e| DirectoryError::Store(e.to_string()))?;
+        client
+            .batch_execute(&format!("LISTEN {}", pg::channel(table)))
+            .await
+            .map_err(store_error)?;
+        // What changed while nobody listened: the whole table, once LISTEN is active.
+        let state = pg::load_all(&client, table).await?;
+        {
+            let _writing = self.writing.lock().await;
+            self.state.store(Arc::new(state.derive()));
+        }
+        tracing::info!(table, "principal directory synchronised from PostgreSQL");
+        while let Some(first) = rx.recv().await {
+            let mut changed: HashSet<String> = HashSet::from([first.payload().to_string()]);
+            while let Ok(more) = rx.try_recv() {
+                changed.insert(more.payload().to_string());
+            }
+            let rows = pg::load_some(&client, table, &changed).await?;
+            let _writing = self.writing.lock().await;
+            let current = self.state.load();
+            let mut next = DirectoryState {
+                users: current.users.clone(),
+                deleted: current.deleted.clone(),
+                refused: HashSet::new(),
+            };
+            for payload in &changed {
+                let Some((tenant, id)) = payload.split_once('\t') else {
+                    continue;
+                };
+                if let Some(users) = next.users.get_mut(tenant) {
+                    if let Some(old) = users.remove(id) {
+                        next.deleted.remove(&key(tenant, &old.user_name));
+                    }
+                }
+            }
+            for row in rows {
+                row.apply(&mut next);
+            }
+            self.state.store(Arc::new(next.derive()));
+            tracing::info!(changes = changed.len(), "principal directory updated");
+        }
+        Err(DirectoryError::Store("notification stream ended".into()))
+    }
+}
+
+/// The directory in PostgreSQL: one row per user of a tenant, deleted users as tombstones
+/// (`deleted = true`), a trigger NOTIFYing `tenant \t id` of every changed row.
+mod pg {
+    use std::collections::HashSet;
+
+    use tokio_postgres::Client;
+
+    use super::{key, Change, DirectoryError, DirectoryState, DirectoryUser};
+
+    pub fn channel(table: &str) -> String {
+        format!("{table}_changed")
+    }
+
+    fn store_error(e: tokio_postgres::Error) -> DirectoryError {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return DirectoryError::UserNameTaken("(taken on another replica)".into());
+        }
+        DirectoryError::Store(crate::diagnostics::describe(&e))
+    }
+
+    pub async fn migrate(client: &Client, table: &str) -> Result<(), DirectoryError> {
+        let channel = channel(table);
+        let sql = format!(
+            r#"
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));
+CREATE TABLE IF NOT EXISTS {table} (
+    tenant_id text NOT NULL,
+    id text NOT NULL,
+    user_name text NOT NULL,
+    deleted boolean NOT NULL DEFAULT false,
+    doc jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower(user_name))
+    WHERE NOT deleted;
+CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{channel}', COALESCE(NEW.tenant_id, OLD.tenant_id) || chr(9) || COALESCE(NEW.id, OLD.id));
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER {table}_notify
+    AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {table}_notify();
+COMMIT;
+"#
+        );
+        client.batch_execute(&sql).await.map_err(store_error)
+    }
+
+    /// One row as read back.
+    pub struct Row {
+        tenant: String,
+        deleted: bool,
+        user: DirectoryUser,
+    }
+
+    impl Row {
+        pub fn apply(self, state: &mut DirectoryState) {
+            if self.deleted {
+                state
+                    .deleted
+                    .insert(key(&self.tenant, &self.user.user_name));
+                if let Some(external) = &self.user.external_id {
+                    state.deleted.insert(key(&self.tenant, external));
+                }
+            } else {
+                state
+                    .deleted
+                    .remove(&key(&self.tenant, &self.user.user_name));
+                state
+                    .users
+                    .entry(self.tenant)
+                    .or_default()
+                    .insert(self.user.id.clone(), self.user);
+            }
+        }
+    }
+
+    fn rows(rows: Vec<tokio_postgres::Row>) -> Vec<Row> {
+        rows.into_iter()
+            .filter_map(|row| {
+                let tenant: String = row.get(0);
+                let deleted: bool = row.get(1);
+                let doc: serde_json::Value = row.get(2);
+                match serde_json::from_value::<DirectoryUser>(doc) {
+                    Ok(user) => Some(Row {
+                        tenant,
+                        deleted,
+                        user,
+                    }),
+                    Err(e) => {
+                        tracing::error!(tenant, error = %e, "principal directory: a row that is not a user is skipped");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    pub async fn load_all(client: &Client, table: &str) -> Result<DirectoryState, DirectoryError> {
+        let found = client
+            .query(&format!("SELECT tenant_id, deleted, doc FROM {table}"), &[])
+            .await
+            .map_err(store_error)?;
+        let mut state = DirectoryState::default();
+        for row in rows(found) {
+            row.apply(&mut state);
+        }
+        Ok(state)
+    }
+
+    /// The rows of `changed` (`tenant \t id` each) that still exist.
+    pub async fn load_some(
+        client: &Client,
+        table: &str,
+        changed: &HashSet<String>,
+    ) -> Result<Vec<Row>, DirectoryError> {
+        let keys: Vec<String> = changed.iter().cloned().collect();
+        let found = client
+            .query(
+                &format!(
+                    "SELECT tenant_id, deleted, doc FROM {table} WHERE tenant_id || chr(9) || id = ANY($1)"
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows(found))
+    }
+
+    pub async fn write(
+        client: &Client,
+        table: &str,
+        change: &Change<'_>,
+    ) -> Result<(), DirectoryError> {
+        let (tenant, user, deleted) = match change {
+            Change::Save { tenant, user } => (*tenant, *user, false),
+            Change::Delete { tenant, user } => (*tenant, *user, true),
+        };
+        let doc = serde_json::to_value(user).map_err(|e| DirectoryError::Store(e.to_string()))?;
+        if !deleted {
+            // A name taken again ends its tombstone.
+            client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE tenant_id = $1 AND deleted AND lower(user_name) = lower($2)"),
+                    &[&tenant, &user.user_name],
+                )
+                .await
+                .map_err(store_error)?;
+        }
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (tenant_id, id, user_name, deleted, doc) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET user_name = EXCLUDED.user_name, \
+                     deleted = EXCLUDED.deleted, doc = EXCLUDED.doc, updated_at = now()"
+                ),
+                &[&tenant, &user.id, &user.user_name, &deleted, &doc],
+            )
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }

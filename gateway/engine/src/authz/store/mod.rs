@@ -79,21 +79,7 @@ impl StoredEntity {
     }
 }
 
-/// An error with its causes: the providers' libraries (reqwest, tokio-postgres, Cedar) put
-/// what went wrong in the causes ("error sending request", "db error" on top).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::diagnostics::describe;
 
 /// What the store says about a request's resource.
 #[derive(Debug, Clone, Copy, Default)]

@@ -81,8 +81,10 @@ impl DirectoryState {
     }
 }
 
+/// `tenant \0 principal`, the principal lower-cased: SCIM user names are case-insensitive, so
+/// `Alice` deactivated refuses a token whose `sub` is `alice` (refusing errs on the safe side).
 fn key(tenant: &str, principal: &str) -> String {
-    format!("{tenant}\u{0}{principal}")
+    format!("{tenant}\u{0}{}", principal.to_lowercase())
 }
 
 /// Where the directory is kept.
@@ -118,6 +120,9 @@ pub struct Directory {
     store: DirectoryStore,
     /// One writer at a time (reads never wait).
     writing: tokio::sync::Mutex<()>,
+    /// The PostgreSQL store's connection for writes, made on first use and replaced after a
+    /// failure.
+    pg_writer: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 impl Default for Directory {
@@ -127,6 +132,7 @@ impl Default for Directory {
             state: ArcSwap::from_pointee(DirectoryState::default()),
             store: DirectoryStore::Memory,
             writing: tokio::sync::Mutex::new(()),
+            pg_writer: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -152,6 +158,7 @@ impl Directory {
             state: ArcSwap::from_pointee(state.derive()),
             store: DirectoryStore::Postgres { config, table },
             writing: tokio::sync::Mutex::new(()),
+            pg_writer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -171,6 +178,7 @@ impl Directory {
             state: ArcSwap::from_pointee(state.derive()),
             store,
             writing: tokio::sync::Mutex::new(()),
+            pg_writer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -291,10 +299,16 @@ impl Directory {
                 .map_err(|e| DirectoryError::Store(e.to_string()))?;
             }
             DirectoryStore::Postgres { config, table } => {
-                let client = crate::db::connect_config(config, None)
-                    .await
-                    .map_err(|e| DirectoryError::Store(e.to_string()))?;
+                let mut writer = self.pg_writer.lock().await;
+                let client = match writer.take() {
+                    Some(client) if !client.is_closed() => client,
+                    _ => crate::db::connect_config(config, None)
+                        .await
+                        .map_err(|e| DirectoryError::Store(e.to_string()))?,
+                };
                 pg::write(&client, table, &change).await?;
+                // Kept only after a write went through (a failed one reconnects next time).
+                *writer = Some(client);
             }
         }
         self.state.store(Arc::new(next.derive()));
@@ -585,6 +599,8 @@ mod tests {
         assert!(directory.is_refused("acme", "alice"));
         assert!(!directory.is_refused("globex", "alice"));
         assert!(!directory.is_refused("acme", "bob"));
+        // User names are case-insensitive: the deactivated `alice` is `ALICE` too.
+        assert!(directory.is_refused("acme", "ALICE"));
         // userName is unique per tenant, case-insensitively.
         assert_eq!(
             directory.save("acme", user("3", "BOB", true)).await,

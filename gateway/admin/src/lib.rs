@@ -326,6 +326,19 @@ impl Admin {
                     )
                     .await
             }
+            (
+                &Method::POST,
+                ["admin", "tenants", id, "principals", principal, switch @ ("deactivate" | "activate")],
+            ) => {
+                // Principal ids are as tokens carry them (`a@b.example`, …): percent-decoded.
+                match percent_encoding::percent_decode_str(principal).decode_utf8() {
+                    Ok(principal) => {
+                        self.set_principal_active(id, &principal, *switch == "activate")
+                            .await
+                    }
+                    Err(_) => problem(StatusCode::BAD_REQUEST, "the principal id is not UTF-8"),
+                }
+            }
             _ => problem(
                 StatusCode::NOT_FOUND,
                 format!("no admin route {method} {path}"),
@@ -333,6 +346,39 @@ impl Admin {
         };
         tracing::info!(target: "admin", %peer, %method, path, status = response.status().as_u16(), "admin request");
         response
+    }
+
+    /// Deactivates or activates a principal of a tenant in the directory (as SCIM does):
+    /// refused with 401 `principal-deactivated` from its next request on, on every replica.
+    async fn set_principal_active(
+        &self,
+        tenant: &str,
+        principal: &str,
+        active: bool,
+    ) -> AdminResponse {
+        if self.store.load().registry.get(tenant).is_none() {
+            return problem(StatusCode::NOT_FOUND, format!("no tenant `{tenant}`"));
+        }
+        match self
+            .services
+            .directory
+            .set_active(tenant, principal, active)
+            .await
+        {
+            Ok(user) => {
+                let event = if active {
+                    "principal.activated"
+                } else {
+                    "principal.deactivated"
+                };
+                tracing::info!(target: "audit", event, tenant, principal, "admin API: principal {}", if active { "activated" } else { "deactivated" });
+                respond(
+                    StatusCode::OK,
+                    json!({"tenant": tenant, "principal": user.user_name, "active": user.active, "directory_id": user.id}),
+                )
+            }
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
     }
 
     /// Peer health as gauges, read when scraped.

@@ -488,3 +488,68 @@ async fn a_deactivation_reaches_every_replica_within_a_second() {
         assert_eq!(list["totalResults"], 1, "replica {i}: {list}");
     }
 }
+
+/// The operator's switch, without an identity provider: `POST /admin/tenants/acme/principals/
+/// bob/deactivate` refuses bob (a principal the directory never had) on the next request, with
+/// his tokens and his API key; `activate` lets him in again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_deactivates_and_activates_a_principal() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let gw = start(admin, eu.addr, us.addr);
+    let admin_token = String::from_utf8(example_file("demo-admin.token")).unwrap();
+    let switch = |principal: &str, what: &str| {
+        client()
+            .post(format!(
+                "http://{admin}/admin/tenants/acme/principals/{principal}/{what}"
+            ))
+            .bearer_auth(admin_token.trim())
+            .send()
+    };
+    let bob = format!(
+        "Bearer {}",
+        token("bob", Some("acme"), &["admin".into()], true)
+    );
+    assert_eq!(status_of(&gw, &bob).await.0, 200);
+    assert_eq!(reports(&gw).await.status(), 200);
+    let response = switch("bob", "deactivate").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["principal"].clone(), body["active"].clone()),
+        (json!("bob"), json!(false))
+    );
+    assert!(until_status(&gw, &bob, 401).await < Duration::from_secs(1));
+    assert_eq!(reports(&gw).await.status(), 401);
+    // SCIM sees the same directory.
+    let scim = Scim {
+        base: format!("http://{admin}/scim/v2/acme"),
+        http: client(),
+    };
+    let (_, found) = scim
+        .call("GET", "/Users?filter=userName%20eq%20%22bob%22", None)
+        .await;
+    assert_eq!(found["Resources"][0]["active"], false, "{found}");
+    assert_eq!(switch("bob", "activate").await.unwrap().status(), 200);
+    until_status(&gw, &bob, 200).await;
+    assert_eq!(reports(&gw).await.status(), 200);
+    // An unknown tenant, and no admin token: refused.
+    let unknown = client()
+        .post(format!(
+            "http://{admin}/admin/tenants/nope/principals/bob/deactivate"
+        ))
+        .bearer_auth(admin_token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let anonymous = client()
+        .post(format!(
+            "http://{admin}/admin/tenants/acme/principals/bob/deactivate"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}

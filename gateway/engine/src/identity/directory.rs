@@ -250,6 +250,37 @@ impl Directory {
         Ok(user)
     }
 
+    /// Sets whether `principal` of `tenant` may make requests (the admin API's deactivate and
+    /// activate): the directory user of that name, created when the directory has none yet
+    /// (a principal that only ever came with tokens).
+    pub async fn set_active(
+        &self,
+        tenant: &str,
+        principal: &str,
+        active: bool,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        let now = jiff::Timestamp::now().to_string();
+        let user = match self.users(tenant, Some(principal)).into_iter().next() {
+            Some(user) => DirectoryUser {
+                active,
+                last_modified: now,
+                version: user.version + 1,
+                ..user
+            },
+            None => DirectoryUser {
+                id: uuid::Uuid::new_v4().to_string(),
+                user_name: principal.to_string(),
+                external_id: None,
+                active,
+                attributes: Map::new(),
+                created: now.clone(),
+                last_modified: now,
+                version: 1,
+            },
+        };
+        self.save(tenant, user).await
+    }
+
     /// Deletes a user; its principal stays refused until a user of that name is created again.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DirectoryUser, DirectoryError> {
         let _writing = self.writing.lock().await;
@@ -618,6 +649,12 @@ mod tests {
             .save("acme", user("1", "alice", true))
             .await
             .unwrap();
+        assert!(!reopened.refuses_anyone());
+        // The admin API's switch: a principal the directory never had is added, refused.
+        let carol = reopened.set_active("acme", "carol", false).await.unwrap();
+        assert!(reopened.is_refused("acme", "carol") && !carol.active);
+        let carol_again = reopened.set_active("acme", "Carol", true).await.unwrap();
+        assert_eq!((carol_again.id, carol_again.version), (carol.id, 2));
         assert!(!reopened.refuses_anyone());
     }
 

@@ -298,8 +298,9 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         }
         provisioner = Some(Arc::new(p));
         let provisioning_audit = audit.clone();
+        let listed_in = Some(services.directory.clone());
         background.push(task_service("principal provisioning", move |shutdown| {
-            principal_store.run(queue, provisioning_audit, shutdown)
+            principal_store.run(queue, provisioning_audit, listed_in, shutdown)
         }));
     }
     if let Some(pg) = cfg

@@ -534,6 +534,21 @@ async fn the_admin_api_deactivates_and_activates_a_principal() {
     assert_eq!(switch("bob", "activate").await.unwrap().status(), 200);
     until_status(&gw, &bob, 200).await;
     assert_eq!(reports(&gw).await.status(), 200);
+    // dave came with a token only (just-in-time provisioned): the directory lists him, so the
+    // identity provider finds him over SCIM.
+    let dave = format!(
+        "Bearer {}",
+        token("dave", Some("acme"), &["viewer".into()], false)
+    );
+    assert_eq!(status_of(&gw, &dave).await.0, 200);
+    let listed = crate::common::eventually(Duration::from_secs(5), || async {
+        let (_, found) = scim
+            .call("GET", "/Users?filter=userName%20eq%20%22dave%22", None)
+            .await;
+        found["totalResults"] == 1 && found["Resources"][0]["active"] == true
+    })
+    .await;
+    assert!(listed.is_some(), "dave not listed\n{}", gw.log());
     // An unknown tenant, and no admin token: refused.
     let unknown = client()
         .post(format!(

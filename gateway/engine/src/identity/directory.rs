@@ -281,6 +281,36 @@ impl Directory {
         self.save(tenant, user).await
     }
 
+    /// Lists `principal` (just-in-time provisioned: it came with a valid token) as an active
+    /// user unless the directory has a user of that name, or had one and it was deleted (a
+    /// deleted user stays out). True when it was added.
+    pub async fn ensure_listed(
+        &self,
+        tenant: &str,
+        principal: &str,
+    ) -> Result<bool, DirectoryError> {
+        if self.is_refused(tenant, principal) || !self.users(tenant, Some(principal)).is_empty() {
+            return Ok(false);
+        }
+        let now = jiff::Timestamp::now().to_string();
+        let user = DirectoryUser {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_name: principal.to_string(),
+            external_id: None,
+            active: true,
+            attributes: Map::new(),
+            created: now.clone(),
+            last_modified: now,
+            version: 1,
+        };
+        match self.save(tenant, user).await {
+            Ok(_) => Ok(true),
+            // Listed meanwhile (another replica, or SCIM): nothing to add.
+            Err(DirectoryError::UserNameTaken(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes a user; its principal stays refused until a user of that name is created again.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DirectoryUser, DirectoryError> {
         let _writing = self.writing.lock().await;
@@ -650,6 +680,19 @@ mod tests {
             .await
             .unwrap();
         assert!(!reopened.refuses_anyone());
+        // Just-in-time principals are listed, unless deleted or listed already.
+        assert!(reopened.ensure_listed("acme", "erin").await.unwrap());
+        assert!(!reopened.ensure_listed("acme", "ERIN").await.unwrap());
+        reopened
+            .delete("acme", &reopened.users("acme", Some("erin"))[0].id)
+            .await
+            .unwrap();
+        assert!(!reopened.ensure_listed("acme", "erin").await.unwrap());
+        assert!(reopened.users("acme", Some("erin")).is_empty());
+        reopened
+            .save("acme", user("5", "erin", true))
+            .await
+            .unwrap();
         // The admin API's switch: a principal the directory never had is added, refused.
         let carol = reopened.set_active("acme", "carol", false).await.unwrap();
         assert!(reopened.is_refused("acme", "carol") && !carol.active);

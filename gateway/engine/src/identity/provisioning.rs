@@ -128,10 +128,13 @@ impl PrincipalStore {
     }
 
     /// Drains the queue into the store until the queue closes or shutdown.
+    /// Each principal recorded is also listed in `directory` (when it has no user of that name
+    /// yet), so the tenant's identity provider finds it over SCIM and can deprovision it.
     pub async fn run(
         self,
         mut rx: mpsc::Receiver<ProvisionedPrincipal>,
         audit: Option<crate::audit::AuditHandle>,
+        directory: Option<std::sync::Arc<super::directory::Directory>>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut recorded: HashSet<(String, String)> = HashSet::new();
@@ -171,6 +174,14 @@ impl PrincipalStore {
                                         serde_json::to_value(&record).unwrap_or_default(),
                                     ))
                                     .await;
+                            }
+                        }
+                        if let Some(directory) = &directory {
+                            if let Err(e) = directory
+                                .ensure_listed(&record.tenant, &record.principal)
+                                .await
+                            {
+                                tracing::warn!(error = %e, tenant = %record.tenant, principal = %record.principal, "listing a provisioned principal in the directory failed");
                             }
                         }
                         recorded.insert(key);

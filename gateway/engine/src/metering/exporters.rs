@@ -329,6 +329,9 @@ fn dead_letter(dir: &Path, name: &str, event: &UsageEvent, reason: &str) {
     }
 }
 
+/// How often a busy exporter saves its checkpoint (one that has caught up saves at once).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// Runs one exporter until `shutdown`. Whenever it has delivered everything it has read, it
 /// publishes in `exported` the outbox offset it has read up to (a graceful shutdown waits for
 /// it to reach the last record written: [`wait_exported`]).
@@ -345,6 +348,10 @@ pub async fn run(
     let mut cursor = OutboxCursor::new(&dir, checkpoint.resume_from);
     let mut assembler = Assembler::default();
     let mut backlog: Vec<(u64, UsageEvent)> = Vec::new();
+    // The checkpoint on disk is behind the one in memory (saved at most every
+    // CHECKPOINT_EVERY while busy, and whenever the exporter catches up).
+    let mut unsaved = false;
+    let mut last_saved = std::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
@@ -376,15 +383,30 @@ pub async fn run(
         metrics::gauge!(crate::telemetry::EXPORTER_LAG_RECORDS, "exporter" => name.clone())
             .set(lag as f64);
         if backlog.is_empty() {
-            exported.send_replace(cursor.next_offset());
             let resume = assembler.resume_from(cursor.next_offset());
             if resume != checkpoint.resume_from {
                 checkpoint.resume_from = resume;
-                let _ = save_checkpoint(&dir, &name, &checkpoint);
+                unsaved = true;
             }
+            if unsaved && last_saved.elapsed() >= CHECKPOINT_EVERY {
+                if let Err(e) = save_checkpoint(&dir, &name, &checkpoint) {
+                    tracing::error!(exporter = %name, error = %e, "saving the checkpoint failed (events may be re-sent; sinks deduplicate)");
+                }
+                unsaved = false;
+                last_saved = std::time::Instant::now();
+            }
+            // Caught up with the checkpoint on disk: what a graceful shutdown waits for.
+            if !unsaved {
+                exported.send_replace(cursor.next_offset());
+            }
+            let wait = if unsaved {
+                CHECKPOINT_EVERY.saturating_sub(last_saved.elapsed())
+            } else {
+                Duration::from_millis(500)
+            };
             tokio::select! {
                 _ = progress.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
             continue;
@@ -402,8 +424,16 @@ pub async fn run(
         checkpoint.resume_from = assembler
             .resume_from(cursor.next_offset())
             .min(backlog_start);
-        if let Err(e) = save_checkpoint(&dir, &name, &checkpoint) {
-            tracing::error!(exporter = %name, error = %e, "saving the checkpoint failed (events may be re-sent; sinks deduplicate)");
+        // A checkpoint is an fsync and a rename: while busy, at most one per CHECKPOINT_EVERY.
+        // A crash re-sends what was delivered since (sinks deduplicate on the event id).
+        if last_saved.elapsed() >= CHECKPOINT_EVERY {
+            if let Err(e) = save_checkpoint(&dir, &name, &checkpoint) {
+                tracing::error!(exporter = %name, error = %e, "saving the checkpoint failed (events may be re-sent; sinks deduplicate)");
+            }
+            unsaved = false;
+            last_saved = std::time::Instant::now();
+        } else {
+            unsaved = true;
         }
         metrics::counter!(crate::telemetry::EXPORTER_EVENTS_TOTAL, "exporter" => name.clone())
             .increment(events.len() as u64);

@@ -207,3 +207,27 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// `statements` as one transaction under the advisory lock every migration of the gateway
+/// takes, so replicas starting together create tables and triggers one at a time.
+pub fn locked_migration(statements: &str) -> String {
+    format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));\n{statements}\nCOMMIT;\n"
+    )
+}
+
+/// A trigger that NOTIFYs `channel` with `payload` (an SQL expression over `NEW`/`OLD`) for
+/// every row inserted, updated or deleted in `table`.
+pub fn row_notify_trigger(table: &str, channel: &str, payload: &str) -> String {
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    PERFORM pg_notify('{channel}', {payload});
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER {table}_notify
+    AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {table}_notify();"#
+    )
+}

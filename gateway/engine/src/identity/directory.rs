@@ -462,9 +462,8 @@ mod pg {
 
     use super::{key, Change, DirectoryError, DirectoryState, DirectoryUser};
 
-    pub fn channel(table: &str) -> String {
-        format!("{table}_changed")
-    }
+    /// The NOTIFY channel of a table, named as the tenant registry's.
+    pub use crate::tenancy::postgres::channel;
 
     fn store_error(e: tokio_postgres::Error) -> DirectoryError {
         if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
@@ -474,12 +473,8 @@ mod pg {
     }
 
     pub async fn migrate(client: &Client, table: &str) -> Result<(), DirectoryError> {
-        let channel = channel(table);
-        let sql = format!(
-            r#"
-BEGIN;
-SELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));
-CREATE TABLE IF NOT EXISTS {table} (
+        let sql = crate::db::locked_migration(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
     tenant_id text NOT NULL,
     id text NOT NULL,
     user_name text NOT NULL,
@@ -490,18 +485,13 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower(user_name))
     WHERE NOT deleted;
-CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    PERFORM pg_notify('{channel}', COALESCE(NEW.tenant_id, OLD.tenant_id) || chr(9) || COALESCE(NEW.id, OLD.id));
-    RETURN NULL;
-END
-$fn$;
-CREATE OR REPLACE TRIGGER {table}_notify
-    AFTER INSERT OR UPDATE OR DELETE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION {table}_notify();
-COMMIT;
-"#
-        );
+{}",
+            crate::db::row_notify_trigger(
+                table,
+                &channel(table),
+                "COALESCE(NEW.tenant_id, OLD.tenant_id) || chr(9) || COALESCE(NEW.id, OLD.id)",
+            )
+        ));
         client.batch_execute(&sql).await.map_err(store_error)
     }
 

@@ -57,29 +57,16 @@ pub async fn migrate(client: &Client, table: &str) -> Result<(), PgRegistryError
             "`{table}` is not a valid table name"
         )));
     }
-    let channel = channel(table);
-    let sql = format!(
-        r#"
-BEGIN;
-SELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));
-CREATE TABLE IF NOT EXISTS {table} (
+    let sql = db::locked_migration(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
     id text PRIMARY KEY,
     doc jsonb NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
     CHECK (doc->>'id' = id)
 );
-CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-    PERFORM pg_notify('{channel}', COALESCE(NEW.id, OLD.id));
-    RETURN NULL;
-END
-$fn$;
-CREATE OR REPLACE TRIGGER {table}_notify
-    AFTER INSERT OR UPDATE OR DELETE ON {table}
-    FOR EACH ROW EXECUTE FUNCTION {table}_notify();
-COMMIT;
-"#
-    );
+{}",
+        db::row_notify_trigger(table, &channel(table), "COALESCE(NEW.id, OLD.id)")
+    ));
     client.batch_execute(&sql).await?;
     Ok(())
 }

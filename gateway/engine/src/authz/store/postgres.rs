@@ -63,10 +63,8 @@ const FOLLOW_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub async fn migrate(client: &Client, table: &str) -> Result<(), DbError> {
     check_table_name(table)?;
     let channel = channel(table);
-    let sql = format!(
+    let sql = crate::db::locked_migration(&format!(
         r#"
-BEGIN;
-SELECT pg_advisory_xact_lock(hashtext('policy-gateway-migrate'));
 CREATE TABLE IF NOT EXISTS {table} (
     entity_type text NOT NULL,
     entity_id text NOT NULL,
@@ -113,9 +111,8 @@ CREATE OR REPLACE TRIGGER {table}_entity_notify
 CREATE OR REPLACE TRIGGER {table}_entity_trunc
     AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {table}_entity_notify();
-COMMIT;
 "#
-    );
+    ));
     client
         .batch_execute(&sql)
         .await

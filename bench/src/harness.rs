@@ -483,3 +483,52 @@ pub fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())
 }
+
+/// The load's fixed parts, started in `dir`: the example upstream (`bench-upstream`) on core
+/// `core` and listening, the bench issuer's JWKS on `runtime`, and `tenants` generated tenants
+/// in `dir/tenants.toml`.
+pub struct Fixture {
+    pub upstream: Proc,
+    pub upstream_addr: SocketAddr,
+    /// How the upstream was started (a target of its own in the comparison).
+    pub upstream_launch: Launch,
+    /// Signs the bench issuer's tokens (kid `bench-key`).
+    pub key: jsonwebtoken::EncodingKey,
+    /// The issuer's JWKS URL.
+    pub jwks: String,
+}
+
+impl Fixture {
+    pub fn start(
+        core: &str,
+        upstream_bin: &Path,
+        dir: &Path,
+        runtime: &tokio::runtime::Runtime,
+        tenants: usize,
+    ) -> Fixture {
+        let upstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("loopback address");
+        let upstream_launch = Launch {
+            program: upstream_bin.to_path_buf(),
+            args: vec![upstream_addr.to_string()],
+        };
+        let upstream = Proc::spawn(
+            core,
+            &upstream_launch,
+            &dir.join("upstream.log"),
+            "upstream",
+        );
+        wait_listening(upstream_addr, "upstream", Duration::from_secs(60));
+        let (key, jwk) = crate::ec_key("bench-key");
+        let jwks_addr = runtime.block_on(crate::jwks_server(vec![jwk]));
+        write_tenants(&dir.join("tenants.toml"), tenants);
+        Fixture {
+            upstream,
+            upstream_addr,
+            upstream_launch,
+            key,
+            jwks: format!("http://{jwks_addr}/jwks"),
+        }
+    }
+}

@@ -43,10 +43,10 @@ use std::time::{Duration, Instant};
 
 use gateway_bench::harness::{
     free_port, gateway_config, hostname, loadavg, median, online_cores, open_loop, saturate,
-    signed_tokens, spread, wait_listening, write_tenants, Launch, Load, Proc, Target,
+    signed_tokens, spread, wait_listening, write_tenants, Fixture, Launch, Load, Proc, Target,
 };
 use gateway_bench::measure::{fixed_requests, strace_counts, Callgrind};
-use gateway_bench::{arg, ec_key, jwks_server, percentile};
+use gateway_bench::{arg, percentile};
 use serde_json::{json, Value};
 
 struct Opts {
@@ -263,22 +263,14 @@ fn main() {
     let load_before = loadavg();
 
     // The upstream, the issuer's JWKS, 100,000 tenants and their tokens.
-    let upstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let upstream_launch = Launch {
-        program: o.upstream_bin.clone(),
-        args: vec![upstream_addr.to_string()],
-    };
-    let mut procs = vec![Proc::spawn(
-        &o.load_core,
-        &upstream_launch,
-        &dir.join("upstream.log"),
-        "upstream",
-    )];
-    wait_listening(upstream_addr, "upstream", Duration::from_secs(60));
-    let (key, jwk) = ec_key("bench-key");
-    let jwks_addr = runtime.block_on(jwks_server(vec![jwk]));
-    let jwks = format!("http://{jwks_addr}/jwks");
-    write_tenants(&dir.join("tenants.toml"), o.tenants);
+    let fixture = Fixture::start(&o.load_core, &o.upstream_bin, dir, &runtime, o.tenants);
+    let (upstream_addr, upstream_launch, key, jwks) = (
+        fixture.upstream_addr,
+        fixture.upstream_launch,
+        fixture.key,
+        fixture.jwks,
+    );
+    let mut procs = vec![fixture.upstream];
     let token_headers: Vec<Vec<(String, String)>> =
         signed_tokens(&key, "bench-key", 1000, o.tenants)
             .into_iter()

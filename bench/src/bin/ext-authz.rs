@@ -55,9 +55,9 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use gateway_bench::harness::{
     cpu_seconds, free_port, gateway_config, hostname, loadavg, median, online_cores, saturate,
-    signed_tokens, spread, wait_listening, write_tenants, Launch, Load, Proc, Target,
+    signed_tokens, spread, wait_listening, Fixture, Launch, Load, Proc, Target,
 };
-use gateway_bench::{arg, ec_key, jwks_server, percentile};
+use gateway_bench::{arg, percentile};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -810,22 +810,9 @@ fn main() {
     let source = source_state(&repo);
 
     // The upstream, the issuer's JWKS, the tenants and their tokens (as in the comparison).
-    let upstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _upstream = Proc::spawn(
-        &o.load_core,
-        &Launch {
-            program: o.upstream_bin.clone(),
-            args: vec![upstream_addr.to_string()],
-        },
-        &dir.join("upstream.log"),
-        "upstream",
-    );
-    wait_listening(upstream_addr, "upstream", Duration::from_secs(60));
-    let (key, jwk) = ec_key("bench-key");
-    let jwks_addr = runtime.block_on(jwks_server(vec![jwk]));
-    let jwks = format!("http://{jwks_addr}/jwks");
-    write_tenants(&dir.join("tenants.toml"), o.tenants);
-    let tokens = signed_tokens(&key, "bench-key", TOKENS, o.tenants);
+    let fixture = Fixture::start(&o.load_core, &o.upstream_bin, dir, &runtime, o.tenants);
+    let (upstream_addr, key, jwks) = (fixture.upstream_addr, &fixture.key, fixture.jwks.clone());
+    let tokens = signed_tokens(key, "bench-key", TOKENS, o.tenants);
 
     // One gateway, the comparison's full pipeline, with the two decision-only doors.
     let doors = Doors {

@@ -24,11 +24,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use gateway_bench::arg;
 use gateway_bench::harness::{
     cpu_seconds, free_port, gateway_config, hostname, loadavg, online_cores, signed_token,
-    wait_listening, write_tenants, wrk, Launch, Proc, Target,
+    wait_listening, wrk, Fixture, Launch, Proc, Target,
 };
-use gateway_bench::{arg, ec_key, jwks_server};
 use gateway_testkit::nats::NatsServer;
 use gateway_testkit::redis_cluster::RedisCluster;
 use serde_json::{json, Value};
@@ -140,21 +140,8 @@ fn main() {
     let cores = format!("0-{}", online_cores().max(1) - 1);
     let load_before = loadavg();
 
-    let upstream_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _upstream = Proc::spawn(
-        &cores,
-        &Launch {
-            program: o.upstream_bin.clone(),
-            args: vec![upstream_addr.to_string()],
-        },
-        &dir.join("upstream.log"),
-        "upstream",
-    );
-    wait_listening(upstream_addr, "upstream", Duration::from_secs(60));
-    let (key, jwk) = ec_key("bench-key");
-    let jwks_addr = runtime.block_on(jwks_server(vec![jwk]));
-    let jwks = format!("http://{jwks_addr}/jwks");
-    write_tenants(&dir.join("tenants.toml"), o.tenants);
+    let fixture = Fixture::start(&cores, &o.upstream_bin, dir, &runtime, o.tenants);
+    let (upstream_addr, key, jwks) = (fixture.upstream_addr, &fixture.key, &fixture.jwks);
     let mut tenants = std::fs::read_to_string(dir.join("tenants.toml")).unwrap();
     tenants.push_str(&format!(
         "[[tenant]]\nid = \"{LIMITED}\"\ntier = \"free\"\nhome_region = \"eu-central\"\n\
@@ -162,7 +149,7 @@ fn main() {
         o.limit_rate, o.limit_burst
     ));
     std::fs::write(dir.join("tenants.toml"), tenants).unwrap();
-    let limited_token = signed_token(&key, "bench-key", "user-limited", LIMITED);
+    let limited_token = signed_token(key, "bench-key", "user-limited", LIMITED);
 
     let cluster = RedisCluster::start();
     let nats = NatsServer::start();
@@ -199,12 +186,9 @@ fn main() {
         for i in 0..n {
             let port = free_port();
             let file = dir.join(format!("replica-{n}-{i}.toml"));
-            let config = gateway_config(
-                port,
-                o.threads,
-                upstream_addr,
-                Some((&jwks, &repo, &limits)),
-            ) + &exporter;
+            let config =
+                gateway_config(port, o.threads, upstream_addr, Some((jwks, &repo, &limits)))
+                    + &exporter;
             std::fs::write(&file, config).unwrap();
             gateways.push(Proc::spawn(
                 &cores,
@@ -227,7 +211,7 @@ fn main() {
                 let org = format!("tenant-{}", i + 1);
                 target(
                     *a,
-                    &signed_token(&key, "bench-key", &format!("user-{i}"), &org),
+                    &signed_token(key, "bench-key", &format!("user-{i}"), &org),
                 )
             })
             .collect();

@@ -2,9 +2,12 @@
 //! admin listener, authorised by the tenant's own bearer token (`scim.token_sha256` in its
 //! registry document): `/Users` (create, read, replace, PATCH in the forms Okta and Entra ID
 //! send, delete; `filter=userName eq "…"` and `externalId eq "…"`, `startIndex`/`count`
-//! pagination), `/ServiceProviderConfig`, `/Schemas`, `/ResourceTypes`. A user set
-//! `active: false` or deleted is refused on the next request with `401 principal-deactivated`,
-//! its still-valid tokens and the API keys it owns included.
+//! pagination), `/Groups` (the same operations; PATCH adds and removes members as Okta and
+//! Entra ID send it; `filter=displayName eq "…"`), `/ServiceProviderConfig`, `/Schemas`,
+//! `/ResourceTypes`. A user set `active: false` or deleted is refused on the next request with
+//! `401 principal-deactivated`, its still-valid tokens and the API keys it owns included. A
+//! group's members get the group as a role on their next request (renamed by the tenant's
+//! `scim.group_roles` when that names it).
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -12,12 +15,15 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use gateway_engine::identity::directory::{Directory, DirectoryError, DirectoryUser};
+use gateway_engine::identity::directory::{
+    Directory, DirectoryError, DirectoryGroup, DirectoryUser,
+};
 use gateway_engine::snapshot::SnapshotStore;
 
 use super::{body_response, AdminResponse};
 
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -102,15 +108,49 @@ pub async fn handle(
         (&Method::GET, ["ServiceProviderConfig"]) => {
             scim_response(StatusCode::OK, service_provider_config(&base))
         }
-        (&Method::GET, ["Schemas"]) => {
-            scim_response(StatusCode::OK, list(vec![user_schema()], 1, 1))
-        }
+        (&Method::GET, ["Schemas"]) => scim_response(
+            StatusCode::OK,
+            list(vec![user_schema(), group_schema()], 2, 1),
+        ),
         (&Method::GET, ["Schemas", id]) if *id == USER_SCHEMA => {
             scim_response(StatusCode::OK, user_schema())
         }
-        (&Method::GET, ["ResourceTypes"]) => {
-            scim_response(StatusCode::OK, list(vec![user_resource_type(&base)], 1, 1))
+        (&Method::GET, ["Schemas", id]) if *id == GROUP_SCHEMA => {
+            scim_response(StatusCode::OK, group_schema())
         }
+        (&Method::GET, ["ResourceTypes"]) => scim_response(
+            StatusCode::OK,
+            list(
+                vec![
+                    resource_type(&base, "User", "/Users", USER_SCHEMA),
+                    resource_type(&base, "Group", "/Groups", GROUP_SCHEMA),
+                ],
+                2,
+                1,
+            ),
+        ),
+        (&Method::GET, ["Groups"]) => list_groups(directory, tenant, &base, query),
+        (&Method::POST, ["Groups"]) => create_group(directory, tenant, &base, body).await,
+        (&Method::GET, ["Groups", id]) => match directory.group(tenant, id) {
+            Some(group) => scim_response(
+                StatusCode::OK,
+                group_json(directory, tenant, &group, &base, excludes_members(query)),
+            ),
+            None => scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}")),
+        },
+        (&Method::PUT, ["Groups", id]) => replace_group(directory, tenant, &base, id, body).await,
+        (&Method::PATCH, ["Groups", id]) => patch_group(directory, tenant, &base, id, body).await,
+        (&Method::DELETE, ["Groups", id]) => match directory.delete_group(tenant, id).await {
+            Ok(group) => {
+                tracing::info!(target: "audit", event = "group.deleted", tenant, group = %group.display_name, "SCIM: group deleted");
+                body_response(
+                    StatusCode::NO_CONTENT,
+                    Bytes::new(),
+                    "application/scim+json",
+                )
+            }
+            Err(e) => directory_error(e),
+        },
         (&Method::GET, ["Users"]) => list_users(directory, tenant, &base, query),
         (&Method::POST, ["Users"]) => create_user(directory, tenant, &base, body).await,
         (&Method::GET, ["Users", id]) => match directory.user(tenant, id) {
@@ -140,10 +180,17 @@ pub async fn handle(
 
 fn directory_error(error: DirectoryError) -> AdminResponse {
     match error {
-        DirectoryError::UserNameTaken(_) => {
+        DirectoryError::UserNameTaken(_) | DirectoryError::GroupNameTaken(_) => {
             scim_error(StatusCode::CONFLICT, Some("uniqueness"), error.to_string())
         }
-        DirectoryError::NoSuchUser(_) => scim_error(StatusCode::NOT_FOUND, None, error.to_string()),
+        DirectoryError::NoSuchUser(_) | DirectoryError::NoSuchGroup(_) => {
+            scim_error(StatusCode::NOT_FOUND, None, error.to_string())
+        }
+        DirectoryError::NoSuchMember(_) => scim_error(
+            StatusCode::BAD_REQUEST,
+            Some("invalidValue"),
+            error.to_string(),
+        ),
         DirectoryError::Store(_) => {
             tracing::error!(%error, "SCIM: the directory could not be written");
             scim_error(
@@ -165,14 +212,16 @@ fn list(resources: Vec<Value>, total: usize, start_index: usize) -> Value {
     })
 }
 
-/// `userName eq "alice"` (or `externalId eq …`): (attribute, value).
-fn parse_filter(filter: &str) -> Result<(String, String), String> {
+/// `<attribute> eq "…"` (e.g. `userName eq "alice"`) for one of `attributes`, matched
+/// case-insensitively and spelt as listed: (attribute, value).
+fn parse_filter_of(filter: &str, attributes: &[&'static str]) -> Result<(String, String), String> {
     let filter = filter.trim();
     let mut parts = filter.splitn(3, char::is_whitespace);
     let (Some(attribute), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(format!(
-            "unsupported filter `{filter}`: expected `userName eq \"…\"`"
+            "unsupported filter `{filter}`: expected `{} eq \"…\"`",
+            attributes.first().copied().unwrap_or("userName")
         ));
     };
     let value = value.trim();
@@ -183,35 +232,76 @@ fn parse_filter(filter: &str) -> Result<(String, String), String> {
         ));
     }
     let attribute = attribute.rsplit(':').next().unwrap_or(attribute);
-    let attribute = if attribute.eq_ignore_ascii_case("userName") {
-        "userName"
-    } else if attribute.eq_ignore_ascii_case("externalId") {
-        "externalId"
-    } else {
+    let Some(attribute) = attributes
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(attribute))
+    else {
         return Err(format!(
-            "unsupported filter attribute `{attribute}`: userName or externalId"
+            "unsupported filter attribute `{attribute}`: one of {}",
+            attributes.join(", ")
         ));
     };
     let value: String = serde_json::from_str(value).map_err(|e| format!("filter value: {e}"))?;
     Ok((attribute.to_string(), value))
 }
 
-fn list_users(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
-    let mut filter = None;
-    let mut start_index = 1usize;
-    let mut count = MAX_PAGE;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        match name.as_ref() {
-            "filter" => match parse_filter(&value) {
-                Ok(f) => filter = Some(f),
-                Err(e) => return scim_error(StatusCode::BAD_REQUEST, Some("invalidFilter"), e),
-            },
-            // RFC 7644 §3.4.2.4: a start below 1 counts as 1, a negative count as 0.
-            "startIndex" => start_index = value.parse::<i64>().unwrap_or(1).max(1) as usize,
-            "count" => count = (value.parse::<i64>().unwrap_or(0).max(0) as usize).min(MAX_PAGE),
-            _ => {}
+/// A list request's `filter` (parsed for `attributes`), `startIndex` and `count`.
+struct ListQuery {
+    filter: Option<(String, String)>,
+    start_index: usize,
+    count: usize,
+}
+
+impl ListQuery {
+    fn parse(query: &str, attributes: &[&'static str]) -> Result<ListQuery, AdminResponse> {
+        let mut list = ListQuery {
+            filter: None,
+            start_index: 1,
+            count: MAX_PAGE,
+        };
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "filter" => match parse_filter_of(&value, attributes) {
+                    Ok(f) => list.filter = Some(f),
+                    Err(e) => {
+                        return Err(scim_error(
+                            StatusCode::BAD_REQUEST,
+                            Some("invalidFilter"),
+                            e,
+                        ))
+                    }
+                },
+                // RFC 7644 §3.4.2.4: a start below 1 counts as 1, a negative count as 0.
+                "startIndex" => {
+                    list.start_index = value.parse::<i64>().unwrap_or(1).max(1) as usize
+                }
+                "count" => {
+                    list.count = (value.parse::<i64>().unwrap_or(0).max(0) as usize).min(MAX_PAGE)
+                }
+                _ => {}
+            }
         }
+        Ok(list)
     }
+
+    /// This request's page of `items`, as a ListResponse.
+    fn page<T>(&self, items: &[T], render: impl Fn(&T) -> Value) -> AdminResponse {
+        let page: Vec<Value> = items
+            .iter()
+            .skip(self.start_index - 1)
+            .take(self.count)
+            .map(render)
+            .collect();
+        scim_response(StatusCode::OK, list(page, items.len(), self.start_index))
+    }
+}
+
+fn list_users(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
+    let request = match ListQuery::parse(query, &["userName", "externalId"]) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let filter = &request.filter;
     let users: Vec<DirectoryUser> = match &filter {
         Some((attribute, value)) if attribute == "userName" => directory.users(tenant, Some(value)),
         Some((_, value)) => directory
@@ -221,14 +311,7 @@ fn list_users(directory: &Directory, tenant: &str, base: &str, query: &str) -> A
             .collect(),
         None => directory.users(tenant, None),
     };
-    let total = users.len();
-    let page: Vec<Value> = users
-        .iter()
-        .skip(start_index - 1)
-        .take(count)
-        .map(|u| user_json(u, base))
-        .collect();
-    scim_response(StatusCode::OK, list(page, total, start_index))
+    request.page(&users, |u| user_json(u, base))
 }
 
 fn now() -> String {
@@ -412,37 +495,9 @@ async fn patch_user(
     let Some(current) = directory.user(tenant, id) else {
         return scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"));
     };
-    let patch: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return scim_error(
-                StatusCode::BAD_REQUEST,
-                Some("invalidSyntax"),
-                format!("body: {e}"),
-            )
-        }
-    };
-    if !patch
-        .get("schemas")
-        .and_then(Value::as_array)
-        .is_some_and(|s| s.iter().any(|v| v == PATCH_SCHEMA))
-    {
-        return scim_error(
-            StatusCode::BAD_REQUEST,
-            Some("invalidSyntax"),
-            format!("a PATCH body names the schema {PATCH_SCHEMA}"),
-        );
-    }
-    let Some(operations) = patch
-        .get("Operations")
-        .or_else(|| patch.get("operations"))
-        .and_then(Value::as_array)
-    else {
-        return scim_error(
-            StatusCode::BAD_REQUEST,
-            Some("invalidSyntax"),
-            "no Operations",
-        );
+    let operations = match patch_operations(body) {
+        Ok(operations) => operations,
+        Err(response) => return response,
     };
     // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
     let mut resource = match user_json(&current, base) {
@@ -505,7 +560,10 @@ type PathParts = (String, Option<(String, String)>, Option<String>);
 
 /// The parts of a PATCH path; a schema URN prefix is dropped.
 fn split_path(path: &str) -> Result<PathParts, String> {
-    let path = match path.strip_prefix(USER_SCHEMA) {
+    let path = match path
+        .strip_prefix(USER_SCHEMA)
+        .or_else(|| path.strip_prefix(GROUP_SCHEMA))
+    {
         Some(rest) => rest.trim_start_matches(':'),
         None => path,
     };
@@ -633,6 +691,318 @@ fn remove_path(resource: &mut Map<String, Value>, path: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// Whether the request asks to leave members out (`excludedAttributes=members`, as Okta and
+/// Entra ID do when they only look a group up).
+fn excludes_members(query: &str) -> bool {
+    form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
+        name == "excludedAttributes"
+            && value
+                .split(',')
+                .any(|a| a.trim().eq_ignore_ascii_case("members"))
+    })
+}
+
+fn list_groups(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
+    let request = match ListQuery::parse(query, &["displayName", "externalId"]) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let groups: Vec<DirectoryGroup> = match &request.filter {
+        Some((attribute, value)) if attribute == "displayName" => {
+            directory.groups(tenant, Some(value))
+        }
+        Some((_, value)) => directory
+            .groups(tenant, None)
+            .into_iter()
+            .filter(|g| g.external_id.as_deref() == Some(value.as_str()))
+            .collect(),
+        None => directory.groups(tenant, None),
+    };
+    let without_members = excludes_members(query);
+    request.page(&groups, |g| {
+        group_json(directory, tenant, g, base, without_members)
+    })
+}
+
+/// The group as SCIM returns it; members that are no longer users are left out.
+fn group_json(
+    directory: &Directory,
+    tenant: &str,
+    group: &DirectoryGroup,
+    base: &str,
+    without_members: bool,
+) -> Value {
+    let mut map = group.attributes.clone();
+    map.insert("schemas".into(), json!([GROUP_SCHEMA]));
+    map.insert("id".into(), json!(group.id));
+    map.insert("displayName".into(), json!(group.display_name));
+    if let Some(external) = &group.external_id {
+        map.insert("externalId".into(), json!(external));
+    }
+    if !without_members {
+        let members: Vec<Value> = group
+            .members
+            .iter()
+            .filter_map(|id| directory.user(tenant, id))
+            .map(|u| {
+                json!({
+                    "value": u.id,
+                    "display": u.user_name,
+                    "$ref": format!("{base}/Users/{}", u.id),
+                })
+            })
+            .collect();
+        map.insert("members".into(), Value::Array(members));
+    }
+    map.insert(
+        "meta".into(),
+        json!({
+            "resourceType": "Group",
+            "created": group.created,
+            "lastModified": group.last_modified,
+            "version": format!("W/\"{}\"", group.version),
+            "location": format!("{base}/Groups/{}", group.id),
+        }),
+    );
+    Value::Object(map)
+}
+
+/// The member ids of a `members` value: `[{"value": "<user id>"}, …]` (a single object too).
+fn member_ids(value: &Value) -> Result<Vec<String>, String> {
+    let items = match value {
+        Value::Array(items) => items.as_slice(),
+        Value::Object(_) => std::slice::from_ref(value),
+        Value::Null => &[],
+        _ => return Err("members must be a list of {\"value\": \"<user id>\"}".into()),
+    };
+    items
+        .iter()
+        .map(|item| {
+            item.get("value")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| "every member needs a string `value` (the user's id)".to_string())
+        })
+        .collect()
+}
+
+fn group_from_map(
+    map: &mut Map<String, Value>,
+    id: String,
+    created: String,
+    version: u64,
+) -> Result<DirectoryGroup, ScimError> {
+    for server_owned in ["id", "meta", "schemas"] {
+        map.remove(server_owned);
+    }
+    let display_name = match map.remove("displayName") {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 256 => name,
+        _ => {
+            return Err(ScimError::bad(
+                "invalidValue",
+                "displayName is required: a non-empty string of at most 256 characters",
+            ))
+        }
+    };
+    let external_id = match map.remove("externalId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ScimError::bad(
+                "invalidValue",
+                "externalId must be a string",
+            ))
+        }
+    };
+    let members = member_ids(&map.remove("members").unwrap_or(Value::Null))
+        .map_err(|e| ScimError::bad("invalidValue", e))?;
+    Ok(DirectoryGroup {
+        id,
+        display_name,
+        external_id,
+        members,
+        attributes: std::mem::take(map),
+        created: created.clone(),
+        last_modified: if version == 1 { created } else { now() },
+        version,
+    })
+}
+
+fn group_from(
+    body: &[u8],
+    id: String,
+    created: String,
+    version: u64,
+) -> Result<DirectoryGroup, ScimError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ScimError::bad("invalidSyntax", format!("body: {e}")))?;
+    let Value::Object(mut map) = value else {
+        return Err(ScimError::bad(
+            "invalidSyntax",
+            "the body must be a JSON object",
+        ));
+    };
+    group_from_map(&mut map, id, created, version)
+}
+
+async fn save_group(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    group: DirectoryGroup,
+    status: StatusCode,
+) -> AdminResponse {
+    match directory.save_group(tenant, group).await {
+        Ok(group) => {
+            tracing::info!(target: "audit", event = "group.saved", tenant, group = %group.display_name, members = group.members.len(), "SCIM: group saved");
+            let mut response =
+                scim_response(status, group_json(directory, tenant, &group, base, false));
+            if status == StatusCode::CREATED {
+                if let Ok(location) =
+                    http::HeaderValue::from_str(&format!("{base}/Groups/{}", group.id))
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::LOCATION, location);
+                }
+            }
+            response
+        }
+        Err(e) => directory_error(e),
+    }
+}
+
+async fn create_group(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    body: &[u8],
+) -> AdminResponse {
+    match group_from(body, uuid::Uuid::new_v4().to_string(), now(), 1) {
+        Ok(group) => save_group(directory, tenant, base, group, StatusCode::CREATED).await,
+        Err(error) => error.response(),
+    }
+}
+
+async fn replace_group(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    id: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let Some(current) = directory.group(tenant, id) else {
+        return scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"));
+    };
+    match group_from(body, current.id, current.created, current.version + 1) {
+        Ok(group) => save_group(directory, tenant, base, group, StatusCode::OK).await,
+        Err(error) => error.response(),
+    }
+}
+
+/// The operations of a PATCH body, checked for the PatchOp schema.
+fn patch_operations(body: &[u8]) -> Result<Vec<Value>, AdminResponse> {
+    let bad = |detail: String| scim_error(StatusCode::BAD_REQUEST, Some("invalidSyntax"), detail);
+    let mut patch: Value = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+    if !patch
+        .get("schemas")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|v| v == PATCH_SCHEMA))
+    {
+        return Err(bad(format!("a PATCH body names the schema {PATCH_SCHEMA}")));
+    }
+    let operations = match patch.as_object_mut() {
+        Some(map) => map
+            .remove("Operations")
+            .or_else(|| map.remove("operations")),
+        None => None,
+    };
+    match operations {
+        Some(Value::Array(operations)) => Ok(operations),
+        _ => Err(bad("no Operations".into())),
+    }
+}
+
+/// One PATCH operation on a group: member additions and removals as Okta and Entra ID send
+/// them (`add` `members` with a list; `remove` `members[value eq "…"]`, or `members` with a
+/// list, or `members` alone for all), anything else as on users.
+fn apply_to_group(resource: &mut Map<String, Value>, operation: &Value) -> Result<(), String> {
+    let op = operation["op"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path = operation["path"].as_str().map(str::trim).unwrap_or("");
+    let value = operation.get("value").cloned().unwrap_or(Value::Null);
+    let mut members = member_ids(resource.get("members").unwrap_or(&Value::Null))?;
+    let (attribute, filter, _) = split_path(path)?;
+    if !attribute.eq_ignore_ascii_case("members") {
+        return apply(resource, operation);
+    }
+    match (op.as_str(), filter) {
+        ("add", None) => {
+            for id in member_ids(&value)? {
+                if !members.contains(&id) {
+                    members.push(id);
+                }
+            }
+        }
+        ("replace", None) => members = member_ids(&value)?,
+        ("remove", Some((key, wanted))) if key.eq_ignore_ascii_case("value") => {
+            members.retain(|m| *m != wanted)
+        }
+        ("remove", None) if value.is_null() => members.clear(),
+        ("remove", None) => {
+            let gone = member_ids(&value)?;
+            members.retain(|m| !gone.contains(m));
+        }
+        (other, _) => return Err(format!("`{other}` of `{path}` is not supported on members")),
+    }
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|id| json!({ "value": id }))
+        .collect();
+    resource.insert("members".into(), Value::Array(members));
+    Ok(())
+}
+
+async fn patch_group(
+    directory: &Directory,
+    tenant: &str,
+    base: &str,
+    id: &str,
+    body: &[u8],
+) -> AdminResponse {
+    let Some(current) = directory.group(tenant, id) else {
+        return scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"));
+    };
+    let operations = match patch_operations(body) {
+        Ok(operations) => operations,
+        Err(response) => return response,
+    };
+    let mut resource = match group_json(directory, tenant, &current, base, false) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    for (i, operation) in operations.iter().enumerate() {
+        if let Err(detail) = apply_to_group(&mut resource, operation) {
+            return scim_error(
+                StatusCode::BAD_REQUEST,
+                Some("invalidPath"),
+                format!("Operations[{i}]: {detail}"),
+            );
+        }
+    }
+    match group_from_map(
+        &mut resource,
+        current.id.clone(),
+        current.created.clone(),
+        current.version + 1,
+    ) {
+        Ok(group) => save_group(directory, tenant, base, group, StatusCode::OK).await,
+        Err(error) => error.response(),
+    }
+}
+
 fn service_provider_config(base: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
@@ -653,14 +1023,14 @@ fn service_provider_config(base: &str) -> Value {
     })
 }
 
-fn user_resource_type(base: &str) -> Value {
+fn resource_type(base: &str, name: &str, endpoint: &str, schema: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
-        "id": "User",
-        "name": "User",
-        "endpoint": "/Users",
-        "schema": USER_SCHEMA,
-        "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/User") },
+        "id": name,
+        "name": name,
+        "endpoint": endpoint,
+        "schema": schema,
+        "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/{name}") },
     })
 }
 
@@ -688,9 +1058,35 @@ fn user_schema() -> Value {
     })
 }
 
+fn group_schema() -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": GROUP_SCHEMA,
+        "name": "Group",
+        "description": "A group of the tenant's users; its displayName becomes a role of its members (renamed by the tenant's scim.group_roles).",
+        "attributes": [
+            attribute("displayName", "string", true, "server"),
+            attribute("externalId", "string", false, "none"),
+            {
+                "name": "members", "type": "complex", "multiValued": true, "required": false,
+                "mutability": "readWrite", "returned": "default", "uniqueness": "none",
+                "subAttributes": [
+                    attribute("value", "string", true, "none"),
+                    attribute("display", "string", false, "none"),
+                ],
+            },
+        ],
+        "meta": { "resourceType": "Schema" },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_filter(filter: &str) -> Result<(String, String), String> {
+        parse_filter_of(filter, &["userName", "externalId"])
+    }
 
     #[test]
     fn filters_are_user_name_or_external_id_equality() {

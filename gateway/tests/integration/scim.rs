@@ -487,6 +487,44 @@ async fn a_deactivation_reaches_every_replica_within_a_second() {
         let (_, list) = scim(i).call("GET", "/Users", None).await;
         assert_eq!(list["totalResults"], 1, "replica {i}: {list}");
     }
+
+    // Groups are shared too: created through replica 0, listed with alice by every replica,
+    // their names unique across replicas, deleted through replica 2 for all.
+    let (status, group) = scim(0)
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"displayName": "editors", "members": [{"value": alice_id}]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let (status, _) = scim(1)
+        .call("POST", "/Groups", Some(json!({"displayName": "Editors"})))
+        .await;
+    assert_eq!(status, 409);
+    let group_id = group["id"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let seen = crate::common::eventually(Duration::from_secs(1), || async {
+            let (_, list) = scim(i).call("GET", "/Groups", None).await;
+            list["Resources"][0]["members"][0]["display"] == "alice"
+        })
+        .await;
+        assert!(seen.is_some(), "replica {i} does not list the group");
+    }
+    assert_eq!(
+        scim(2)
+            .call("DELETE", &format!("/Groups/{group_id}"), None)
+            .await
+            .0,
+        204
+    );
+    for i in 0..3 {
+        let gone = crate::common::eventually(Duration::from_secs(1), || async {
+            scim(i).call("GET", "/Groups", None).await.1["totalResults"] == 0
+        })
+        .await;
+        assert!(gone.is_some(), "replica {i} still lists the group");
+    }
 }
 
 /// The operator's switch, without an identity provider: `POST /admin/tenants/acme/principals/
@@ -567,4 +605,188 @@ async fn the_admin_api_deactivates_and_activates_a_principal() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+}
+
+/// Status of `PUT /projects/42` (the `write` action: editors may, viewers may not).
+async fn update_status(gw: &TestGateway, bearer: &str) -> u16 {
+    client()
+        .put(gw.url("/projects/42"))
+        .header("authorization", bearer)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// How long until `PUT /projects/42` with `bearer` answers `want`.
+async fn until_update_status(gw: &TestGateway, bearer: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    while update_status(gw, bearer).await != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no {want} within 5 s\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_groups_give_their_members_roles_on_the_next_request() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let gw = start(admin, eu.addr, us.addr);
+    let scim = Scim {
+        base: format!("http://{admin}/scim/v2/acme"),
+        http: client(),
+    };
+    // erin's token says viewer; the example tenant maps the group "Acme Editors" to `editor`.
+    let erin = format!(
+        "Bearer {}",
+        token("erin", Some("acme"), &["viewer".into()], false)
+    );
+    assert_eq!(update_status(&gw, &erin).await, 403);
+    let (status, user) = scim
+        .call(
+            "POST",
+            "/Users",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "erin", "externalId": "00u-erin", "active": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    let erin_id = user["id"].as_str().unwrap().to_string();
+
+    // Discovery lists groups.
+    let (_, types) = scim.call("GET", "/ResourceTypes", None).await;
+    assert_eq!(types["Resources"][1]["endpoint"], "/Groups", "{types}");
+
+    // Okta: create the group empty, then PATCH members in; lookups exclude members.
+    let (status, group) = scim
+        .call(
+            "POST",
+            "/Groups",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Acme Editors", "members": []}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let group_id = group["id"].as_str().unwrap().to_string();
+    let (status, taken) = scim
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"displayName": "acme editors"})),
+        )
+        .await;
+    assert_eq!(
+        (status, taken["scimType"].clone()),
+        (409, json!("uniqueness"))
+    );
+    let (_, found) = scim
+        .call(
+            "GET",
+            "/Groups?filter=displayName%20eq%20%22Acme%20Editors%22&excludedAttributes=members",
+            None,
+        )
+        .await;
+    assert_eq!(found["totalResults"], 1, "{found}");
+    assert!(found["Resources"][0].get("members").is_none(), "{found}");
+    let (status, patched) = scim
+        .call(
+            "PATCH",
+            &format!("/Groups/{group_id}"),
+            Some(patch(json!([{"op": "add", "path": "members",
+                "value": [{"value": erin_id, "display": "erin"}]}]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["members"][0]["display"], "erin");
+    let granted = until_update_status(&gw, &erin, 200).await;
+    assert!(granted < Duration::from_secs(1), "{granted:?}");
+    // Reading still works (the role only widens).
+    assert_eq!(status_of(&gw, &erin).await.0, 200);
+
+    // Okta removes a member with a value filter.
+    let (status, _) = scim
+        .call(
+            "PATCH",
+            &format!("/Groups/{group_id}"),
+            Some(patch(json!([{"op": "remove",
+                "path": format!("members[value eq \"{erin_id}\"]")}]))),
+        )
+        .await;
+    assert_eq!(status, 200);
+    until_update_status(&gw, &erin, 403).await;
+
+    // Entra ID: capitalised ops, add and remove with a value list, a rename by path.
+    let (status, _) = scim
+        .call(
+            "PATCH",
+            &format!("/Groups/{group_id}"),
+            Some(patch(
+                json!([{"op": "Add", "path": "members", "value": [{"value": erin_id}]}]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    until_update_status(&gw, &erin, 200).await;
+    let (status, renamed) = scim
+        .call(
+            "PATCH",
+            &format!("/Groups/{group_id}"),
+            Some(patch(
+                json!([{"op": "Replace", "path": "displayName", "value": "Acme Readers"}]),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, renamed["displayName"].clone()),
+        (200, json!("Acme Readers"))
+    );
+    // "Acme Readers" is not in the tenant's group_roles: no role.
+    until_update_status(&gw, &erin, 403).await;
+    let (status, _) = scim
+        .call(
+            "PUT",
+            &format!("/Groups/{group_id}"),
+            Some(json!({"displayName": "Acme Editors", "members": [{"value": erin_id}]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    until_update_status(&gw, &erin, 200).await;
+
+    // A member must be a user of the tenant; unknown groups are 404.
+    let (status, bad) = scim
+        .call(
+            "PATCH",
+            &format!("/Groups/{group_id}"),
+            Some(patch(
+                json!([{"op": "add", "path": "members", "value": [{"value": "nobody"}]}]),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["scimType"].clone()),
+        (400, json!("invalidValue")),
+        "{bad}"
+    );
+    assert_eq!(scim.call("GET", "/Groups/nope", None).await.0, 404);
+
+    // Deleting the group takes the role away.
+    let (status, _) = scim
+        .call("DELETE", &format!("/Groups/{group_id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    until_update_status(&gw, &erin, 403).await;
+    let (_, all) = scim.call("GET", "/Groups", None).await;
+    assert_eq!(all["totalResults"], 0, "{all}");
 }

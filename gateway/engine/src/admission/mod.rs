@@ -131,6 +131,24 @@ fn lifecycle_refuses(
     }
 }
 
+/// Adds to `principal`'s roles those its directory groups give (SCIM `/Groups`), so the
+/// decision (and its cache key) sees them. Nothing to look up while no tenant has groups.
+fn grant_group_roles(
+    directory: &crate::identity::directory::Directory,
+    tenant: &crate::tenancy::TenantSpec,
+    principal: &mut Arc<Principal>,
+) {
+    let groups = directory.groups_of(&tenant.id, &principal.id);
+    if groups.is_empty() {
+        return;
+    }
+    let roles = match &tenant.scim {
+        Some(scim) => scim.roles_of_groups(groups),
+        None => groups,
+    };
+    Arc::make_mut(principal).grant_roles(roles);
+}
+
 async fn run_stages(
     head: &RequestHead<'_>,
     snapshot: &Snapshot,
@@ -149,7 +167,7 @@ async fn run_stages(
     });
     let sanitized = sanitized.map_err(refused)?;
     let substitute = explaining.as_ref().and_then(|x| x.principal.clone());
-    let principal = match substitute {
+    let mut principal = match substitute {
         Some(principal) => {
             trace::note::<_, Rejection>(&mut explaining, "identify", &Ok(()), |_| {
                 format!("principal given: {}", principal.id)
@@ -217,6 +235,7 @@ async fn run_stages(
             tenant: Some(resolved.tenant.id.clone()),
             decision: None,
         })?;
+        grant_group_roles(&services.directory, &resolved.tenant, &mut principal);
     }
     let given_country = explaining.as_ref().and_then(|x| x.country.clone());
     let country = match (given_country, &services.geoip, head.client_ip) {

@@ -4,14 +4,16 @@
 //! refused (`401 principal-deactivated`).
 //!
 //! A user's `userName` (and `externalId`, when set) is the principal id its tokens carry (the
-//! JWT `sub`). The request path reads an immutable snapshot (arc-swap): one hash lookup, and
+//! JWT `sub`). SCIM groups (`/Groups`) hold users by id; the request path adds the names of a
+//! principal's groups to its roles (each tenant may rename them, `scim.group_roles`), so an
+//! IdP's group membership decides what policies let the user do. The request path reads an immutable snapshot (arc-swap): one hash lookup, and
 //! none at all while no principal of any tenant is deactivated. Writes (the SCIM API) replace
 //! the snapshot after the store has the change: a JSON file written atomically (one replica),
 //! or a PostgreSQL table whose trigger NOTIFYs every replica of each changed row; each
 //! replica's follower applies it to its snapshot ([`Directory::follow`]), so a deactivation
 //! reaches every replica within the notification's round trip.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,12 +43,41 @@ pub struct DirectoryUser {
     pub version: u64,
 }
 
+/// One group of a tenant, as SCIM describes it: its members are users of the same tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryGroup {
+    /// The directory's own id (a UUID).
+    pub id: String,
+    /// Unique within the tenant (case-insensitively); becomes a role of every member.
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// Ids of member users. A member deleted from the directory stays listed here until the
+    /// group is next written, but counts for nothing.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Every other attribute the client sent, kept as is.
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339.
+    pub last_modified: String,
+    pub version: u64,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DirectoryError {
     #[error("userName `{0}` is taken in this tenant")]
     UserNameTaken(String),
     #[error("no user `{0}`")]
     NoSuchUser(String),
+    #[error("displayName `{0}` is taken by another group of this tenant")]
+    GroupNameTaken(String),
+    #[error("no group `{0}`")]
+    NoSuchGroup(String),
+    #[error("member `{0}` is not a user of this tenant")]
+    NoSuchMember(String),
     #[error("the directory store failed: {0}")]
     Store(String),
 }
@@ -60,13 +91,48 @@ struct DirectoryState {
     /// ones until a user of that name is created again.
     #[serde(default)]
     deleted: HashSet<String>,
+    /// tenant → group id → group.
+    #[serde(default)]
+    groups: BTreeMap<String, BTreeMap<String, DirectoryGroup>>,
     /// Derived: `tenant \0 principal` of every refused principal (deactivated or deleted).
     #[serde(skip)]
     refused: HashSet<String>,
+    /// Derived: `tenant \0 principal` → the display names of the principal's groups.
+    #[serde(skip)]
+    group_names: HashMap<String, Vec<String>>,
 }
 
 impl DirectoryState {
+    /// The stored parts of the state, to change and derive again.
+    fn to_next(&self) -> DirectoryState {
+        DirectoryState {
+            users: self.users.clone(),
+            deleted: self.deleted.clone(),
+            groups: self.groups.clone(),
+            refused: HashSet::new(),
+            group_names: HashMap::new(),
+        }
+    }
+
     fn derive(mut self) -> Self {
+        let mut group_names: HashMap<String, Vec<String>> = HashMap::new();
+        for (tenant, groups) in &self.groups {
+            let Some(users) = self.users.get(tenant) else {
+                continue;
+            };
+            for group in groups.values() {
+                for user in group.members.iter().filter_map(|id| users.get(id)) {
+                    let names = std::iter::once(&user.user_name).chain(user.external_id.as_ref());
+                    for name in names {
+                        let entry = group_names.entry(key(tenant, name)).or_default();
+                        if !entry.contains(&group.display_name) {
+                            entry.push(group.display_name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.group_names = group_names;
         let mut refused = self.deleted.clone();
         for (tenant, users) in &self.users {
             for user in users.values().filter(|u| !u.active) {
@@ -111,6 +177,14 @@ enum Change<'a> {
     Delete {
         tenant: &'a str,
         user: &'a DirectoryUser,
+    },
+    SaveGroup {
+        tenant: &'a str,
+        group: &'a DirectoryGroup,
+    },
+    DeleteGroup {
+        tenant: &'a str,
+        id: &'a str,
     },
 }
 
@@ -229,11 +303,7 @@ impl Directory {
         if taken {
             return Err(DirectoryError::UserNameTaken(user.user_name));
         }
-        let mut next = DirectoryState {
-            users: current.users.clone(),
-            deleted: current.deleted.clone(),
-            refused: HashSet::new(),
-        };
+        let mut next = current.to_next();
         next.deleted.remove(&key(tenant, &user.user_name));
         next.users
             .entry(tenant.to_string())
@@ -315,11 +385,7 @@ impl Directory {
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DirectoryUser, DirectoryError> {
         let _writing = self.writing.lock().await;
         let current = self.state.load();
-        let mut next = DirectoryState {
-            users: current.users.clone(),
-            deleted: current.deleted.clone(),
-            refused: HashSet::new(),
-        };
+        let mut next = current.to_next();
         let user = next
             .users
             .get_mut(tenant)
@@ -338,6 +404,98 @@ impl Directory {
         )
         .await?;
         Ok(user)
+    }
+
+    /// The display names of the groups `principal` of `tenant` belongs to (none: empty).
+    pub fn groups_of(&self, tenant: &str, principal: &str) -> Vec<String> {
+        let state = self.state.load();
+        if state.group_names.is_empty() {
+            return Vec::new();
+        }
+        state
+            .group_names
+            .get(&key(tenant, principal))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A tenant's groups in `displayName` order, optionally only the one named `display_name`.
+    pub fn groups(&self, tenant: &str, display_name: Option<&str>) -> Vec<DirectoryGroup> {
+        let state = self.state.load();
+        let mut groups: Vec<DirectoryGroup> = state
+            .groups
+            .get(tenant)
+            .into_iter()
+            .flat_map(|g| g.values())
+            .filter(|g| display_name.is_none_or(|n| g.display_name.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect();
+        groups.sort_by(|a, b| a.display_name.cmp(&b.display_name));
+        groups
+    }
+
+    pub fn group(&self, tenant: &str, id: &str) -> Option<DirectoryGroup> {
+        self.state.load().groups.get(tenant)?.get(id).cloned()
+    }
+
+    /// Creates or replaces a group (by its `id`). Its `displayName` must be unique in the
+    /// tenant and its members users of the tenant; members listed twice are kept once.
+    pub async fn save_group(
+        &self,
+        tenant: &str,
+        mut group: DirectoryGroup,
+    ) -> Result<DirectoryGroup, DirectoryError> {
+        let _writing = self.writing.lock().await;
+        let current = self.state.load();
+        let taken = current.groups.get(tenant).is_some_and(|groups| {
+            groups.values().any(|g| {
+                g.id != group.id && g.display_name.eq_ignore_ascii_case(&group.display_name)
+            })
+        });
+        if taken {
+            return Err(DirectoryError::GroupNameTaken(group.display_name));
+        }
+        let users = current.users.get(tenant);
+        if let Some(unknown) = group
+            .members
+            .iter()
+            .find(|m| !users.is_some_and(|u| u.contains_key(m.as_str())))
+        {
+            return Err(DirectoryError::NoSuchMember(unknown.clone()));
+        }
+        let mut seen = HashSet::new();
+        group.members.retain(|m| seen.insert(m.clone()));
+        let mut next = current.to_next();
+        next.groups
+            .entry(tenant.to_string())
+            .or_default()
+            .insert(group.id.clone(), group.clone());
+        self.commit(
+            next,
+            Change::SaveGroup {
+                tenant,
+                group: &group,
+            },
+        )
+        .await?;
+        Ok(group)
+    }
+
+    pub async fn delete_group(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<DirectoryGroup, DirectoryError> {
+        let _writing = self.writing.lock().await;
+        let mut next = self.state.load().to_next();
+        let group = next
+            .groups
+            .get_mut(tenant)
+            .and_then(|groups| groups.remove(id))
+            .ok_or_else(|| DirectoryError::NoSuchGroup(id.to_string()))?;
+        self.commit(next, Change::DeleteGroup { tenant, id })
+            .await?;
+        Ok(group)
     }
 
     /// Writes `change` (whose result is `next`) to the store, then makes `next` the state
@@ -425,15 +583,17 @@ impl Directory {
             while let Ok(more) = rx.try_recv() {
                 changed.insert(more.payload().to_string());
             }
-            let rows = pg::load_some(&client, table, &changed).await?;
+            // Users notify `tenant \t id`, groups `tenant \t id \t group`.
+            let (group_keys, user_keys): (HashSet<String>, HashSet<String>) = changed
+                .iter()
+                .cloned()
+                .partition(|p| p.ends_with(pg::GROUP_MARK));
+            let rows = pg::load_some(&client, table, &user_keys).await?;
+            let group_rows = pg::load_some_groups(&client, table, &group_keys).await?;
             let _writing = self.writing.lock().await;
             let current = self.state.load();
-            let mut next = DirectoryState {
-                users: current.users.clone(),
-                deleted: current.deleted.clone(),
-                refused: HashSet::new(),
-            };
-            for payload in &changed {
+            let mut next = current.to_next();
+            for payload in &user_keys {
                 let Some((tenant, id)) = payload.split_once('\t') else {
                     continue;
                 };
@@ -443,8 +603,22 @@ impl Directory {
                     }
                 }
             }
+            for payload in &group_keys {
+                let mut parts = payload.split('\t');
+                if let (Some(tenant), Some(id)) = (parts.next(), parts.next()) {
+                    if let Some(groups) = next.groups.get_mut(tenant) {
+                        groups.remove(id);
+                    }
+                }
+            }
             for row in rows {
                 row.apply(&mut next);
+            }
+            for (tenant, group) in group_rows {
+                next.groups
+                    .entry(tenant)
+                    .or_default()
+                    .insert(group.id.clone(), group);
             }
             self.state.store(Arc::new(next.derive()));
             tracing::info!(changes = changed.len(), "principal directory updated");
@@ -460,7 +634,7 @@ mod pg {
 
     use tokio_postgres::Client;
 
-    use super::{key, Change, DirectoryError, DirectoryState, DirectoryUser};
+    use super::{key, Change, DirectoryError, DirectoryGroup, DirectoryState, DirectoryUser};
 
     /// The NOTIFY channel of a table, named as the tenant registry's.
     pub use crate::tenancy::postgres::channel;
@@ -492,7 +666,89 @@ CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower
                 "COALESCE(NEW.tenant_id, OLD.tenant_id) || chr(9) || COALESCE(NEW.id, OLD.id)",
             )
         ));
+        client.batch_execute(&sql).await.map_err(store_error)?;
+        let groups = groups_table(table);
+        let sql = crate::db::locked_migration(&format!(
+            "CREATE TABLE IF NOT EXISTS {groups} (
+    tenant_id text NOT NULL,
+    id text NOT NULL,
+    display_name text NOT NULL,
+    doc jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, lower(display_name));
+{}",
+            crate::db::row_notify_trigger(
+                &groups,
+                &channel(table),
+                &format!(
+                    "COALESCE(NEW.tenant_id, OLD.tenant_id) || chr(9) || COALESCE(NEW.id, OLD.id) || '{GROUP_MARK}'"
+                ),
+            )
+        ));
         client.batch_execute(&sql).await.map_err(store_error)
+    }
+
+    /// Ends the NOTIFY payload of a group's row (after `tenant \t id`).
+    pub const GROUP_MARK: &str = "\tgroup";
+
+    /// Groups live beside the users, in `<table>_groups`, notified on the users' channel.
+    fn groups_table(table: &str) -> String {
+        format!("{table}_groups")
+    }
+
+    /// The groups of `changed` (`tenant \t id \t group` each) that still exist.
+    pub async fn load_some_groups(
+        client: &Client,
+        table: &str,
+        changed: &HashSet<String>,
+    ) -> Result<Vec<(String, DirectoryGroup)>, DirectoryError> {
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = changed.iter().cloned().collect();
+        let found = client
+            .query(
+                &format!(
+                    "SELECT tenant_id, doc FROM {} WHERE tenant_id || chr(9) || id || '{GROUP_MARK}' = ANY($1)",
+                    groups_table(table)
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(group_rows(found))
+    }
+
+    pub async fn load_all_groups(
+        client: &Client,
+        table: &str,
+    ) -> Result<Vec<(String, DirectoryGroup)>, DirectoryError> {
+        let found = client
+            .query(
+                &format!("SELECT tenant_id, doc FROM {}", groups_table(table)),
+                &[],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(group_rows(found))
+    }
+
+    fn group_rows(rows: Vec<tokio_postgres::Row>) -> Vec<(String, DirectoryGroup)> {
+        rows.into_iter()
+            .filter_map(|row| {
+                let tenant: String = row.get(0);
+                let doc: serde_json::Value = row.get(1);
+                match serde_json::from_value::<DirectoryGroup>(doc) {
+                    Ok(group) => Some((tenant, group)),
+                    Err(e) => {
+                        tracing::error!(tenant, error = %e, "principal directory: a row that is not a group is skipped");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     /// One row as read back.
@@ -554,6 +810,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower
         for row in rows(found) {
             row.apply(&mut state);
         }
+        for (tenant, group) in load_all_groups(client, table).await? {
+            state
+                .groups
+                .entry(tenant)
+                .or_default()
+                .insert(group.id.clone(), group);
+        }
         Ok(state)
     }
 
@@ -563,6 +826,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower
         table: &str,
         changed: &HashSet<String>,
     ) -> Result<Vec<Row>, DirectoryError> {
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys: Vec<String> = changed.iter().cloned().collect();
         let found = client
             .query(
@@ -584,6 +850,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower
         let (tenant, user, deleted) = match change {
             Change::Save { tenant, user } => (*tenant, *user, false),
             Change::Delete { tenant, user } => (*tenant, *user, true),
+            Change::SaveGroup { tenant, group } => {
+                return write_group(client, table, tenant, group).await
+            }
+            Change::DeleteGroup { tenant, id } => {
+                client
+                    .execute(
+                        &format!(
+                            "DELETE FROM {} WHERE tenant_id = $1 AND id = $2",
+                            groups_table(table)
+                        ),
+                        &[tenant, id],
+                    )
+                    .await
+                    .map_err(store_error)?;
+                return Ok(());
+            }
         };
         let doc = serde_json::to_value(user).map_err(|e| DirectoryError::Store(e.to_string()))?;
         if !deleted {
@@ -607,6 +889,33 @@ CREATE UNIQUE INDEX IF NOT EXISTS {table}_user_name ON {table} (tenant_id, lower
             )
             .await
             .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn write_group(
+        client: &Client,
+        table: &str,
+        tenant: &str,
+        group: &DirectoryGroup,
+    ) -> Result<(), DirectoryError> {
+        let doc = serde_json::to_value(group).map_err(|e| DirectoryError::Store(e.to_string()))?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (tenant_id, id, display_name, doc) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET display_name = EXCLUDED.display_name, \
+                     doc = EXCLUDED.doc, updated_at = now()",
+                    groups_table(table)
+                ),
+                &[&tenant, &group.id, &group.display_name, &doc],
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    return DirectoryError::GroupNameTaken(group.display_name.clone());
+                }
+                store_error(e)
+            })?;
         Ok(())
     }
 }
@@ -689,6 +998,98 @@ mod tests {
         let carol_again = reopened.set_active("acme", "Carol", true).await.unwrap();
         assert_eq!((carol_again.id, carol_again.version), (carol.id, 2));
         assert!(!reopened.refuses_anyone());
+    }
+
+    fn group(id: &str, name: &str, members: &[&str]) -> DirectoryGroup {
+        DirectoryGroup {
+            id: id.into(),
+            display_name: name.into(),
+            external_id: None,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            attributes: Map::new(),
+            created: "2026-12-05T00:00:00Z".into(),
+            last_modified: "2026-12-05T00:00:00Z".into(),
+            version: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn group_members_get_the_group_names_by_user_name_and_external_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.json");
+        let directory = Directory::open(DirectoryStore::File(path.clone())).unwrap();
+        let mut alice = user("u1", "alice", true);
+        alice.external_id = Some("00u-alice".into());
+        directory.save("acme", alice).await.unwrap();
+        directory
+            .save("acme", user("u2", "bob", true))
+            .await
+            .unwrap();
+        directory
+            .save("globex", user("u3", "carol", true))
+            .await
+            .unwrap();
+        assert!(directory.groups_of("acme", "alice").is_empty());
+        directory
+            .save_group("acme", group("g1", "editor", &["u1", "u1"]))
+            .await
+            .unwrap();
+        directory
+            .save_group("acme", group("g2", "Finance Team", &["u1", "u2"]))
+            .await
+            .unwrap();
+        let mut of_alice = directory.groups_of("acme", "ALICE");
+        of_alice.sort();
+        assert_eq!(
+            of_alice,
+            vec!["Finance Team".to_string(), "editor".to_string()]
+        );
+        assert_eq!(directory.groups_of("acme", "00u-alice").len(), 2);
+        assert_eq!(
+            directory.groups_of("acme", "bob"),
+            vec!["Finance Team".to_string()]
+        );
+        // Per tenant: the same name elsewhere is not a member.
+        assert!(directory.groups_of("globex", "alice").is_empty());
+        // Members are users of the tenant; names are unique case-insensitively; a member
+        // listed twice is kept once.
+        assert_eq!(
+            directory
+                .save_group("acme", group("g3", "x", &["u3"]))
+                .await,
+            Err(DirectoryError::NoSuchMember("u3".into()))
+        );
+        assert_eq!(
+            directory
+                .save_group("acme", group("g3", "EDITOR", &[]))
+                .await,
+            Err(DirectoryError::GroupNameTaken("EDITOR".into()))
+        );
+        assert_eq!(
+            directory.group("acme", "g1").unwrap().members,
+            vec!["u1".to_string()]
+        );
+        // A deleted user counts for no group; a removed member loses the group at once.
+        directory.delete("acme", "u2").await.unwrap();
+        assert!(directory.groups_of("acme", "bob").is_empty());
+        directory
+            .save_group("acme", group("g1", "editor", &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            directory.groups_of("acme", "alice"),
+            vec!["Finance Team".to_string()]
+        );
+        // Survives a restart; a deleted group is gone.
+        let reopened = Directory::open(DirectoryStore::File(path)).unwrap();
+        assert_eq!(reopened.groups("acme", None).len(), 2);
+        assert_eq!(reopened.groups("acme", Some("finance team"))[0].id, "g2");
+        reopened.delete_group("acme", "g2").await.unwrap();
+        assert!(reopened.groups_of("acme", "alice").is_empty());
+        assert_eq!(
+            reopened.delete_group("acme", "g2").await,
+            Err(DirectoryError::NoSuchGroup("g2".into()))
+        );
     }
 
     #[test]

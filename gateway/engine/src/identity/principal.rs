@@ -72,6 +72,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Adds roles granted outside the credential (the groups the directory lists the principal
+    /// in). Names that cannot be roles are dropped, as for claims.
+    pub fn grant_roles(&mut self, roles: impl IntoIterator<Item = String>) {
+        self.roles
+            .extend(roles.into_iter().filter(|r| is_valid_role(r)));
+        self.roles.sort();
+        self.roles.dedup();
+    }
+
     pub fn anonymous() -> Self {
         Principal {
             id: ANONYMOUS_ID.to_string(),
@@ -195,7 +204,8 @@ pub fn map_claims(
     })
 }
 
-fn is_valid_role(role: &str) -> bool {
+/// Whether `role` can be a role: it travels comma-separated in a header.
+pub(crate) fn is_valid_role(role: &str) -> bool {
     !role.is_empty()
         && role.len() <= 128
         && role

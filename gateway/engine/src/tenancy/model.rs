@@ -70,6 +70,29 @@ pub struct ScimSettings {
     /// Hex SHA-256 of the bearer token the identity provider's SCIM client sends (the token
     /// itself is never stored).
     pub token_sha256: String,
+    /// SCIM group `displayName` → the role its members get (compared case-insensitively).
+    /// Empty: a group's displayName is the role itself (when it is a valid role name); not
+    /// empty: groups not listed give no role.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_roles: BTreeMap<String, String>,
+}
+
+impl ScimSettings {
+    /// The roles the groups named `groups` give their members.
+    pub fn roles_of_groups(&self, groups: Vec<String>) -> Vec<String> {
+        if self.group_roles.is_empty() {
+            return groups;
+        }
+        groups
+            .iter()
+            .filter_map(|g| {
+                self.group_roles
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(g))
+                    .map(|(_, role)| role.clone())
+            })
+            .collect()
+    }
 }
 
 /// A webhook subscriber (Standard Webhooks signing).
@@ -505,6 +528,17 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
                 "scim.token_sha256".to_string(),
                 "expected 64 hex digits (the SHA-256 of the SCIM bearer token)".to_string(),
             ));
+        }
+        for (group, role) in &scim.group_roles {
+            if !crate::identity::principal::is_valid_role(role) {
+                issues.push((
+                    format!("scim.group_roles.{}", truncated(group)),
+                    format!(
+                        "`{}` is not a role name: 1-128 letters, digits, `-`, `_`, `.`, `:` or `/`",
+                        truncated(role)
+                    ),
+                ));
+            }
         }
     }
     for (i, host) in spec.hosts.iter().enumerate() {

@@ -253,7 +253,7 @@ struct ListQuery {
 }
 
 impl ListQuery {
-    fn parse(query: &str, attributes: &[&'static str]) -> Result<ListQuery, AdminResponse> {
+    fn parse(query: &str, attributes: &[&'static str]) -> Result<ListQuery, ScimError> {
         let mut list = ListQuery {
             filter: None,
             start_index: 1,
@@ -261,16 +261,12 @@ impl ListQuery {
         };
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
-                "filter" => match parse_filter_of(&value, attributes) {
-                    Ok(f) => list.filter = Some(f),
-                    Err(e) => {
-                        return Err(scim_error(
-                            StatusCode::BAD_REQUEST,
-                            Some("invalidFilter"),
-                            e,
-                        ))
-                    }
-                },
+                "filter" => {
+                    list.filter = Some(
+                        parse_filter_of(&value, attributes)
+                            .map_err(|e| ScimError::bad("invalidFilter", e))?,
+                    )
+                }
                 // RFC 7644 §3.4.2.4: a start below 1 counts as 1, a negative count as 0.
                 "startIndex" => {
                     list.start_index = value.parse::<i64>().unwrap_or(1).max(1) as usize
@@ -299,7 +295,7 @@ impl ListQuery {
 fn list_users(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
     let request = match ListQuery::parse(query, &["userName", "externalId"]) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(error) => return error.response(),
     };
     let filter = &request.filter;
     let users: Vec<DirectoryUser> = match &filter {
@@ -497,7 +493,7 @@ async fn patch_user(
     };
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
-        Err(response) => return response,
+        Err(error) => return error.response(),
     };
     // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
     let mut resource = match user_json(&current, base) {
@@ -705,7 +701,7 @@ fn excludes_members(query: &str) -> bool {
 fn list_groups(directory: &Directory, tenant: &str, base: &str, query: &str) -> AdminResponse {
     let request = match ListQuery::parse(query, &["displayName", "externalId"]) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(error) => return error.response(),
     };
     let groups: Vec<DirectoryGroup> = match &request.filter {
         Some((attribute, value)) if attribute == "displayName" => {
@@ -901,8 +897,8 @@ async fn replace_group(
 }
 
 /// The operations of a PATCH body, checked for the PatchOp schema.
-fn patch_operations(body: &[u8]) -> Result<Vec<Value>, AdminResponse> {
-    let bad = |detail: String| scim_error(StatusCode::BAD_REQUEST, Some("invalidSyntax"), detail);
+fn patch_operations(body: &[u8]) -> Result<Vec<Value>, ScimError> {
+    let bad = |detail: String| ScimError::bad("invalidSyntax", detail);
     let mut patch: Value = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
     if !patch
         .get("schemas")
@@ -977,7 +973,7 @@ async fn patch_group(
     };
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
-        Err(response) => return response,
+        Err(error) => return error.response(),
     };
     let mut resource = match group_json(directory, tenant, &current, base, false) {
         Value::Object(map) => map,

@@ -1,7 +1,10 @@
 //! Real services started on free loopback ports by the integration tests and the benchmarks
-//! (one copy for both): a Redis Cluster of six `redis-server` processes and a NATS server with
-//! JetStream. Each is stopped when dropped. They need the Debian packages `scripts/ensure-deps
-//! test` installs (redis-server, redis-tools, nats-server).
+//! (one copy for both): a Redis Cluster of six `redis-server` processes, a NATS server with
+//! JetStream, a certified OpenID Provider (npm `oidc-provider`) with a cookie-keeping HTTP login
+//! driver, and a headless Chromium that logs in through it. Each is stopped when dropped. They
+//! need what `scripts/ensure-deps test` installs (redis-server, redis-tools, nats-server,
+//! Node.js 20+ with npm, chromium); the npm packages are installed on first use into the
+//! target directory (`oidc::node_dir`).
 // Test support: failing loudly, with the reason, is the point.
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +13,9 @@
     clippy::panic
 )]
 
+pub mod browser;
 pub mod nats;
+pub mod oidc;
 pub mod redis_cluster;
 
 /// A loopback port that was free a moment ago.

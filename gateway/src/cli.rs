@@ -659,6 +659,7 @@ fn explain(
             webhooks: None,
             entity_store: Default::default(),
             directory: Default::default(),
+            sessions: None,
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)
     })
@@ -776,17 +777,7 @@ async fn seed_demo_directory(
         let user = match directory.users(tenant, Some(name)).into_iter().next() {
             Some(user) => user,
             None => {
-                let now = jiff::Timestamp::now().to_string();
-                let user = DirectoryUser {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    user_name: name.to_string(),
-                    external_id: None,
-                    active: true,
-                    attributes: serde_json::Map::new(),
-                    created: now.clone(),
-                    last_modified: now,
-                    version: 1,
-                };
+                let user = DirectoryUser::new(name, jiff::Timestamp::now().to_string());
                 directory
                     .save(tenant, user)
                     .await

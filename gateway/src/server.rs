@@ -252,6 +252,13 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             directory.follow(shutdown)
         }));
     }
+    let sessions = match &cfg.sessions {
+        Some(config) => Some(Arc::new(
+            crate::identity::sessions::Sessions::load(config, &loaded.base_dir)
+                .map_err(|e| StartError::Runtime(e.to_string()))?,
+        )),
+        None => None,
+    };
     let services = Arc::new(Services {
         authenticator,
         geoip,
@@ -264,6 +271,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         webhooks,
         entity_store,
         directory,
+        sessions,
     });
 
     // The writers are not stopped by the shutdown signal: requests in flight keep recording

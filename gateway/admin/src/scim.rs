@@ -407,6 +407,7 @@ fn user_from_map(
         created: created.clone(),
         last_modified: if version == 1 { created } else { now() },
         version,
+        sessions_not_before: None,
     })
 }
 
@@ -463,8 +464,10 @@ async fn save_changed(
     tenant: &str,
     base: &str,
     before: &DirectoryUser,
-    user: DirectoryUser,
+    mut user: DirectoryUser,
 ) -> AdminResponse {
+    // Not a SCIM attribute: a replacement keeps the sessions the identity provider ended ended.
+    user.sessions_not_before = before.sessions_not_before;
     match directory.save(tenant, user).await {
         Ok(user) => {
             if before.active != user.active {

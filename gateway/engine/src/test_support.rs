@@ -151,6 +151,7 @@ impl Deployment {
             webhooks: None,
             entity_store: Default::default(),
             directory: Default::default(),
+            sessions: None,
         };
         let secret = std::fs::read(dir.join("issuer.secret")).expect("fixture secret");
         Deployment {

@@ -76,6 +76,7 @@ pub fn deployment() -> &'static Deployment {
             webhooks: None,
             entity_store: Default::default(),
             directory: Default::default(),
+            sessions: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::upstream::{SelectedPeer, Upstreams};
 use gateway_engine::admission::{self, Admitted, Services};
 use gateway_engine::identity::provisioning::Provisioner;
+use gateway_engine::identity::sessions;
 use gateway_engine::lifecycle::{InFlight, InFlightGuard, Recording};
 use gateway_engine::metering::Metering;
 use gateway_engine::pipeline::correlation::{
@@ -312,6 +313,21 @@ impl ProxyHttp for GatewayProxy {
             ctx.snapshot = Some(snapshot);
             return self.refuse(session, ctx, rejection, &request_id).await;
         }
+        if let Some(sessions) = &self.services.sessions {
+            if session
+                .req_header()
+                .raw_path()
+                .starts_with(sessions::PREFIX.as_bytes())
+            {
+                ctx.correlation = Some(correlation);
+                let answered = self
+                    .serve_browser_endpoint(session, sessions, &snapshot)
+                    .await;
+                ctx.snapshot = Some(snapshot);
+                answered?;
+                return Ok(true);
+            }
+        }
         let req = session.req_header();
         let host = req
             .headers
@@ -356,6 +372,9 @@ impl ProxyHttp for GatewayProxy {
                     session.set_read_timeout(Some(self.limits.keepalive_timeout));
                 }
                 apply_admitted(session.req_header_mut(), &admitted)?;
+                if self.services.sessions.is_some() {
+                    strip_gateway_cookies(session.req_header_mut())?;
+                }
                 if let (Some(provisioner), Some(tenant)) =
                     (&self.hooks.provisioner, &admitted.tenant)
                 {
@@ -539,6 +558,9 @@ impl ProxyHttp for GatewayProxy {
             for (name, value) in &admitted.limit_headers {
                 upstream_response.insert_header(*name, value)?;
             }
+            if let Some(cookie) = &admitted.set_cookie {
+                upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+            }
         }
         Ok(())
     }
@@ -637,6 +659,18 @@ pub fn apply_admitted(req: &mut RequestHeader, admitted: &Admitted) -> pingora::
     Ok(())
 }
 
+/// Removes the gateway's own cookies (the session, a login under way) from what the upstream
+/// receives.
+fn strip_gateway_cookies(req: &mut RequestHeader) -> pingora::Result<()> {
+    if let Some(kept) = sessions::upstream_cookie(&req.headers) {
+        req.remove_header(&http::header::COOKIE);
+        if let Some(kept) = kept {
+            req.insert_header(http::header::COOKIE, kept)?;
+        }
+    }
+    Ok(())
+}
+
 fn record_request_metrics(metrics: &RequestMetrics, ctx: &RequestCtx, status: u16) {
     let route = ctx
         .admitted
@@ -701,6 +735,108 @@ fn classify_failure(e: &Error, limits: &RequestLimits) -> Option<Rejection> {
         }
         (ErrorSource::Upstream, _) => Some(Rejection::UpstreamFailed { reason }),
         _ => Some(Rejection::Internal { reason }),
+    }
+}
+
+impl GatewayProxy {
+    /// Answers a request to the gateway's own browser endpoints (`/.gateway/…`: login,
+    /// callback, logout, back-channel logout); nothing reaches the upstream.
+    async fn serve_browser_endpoint(
+        &self,
+        session: &mut Session,
+        sessions: &sessions::Sessions,
+        snapshot: &Snapshot,
+    ) -> pingora::Result<()> {
+        let mut body = Vec::new();
+        if session.req_header().method == http::Method::POST {
+            while let Some(chunk) = session.read_request_body().await? {
+                if body.len() + chunk.len() > sessions::MAX_FORM_BYTES {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(413),
+                        "a form body larger than the browser endpoints read",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()));
+        let origin = format!(
+            "{}://{}",
+            self.scheme_of(session),
+            host.unwrap_or("localhost")
+        );
+        let req = session.req_header();
+        let answer = match snapshot.identity.as_deref() {
+            Some(identity) => {
+                let cx = sessions::SessionContext {
+                    identity,
+                    registry: &snapshot.registry,
+                    tenancy: snapshot.tenancy.as_deref(),
+                    generation: snapshot.identity_generation,
+                    authenticator: &self.services.authenticator,
+                    directory: &self.services.directory,
+                };
+                let request = sessions::BrowserRequest {
+                    method: &req.method,
+                    path: req.uri.path(),
+                    query: req.uri.query(),
+                    headers: &req.headers,
+                    body: &body,
+                    origin: &origin,
+                    host,
+                };
+                sessions.handle(&request, &cx).await
+            }
+            None => sessions::BrowserResponse {
+                status: 404,
+                headers: Vec::new(),
+                content_type: "text/plain; charset=utf-8",
+                body: "no [identity] configured\n".to_string(),
+            },
+        };
+        let body = Bytes::from(answer.body);
+        let mut response = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))?;
+        response.insert_header(CONTENT_TYPE, answer.content_type)?;
+        response.insert_header(CONTENT_LENGTH, body.len())?;
+        for (name, value) in answer.headers {
+            response.append_header(name, value)?;
+        }
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    /// `https` on a TLS listener, or behind a trusted proxy that says so; `http` otherwise.
+    fn scheme_of(&self, session: &Session) -> &'static str {
+        if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            return "https";
+        }
+        let from_trusted_proxy = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| {
+                self.services
+                    .trusted_proxies
+                    .iter()
+                    .any(|net| net.contains(&a.ip()))
+            });
+        let forwarded_https = session
+            .req_header()
+            .headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if from_trusted_proxy && forwarded_https {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 

@@ -33,5 +33,6 @@ mod request_shape;
 mod residency;
 mod rls;
 mod scim;
+mod sessions;
 mod tenancy_postgres;
 mod webhooks;

@@ -34,6 +34,8 @@ pub struct Services {
     pub entity_store: Arc<crate::authz::store::EntityStore>,
     /// Users as identity providers provision them (SCIM): deactivated ones are refused.
     pub directory: Arc<crate::identity::directory::Directory>,
+    /// Browser login and session cookies, when `[sessions]` is configured.
+    pub sessions: Option<Arc<crate::identity::sessions::Sessions>>,
 }
 
 /// A request every stage let through, with what the stages established about it.
@@ -50,6 +52,8 @@ pub struct Admitted {
     pub placement: placement::Placement,
     /// `RateLimit-Policy` / `RateLimit` for the response (stage 6).
     pub limit_headers: Vec<(&'static str, String)>,
+    /// A renewed session cookie (`Set-Cookie` value) for the response.
+    pub set_cookie: Option<String>,
 }
 
 impl Admitted {
@@ -149,7 +153,116 @@ fn grant_group_roles(
     Arc::make_mut(principal).grant_roles(roles);
 }
 
+/// Stage 2, with browser sessions: a request that carries neither a bearer token nor an API
+/// key but a session cookie is its session's principal (the session's ID token verified as a
+/// bearer token would be). A browser navigating without a valid session is sent to the login
+/// page instead of getting a 401. Also returns a renewed session cookie for the response.
+async fn identify_caller(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+) -> Result<(Arc<Principal>, Option<String>), Rejection> {
+    use crate::identity::sessions::{SessionAuth, SessionContext, Sessions};
+    let (Some(sessions), Some(identity)) = (&services.sessions, snapshot.identity.as_deref())
+    else {
+        return identify::identify(
+            head,
+            snapshot.identity.as_deref(),
+            &snapshot.registry,
+            snapshot.identity_generation,
+            &services.authenticator,
+        )
+        .await
+        .map(|p| (p, None));
+    };
+    let login_or = |error: AuthError, clear_session: bool| {
+        if Sessions::wants_login(head.method, head.headers, &error) {
+            Rejection::LoginRequired {
+                location: Sessions::login_location(&String::from_utf8_lossy(head.target)),
+                clear_session,
+            }
+        } else {
+            Rejection::Unauthenticated(error)
+        }
+    };
+    let other_credentials = head.headers.contains_key(http::header::AUTHORIZATION)
+        || head.headers.contains_key(&identity.api_key_header);
+    if !other_credentials && Sessions::has_session(head.headers) {
+        let cx = SessionContext {
+            identity,
+            registry: &snapshot.registry,
+            tenancy: snapshot.tenancy.as_deref(),
+            generation: snapshot.identity_generation,
+            authenticator: &services.authenticator,
+            directory: &services.directory,
+        };
+        match sessions.authenticate(head.headers, &cx).await {
+            SessionAuth::Valid { principal, renewed } => return Ok((principal, renewed)),
+            SessionAuth::Invalid(error) => return Err(login_or(error, true)),
+            SessionAuth::Absent => {}
+        }
+    }
+    identify::identify(
+        head,
+        Some(identity),
+        &snapshot.registry,
+        snapshot.identity_generation,
+        &services.authenticator,
+    )
+    .await
+    .map(|p| (p, None))
+    .map_err(|rejection| match rejection {
+        Rejection::Unauthenticated(error) => login_or(error, false),
+        other => other,
+    })
+}
+
 async fn run_stages(
+    head: &RequestHead<'_>,
+    snapshot: &Snapshot,
+    services: &Services,
+    explaining: Option<&mut Explaining>,
+) -> Result<Admitted, Refused> {
+    let outcome = run_stages_in_order(head, snapshot, services, explaining).await;
+    match outcome {
+        Err(refused) if services.sessions.is_some() && anonymous_refusal(&refused) => {
+            Err(to_login(head, refused))
+        }
+        other => other,
+    }
+}
+
+/// A refusal an anonymous caller got for lack of who it is: without a tenant, or denied by
+/// policy (where anonymous callers are allowed at all).
+fn anonymous_refusal(refused: &Refused) -> bool {
+    let anonymous = refused
+        .principal
+        .as_deref()
+        .is_none_or(|p| p == crate::identity::principal::ANONYMOUS_ID);
+    anonymous
+        && matches!(
+            refused.rejection,
+            Rejection::Forbidden(_)
+                | Rejection::Tenant(crate::pipeline::tenant::TenantError::Required)
+        )
+}
+
+/// A browser navigating anonymously is sent to the login page rather than refused.
+fn to_login(head: &RequestHead<'_>, refused: Refused) -> Refused {
+    use crate::identity::sessions::Sessions;
+    if !Sessions::wants_login(head.method, head.headers, &AuthError::MissingCredentials) {
+        return refused;
+    }
+    Refused {
+        rejection: Rejection::LoginRequired {
+            location: Sessions::login_location(&String::from_utf8_lossy(head.target)),
+            clear_session: false,
+        },
+        ..refused
+    }
+}
+
+async fn run_stages_in_order(
     head: &RequestHead<'_>,
     snapshot: &Snapshot,
     services: &Services,
@@ -167,6 +280,7 @@ async fn run_stages(
     });
     let sanitized = sanitized.map_err(refused)?;
     let substitute = explaining.as_ref().and_then(|x| x.principal.clone());
+    let mut renewed_session = None;
     let mut principal = match substitute {
         Some(principal) => {
             trace::note::<_, Rejection>(&mut explaining, "identify", &Ok(()), |_| {
@@ -175,18 +289,13 @@ async fn run_stages(
             principal
         }
         None => {
-            let identified = identify::identify(
-                head,
-                snapshot.identity.as_deref(),
-                &snapshot.registry,
-                snapshot.identity_generation,
-                &services.authenticator,
-            )
-            .await;
-            trace::note(&mut explaining, "identify", &identified, |p| {
+            let identified = identify_caller(head, snapshot, services).await;
+            trace::note(&mut explaining, "identify", &identified, |(p, _)| {
                 format!("{} ({:?})", p.id, p.auth)
             });
-            identified.map_err(refused)?
+            let (principal, renewed) = identified.map_err(refused)?;
+            renewed_session = renewed;
+            principal
         }
     };
     if let Some(x) = explaining.as_mut() {
@@ -251,6 +360,7 @@ async fn run_stages(
         country,
         placement: placement::unrestricted(snapshot.pool_count),
         limit_headers: Vec::new(),
+        set_cookie: renewed_session,
     };
     // From here on, refusals know who and which tenant.
     let refused = Refused::after;

@@ -81,6 +81,10 @@ pub struct GatewayConfig {
     /// The forward-auth (nginx `auth_request`, Traefik, Caddy) front door. Absent: none.
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Browser login through each tenant's identity provider (`sso` in its registry
+    /// document) and the session cookies it sets. Absent: bearer tokens and API keys only.
+    #[serde(default)]
+    pub sessions: Option<crate::identity::sessions::SessionsConfig>,
 }
 
 /// A configuration that parsed and validated, with the directory its relative paths start from.
@@ -191,6 +195,14 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     }
     if let Some(door) = &config.forward_auth {
         door.validate(&source, &mut issues);
+    }
+    if let Some(sessions) = &config.sessions {
+        sessions.validate(
+            &source,
+            config.identity.is_some(),
+            config.tenancy.is_some(),
+            &mut issues,
+        );
     }
     for (field, message) in crate::limits::validate(config.limits.as_ref(), &config.tiers) {
         issues.push(source.issue(field, message));

@@ -41,6 +41,27 @@ pub struct DirectoryUser {
     pub last_modified: String,
     /// Incremented on every change (the SCIM `meta.version` ETag).
     pub version: u64,
+    /// Browser sessions of this user that began before this moment (ms since the epoch) are
+    /// over: the identity provider logged the user out (back-channel logout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_not_before: Option<u64>,
+}
+
+impl DirectoryUser {
+    /// A new active user named `user_name`, created `now` (RFC 3339).
+    pub fn new(user_name: &str, now: String) -> DirectoryUser {
+        DirectoryUser {
+            id: uuid::Uuid::new_v4().to_string(),
+            user_name: user_name.to_string(),
+            external_id: None,
+            active: true,
+            attributes: Map::new(),
+            created: now.clone(),
+            last_modified: now,
+            version: 1,
+            sessions_not_before: None,
+        }
+    }
 }
 
 /// One group of a tenant, as SCIM describes it: its members are users of the same tenant.
@@ -100,6 +121,9 @@ struct DirectoryState {
     /// Derived: `tenant \0 principal` → the display names of the principal's groups.
     #[serde(skip)]
     group_names: HashMap<String, Vec<String>>,
+    /// Derived: `tenant \0 principal` → `sessions_not_before` of the principal's user.
+    #[serde(skip)]
+    session_floors: HashMap<String, u64>,
 }
 
 impl DirectoryState {
@@ -111,6 +135,7 @@ impl DirectoryState {
             groups: self.groups.clone(),
             refused: HashSet::new(),
             group_names: HashMap::new(),
+            session_floors: HashMap::new(),
         }
     }
 
@@ -133,6 +158,18 @@ impl DirectoryState {
             }
         }
         self.group_names = group_names;
+        let mut session_floors = HashMap::new();
+        for (tenant, users) in &self.users {
+            for user in users.values() {
+                if let Some(floor) = user.sessions_not_before {
+                    session_floors.insert(key(tenant, &user.user_name), floor);
+                    if let Some(external) = &user.external_id {
+                        session_floors.insert(key(tenant, external), floor);
+                    }
+                }
+            }
+        }
+        self.session_floors = session_floors;
         let mut refused = self.deleted.clone();
         for (tenant, users) in &self.users {
             for user in users.values().filter(|u| !u.active) {
@@ -338,14 +375,8 @@ impl Directory {
                 ..user
             },
             None => DirectoryUser {
-                id: uuid::Uuid::new_v4().to_string(),
-                user_name: principal.to_string(),
-                external_id: None,
                 active,
-                attributes: Map::new(),
-                created: now.clone(),
-                last_modified: now,
-                version: 1,
+                ..DirectoryUser::new(principal, now)
             },
         };
         self.save(tenant, user).await
@@ -362,17 +393,7 @@ impl Directory {
         if self.is_refused(tenant, principal) || !self.users(tenant, Some(principal)).is_empty() {
             return Ok(false);
         }
-        let now = jiff::Timestamp::now().to_string();
-        let user = DirectoryUser {
-            id: uuid::Uuid::new_v4().to_string(),
-            user_name: principal.to_string(),
-            external_id: None,
-            active: true,
-            attributes: Map::new(),
-            created: now.clone(),
-            last_modified: now,
-            version: 1,
-        };
+        let user = DirectoryUser::new(principal, jiff::Timestamp::now().to_string());
         match self.save(tenant, user).await {
             Ok(_) => Ok(true),
             // Listed meanwhile (another replica, or SCIM): nothing to add.
@@ -404,6 +425,40 @@ impl Directory {
         )
         .await?;
         Ok(user)
+    }
+
+    /// Browser sessions of `principal` that began before this moment (ms since the epoch)
+    /// are over (its identity provider logged it out).
+    pub fn sessions_not_before(&self, tenant: &str, principal: &str) -> Option<u64> {
+        let state = self.state.load();
+        if state.session_floors.is_empty() {
+            return None;
+        }
+        state.session_floors.get(&key(tenant, principal)).copied()
+    }
+
+    /// Ends every browser session of `principal` that began before `at` (ms since the epoch),
+    /// on every replica: the user of that name (created when the directory has none yet).
+    pub async fn end_sessions(
+        &self,
+        tenant: &str,
+        principal: &str,
+        at: u64,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        let now = jiff::Timestamp::now().to_string();
+        let user = match self.users(tenant, Some(principal)).into_iter().next() {
+            Some(user) => DirectoryUser {
+                sessions_not_before: Some(user.sessions_not_before.unwrap_or(0).max(at)),
+                last_modified: now,
+                version: user.version + 1,
+                ..user
+            },
+            None => DirectoryUser {
+                sessions_not_before: Some(at),
+                ..DirectoryUser::new(principal, now)
+            },
+        };
+        self.save(tenant, user).await
     }
 
     /// The display names of the groups `principal` of `tenant` belongs to (none: empty).
@@ -934,6 +989,7 @@ mod tests {
             created: "2026-12-04T00:00:00Z".into(),
             last_modified: "2026-12-04T00:00:00Z".into(),
             version: 1,
+            sessions_not_before: None,
         }
     }
 

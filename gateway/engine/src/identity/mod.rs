@@ -7,6 +7,7 @@ pub mod directory;
 pub mod jwks;
 pub mod principal;
 pub mod provisioning;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +79,16 @@ pub enum AuthError {
         "the principal (or the owner of its API key) is deactivated or deleted in the directory"
     )]
     PrincipalDeactivated,
+    /// A browser session past its lifetime, or whose ID token expired and could not be
+    /// refreshed.
+    #[error("the login session has expired")]
+    SessionExpired,
+    /// The identity provider ended the session (back-channel logout) after it began.
+    #[error("the login session was ended by the identity provider")]
+    SessionEnded,
+    /// A session cookie no key of `[sessions]` opens (tampered, or sealed with a retired key).
+    #[error("the session cookie is not valid")]
+    BadSessionCookie,
 }
 
 impl AuthError {
@@ -107,6 +118,9 @@ impl AuthError {
             AuthError::UnknownApiKey => "unknown-api-key",
             AuthError::ExpiredApiKey => "expired-api-key",
             AuthError::PrincipalDeactivated => "principal-deactivated",
+            AuthError::SessionExpired => "session-expired",
+            AuthError::SessionEnded => "session-ended",
+            AuthError::BadSessionCookie => "bad-session-cookie",
         }
     }
 
@@ -206,6 +220,18 @@ impl Authenticator {
             (None, None) if policy.allow_anonymous => Ok(Arc::new(Principal::anonymous())),
             (None, None) => Err(AuthError::MissingCredentials),
         }
+    }
+
+    /// Verifies `token` as a bearer token would be (the issuer's keys, algorithms, audiences,
+    /// claim mapping): browser sessions hold their ID token and become the same principal.
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        policy: &IdentityPolicy,
+        registry: &TenantRegistry,
+        generation: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.verify_jwt(token, policy, registry, generation).await
     }
 
     async fn verify_jwt(

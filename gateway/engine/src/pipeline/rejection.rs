@@ -31,6 +31,14 @@ pub enum Rejection {
     UpstreamTimeout { reason: String },
     #[error("upstream failed: {reason}")]
     UpstreamFailed { reason: String },
+    /// A browser without a (still valid) session: sent to the login page, which brings it back.
+    #[error("login required")]
+    LoginRequired {
+        /// `/.gateway/login?rd=…`.
+        location: String,
+        /// Clear the session cookie that no longer identifies anyone.
+        clear_session: bool,
+    },
     #[error("authentication failed: {0}")]
     Unauthenticated(AuthError),
     #[error("tenant refused: {0}")]
@@ -126,6 +134,7 @@ impl Rejection {
             Rejection::TooManyConnections(_) => 503,
             Rejection::Internal { .. } => 500,
             Rejection::Unauthenticated(_) => 401,
+            Rejection::LoginRequired { .. } => 302,
             Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
             Rejection::RateLimited { .. } | Rejection::QuotaExhausted { .. } => 429,
             Rejection::LimiterUnavailable { .. }
@@ -159,6 +168,7 @@ impl Rejection {
             // The caller knows who they are: telling them the account is off is no leak.
             Rejection::Unauthenticated(AuthError::PrincipalDeactivated) => "principal-deactivated",
             Rejection::Unauthenticated(_) => "unauthenticated",
+            Rejection::LoginRequired { .. } => "login-required",
             Rejection::Forbidden(_) => "forbidden",
             Rejection::UnknownRoute => "unknown-route",
             Rejection::Tenant(TenantError::Required) => "tenant-required",
@@ -194,6 +204,7 @@ impl Rejection {
             Rejection::UpstreamFailed { .. } => "Upstream failed",
             Rejection::MalformedRequest => "Malformed request",
             Rejection::Unauthenticated(_) => "Unauthenticated",
+            Rejection::LoginRequired { .. } => "Login required",
             Rejection::Forbidden(_) => "Forbidden",
             Rejection::UnknownRoute => "Not found",
             Rejection::Tenant(TenantError::Required) => "Tenant required",
@@ -246,6 +257,7 @@ impl Rejection {
                 "this account is deactivated".to_string()
             }
             Rejection::Unauthenticated(_) => "missing or invalid credentials".to_string(),
+            Rejection::LoginRequired { location, .. } => format!("sign in at {location}"),
             Rejection::Tenant(e) => e.to_string(),
             // Which policy denied is for the audit record, not for the caller.
             // Which policy denied is for the audit record; what a policy's `@reason`
@@ -310,6 +322,21 @@ impl Rejection {
             )],
             Rejection::Unauthenticated(_) => {
                 vec![("www-authenticate", "Bearer realm=\"gateway\"".to_string())]
+            }
+            Rejection::LoginRequired {
+                location,
+                clear_session,
+            } => {
+                let mut headers = vec![("location", location.clone())];
+                if *clear_session {
+                    headers.push((
+                        "set-cookie",
+                        crate::identity::sessions::Sessions::clear_cookie(
+                            crate::identity::sessions::SESSION_COOKIE,
+                        ),
+                    ));
+                }
+                headers
             }
             Rejection::RateLimited { headers, .. }
             | Rejection::QuotaExhausted { headers, .. }

@@ -192,7 +192,8 @@ pub fn resolve_tenant(
     })
 }
 
-fn tenant_from_host(
+/// The tenant a request host names: a custom domain of the registry, or the host pattern's label.
+pub fn tenant_from_host(
     host: &str,
     policy: &TenancyPolicy,
     registry: &TenantRegistry,

@@ -6,7 +6,10 @@ pub mod model;
 pub mod postgres;
 pub mod registry;
 
-pub use model::{ScimSettings, TenantSpec, TenantStatus, WebhookSubscription};
+pub use model::{
+    OidcClientAuth, OidcLoginSettings, ScimSettings, SsoSettings, TenantSpec, TenantStatus,
+    WebhookSubscription,
+};
 pub use registry::{Tenant, TenantRegistry};
 
 use std::sync::Arc;

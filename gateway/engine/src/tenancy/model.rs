@@ -61,6 +61,64 @@ pub struct TenantSpec {
     /// `/scim/v2/<tenant>/` on the admin listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scim: Option<ScimSettings>,
+    /// Browser login (single sign-on) through the tenant's identity provider: the gateway's
+    /// `/.gateway/login` sends the tenant's people there (needs `[sessions]` in gateway.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<SsoSettings>,
+}
+
+/// A tenant's single sign-on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoSettings {
+    /// OpenID Connect: authorization code flow with PKCE, `state` and `nonce`.
+    pub oidc: OidcLoginSettings,
+    /// E-mail domains of the tenant's people (lower-case DNS names): the login page sends
+    /// `someone@<domain>` to this tenant's identity provider. Each domain belongs to one tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email_domains: Vec<String>,
+}
+
+/// The gateway as an OpenID Connect client (relying party) of one of the tenant's issuers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcLoginSettings {
+    /// One of the tenant's `issuers[].issuer`: its ID tokens become the session's principal
+    /// exactly as its bearer tokens do (same claim mapping, same policies). Its endpoints come
+    /// from OIDC discovery.
+    pub issuer: String,
+    /// The client registered at the identity provider; must be one of the issuer's `audiences`
+    /// (the ID token's `aud`). Register the redirect URI `https://<host>/.gateway/callback`,
+    /// the post-logout URI `https://<host>/.gateway/logged-out` and, for back-channel logout,
+    /// `https://<host>/.gateway/backchannel-logout`.
+    pub client_id: String,
+    pub client_secret: String,
+    /// How the client authenticates at the token endpoint (`client_secret_basic` or
+    /// `client_secret_post`; default basic).
+    #[serde(default, skip_serializing_if = "is_default_client_auth")]
+    pub client_auth: OidcClientAuth,
+    /// Scopes asked for (default `openid email profile offline_access`; must contain `openid`;
+    /// `offline_access` gets the refresh token that keeps sessions alive past the ID token).
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OidcClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+fn is_default_client_auth(auth: &OidcClientAuth) -> bool {
+    *auth == OidcClientAuth::default()
+}
+
+fn default_login_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "offline_access"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// A tenant's SCIM endpoint settings.
@@ -127,6 +185,7 @@ impl TenantSpec {
             billing: BTreeMap::new(),
             webhooks: Vec::new(),
             scim: None,
+            sso: None,
         }
     }
 }
@@ -537,6 +596,58 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
                         "`{}` is not a role name: 1-128 letters, digits, `-`, `_`, `.`, `:` or `/`",
                         truncated(role)
                     ),
+                ));
+            }
+        }
+    }
+    if let Some(sso) = &spec.sso {
+        let login = &sso.oidc;
+        match spec.issuers.iter().find(|i| i.issuer == login.issuer) {
+            None => issues.push((
+                "sso.oidc.issuer".to_string(),
+                format!(
+                    "`{}` is not one of this tenant's `issuers[].issuer`: the ID tokens of a login \
+                     are verified as that issuer's tokens",
+                    truncated(&login.issuer)
+                ),
+            )),
+            Some(issuer) if !issuer.audiences.contains(&login.client_id) => issues.push((
+                "sso.oidc.client_id".to_string(),
+                format!(
+                    "`{}` is not among the issuer's `audiences` (the ID token's `aud` is the client id)",
+                    truncated(&login.client_id)
+                ),
+            )),
+            Some(_) => {}
+        }
+        if login.client_id.is_empty() || login.client_secret.is_empty() {
+            issues.push((
+                "sso.oidc".to_string(),
+                "client_id and client_secret must not be empty".to_string(),
+            ));
+        }
+        if !login.scopes.iter().any(|s| s == "openid") {
+            issues.push((
+                "sso.oidc.scopes".to_string(),
+                "must contain `openid`".to_string(),
+            ));
+        }
+        if let Some(bad) = login.scopes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            issues.push((
+                "sso.oidc.scopes".to_string(),
+                format!("`{}` is not a scope token", truncated(bad)),
+            ));
+        }
+        for (i, domain) in sso.email_domains.iter().enumerate() {
+            if !is_valid_host_name(domain) {
+                issues.push((
+                    format!("sso.email_domains[{i}]"),
+                    format!("`{}`: expected a lower-case DNS name", truncated(domain)),
                 ));
             }
         }

@@ -40,6 +40,8 @@ pub struct TenantRegistry {
     hosts: HashMap<Box<str>, Arc<str>>,
     api_keys: HashMap<[u8; 32], ApiKeyEntry>,
     issuers: HashMap<Box<str>, Vec<TenantIssuer>>,
+    /// E-mail domain → the tenant whose login page it leads to (`sso.email_domains`).
+    login_domains: HashMap<Box<str>, Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,12 @@ pub enum RegistryError {
     HostTaken {
         tenant: String,
         host: String,
+        owner: String,
+    },
+    #[error("tenant `{tenant}`: e-mail domain `{domain}` already logs in to tenant `{owner}`")]
+    LoginDomainTaken {
+        tenant: String,
+        domain: String,
         owner: String,
     },
     #[error("tenant `{tenant}`: API key `{key}` has the same hash as a key of tenant `{owner}`")]
@@ -125,6 +133,11 @@ impl TenantRegistry {
         self.hosts.get(host)
     }
 
+    /// The tenant whose people log in with e-mail addresses of `domain` (lower-case).
+    pub fn tenant_for_login_domain(&self, domain: &str) -> Option<&Arc<str>> {
+        self.login_domains.get(domain)
+    }
+
     /// The API key whose SHA-256 is `hash`.
     pub fn api_key(&self, hash: &[u8; 32]) -> Option<&ApiKeyEntry> {
         self.api_keys.get(hash)
@@ -176,6 +189,16 @@ impl TenantRegistry {
                 });
             }
         }
+        let login_domains = spec.sso.iter().flat_map(|s| &s.email_domains);
+        for domain in login_domains.clone() {
+            if let Some(owner) = self.login_domains.get(domain.as_str()) {
+                return Err(RegistryError::LoginDomainTaken {
+                    tenant: spec.id.clone(),
+                    domain: domain.clone(),
+                    owner: owner.to_string(),
+                });
+            }
+        }
         let mut key_entries = Vec::with_capacity(spec.api_keys.len());
         for key in &spec.api_keys {
             let hash = parse_key_hash(&key.sha256);
@@ -195,6 +218,10 @@ impl TenantRegistry {
         let id: Arc<str> = Arc::from(spec.id.as_str());
         for host in &spec.hosts {
             self.hosts.insert(host.as_str().into(), id.clone());
+        }
+        for domain in login_domains {
+            self.login_domains
+                .insert(domain.as_str().into(), id.clone());
         }
         for (hash, key, expires) in key_entries {
             self.api_keys.insert(
@@ -225,6 +252,9 @@ impl TenantRegistry {
         };
         for host in &old.hosts {
             self.hosts.remove(host.as_str());
+        }
+        for domain in old.sso.iter().flat_map(|s| &s.email_domains) {
+            self.login_domains.remove(domain.as_str());
         }
         for key in &old.api_keys {
             self.api_keys.remove(&parse_key_hash(&key.sha256));
@@ -295,6 +325,9 @@ pub fn load_source(
                         }
                         RegistryError::ApiKeyTaken { tenant, .. } => {
                             (tenant.clone(), "api_keys".to_string())
+                        }
+                        RegistryError::LoginDomainTaken { tenant, .. } => {
+                            (tenant.clone(), "sso.email_domains".to_string())
                         }
                     };
                     // Duplicates point at the later definition.

@@ -44,6 +44,10 @@ pub fn example_config_with_doors(
         .replace("127.0.0.1:18080", &eu.to_string())
         .replace("127.0.0.1:18081", &us.to_string())
         .replace("\"../../target/demo-state", "\"state")
+        .replace(
+            "\"demo-session.key\"",
+            &format!("\"{}/deploy/examples/demo-session.key\"", root.display()),
+        )
         .replace("\"../../", &format!("\"{}/", root.display()))
         // Every tier's budget raised: the tests send hundreds of requests per tenant within a
         // second or two, and whether a 429 came would depend on how fast the machine is.

@@ -1,0 +1,445 @@
+//! Browser login against a real OpenID Provider (the npm `oidc-provider`, started by the test):
+//! a tenant onboarded with SSO through the admin API (no restart, no file edit), a browser sent
+//! to log in, the authorization code flow with PKCE through the provider's login form, the
+//! session cookie's attributes, the session as the same principal as a bearer token (same
+//! roles, same Cedar decisions), refresh past the ID token's expiry, deactivation, back-channel
+//! logout and RP-initiated logout. A second test drives the same login in headless Chromium.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gateway_testkit::oidc::{HttpFlow, OidcProvider};
+use serde_json::{json, Value};
+
+use crate::common::example::{example_config, example_file};
+use crate::common::{client, free_addr, upstream, TestGateway};
+
+const CLIENT_ID: &str = "acme-portal";
+const CLIENT_SECRET: &str = "acme-portal-secret-0123456789abcdef";
+
+/// The example deployment with its tenant registry in PostgreSQL (seeded from the example
+/// tenants.toml), so tenants are onboarded through the admin API as in production.
+async fn start(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway {
+    use crate::common::{pg_url, unique_table};
+    let db = gateway::db::connect(&pg_url(), None).await.unwrap();
+    let table = unique_table("sso_tenants");
+    gateway::tenancy::postgres::migrate(&db, &table)
+        .await
+        .unwrap();
+    let tenants: toml::Value =
+        toml::from_str(&String::from_utf8(example_file("tenants.toml")).unwrap()).unwrap();
+    for tenant in tenants["tenant"].as_array().unwrap() {
+        let doc = serde_json::to_value(tenant).unwrap();
+        db.execute(
+            &format!("INSERT INTO {table} (id, doc) VALUES ($1, $2)"),
+            &[&doc["id"].as_str().unwrap(), &doc],
+        )
+        .await
+        .unwrap();
+    }
+    let config = example_config(admin, eu, us).replace(
+        "[tenancy.registry]\nfile = \"tenants.toml\"",
+        &format!(
+            "[tenancy.registry.postgres]\nurl = \"{}\"\ntable = \"{table}\"",
+            pg_url()
+        ),
+    );
+    assert!(
+        config.contains(&table),
+        "the example's registry section changed shape"
+    );
+    let mut gw = TestGateway::start(
+        &config,
+        &[
+            ("demo-issuer.secret", &example_file("demo-issuer.secret")),
+            ("demo-admin.token", &example_file("demo-admin.token")),
+            ("tenants.toml", &example_file("tenants.toml")),
+        ],
+    );
+    gw.wait_accepting(admin);
+    gw
+}
+
+/// The provider, with the gateway's callback, logout and back-channel URIs registered.
+fn provider_for(gw: &TestGateway, id_token_ttl: u64) -> OidcProvider {
+    OidcProvider::start(&json!({
+        "clients": [{
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [gw.url("/.gateway/callback")],
+            "post_logout_redirect_uris": [gw.url("/.gateway/logged-out")],
+            "backchannel_logout_uri": gw.url("/.gateway/backchannel-logout"),
+        }],
+        "accounts": {
+            "alice": {"email": "alice@acme.test", "roles": ["viewer"], "department": "eng"},
+            "olga": {"email": "olga@acme.test", "roles": ["admin"]},
+        },
+        "ttl": {"IdToken": id_token_ttl},
+    }))
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn admin_token() -> String {
+    String::from_utf8(example_file("demo-admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Onboards acme's identity provider through the admin API: its issuer (RS256 keys by
+/// discovery, the `roles` claim) and its SSO client.
+async fn onboard(admin: SocketAddr, provider: &OidcProvider) {
+    let url = format!("http://{admin}/admin/tenants/acme");
+    let mut doc: Value = client()
+        .get(&url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    doc["issuers"] = json!([{
+        "issuer": provider.issuer,
+        "audiences": [CLIENT_ID],
+        "algorithms": ["RS256"],
+        "claims": {"roles": "roles", "attributes": {"department": "department"}},
+    }]);
+    doc["sso"] = json!({
+        "oidc": {"issuer": provider.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+        "email_domains": ["acme.test"],
+    });
+    let response = client()
+        .put(&url)
+        .bearer_auth(admin_token())
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
+}
+
+/// The echo upstream's view of the forwarded request.
+fn forwarded(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn header<'v>(echo: &'v Value, name: &str) -> &'v Value {
+    &echo["headers"][name][0]
+}
+
+async fn status_with(flow: &HttpFlow, method: reqwest::Method, url: &str) -> (u16, String) {
+    let response = flow
+        .client
+        .request(method, url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_login_is_the_same_principal_as_a_bearer_token() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let gw = start(admin, eu.addr, us.addr).await;
+    let provider = provider_for(&gw, 3);
+
+    // Onboarding: registry entry + IdP configuration through the admin API, then the first
+    // successful login.
+    let onboarding = Instant::now();
+    onboard(admin, &provider).await;
+
+    // A browser without a session is sent to log in, and back afterwards; an API client is
+    // told 401 as before.
+    let browser = no_redirects()
+        .get(gw.url("/projects/42"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 302);
+    assert_eq!(
+        browser.headers()["location"],
+        "/.gateway/login?rd=%2Fprojects%2F42"
+    );
+    // (The example allows anonymous callers: without a tenant an API client gets 400.)
+    let api = no_redirects()
+        .get(gw.url("/projects/42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 400);
+
+    // The login page finds the tenant by the e-mail domain typed into its form.
+    let form = no_redirects()
+        .get(gw.url("/.gateway/login?rd=%2Fprojects%2F42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    assert!(form.text().await.unwrap().contains("name=\"email\""));
+    let to_provider = no_redirects()
+        .post(gw.url("/.gateway/login"))
+        .form(&[("email", "alice@acme.test"), ("rd", "/projects/42")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(to_provider.status(), 303);
+    let location = to_provider.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        location.starts_with(&format!("{}/", provider.issuer)),
+        "{location}"
+    );
+    for parameter in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "state=",
+        "nonce=",
+        "login_hint=alice%40acme.test",
+    ] {
+        assert!(location.contains(parameter), "{parameter} in {location}");
+    }
+    let login_cookie = to_provider.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in [
+        "__Host-gw-login=",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+    ] {
+        assert!(
+            login_cookie.contains(attribute),
+            "{attribute} in {login_cookie}"
+        );
+    }
+    let unknown = no_redirects()
+        .post(gw.url("/.gateway/login"))
+        .form(&[("email", "mallory@elsewhere.test")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+
+    // The whole flow: login page (hinted) → provider's login form → callback → the app.
+    let flow = HttpFlow::new();
+    let page = flow
+        .login(
+            &gw.url("/.gateway/login?rd=%2Fprojects%2F42&login_hint=alice%40acme.test"),
+            "alice",
+        )
+        .await;
+    let onboarded_in = onboarding.elapsed();
+    eprintln!("onboarding (PUT tenant with SSO -> first login reaching the app): {onboarded_in:?}");
+    assert!(onboarded_in < Duration::from_secs(60), "{onboarded_in:?}");
+    assert_eq!(
+        page.status,
+        200,
+        "{page:?}\n{}\n{}",
+        gw.log(),
+        provider.log()
+    );
+    assert_eq!(page.url, gw.url("/projects/42"));
+    let echo = forwarded(&page.body);
+    assert_eq!(header(&echo, "x-principal-id"), "alice", "{echo}");
+    assert_eq!(header(&echo, "x-tenant-id"), "acme");
+    assert_eq!(header(&echo, "x-principal-roles"), "viewer");
+    // The session (it holds the refresh token) never reaches the upstream.
+    let cookies = echo["headers"]["cookie"].to_string();
+    assert!(!cookies.contains("__Host-gw-"), "{cookies}");
+    let session_cookie = flow.cookies(&gw.url("/")).unwrap_or_default();
+    assert!(
+        session_cookie.contains("__Host-gw-session="),
+        "{session_cookie}"
+    );
+    assert!(
+        !session_cookie.contains("__Host-gw-login="),
+        "the login cookie is cleared"
+    );
+
+    // Same principal, same policies: a viewer reads but does not update.
+    assert_eq!(
+        status_with(&flow, reqwest::Method::GET, &gw.url("/projects"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        status_with(&flow, reqwest::Method::PUT, &gw.url("/projects/42"))
+            .await
+            .0,
+        403
+    );
+    let whoami: Value = flow
+        .client
+        .get(gw.url("/.gateway/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            whoami["principal"].clone(),
+            whoami["tenant"].clone(),
+            whoami["roles"].clone()
+        ),
+        (json!("alice"), json!("acme"), json!(["viewer"])),
+        "{whoami}"
+    );
+    let first_expiry = whoami["expires_at"].as_u64().unwrap();
+
+    // The ID token lives 3 s: past it, the session redeems its refresh token and the response
+    // carries the renewed cookie.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let response = flow
+        .client
+        .get(gw.url("/projects/42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gw.log());
+    let renewed = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap_or("").starts_with("__Host-gw-session="));
+    assert!(
+        renewed,
+        "no renewed session cookie: {:?}",
+        response.headers()
+    );
+    let whoami: Value = flow
+        .client
+        .get(gw.url("/.gateway/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        whoami["expires_at"].as_u64().unwrap() > first_expiry,
+        "{whoami}"
+    );
+
+    // Deactivated in the directory: the session is refused like a token would be.
+    let switch = |what: &'static str| {
+        client()
+            .post(format!(
+                "http://{admin}/admin/tenants/acme/principals/alice/{what}"
+            ))
+            .bearer_auth(admin_token())
+            .send()
+    };
+    assert_eq!(switch("deactivate").await.unwrap().status(), 200);
+    let (status, body) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects/42")).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("principal-deactivated"), "{body}");
+    assert_eq!(switch("activate").await.unwrap().status(), 200);
+    assert_eq!(
+        status_with(&flow, reqwest::Method::GET, &gw.url("/projects/42"))
+            .await
+            .0,
+        200
+    );
+
+    // Back-channel logout from the provider ends the session (the directory carries it to
+    // every replica); the browser is sent to log in again and its cookie cleared.
+    let (status, answer) = provider
+        .backchannel_logout("alice", None, Some(CLIENT_ID))
+        .await;
+    assert_eq!(status, 200, "{answer}\n{}\n{}", gw.log(), provider.log());
+    let (status, body) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects/42")).await;
+    assert_eq!(status, 401, "{body}");
+    let refused = flow
+        .client
+        .get(gw.url("/projects/42"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 302);
+    assert!(refused.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    // A replayed logout token is refused; a forged one too.
+    let forged = no_redirects()
+        .post(gw.url("/.gateway/backchannel-logout"))
+        .form(&[("logout_token", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJib2IifQ.")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
+
+    // Logging in again works (the provider still knows alice: no form this time), then
+    // RP-initiated logout ends both sessions.
+    let flow = HttpFlow::new();
+    let page = flow
+        .login(
+            &gw.url("/.gateway/login?rd=%2Fprojects&login_hint=alice%40acme.test"),
+            "alice",
+        )
+        .await;
+    assert_eq!(page.status, 200, "{page:?}\n{}", gw.log());
+    let gone = flow.logout(&gw.url("/.gateway/logout")).await;
+    assert_eq!(gone.url, gw.url("/.gateway/logged-out"), "{gone:?}");
+    assert!(gone.body.contains("signed out"), "{}", gone.body);
+    // The cookie is gone: an anonymous caller again.
+    assert!(!flow
+        .cookies(&gw.url("/"))
+        .unwrap_or_default()
+        .contains("__Host-gw-session="));
+    let (status, _) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects")).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_logs_in_with_chromium() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let gw = start(admin, eu.addr, us.addr).await;
+    let provider = provider_for(&gw, 300);
+    onboard(admin, &provider).await;
+    let artefacts = std::env::temp_dir().join("gateway-browser-login");
+    let outcome = gateway_testkit::browser::chromium_login_async(
+        gw.url("/.gateway/login?rd=%2Fprojects%2F42&login_hint=olga%40acme.test"),
+        "olga".to_string(),
+        Some(artefacts.clone()),
+    )
+    .await;
+    assert_eq!(outcome.status, 200, "{outcome:?}\n{}", gw.log());
+    assert_eq!(outcome.final_url, gw.url("/projects/42"));
+    assert!(
+        outcome.body_text.contains("\"olga\""),
+        "{}",
+        outcome.body_text
+    );
+    let cookie = outcome
+        .cookie("__Host-gw-session")
+        .unwrap_or_else(|| panic!("no session cookie: {:?}", outcome.cookies));
+    assert!(cookie.http_only && cookie.secure, "{cookie:?}");
+    assert_eq!(cookie.same_site, "Lax");
+    assert_eq!(cookie.path, "/");
+    eprintln!("screenshots in {}", artefacts.display());
+}

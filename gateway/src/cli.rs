@@ -922,6 +922,20 @@ fn print_demo_banner(
         println!("  # and back");
         println!("{}", patch(true));
     }
+    let acme_sso = registry
+        .as_ref()
+        .and_then(|r| r.get("acme"))
+        .is_some_and(|t| t.sso.is_some());
+    if let (Some(_), true, Some(addr)) = (&loaded.config.sessions, acme_sso, loaded.listen.first())
+    {
+        let app = format!("http://acme.api.localhost:{}", addr.port());
+        println!("  # Browser login (SSO): acme's people sign in at acme's own OpenID provider and browse with a session cookie (README \"Browser login with SSO\")");
+        println!("  scripts/sso-provider   # in another terminal: a local OpenID provider on 127.0.0.1:9400");
+        println!(
+            "  # then open {app}/projects/42 in a browser and sign in as alice (any password);"
+        );
+        println!("  # {app}/.gateway/session says who you are, {app}/.gateway/logout signs out");
+    }
     if let (Some(door), false) = (&loaded.config.ext_authz, tokens.is_empty()) {
         println!("  # Envoy ext_authz (gRPC, reflection on): the same decision as the proxy's, as a CheckResponse");
         println!(

@@ -776,7 +776,6 @@ impl GatewayProxy {
                 let cx = sessions::SessionContext {
                     identity,
                     registry: &snapshot.registry,
-                    tenancy: snapshot.tenancy.as_deref(),
                     generation: snapshot.identity_generation,
                     authenticator: &self.services.authenticator,
                     directory: &self.services.directory,
@@ -788,7 +787,11 @@ impl GatewayProxy {
                     headers: &req.headers,
                     body: &body,
                     origin: &origin,
-                    host,
+                    host_tenant: host.zip(snapshot.tenancy.as_deref()).and_then(
+                        |(host, policy)| {
+                            pipeline::tenant::tenant_from_host(host, policy, &snapshot.registry)
+                        },
+                    ),
                 };
                 sessions.handle(&request, &cx).await
             }

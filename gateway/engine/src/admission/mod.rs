@@ -191,7 +191,6 @@ async fn identify_caller(
         let cx = SessionContext {
             identity,
             registry: &snapshot.registry,
-            tenancy: snapshot.tenancy.as_deref(),
             generation: snapshot.identity_generation,
             authenticator: &services.authenticator,
             directory: &services.directory,

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::AuthError;
-use crate::tenancy::model::ClaimMapping;
+use crate::tenancy::model::{is_valid_role, ClaimMapping};
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -202,15 +202,6 @@ pub fn map_claims(
         expires_at: claims.get("exp").and_then(Value::as_u64),
         provision: false,
     })
-}
-
-/// Whether `role` can be a role: it travels comma-separated in a header.
-pub(crate) fn is_valid_role(role: &str) -> bool {
-    !role.is_empty()
-        && role.len() <= 128
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 #[cfg(test)]

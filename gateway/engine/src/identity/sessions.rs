@@ -52,7 +52,6 @@ use subtle::ConstantTimeEq;
 use super::directory::Directory;
 use super::principal::Principal;
 use super::{AuthError, Authenticator, IdentityPolicy};
-use crate::pipeline::tenant::TenancyPolicy;
 use crate::tenancy::registry::TenantRegistry;
 use crate::tenancy::{OidcClientAuth, OidcLoginSettings};
 
@@ -299,7 +298,6 @@ type OidcClient = oauth2::Client<
 pub struct SessionContext<'a> {
     pub identity: &'a IdentityPolicy,
     pub registry: &'a TenantRegistry,
-    pub tenancy: Option<&'a TenancyPolicy>,
     pub generation: u64,
     pub authenticator: &'a Authenticator,
     pub directory: &'a Directory,
@@ -329,7 +327,8 @@ pub struct BrowserRequest<'a> {
     pub body: &'a [u8],
     /// `https://host[:port]` as the browser addressed the gateway.
     pub origin: &'a str,
-    pub host: Option<&'a str>,
+    /// The tenant the host names (its custom domain or the host pattern), if any.
+    pub host_tenant: Option<Arc<str>>,
 }
 
 /// The answer of a browser endpoint.
@@ -690,13 +689,11 @@ impl Sessions {
     ) -> BrowserResponse {
         let rd = return_path(query_param(req.query, "rd").as_deref());
         let hint = query_param(req.query, "login_hint");
-        let by_host = match (req.host, cx.tenancy) {
-            (Some(host), Some(policy)) => {
-                crate::pipeline::tenant::tenant_from_host(host, policy, cx.registry)
-            }
-            _ => None,
-        };
-        if let Some(tenant) = by_host.filter(|t| sso_of(cx.registry, t).is_some()) {
+        if let Some(tenant) = req
+            .host_tenant
+            .clone()
+            .filter(|t| sso_of(cx.registry, t).is_some())
+        {
             return self.start(req, cx, &tenant, rd, hint.as_deref(), 302).await;
         }
         if let Some(tenant) = hint

@@ -1,10 +1,11 @@
 //! Real services started on free loopback ports by the integration tests and the benchmarks
 //! (one copy for both): a Redis Cluster of six `redis-server` processes, a NATS server with
 //! JetStream, a certified OpenID Provider (npm `oidc-provider`) with a cookie-keeping HTTP login
-//! driver, and a headless Chromium that logs in through it. Each is stopped when dropped. They
-//! need what `scripts/ensure-deps test` installs (redis-server, redis-tools, nats-server,
-//! Node.js 20+ with npm, chromium); the npm packages are installed on first use into the
-//! target directory (`oidc::node_dir`).
+//! driver, a headless Chromium that logs in through it, and a SAML identity provider whose
+//! responses (and the known attacks built from them) the `xmlsec1` program signs. Each is
+//! stopped when dropped. They need what `scripts/ensure-deps test` installs (redis-server,
+//! redis-tools, nats-server, Node.js 20+ with npm, chromium, xmlsec1); the npm packages are
+//! installed on first use into the target directory (`oidc::node_dir`).
 // Test support: failing loudly, with the reason, is the point.
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +18,7 @@ pub mod browser;
 pub mod nats;
 pub mod oidc;
 pub mod redis_cluster;
+pub mod saml;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

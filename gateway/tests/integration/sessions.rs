@@ -443,3 +443,238 @@ async fn a_person_logs_in_with_chromium() {
     assert_eq!(cookie.path, "/");
     eprintln!("screenshots in {}", artefacts.display());
 }
+
+mod saml {
+    //! SAML 2.0: acme's identity provider signs its responses with the `xmlsec1` program
+    //! (gateway-testkit's test IdP); the gateway verifies them with `xmlsec1` and its own
+    //! checks, and refuses every known attack on service providers.
+
+    use super::*;
+    use gateway_testkit::saml::{
+        decode_redirect_request, root_attribute, ResponseOptions, Signing, TestIdp,
+    };
+
+    /// acme signs in with SAML (its document set through the admin API).
+    async fn onboard_saml(admin: SocketAddr, idp: &TestIdp) {
+        let url = format!("http://{admin}/admin/tenants/acme");
+        let mut doc: Value = client()
+            .get(&url)
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        doc["sso"] = json!({
+            "saml": {
+                "idp_entity_id": idp.entity_id(),
+                "idp_sso_url": "https://idp.acme.test/sso",
+                "idp_certificate": idp.certificate_pem(),
+                "claims": {"roles": "roles"},
+            },
+            "email_domains": ["acme.test"],
+        });
+        let response = client()
+            .put(&url)
+            .bearer_auth(admin_token())
+            .json(&doc)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap());
+    }
+
+    /// A login started at the gateway: the login cookie (`name=value`) and the AuthnRequest's ID.
+    async fn start_login(gw: &TestGateway) -> (String, String) {
+        let response = no_redirects()
+            .get(gw.url("/.gateway/login?rd=%2Fprojects%2F42&login_hint=alice%40acme.test"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 302, "{}", gw.log());
+        let location =
+            reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+        assert_eq!(location.host_str(), Some("idp.acme.test"));
+        let request = location
+            .query_pairs()
+            .find(|(k, _)| k == "SAMLRequest")
+            .unwrap()
+            .1
+            .into_owned();
+        let request = decode_redirect_request(&request);
+        assert!(
+            request.contains(&format!(
+                "AssertionConsumerServiceURL=\"{}\"",
+                gw.url("/.gateway/saml/acme/acs")
+            )),
+            "{request}"
+        );
+        let id = root_attribute(&request, "ID").unwrap();
+        let set_cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // The identity provider's POST back is cross-site: the login cookie must come along.
+        assert!(
+            set_cookie.contains("SameSite=None") && set_cookie.contains("Secure"),
+            "{set_cookie}"
+        );
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        (cookie, id)
+    }
+
+    fn options(gw: &TestGateway, request_id: &str) -> ResponseOptions {
+        ResponseOptions {
+            sp_entity_id: gw.url("/.gateway/saml/acme/metadata"),
+            acs_url: gw.url("/.gateway/saml/acme/acs"),
+            in_response_to: Some(request_id.to_string()),
+            name_id: "alice".to_string(),
+            attributes: vec![("roles".to_string(), vec!["viewer".to_string()])],
+            ..ResponseOptions::default()
+        }
+    }
+
+    /// POSTs a SAMLResponse to the ACS with the login cookie: (status, session cookie if set).
+    async fn post(
+        gw: &TestGateway,
+        cookie: &str,
+        saml_response: &str,
+    ) -> (u16, Option<String>, String) {
+        let response = no_redirects()
+            .post(gw.url("/.gateway/saml/acme/acs"))
+            .header("cookie", cookie)
+            .form(&[("SAMLResponse", saml_response)])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let session = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("__Host-gw-session="))
+            .map(|v| v.split(';').next().unwrap().to_string());
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, session, location)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_signed_assertion_logs_in_and_every_known_attack_is_refused() {
+        let eu = upstream("app-eu (eu-central)").await;
+        let us = upstream("app-us (us-east)").await;
+        let admin = free_addr();
+        let gw = start(admin, eu.addr, us.addr).await;
+        let idp = TestIdp::new("https://idp.acme.test/saml");
+        onboard_saml(admin, &idp).await;
+
+        // The SP metadata the IdP's administrator imports.
+        let metadata = client()
+            .get(gw.url("/.gateway/saml/acme/metadata"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metadata.contains(&format!(
+                "entityID=\"{}\"",
+                gw.url("/.gateway/saml/acme/metadata")
+            )),
+            "{metadata}"
+        );
+        assert!(metadata.contains("urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"));
+
+        // Every attack, answering this browser's own request, is refused and sets no session.
+        let (cookie, id) = start_login(&gw).await;
+        let attacks = idp.attacks(&options(&gw, &id));
+        assert!(attacks.len() >= 18, "{}", attacks.len());
+        for (name, response) in &attacks {
+            let (status, session, _) = post(&gw, &cookie, response).await;
+            assert!(
+                session.is_none() && (status == 400 || status == 401),
+                "attack `{name}` got {status} (session: {session:?})\n{}",
+                gw.log()
+            );
+        }
+        // A failed status from the IdP is refused too.
+        let failed = idp.response(&ResponseOptions {
+            status_success: false,
+            ..options(&gw, &id)
+        });
+        assert_eq!(post(&gw, &cookie, &failed).await.0, 401);
+
+        // The genuine answer to the same request logs in (assertion signed), and back to
+        // where the browser was going.
+        let genuine = idp.response(&options(&gw, &id));
+        let (status, session, location) = post(&gw, &cookie, &genuine).await;
+        assert_eq!(
+            (status, location.as_str()),
+            (303, "/projects/42"),
+            "{}",
+            gw.log()
+        );
+        let session = session.expect("a session cookie");
+        // Replayed: refused (the assertion id was used).
+        assert_eq!(post(&gw, &cookie, &genuine).await.0, 401);
+
+        // The session is alice with the IdP's roles: a viewer reads, does not update.
+        let read = client()
+            .get(gw.url("/projects/42"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200);
+        let echo = forwarded(&read.text().await.unwrap());
+        assert_eq!(header(&echo, "x-principal-id"), "alice", "{echo}");
+        assert_eq!(header(&echo, "x-tenant-id"), "acme");
+        assert_eq!(header(&echo, "x-principal-roles"), "viewer");
+        let update = client()
+            .put(gw.url("/projects/42"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(update.status(), 403);
+
+        // Signed on the response only, or on both: accepted as well.
+        for signing in [Signing::Response, Signing::Both] {
+            let (cookie, id) = start_login(&gw).await;
+            let response = idp.response(&ResponseOptions {
+                signing,
+                ..options(&gw, &id)
+            });
+            assert_eq!(post(&gw, &cookie, &response).await.0, 303, "{}", gw.log());
+        }
+
+        // Deactivated in the directory: the SAML session is refused.
+        let deactivate = client()
+            .post(format!(
+                "http://{admin}/admin/tenants/acme/principals/alice/deactivate"
+            ))
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deactivate.status(), 200);
+        let refused = client()
+            .get(gw.url("/projects/42"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        // And cannot log in again.
+        let (cookie, id) = start_login(&gw).await;
+        let again = idp.response(&options(&gw, &id));
+        assert_eq!(post(&gw, &cookie, &again).await.0, 401);
+    }
+}

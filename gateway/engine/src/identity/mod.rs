@@ -7,6 +7,7 @@ pub mod directory;
 pub mod jwks;
 pub mod principal;
 pub mod provisioning;
+pub mod saml;
 pub mod sessions;
 
 use std::collections::HashMap;

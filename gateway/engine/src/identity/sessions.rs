@@ -52,6 +52,7 @@ use subtle::ConstantTimeEq;
 use super::directory::Directory;
 use super::principal::Principal;
 use super::{AuthError, Authenticator, IdentityPolicy};
+use crate::tenancy::model::SamlLoginSettings;
 use crate::tenancy::registry::TenantRegistry;
 use crate::tenancy::{OidcClientAuth, OidcLoginSettings};
 
@@ -91,6 +92,13 @@ pub struct SessionsConfig {
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub provider_timeout: Duration,
+    /// The program that verifies SAML signatures (Debian package `xmlsec1`).
+    #[serde(default = "default_xmlsec1")]
+    pub xmlsec1: String,
+}
+
+fn default_xmlsec1() -> String {
+    "xmlsec1".to_string()
 }
 
 impl SessionsConfig {
@@ -247,6 +255,10 @@ struct SessionState {
     login: u64,
     /// When the session ends whatever the refreshes (ms).
     end: u64,
+    /// A SAML login's claims (the NameID and attributes of the verified assertion): the
+    /// session's principal is mapped from them on each request; `id` is empty then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Map<String, Value>>,
 }
 
 /// A login under way, as sealed in [`LOGIN_COOKIE`].
@@ -403,6 +415,9 @@ pub struct Sessions {
     renewals: moka::future::Cache<[u8; 32], Arc<SessionState>>,
     /// `jti`s of back-channel logout tokens already seen (replay).
     logout_tokens: moka::sync::Cache<String, ()>,
+    /// SAML assertion ids already used, until they expire (replay).
+    saml_assertions: moka::sync::Cache<String, ()>,
+    xmlsec1: String,
 }
 
 impl Sessions {
@@ -456,6 +471,13 @@ impl Sessions {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            // Assertions live minutes; an hour covers any NotOnOrAfter an IdP sets in practice
+            // (longer ones are refused as a session's claims would outlive it anyway).
+            saml_assertions: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            xmlsec1: config.xmlsec1.clone(),
         })
     }
 
@@ -480,11 +502,20 @@ impl Sessions {
     }
 
     fn set_cookie(name: &'static str, value: String, max_age: Duration) -> String {
+        Self::set_cookie_with(name, value, max_age, SameSite::Lax)
+    }
+
+    fn set_cookie_with(
+        name: &'static str,
+        value: String,
+        max_age: Duration,
+        same_site: SameSite,
+    ) -> String {
         Cookie::build((name, value))
             .path("/")
             .secure(true)
             .http_only(true)
-            .same_site(SameSite::Lax)
+            .same_site(same_site)
             .max_age(cookie::time::Duration::seconds(
                 i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX),
             ))
@@ -530,6 +561,9 @@ impl Sessions {
         let now = now_ms();
         if now >= state.end {
             return SessionAuth::Invalid(AuthError::SessionExpired);
+        }
+        if let Some(claims) = &state.claims {
+            return saml_principal(&state, claims, cx);
         }
         let mut renewed = None;
         if now.saturating_add(millis(self.refresh_before)) >= state.id_exp && state.rt.is_some() {
@@ -674,6 +708,17 @@ impl Sessions {
             ),
             (&Method::POST, "backchannel-logout") => self.backchannel_logout(req, cx).await,
             (&Method::GET, "session") => self.whoami(req, cx).await,
+            (method, path) if path.starts_with("saml/") => {
+                match path.trim_start_matches("saml/").split_once('/') {
+                    Some((tenant, "metadata")) if method == Method::GET => {
+                        self.saml_metadata(req, cx, tenant)
+                    }
+                    Some((tenant, "acs")) if method == Method::POST => {
+                        self.saml_acs(req, cx, tenant).await
+                    }
+                    _ => BrowserResponse::message(404, "Not found", "No such page."),
+                }
+            }
             _ => BrowserResponse::message(404, "Not found", "No such page."),
         };
         response
@@ -689,11 +734,7 @@ impl Sessions {
     ) -> BrowserResponse {
         let rd = return_path(query_param(req.query, "rd").as_deref());
         let hint = query_param(req.query, "login_hint");
-        if let Some(tenant) = req
-            .host_tenant
-            .clone()
-            .filter(|t| sso_of(cx.registry, t).is_some())
-        {
+        if let Some(tenant) = req.host_tenant.clone().filter(|t| has_sso(cx.registry, t)) {
             return self.start(req, cx, &tenant, rd, hint.as_deref(), 302).await;
         }
         if let Some(tenant) = hint
@@ -738,6 +779,9 @@ impl Sessions {
         login_hint: Option<&str>,
         status: u16,
     ) -> BrowserResponse {
+        if let Some(saml) = saml_of(cx.registry, tenant) {
+            return self.saml_start(req, tenant, saml, rd, status);
+        }
         let Some(login) = sso_of(cx.registry, tenant) else {
             return BrowserResponse::message(
                 404,
@@ -897,6 +941,7 @@ impl Sessions {
             rt: response.refresh_token().map(|t| t.secret().clone()),
             login: now,
             end: now.saturating_add(millis(self.lifetime)),
+            claims: None,
         };
         let cookie = self.session_cookie(&state).map_err(Finish::Failed)?;
         tracing::info!(target: "audit", event = "session.login", tenant = %flow.t, principal = %principal.id, "session: logged in");
@@ -1038,6 +1083,196 @@ impl Sessions {
         }
     }
 
+    /// The service provider's entity id and ACS URL for `tenant` on this origin.
+    fn saml_urls(
+        req: &BrowserRequest<'_>,
+        tenant: &str,
+        saml: &SamlLoginSettings,
+    ) -> (String, String) {
+        let base = format!("{}{PREFIX}saml/{tenant}", req.origin);
+        let entity_id = saml
+            .sp_entity_id
+            .clone()
+            .unwrap_or_else(|| format!("{base}/metadata"));
+        (entity_id, format!("{base}/acs"))
+    }
+
+    fn saml_metadata(
+        &self,
+        req: &BrowserRequest<'_>,
+        cx: &SessionContext<'_>,
+        tenant: &str,
+    ) -> BrowserResponse {
+        let Some(saml) = saml_of(cx.registry, tenant) else {
+            return BrowserResponse::message(
+                404,
+                "Not found",
+                "No SAML sign-in for this organisation.",
+            );
+        };
+        let (entity_id, acs) = Self::saml_urls(req, tenant, saml);
+        BrowserResponse {
+            status: 200,
+            headers: Vec::new(),
+            content_type: "application/samlmetadata+xml",
+            body: super::saml::metadata(&entity_id, &acs),
+        }
+    }
+
+    /// Sends the browser to the identity provider with an AuthnRequest (HTTP-Redirect); its
+    /// id is remembered in the login cookie, which must come back on the identity provider's
+    /// cross-site POST, hence `SameSite=None`.
+    fn saml_start(
+        &self,
+        req: &BrowserRequest<'_>,
+        tenant: &str,
+        saml: &SamlLoginSettings,
+        rd: String,
+        status: u16,
+    ) -> BrowserResponse {
+        let (entity_id, acs) = Self::saml_urls(req, tenant, saml);
+        let id = super::saml::new_request_id();
+        let request = super::saml::authn_request(
+            &id,
+            &entity_id,
+            &acs,
+            &saml.idp_sso_url,
+            jiff::Timestamp::now(),
+        );
+        let url = match super::saml::redirect_url(&saml.idp_sso_url, &request) {
+            Ok(url) => url,
+            Err(e) => return provider_trouble(tenant, &LoginError::Url(e)),
+        };
+        let flow = LoginFlow {
+            t: tenant.to_string(),
+            state: id,
+            nonce: String::new(),
+            pkce: String::new(),
+            rd,
+            end: now_ms().saturating_add(millis(self.login_timeout)),
+        };
+        let Some(sealed) = self.seal(LOGIN_COOKIE, &flow) else {
+            return provider_trouble(tenant, &LoginError::TooLarge(0));
+        };
+        tracing::info!(tenant, "session: SAML login started");
+        BrowserResponse::redirect(status, url).with_cookie(Self::set_cookie_with(
+            LOGIN_COOKIE,
+            sealed,
+            self.login_timeout,
+            SameSite::None,
+        ))
+    }
+
+    /// The assertion consumer service: the identity provider's HTTP-POST of a Response.
+    async fn saml_acs(
+        &self,
+        req: &BrowserRequest<'_>,
+        cx: &SessionContext<'_>,
+        tenant: &str,
+    ) -> BrowserResponse {
+        let Some(saml) = saml_of(cx.registry, tenant) else {
+            return BrowserResponse::message(
+                404,
+                "Not found",
+                "No SAML sign-in for this organisation.",
+            );
+        };
+        let flow = cookie_value(req.headers, LOGIN_COOKIE)
+            .and_then(|sealed| self.open::<LoginFlow>(LOGIN_COOKIE, &sealed))
+            .filter(|f| now_ms() < f.end && f.t == tenant && f.pkce.is_empty());
+        let Some(flow) = flow else {
+            return login_form(
+                400,
+                "/",
+                Some(
+                    "This sign-in expired or was started in another browser. Please sign in again.",
+                ),
+            );
+        };
+        let clear_flow = Self::clear_cookie(LOGIN_COOKIE);
+        let refused = |error: &super::saml::SamlError| {
+            tracing::warn!(target: "audit", event = "session.refused", tenant, reason = error.slug(), error = %error, "session: SAML response refused");
+            BrowserResponse::message(
+                401,
+                "Sign-in refused",
+                "The answer of your identity provider could not be accepted.",
+            )
+            .with_cookie(Self::clear_cookie(LOGIN_COOKIE))
+        };
+        let field = form_urlencoded::parse(req.body)
+            .find(|(k, _)| k == "SAMLResponse")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let xml = match super::saml::decode_post(&field) {
+            Ok(xml) => xml,
+            Err(e) => return refused(&e),
+        };
+        let (entity_id, acs) = Self::saml_urls(req, tenant, saml);
+        let expected = super::saml::Expected {
+            idp: saml,
+            sp_entity_id: &entity_id,
+            acs_url: &acs,
+            request_id: &flow.state,
+            now: jiff::Timestamp::now(),
+            skew: Duration::from_secs(60),
+            xmlsec1: &self.xmlsec1,
+        };
+        let verified = match super::saml::verify(&xml, &expected).await {
+            Ok(v) => v,
+            Err(e) => return refused(&e),
+        };
+        let replay_key = format!("{tenant}\u{0}{}", verified.assertion_id);
+        if self.saml_assertions.contains_key(&replay_key) {
+            return refused(&super::saml::SamlError::Replay);
+        }
+        self.saml_assertions.insert(replay_key, ());
+        let principal = match saml_claims_principal(&verified.claims, saml, tenant) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: "audit", event = "session.refused", tenant, reason = e.slug(), "session: the SAML assertion does not make a principal");
+                return BrowserResponse::message(
+                    401,
+                    "Sign-in refused",
+                    "Your identity could not be verified.",
+                )
+                .with_cookie(clear_flow);
+            }
+        };
+        if cx.directory.is_refused(tenant, &principal.id) {
+            tracing::info!(target: "audit", event = "session.refused", tenant, principal = %principal.id, reason = "principal-deactivated", "session: login refused");
+            return BrowserResponse::message(
+                401,
+                "Sign-in refused",
+                "This account is deactivated.",
+            )
+            .with_cookie(clear_flow);
+        }
+        let now = now_ms();
+        let mut end = now.saturating_add(millis(self.lifetime));
+        if let Some(until) = verified.session_until {
+            end = end.min(u64::try_from(until.as_millisecond()).unwrap_or(0));
+        }
+        let state = SessionState {
+            t: tenant.to_string(),
+            sub: principal.id.clone(),
+            id: String::new(),
+            id_exp: end,
+            rt: None,
+            login: now,
+            end,
+            claims: Some(verified.claims),
+        };
+        match self.session_cookie(&state) {
+            Ok(cookie) => {
+                tracing::info!(target: "audit", event = "session.login", tenant, principal = %principal.id, method = "saml", "session: logged in");
+                BrowserResponse::redirect(303, flow.rd.clone())
+                    .with_cookie(clear_flow)
+                    .with_cookie(cookie)
+            }
+            Err(e) => provider_trouble(tenant, &e).with_cookie(clear_flow),
+        }
+    }
+
     /// The identity provider's endpoints, from its discovery document (cached 10 minutes).
     async fn discover(&self, issuer: &str) -> Result<Arc<ProviderEndpoints>, LoginError> {
         self.endpoints
@@ -1131,9 +1366,63 @@ fn login_form(status: u16, rd: &str, problem: Option<&str>) -> BrowserResponse {
     )
 }
 
+fn has_sso(registry: &TenantRegistry, tenant: &str) -> bool {
+    registry.get(tenant).is_some_and(|t| t.sso.is_some())
+}
+
+/// The tenant's SAML login settings, when it signs in with SAML.
+fn saml_of<'r>(registry: &'r TenantRegistry, tenant: &str) -> Option<&'r SamlLoginSettings> {
+    registry.get(tenant)?.sso.as_ref()?.saml.as_ref()
+}
+
+/// The principal of a SAML session: its claims mapped as the tenant's SAML settings say
+/// (today's settings: a changed mapping applies to sessions already open).
+fn saml_principal(
+    state: &SessionState,
+    claims: &Map<String, Value>,
+    cx: &SessionContext<'_>,
+) -> SessionAuth {
+    let Some(saml) = saml_of(cx.registry, &state.t) else {
+        return SessionAuth::Invalid(AuthError::SessionExpired);
+    };
+    let principal = match saml_claims_principal(claims, saml, &state.t) {
+        Ok(p) => p,
+        Err(e) => return SessionAuth::Invalid(e),
+    };
+    if cx
+        .directory
+        .sessions_not_before(&state.t, &principal.id)
+        .is_some_and(|floor| state.login <= floor)
+    {
+        return SessionAuth::Invalid(AuthError::SessionEnded);
+    }
+    SessionAuth::Valid {
+        principal: Arc::new(principal),
+        renewed: None,
+    }
+}
+
+fn saml_claims_principal(
+    claims: &Map<String, Value>,
+    saml: &SamlLoginSettings,
+    tenant: &str,
+) -> Result<Principal, AuthError> {
+    let mut principal = super::principal::map_claims(
+        claims,
+        &saml.claims,
+        &saml.idp_entity_id,
+        Some(Arc::from(tenant)),
+        false,
+    )?;
+    principal.tenant_bound = true;
+    // Listed in the directory like any principal first seen with a valid credential.
+    principal.provision = true;
+    Ok(principal)
+}
+
 /// The tenant's OIDC login settings, when it has single sign-on.
 fn sso_of<'r>(registry: &'r TenantRegistry, tenant: &str) -> Option<&'r OidcLoginSettings> {
-    registry.get(tenant)?.sso.as_ref().map(|s| &s.oidc)
+    registry.get(tenant)?.sso.as_ref()?.oidc.as_ref()
 }
 
 fn tenant_for_email(registry: &TenantRegistry, email: &str) -> Option<String> {
@@ -1222,6 +1511,7 @@ mod tests {
             refresh_before: default_refresh_before(),
             login_timeout: default_login_timeout(),
             provider_timeout: default_provider_timeout(),
+            xmlsec1: default_xmlsec1(),
         };
         Sessions::load(&config, dir).unwrap()
     }
@@ -1236,6 +1526,7 @@ mod tests {
             rt: Some("refresh".into()),
             login: 4_000_000_000_000,
             end: 4_000_003_600_000,
+            claims: None,
         }
     }
 
@@ -1313,6 +1604,7 @@ mod tests {
             refresh_before: default_refresh_before(),
             login_timeout: default_login_timeout(),
             provider_timeout: default_provider_timeout(),
+            xmlsec1: default_xmlsec1(),
         };
         let error = Sessions::load(&config(&["short.key"], default_lifetime()), dir.path())
             .err()

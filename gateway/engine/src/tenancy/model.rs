@@ -68,11 +68,16 @@ pub struct TenantSpec {
 }
 
 /// A tenant's single sign-on.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsoSettings {
     /// OpenID Connect: authorization code flow with PKCE, `state` and `nonce`.
-    pub oidc: OidcLoginSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcLoginSettings>,
+    /// SAML 2.0 (the gateway as service provider; HTTP-Redirect to the IdP, HTTP-POST back).
+    /// Exactly one of `oidc` and `saml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saml: Option<SamlLoginSettings>,
     /// E-mail domains of the tenant's people (lower-case DNS names): the login page sends
     /// `someone@<domain>` to this tenant's identity provider. Each domain belongs to one tenant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,6 +106,28 @@ pub struct OidcLoginSettings {
     /// `offline_access` gets the refresh token that keeps sessions alive past the ID token).
     #[serde(default = "default_login_scopes")]
     pub scopes: Vec<String>,
+}
+
+/// The gateway as a SAML 2.0 service provider of the tenant's identity provider.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamlLoginSettings {
+    /// The identity provider's entity id: the `Issuer` of its responses and assertions.
+    pub idp_entity_id: String,
+    /// Its single sign-on service (HTTP-Redirect binding), where AuthnRequests go.
+    pub idp_sso_url: String,
+    /// Its signing certificate (PEM). Only this key verifies responses: certificates inside
+    /// a response's `KeyInfo` are never trusted.
+    pub idp_certificate: String,
+    /// The service provider's entity id (the `Audience` assertions must name). Default:
+    /// `<origin>/.gateway/saml/<tenant>/metadata`, the metadata URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sp_entity_id: Option<String>,
+    /// How the assertion becomes the principal, as for tokens: the `NameID` is the claim
+    /// `sub` (and `NameID`), each attribute a claim named by its `Name` (a list when it has
+    /// several values), e.g. `roles = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"`.
+    #[serde(default)]
+    pub claims: ClaimMapping,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -600,8 +627,32 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
             }
         }
     }
+    if let Some(saml) = spec.sso.as_ref().and_then(|s| s.saml.as_ref()) {
+        if !(saml.idp_sso_url.starts_with("https://") || saml.idp_sso_url.starts_with("http://")) {
+            issues.push((
+                "sso.saml.idp_sso_url".to_string(),
+                format!("`{}` is not an http(s) URL", truncated(&saml.idp_sso_url)),
+            ));
+        }
+        if saml.idp_entity_id.is_empty() {
+            issues.push((
+                "sso.saml.idp_entity_id".to_string(),
+                "must not be empty".to_string(),
+            ));
+        }
+        if let Err(e) = parse_pem_certificate(&saml.idp_certificate) {
+            issues.push(("sso.saml.idp_certificate".to_string(), e));
+        }
+    }
     if let Some(sso) = &spec.sso {
-        let login = &sso.oidc;
+        if sso.oidc.is_some() == sso.saml.is_some() {
+            issues.push((
+                "sso".to_string(),
+                "set exactly one of `oidc` and `saml`".to_string(),
+            ));
+        }
+    }
+    if let Some(login) = spec.sso.as_ref().and_then(|s| s.oidc.as_ref()) {
         match spec.issuers.iter().find(|i| i.issuer == login.issuer) {
             None => issues.push((
                 "sso.oidc.issuer".to_string(),
@@ -643,6 +694,8 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
                 format!("`{}` is not a scope token", truncated(bad)),
             ));
         }
+    }
+    if let Some(sso) = &spec.sso {
         for (i, domain) in sso.email_domains.iter().enumerate() {
             if !is_valid_host_name(domain) {
                 issues.push((
@@ -791,6 +844,14 @@ pub fn webhook_secret_key(secret: &str) -> Result<Vec<u8>, String> {
         return Err("secret must hold at least 24 bytes".to_string());
     }
     Ok(key)
+}
+
+/// The DER of one PEM certificate, or what is wrong with it.
+pub fn parse_pem_certificate(pem: &str) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| format!("expected one PEM certificate (-----BEGIN CERTIFICATE-----): {e:?}"))
 }
 
 /// Whether `role` can be a role: it travels comma-separated in a header.

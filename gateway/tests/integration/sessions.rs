@@ -20,6 +20,12 @@ const CLIENT_SECRET: &str = "acme-portal-secret-0123456789abcdef";
 /// The example deployment with its tenant registry in PostgreSQL (seeded from the example
 /// tenants.toml), so tenants are onboarded through the admin API as in production.
 async fn start(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway {
+    let table = seeded_registry().await;
+    start_on(&table, admin, eu, us)
+}
+
+/// A PostgreSQL tenant registry holding the example tenants: its table.
+async fn seeded_registry() -> String {
     use crate::common::{pg_url, unique_table};
     let db = gateway::db::connect(&pg_url(), None).await.unwrap();
     let table = unique_table("sso_tenants");
@@ -37,6 +43,12 @@ async fn start(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway
         .await
         .unwrap();
     }
+    table
+}
+
+/// A gateway (one replica) of the example deployment on the registry `table`.
+fn start_on(table: &str, admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway {
+    use crate::common::pg_url;
     let config = example_config(admin, eu, us).replace(
         "[tenancy.registry]\nfile = \"tenants.toml\"",
         &format!(
@@ -45,7 +57,7 @@ async fn start(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> TestGateway
         ),
     );
     assert!(
-        config.contains(&table),
+        config.contains(table),
         "the example's registry section changed shape"
     );
     let mut gw = TestGateway::start(
@@ -411,6 +423,76 @@ async fn browser_login_is_the_same_principal_as_a_bearer_token() {
         .contains("__Host-gw-session="));
     let (status, _) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects")).await;
     assert_eq!(status, 400);
+}
+
+/// How long until every replica answers `want` to the session on `GET /projects/42`.
+async fn until_every_replica(flow: &HttpFlow, replicas: &[TestGateway], want: u16) -> Duration {
+    let started = Instant::now();
+    for gw in replicas {
+        while status_with(flow, reqwest::Method::GET, &gw.url("/projects/42"))
+            .await
+            .0
+            != want
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no {want} within 5 s\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_works_and_ends_on_every_replica() {
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let table = seeded_registry().await;
+    let admins = [free_addr(), free_addr(), free_addr()];
+    let replicas: Vec<TestGateway> = admins
+        .iter()
+        .map(|admin| start_on(&table, *admin, eu.addr, us.addr))
+        .collect();
+    let provider = provider_for(&replicas[0], 300);
+    onboard(admins[0], &provider).await;
+    let flow = HttpFlow::new();
+    let page = flow
+        .login(
+            &replicas[0].url("/.gateway/login?rd=%2Fprojects%2F42&login_hint=alice%40acme.test"),
+            "alice",
+        )
+        .await;
+    assert_eq!(page.status, 200, "{page:?}\n{}", replicas[0].log());
+    // Sessions are kept by nobody: the cookie (host-only, any port) works on every replica
+    // once the registry change reached it.
+    until_every_replica(&flow, &replicas, 200).await;
+
+    // Deactivated through replica 1: refused by all three within a second.
+    let switch = |admin: SocketAddr, what: &'static str| {
+        client()
+            .post(format!(
+                "http://{admin}/admin/tenants/acme/principals/alice/{what}"
+            ))
+            .bearer_auth(admin_token())
+            .send()
+    };
+    assert_eq!(switch(admins[1], "deactivate").await.unwrap().status(), 200);
+    let refused_in = until_every_replica(&flow, &replicas, 401).await;
+    eprintln!("deactivated session refused by all three replicas after {refused_in:?}");
+    assert!(refused_in < Duration::from_secs(1), "{refused_in:?}");
+    assert_eq!(switch(admins[2], "activate").await.unwrap().status(), 200);
+    until_every_replica(&flow, &replicas, 200).await;
+
+    // The provider's back-channel logout reaches replica 0; every replica ends the session.
+    let (status, answer) = provider
+        .backchannel_logout("alice", None, Some(CLIENT_ID))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let ended_in = until_every_replica(&flow, &replicas, 401).await;
+    eprintln!("back-channel logout ended the session on all three replicas after {ended_in:?}");
+    assert!(ended_in < Duration::from_secs(1), "{ended_in:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

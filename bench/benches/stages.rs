@@ -50,6 +50,7 @@ fn sanitize_stage(c: &mut Criterion) {
                     host: Some("acme.api.example.com"),
                     headers: &headers,
                     client_ip: None,
+                    body: None,
                 };
                 sanitize(&head, &policy).expect("admitted")
             })

@@ -292,6 +292,7 @@ fn run_command() -> i32 {
                 principal,
                 country,
                 peer,
+                body: None,
             };
             match explain(&loaded, &request) {
                 Ok(out) => {

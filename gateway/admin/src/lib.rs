@@ -128,6 +128,9 @@ struct ExplainBody {
     /// The connecting peer's address (`X-Forwarded-For` is walked from it).
     #[serde(default)]
     peer: Option<std::net::IpAddr>,
+    /// The request body, for routes whose decision reads body facts.
+    #[serde(default)]
+    body: Option<String>,
 }
 
 impl Admin {
@@ -484,6 +487,7 @@ impl Admin {
             principal: None,
             country: body.country,
             peer: body.peer,
+            body: body.body,
         };
         let snapshot = self.store.load();
         let explanation =

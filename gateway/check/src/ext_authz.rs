@@ -78,6 +78,7 @@ impl Authorization for ExtAuthz {
                 host: described.host.as_deref(),
                 headers: &described.headers,
                 client_ip: client_ip.flatten(),
+                body: None,
             },
             door: FrontDoor::ExtAuthz,
             head_limits: self.decider.head_limits,

@@ -193,6 +193,7 @@ impl ForwardAuth {
                 host: host.as_deref(),
                 headers: &original,
                 client_ip,
+                body: None,
             },
             door: FrontDoor::ForwardAuth,
             head_limits: self.decider.head_limits,

@@ -349,6 +349,7 @@ mod tests {
                 host: None,
                 headers: &map,
                 client_ip: None,
+                body: None,
             },
             door: FrontDoor::ExtAuthz,
             head_limits: LIMITS,

@@ -28,6 +28,8 @@ pub struct ExplainRequest {
     /// The address the request comes from (the connecting peer). Its `X-Forwarded-For` is
     /// walked from there through the trusted proxies, as the proxy does.
     pub peer: Option<std::net::IpAddr>,
+    /// The request body (for routes whose decision reads body facts).
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +84,7 @@ pub async fn explain(
         client_ip: request
             .peer
             .and_then(|peer| crate::geoip::client_ip(peer, &headers, &services.trusted_proxies)),
+        body: request.body.as_deref().map(str::as_bytes),
     };
     let mut explaining = Explaining {
         principal: request.principal.clone().map(Arc::new),

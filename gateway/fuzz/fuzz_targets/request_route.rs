@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         host,
         headers: &req.headers,
         client_ip: gateway::geoip::client_ip(peer, &req.headers, &d.services.trusted_proxies),
+        body: None,
     };
     let admitted = match d.block_on(gateway::admission::admit(&head, &snapshot, &d.services)) {
         Ok(a) => a,

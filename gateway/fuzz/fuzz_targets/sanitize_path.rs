@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
         host: None,
         headers: &headers,
         client_ip: None,
+        body: None,
     };
     let Ok(s) = sanitize(&head, &policy) else {
         return;

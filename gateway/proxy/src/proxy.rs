@@ -328,6 +328,7 @@ impl ProxyHttp for GatewayProxy {
                 return Ok(true);
             }
         }
+        let body = self.read_body_for_facts(session, &snapshot).await?;
         let req = session.req_header();
         let host = req
             .headers
@@ -349,6 +350,7 @@ impl ProxyHttp for GatewayProxy {
                         &self.services.trusted_proxies,
                     )
                 }),
+            body: body.as_deref(),
         };
         // Every log line of the stages (decisions included) carries the request id.
         let span = tracing::info_span!("request", request_id = %correlation.request_id);
@@ -816,6 +818,48 @@ impl GatewayProxy {
         Ok(())
     }
 
+    /// Reads the request body before admission when the request's route decides on body
+    /// facts (`read_body = true`) and the body announces a `Content-Length` within
+    /// [`gateway_engine::authz::facts::BODY_FACTS_MAX_BYTES`]. Pingora's retry buffer keeps what
+    /// is read and sends it to the upstream first, so the body still arrives whole. Any other
+    /// body (larger, chunked, none) is not read here: its facts are absent.
+    async fn read_body_for_facts(
+        &self,
+        session: &mut Session,
+        snapshot: &Snapshot,
+    ) -> pingora::Result<Option<Bytes>> {
+        let wanted = {
+            let req = session.req_header();
+            let head = RequestHead {
+                method: &req.method,
+                target: req.raw_path(),
+                host: None,
+                headers: &req.headers,
+                client_ip: None,
+                body: None,
+            };
+            admission::body_wanted(&head, snapshot)
+        };
+        let Some(cap) = wanted else {
+            return Ok(None);
+        };
+        let announced = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let Some(length) = announced.filter(|n| (1..=cap).contains(n)) else {
+            return Ok(None);
+        };
+        session.enable_retry_buffering();
+        let mut body = bytes::BytesMut::with_capacity(length);
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body.freeze()))
+    }
+
     /// `https` on a TLS listener, or behind a trusted proxy that says so; `http` otherwise.
     fn scheme_of(&self, session: &Session) -> &'static str {
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
@@ -977,6 +1021,7 @@ mod admitted_paths {
                 host: req.headers.get("host").and_then(|h| h.to_str().ok()),
                 headers: &req.headers,
                 client_ip: None,
+                body: None,
             };
             let Ok(admitted) =
                 f.runtime

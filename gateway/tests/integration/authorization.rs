@@ -761,3 +761,119 @@ fn check_refuses_invalid_tenant_policies_in_the_registry_file() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tenant bad"), "{stderr}");
 }
+
+/// Body facts: `POST /projects` reads `budget` from its JSON body (`read_body = true`); a
+/// policy caps it for non-admins and refuses when the fact is absent. The body still reaches
+/// the upstream whole; bodies the gateway does not read (larger than the limit, chunked, not
+/// JSON) leave the fact absent and are refused by that policy, never waved through.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_body_fields_are_facts_on_routes_that_read_them() {
+    let up = upstream("app").await;
+    let routes = String::from_utf8(std::fs::read(repo().join("policies/routes.toml")).unwrap())
+        .unwrap()
+        .replacen(
+            "method = \"POST\"\npath = \"/projects\"\n",
+            "method = \"POST\"\npath = \"/projects\"\nread_body = true\n",
+            1,
+        )
+        + "\n[context]\nbudget = { body = \"/project/budget\" }\n";
+    assert!(
+        routes.contains("read_body = true"),
+        "routes.toml changed shape"
+    );
+    let schema =
+        String::from_utf8(std::fs::read(repo().join("policies/schema.cedarschema")).unwrap())
+            .unwrap()
+            .replacen(
+                "type RequestContext = {\n",
+                "type RequestContext = {\n  budget?: Long,\n",
+                1,
+            );
+    let policy = r#"
+@id("project-budget-cap")
+@reason("a project budget above 10000 needs an admin, and creating one needs its budget")
+forbid (principal, action == Action::"projects:create", resource)
+unless { context has budget && (context.budget <= 10000 || principal in Role::"admin") };
+"#;
+    let gw = start_with(
+        up.addr,
+        false,
+        "",
+        &[
+            ("policies/routes.toml", routes.as_bytes()),
+            ("policies/schema.cedarschema", schema.as_bytes()),
+            ("policies/budget.cedar", policy.as_bytes()),
+        ],
+    );
+    let editor = token("erin", "acme", &["editor"], false);
+    let admin = token("olga", "acme", &["admin"], true);
+    let post = |body: Vec<u8>, token: &str, chunked: bool| {
+        let mut request = client()
+            .post(gw.url("/projects"))
+            .header("x-tenant", "acme")
+            .header("content-type", "application/json")
+            .bearer_auth(token);
+        request = if chunked {
+            let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(body)]);
+            request.body(reqwest::Body::wrap_stream(stream))
+        } else {
+            request.body(body)
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    };
+    let sha256 = |bytes: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+
+    // Within the cap: allowed, and the upstream receives the body byte for byte.
+    let small = br#"{"project": {"name": "apollo", "budget": 500}}"#.to_vec();
+    let (status, body) = post(small.clone(), &editor, false).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo.body_bytes, small.len() as u64);
+    assert_eq!(echo.body_sha256, sha256(&small));
+    // Above the cap: refused for an editor, with the policy's reason; allowed for an admin.
+    let big = br#"{"project": {"name": "apollo", "budget": 50000}}"#.to_vec();
+    let (status, body) = post(big.clone(), &editor, false).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs an admin"), "{body}");
+    assert_eq!(post(big, &admin, false).await.0, 200);
+    // The fact absent: no field, not JSON, chunked, or past the body-facts limit — refused by
+    // the policy (and the padded body is not forwarded).
+    let padded = format!(
+        r#"{{"project": {{"budget": 500}}, "padding": "{}"}}"#,
+        "x".repeat(40 * 1024)
+    )
+    .into_bytes();
+    for (what, body, chunked) in [
+        (
+            "no field",
+            br#"{"project": {"name": "apollo"}}"#.to_vec(),
+            false,
+        ),
+        ("not JSON", b"budget=500".to_vec(), false),
+        ("chunked", small.clone(), true),
+        ("past the limit", padded, false),
+    ] {
+        let (status, answer) = post(body, &editor, chunked).await;
+        assert_eq!(status, 403, "{what}: {answer}");
+    }
+    // An admin's large, padded body is still forwarded whole (the part read early and the rest).
+    let padded_admin = format!(
+        r#"{{"project": {{"budget": 1}}, "padding": "{}"}}"#,
+        "y".repeat(20 * 1024)
+    )
+    .into_bytes();
+    let (status, body) = post(padded_admin.clone(), &admin, false).await;
+    assert_eq!(status, 200, "{body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo.body_sha256, sha256(&padded_admin));
+    // Routes that do not read their body are not affected by a body field.
+    let (status, body) = send(&gw, "GET", "/projects", Some(&editor)).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -111,6 +111,25 @@ pub async fn admit_explained(
     run_stages(head, snapshot, services, Some(explaining)).await
 }
 
+/// The most body bytes the proxy should read before admitting this request, when its route
+/// decides on body facts (`read_body = true`); `None` for every other request (nothing is read
+/// early). Cheap: the request is routed only while some route reads its body.
+pub fn body_wanted(head: &RequestHead<'_>, snapshot: &Snapshot) -> Option<usize> {
+    let engine = snapshot.authz.as_ref()?;
+    if !engine.routes.any_reads_body() {
+        return None;
+    }
+    let sanitized = sanitize::sanitize(head, &snapshot.sanitize).ok()?;
+    let path = match &snapshot.tenancy {
+        Some(policy) => policy.routed_path(&sanitized.path),
+        None => &sanitized.path,
+    };
+    engine
+        .routes
+        .reads_body(&sanitized.method, path)
+        .then_some(crate::authz::facts::BODY_FACTS_MAX_BYTES)
+}
+
 /// Whether the directory refuses `principal` in `tenant`: deactivated or deleted, or an API key
 /// whose owner is.
 fn lifecycle_refuses(
@@ -380,6 +399,7 @@ async fn run_stages_in_order(
                 facts: &facts,
                 headers: head.headers,
                 query: admitted.sanitized.query.as_deref(),
+                body: head.body,
             },
             engine,
             &services.entity_store,
@@ -554,6 +574,7 @@ mod tests {
             host: map.get("host").and_then(|h| h.to_str().ok()),
             headers: &map,
             client_ip: None,
+            body: None,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

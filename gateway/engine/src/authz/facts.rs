@@ -7,10 +7,18 @@
 //! plan = { header = "x-plan" }       # context.plan, typed by `plan?: String`
 //! page = { query = "page" }          # context.page, `page?: Long`
 //! project = { param = "project" }    # the route parameter `{project}`, where a route has one
+//! amount = { body = "/order/amount" } # a field of the JSON body (JSON pointer), `amount?: Long`
 //! ```
 //!
 //! A fact the request does not carry, or whose text is not of the declared type, is absent
 //! (`context has page` is false): never a string where a policy compares a number.
+//!
+//! Body facts are read only on routes that say `read_body = true`, and only from a JSON body
+//! that announces its `Content-Length` of at most [`BODY_FACTS_MAX_BYTES`]: the proxy reads
+//! such a body before the decision and still forwards it whole. A larger, chunked or non-JSON
+//! body streams to the upstream untouched and its facts are absent — so a policy that relies
+//! on a body fact must refuse when it is absent (`unless { context has amount && … }`), or a
+//! client pads its body past the limit to hide the field.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +38,14 @@ pub enum FactSource {
     Query(String),
     /// The matched route's parameter of this name.
     Param(String),
+    /// The field at this JSON pointer (RFC 6901, e.g. `/order/amount`) of a JSON body, on
+    /// routes with `read_body = true`.
+    Body(String),
 }
+
+/// The largest body the proxy reads for body facts (below Pingora's 64 KiB retry buffer,
+/// which carries the read part to the upstream).
+pub const BODY_FACTS_MAX_BYTES: usize = 32 * 1024;
 
 /// One declared fact, typed.
 #[derive(Debug, Clone)]
@@ -45,6 +60,7 @@ enum Source {
     Header(http::HeaderName),
     Query(String),
     Param(String),
+    Body(String),
 }
 
 /// The context attributes the gateway fills itself: a declaration cannot take their names.
@@ -125,6 +141,15 @@ impl ContextFacts {
                 }
                 FactSource::Query(q) => Source::Query(q.clone()),
                 FactSource::Param(p) => Source::Param(p.clone()),
+                FactSource::Body(pointer) => {
+                    if !pointer.starts_with('/') {
+                        issue(format!(
+                            "`{pointer}` is not a JSON pointer: it starts with `/` (`/order/amount`)"
+                        ));
+                        continue;
+                    }
+                    Source::Body(pointer.clone())
+                }
             };
             facts.push(ContextFact {
                 name: name.clone(),
@@ -152,12 +177,19 @@ impl ContextFacts {
         self.0.iter().position(|f| f.name == name)
     }
 
-    /// The facts' raw values in this request, in declaration order.
+    /// Whether any fact comes from the request body.
+    pub fn reads_body(&self) -> bool {
+        self.0.iter().any(|f| matches!(f.source, Source::Body(_)))
+    }
+
+    /// The facts' raw values in this request, in declaration order. `body`: the parsed JSON
+    /// body, on a route that reads it.
     pub fn gather<'p>(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         param: impl Fn(&str) -> Option<&'p str>,
+        body: Option<&serde_json::Value>,
     ) -> Vec<Option<String>> {
         self.0
             .iter()
@@ -172,6 +204,14 @@ impl ContextFacts {
                         .map(|(_, v)| v.into_owned())
                 }),
                 Source::Param(p) => param(p).map(str::to_string),
+                // Scalars only, as their text (the fact's type converts it like a header's).
+                Source::Body(pointer) => match body.and_then(|b| b.pointer(pointer)) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                },
             })
             .collect()
     }
@@ -222,19 +262,45 @@ mod tests {
     }
 
     #[test]
+    fn gathers_json_body_fields_by_pointer() {
+        let facts =
+            build("[context]\nplan = { body = \"/order/plan\" }\npage = { body = \"/page\" }\n")
+                .expect("facts");
+        assert!(facts.reads_body());
+        let body = serde_json::json!({"order": {"plan": "gold"}, "page": 7});
+        let values = facts.gather(&HeaderMap::new(), None, |_| None, Some(&body));
+        assert_eq!(
+            values,
+            vec![Some("7".to_string()), Some("gold".to_string())]
+        );
+        // Objects, arrays and null are no scalar: absent. No body: absent.
+        let body = serde_json::json!({"order": {"plan": ["gold"]}, "page": null});
+        assert_eq!(
+            facts.gather(&HeaderMap::new(), None, |_| None, Some(&body)),
+            vec![None, None]
+        );
+        assert_eq!(
+            facts.gather(&HeaderMap::new(), None, |_| None, None),
+            vec![None, None]
+        );
+        let err = build("[context]\nplan = { body = \"order.plan\" }\n").unwrap_err();
+        assert!(err.to_string().contains("JSON pointer"), "{err}");
+    }
+
+    #[test]
     fn gathers_headers_query_and_params() {
         let facts =
             build("[context]\nplan = { header = \"X-Plan\" }\npage = { query = \"page\" }\n")
                 .expect("facts");
         let mut headers = HeaderMap::new();
         headers.insert("x-plan", "gold".parse().expect("value"));
-        let values = facts.gather(&headers, Some("a=1&page=3&page=4"), |_| None);
+        let values = facts.gather(&headers, Some("a=1&page=3&page=4"), |_| None, None);
         // Declaration order is by name: page, plan.
         assert_eq!(
             values,
             vec![Some("3".to_string()), Some("gold".to_string())]
         );
-        let values = facts.gather(&HeaderMap::new(), Some("pag%65=%32"), |_| None);
+        let values = facts.gather(&HeaderMap::new(), Some("pag%65=%32"), |_| None, None);
         assert_eq!(values, vec![Some("2".to_string()), None]);
     }
 }

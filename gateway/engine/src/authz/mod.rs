@@ -399,6 +399,23 @@ impl AuthzEngine {
         let routes_file: RoutesFile = routes_source.deserialize()?;
         check_route_attributes(&routes_file, &routes_source, &shapes)?;
         let context_facts = ContextFacts::build(&routes_file.context, &routes_source, &shapes)?;
+        if !context_facts.reads_body() {
+            let reading: Vec<_> = routes_file
+                .route
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.read_body)
+                .map(|(i, _)| {
+                    routes_source.issue(
+                        format!("route[{i}].read_body"),
+                        "no `[context]` fact comes from the body (`{ body = \"/field\" }`)",
+                    )
+                })
+                .collect();
+            if !reading.is_empty() {
+                return Err(SourceIssues(reading));
+            }
+        }
         let routes = RouteTable::build(routes_file, &routes_source, |action, resource| {
             check_action(&schema, action, resource)
         })

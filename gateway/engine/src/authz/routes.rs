@@ -55,6 +55,9 @@ pub struct RouteSpec {
     /// Largest request body on this route (bytes), instead of `[server] max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// The decision reads `[context]` facts from the JSON body (see `authz::facts`).
+    #[serde(default)]
+    pub read_body: bool,
 }
 
 /// A matched route with its parameters.
@@ -92,6 +95,8 @@ pub struct Route {
     pub attributes: Vec<(String, String)>,
     /// The route's own body limit (`max_body_bytes`), if it has one.
     pub max_body_bytes: Option<u64>,
+    /// Body facts are read for this route (`read_body = true`).
+    pub read_body: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +106,8 @@ pub struct RouteTable {
     pub unmatched: UnmatchedRoute,
     /// The largest `max_body_bytes` of any route.
     largest_body_limit: Option<u64>,
+    /// Some route has `read_body = true`.
+    any_reads_body: bool,
 }
 
 impl RouteTable {
@@ -165,6 +172,7 @@ impl RouteTable {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 max_body_bytes: spec.max_body_bytes,
+                read_body: spec.read_body,
             });
             if let Err(e) = check_template(&spec.path) {
                 issues.push(source.issue(format!("route[{i}].path"), e));
@@ -196,6 +204,7 @@ impl RouteTable {
         if issues.is_empty() {
             Ok(RouteTable {
                 largest_body_limit: routes.iter().filter_map(|r| r.max_body_bytes).max(),
+                any_reads_body: routes.iter().any(|r| r.read_body),
                 by_method,
                 routes,
                 unmatched: file.default,
@@ -207,6 +216,16 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Whether any route reads its body (body facts).
+    pub fn any_reads_body(&self) -> bool {
+        self.any_reads_body
+    }
+
+    /// Whether `method path` is routed to a route that reads its body (body facts).
+    pub fn reads_body(&self, method: &http::Method, path: &str) -> bool {
+        self.any_reads_body && self.find(method, path).is_some_and(|m| m.route.read_body)
     }
 
     /// The largest body limit any route sets (`None`: no route sets one).

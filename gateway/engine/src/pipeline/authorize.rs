@@ -108,6 +108,8 @@ pub struct AuthorizeRequest<'a> {
     /// For the facts routes.toml `[context]` declares.
     pub headers: &'a http::HeaderMap,
     pub query: Option<&'a str>,
+    /// The request body, when the proxy read it for body facts.
+    pub body: Option<&'a [u8]>,
 }
 
 /// Runs stage 4. The resource's record comes from the package's `entities.json`, else from the
@@ -175,9 +177,19 @@ pub async fn authorize(
     let declared_facts = if engine.context_facts().is_empty() {
         Vec::new()
     } else {
-        engine
-            .context_facts()
-            .gather(request.headers, request.query, |name| matched.param(name))
+        // Body facts only where the route asks for them, and only from a JSON body.
+        let body = match request.body {
+            Some(bytes) if route.read_body => {
+                serde_json::from_slice::<serde_json::Value>(bytes).ok()
+            }
+            _ => None,
+        };
+        engine.context_facts().gather(
+            request.headers,
+            request.query,
+            |name| matched.param(name),
+            body.as_ref(),
+        )
     };
     let input = DecisionInput {
         principal: request.principal,

@@ -34,4 +34,8 @@ pub struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address (after trusted proxy hops).
     pub client_ip: Option<std::net::IpAddr>,
+    /// The request body, when the proxy read it before the decision: only for a route whose
+    /// policies read body facts, and a body within [`crate::authz::facts::BODY_FACTS_MAX_BYTES`]
+    /// (see `admission::body_wanted`).
+    pub body: Option<&'a [u8]>,
 }

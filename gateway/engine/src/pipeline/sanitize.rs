@@ -1199,6 +1199,7 @@ mod tests {
             host: None,
             headers,
             client_ip: None,
+            body: None,
         }
     }
 
@@ -1305,6 +1306,7 @@ mod tests {
             host: None,
             headers,
             client_ip: None,
+            body: None,
         }
     }
 

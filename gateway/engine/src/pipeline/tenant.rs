@@ -105,6 +105,19 @@ pub fn path_literal(pattern: &str) -> Option<String> {
         .then(|| literal.to_string())
 }
 
+impl TenancyPolicy {
+    /// The path routes see: without the tenant path prefix when the policy strips it.
+    pub fn routed_path<'p>(&self, path: &'p str) -> &'p str {
+        if !self.strip_path_prefix {
+            return path;
+        }
+        self.path_literal
+            .as_deref()
+            .and_then(|literal| tenant_from_path(path, literal))
+            .map_or(path, |(_, rest)| rest)
+    }
+}
+
 /// Runs stage 3.
 pub fn resolve_tenant(
     request: &TenantRequest<'_>,

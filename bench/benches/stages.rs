@@ -224,6 +224,7 @@ fn authorize_stage(c: &mut Criterion) {
         resource_id: "42",
         resource_attributes: &[],
         resource_record: Default::default(),
+        principal_record: Default::default(),
         declared_facts: &[],
         facts: &facts,
     };

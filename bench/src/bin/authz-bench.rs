@@ -106,6 +106,7 @@ fn measure(
             resource_id: &id,
             resource_attributes: &[],
             resource_record: Default::default(),
+            principal_record: Default::default(),
             declared_facts: &[],
             facts: &facts,
         };
@@ -204,6 +205,7 @@ fn main() {
                     resource_id: "1",
                     resource_attributes: &[],
                     resource_record: Default::default(),
+                    principal_record: Default::default(),
                     declared_facts: &[],
                     facts: &facts,
                 }));

@@ -94,6 +94,7 @@ fn split(engine: &AuthzEngine, decisions: usize, entity_cache_cold: bool) -> Spl
             resource_id: &id,
             resource_attributes: &[],
             resource_record: record,
+            principal_record: engine.file_record(engine.user_type(), &p.id),
             declared_facts: &[],
             facts: &facts,
         };

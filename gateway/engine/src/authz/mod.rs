@@ -87,6 +87,9 @@ pub struct DecisionInput<'a> {
     pub resource_attributes: &'a [(String, String)],
     /// What the entity store knows of the resource.
     pub resource_record: ResourceRecord<'a>,
+    /// What the entity store knows of the principal (a `User` record: attributes its token
+    /// does not carry, and parents such as roles or groups).
+    pub principal_record: ResourceRecord<'a>,
     /// The declared request facts' raw values (routes.toml `[context]`), in
     /// [`AuthzEngine::context_facts`] order; empty when none are declared.
     pub declared_facts: &'a [Option<String>],
@@ -147,6 +150,8 @@ enum EntityKey {
         /// The mapped attributes the schema declares for users, in
         /// [`AuthzEngine::principal_attributes`] order, as JSON text.
         attributes: Vec<Option<String>>,
+        /// The fingerprint of the principal's record in the entity store, when it has one.
+        record: Option<String>,
     },
     Tenant {
         id: String,
@@ -640,6 +645,11 @@ impl AuthzEngine {
         &self.shapes
     }
 
+    /// The entity type of authenticated principals (`User`).
+    pub fn user_type(&self) -> &str {
+        self.types.user.basename()
+    }
+
     /// What `entities.json` says of `type_name::"id"`.
     pub fn file_record(&self, type_name: &str, id: &str) -> ResourceRecord<'_> {
         if !self.entity_file.covers(type_name) {
@@ -846,7 +856,12 @@ impl AuthzEngine {
     /// The principal's entity: an `Anonymous` caller has its tenant only; a `User` has its
     /// tenant, `platform`, the text attributes policies read and its roles (transitively) as
     /// parents.
-    fn principal_entity(&self, key: &EntityKey, uid: EntityUid) -> Result<Entity, String> {
+    fn principal_entity(
+        &self,
+        key: &EntityKey,
+        uid: EntityUid,
+        record: Option<&StoredEntity>,
+    ) -> Result<Entity, String> {
         let EntityKey::Principal {
             anonymous,
             tenant,
@@ -887,6 +902,26 @@ impl AuthzEngine {
                 match self.roles.get(role) {
                     Some(closure) => parents.extend(closure.iter().cloned()),
                     None => parents.push(self.uid("Role", role)?),
+                }
+            }
+            // The store's record adds what the token does not say: attributes the claims left
+            // unset (never `tenant` or `platform`, which are the credential's), and its parents
+            // (role records bring their ladder along).
+            if let Some(StoredEntity { entity, .. }) = record {
+                let (_, record_attrs, record_parents) = entity.clone().into_inner();
+                for (name, expr) in record_attrs {
+                    if !attrs.iter().any(|(set, _)| *set == name) {
+                        attrs.push((name, expr));
+                    }
+                }
+                for parent in record_parents {
+                    let ladder = (parent.type_name().basename() == "Role")
+                        .then(|| self.roles.get(parent.id().unescaped()))
+                        .flatten();
+                    match ladder {
+                        Some(closure) => parents.extend(closure.iter().cloned()),
+                        None => parents.push(parent),
+                    }
                 }
             }
         }
@@ -979,6 +1014,10 @@ impl AuthzEngine {
         } else {
             EntityUid::from_type_name_and_id(self.types.user.clone(), EntityId::new(&principal.id))
         };
+        let principal_record = match input.principal_record {
+            ResourceRecord::Found(record) if !anonymous => Some(record),
+            _ => None,
+        };
         let principal_key = EntityKey::Principal {
             anonymous,
             id: principal.id.clone(),
@@ -997,11 +1036,13 @@ impl AuthzEngine {
                     .map(|(name, _)| principal.attributes.get(name).map(|v| v.to_string()))
                     .collect()
             },
+            record: principal_record.map(|r| r.fingerprint.clone()),
         };
         let user = match self.entity_cache.get(&principal_key) {
             Some(e) => e,
             None => {
-                let e = self.principal_entity(&principal_key, principal_uid.clone())?;
+                let e =
+                    self.principal_entity(&principal_key, principal_uid.clone(), principal_record)?;
                 self.entity_cache.insert(principal_key, e.clone());
                 e
             }
@@ -1279,11 +1320,13 @@ fn cache_key(
             .flat_map(|(name, value)| [name.as_str(), value.as_str()]),
     );
     key.maybe(p.attributes.get("mfa"), KeyWriter::json);
-    // The store's record: none, missing, or the record itself.
-    match input.resource_record {
-        ResourceRecord::NotCovered => key.maybe(None::<&str>, KeyWriter::text),
-        ResourceRecord::Missing => key.text(""),
-        ResourceRecord::Found(record) => key.text(&record.fingerprint),
+    // The store's records: none, missing, or the record itself.
+    for record in [input.resource_record, input.principal_record] {
+        match record {
+            ResourceRecord::NotCovered => key.maybe(None::<&str>, KeyWriter::text),
+            ResourceRecord::Missing => key.text(""),
+            ResourceRecord::Found(record) => key.text(&record.fingerprint),
+        }
     }
     // Inputs only some policies read: a marker when no policy reads them.
     key.maybe(uses.hour.then_some(f.hour), KeyWriter::number);
@@ -1658,6 +1701,7 @@ mod tests {
             resource_id: "1",
             resource_attributes: &[],
             resource_record: Default::default(),
+            principal_record: Default::default(),
             declared_facts: &[],
             facts: &facts,
         })
@@ -1686,6 +1730,7 @@ mod tests {
                     resource_id,
                     resource_attributes: &attributes,
                     resource_record: Default::default(),
+                    principal_record: Default::default(),
                     declared_facts: &[],
                     facts: &facts,
                 };
@@ -1827,6 +1872,7 @@ mod tests {
                 resource_id: "1",
                 resource_attributes: &[],
                 resource_record: ResourceRecord::NotCovered,
+                principal_record: ResourceRecord::NotCovered,
                 declared_facts: &declared,
                 facts: &facts,
             };
@@ -1850,6 +1896,85 @@ mod tests {
         let (_, silver) = decide(Some("3"), Some("silver"));
         assert_eq!(gold, silver);
         assert_eq!(gold, key_3);
+    }
+
+    #[test]
+    fn user_records_add_what_the_token_lacks_and_key_the_cache() {
+        let (dir, _) = package_with(
+            "@id(\"finance-deletes-projects\")\npermit (principal, action == Action::\"projects:delete\", resource)\n\
+             when { principal is User && principal has department && principal.department == \"finance\" };\n",
+        );
+        // The package keeps a record of alice: a department her token lacks, the editor role
+        // her token lacks, and a tenant and platform flag the credential's values override.
+        let path = dir.path().join("entities.json");
+        let mut records: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        records.push(serde_json::json!({
+            "uid": {"type": "User", "id": "alice"},
+            "attrs": {"tenant": {"__entity": {"type": "Tenant", "id": "globex"}}, "platform": true, "department": "finance"},
+            "parents": [{"type": "Role", "id": "editor"}],
+        }));
+        std::fs::write(&path, serde_json::to_vec(&records).unwrap()).unwrap();
+        let engine = AuthzEngine::load(dir.path(), &TenantRegistry::default(), 1000).unwrap();
+        let alice = principal("alice", "acme", &["viewer"], false);
+        let bob = principal("bob", "acme", &["viewer"], false);
+        let tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
+        let ask = |p: &Principal, action: &str, resource_type: &str| {
+            let input = DecisionInput {
+                principal: p,
+                tenant: &tenant,
+                tier_features: &[],
+                action,
+                resource_type,
+                resource_id: "9",
+                resource_attributes: &[],
+                resource_record: ResourceRecord::NotCovered,
+                principal_record: engine.file_record(engine.user_type(), &p.id),
+                declared_facts: &[],
+                facts: &facts,
+            };
+            let cached = engine.decide(&input);
+            let (fresh, _) = engine.evaluate(&input);
+            assert_eq!(*cached, fresh, "{} {action}", p.id);
+            fresh.allowed
+        };
+        // The record's department and role apply; bob has no record.
+        assert!(
+            ask(&alice, "projects:delete", "Project"),
+            "department from the record"
+        );
+        assert!(!ask(&bob, "projects:delete", "Project"));
+        assert!(
+            ask(&alice, "projects:update", "Project"),
+            "editor from the record"
+        );
+        assert!(!ask(&bob, "projects:update", "Project"));
+        // The credential's tenant stays: alice acts in acme, not in the record's globex.
+        assert!(matches!(
+            engine.file_record("User", "alice"),
+            ResourceRecord::Found(_)
+        ));
+        let input = DecisionInput {
+            principal: &alice,
+            tenant: &tenant,
+            tier_features: &[],
+            action: "projects:read",
+            resource_type: "Project",
+            resource_id: "9",
+            resource_attributes: &[],
+            resource_record: ResourceRecord::NotCovered,
+            principal_record: engine.file_record("User", "alice"),
+            declared_facts: &[],
+            facts: &facts,
+        };
+        let (_, entities) = engine.evaluate(&input);
+        let entities = entities.unwrap().to_json_value().unwrap().to_string();
+        assert!(
+            entities.contains("\"department\":\"finance\""),
+            "{entities}"
+        );
+        assert!(!entities.contains("\"platform\":true"), "{entities}");
     }
 
     fn package_with(extra: &str) -> (tempfile::TempDir, AuthzEngine) {
@@ -2116,6 +2241,7 @@ mod tests {
                         resource_id: ask.resource,
                         resource_attributes: &[],
                         resource_record,
+                        principal_record: ResourceRecord::NotCovered,
                         declared_facts: &[],
                         facts: &facts,
                     };

@@ -410,6 +410,12 @@ fn run_case(
         resource_id: &resource_id,
         resource_attributes: &attributes,
         resource_record,
+        // As live: the package's record of the user, if it keeps users.
+        principal_record: if principal.is_anonymous() {
+            ResourceRecord::NotCovered
+        } else {
+            engine.file_record(engine.user_type(), &principal.id)
+        },
         declared_facts: &[],
         facts: &facts,
     });

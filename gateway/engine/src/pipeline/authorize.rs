@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::Rejection;
 use crate::authz::routes::UnmatchedRoute;
-use crate::authz::store::{EntityStore, Lookup};
+use crate::authz::store::{EntityStore, Lookup, StoredEntity};
 use crate::authz::{AuthzEngine, DecisionInput, Evaluation, RequestFacts, ResourceRecord};
 use crate::identity::Principal;
 use crate::request_metrics::StaticCounters;
@@ -112,6 +112,51 @@ pub struct AuthorizeRequest<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+/// A record as looked up: from the package's `entities.json`, or fetched from a provider.
+enum Looked<'e> {
+    File(ResourceRecord<'e>),
+    Fetched(Arc<StoredEntity>),
+    Missing,
+}
+
+impl Looked<'_> {
+    fn record(&self) -> ResourceRecord<'_> {
+        match self {
+            Looked::File(record) => *record,
+            Looked::Fetched(record) => ResourceRecord::Found(record),
+            Looked::Missing => ResourceRecord::Missing,
+        }
+    }
+}
+
+/// What the entity file, else the store's providers, know of `type_name::"id"`. A provider
+/// that cannot answer refuses the request (`503 entity-store-unavailable`) unless configured
+/// to treat that as absence.
+async fn record_of<'e>(
+    engine: &'e AuthzEngine,
+    store: &EntityStore,
+    type_name: &str,
+    id: &str,
+) -> Result<Looked<'e>, Rejection> {
+    match engine.file_record(type_name, id) {
+        found @ ResourceRecord::Found(_) => Ok(Looked::File(found)),
+        from_file => match store
+            .lookup(type_name, id, engine.schema(), &engine.version)
+            .await
+        {
+            Ok(Lookup::Found(record)) => Ok(Looked::Fetched(record)),
+            Ok(Lookup::Missing) => Ok(Looked::Missing),
+            Ok(Lookup::NotCovered) => Ok(Looked::File(from_file)),
+            Err(e) => {
+                tracing::warn!(error = %e, entity_type = %type_name, "entity store unavailable: request refused");
+                Err(Rejection::EntityStoreUnavailable {
+                    reason: e.to_string(),
+                })
+            }
+        },
+    }
+}
+
 /// Runs stage 4. The resource's record comes from the package's `entities.json`, else from the
 /// configured entity store providers (awaited only for the types they serve).
 ///
@@ -143,36 +188,16 @@ pub async fn authorize(
         .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.to_string())))
         .collect();
     let resource_id = matched.resource_id();
-    let fetched;
-    let resource_record = if route.id_param.is_none() {
-        // A collection route (no id) names no object: nothing to look up.
-        ResourceRecord::NotCovered
+    // A collection route (no id) names no object: nothing to look up.
+    let resource = match route.id_param {
+        Some(_) => record_of(engine, store, &route.resource_type, resource_id).await?,
+        None => Looked::File(ResourceRecord::NotCovered),
+    };
+    // The principal's own record, where the package or a provider keeps users.
+    let principal = if request.principal.is_anonymous() {
+        Looked::File(ResourceRecord::NotCovered)
     } else {
-        match engine.file_record(&route.resource_type, resource_id) {
-            found @ ResourceRecord::Found(_) => found,
-            from_file => match store
-                .lookup(
-                    &route.resource_type,
-                    resource_id,
-                    engine.schema(),
-                    &engine.version,
-                )
-                .await
-            {
-                Ok(Lookup::Found(record)) => {
-                    fetched = record;
-                    ResourceRecord::Found(&fetched)
-                }
-                Ok(Lookup::Missing) => ResourceRecord::Missing,
-                Ok(Lookup::NotCovered) => from_file,
-                Err(e) => {
-                    tracing::warn!(error = %e, resource_type = %route.resource_type, "entity store unavailable: request refused");
-                    return Err(Rejection::EntityStoreUnavailable {
-                        reason: e.to_string(),
-                    });
-                }
-            },
-        }
+        record_of(engine, store, engine.user_type(), &request.principal.id).await?
     };
     let declared_facts = if engine.context_facts().is_empty() {
         Vec::new()
@@ -199,7 +224,8 @@ pub async fn authorize(
         resource_type: &route.resource_type,
         resource_id,
         resource_attributes: &resource_attributes,
-        resource_record,
+        resource_record: resource.record(),
+        principal_record: principal.record(),
         declared_facts: &declared_facts,
         facts: request.facts,
     };

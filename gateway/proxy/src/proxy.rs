@@ -320,15 +320,19 @@ impl ProxyHttp for GatewayProxy {
                 .starts_with(sessions::PREFIX.as_bytes())
             {
                 ctx.correlation = Some(correlation);
-                let answered = self
-                    .serve_browser_endpoint(session, sessions, &snapshot)
-                    .await;
+                // Boxed, as every rare path here: its future would otherwise enlarge the
+                // request filter's, which is moved into a box on every request.
+                let answered =
+                    Box::pin(self.serve_browser_endpoint(session, sessions, &snapshot)).await;
                 ctx.snapshot = Some(snapshot);
                 answered?;
                 return Ok(true);
             }
         }
-        let body = self.read_body_for_facts(session, &snapshot).await?;
+        let body = match Self::body_facts_length(session, &snapshot) {
+            Some(length) => Some(Box::pin(Self::read_body(session, length)).await?),
+            None => None,
+        };
         let req = session.req_header();
         let host = req
             .headers
@@ -818,46 +822,38 @@ impl GatewayProxy {
         Ok(())
     }
 
-    /// Reads the request body before admission when the request's route decides on body
-    /// facts (`read_body = true`) and the body announces a `Content-Length` within
+    /// The length of a body to read before admission: when the request's route decides on
+    /// body facts (`read_body = true`) and the body announces a `Content-Length` within
     /// [`gateway_engine::authz::facts::BODY_FACTS_MAX_BYTES`]. Pingora's retry buffer keeps what
     /// is read and sends it to the upstream first, so the body still arrives whole. Any other
-    /// body (larger, chunked, none) is not read here: its facts are absent.
-    async fn read_body_for_facts(
-        &self,
-        session: &mut Session,
-        snapshot: &Snapshot,
-    ) -> pingora::Result<Option<Bytes>> {
-        let wanted = {
-            let req = session.req_header();
-            let head = RequestHead {
-                method: &req.method,
-                target: req.raw_path(),
-                host: None,
-                headers: &req.headers,
-                client_ip: None,
-                body: None,
-            };
-            admission::body_wanted(&head, snapshot)
+    /// body (larger, chunked, none) is not read early: its facts are absent.
+    fn body_facts_length(session: &Session, snapshot: &Snapshot) -> Option<usize> {
+        let req = session.req_header();
+        let head = RequestHead {
+            method: &req.method,
+            target: req.raw_path(),
+            host: None,
+            headers: &req.headers,
+            client_ip: None,
+            body: None,
         };
-        let Some(cap) = wanted else {
-            return Ok(None);
-        };
-        let announced = session
-            .req_header()
-            .headers
+        let cap = admission::body_wanted(&head, snapshot)?;
+        req.headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        let Some(length) = announced.filter(|n| (1..=cap).contains(n)) else {
-            return Ok(None);
-        };
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=cap).contains(n))
+    }
+
+    /// Reads the whole body (`length` bytes, within the body-facts limit) with Pingora's retry
+    /// buffering on.
+    async fn read_body(session: &mut Session, length: usize) -> pingora::Result<Bytes> {
         session.enable_retry_buffering();
         let mut body = bytes::BytesMut::with_capacity(length);
         while let Some(chunk) = session.read_request_body().await? {
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(body.freeze()))
+        Ok(body.freeze())
     }
 
     /// `https` on a TLS listener, or behind a trusted proxy that says so; `http` otherwise.

@@ -214,7 +214,9 @@ async fn identify_caller(
             authenticator: &services.authenticator,
             directory: &services.directory,
         };
-        match sessions.authenticate(head.headers, &cx).await {
+        // Boxed: the session's refresh (an HTTP exchange) is a large future that requests
+        // without a session cookie should not carry.
+        match Box::pin(sessions.authenticate(head.headers, &cx)).await {
             SessionAuth::Valid { principal, renewed } => return Ok((principal, renewed)),
             SessionAuth::Invalid(error) => return Err(login_or(error, true)),
             SessionAuth::Absent => {}

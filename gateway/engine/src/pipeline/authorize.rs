@@ -140,20 +140,21 @@ async fn record_of<'e>(
 ) -> Result<Looked<'e>, Rejection> {
     match engine.file_record(type_name, id) {
         found @ ResourceRecord::Found(_) => Ok(Looked::File(found)),
-        from_file => match store
-            .lookup(type_name, id, engine.schema(), &engine.version)
-            .await
-        {
-            Ok(Lookup::Found(record)) => Ok(Looked::Fetched(record)),
-            Ok(Lookup::Missing) => Ok(Looked::Missing),
-            Ok(Lookup::NotCovered) => Ok(Looked::File(from_file)),
-            Err(e) => {
-                tracing::warn!(error = %e, entity_type = %type_name, "entity store unavailable: request refused");
-                Err(Rejection::EntityStoreUnavailable {
-                    reason: e.to_string(),
-                })
+        from_file if !store.covers(type_name) => Ok(Looked::File(from_file)),
+        // Boxed: a provider's fetch is a large future, which every request's would carry.
+        from_file => {
+            match Box::pin(store.lookup(type_name, id, engine.schema(), &engine.version)).await {
+                Ok(Lookup::Found(record)) => Ok(Looked::Fetched(record)),
+                Ok(Lookup::Missing) => Ok(Looked::Missing),
+                Ok(Lookup::NotCovered) => Ok(Looked::File(from_file)),
+                Err(e) => {
+                    tracing::warn!(error = %e, entity_type = %type_name, "entity store unavailable: request refused");
+                    Err(Rejection::EntityStoreUnavailable {
+                        reason: e.to_string(),
+                    })
+                }
             }
-        },
+        }
     }
 }
 

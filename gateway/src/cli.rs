@@ -133,12 +133,31 @@ pub enum UsageCommand {
         to: String,
         #[arg(long, value_enum, default_value_t = ReportBucket::Hour)]
         bucket: ReportBucket,
-        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
-        format: ReportFormat,
+        /// `xlsx`: a workbook with the rows, totals per tenant and a chart sheet.
+        #[arg(long, value_enum, default_value_t = UsageFormat::Csv)]
+        format: UsageFormat,
         /// Read a PostgreSQL ledger exporter (all replicas) instead of this replica's outbox.
         #[arg(long)]
         ledger: Option<String>,
+        /// Write the report to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
+}
+
+/// Where a usage report goes, in which format.
+struct ReportOutput<'a> {
+    format: UsageFormat,
+    /// A file; standard output when absent.
+    path: Option<&'a Path>,
+}
+
+/// `gateway usage report --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageFormat {
+    Csv,
+    Json,
+    Xlsx,
 }
 
 /// `--bucket`: the period usage is summed over.
@@ -226,8 +245,20 @@ fn run_command() -> i32 {
                     bucket,
                     format,
                     ledger,
+                    output,
                 },
-        } => usage_report(&config, tenant, &from, &to, bucket, format, ledger),
+        } => usage_report(
+            &config,
+            tenant,
+            &from,
+            &to,
+            bucket,
+            ledger,
+            ReportOutput {
+                format,
+                path: output.as_deref(),
+            },
+        ),
         Command::Audit {
             command: AuditCommand::Verify { dir },
         } => audit_verify(&dir),
@@ -368,10 +399,14 @@ fn usage_report(
     from: &str,
     to: &str,
     bucket: ReportBucket,
-    format: ReportFormat,
     ledger: Option<String>,
+    output: ReportOutput<'_>,
 ) -> i32 {
     use crate::metering::report;
+    let ReportOutput {
+        format,
+        path: output,
+    } = output;
     let loaded = match load(config) {
         Ok(l) => l,
         Err(code) => return code,
@@ -426,19 +461,27 @@ fn usage_report(
     match rows {
         Ok(rows) => {
             let out = match format {
-                ReportFormat::Csv => report::to_csv(&rows),
-                ReportFormat::Json => {
-                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())
-                }
+                UsageFormat::Csv => report::to_csv(&rows).map(String::into_bytes),
+                UsageFormat::Json => serde_json::to_string_pretty(&rows)
+                    .map(|text| format!("{text}\n").into_bytes())
+                    .map_err(|e| e.to_string()),
+                UsageFormat::Xlsx => report::to_xlsx(&rows),
             };
-            match out {
-                Ok(text) => {
-                    print!("{text}");
-                    if matches!(format, ReportFormat::Json) {
-                        println!();
-                    }
-                    0
+            let written = out.and_then(|bytes| match output {
+                Some(path) => {
+                    std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
                 }
+                None => {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(&bytes)
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| format!("standard output: {e}"))
+                }
+            });
+            match written {
+                Ok(()) => 0,
                 Err(e) => {
                     eprintln!("{e}");
                     EXIT_RUNTIME

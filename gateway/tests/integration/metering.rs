@@ -306,6 +306,33 @@ item_price_id = "api-calls-EUR"
             "{source:?}: {csv}"
         );
     }
+    // The same report as a workbook, written to a file: the totals match the CSV's.
+    let xlsx = gw.dir.path().join("usage.xlsx");
+    let out = std::process::Command::new(gateway_bin())
+        .args(["usage", "report", "--config"])
+        .arg(&gw.config_path)
+        .args([
+            "--tenant", "acme", "--from", &today, "--to", &tomorrow, "--bucket", "day", "--format",
+            "xlsx", "--output",
+        ])
+        .arg(&xlsx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&xlsx).unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut totals = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("xl/worksheets/sheet2.xml").unwrap(),
+        &mut totals,
+    )
+    .unwrap();
+    assert!(totals.contains("<v>10</v>"), "{totals}");
+    assert!(zip.by_name("xl/chartsheets/sheet1.xml").is_ok());
     db.batch_execute(&format!("DROP TABLE {ledger}"))
         .await
         .unwrap();

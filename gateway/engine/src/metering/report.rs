@@ -175,6 +175,85 @@ pub fn to_csv(rows: &[ReportRow]) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
+/// The rows as an XLSX workbook: a `Usage` sheet (one row per period, tenant and action, counts
+/// as numbers), a `Totals` sheet per tenant, and a `Chart` sheet of requests and rejections per
+/// tenant. Counts above 2^53 lose precision as spreadsheet numbers do.
+pub fn to_xlsx(rows: &[ReportRow]) -> Result<Vec<u8>, String> {
+    use rust_xlsxwriter::{Chart, ChartType, Format, Workbook};
+    const COLUMNS: [&str; 8] = [
+        "period",
+        "tenant",
+        "action",
+        "requests",
+        "rejected",
+        "interrupted",
+        "request_bytes",
+        "response_bytes",
+    ];
+    let error = |e: rust_xlsxwriter::XlsxError| e.to_string();
+    let bold = Format::new().set_bold();
+    let mut workbook = Workbook::new();
+    let usage = workbook.add_worksheet().set_name("Usage").map_err(error)?;
+    for (col, name) in (0u16..).zip(COLUMNS) {
+        usage
+            .write_string_with_format(0, col, name, &bold)
+            .map_err(error)?;
+    }
+    let mut totals: std::collections::BTreeMap<&str, [u64; 5]> = Default::default();
+    for (row, r) in (1u32..).zip(rows) {
+        usage.write_string(row, 0, &r.period).map_err(error)?;
+        usage.write_string(row, 1, &r.tenant).map_err(error)?;
+        usage.write_string(row, 2, &r.action).map_err(error)?;
+        let counts = [
+            r.requests,
+            r.rejected,
+            r.interrupted,
+            r.request_bytes,
+            r.response_bytes,
+        ];
+        for (col, value) in (3u16..).zip(counts) {
+            usage.write_number(row, col, value as f64).map_err(error)?;
+        }
+        let sum = totals.entry(r.tenant.as_str()).or_default();
+        for (total, value) in sum.iter_mut().zip(counts) {
+            *total = total.saturating_add(value);
+        }
+    }
+    usage.autofit();
+    let sheet = workbook.add_worksheet().set_name("Totals").map_err(error)?;
+    sheet
+        .write_string_with_format(0, 0, "tenant", &bold)
+        .map_err(error)?;
+    for (col, name) in (1u16..).zip(COLUMNS.iter().skip(3)) {
+        sheet
+            .write_string_with_format(0, col, *name, &bold)
+            .map_err(error)?;
+    }
+    for (row, (tenant, sums)) in (1u32..).zip(&totals) {
+        sheet.write_string(row, 0, *tenant).map_err(error)?;
+        for (col, value) in (1u16..).zip(sums) {
+            sheet.write_number(row, col, *value as f64).map_err(error)?;
+        }
+    }
+    sheet.autofit();
+    let last = u32::try_from(totals.len()).unwrap_or(u32::MAX).max(1);
+    let mut chart = Chart::new(ChartType::Column);
+    chart.title().set_name("Requests per tenant");
+    chart
+        .add_series()
+        .set_name("requests")
+        .set_categories(("Totals", 1, 0, last, 0))
+        .set_values(("Totals", 1, 1, last, 1));
+    chart
+        .add_series()
+        .set_name("rejected")
+        .set_categories(("Totals", 1, 0, last, 0))
+        .set_values(("Totals", 1, 2, last, 2));
+    let chartsheet = workbook.add_chartsheet().set_name("Chart").map_err(error)?;
+    chartsheet.insert_chart(0, 0, &chart).map_err(error)?;
+    workbook.save_to_buffer().map_err(error)
+}
+
 /// The bound of a report period: an RFC 3339 time, or a date meaning its midnight UTC (the
 /// CLI and the admin API read periods the same way).
 pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
@@ -189,6 +268,57 @@ pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn xlsx_holds_the_rows_totals_and_a_chart_sheet() {
+        use std::io::Read as _;
+        let row = |tenant: &str, action: &str, requests: u64, rejected: u64| ReportRow {
+            period: "2026-12-05T00:00:00Z".into(),
+            tenant: tenant.into(),
+            action: action.into(),
+            requests,
+            rejected,
+            interrupted: 0,
+            request_bytes: 100,
+            response_bytes: 2000,
+        };
+        let rows = vec![
+            row("acme", "projects:read", 7, 1),
+            row("acme", "projects:update", 3, 2),
+            row("globex", "projects:read", 5, 0),
+        ];
+        let bytes = to_xlsx(&rows).unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut part = |name: &str| {
+            let mut text = String::new();
+            zip.by_name(name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        };
+        let workbook = part("xl/workbook.xml");
+        for sheet in ["Usage", "Totals", "Chart"] {
+            assert!(
+                workbook.contains(&format!("name=\"{sheet}\"")),
+                "{workbook}"
+            );
+        }
+        // Totals per tenant: acme 10 requests / 3 rejected, globex 5 / 0.
+        let totals = part("xl/worksheets/sheet2.xml");
+        for value in ["<v>10</v>", "<v>3</v>", "<v>5</v>", "<v>4000</v>"] {
+            assert!(totals.contains(value), "{value} in {totals}");
+        }
+        let usage = part("xl/worksheets/sheet1.xml");
+        assert!(
+            usage.contains("<v>7</v>") && usage.contains("<v>2000</v>"),
+            "{usage}"
+        );
+        let chart = part("xl/charts/chart1.xml");
+        assert!(chart.contains("Totals!$B$2:$B$3"), "{chart}");
+        part("xl/chartsheets/sheet1.xml");
+    }
+
     use super::*;
 
     fn event(time: &str, tenant: &str, action: &str, outcome: Outcome) -> UsageEvent {

@@ -209,6 +209,7 @@ fuzz_target!(|decisions: Vec<Decision>| {
             resource_id: &decision.resource_id,
             resource_attributes: &resource_attributes,
             resource_record: Default::default(),
+            principal_record: Default::default(),
             declared_facts: &[],
             facts: &facts,
         };

@@ -216,7 +216,7 @@ impl Authenticator {
         };
         match (bearer, api_key) {
             (Some(_), Some(_)) => Err(AuthError::MultipleCredentials),
-            (Some(token), None) => self.verify_jwt(token, policy, registry, generation).await,
+            (Some(token), None) => self.verify_token(token, policy, registry, generation).await,
             (None, Some(key)) => api_key_principal(key, registry).map(Arc::new),
             (None, None) if policy.allow_anonymous => Ok(Arc::new(Principal::anonymous())),
             (None, None) => Err(AuthError::MissingCredentials),
@@ -232,7 +232,22 @@ impl Authenticator {
         registry: &TenantRegistry,
         generation: u64,
     ) -> Result<Arc<Principal>, AuthError> {
-        self.verify_jwt(token, policy, registry, generation).await
+        self.verify_jwt(token, policy, registry, generation, TokenUse::Credential)
+            .await
+    }
+
+    /// Verifies an OpenID Connect back-channel logout token (the issuer's keys, algorithms
+    /// and audiences, as for its other tokens): its subject's principal. Only a token with the
+    /// logout event passes, and it is never cached as a credential.
+    pub async fn verify_logout_token(
+        &self,
+        token: &str,
+        policy: &IdentityPolicy,
+        registry: &TenantRegistry,
+        generation: u64,
+    ) -> Result<Arc<Principal>, AuthError> {
+        self.verify_jwt(token, policy, registry, generation, TokenUse::Logout)
+            .await
     }
 
     async fn verify_jwt(
@@ -241,9 +256,14 @@ impl Authenticator {
         policy: &IdentityPolicy,
         registry: &TenantRegistry,
         generation: u64,
+        token_use: TokenUse,
     ) -> Result<Arc<Principal>, AuthError> {
         let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.verified.get(&cache_key) {
+        let cached = match token_use {
+            TokenUse::Credential => self.verified.get(&cache_key),
+            TokenUse::Logout => None,
+        };
+        if let Some(hit) = cached {
             if hit.generation == generation
                 && hit.principal.expires_at.is_some_and(|exp| exp > now_secs())
                 && hit.key.as_ref().is_none_or(KeyOrigin::still_published)
@@ -264,6 +284,15 @@ impl Authenticator {
             .map_err(|_| AuthError::AlgNotAllowed(alg_name.clone()))?;
         let unverified: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|_| AuthError::MalformedToken)?;
+        // A logout token is signed by the same keys for the same audience as ID tokens: it must
+        // never pass for a credential (OIDC Back-Channel Logout §2.4), nor anything else for it.
+        let is_logout_token = unverified
+            .get("events")
+            .and_then(Value::as_object)
+            .is_some_and(|events| events.contains_key(BACKCHANNEL_LOGOUT_EVENT));
+        if is_logout_token != (token_use == TokenUse::Logout) {
+            return Err(AuthError::InvalidClaim("events".into()));
+        }
         let iss = match unverified.get("iss") {
             Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err(AuthError::InvalidClaim("iss".into())),
@@ -322,6 +351,9 @@ impl Authenticator {
         )?;
         principal.provision = issuer.provision;
         let principal = Arc::new(principal);
+        if token_use == TokenUse::Logout {
+            return Ok(principal);
+        }
         self.verified.insert(
             cache_key,
             CachedPrincipal {
@@ -333,6 +365,18 @@ impl Authenticator {
         Ok(principal)
     }
 }
+
+/// What a token is verified for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenUse {
+    /// A bearer token, or a session's ID token.
+    Credential,
+    /// A back-channel logout token.
+    Logout,
+}
+
+/// The event claim of an OpenID Connect back-channel logout token.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// The issuer a token claims, among the global ones and the tenants' own. A tenant issuer shared
 /// by several tenants must let the token name its tenant through the tenant claim.
@@ -461,6 +505,54 @@ mod tests {
             api_key_header: HeaderName::from_static("x-api-key"),
             allow_anonymous: false,
         }
+    }
+
+    #[tokio::test]
+    async fn logout_tokens_are_no_credentials_and_credentials_no_logout_tokens() {
+        let now = now_secs();
+        let sign = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "iss": "https://issuer.test", "aud": "api", "sub": "alice",
+                "iat": now, "exp": now + 120,
+            });
+            if let (Some(map), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+                map.extend(extra.clone());
+            }
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET),
+            )
+            .unwrap()
+        };
+        let logout = sign(serde_json::json!({
+            "jti": "j1", "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        }));
+        let credential = sign(serde_json::json!({}));
+        let auth = Authenticator::new(Default::default(), 16);
+        let (policy, registry) = (policy(), TenantRegistry::default());
+        // Verified as a logout token first (it is not cached), then refused as a credential.
+        let subject = auth
+            .verify_logout_token(&logout, &policy, &registry, 1)
+            .await
+            .unwrap();
+        assert_eq!(subject.id, "alice");
+        assert_eq!(
+            auth.verify_token(&logout, &policy, &registry, 1)
+                .await
+                .err(),
+            Some(AuthError::InvalidClaim("events".into()))
+        );
+        // A credential, cached as such, is no logout token.
+        auth.verify_token(&credential, &policy, &registry, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.verify_logout_token(&credential, &policy, &registry, 1)
+                .await
+                .err(),
+            Some(AuthError::InvalidClaim("events".into()))
+        );
     }
 
     #[test]

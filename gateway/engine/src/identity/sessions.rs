@@ -66,7 +66,6 @@ pub const LOGIN_COOKIE: &str = "__Host-gw-login";
 const MAX_COOKIE_BYTES: usize = 4000;
 /// The largest form body the login and back-channel endpoints read.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
-const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// `[sessions]`: browser login and its cookies.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -1002,7 +1001,7 @@ impl Sessions {
         };
         let principal = match cx
             .authenticator
-            .verify_token(&token, cx.identity, cx.registry, cx.generation)
+            .verify_logout_token(&token, cx.identity, cx.registry, cx.generation)
             .await
         {
             Ok(p) => p,
@@ -1016,7 +1015,7 @@ impl Sessions {
         if !claims
             .get("events")
             .and_then(Value::as_object)
-            .is_some_and(|e| e.contains_key(BACKCHANNEL_EVENT))
+            .is_some_and(|e| e.contains_key(super::BACKCHANNEL_LOGOUT_EVENT))
         {
             return refuse("the logout token has no back-channel logout event");
         }

@@ -347,6 +347,43 @@ fn scim_bool(value: &Value) -> Option<bool> {
     }
 }
 
+/// A request body that must be a JSON object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, ScimError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ScimError::bad("invalidSyntax", format!("body: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ScimError::bad(
+            "invalidSyntax",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+/// The resource's name attribute (`userName`, `displayName`): a non-empty string of at most
+/// 256 characters.
+fn required_name(map: &mut Map<String, Value>, attribute: &str) -> Result<String, ScimError> {
+    match map.remove(attribute) {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 256 => Ok(name),
+        _ => Err(ScimError::bad(
+            "invalidValue",
+            format!("{attribute} is required: a non-empty string of at most 256 characters"),
+        )),
+    }
+}
+
+/// The optional `externalId`.
+fn external_id(map: &mut Map<String, Value>) -> Result<Option<String>, ScimError> {
+    match map.remove("externalId") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ScimError::bad(
+            "invalidValue",
+            "externalId must be a string",
+        )),
+    }
+}
+
 /// A user from a request body (`id` and `meta` are the server's; a password is never kept).
 fn user_from(
     body: &[u8],
@@ -354,15 +391,7 @@ fn user_from(
     created: String,
     version: u64,
 ) -> Result<DirectoryUser, ScimError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ScimError::bad("invalidSyntax", format!("body: {e}")))?;
-    let Value::Object(mut map) = value else {
-        return Err(ScimError::bad(
-            "invalidSyntax",
-            "the body must be a JSON object",
-        ));
-    };
-    user_from_map(&mut map, id, created, version)
+    user_from_map(&mut object(body)?, id, created, version)
 }
 
 fn user_from_map(
@@ -374,25 +403,8 @@ fn user_from_map(
     for server_owned in ["id", "meta", "schemas", "password"] {
         map.remove(server_owned);
     }
-    let user_name = match map.remove("userName") {
-        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 256 => name,
-        _ => {
-            return Err(ScimError::bad(
-                "invalidValue",
-                "userName is required: a non-empty string of at most 256 characters",
-            ))
-        }
-    };
-    let external_id = match map.remove("externalId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ScimError::bad(
-                "invalidValue",
-                "externalId must be a string",
-            ))
-        }
-    };
+    let user_name = required_name(map, "userName")?;
+    let external_id = external_id(map)?;
     let active = match map.remove("active") {
         None | Some(Value::Null) => true,
         Some(v) => scim_bool(&v)
@@ -794,25 +806,8 @@ fn group_from_map(
     for server_owned in ["id", "meta", "schemas"] {
         map.remove(server_owned);
     }
-    let display_name = match map.remove("displayName") {
-        Some(Value::String(name)) if !name.trim().is_empty() && name.len() <= 256 => name,
-        _ => {
-            return Err(ScimError::bad(
-                "invalidValue",
-                "displayName is required: a non-empty string of at most 256 characters",
-            ))
-        }
-    };
-    let external_id = match map.remove("externalId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ScimError::bad(
-                "invalidValue",
-                "externalId must be a string",
-            ))
-        }
-    };
+    let display_name = required_name(map, "displayName")?;
+    let external_id = external_id(map)?;
     let members = member_ids(&map.remove("members").unwrap_or(Value::Null))
         .map_err(|e| ScimError::bad("invalidValue", e))?;
     Ok(DirectoryGroup {
@@ -833,15 +828,7 @@ fn group_from(
     created: String,
     version: u64,
 ) -> Result<DirectoryGroup, ScimError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ScimError::bad("invalidSyntax", format!("body: {e}")))?;
-    let Value::Object(mut map) = value else {
-        return Err(ScimError::bad(
-            "invalidSyntax",
-            "the body must be a JSON object",
-        ));
-    };
-    group_from_map(&mut map, id, created, version)
+    group_from_map(&mut object(body)?, id, created, version)
 }
 
 async fn save_group(

@@ -708,14 +708,23 @@ impl Sessions {
             (&Method::POST, "backchannel-logout") => self.backchannel_logout(req, cx).await,
             (&Method::GET, "session") => self.whoami(req, cx).await,
             (method, path) if path.starts_with("saml/") => {
-                match path.trim_start_matches("saml/").split_once('/') {
-                    Some((tenant, "metadata")) if method == Method::GET => {
-                        self.saml_metadata(req, cx, tenant)
+                let target = path.trim_start_matches("saml/").split_once('/');
+                let found = target.and_then(|(tenant, page)| {
+                    saml_of(cx.registry, tenant).map(|saml| (tenant, page, saml))
+                });
+                match found {
+                    Some((tenant, "metadata", saml)) if method == Method::GET => {
+                        self.saml_metadata(req, tenant, saml)
                     }
-                    Some((tenant, "acs")) if method == Method::POST => {
-                        self.saml_acs(req, cx, tenant).await
+                    Some((tenant, "acs", saml)) if method == Method::POST => {
+                        self.saml_acs(req, cx, tenant, saml).await
                     }
-                    _ => BrowserResponse::message(404, "Not found", "No such page."),
+                    Some(_) => BrowserResponse::message(404, "Not found", "No such page."),
+                    None => BrowserResponse::message(
+                        404,
+                        "Not found",
+                        "No SAML sign-in for this organisation.",
+                    ),
                 }
             }
             _ => BrowserResponse::message(404, "Not found", "No such page."),
@@ -1099,16 +1108,9 @@ impl Sessions {
     fn saml_metadata(
         &self,
         req: &BrowserRequest<'_>,
-        cx: &SessionContext<'_>,
         tenant: &str,
+        saml: &SamlLoginSettings,
     ) -> BrowserResponse {
-        let Some(saml) = saml_of(cx.registry, tenant) else {
-            return BrowserResponse::message(
-                404,
-                "Not found",
-                "No SAML sign-in for this organisation.",
-            );
-        };
         let (entity_id, acs) = Self::saml_urls(req, tenant, saml);
         BrowserResponse {
             status: 200,
@@ -1168,14 +1170,8 @@ impl Sessions {
         req: &BrowserRequest<'_>,
         cx: &SessionContext<'_>,
         tenant: &str,
+        saml: &SamlLoginSettings,
     ) -> BrowserResponse {
-        let Some(saml) = saml_of(cx.registry, tenant) else {
-            return BrowserResponse::message(
-                404,
-                "Not found",
-                "No SAML sign-in for this organisation.",
-            );
-        };
         let flow = cookie_value(req.headers, LOGIN_COOKIE)
             .and_then(|sealed| self.open::<LoginFlow>(LOGIN_COOKIE, &sealed))
             .filter(|f| now_ms() < f.end && f.t == tenant && f.pkce.is_empty());

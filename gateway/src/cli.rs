@@ -119,7 +119,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum UsageCommand {
-    /// Per tenant and action: requests and bytes per hour or day.
+    /// Requests, rejections, bytes and (with `[metering.pricing]`) cost per hour or day, per
+    /// tenant and action or any other grouping (`--by`).
     Report {
         #[arg(long, short)]
         config: PathBuf,
@@ -133,6 +134,11 @@ pub enum UsageCommand {
         to: String,
         #[arg(long, value_enum, default_value_t = ReportBucket::Hour)]
         bucket: ReportBucket,
+        /// Rows per period and per value of these, comma-separated: tenant, action, route,
+        /// region, tier, principal, attribute:<name> (a chargeback attribute, e.g.
+        /// `attribute:cost_center`).
+        #[arg(long, default_value = "tenant,action")]
+        by: String,
         /// `xlsx`: a workbook with the rows, totals per tenant and a chart sheet.
         #[arg(long, value_enum, default_value_t = UsageFormat::Csv)]
         format: UsageFormat,
@@ -143,6 +149,17 @@ pub enum UsageCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// What a usage report covers and where it reads from.
+struct ReportSelection {
+    tenant: Option<String>,
+    from: String,
+    to: String,
+    bucket: ReportBucket,
+    by: String,
+    /// A PostgreSQL ledger exporter's name; the outbox when absent.
+    ledger: Option<String>,
 }
 
 /// Where a usage report goes, in which format.
@@ -243,17 +260,21 @@ fn run_command() -> i32 {
                     from,
                     to,
                     bucket,
+                    by,
                     format,
                     ledger,
                     output,
                 },
         } => usage_report(
             &config,
-            tenant,
-            &from,
-            &to,
-            bucket,
-            ledger,
+            ReportSelection {
+                tenant,
+                from,
+                to,
+                bucket,
+                by,
+                ledger,
+            },
             ReportOutput {
                 format,
                 path: output.as_deref(),
@@ -393,15 +414,7 @@ fn check(path: &Path, loaded: &LoadedConfig) -> i32 {
     }
 }
 
-fn usage_report(
-    config: &Path,
-    tenant: Option<String>,
-    from: &str,
-    to: &str,
-    bucket: ReportBucket,
-    ledger: Option<String>,
-    output: ReportOutput<'_>,
-) -> i32 {
+fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<'_>) -> i32 {
     use crate::metering::report;
     let ReportOutput {
         format,
@@ -411,12 +424,13 @@ fn usage_report(
         Ok(l) => l,
         Err(code) => return code,
     };
-    let (from, to) = match (
-        crate::metering::report::parse_time(from),
-        crate::metering::report::parse_time(to),
+    let (from, to, by) = match (
+        report::parse_time(&selection.from),
+        report::parse_time(&selection.to),
+        report::Dimension::parse_list(&selection.by),
     ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(f), Ok(t), Ok(by)) => (f, t, by),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("{e}");
             return EXIT_CONFIG;
         }
@@ -425,13 +439,26 @@ fn usage_report(
         eprintln!("{}: no [metering] section", config.display());
         return EXIT_CONFIG;
     };
+    let prices = match metering
+        .pricing
+        .as_ref()
+        .map(crate::metering::pricing::PriceList::new)
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: metering.pricing: {e}", config.display());
+            return EXIT_CONFIG;
+        }
+    };
     let query = report::ReportQuery {
-        tenant,
+        tenant: selection.tenant,
         from,
         to,
-        bucket: bucket.into(),
+        bucket: selection.bucket.into(),
+        by,
     };
-    let rows = match ledger {
+    let rows = match selection.ledger {
         Some(name) => {
             let Some(crate::metering::exporters::ExporterConfig::Postgres {
                 database,
@@ -452,17 +479,24 @@ fn usage_report(
                     return EXIT_RUNTIME;
                 }
             };
-            runtime.block_on(report::ledger_rows(database, ledger_table, &query))
+            runtime.block_on(report::ledger_report(
+                database,
+                ledger_table,
+                &query,
+                prices.as_ref(),
+            ))
         }
-        None => report::outbox_events(&metering.dir)
-            .map(|events| report::aggregate(&events, &query))
-            .map_err(|e| e.to_string()),
+        None => {
+            let progress = ReportProgress::on_terminal();
+            report::outbox_report(&metering.dir, &query, prices.as_ref(), |p| progress.show(p))
+                .map_err(|e| e.to_string())
+        }
     };
     match rows {
         Ok(rows) => {
             let out = match format {
                 UsageFormat::Csv => report::to_csv(&rows).map(String::into_bytes),
-                UsageFormat::Json => serde_json::to_string_pretty(&rows)
+                UsageFormat::Json => serde_json::to_string_pretty(&rows.json_rows())
                     .map(|text| format!("{text}\n").into_bytes())
                     .map_err(|e| e.to_string()),
                 UsageFormat::Xlsx => report::to_xlsx(&rows),
@@ -491,6 +525,41 @@ fn usage_report(
         Err(e) => {
             eprintln!("usage report failed: {e}");
             EXIT_RUNTIME
+        }
+    }
+}
+
+/// Progress of a long report on standard error, when that is a terminal (scripts and pipes
+/// get the report alone).
+struct ReportProgress {
+    terminal: bool,
+    started: std::time::Instant,
+}
+
+impl ReportProgress {
+    fn on_terminal() -> Self {
+        use std::io::IsTerminal as _;
+        ReportProgress {
+            terminal: std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn show(&self, progress: crate::metering::report::Progress) {
+        if self.terminal {
+            eprint!(
+                "\r{} usage events read in {:.1} s",
+                progress.events,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+impl Drop for ReportProgress {
+    fn drop(&mut self) {
+        if self.terminal {
+            eprintln!();
         }
     }
 }

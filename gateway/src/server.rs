@@ -383,7 +383,14 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         outbox = Some(handle.clone());
         metering = Some(Arc::new(Metering {
             outbox: handle,
-            rules: m.meter.clone(),
+            fields: crate::metering::EventFields {
+                meters: m.meter.clone(),
+                chargeback: m
+                    .pricing
+                    .as_ref()
+                    .map(|p| p.chargeback.clone())
+                    .unwrap_or_default(),
+            },
             record_before_forward: m.record_before_forward,
             tenant_metrics: m.tenant_metrics,
         }));

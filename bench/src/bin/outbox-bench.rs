@@ -24,6 +24,8 @@ fn start(i: u64) -> EventStart {
         method: "GET".into(),
         region: Some("eu-central".into()),
         meters: vec![],
+        tier: Some("pro".into()),
+        attributes: Default::default(),
     }
 }
 

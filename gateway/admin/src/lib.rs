@@ -102,6 +102,9 @@ struct PeriodQuery {
     to: String,
     #[serde(default)]
     bucket: Option<String>,
+    /// Usage reports: what rows are grouped by (`tenant,action` by default).
+    #[serde(default)]
+    by: Option<String>,
 }
 
 /// The files the admin API reads: usage reports from the outbox, audit queries from the log,
@@ -528,18 +531,28 @@ impl Admin {
         let Some(dir) = self.outbox_dir.clone() else {
             return problem(StatusCode::CONFLICT, "no [metering] outbox configured");
         };
+        let by = match q.by.as_deref().map(report::Dimension::parse_list) {
+            None => report::default_dimensions(),
+            Some(Ok(by)) => by,
+            Some(Err(e)) => return problem(StatusCode::BAD_REQUEST, format!("by: {e}")),
+        };
         let query = ReportQuery {
             tenant: q.tenant,
             from,
             to,
             bucket,
+            by,
         };
-        let rows = tokio::task::spawn_blocking(move || {
-            report::outbox_events(&dir).map(|events| report::aggregate(&events, &query))
+        let prices = self.store.load().prices.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            report::outbox_report(&dir, &query, prices.as_deref(), |_| {})
         })
         .await;
-        match rows {
-            Ok(Ok(rows)) => respond(StatusCode::OK, json!({ "rows": rows })),
+        match report {
+            Ok(Ok(report)) => respond(
+                StatusCode::OK,
+                json!({ "currency": report.currency, "rows": report.json_rows() }),
+            ),
             Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }

@@ -11,7 +11,7 @@ use crate::admission::Admitted;
 use crate::journal::Keep;
 use crate::lifecycle::Recording;
 use crate::metering::outbox::RecordBody;
-use crate::metering::{EventEnd, EventStart, MeterRule, Metering, Outcome, UsageEvent};
+use crate::metering::{EventEnd, EventFields, EventStart, Metering, Outcome, UsageEvent};
 use crate::pipeline::authorize::DecisionRecord;
 use crate::pipeline::placement::PlacementReason;
 use crate::pipeline::Rejection;
@@ -109,7 +109,7 @@ impl Recorder<'_> {
             return Ok(exchange.begun);
         }
         let planned_region = admitted.placement.regions.first().cloned();
-        let start = usage_start(admitted, exchange, planned_region, &metering.rules);
+        let start = usage_start(admitted, exchange, planned_region, &metering.fields);
         metering
             .outbox
             .begin(&start)
@@ -131,7 +131,7 @@ impl Recorder<'_> {
         };
         if let Some(metering) = self.metering {
             count_usage(metering, exchange);
-            let body = usage_record(exchange, &metering.rules);
+            let body = usage_record(exchange, &metering.fields);
             if !metering.outbox.record(&body, keep) {
                 tracing::warn!(
                     request_id = exchange.request_id,
@@ -153,7 +153,7 @@ impl Recorder<'_> {
             return Ok(());
         }
         if let Some(metering) = self.metering {
-            let body = usage_record(exchange, &metering.rules);
+            let body = usage_record(exchange, &metering.fields);
             metering.outbox.complete_now(&body).await.map_err(|e| {
                 Rejection::MeteringUnavailable {
                     reason: e.to_string(),
@@ -190,7 +190,7 @@ fn count_usage(metering: &Metering, exchange: &Exchange<'_>) {
 }
 
 /// The usage record of a finished request: the end of its begin record, or a complete event.
-fn usage_record(exchange: &Exchange<'_>, rules: &[MeterRule]) -> RecordBody {
+fn usage_record(exchange: &Exchange<'_>, fields: &EventFields) -> RecordBody {
     if exchange.begun {
         return RecordBody::End(EventEnd {
             id: exchange.usage_id.to_string(),
@@ -206,7 +206,7 @@ fn usage_record(exchange: &Exchange<'_>, rules: &[MeterRule]) -> RecordBody {
     let mut event = match exchange.admitted {
         Some(admitted) => {
             let region = exchange.region.map(str::to_string);
-            let start = usage_start(admitted, exchange, region, rules);
+            let start = usage_start(admitted, exchange, region, fields);
             UsageEvent {
                 id: start.id,
                 time: start.time,
@@ -224,6 +224,8 @@ fn usage_record(exchange: &Exchange<'_>, rules: &[MeterRule]) -> RecordBody {
                 outcome: Outcome::Completed,
                 reason: None,
                 meters: start.meters,
+                tier: start.tier,
+                attributes: start.attributes,
             }
         }
         None => refused_event(exchange),
@@ -240,7 +242,7 @@ fn usage_start(
     admitted: &Admitted,
     exchange: &Exchange<'_>,
     region: Option<String>,
-    rules: &[MeterRule],
+    fields: &EventFields,
 ) -> EventStart {
     let decision = admitted
         .authorized
@@ -253,8 +255,13 @@ fn usage_start(
         time: now_rfc3339(),
         request_id: exchange.request_id.to_string(),
         tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
+        tier: admitted.tenant.as_ref().map(|t| t.tenant.tier.clone()),
+        attributes: crate::metering::chargeback_attributes(
+            &fields.chargeback,
+            &admitted.principal.attributes,
+        ),
         principal: Some(admitted.principal.id.clone()),
-        meters: crate::metering::meters_for(rules, action.as_deref(), route.as_deref()),
+        meters: crate::metering::meters_for(&fields.meters, action.as_deref(), route.as_deref()),
         action,
         route,
         method: exchange.method.to_string(),
@@ -289,6 +296,8 @@ fn refused_event(exchange: &Exchange<'_>) -> UsageEvent {
         outcome: Outcome::Rejected,
         reason: exchange.rejection.map(|r| r.reason_code().to_string()),
         meters: Vec::new(),
+        tier: None,
+        attributes: Default::default(),
     }
 }
 
@@ -417,7 +426,9 @@ mod tests {
     #[test]
     fn a_refusal_is_a_complete_rejected_event_naming_who_the_stages_established() {
         let rejection = Rejection::UnknownRoute;
-        let RecordBody::Complete(event) = usage_record(&refused(&rejection), &[]) else {
+        let RecordBody::Complete(event) =
+            usage_record(&refused(&rejection), &EventFields::default())
+        else {
             panic!("a request without a begin record gets a complete event");
         };
         assert_eq!(event.outcome, Outcome::Rejected);
@@ -438,14 +449,14 @@ mod tests {
         };
         let mut exchange = refused(&rejection);
         exchange.begun = true;
-        let RecordBody::End(end) = usage_record(&exchange, &[]) else {
+        let RecordBody::End(end) = usage_record(&exchange, &EventFields::default()) else {
             panic!("a begun request gets an end record");
         };
         assert_eq!(end.id, "use-1");
         assert_eq!(end.reason.as_deref(), Some("no-healthy-upstream"));
         // Once forwarded, the outcome is the upstream's: no refusal reason.
         exchange.forwarded = true;
-        let RecordBody::End(end) = usage_record(&exchange, &[]) else {
+        let RecordBody::End(end) = usage_record(&exchange, &EventFields::default()) else {
             panic!("a begun request gets an end record");
         };
         assert_eq!(end.reason, None);

@@ -34,6 +34,8 @@ pub struct Snapshot {
     /// Changes whenever something a verified token depends on changes (issuers, API keys), so
     /// cached verifications from before are not trusted.
     pub identity_generation: u64,
+    /// `[metering.pricing]`: what usage costs (reports, budgets).
+    pub prices: Option<Arc<crate::metering::pricing::PriceList>>,
 }
 
 impl Snapshot {
@@ -136,8 +138,16 @@ impl Snapshot {
                 ));
             }
         }
+        let prices = match config.metering.as_ref().and_then(|m| m.pricing.as_ref()) {
+            Some(pricing) => Some(Arc::new(
+                crate::metering::pricing::PriceList::new(pricing)
+                    .map_err(|e| issue("metering.pricing", e))?,
+            )),
+            None => None,
+        };
         Ok(Snapshot {
             residency,
+            prices,
             pool_count: config.upstream.pool.len(),
             authz,
             sanitize: Arc::new(SanitizePolicy::new(&config.sanitize)),

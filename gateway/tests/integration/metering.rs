@@ -50,6 +50,18 @@ registry = {{ file = "tenants.toml" }}
 dir = "outbox"
 fsync = "batch"
 
+# Requests cost 0.0004 EUR each (0.0001 on pro), response bytes 0.09 EUR per GB.
+[metering.pricing]
+currency = "EUR"
+[[metering.pricing.item]]
+name = "requests"
+unit_price = "0.0004"
+tiers = {{ pro = "0.0001" }}
+[[metering.pricing.item]]
+name = "egress"
+unit = "response-gb"
+unit_price = "0.09"
+
 [[metering.exporter]]
 kind = "postgres"
 name = "ledger"
@@ -278,6 +290,7 @@ item_price_id = "api-calls-EUR"
         humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(86_400))
             .to_string()[..10]
             .to_string();
+    let mut reports = Vec::new();
     for source in [None, Some("ledger")] {
         let mut cmd = std::process::Command::new(gateway_bin());
         cmd.args(["usage", "report", "--config"])
@@ -299,13 +312,59 @@ item_price_id = "api-calls-EUR"
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
-            "period,tenant,action,requests,rejected,interrupted,request_bytes,response_bytes"
+            "period,tenant,action,requests,rejected,interrupted,request_bytes,response_bytes,cost,currency"
         );
         assert!(
             lines[1].starts_with(&format!("{today}T00:00:00Z,acme,-,10,0,0,")),
             "{source:?}: {csv}"
         );
+        // 10 requests at the free tier's 0.0004 EUR, plus each response byte at 0.09 EUR/GB.
+        let fields: Vec<&str> = lines[1].split(',').collect();
+        let response_bytes: u64 = fields[7].parse().unwrap();
+        assert!(response_bytes > 0, "{csv}");
+        // Exactly, in units of 10^-11 EUR: 0.004 EUR = 4 * 10^8, a byte 9.
+        let units = 400_000_000 + response_bytes * 9;
+        let expected_cost = format!("{}.{:011}", units / 10u64.pow(11), units % 10u64.pow(11));
+        let expected_cost = expected_cost.trim_end_matches('0').trim_end_matches('.');
+        assert_eq!(
+            (fields[8], fields[9]),
+            (expected_cost, "EUR"),
+            "{source:?}: {csv}"
+        );
+        reports.push(csv.to_string());
     }
+    // The outbox (this replica) and the ledger (every replica) agree to the last digit, also
+    // grouped by tier.
+    assert_eq!(reports[0], reports[1]);
+    let by_tier = |source: Option<&str>| {
+        let mut cmd = std::process::Command::new(gateway_bin());
+        cmd.args(["usage", "report", "--config"])
+            .arg(&gw.config_path)
+            .args([
+                "--from", &today, "--to", &tomorrow, "--bucket", "day", "--by", "tier", "--format",
+                "json",
+            ]);
+        if let Some(l) = source {
+            cmd.args(["--ledger", l]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let outbox_by_tier = by_tier(None);
+    assert_eq!(outbox_by_tier, by_tier(Some("ledger")));
+    // Refused requests (no tier known, nothing billed) and acme's and globex's on `free`.
+    assert_eq!(
+        (&outbox_by_tier[0]["tier"], &outbox_by_tier[0]["cost"]),
+        (&serde_json::json!("-"), &serde_json::json!("0")),
+        "{outbox_by_tier}"
+    );
+    assert_eq!(outbox_by_tier[1]["tier"], "free", "{outbox_by_tier}");
+    assert_eq!(outbox_by_tier[1]["currency"], "EUR");
     // The same report as a workbook, written to a file: the totals match the CSV's.
     let xlsx = gw.dir.path().join("usage.xlsx");
     let out = std::process::Command::new(gateway_bin())

@@ -172,7 +172,8 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
         authz.validate(&source, &mut issues);
     }
     if let Some(metering) = &config.metering {
-        metering.validate(&source, &mut issues);
+        let tiers = config.tiers.keys().map(String::as_str).collect();
+        metering.validate(&source, &tiers, &mut issues);
     }
     if let Some(audit) = &config.audit {
         audit.validate(&source, &mut issues);

@@ -642,14 +642,20 @@ impl Sink for PostgresLedger {
             .iter()
             .map(|e| serde_json::to_string(&e.meters).unwrap_or_default())
             .collect();
+        let attributes: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.attributes).unwrap_or_default())
+            .collect();
         let sql = format!(
             "INSERT INTO {} (id, occurred_at, request_id, tenant, principal, action, route, method, status, \
-             request_bytes, response_bytes, upstream_latency_us, region, outcome, reason, meters) \
+             request_bytes, response_bytes, upstream_latency_us, region, outcome, reason, meters, tier, attributes) \
              SELECT u.id, u.t::timestamptz, u.rid, u.tenant, u.principal, u.action, u.route, u.method, u.status, \
-             u.rb, u.sb, u.lat, u.region, u.outcome, u.reason, u.meters::jsonb \
+             u.rb, u.sb, u.lat, u.region, u.outcome, u.reason, u.meters::jsonb, u.tier, u.attributes::jsonb \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-             $9::int[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[]) \
-             AS u(id, t, rid, tenant, principal, action, route, method, status, rb, sb, lat, region, outcome, reason, meters) \
+             $9::int[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], \
+             $17::text[], $18::text[]) \
+             AS u(id, t, rid, tenant, principal, action, route, method, status, rb, sb, lat, region, outcome, reason, meters, \
+             tier, attributes) \
              ON CONFLICT (id) DO NOTHING",
             self.table
         );
@@ -673,6 +679,8 @@ impl Sink for PostgresLedger {
                     &outcomes,
                     &col(|e| e.reason.clone()),
                     &meters,
+                    &col(|e| e.tier.clone()),
+                    &attributes,
                 ],
             )
             .await;
@@ -693,6 +701,7 @@ impl Sink for PostgresLedger {
 }
 
 /// The ledger table: one row per event, the event id as primary key (replays are harmless).
+/// Columns added since the first release are added to existing tables too.
 pub fn ledger_ddl(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
@@ -714,7 +723,9 @@ pub fn ledger_ddl(table: &str) -> String {
             meters jsonb NOT NULL DEFAULT '[]',
             recorded_at timestamptz NOT NULL DEFAULT now()
         );
-        CREATE INDEX IF NOT EXISTS {table}_tenant_time ON {table} (tenant, occurred_at);"
+        CREATE INDEX IF NOT EXISTS {table}_tenant_time ON {table} (tenant, occurred_at);
+        ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tier text;
+        ALTER TABLE {table} ADD COLUMN IF NOT EXISTS attributes jsonb NOT NULL DEFAULT '{{}}';"
     )
 }
 
@@ -1026,7 +1037,8 @@ mod tests {
         }
         let doc: Doc = source.deserialize().unwrap();
         let mut issues = Vec::new();
-        doc.metering.validate(&source, &mut issues);
+        doc.metering
+            .validate(&source, &Default::default(), &mut issues);
         let found: Vec<(String, Option<usize>)> = issues
             .iter()
             .map(|i| (i.field.clone(), i.location.line))

@@ -12,6 +12,7 @@
 
 pub mod exporters;
 pub mod outbox;
+pub mod pricing;
 pub mod report;
 
 use crate::diagnostics::{SourceIssue, SourceText};
@@ -52,6 +53,12 @@ pub struct EventStart {
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meters: Vec<String>,
+    /// The tenant's tier when the request was served (what it is priced at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The principal's chargeback attributes (`[metering.pricing] chargeback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What is known when it completes.
@@ -93,6 +100,12 @@ pub struct UsageEvent {
     /// Custom meters the request counts towards (e.g. `documents-export`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meters: Vec<String>,
+    /// The tenant's tier when the request was served (what it is priced at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The principal's chargeback attributes (`[metering.pricing] chargeback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl UsageEvent {
@@ -130,6 +143,8 @@ impl UsageEvent {
             outcome,
             reason,
             meters: start.meters,
+            tier: start.tier,
+            attributes: start.attributes,
         }
     }
 
@@ -238,6 +253,9 @@ pub struct MeteringConfig {
     pub meter: Vec<MeterRule>,
     #[serde(default)]
     pub exporter: Vec<exporters::ExporterConfig>,
+    /// Prices that turn usage into cost in reports, and the attributes cost is charged back to.
+    #[serde(default)]
+    pub pricing: Option<pricing::PricingConfig>,
     /// On a graceful shutdown (SIGTERM), once the last request is done and its records are
     /// written: how long to wait for the exporters to deliver everything in the outbox before
     /// the process exits (within what is left of `server.grace_period`). What is not delivered
@@ -249,8 +267,13 @@ pub struct MeteringConfig {
 }
 
 impl MeteringConfig {
-    /// Checks `[metering]`, all problems at once.
-    pub fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
+    /// Checks `[metering]`, all problems at once. `tiers`: the configured tier names.
+    pub fn validate(
+        &self,
+        source: &SourceText,
+        tiers: &std::collections::BTreeSet<&str>,
+        issues: &mut Vec<SourceIssue>,
+    ) {
         let mut names = std::collections::HashSet::new();
         for (i, exporter) in self.exporter.iter().enumerate() {
             let name = exporter.name();
@@ -279,6 +302,10 @@ impl MeteringConfig {
                     "needs `action` and/or `route`",
                 ));
             }
+        }
+        if let Some(pricing) = &self.pricing {
+            let meters = self.meter.iter().map(|m| m.name.as_str()).collect();
+            pricing.validate(source, &meters, tiers, issues);
         }
         if self.segment_bytes < 4096 {
             issues.push(source.issue("metering.segment_bytes", "at least 4096"));
@@ -334,9 +361,18 @@ fn default_true() -> bool {
 /// What the proxy needs to meter requests.
 pub struct Metering {
     pub outbox: std::sync::Arc<outbox::Outbox>,
-    pub rules: Vec<MeterRule>,
+    pub fields: EventFields,
     pub record_before_forward: bool,
     pub tenant_metrics: bool,
+}
+
+/// What each usage event records beyond the request itself.
+#[derive(Debug, Clone, Default)]
+pub struct EventFields {
+    /// The custom meters requests count towards.
+    pub meters: Vec<MeterRule>,
+    /// Principal attributes recorded for chargeback.
+    pub chargeback: Vec<String>,
 }
 
 /// The meters a request counts towards.
@@ -349,6 +385,26 @@ pub fn meters_for(rules: &[MeterRule], action: Option<&str>, route: Option<&str>
                 && r.route.as_deref().is_none_or(|t| Some(t) == route)
         })
         .map(|r| r.name.clone())
+        .collect()
+}
+
+/// The chargeback attributes of a principal: each of `names` its attributes hold as a string,
+/// number or boolean (other values say nothing a bill could be charged to).
+pub fn chargeback_attributes(
+    names: &[String],
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) -> BTreeMap<String, String> {
+    use serde_json::Value;
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = match attributes.get(name)? {
+                Value::String(s) => s.clone(),
+                v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
+                _ => return None,
+            };
+            Some((name.clone(), value))
+        })
         .collect()
 }
 
@@ -368,6 +424,8 @@ mod tests {
             method: "GET".into(),
             region: Some("eu-central".into()),
             meters: vec![],
+            tier: Some("pro".into()),
+            attributes: BTreeMap::new(),
         }
     }
 

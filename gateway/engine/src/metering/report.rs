@@ -1,14 +1,18 @@
-//! Usage aggregates for reporting: per tenant and action, counts and bytes per hour or day.
-//! Computed from the outbox (always available on the replica) or from the PostgreSQL ledger
-//! (every replica's events).
+//! Usage reports: requests, rejections, bytes and cost per period, grouped by the dimensions a
+//! reader asks for (tenant, action, route, region, tier, principal, or a chargeback attribute
+//! such as `cost_center`). Computed from the outbox (always on the replica, read as a stream,
+//! never held in memory) or from the PostgreSQL ledger (every replica's events), priced with
+//! `[metering.pricing]` when it is configured.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
 
 use super::outbox::OutboxCursor;
+use super::pricing::{PriceList, Tally};
 use super::{Assembler, Outcome, UsageEvent};
 
 /// The period usage is summed over.
@@ -27,25 +31,202 @@ impl Bucket {
     }
 }
 
+/// What a report's rows are grouped by, besides the period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dimension {
+    Tenant,
+    Action,
+    Route,
+    Region,
+    Tier,
+    Principal,
+    /// A chargeback attribute recorded on each event (`attribute:cost_center`).
+    Attribute(String),
+}
+
+impl Dimension {
+    /// `tenant`, `action`, `route`, `region`, `tier`, `principal` or `attribute:<name>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Ok(match text.trim() {
+            "tenant" => Dimension::Tenant,
+            "action" => Dimension::Action,
+            "route" => Dimension::Route,
+            "region" => Dimension::Region,
+            "tier" => Dimension::Tier,
+            "principal" => Dimension::Principal,
+            other => match other.strip_prefix("attribute:") {
+                Some(name) if !name.is_empty() => Dimension::Attribute(name.to_string()),
+                _ => {
+                    return Err(format!(
+                        "`{other}`: group by tenant, action, route, region, tier, principal \
+                         or attribute:<name>"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// A comma-separated list of dimensions (`tenant,attribute:cost_center`).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        let dimensions = text
+            .split(',')
+            .map(Dimension::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if dimensions.is_empty() {
+            return Err("group by at least one dimension".into());
+        }
+        Ok(dimensions)
+    }
+
+    /// Its column name in a report.
+    pub fn column(&self) -> &str {
+        match self {
+            Dimension::Tenant => "tenant",
+            Dimension::Action => "action",
+            Dimension::Route => "route",
+            Dimension::Region => "region",
+            Dimension::Tier => "tier",
+            Dimension::Principal => "principal",
+            Dimension::Attribute(name) => name,
+        }
+    }
+
+    fn value_of<'a>(&self, facts: &Facts<'a>) -> Option<&'a str> {
+        match self {
+            Dimension::Tenant => facts.tenant,
+            Dimension::Action => facts.action,
+            Dimension::Route => facts.route,
+            Dimension::Region => facts.region,
+            Dimension::Tier => facts.tier,
+            Dimension::Principal => facts.principal,
+            Dimension::Attribute(name) => facts.attributes.get(name).map(String::as_str),
+        }
+    }
+}
+
+/// The default grouping: per tenant and action.
+pub fn default_dimensions() -> Vec<Dimension> {
+    vec![Dimension::Tenant, Dimension::Action]
+}
+
 #[derive(Debug, Clone)]
 pub struct ReportQuery {
     pub tenant: Option<String>,
     pub from: SystemTime,
     pub to: SystemTime,
     pub bucket: Bucket,
+    /// Rows per period and per value of these (e.g. tenant and action).
+    pub by: Vec<Dimension>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReportRow {
-    /// Start of the hour or day (RFC 3339, UTC).
-    pub period: String,
-    pub tenant: String,
-    pub action: String,
+/// What is counted for a group of events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
     pub requests: u64,
     pub rejected: u64,
     pub interrupted: u64,
     pub request_bytes: u64,
     pub response_bytes: u64,
+}
+
+impl Counts {
+    const COLUMNS: [&'static str; 5] = [
+        "requests",
+        "rejected",
+        "interrupted",
+        "request_bytes",
+        "response_bytes",
+    ];
+
+    fn values(&self) -> [u64; 5] {
+        [
+            self.requests,
+            self.rejected,
+            self.interrupted,
+            self.request_bytes,
+            self.response_bytes,
+        ]
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.rejected = self.rejected.saturating_add(other.rejected);
+        self.interrupted = self.interrupted.saturating_add(other.interrupted);
+        self.request_bytes = self.request_bytes.saturating_add(other.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
+    }
+
+    /// Requests that went upstream (completed or interrupted): the billable ones.
+    fn forwarded(&self) -> u64 {
+        self.requests.saturating_sub(self.rejected)
+    }
+}
+
+/// One row: a period and one value per dimension of the query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    /// Start of the hour or day (RFC 3339, UTC).
+    pub period: String,
+    /// One per dimension, `-` where an event had none.
+    pub keys: Vec<String>,
+    pub counts: Counts,
+    /// With a price list.
+    pub cost: Option<Decimal>,
+}
+
+/// Totals of one value of a report's first dimension.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Total {
+    pub counts: Counts,
+    pub cost: Option<Decimal>,
+}
+
+/// A finished report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The dimensions' column names.
+    pub columns: Vec<String>,
+    /// Of `cost`, when priced.
+    pub currency: Option<String>,
+    pub rows: Vec<ReportRow>,
+}
+
+/// Usage facts of one event or of a group of events that share every field a report reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub epoch_secs: u64,
+    pub tenant: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub region: Option<&'a str>,
+    pub tier: Option<&'a str>,
+    pub principal: Option<&'a str>,
+    pub attributes: &'a BTreeMap<String, String>,
+    pub meters: &'a [String],
+    pub counts: Counts,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(event: &'a UsageEvent) -> Self {
+        Facts {
+            epoch_secs: event.epoch_secs(),
+            tenant: event.tenant.as_deref(),
+            action: event.action.as_deref(),
+            route: event.route.as_deref(),
+            region: event.region.as_deref(),
+            tier: event.tier.as_deref(),
+            principal: event.principal.as_deref(),
+            attributes: &event.attributes,
+            meters: &event.meters,
+            counts: Counts {
+                requests: 1,
+                rejected: u64::from(event.outcome == Outcome::Rejected),
+                interrupted: u64::from(event.outcome == Outcome::Interrupted),
+                request_bytes: event.request_bytes,
+                response_bytes: event.response_bytes,
+            },
+        }
+    }
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -60,85 +241,192 @@ fn period_start(secs: u64, bucket: Bucket) -> String {
         .to_string()
 }
 
-/// Aggregates events into report rows.
+/// Sums facts into rows; memory grows with the number of rows, not of events.
+pub struct Aggregator<'q> {
+    query: &'q ReportQuery,
+    prices: Option<&'q PriceList>,
+    from: u64,
+    to: u64,
+    rows: BTreeMap<(u64, Vec<String>), (Counts, Decimal)>,
+}
+
+impl<'q> Aggregator<'q> {
+    pub fn new(query: &'q ReportQuery, prices: Option<&'q PriceList>) -> Self {
+        Aggregator {
+            query,
+            prices,
+            from: epoch(query.from),
+            to: epoch(query.to),
+            rows: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, facts: &Facts<'_>) {
+        let t = facts.epoch_secs;
+        if t < self.from || t >= self.to {
+            return;
+        }
+        if let Some(wanted) = &self.query.tenant {
+            if facts.tenant.unwrap_or("-") != wanted {
+                return;
+            }
+        }
+        let period = t - t % self.query.bucket.seconds();
+        let keys = self
+            .query
+            .by
+            .iter()
+            .map(|d| d.value_of(facts).unwrap_or("-").to_string())
+            .collect();
+        let cost = self.prices.map(|p| {
+            p.cost(&Tally {
+                tier: facts.tier,
+                action: facts.action,
+                route: facts.route,
+                meters: facts.meters,
+                forwarded: facts.counts.forwarded(),
+                request_bytes: facts.counts.request_bytes,
+                response_bytes: facts.counts.response_bytes,
+            })
+        });
+        let row = self.rows.entry((period, keys)).or_default();
+        row.0.add(&facts.counts);
+        if let Some(cost) = cost {
+            row.1 += cost;
+        }
+    }
+
+    pub fn add_event(&mut self, event: &UsageEvent) {
+        self.add(&Facts::of(event));
+    }
+
+    pub fn finish(self) -> Report {
+        let priced = self.prices.is_some();
+        Report {
+            columns: self
+                .query
+                .by
+                .iter()
+                .map(|d| d.column().to_string())
+                .collect(),
+            currency: self.prices.map(|p| p.currency.clone()),
+            rows: self
+                .rows
+                .into_iter()
+                .map(|((period, keys), (counts, cost))| ReportRow {
+                    period: period_start(period, self.query.bucket),
+                    keys,
+                    counts,
+                    cost: priced.then_some(cost),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Aggregates events into a report.
 pub fn aggregate<'a>(
     events: impl IntoIterator<Item = &'a UsageEvent>,
     query: &ReportQuery,
-) -> Vec<ReportRow> {
-    let (from, to) = (epoch(query.from), epoch(query.to));
-    let mut rows: BTreeMap<(String, String, String), ReportRow> = BTreeMap::new();
-    for e in events {
-        let t = e.epoch_secs();
-        if t < from || t >= to {
-            continue;
-        }
-        let tenant = e.tenant.clone().unwrap_or_else(|| "-".into());
-        if query.tenant.as_ref().is_some_and(|q| *q != tenant) {
-            continue;
-        }
-        let action = e.action.clone().unwrap_or_else(|| "-".into());
-        let period = period_start(t, query.bucket);
-        let row = rows
-            .entry((period.clone(), tenant.clone(), action.clone()))
-            .or_insert_with(|| ReportRow {
-                period,
-                tenant,
-                action,
-                requests: 0,
-                rejected: 0,
-                interrupted: 0,
-                request_bytes: 0,
-                response_bytes: 0,
-            });
-        row.requests += 1;
-        row.rejected += u64::from(e.outcome == Outcome::Rejected);
-        row.interrupted += u64::from(e.outcome == Outcome::Interrupted);
-        row.request_bytes += e.request_bytes;
-        row.response_bytes += e.response_bytes;
+    prices: Option<&PriceList>,
+) -> Report {
+    let mut aggregator = Aggregator::new(query, prices);
+    for event in events {
+        aggregator.add_event(event);
     }
-    rows.into_values().collect()
+    aggregator.finish()
 }
 
-/// Every event of the outbox in `dir` (a full scan).
-pub fn outbox_events(dir: &Path) -> Result<Vec<UsageEvent>, super::outbox::OutboxError> {
+/// How far a long report has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Usage events read so far.
+    pub events: u64,
+}
+
+/// A report over the outbox in `dir`, read as a stream; `progress` hears every few thousand
+/// events.
+pub fn outbox_report(
+    dir: &Path,
+    query: &ReportQuery,
+    prices: Option<&PriceList>,
+    mut progress: impl FnMut(Progress),
+) -> Result<Report, super::outbox::OutboxError> {
+    let mut aggregator = Aggregator::new(query, prices);
+    let mut events = 0u64;
+    for_each_outbox_event(dir, |event| {
+        aggregator.add_event(&event);
+        events += 1;
+        if events.is_multiple_of(65_536) {
+            progress(Progress { events });
+        }
+    })?;
+    progress(Progress { events });
+    Ok(aggregator.finish())
+}
+
+/// Calls `each` with every event of the outbox in `dir`, in order, holding none of them.
+pub fn for_each_outbox_event(
+    dir: &Path,
+    mut each: impl FnMut(UsageEvent),
+) -> Result<(), super::outbox::OutboxError> {
     let mut cursor = OutboxCursor::new(dir, 0);
     let mut assembler = Assembler::default();
-    let mut events = Vec::new();
     loop {
         let records = cursor.read(4096)?;
         if records.is_empty() {
-            break;
+            return Ok(());
         }
         for r in records {
-            events.extend(assembler.push(r).into_iter().map(|(_, e)| e));
+            for (_, event) in assembler.push(r) {
+                each(event);
+            }
         }
     }
+}
+
+/// Every event of the outbox in `dir` (a full scan, held in memory: for tests and small tools).
+pub fn outbox_events(dir: &Path) -> Result<Vec<UsageEvent>, super::outbox::OutboxError> {
+    let mut events = Vec::new();
+    for_each_outbox_event(dir, |e| events.push(e))?;
     Ok(events)
 }
 
-/// Rows from a PostgreSQL ledger table.
-pub async fn ledger_rows(
+/// A report from a PostgreSQL ledger table: the database sums events that share every field
+/// the report reads; the price list prices those groups.
+pub async fn ledger_report(
     config: &crate::db::PostgresConfig,
     table: &str,
     query: &ReportQuery,
-) -> Result<Vec<ReportRow>, String> {
+    prices: Option<&PriceList>,
+) -> Result<Report, String> {
     if !crate::tenancy::postgres::is_identifier(table) {
         return Err(format!("`{table}` is not a valid table name"));
     }
     let client = crate::db::connect_config(config, None)
         .await
         .map_err(|e| e.to_string())?;
+    // Older ledgers lack the pricing columns: add them (as the exporter does) before reading.
+    client
+        .batch_execute(&super::exporters::ledger_ddl(table))
+        .await
+        .map_err(|e| e.to_string())?;
     let unit = match query.bucket {
         Bucket::Hour => "hour",
         Bucket::Day => "day",
     };
+    let principal = if query.by.contains(&Dimension::Principal) {
+        "principal"
+    } else {
+        "NULL::text"
+    };
     let sql = format!(
-        "SELECT to_char(date_trunc('{unit}', occurred_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-         coalesce(tenant, '-'), coalesce(action, '-'), count(*), \
+        "SELECT extract(epoch FROM date_trunc('{unit}', occurred_at AT TIME ZONE 'UTC'))::bigint, \
+         tenant, action, route, region, tier, {principal}, attributes::text, meters::text, count(*), \
          count(*) FILTER (WHERE outcome = 'rejected'), count(*) FILTER (WHERE outcome = 'interrupted'), \
          coalesce(sum(request_bytes), 0)::bigint, coalesce(sum(response_bytes), 0)::bigint \
          FROM {table} WHERE occurred_at >= to_timestamp($1) AND occurred_at < to_timestamp($2) \
-         AND ($3::text IS NULL OR tenant = $3) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+         AND ($3::text IS NULL OR tenant = $3) GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
     );
     let rows = client
         .query(
@@ -151,94 +439,200 @@ pub async fn ledger_rows(
         )
         .await
         .map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .map(|r| ReportRow {
-            period: r.get(0),
-            tenant: r.get(1),
-            action: r.get(2),
-            requests: r.get::<_, i64>(3) as u64,
-            rejected: r.get::<_, i64>(4) as u64,
-            interrupted: r.get::<_, i64>(5) as u64,
-            request_bytes: r.get::<_, i64>(6) as u64,
-            response_bytes: r.get::<_, i64>(7) as u64,
-        })
-        .collect())
+    let mut aggregator = Aggregator::new(query, prices);
+    for row in &rows {
+        let text = |i: usize| row.get::<_, Option<String>>(i);
+        let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        let (tenant, action, route, region, tier, principal) =
+            (text(1), text(2), text(3), text(4), text(5), text(6));
+        let attributes: BTreeMap<String, String> = text(7)
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let meters: Vec<String> = text(8)
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        aggregator.add(&Facts {
+            epoch_secs: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            tenant: tenant.as_deref(),
+            action: action.as_deref(),
+            route: route.as_deref(),
+            region: region.as_deref(),
+            tier: tier.as_deref(),
+            principal: principal.as_deref(),
+            attributes: &attributes,
+            meters: &meters,
+            counts: Counts {
+                requests: count(9),
+                rejected: count(10),
+                interrupted: count(11),
+                request_bytes: count(12),
+                response_bytes: count(13),
+            },
+        });
+    }
+    Ok(aggregator.finish())
 }
 
-pub fn to_csv(rows: &[ReportRow]) -> Result<String, String> {
+/// A cost as reports print it: exact, at most 10 decimal places, no trailing zeros.
+pub fn format_cost(cost: Decimal) -> String {
+    cost.round_dp(10).normalize().to_string()
+}
+
+impl Report {
+    /// The header of the tabular formats.
+    fn header(&self) -> Vec<&str> {
+        let mut header = vec!["period"];
+        header.extend(self.columns.iter().map(String::as_str));
+        header.extend(Counts::COLUMNS);
+        if self.currency.is_some() {
+            header.extend(["cost", "currency"]);
+        }
+        header
+    }
+
+    /// Totals per value of the first dimension, in its order.
+    pub fn totals(&self) -> BTreeMap<&str, Total> {
+        let mut totals: BTreeMap<&str, Total> = BTreeMap::new();
+        for row in &self.rows {
+            let key = row.keys.first().map(String::as_str).unwrap_or("-");
+            let total = totals.entry(key).or_default();
+            total.counts.add(&row.counts);
+            if let Some(cost) = row.cost {
+                *total.cost.get_or_insert(Decimal::ZERO) += cost;
+            }
+        }
+        totals
+    }
+
+    /// The sum of every row.
+    pub fn grand_total(&self) -> Total {
+        let mut total = Total::default();
+        for row in &self.rows {
+            total.counts.add(&row.counts);
+            if let Some(cost) = row.cost {
+                *total.cost.get_or_insert(Decimal::ZERO) += cost;
+            }
+        }
+        total
+    }
+
+    /// The rows as JSON objects (one key per column; cost as an exact decimal string).
+    pub fn json_rows(&self) -> Vec<Value> {
+        self.rows
+            .iter()
+            .map(|row| {
+                let mut object = Map::new();
+                object.insert("period".into(), json!(row.period));
+                for (column, key) in self.columns.iter().zip(&row.keys) {
+                    object.insert(column.clone(), json!(key));
+                }
+                for (column, value) in Counts::COLUMNS.iter().zip(row.counts.values()) {
+                    object.insert((*column).into(), json!(value));
+                }
+                if let (Some(cost), Some(currency)) = (row.cost, &self.currency) {
+                    object.insert("cost".into(), json!(format_cost(cost)));
+                    object.insert("currency".into(), json!(currency));
+                }
+                Value::Object(object)
+            })
+            .collect()
+    }
+}
+
+pub fn to_csv(report: &Report) -> Result<String, String> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    for row in rows {
-        writer.serialize(row).map_err(|e| e.to_string())?;
+    writer
+        .write_record(report.header())
+        .map_err(|e| e.to_string())?;
+    for row in &report.rows {
+        let mut record = vec![row.period.clone()];
+        record.extend(row.keys.iter().cloned());
+        record.extend(row.counts.values().iter().map(u64::to_string));
+        if let (Some(cost), Some(currency)) = (row.cost, &report.currency) {
+            record.push(format_cost(cost));
+            record.push(currency.clone());
+        }
+        writer.write_record(&record).map_err(|e| e.to_string())?;
     }
     let bytes = writer.into_inner().map_err(|e| e.to_string())?;
     String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
-/// The rows as an XLSX workbook: a `Usage` sheet (one row per period, tenant and action, counts
-/// as numbers), a `Totals` sheet per tenant, and a `Chart` sheet of requests and rejections per
-/// tenant. Counts above 2^53 lose precision as spreadsheet numbers do.
-pub fn to_xlsx(rows: &[ReportRow]) -> Result<Vec<u8>, String> {
+/// The report as an XLSX workbook: a `Usage` sheet (one row per period and group, counts and
+/// cost as numbers), a `Totals` sheet per value of the first dimension (with a cost chart when
+/// priced), and a `Chart` sheet of requests and rejections. Counts above 2^53 lose precision
+/// as spreadsheet numbers do; costs are written as numbers too (exact strings are in CSV/JSON).
+pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
     use rust_xlsxwriter::{Chart, ChartType, Format, Workbook};
-    const COLUMNS: [&str; 8] = [
-        "period",
-        "tenant",
-        "action",
-        "requests",
-        "rejected",
-        "interrupted",
-        "request_bytes",
-        "response_bytes",
-    ];
     let error = |e: rust_xlsxwriter::XlsxError| e.to_string();
+    let as_number = |d: Decimal| d.to_string().parse::<f64>().unwrap_or(0.0);
     let bold = Format::new().set_bold();
+    let dims = u16::try_from(report.columns.len()).unwrap_or(u16::MAX);
     let mut workbook = Workbook::new();
     let usage = workbook.add_worksheet().set_name("Usage").map_err(error)?;
-    for (col, name) in (0u16..).zip(COLUMNS) {
+    for (col, name) in (0u16..).zip(report.header()) {
         usage
             .write_string_with_format(0, col, name, &bold)
             .map_err(error)?;
     }
-    let mut totals: std::collections::BTreeMap<&str, [u64; 5]> = Default::default();
-    for (row, r) in (1u32..).zip(rows) {
+    for (row, r) in (1u32..).zip(&report.rows) {
         usage.write_string(row, 0, &r.period).map_err(error)?;
-        usage.write_string(row, 1, &r.tenant).map_err(error)?;
-        usage.write_string(row, 2, &r.action).map_err(error)?;
-        let counts = [
-            r.requests,
-            r.rejected,
-            r.interrupted,
-            r.request_bytes,
-            r.response_bytes,
-        ];
-        for (col, value) in (3u16..).zip(counts) {
+        for (col, key) in (1u16..).zip(&r.keys) {
+            usage.write_string(row, col, key).map_err(error)?;
+        }
+        let first_count = 1 + dims;
+        for (col, value) in (first_count..).zip(r.counts.values()) {
             usage.write_number(row, col, value as f64).map_err(error)?;
         }
-        let sum = totals.entry(r.tenant.as_str()).or_default();
-        for (total, value) in sum.iter_mut().zip(counts) {
-            *total = total.saturating_add(value);
+        if let (Some(cost), Some(currency)) = (r.cost, &report.currency) {
+            usage
+                .write_number(row, first_count + 5, as_number(cost))
+                .map_err(error)?;
+            usage
+                .write_string(row, first_count + 6, currency)
+                .map_err(error)?;
         }
     }
     usage.autofit();
+    let totals = report.totals();
+    let first = report.columns.first().map(String::as_str).unwrap_or("-");
     let sheet = workbook.add_worksheet().set_name("Totals").map_err(error)?;
     sheet
-        .write_string_with_format(0, 0, "tenant", &bold)
+        .write_string_with_format(0, 0, first, &bold)
         .map_err(error)?;
-    for (col, name) in (1u16..).zip(COLUMNS.iter().skip(3)) {
+    for (col, name) in (1u16..).zip(Counts::COLUMNS) {
         sheet
-            .write_string_with_format(0, col, *name, &bold)
+            .write_string_with_format(0, col, name, &bold)
             .map_err(error)?;
     }
-    for (row, (tenant, sums)) in (1u32..).zip(&totals) {
-        sheet.write_string(row, 0, *tenant).map_err(error)?;
-        for (col, value) in (1u16..).zip(sums) {
-            sheet.write_number(row, col, *value as f64).map_err(error)?;
+    if let Some(currency) = &report.currency {
+        sheet
+            .write_string_with_format(0, 6, format!("cost ({currency})"), &bold)
+            .map_err(error)?;
+    }
+    for (row, (key, total)) in (1u32..).zip(&totals) {
+        sheet.write_string(row, 0, *key).map_err(error)?;
+        for (col, value) in (1u16..).zip(total.counts.values()) {
+            sheet.write_number(row, col, value as f64).map_err(error)?;
+        }
+        if let Some(cost) = total.cost {
+            sheet.write_number(row, 6, as_number(cost)).map_err(error)?;
         }
     }
     sheet.autofit();
     let last = u32::try_from(totals.len()).unwrap_or(u32::MAX).max(1);
+    if let Some(currency) = &report.currency {
+        let mut cost = Chart::new(ChartType::Column);
+        cost.title()
+            .set_name(&format!("Cost per {first} ({currency})"));
+        cost.add_series()
+            .set_name("cost")
+            .set_categories(("Totals", 1, 0, last, 0))
+            .set_values(("Totals", 1, 6, last, 6));
+        sheet.insert_chart(last + 2, 0, &cost).map_err(error)?;
+    }
     let mut chart = Chart::new(ChartType::Column);
-    chart.title().set_name("Requests per tenant");
+    chart.title().set_name(&format!("Requests per {first}"));
     chart
         .add_series()
         .set_name("requests")
@@ -268,58 +662,17 @@ pub fn parse_time(value: &str) -> Result<std::time::SystemTime, String> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn xlsx_holds_the_rows_totals_and_a_chart_sheet() {
-        use std::io::Read as _;
-        let row = |tenant: &str, action: &str, requests: u64, rejected: u64| ReportRow {
-            period: "2026-12-05T00:00:00Z".into(),
-            tenant: tenant.into(),
-            action: action.into(),
-            requests,
-            rejected,
-            interrupted: 0,
-            request_bytes: 100,
-            response_bytes: 2000,
-        };
-        let rows = vec![
-            row("acme", "projects:read", 7, 1),
-            row("acme", "projects:update", 3, 2),
-            row("globex", "projects:read", 5, 0),
-        ];
-        let bytes = to_xlsx(&rows).unwrap();
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-        let mut part = |name: &str| {
-            let mut text = String::new();
-            zip.by_name(name)
-                .unwrap_or_else(|e| panic!("{name}: {e}"))
-                .read_to_string(&mut text)
-                .unwrap();
-            text
-        };
-        let workbook = part("xl/workbook.xml");
-        for sheet in ["Usage", "Totals", "Chart"] {
-            assert!(
-                workbook.contains(&format!("name=\"{sheet}\"")),
-                "{workbook}"
-            );
-        }
-        // Totals per tenant: acme 10 requests / 3 rejected, globex 5 / 0.
-        let totals = part("xl/worksheets/sheet2.xml");
-        for value in ["<v>10</v>", "<v>3</v>", "<v>5</v>", "<v>4000</v>"] {
-            assert!(totals.contains(value), "{value} in {totals}");
-        }
-        let usage = part("xl/worksheets/sheet1.xml");
-        assert!(
-            usage.contains("<v>7</v>") && usage.contains("<v>2000</v>"),
-            "{usage}"
-        );
-        let chart = part("xl/charts/chart1.xml");
-        assert!(chart.contains("Totals!$B$2:$B$3"), "{chart}");
-        part("xl/chartsheets/sheet1.xml");
-    }
-
     use super::*;
+
+    fn query(tenant: Option<&str>, bucket: Bucket, by: &str) -> ReportQuery {
+        ReportQuery {
+            tenant: tenant.map(str::to_string),
+            from: humantime::parse_rfc3339("2026-11-23T00:00:00Z").unwrap(),
+            to: humantime::parse_rfc3339("2026-11-24T00:00:00Z").unwrap(),
+            bucket,
+            by: Dimension::parse_list(by).unwrap(),
+        }
+    }
 
     fn event(time: &str, tenant: &str, action: &str, outcome: Outcome) -> UsageEvent {
         UsageEvent {
@@ -339,7 +692,73 @@ mod tests {
             outcome,
             reason: None,
             meters: vec![],
+            tier: Some("free".into()),
+            attributes: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn xlsx_holds_the_rows_totals_and_charts() {
+        use std::io::Read as _;
+        let row = |tenant: &str, action: &str, requests: u64, rejected: u64| ReportRow {
+            period: "2026-12-05T00:00:00Z".into(),
+            keys: vec![tenant.into(), action.into()],
+            counts: Counts {
+                requests,
+                rejected,
+                interrupted: 0,
+                request_bytes: 100,
+                response_bytes: 2000,
+            },
+            cost: Some(Decimal::new(25, 2)),
+        };
+        let report = Report {
+            columns: vec!["tenant".into(), "action".into()],
+            currency: Some("EUR".into()),
+            rows: vec![
+                row("acme", "projects:read", 7, 1),
+                row("acme", "projects:update", 3, 2),
+                row("globex", "projects:read", 5, 0),
+            ],
+        };
+        let bytes = to_xlsx(&report).unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut part = |name: &str| {
+            let mut text = String::new();
+            zip.by_name(name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        };
+        let workbook = part("xl/workbook.xml");
+        for sheet in ["Usage", "Totals", "Chart"] {
+            assert!(
+                workbook.contains(&format!("name=\"{sheet}\"")),
+                "{workbook}"
+            );
+        }
+        // Totals per tenant: acme 10 requests / 3 rejected / 0.5 EUR, globex 5 / 0 / 0.25.
+        let totals = part("xl/worksheets/sheet2.xml");
+        for value in [
+            "<v>10</v>",
+            "<v>3</v>",
+            "<v>5</v>",
+            "<v>4000</v>",
+            "<v>0.5</v>",
+        ] {
+            assert!(totals.contains(value), "{value} in {totals}");
+        }
+        let usage = part("xl/worksheets/sheet1.xml");
+        assert!(
+            usage.contains("<v>7</v>") && usage.contains("<v>2000</v>"),
+            "{usage}"
+        );
+        let requests = part("xl/charts/chart2.xml");
+        assert!(requests.contains("Totals!$B$2:$B$3"), "{requests}");
+        let cost = part("xl/charts/chart1.xml");
+        assert!(cost.contains("Totals!$G$2:$G$3"), "{cost}");
+        part("xl/chartsheets/sheet1.xml");
     }
 
     #[test]
@@ -376,41 +795,108 @@ mod tests {
                 Outcome::Completed,
             ),
         ];
-        let q = ReportQuery {
-            tenant: Some("acme".into()),
-            from: humantime::parse_rfc3339("2026-11-23T00:00:00Z").unwrap(),
-            to: humantime::parse_rfc3339("2026-11-24T00:00:00Z").unwrap(),
-            bucket: Bucket::Hour,
-        };
-        let rows = aggregate(&events, &q);
+        let q = query(Some("acme"), Bucket::Hour, "tenant,action");
+        let report = aggregate(&events, &q, None);
+        let rows = &report.rows;
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            (rows[0].period.as_str(), rows[0].requests, rows[0].rejected),
+            (
+                rows[0].period.as_str(),
+                rows[0].counts.requests,
+                rows[0].counts.rejected
+            ),
             ("2026-11-23T10:00:00Z", 2, 1)
         );
         assert_eq!(
             (
-                rows[1].requests,
-                rows[1].interrupted,
-                rows[1].response_bytes
+                rows[1].counts.requests,
+                rows[1].counts.interrupted,
+                rows[1].counts.response_bytes
             ),
             (1, 1, 100)
         );
-        let csv = to_csv(&rows).unwrap();
+        let csv = to_csv(&report).unwrap();
         assert!(
             csv.starts_with(
                 "period,tenant,action,requests,rejected,interrupted,request_bytes,response_bytes\n"
             ),
             "{csv}"
         );
-        let daily = aggregate(
+        let daily = aggregate(&events, &query(None, Bucket::Day, "tenant"), None);
+        assert_eq!(daily.grand_total().counts.requests, 4);
+    }
+
+    #[test]
+    fn cost_per_chargeback_attribute_at_each_events_tier() {
+        let prices = super::super::pricing::PriceList::new(
+            &toml::from_str(
+                r#"
+                currency = "EUR"
+                chargeback = ["cost_center"]
+                [[item]]
+                name = "requests"
+                unit_price = "0.001"
+                tiers = { pro = "0.0005" }
+                "#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut events = Vec::new();
+        for (i, (center, tier, outcome)) in [
+            ("cc-1", "free", Outcome::Completed),
+            ("cc-1", "pro", Outcome::Completed),
+            ("cc-1", "pro", Outcome::Interrupted),
+            ("cc-2", "free", Outcome::Completed),
+            ("cc-2", "free", Outcome::Rejected),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = event(
+                &format!("2026-11-23T10:0{i}:00Z"),
+                "acme",
+                "projects:read",
+                outcome,
+            );
+            e.tier = Some(tier.into());
+            e.attributes.insert("cost_center".into(), center.into());
+            events.push(e);
+        }
+        events.push(event(
+            "2026-11-23T10:09:00Z",
+            "acme",
+            "projects:read",
+            Outcome::Completed,
+        ));
+        let report = aggregate(
             &events,
-            &ReportQuery {
-                bucket: Bucket::Day,
-                tenant: None,
-                ..q
-            },
+            &query(None, Bucket::Day, "attribute:cost_center"),
+            Some(&prices),
         );
-        assert_eq!(daily.iter().map(|r| r.requests).sum::<u64>(), 4);
+        let costs: Vec<(String, String)> = report
+            .rows
+            .iter()
+            .map(|r| (r.keys[0].clone(), format_cost(r.cost.unwrap())))
+            .collect();
+        // cc-1: 0.001 + 0.0005 + 0.0005 (interrupted is billed); cc-2: the refusal is free;
+        // the event without the attribute is its own group.
+        assert_eq!(
+            costs,
+            [
+                ("-".to_string(), "0.001".to_string()),
+                ("cc-1".to_string(), "0.002".to_string()),
+                ("cc-2".to_string(), "0.001".to_string()),
+            ]
+        );
+        assert_eq!(format_cost(report.grand_total().cost.unwrap()), "0.004");
+        let csv = to_csv(&report).unwrap();
+        assert!(csv.starts_with("period,cost_center,requests,"), "{csv}");
+        assert!(csv.contains(",0.002,EUR\n"), "{csv}");
+        let json = report.json_rows();
+        assert_eq!(json[1]["cost_center"], "cc-1");
+        assert_eq!(json[1]["cost"], "0.002");
+        assert!(Dimension::parse("attribute:").is_err());
+        assert!(Dimension::parse("colour").is_err());
     }
 }

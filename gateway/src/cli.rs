@@ -139,7 +139,8 @@ pub enum UsageCommand {
         /// `attribute:cost_center`).
         #[arg(long, default_value = "tenant,action")]
         by: String,
-        /// `xlsx`: a workbook with the rows, totals per tenant and a chart sheet.
+        /// `xlsx`: a workbook with the rows, totals per tenant and a chart sheet; `pdf`: the
+        /// totals, bar charts and the rows.
         #[arg(long, value_enum, default_value_t = UsageFormat::Csv)]
         format: UsageFormat,
         /// Read a PostgreSQL ledger exporter (all replicas) instead of this replica's outbox.
@@ -175,6 +176,7 @@ pub enum UsageFormat {
     Csv,
     Json,
     Xlsx,
+    Pdf,
 }
 
 /// `--bucket`: the period usage is summed over.
@@ -451,6 +453,33 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
             return EXIT_CONFIG;
         }
     };
+    let heading = report::ReportHeading {
+        title: "Usage report".into(),
+        lines: vec![
+            format!(
+                "Period: {} to {} (UTC, end exclusive), per {}",
+                selection.from,
+                selection.to,
+                match selection.bucket {
+                    ReportBucket::Hour => "hour",
+                    ReportBucket::Day => "day",
+                }
+            ),
+            format!(
+                "Tenant: {}",
+                selection.tenant.as_deref().unwrap_or("all tenants")
+            ),
+            format!("Grouped by: {}", selection.by),
+            match &selection.ledger {
+                Some(name) => format!("Source: ledger `{name}` (every replica)"),
+                None => "Source: this replica's outbox".to_string(),
+            },
+        ],
+        generated: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+            .unwrap_or(0),
+    };
     let query = report::ReportQuery {
         tenant: selection.tenant,
         from,
@@ -500,6 +529,7 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
                     .map(|text| format!("{text}\n").into_bytes())
                     .map_err(|e| e.to_string()),
                 UsageFormat::Xlsx => report::to_xlsx(&rows),
+                UsageFormat::Pdf => report::to_pdf(&rows, &heading),
             };
             let written = out.and_then(|bytes| match output {
                 Some(path) => {
@@ -985,12 +1015,33 @@ fn print_demo_banner(
             config_path.display()
         );
     }
-    if loaded.config.metering.is_some() {
-        println!("  # usage per tenant and action, from the durable outbox");
+    if let Some(metering) = &loaded.config.metering {
+        let config = config_path.display();
+        let priced = if metering.pricing.is_some() {
+            " and cost (deploy/examples/gateway.toml [metering.pricing])"
+        } else {
+            ""
+        };
+        println!("  # usage per tenant and action{priced}, from the durable outbox");
         println!(
-            "  cargo run -q -p gateway -- usage report --config {} --from 2026-01-01 --to 2100-01-01 --bucket day",
-            config_path.display()
+            "  cargo run -q -p gateway -- usage report --config {config} --from 2026-01-01 --to 2100-01-01 --bucket day"
         );
+        if metering
+            .pricing
+            .as_ref()
+            .is_some_and(|p| p.chargeback.iter().any(|a| a == "department"))
+        {
+            println!("  # cost charged back to the callers' department claim");
+            println!(
+                "  cargo run -q -p gateway -- usage report --config {config} --from 2026-01-01 --to 2100-01-01 --bucket day --by tenant,attribute:department"
+            );
+        }
+        println!("  # the same as a workbook (rows, totals, charts) and as a PDF with charts");
+        for format in ["xlsx", "pdf"] {
+            println!(
+                "  cargo run -q -p gateway -- usage report --config {config} --from 2026-01-01 --to 2100-01-01 --bucket day --format {format} --output usage.{format}"
+            );
+        }
     }
     if let Some(admin) = &loaded.config.admin {
         println!(

@@ -392,6 +392,45 @@ item_price_id = "api-calls-EUR"
     .unwrap();
     assert!(totals.contains("<v>10</v>"), "{totals}");
     assert!(zip.by_name("xl/chartsheets/sheet1.xml").is_ok());
+    // And as a PDF: poppler reads the same totals and cost as the CSV's.
+    let pdf = gw.dir.path().join("usage.pdf");
+    let out = std::process::Command::new(gateway_bin())
+        .args(["usage", "report", "--config"])
+        .arg(&gw.config_path)
+        .args([
+            "--tenant", "acme", "--from", &today, "--to", &tomorrow, "--bucket", "day", "--format",
+            "pdf", "--output",
+        ])
+        .arg(&pdf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::process::Command::new("pdftotext")
+        .args(["-layout"])
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils; scripts/ensure-deps installs it)");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let csv_fields: Vec<&str> = reports[0].lines().nth(1).unwrap().split(',').collect();
+    for expected in [
+        "Usage report".to_string(),
+        "Tenant: acme".to_string(),
+        format!(
+            "Requests 10 Rejected 0 Interrupted 0 Response bytes {}",
+            csv_fields[7]
+        ),
+        format!("Cost {} EUR", csv_fields[8]),
+        "Requests and rejections per tenant".to_string(),
+        "Cost per tenant (EUR)".to_string(),
+    ] {
+        let squeezed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(squeezed.contains(&expected), "{expected:?} in {text}");
+    }
     db.batch_execute(&format!("DROP TABLE {ledger}"))
         .await
         .unwrap();

@@ -453,33 +453,6 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
             return EXIT_CONFIG;
         }
     };
-    let heading = report::ReportHeading {
-        title: "Usage report".into(),
-        lines: vec![
-            format!(
-                "Period: {} to {} (UTC, end exclusive), per {}",
-                selection.from,
-                selection.to,
-                match selection.bucket {
-                    ReportBucket::Hour => "hour",
-                    ReportBucket::Day => "day",
-                }
-            ),
-            format!(
-                "Tenant: {}",
-                selection.tenant.as_deref().unwrap_or("all tenants")
-            ),
-            format!("Grouped by: {}", selection.by),
-            match &selection.ledger {
-                Some(name) => format!("Source: ledger `{name}` (every replica)"),
-                None => "Source: this replica's outbox".to_string(),
-            },
-        ],
-        generated: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-            .unwrap_or(0),
-    };
     let query = report::ReportQuery {
         tenant: selection.tenant,
         from,
@@ -487,6 +460,11 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
         bucket: selection.bucket.into(),
         by,
     };
+    let source = match &selection.ledger {
+        Some(name) => format!("ledger `{name}` (every replica)"),
+        None => "this replica's outbox".to_string(),
+    };
+    let heading = report::ReportHeading::usage(&query, &source);
     let rows = match selection.ledger {
         Some(name) => {
             let Some(crate::metering::exporters::ExporterConfig::Postgres {

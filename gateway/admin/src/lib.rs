@@ -60,6 +60,15 @@ pub struct Admin {
 
 type AdminResponse = Response<Full<Bytes>>;
 
+/// `GET /admin/usage?format=`.
+#[derive(Debug, Clone, Copy)]
+enum UsageExport {
+    Json,
+    Csv,
+    Xlsx,
+    Pdf,
+}
+
 /// A response with a body of `content_type`, never cached.
 fn body_response(status: StatusCode, body: Bytes, content_type: &'static str) -> AdminResponse {
     let mut response = Response::new(Full::new(body));
@@ -105,6 +114,9 @@ struct PeriodQuery {
     /// Usage reports: what rows are grouped by (`tenant,action` by default).
     #[serde(default)]
     by: Option<String>,
+    /// Usage reports: `json` (default), `csv`, `xlsx` or `pdf`.
+    #[serde(default)]
+    format: Option<String>,
 }
 
 /// The files the admin API reads: usage reports from the outbox, audit queries from the log,
@@ -543,17 +555,58 @@ impl Admin {
             bucket,
             by,
         };
+        let format = match q.format.as_deref() {
+            None | Some("json") => UsageExport::Json,
+            Some("csv") => UsageExport::Csv,
+            Some("xlsx") => UsageExport::Xlsx,
+            Some("pdf") => UsageExport::Pdf,
+            Some(other) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("format: `{other}` is not json, csv, xlsx or pdf"),
+                )
+            }
+        };
         let prices = self.store.load().prices.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            report::outbox_report(&dir, &query, prices.as_deref(), |_| {})
+        let exported = tokio::task::spawn_blocking(move || {
+            let report = report::outbox_report(&dir, &query, prices.as_deref(), |_| {})
+                .map_err(|e| e.to_string())?;
+            let heading = || report::ReportHeading::usage(&query, "this replica's outbox");
+            Ok::<_, String>(match format {
+                UsageExport::Json => {
+                    let body = json!({ "currency": report.currency, "rows": report.json_rows() });
+                    (Bytes::from(body.to_string()), "application/json", None)
+                }
+                UsageExport::Csv => (
+                    Bytes::from(report::to_csv(&report)?),
+                    "text/csv; charset=utf-8",
+                    Some("attachment; filename=\"usage.csv\""),
+                ),
+                UsageExport::Xlsx => (
+                    Bytes::from(report::to_xlsx(&report)?),
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                    Some("attachment; filename=\"usage.xlsx\""),
+                ),
+                UsageExport::Pdf => (
+                    Bytes::from(report::to_pdf(&report, &heading())?),
+                    "application/pdf",
+                    Some("attachment; filename=\"usage.pdf\""),
+                ),
+            })
         })
         .await;
-        match report {
-            Ok(Ok(report)) => respond(
-                StatusCode::OK,
-                json!({ "currency": report.currency, "rows": report.json_rows() }),
-            ),
-            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        match exported {
+            Ok(Ok((body, content_type, disposition))) => {
+                let mut response = body_response(StatusCode::OK, body, content_type);
+                if let Some(disposition) = disposition {
+                    response.headers_mut().insert(
+                        http::header::CONTENT_DISPOSITION,
+                        http::HeaderValue::from_static(disposition),
+                    );
+                }
+                response
+            }
+            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

@@ -311,6 +311,46 @@ token_file = "admin.token"
     })
     .await;
     assert!(reported.is_some(), "usage report never showed the request");
+    // The same report exported as CSV, XLSX and PDF files.
+    for (format, content_type, starts) in [
+        (
+            "csv",
+            "text/csv; charset=utf-8",
+            "period,tenant,action,requests",
+        ),
+        (
+            "xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "PK",
+        ),
+        ("pdf", "application/pdf", "%PDF-"),
+    ] {
+        let (status, headers, body) = admin(
+            "GET",
+            admin_addr,
+            &format!("/admin/usage?{period}&bucket=day&format={format}"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{format}: {body}");
+        assert_eq!(headers["content-type"], content_type);
+        assert_eq!(
+            headers["content-disposition"],
+            format!("attachment; filename=\"usage.{format}\"").as_str()
+        );
+        assert!(body.starts_with(starts), "{format}: {body:.80}");
+    }
+    let (status, _, body) = admin(
+        "GET",
+        admin_addr,
+        &format!("/admin/usage?{period}&format=docx"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("format"), "{body}");
     let (status, _, body) = admin(
         "GET",
         admin_addr,

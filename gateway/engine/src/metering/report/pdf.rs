@@ -23,6 +23,47 @@ pub struct ReportHeading {
     pub generated: i64,
 }
 
+impl ReportHeading {
+    /// The heading of a usage report over `query`, read from `source` (e.g. "this replica's
+    /// outbox"), made now.
+    pub fn usage(query: &super::ReportQuery, source: &str) -> Self {
+        let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let now = std::time::SystemTime::now();
+        ReportHeading {
+            title: "Usage report".into(),
+            lines: vec![
+                format!(
+                    "Period: {} to {} (end exclusive), per {}",
+                    time(query.from),
+                    time(query.to),
+                    match query.bucket {
+                        super::Bucket::Hour => "hour",
+                        super::Bucket::Day => "day",
+                    }
+                ),
+                format!(
+                    "Tenant: {}",
+                    query.tenant.as_deref().unwrap_or("all tenants")
+                ),
+                format!(
+                    "Grouped by: {}",
+                    query
+                        .by
+                        .iter()
+                        .map(super::Dimension::column)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("Source: {source}"),
+            ],
+            generated: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// Detail rows beyond this are left to the tabular formats (the PDF says so).
 const MAX_DETAIL_ROWS: usize = 5_000;
 /// Bars per chart: the largest values of the first dimension.

@@ -781,6 +781,7 @@ fn explain(
             entity_store: Default::default(),
             directory: Default::default(),
             sessions: None,
+            budgets: None,
         };
         Ok(crate::explain::explain(&snapshot, &services, request).await)
     })

@@ -259,6 +259,19 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         )),
         None => None,
     };
+    let limiter = Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers));
+    // Spending budgets count what metering records; their counters are flushed to Redis.
+    let budgets = cfg.metering.as_ref().map(|metering| {
+        let budgets = Arc::new(crate::metering::budgets::Budgets::new(
+            limiter.clone(),
+            webhooks.clone(),
+        ));
+        let (task, interval) = (budgets.clone(), metering.budget_flush_interval);
+        background.push(task_service("budgets", move |shutdown| {
+            task.run(interval, shutdown)
+        }));
+        budgets
+    });
     let services = Arc::new(Services {
         authenticator,
         geoip,
@@ -267,11 +280,12 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             .as_ref()
             .map(|g| g.trusted_proxies.clone())
             .unwrap_or_default(),
-        limiter: Arc::new(crate::limits::Limiter::new(cfg.limits.as_ref(), &cfg.tiers)),
+        limiter,
         webhooks,
         entity_store,
         directory,
         sessions,
+        budgets: budgets.clone(),
     });
 
     // The writers are not stopped by the shutdown signal: requests in flight keep recording
@@ -391,6 +405,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                     .map(|p| p.chargeback.clone())
                     .unwrap_or_default(),
             },
+            budgets: budgets.clone(),
             record_before_forward: m.record_before_forward,
             tenant_metrics: m.tenant_metrics,
         }));
@@ -402,6 +417,10 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         background.push(task_service("drain and exit", move |shutdown| async move {
             crate::lifecycle::drained(shutdown, &in_flight, SHUTDOWN_SETTLE).await;
             recording.flush();
+            // The last requests' spend reaches the shared counters before the process goes.
+            if let Some(budgets) = &budgets {
+                budgets.flush().await;
+            }
             export_drain.run().await;
             tracing::info!("gateway stopped: no request in flight, records written");
             crate::logging::flush();

@@ -131,6 +131,7 @@ impl Recorder<'_> {
         };
         if let Some(metering) = self.metering {
             count_usage(metering, exchange);
+            charge_budgets(metering, exchange);
             let body = usage_record(exchange, &metering.fields);
             if !metering.outbox.record(&body, keep) {
                 tracing::warn!(
@@ -160,6 +161,7 @@ impl Recorder<'_> {
                 }
             })?;
             count_usage(metering, exchange);
+            charge_budgets(metering, exchange);
         }
         self.audit(exchange, Keep::Always);
         Ok(())
@@ -187,6 +189,46 @@ fn count_usage(metering: &Metering, exchange: &Exchange<'_>) {
             .unwrap_or_default();
         metrics::counter!(crate::telemetry::USAGE_REQUESTS_TOTAL, "tenant" => tenant).increment(1);
     }
+}
+
+/// Adds a request that went upstream to its tenant's spending budgets.
+fn charge_budgets(metering: &Metering, exchange: &Exchange<'_>) {
+    let (Some(budgets), Some(admitted)) = (&metering.budgets, exchange.admitted) else {
+        return;
+    };
+    let Some(tenant) = admitted.tenant.as_ref().map(|t| &t.tenant) else {
+        return;
+    };
+    if tenant.budgets.is_empty() || !exchange.forwarded || exchange.refusal().is_some() {
+        return;
+    }
+    let decision = admitted
+        .authorized
+        .as_ref()
+        .and_then(|a| a.decision.as_ref());
+    let action = decision.map(|d| d.action.as_str());
+    let route = decision.map(|d| d.route.as_str());
+    let meters = crate::metering::meters_for(&metering.fields.meters, action, route);
+    let tally = crate::metering::pricing::Tally {
+        tier: Some(&tenant.tier),
+        action,
+        route,
+        meters: &meters,
+        forwarded: 1,
+        request_bytes: exchange.request_bytes,
+        response_bytes: exchange.response_bytes,
+    };
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    budgets.charge(
+        tenant,
+        &admitted.principal.attributes,
+        admitted.budget_prices.as_deref(),
+        &tally,
+        now_secs,
+    );
 }
 
 /// The usage record of a finished request: the end of its begin record, or a complete event.

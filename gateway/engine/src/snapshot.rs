@@ -145,6 +145,38 @@ impl Snapshot {
             )),
             None => None,
         };
+        let shared_counters = config
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.backend == crate::limits::Backend::Redis);
+        let budget_problems: Vec<String> = registry
+            .tenants()
+            .flat_map(|t| {
+                crate::metering::budgets::check_against_config(
+                    t,
+                    config.metering.is_some(),
+                    prices.as_deref(),
+                    shared_counters,
+                )
+            })
+            .collect();
+        if !budget_problems.is_empty() {
+            let field = if config
+                .tenancy
+                .as_ref()
+                .is_some_and(|t| t.registry.file.is_some())
+            {
+                "tenancy.registry.file"
+            } else {
+                "tenancy.registry"
+            };
+            return Err(SourceIssues(
+                budget_problems
+                    .into_iter()
+                    .map(|e| loaded.source.issue(field, e))
+                    .collect(),
+            ));
+        }
         Ok(Snapshot {
             residency,
             prices,

@@ -152,6 +152,7 @@ impl Deployment {
             entity_store: Default::default(),
             directory: Default::default(),
             sessions: None,
+            budgets: None,
         };
         let secret = std::fs::read(dir.join("issuer.secret")).expect("fixture secret");
         Deployment {

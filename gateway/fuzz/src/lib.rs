@@ -77,6 +77,7 @@ pub fn deployment() -> &'static Deployment {
             entity_store: Default::default(),
             directory: Default::default(),
             sessions: None,
+            budgets: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

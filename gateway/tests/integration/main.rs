@@ -14,6 +14,7 @@ mod common;
 mod admin;
 mod architecture;
 mod authorization;
+mod budgets;
 mod cli;
 mod connections;
 mod deploy;

@@ -36,6 +36,8 @@ pub struct Services {
     pub directory: Arc<crate::identity::directory::Directory>,
     /// Browser login and session cookies, when `[sessions]` is configured.
     pub sessions: Option<Arc<crate::identity::sessions::Sessions>>,
+    /// Spending budgets (enforced ones refuse requests), when `[metering]` is configured.
+    pub budgets: Option<Arc<crate::metering::budgets::Budgets>>,
 }
 
 /// A request every stage let through, with what the stages established about it.
@@ -54,6 +56,9 @@ pub struct Admitted {
     pub limit_headers: Vec<(&'static str, String)>,
     /// A renewed session cookie (`Set-Cookie` value) for the response.
     pub set_cookie: Option<String>,
+    /// The price list the request's spending budgets are charged at: set only when its
+    /// tenant has budgets (the snapshot's, as the request was admitted).
+    pub budget_prices: Option<Arc<crate::metering::pricing::PriceList>>,
 }
 
 impl Admitted {
@@ -381,6 +386,7 @@ async fn run_stages_in_order(
         placement: placement::unrestricted(snapshot.pool_count),
         limit_headers: Vec::new(),
         set_cookie: renewed_session,
+        budget_prices: None,
     };
     // From here on, refusals know who and which tenant.
     let refused = Refused::after;
@@ -445,6 +451,20 @@ async fn run_stages_in_order(
         admitted.placement = plan.map_err(|r| refused(r, &admitted))?;
     } else {
         skipped(&mut explaining, "residency", "no [residency] configured");
+    }
+    if let (Some(budgets), Some(tenant)) = (&services.budgets, &admitted.tenant) {
+        if !tenant.tenant.budgets.is_empty() {
+            let now_secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            if explaining.is_none() {
+                budgets
+                    .admit(&tenant.tenant, &admitted.principal.attributes, now_secs)
+                    .map_err(|r| refused(r, &admitted))?;
+            }
+            admitted.budget_prices = snapshot.prices.clone();
+        }
     }
     if services.limiter.decides_anything() {
         let tenant = admitted.tenant_spec();

@@ -84,6 +84,13 @@ for j = 1, nq do out[#out + 1] = counts[j] end
 return out
 "#;
 
+/// Adds ARGV[1] to KEYS[1], (re)sets its time to live to ARGV[2] seconds, returns the sum.
+const COUNTER_SCRIPT: &str = r#"
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return value
+"#;
+
 /// The Redis a limiter talks to.
 enum Server {
     One(Box<Client>),
@@ -106,6 +113,7 @@ pub struct ClusterLimiter {
     timeout: Duration,
     retry_interval: Duration,
     script: Script,
+    counter_script: Script,
     connection: Mutex<Option<Connection>>,
     /// Redis answered last time (or has not been tried yet).
     up: AtomicBool,
@@ -139,6 +147,7 @@ impl ClusterLimiter {
             timeout: config.redis_timeout,
             retry_interval: config.redis_retry_interval,
             script: Script::new(GCRA_SCRIPT),
+            counter_script: Script::new(COUNTER_SCRIPT),
             connection: Mutex::new(None),
             up: AtomicBool::new(true),
             retry_at_us: AtomicU64::new(0),
@@ -264,6 +273,40 @@ impl ClusterLimiter {
         let mut verdict = self.run_script(&mut conn, &own).await?;
         verdict.states.extend(shared_verdict.states);
         Ok(verdict)
+    }
+
+    /// Adds `delta` to the counter `key` of `tenant` (kept `ttl` after its last change) and
+    /// returns its new value: one atomic step, so concurrent replicas each see a distinct
+    /// range of values (spending budgets count this way).
+    pub async fn add_to_counter(
+        &self,
+        tenant: &str,
+        key: &str,
+        delta: i64,
+        ttl: Duration,
+    ) -> Result<i64, LimiterError> {
+        let call = async {
+            let mut conn = self.connection().await?;
+            let mut invocation = self.counter_script.prepare_invoke();
+            invocation
+                .key(self.key(tenant, key, false))
+                .arg(delta)
+                .arg(ttl.as_secs().max(1));
+            let value: i64 = match &mut conn {
+                Connection::One(c) => invocation.invoke_async(c).await?,
+                Connection::Cluster(c) => invocation.invoke_async(c).await?,
+            };
+            Ok(value)
+        };
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(self.timeout)));
+        if let Err(LimiterError::Redis(e)) = &result {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                *self.connection.lock().await = None;
+            }
+        }
+        result
     }
 
     /// The Redis key of a budget: in a cluster, hash-tagged with its tenant (or with the tag of

@@ -961,6 +961,26 @@ impl Limiter {
         !self.table.tiers.is_empty() || !self.table.rules.is_empty()
     }
 
+    /// Adds `delta` to a counter of `tenant` kept in Redis (spending budgets) and returns the
+    /// new total of every replica; an error when there is no Redis or it does not answer.
+    pub async fn add_to_counter(
+        &self,
+        tenant: &str,
+        key: &str,
+        delta: i64,
+        ttl: std::time::Duration,
+    ) -> Result<i64, LimiterError> {
+        match &self.cluster {
+            Some(cluster) => cluster.add_to_counter(tenant, key, delta, ttl).await,
+            None => Err(LimiterError::Down),
+        }
+    }
+
+    /// Whether limits (and budgets) are kept in Redis.
+    pub fn is_shared(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Decides one request's plan.
     pub async fn decide(&self, plan: &LimitPlan) -> Verdict {
         if plan.is_empty() {

@@ -10,6 +10,7 @@
 //! - Every event has a unique id, the idempotency key all exporters send, so a redelivery after
 //!   a crash is harmless (ledger unique constraint, `identifier`, CloudEvents `id`).
 
+pub mod budgets;
 pub mod exporters;
 pub mod outbox;
 pub mod pricing;
@@ -256,6 +257,11 @@ pub struct MeteringConfig {
     /// Prices that turn usage into cost in reports, and the attributes cost is charged back to.
     #[serde(default)]
     pub pricing: Option<pricing::PricingConfig>,
+    /// How often spending-budget tallies are added to the shared counters in Redis (an
+    /// enforced budget may be overspent by this much traffic per replica).
+    #[serde(default = "default_budget_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub budget_flush_interval: Duration,
     /// On a graceful shutdown (SIGTERM), once the last request is done and its records are
     /// written: how long to wait for the exporters to deliver everything in the outbox before
     /// the process exits (within what is left of `server.grace_period`). What is not delivered
@@ -342,6 +348,9 @@ fn default_fsync() -> FsyncPolicy {
 fn default_fsync_interval() -> Duration {
     Duration::from_millis(100)
 }
+fn default_budget_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -362,6 +371,8 @@ fn default_true() -> bool {
 pub struct Metering {
     pub outbox: std::sync::Arc<outbox::Outbox>,
     pub fields: EventFields,
+    /// Spending budgets, charged as requests finish.
+    pub budgets: Option<std::sync::Arc<budgets::Budgets>>,
     pub record_before_forward: bool,
     pub tenant_metrics: bool,
 }
@@ -394,18 +405,20 @@ pub fn chargeback_attributes(
     names: &[String],
     attributes: &serde_json::Map<String, serde_json::Value>,
 ) -> BTreeMap<String, String> {
-    use serde_json::Value;
     names
         .iter()
-        .filter_map(|name| {
-            let value = match attributes.get(name)? {
-                Value::String(s) => s.clone(),
-                v @ (Value::Number(_) | Value::Bool(_)) => v.to_string(),
-                _ => return None,
-            };
-            Some((name.clone(), value))
-        })
+        .filter_map(|name| Some((name.clone(), attribute_text(attributes.get(name)?)?)))
         .collect()
+}
+
+/// An attribute as chargeback records it: a string, number or boolean as text.
+pub fn attribute_text(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Some(s.clone()),
+        v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,14 @@ pub enum Rejection {
         quota: &'static str,
         headers: Vec<(&'static str, String)>,
     },
+    /// An enforced spending budget of the tenant (or of the caller's cost centre) is spent.
+    #[error("budget `{budget}` is spent until {resets_at}")]
+    BudgetExhausted {
+        budget: String,
+        /// RFC 3339: the start of the next month (UTC).
+        resets_at: String,
+        retry_after_secs: u64,
+    },
     #[error("rate limits cannot be decided (Redis unavailable, fallback fail-closed)")]
     LimiterUnavailable {
         headers: Vec<(&'static str, String)>,
@@ -137,6 +145,7 @@ impl Rejection {
             Rejection::LoginRequired { .. } => 302,
             Rejection::Forbidden(_) | Rejection::FeatureNotInTier(_) => 403,
             Rejection::RateLimited { .. } | Rejection::QuotaExhausted { .. } => 429,
+            Rejection::BudgetExhausted { .. } => 402,
             Rejection::LimiterUnavailable { .. }
             | Rejection::MeteringUnavailable { .. }
             | Rejection::EntityStoreUnavailable { .. } => 503,
@@ -179,6 +188,7 @@ impl Rejection {
             Rejection::Internal { .. } => "internal",
             Rejection::RateLimited { .. } => "rate-limited",
             Rejection::QuotaExhausted { .. } => "quota-exhausted",
+            Rejection::BudgetExhausted { .. } => "budget-exhausted",
             Rejection::LimiterUnavailable { .. } => "rate-limit-unavailable",
             Rejection::FeatureNotInTier(_) => "feature-not-in-tier",
             Rejection::MeteringUnavailable { .. } => "metering-unavailable",
@@ -215,6 +225,7 @@ impl Rejection {
             Rejection::Internal { .. } => "Internal error",
             Rejection::RateLimited { .. } => "Too many requests",
             Rejection::QuotaExhausted { .. } => "Quota exhausted",
+            Rejection::BudgetExhausted { .. } => "Budget exhausted",
             Rejection::LimiterUnavailable { .. } => "Service unavailable",
             Rejection::FeatureNotInTier(_) => "Feature not in plan",
             Rejection::MeteringUnavailable { .. } | Rejection::EntityStoreUnavailable { .. } => {
@@ -277,6 +288,9 @@ impl Rejection {
             Rejection::LimiterUnavailable { .. } => {
                 "rate limits cannot be checked right now; retry later".to_string()
             }
+            Rejection::BudgetExhausted {
+                budget, resets_at, ..
+            } => format!("the `{budget}` spending budget is spent; it resets at {resets_at}"),
             // The caller's own tenant and plan: telling them what to upgrade is the point.
             Rejection::FeatureNotInTier(m) => format!(
                 "`{}` needs the `{}` feature, which the `{}` plan does not include",
@@ -347,6 +361,9 @@ impl Rejection {
             Rejection::TooManyConnections(_) => {
                 vec![("retry-after", CONNECTIONS_RETRY_AFTER_SECS.to_string())]
             }
+            Rejection::BudgetExhausted {
+                retry_after_secs, ..
+            } => vec![("retry-after", retry_after_secs.to_string())],
             _ => Vec::new(),
         }
     }
@@ -366,6 +383,10 @@ impl Rejection {
             status: self.status(),
             detail: self.public_detail(),
             request_id: request_id.to_string(),
+            resets_at: match self {
+                Rejection::BudgetExhausted { resets_at, .. } => Some(resets_at.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -380,6 +401,9 @@ pub struct Problem {
     pub detail: String,
     /// Extension member: correlates the response with logs, audit and usage records.
     pub request_id: String,
+    /// Extension member of `budget-exhausted`: when the budget is whole again (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
 }
 
 impl Problem {

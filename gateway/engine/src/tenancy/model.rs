@@ -65,6 +65,10 @@ pub struct TenantSpec {
     /// `/.gateway/login` sends the tenant's people there (needs `[sessions]` in gateway.toml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso: Option<SsoSettings>,
+    /// Monthly spending budgets (in currency or requests), for the tenant or one of its cost
+    /// centres: thresholds announced by webhook, optionally enforced (402).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<crate::metering::budgets::BudgetSpec>,
 }
 
 /// A tenant's single sign-on.
@@ -213,6 +217,7 @@ impl TenantSpec {
             webhooks: Vec::new(),
             scim: None,
             sso: None,
+            budgets: Vec::new(),
         }
     }
 }
@@ -520,6 +525,7 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
     if let Err(message) = tiers.check(&spec.tier) {
         issues.push(("tier".to_string(), message));
     }
+    issues.extend(crate::metering::budgets::validate(&spec.budgets));
     let too_long = |value: &str| value.chars().count() > MAX_TEXT;
     if spec.name.as_deref().is_some_and(too_long) {
         issues.push(("name".to_string(), format!("at most {MAX_TEXT} characters")));

@@ -1,0 +1,517 @@
+//! Monthly spending budgets per tenant, or per value of a chargeback attribute (a cost centre),
+//! in currency (priced with `[metering.pricing]`) or in requests.
+//!
+//! - Spend is counted in Redis, where quotas are (one counter per budget and UTC month, shared
+//!   by every replica, kept across restarts). The request path only adds to a local tally; a
+//!   background task adds the tallies to Redis every `flush_interval` and on shutdown, so no
+//!   request waits for Redis and no thread is woken per request.
+//! - Thresholds (50/80/100 % by default) are announced once each, cluster-wide, as
+//!   `budget.threshold` webhooks: Redis's atomic add gives every flush a distinct range of
+//!   totals, and only the flush whose range contains a threshold announces it.
+//! - A budget with `enforce = true` refuses the tenant's (or cost centre's) requests once it is
+//!   spent: `402 budget-exhausted` with the time it resets (the next month). A replica learns of
+//!   it from its own flush, so a budget may be overspent by up to one flush interval of traffic
+//!   per replica.
+//! - Amounts are counted in nano-units (10^-9 of the currency), each request's cost rounded to
+//!   the nearest; reports price the events exactly.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::pricing::{PriceList, Tally};
+use crate::pipeline::Rejection;
+use crate::tenancy::{Tenant, TenantSpec};
+
+/// One budget in a tenant's registry document (`[[tenant.budgets]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// Names the budget in webhooks and refusals (1-64 letters, digits, `-`, `_`).
+    pub name: String,
+    /// Monthly amount in the currency of `[metering.pricing]`, a decimal string (`"250.00"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Or: forwarded requests per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Only the requests of principals whose chargeback attribute `attribute` is `value`
+    /// (e.g. `cost_center` = `cc-17`); the whole tenant when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Percentages announced with a `budget.threshold` webhook (1-1000).
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<u16>,
+    /// Refuse requests (402 `budget-exhausted`) once the budget is spent.
+    #[serde(default)]
+    pub enforce: bool,
+}
+
+fn default_thresholds() -> Vec<u16> {
+    vec![50, 80, 100]
+}
+
+/// Nano-units per currency unit.
+const NANO: i64 = 1_000_000_000;
+/// Counters outlive their month by this much (late flushes, reports of last month).
+const COUNTER_TTL: Duration = Duration::from_secs(40 * 86_400);
+
+/// Problems with a tenant's budgets, each with its field (e.g. `budgets[0].amount`).
+pub fn validate(budgets: &[BudgetSpec]) -> Vec<(String, String)> {
+    let mut issues = Vec::new();
+    let mut names = HashSet::new();
+    for (i, budget) in budgets.iter().enumerate() {
+        let at = |field: &str| format!("budgets[{i}].{field}");
+        let valid_name = (1..=64).contains(&budget.name.len())
+            && budget
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            issues.push((at("name"), "1-64 letters, digits, `-` or `_`".into()));
+        } else if !names.insert(budget.name.as_str()) {
+            issues.push((at("name"), format!("duplicate budget `{}`", budget.name)));
+        }
+        match (&budget.amount, budget.requests) {
+            (Some(amount), None) => match Decimal::from_str_exact(amount) {
+                Ok(a) if a > Decimal::ZERO && a < Decimal::from(i64::MAX / NANO) => {}
+                _ => issues.push((
+                    at("amount"),
+                    format!("`{amount}`: a positive decimal number, written as a string"),
+                )),
+            },
+            (None, Some(requests)) if requests > 0 => {}
+            (None, Some(_)) => issues.push((at("requests"), "at least 1".into())),
+            _ => issues.push((
+                format!("budgets[{i}]"),
+                "set exactly one of `amount` (currency) and `requests`".into(),
+            )),
+        }
+        if budget.attribute.is_some() != budget.value.is_some() {
+            issues.push((
+                format!("budgets[{i}]"),
+                "`attribute` and `value` go together".into(),
+            ));
+        }
+        if budget.thresholds.is_empty() || budget.thresholds.iter().any(|t| !(1..=1000).contains(t))
+        {
+            issues.push((at("thresholds"), "percentages from 1 to 1000".into()));
+        }
+    }
+    issues
+}
+
+/// What a tenant's budgets need from `gateway.toml`: `[metering]` to count requests, Redis for
+/// the counters, a price list for amounts, and attributes the usage events record. Empty when
+/// they have it.
+pub fn check_against_config(
+    tenant: &TenantSpec,
+    metered: bool,
+    prices: Option<&PriceList>,
+    shared: bool,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if tenant.budgets.is_empty() {
+        return problems;
+    }
+    if !metered {
+        problems.push(format!(
+            "tenant `{}`: budgets count metered requests: configure `[metering]`",
+            tenant.id
+        ));
+    }
+    if !shared {
+        problems.push(format!(
+            "tenant `{}`: budgets are counted in Redis: set `[limits] backend = \"redis\"`",
+            tenant.id
+        ));
+    }
+    for budget in &tenant.budgets {
+        if budget.amount.is_some() && prices.is_none() {
+            problems.push(format!(
+                "tenant `{}`, budget `{}`: an amount needs `[metering.pricing]`",
+                tenant.id, budget.name
+            ));
+        }
+        if let Some(attribute) = &budget.attribute {
+            if prices.is_none_or(|p| !p.chargeback.contains(attribute)) {
+                problems.push(format!(
+                    "tenant `{}`, budget `{}`: `{attribute}` is not in `[metering.pricing] chargeback`",
+                    tenant.id, budget.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The UTC month a budget counts in, and when it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Month {
+    /// `YYYYMM`.
+    key: u32,
+    /// Start of the next month (seconds since the epoch).
+    resets_at: i64,
+}
+
+impl Month {
+    fn at(now_secs: i64) -> Option<Month> {
+        let date = jiff::Timestamp::from_second(now_secs)
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        let next = date
+            .first_of_month()
+            .checked_add(jiff::Span::new().months(1))
+            .ok()?;
+        let resets_at = next
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp()
+            .as_second();
+        Some(Month {
+            key: u32::try_from(date.year()).ok()? * 100 + u32::try_from(date.month()).ok()?,
+            resets_at,
+        })
+    }
+
+    fn label(&self) -> String {
+        format!("{}-{:02}", self.key / 100, self.key % 100)
+    }
+
+    fn resets_at_rfc3339(&self) -> String {
+        jiff::Timestamp::from_second(self.resets_at)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// One budget's counter in one month.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CounterKey {
+    tenant: String,
+    budget: String,
+    month: u32,
+}
+
+impl CounterKey {
+    fn redis_key(&self) -> String {
+        format!("budget:{}:{}:{}", self.tenant, self.budget, self.month)
+    }
+}
+
+/// Spend not yet added to Redis, with what a flush needs to announce thresholds.
+struct Pending {
+    units: i64,
+    tenant: Tenant,
+    budget: BudgetSpec,
+    month: Month,
+}
+
+/// The spending budgets of every tenant: tallies, counters and refusals.
+pub struct Budgets {
+    limiter: Arc<crate::limits::Limiter>,
+    webhooks: Option<crate::webhooks::Webhooks>,
+    currency: parking_lot::RwLock<Option<String>>,
+    pending: parking_lot::Mutex<HashMap<CounterKey, Pending>>,
+    /// Enforced budgets spent in their month, with when they reset.
+    exhausted: parking_lot::RwLock<HashMap<CounterKey, Month>>,
+}
+
+impl Budgets {
+    pub fn new(
+        limiter: Arc<crate::limits::Limiter>,
+        webhooks: Option<crate::webhooks::Webhooks>,
+    ) -> Self {
+        Budgets {
+            limiter,
+            webhooks,
+            currency: parking_lot::RwLock::new(None),
+            pending: parking_lot::Mutex::new(HashMap::new()),
+            exhausted: parking_lot::RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Refuses a request of a spent, enforced budget (stage 6, before rate limits).
+    pub fn admit(
+        &self,
+        tenant: &TenantSpec,
+        attributes: &Map<String, Value>,
+        now_secs: i64,
+    ) -> Result<(), Rejection> {
+        if !tenant.budgets.iter().any(|b| b.enforce) {
+            return Ok(());
+        }
+        let Some(month) = Month::at(now_secs) else {
+            return Ok(());
+        };
+        let exhausted = self.exhausted.read();
+        if exhausted.is_empty() {
+            return Ok(());
+        }
+        for budget in tenant
+            .budgets
+            .iter()
+            .filter(|b| b.enforce && in_scope(b, attributes))
+        {
+            let key = CounterKey {
+                tenant: tenant.id.clone(),
+                budget: budget.name.clone(),
+                month: month.key,
+            };
+            if exhausted.contains_key(&key) {
+                return Err(Rejection::BudgetExhausted {
+                    budget: budget.name.clone(),
+                    resets_at: month.resets_at_rfc3339(),
+                    retry_after_secs: u64::try_from(month.resets_at - now_secs).unwrap_or(1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a finished request to the budgets it counts towards (nothing waits for Redis).
+    pub fn charge(
+        &self,
+        tenant: &Tenant,
+        attributes: &Map<String, Value>,
+        prices: Option<&PriceList>,
+        tally: &Tally<'_>,
+        now_secs: i64,
+    ) {
+        if tenant.budgets.is_empty() || tally.forwarded == 0 {
+            return;
+        }
+        let Some(month) = Month::at(now_secs) else {
+            return;
+        };
+        if let Some(prices) = prices {
+            let mut currency = self.currency.write();
+            if currency.as_deref() != Some(prices.currency.as_str()) {
+                *currency = Some(prices.currency.clone());
+            }
+        }
+        let cost = prices.map(|p| p.cost(tally));
+        let mut pending = self.pending.lock();
+        for budget in tenant.budgets.iter().filter(|b| in_scope(b, attributes)) {
+            let units = match (&budget.amount, cost) {
+                (Some(_), Some(cost)) => nano_units(cost),
+                (Some(_), None) => continue,
+                (None, _) => i64::try_from(tally.forwarded).unwrap_or(i64::MAX),
+            };
+            if units == 0 {
+                continue;
+            }
+            let key = CounterKey {
+                tenant: tenant.id.clone(),
+                budget: budget.name.clone(),
+                month: month.key,
+            };
+            pending
+                .entry(key)
+                .or_insert_with(|| Pending {
+                    units: 0,
+                    tenant: tenant.clone(),
+                    budget: budget.clone(),
+                    month,
+                })
+                .units += units;
+        }
+    }
+
+    /// Adds the tallies to Redis, announces thresholds and marks spent budgets. What Redis
+    /// does not take stays for the next flush.
+    pub async fn flush(&self) {
+        let batch: Vec<(CounterKey, Pending)> = self.pending.lock().drain().collect();
+        for (key, spend) in batch {
+            let result = self
+                .limiter
+                .add_to_counter(&key.tenant, &key.redis_key(), spend.units, COUNTER_TTL)
+                .await;
+            match result {
+                Ok(total) => self.account(&key, &spend, total),
+                Err(error) => {
+                    tracing::warn!(%error, tenant = key.tenant, budget = key.budget, "budget spend not counted yet; retried at the next flush");
+                    let mut pending = self.pending.lock();
+                    match pending.get_mut(&key) {
+                        Some(newer) => newer.units += spend.units,
+                        None => {
+                            pending.insert(key, spend);
+                        }
+                    }
+                }
+            }
+        }
+        // Budgets of months gone by are no longer refused.
+        let now = now_secs();
+        self.exhausted
+            .write()
+            .retain(|_, month| month.resets_at > now);
+    }
+
+    /// After a flush: thresholds the new total passed, and whether the budget is spent.
+    fn account(&self, key: &CounterKey, spend: &Pending, total: i64) {
+        let limit = match (&spend.budget.amount, spend.budget.requests) {
+            (Some(amount), _) => Decimal::from_str_exact(amount)
+                .ok()
+                .map(nano_units)
+                .unwrap_or(i64::MAX),
+            (None, Some(requests)) => i64::try_from(requests).unwrap_or(i64::MAX),
+            (None, None) => return,
+        };
+        let before = total - spend.units;
+        let currency = self.currency.read().clone();
+        for percent in &spend.budget.thresholds {
+            let threshold = i128::from(limit) * i128::from(*percent);
+            let crossed =
+                i128::from(before) * 100 < threshold && threshold <= i128::from(total) * 100;
+            if !crossed {
+                continue;
+            }
+            metrics::counter!(crate::telemetry::BUDGET_THRESHOLDS_TOTAL).increment(1);
+            if let Some(webhooks) = &self.webhooks {
+                let (spent, amount, unit) = match &spend.budget.amount {
+                    Some(amount) => (
+                        Decimal::new(total, 9).normalize().to_string(),
+                        amount.clone(),
+                        currency.clone().unwrap_or_default(),
+                    ),
+                    None => (total.to_string(), limit.to_string(), "requests".to_string()),
+                };
+                webhooks.emit(
+                    Some(&spend.tenant),
+                    crate::webhooks::WebhookEvent::new(
+                        "budget.threshold",
+                        serde_json::json!({
+                            "tenant": key.tenant,
+                            "budget": key.budget,
+                            "attribute": spend.budget.attribute,
+                            "value": spend.budget.value,
+                            "percent": percent,
+                            "spent": spent,
+                            "amount": amount,
+                            "unit": unit,
+                            "month": spend.month.label(),
+                            "resets_at": spend.month.resets_at_rfc3339(),
+                        }),
+                    ),
+                );
+            }
+        }
+        if spend.budget.enforce && total >= limit {
+            self.exhausted.write().insert(key.clone(), spend.month);
+        }
+    }
+
+    /// Flushes every `interval` until `shutdown`, then once more.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.flush().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.flush().await;
+    }
+}
+
+/// Whether a principal with `attributes` spends from `budget`.
+fn in_scope(budget: &BudgetSpec, attributes: &Map<String, Value>) -> bool {
+    match (&budget.attribute, &budget.value) {
+        (Some(attribute), Some(value)) => attributes
+            .get(attribute)
+            .and_then(super::attribute_text)
+            .is_some_and(|text| text == *value),
+        _ => true,
+    }
+}
+
+/// `cost` in nano-units, rounded to the nearest.
+fn nano_units(cost: Decimal) -> i64 {
+    (cost * Decimal::from(NANO))
+        .round()
+        .to_i64()
+        .unwrap_or(i64::MAX)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(text: &str) -> BudgetSpec {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn budgets_are_validated_field_by_field() {
+        let fields = |budgets: Vec<BudgetSpec>| -> Vec<String> {
+            validate(&budgets).into_iter().map(|(f, _)| f).collect()
+        };
+        assert!(fields(vec![budget("name = \"m\"\namount = \"250.00\"")]).is_empty());
+        assert_eq!(
+            fields(vec![
+                budget("name = \"m\"\namount = \"-1\""),
+                budget("name = \"m\"\nrequests = 10\namount = \"1\""),
+                budget("name = \"x y\"\nrequests = 0\nattribute = \"cost_center\""),
+                budget("name = \"t\"\nrequests = 5\nthresholds = [0]"),
+            ]),
+            [
+                "budgets[0].amount",
+                "budgets[1].name",
+                "budgets[1]",
+                "budgets[2].name",
+                "budgets[2].requests",
+                "budgets[2]",
+                "budgets[3].thresholds",
+            ]
+        );
+    }
+
+    #[test]
+    fn months_reset_at_the_next_first_of_the_month_utc() {
+        // 2026-12-05T21:00:00Z
+        let month = Month::at(1_796_504_400).unwrap();
+        assert_eq!(month.key, 202612);
+        assert_eq!(month.resets_at_rfc3339(), "2027-01-01T00:00:00Z");
+        assert_eq!(month.label(), "2026-12");
+    }
+
+    #[test]
+    fn scope_and_units() {
+        let mut attributes = Map::new();
+        attributes.insert("cost_center".into(), Value::String("cc-1".into()));
+        attributes.insert("floor".into(), serde_json::json!(3));
+        let scoped =
+            budget("name = \"b\"\nrequests = 1\nattribute = \"cost_center\"\nvalue = \"cc-1\"");
+        assert!(in_scope(&scoped, &attributes));
+        let other =
+            budget("name = \"b\"\nrequests = 1\nattribute = \"cost_center\"\nvalue = \"cc-2\"");
+        assert!(!in_scope(&other, &attributes));
+        let number = budget("name = \"b\"\nrequests = 1\nattribute = \"floor\"\nvalue = \"3\"");
+        assert!(in_scope(&number, &attributes));
+        assert!(in_scope(&budget("name = \"b\"\nrequests = 1"), &Map::new()));
+        assert_eq!(nano_units(Decimal::new(4, 4)), 400_000);
+        assert_eq!(nano_units(Decimal::new(13491, 13)), 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! Spending budgets through real gateways sharing one Redis: spend counted once across
+//! replicas, each threshold announced once cluster-wide, an enforced budget refused with 402
+//! on every replica, and the spend of a replica that shuts down kept.
+// A test crate: helpers fail loudly (the lints guard the gateway's own code).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{
+    assert_problem, client, config_for, eventually, upstream, Receiver, TestGateway,
+};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn tenants(receiver: &Receiver) -> String {
+    format!(
+        r#"
+# 0.0004 EUR a request: acme's budget is spent by its 10th request.
+[[tenant]]
+id = "acme"
+[[tenant.webhooks]]
+url = "{hooks}"
+secret = "{SECRET}"
+[[tenant.budgets]]
+name = "monthly"
+amount = "0.0040"
+thresholds = [50, 100]
+enforce = true
+
+[[tenant]]
+id = "globex"
+[[tenant.webhooks]]
+url = "{hooks}"
+secret = "{SECRET}"
+[[tenant.budgets]]
+name = "calls"
+requests = 4
+thresholds = [100]
+enforce = true
+"#,
+        hooks = receiver.url("/hooks")
+    )
+}
+
+fn config(up: std::net::SocketAddr, prefix: &str, flush: &str) -> String {
+    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    config_for(
+        &[up],
+        &format!(
+            r#"
+[tenancy]
+sources = ["header"]
+registry = {{ file = "tenants.toml" }}
+
+[limits]
+backend = "redis"
+redis_url = "{redis}"
+key_prefix = "{prefix}"
+redis_timeout = "2s"
+
+[metering]
+dir = "outbox"
+budget_flush_interval = "{flush}"
+[metering.pricing]
+currency = "EUR"
+[[metering.pricing.item]]
+name = "requests"
+unit_price = "0.0004"
+
+[webhooks]
+dir = "webhooks"
+retry_delay = "50ms"
+"#
+        ),
+    )
+}
+
+async fn get(gw: &TestGateway, tenant: &str) -> (u16, Option<String>, String) {
+    let response = client()
+        .get(gw.url("/x"))
+        .header("x-tenant", tenant)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, response.text().await.unwrap())
+}
+
+/// `(tenant, budget, percent)` of every `budget.threshold` delivered.
+fn thresholds(receiver: &Receiver) -> Vec<(String, String, u64)> {
+    let mut seen: Vec<(String, String, u64)> = receiver
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .filter(|e| e["type"] == "budget.threshold")
+        .map(|e| {
+            (
+                e["data"]["tenant"].as_str().unwrap().to_string(),
+                e["data"]["budget"].as_str().unwrap().to_string(),
+                e["data"]["percent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_are_shared_announced_once_enforced_everywhere_and_kept_at_shutdown() {
+    let up = upstream("app").await;
+    let receiver = Receiver::start(|_, _, _| 200).await;
+    let prefix = format!(
+        "gwtest:budgets:{}:{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let files = tenants(&receiver);
+    let files = [("tenants.toml", files.as_bytes())];
+    let a = TestGateway::start(&config(up.addr, &prefix, "100ms"), &files);
+    let b = TestGateway::start(&config(up.addr, &prefix, "100ms"), &files);
+
+    // Nine requests, spread over both replicas: 0.0036 of 0.0040 spent, all served.
+    for i in 0..9 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let (status, _, body) = get(gw, "acme").await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    eventually(Duration::from_secs(5), || async {
+        thresholds(&receiver).len() == 1
+    })
+    .await
+    .expect("the 50 % threshold announced");
+    // The tenth spends the budget; once the replicas' tallies reach Redis both refuse.
+    assert_eq!(get(&b, "acme").await.0, 200);
+    for gw in [&a, &b] {
+        let refused = eventually(Duration::from_secs(5), || async {
+            get(gw, "acme").await.0 == 402
+        })
+        .await;
+        assert!(refused.is_some(), "a spent, enforced budget is refused");
+    }
+    let (status, retry_after, body) = get(&a, "acme").await;
+    assert_problem(status, &body, 402, "budget-exhausted");
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    let resets_at = problem["resets_at"].as_str().unwrap();
+    assert!(
+        resets_at.ends_with("-01T00:00:00Z"),
+        "resets at the next month: {problem}"
+    );
+    let retry_after: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((1..=31 * 86_400).contains(&retry_after), "{retry_after}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("`monthly`"),
+        "{problem}"
+    );
+
+    // Every threshold once, cluster-wide, whichever replica's flush crossed it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        thresholds(&receiver),
+        [
+            ("acme".to_string(), "monthly".to_string(), 50),
+            ("acme".to_string(), "monthly".to_string(), 100),
+        ]
+    );
+
+    // A replica that flushes only when it stops: globex's four requests there are counted at
+    // its graceful shutdown, so replica A (which never served globex) refuses globex next.
+    let mut c = TestGateway::start(&config(up.addr, &prefix, "1h"), &files);
+    for _ in 0..4 {
+        assert_eq!(get(&c, "globex").await.0, 200);
+    }
+    assert!(!thresholds(&receiver).iter().any(|t| t.0 == "globex"));
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(c.wait_exit(Duration::from_secs(10)).is_some(), "C stopped");
+    // A's first globex request is served (A had no reason to refuse it) and counted; its next
+    // flush returns the cluster-wide total, 5 of 4 only if C's four were kept.
+    assert_eq!(get(&a, "globex").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _, body) = get(&a, "globex").await;
+    assert_problem(status, &body, 402, "budget-exhausted");
+    // No threshold of acme's was announced twice meanwhile.
+    let acme: Vec<_> = thresholds(&receiver)
+        .into_iter()
+        .filter(|t| t.0 == "acme")
+        .collect();
+    assert_eq!(acme.len(), 2, "{acme:?}");
+}

@@ -12,6 +12,7 @@
 
 pub mod budgets;
 pub mod exporters;
+pub mod forecast;
 pub mod outbox;
 pub mod pricing;
 pub mod report;

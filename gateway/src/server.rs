@@ -266,9 +266,13 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             limiter.clone(),
             webhooks.clone(),
         ));
-        let (task, interval) = (budgets.clone(), metering.budget_flush_interval);
+        let task = budgets.clone();
+        let intervals = (
+            metering.budget_flush_interval,
+            metering.budget_forecast_interval,
+        );
         background.push(task_service("budgets", move |shutdown| {
-            task.run(interval, shutdown)
+            task.run(intervals.0, intervals.1, shutdown)
         }));
         budgets
     });

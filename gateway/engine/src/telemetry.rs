@@ -63,6 +63,8 @@ pub const AUTHZ_DURATION_SECONDS: &str = "gateway_authz_duration_seconds";
 pub const RATELIMIT_DECISIONS_TOTAL: &str = "gateway_ratelimit_decisions_total";
 /// Spending-budget thresholds crossed (each announced once cluster-wide).
 pub const BUDGET_THRESHOLDS_TOTAL: &str = "gateway_budget_thresholds_total";
+/// Budgets forecast to run out before their month ends (each announced once cluster-wide).
+pub const BUDGET_FORECASTS_EXCEEDING_TOTAL: &str = "gateway_budget_forecasts_exceeding_total";
 
 /// Decisions taken by the configured fallback while Redis was unreachable, by mode.
 pub const RATELIMIT_FALLBACK_DECISIONS_TOTAL: &str = "gateway_ratelimit_fallback_decisions_total";

@@ -198,3 +198,122 @@ async fn budgets_are_shared_announced_once_enforced_everywhere_and_kept_at_shutd
         .collect();
     assert_eq!(acme.len(), 2, "{acme:?}");
 }
+
+/// Sets Redis keys with `redis-cli` (the tests' Redis, as the gateway sees it).
+fn redis_set(pairs: &[(String, i64)]) {
+    use std::io::Write as _;
+    let url = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli (scripts/ensure-deps installs redis-tools)");
+    let mut input = String::new();
+    for (key, value) in pairs {
+        input.push_str(&format!("SET {key} {value} EX 3600\r\n"));
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_forecast_to_run_out_is_announced_once_days_ahead() {
+    let up = upstream("app").await;
+    let receiver = Receiver::start(|_, _, _| 200).await;
+    let prefix = format!(
+        "gwtest:budget-forecast:{}:{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    // Three weeks of history at 10 EUR an hour, and 999 of the month's 1,000 EUR spent: the
+    // forecast sees the budget run out within the next hours.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let this_hour = now / 3600;
+    let month = {
+        let date = jiff::Timestamp::from_second(now)
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        format!("{}{:02}", date.year(), date.month())
+    };
+    let mut seed: Vec<(String, i64)> = (this_hour - 504..this_hour)
+        .map(|h| {
+            (
+                format!("{prefix}:budget:initech:monthly:h:{h}"),
+                10_000_000_000,
+            )
+        })
+        .collect();
+    seed.push((
+        format!("{prefix}:budget:initech:monthly:{month}"),
+        999_000_000_000,
+    ));
+    redis_set(&seed);
+    let tenants = format!(
+        r#"
+[[tenant]]
+id = "initech"
+[[tenant.webhooks]]
+url = "{}"
+secret = "{SECRET}"
+[[tenant.budgets]]
+name = "monthly"
+amount = "1000.00"
+thresholds = [100]
+"#,
+        receiver.url("/hooks")
+    );
+    let config = config(up.addr, &prefix, "100ms").replace(
+        "budget_flush_interval = \"100ms\"",
+        "budget_flush_interval = \"100ms\"\nbudget_forecast_interval = \"300ms\"",
+    );
+    let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
+    // One request makes the budget one this replica serves (and forecasts).
+    assert_eq!(get(&gw, "initech").await.0, 200);
+    let forecasts = || {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+            .filter(|e| e["type"] == "budget.forecast_exceeds")
+            .collect::<Vec<_>>()
+    };
+    eventually(Duration::from_secs(10), || async {
+        !forecasts().is_empty()
+    })
+    .await
+    .expect("the overrun is announced");
+    // Forecasts run every 300 ms: still one announcement a second later.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let announced = forecasts();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    let data = &announced[0]["data"];
+    assert_eq!(data["tenant"], "initech");
+    assert_eq!(data["budget"], "monthly");
+    assert_eq!(data["amount"], "1000.00");
+    assert_eq!(data["unit"], "EUR");
+    assert_eq!(data["history_hours"], 504);
+    let spent: f64 = data["spent"].as_str().unwrap().parse().unwrap();
+    assert!((999.0..1000.0).contains(&spent), "{data}");
+    let projected: f64 = data["projected"].as_str().unwrap().parse().unwrap();
+    assert!(projected > 1000.0, "{data}");
+    let expected = data["expected_exhaustion"].as_str().unwrap();
+    let expected = <jiff::Timestamp as std::str::FromStr>::from_str(expected)
+        .unwrap()
+        .as_second();
+    let resets =
+        <jiff::Timestamp as std::str::FromStr>::from_str(data["resets_at"].as_str().unwrap())
+            .unwrap()
+            .as_second();
+    assert!(expected > now - 3600 && expected <= resets, "{data}");
+}

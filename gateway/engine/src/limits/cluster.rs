@@ -309,6 +309,61 @@ impl ClusterLimiter {
         result
     }
 
+    /// The values of counters of `tenant` (`None` where a key does not exist), in one MGET
+    /// (one slot in a cluster: the keys share the tenant's hash tag).
+    pub async fn read_counters(
+        &self,
+        tenant: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<i64>>, LimiterError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let call = async {
+            let mut conn = self.connection().await?;
+            let mut command = redis::cmd("MGET");
+            for key in keys {
+                command.arg(self.key(tenant, key, false));
+            }
+            let values: Vec<Option<i64>> = match &mut conn {
+                Connection::One(c) => command.query_async(c).await?,
+                Connection::Cluster(c) => command.query_async(c).await?,
+            };
+            Ok(values)
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(self.timeout)))
+    }
+
+    /// Sets `key` of `tenant` if it does not exist (for `ttl`): `true` for the one caller,
+    /// cluster-wide, that set it.
+    pub async fn claim_once(
+        &self,
+        tenant: &str,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<bool, LimiterError> {
+        let call = async {
+            let mut conn = self.connection().await?;
+            let mut command = redis::cmd("SET");
+            command
+                .arg(self.key(tenant, key, false))
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl.as_secs().max(1));
+            let set: Option<String> = match &mut conn {
+                Connection::One(c) => command.query_async(c).await?,
+                Connection::Cluster(c) => command.query_async(c).await?,
+            };
+            Ok(set.is_some())
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(self.timeout)))
+    }
+
     /// The Redis key of a budget: in a cluster, hash-tagged with its tenant (or with the tag of
     /// the budgets all tenants share).
     fn key(&self, tenant: &str, key: &str, all_tenants: bool) -> String {

@@ -976,6 +976,31 @@ impl Limiter {
         }
     }
 
+    /// Counters of `tenant` kept in Redis, in one read (see [`Limiter::add_to_counter`]).
+    pub async fn read_counters(
+        &self,
+        tenant: &str,
+        keys: &[String],
+    ) -> Result<Vec<Option<i64>>, LimiterError> {
+        match &self.cluster {
+            Some(cluster) => cluster.read_counters(tenant, keys).await,
+            None => Err(LimiterError::Down),
+        }
+    }
+
+    /// Claims `key` of `tenant` once cluster-wide for `ttl`: `true` for the claimant.
+    pub async fn claim_once(
+        &self,
+        tenant: &str,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, LimiterError> {
+        match &self.cluster {
+            Some(cluster) => cluster.claim_once(tenant, key, ttl).await,
+            None => Err(LimiterError::Down),
+        }
+    }
+
     /// Whether limits (and budgets) are kept in Redis.
     pub fn is_shared(&self) -> bool {
         self.cluster.is_some()

@@ -12,6 +12,11 @@
 //!   spent: `402 budget-exhausted` with the time it resets (the next month). A replica learns of
 //!   it from its own flush, so a budget may be overspent by up to one flush interval of traffic
 //!   per replica.
+//! - Forecasts: each budget's spend is also counted per hour (kept six weeks); every
+//!   `budget_forecast_interval` a replica forecasts the rest of the month of the budgets it
+//!   served ([`super::forecast`]) and, when the projection reaches the amount before the month
+//!   ends, announces it once cluster-wide as a `budget.forecast_exceeds` webhook with the hour
+//!   it expects the budget to run out.
 //! - Amounts are counted in nano-units (10^-9 of the currency), each request's cost rounded to
 //!   the nearest; reports price the events exactly.
 
@@ -63,6 +68,12 @@ fn default_thresholds() -> Vec<u16> {
 const NANO: i64 = 1_000_000_000;
 /// Counters outlive their month by this much (late flushes, reports of last month).
 const COUNTER_TTL: Duration = Duration::from_secs(40 * 86_400);
+/// Hourly counters (the forecasts' history) are kept this long.
+const HOURLY_TTL: Duration = Duration::from_secs(43 * 86_400);
+/// The "hour" of spend whose hourly counter is already counted (a retried month total).
+const MONTH_ONLY: i64 = -1;
+/// Hours of history a forecast reads.
+const FORECAST_HISTORY_HOURS: i64 = 6 * 168;
 
 /// Problems with a tenant's budgets, each with its field (e.g. `budgets[0].amount`).
 pub fn validate(budgets: &[BudgetSpec]) -> Vec<(String, String)> {
@@ -206,6 +217,19 @@ impl CounterKey {
     fn redis_key(&self) -> String {
         format!("budget:{}:{}:{}", self.tenant, self.budget, self.month)
     }
+
+    /// The counter of one hour (hours since the epoch).
+    fn hourly_key(&self, hour: i64) -> String {
+        format!("budget:{}:{}:h:{hour}", self.tenant, self.budget)
+    }
+
+    /// Set once the month's forecast overrun is announced.
+    fn forecast_announced_key(&self) -> String {
+        format!(
+            "budget:{}:{}:{}:forecast",
+            self.tenant, self.budget, self.month
+        )
+    }
 }
 
 /// Spend not yet added to Redis, with what a flush needs to announce thresholds.
@@ -221,9 +245,12 @@ pub struct Budgets {
     limiter: Arc<crate::limits::Limiter>,
     webhooks: Option<crate::webhooks::Webhooks>,
     currency: parking_lot::RwLock<Option<String>>,
-    pending: parking_lot::Mutex<HashMap<CounterKey, Pending>>,
+    /// Per budget, month and hour (since the epoch).
+    pending: parking_lot::Mutex<HashMap<(CounterKey, i64), Pending>>,
     /// Enforced budgets spent in their month, with when they reset.
     exhausted: parking_lot::RwLock<HashMap<CounterKey, Month>>,
+    /// Budgets this replica charged, with their month: the ones it forecasts.
+    served: parking_lot::Mutex<HashMap<CounterKey, (Tenant, BudgetSpec, Month)>>,
 }
 
 impl Budgets {
@@ -237,6 +264,7 @@ impl Budgets {
             currency: parking_lot::RwLock::new(None),
             pending: parking_lot::Mutex::new(HashMap::new()),
             exhausted: parking_lot::RwLock::new(HashMap::new()),
+            served: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -316,7 +344,7 @@ impl Budgets {
                 month: month.key,
             };
             pending
-                .entry(key)
+                .entry((key, now_secs.div_euclid(3600)))
                 .or_insert_with(|| Pending {
                     units: 0,
                     tenant: tenant.clone(),
@@ -330,42 +358,182 @@ impl Budgets {
     /// Adds the tallies to Redis, announces thresholds and marks spent budgets. What Redis
     /// does not take stays for the next flush.
     pub async fn flush(&self) {
-        let batch: Vec<(CounterKey, Pending)> = self.pending.lock().drain().collect();
-        for (key, spend) in batch {
+        let batch: Vec<((CounterKey, i64), Pending)> = self.pending.lock().drain().collect();
+        // The month's counter once per budget (thresholds are judged on its total) ...
+        let mut months: HashMap<CounterKey, Pending> = HashMap::new();
+        for ((key, hour), spend) in batch {
+            // ... and each hour's, the forecasts' history (best effort: a lost hour only
+            // makes a forecast a little low).
+            if hour != MONTH_ONLY {
+                let hourly = self
+                    .limiter
+                    .add_to_counter(&key.tenant, &key.hourly_key(hour), spend.units, HOURLY_TTL)
+                    .await;
+                if let Err(error) = hourly {
+                    tracing::debug!(%error, tenant = key.tenant, "hourly budget counter not updated");
+                }
+            }
+            match months.get_mut(&key) {
+                Some(month) => month.units += spend.units,
+                None => {
+                    months.insert(key, spend);
+                }
+            }
+        }
+        for (key, spend) in months {
             let result = self
                 .limiter
                 .add_to_counter(&key.tenant, &key.redis_key(), spend.units, COUNTER_TTL)
                 .await;
             match result {
-                Ok(total) => self.account(&key, &spend, total),
+                Ok(total) => {
+                    self.account(&key, &spend, total);
+                    self.served.lock().insert(
+                        key,
+                        (spend.tenant.clone(), spend.budget.clone(), spend.month),
+                    );
+                }
                 Err(error) => {
                     tracing::warn!(%error, tenant = key.tenant, budget = key.budget, "budget spend not counted yet; retried at the next flush");
                     let mut pending = self.pending.lock();
-                    match pending.get_mut(&key) {
+                    // Kept for the month's counter only: its hours were counted above.
+                    match pending.get_mut(&(key.clone(), MONTH_ONLY)) {
                         Some(newer) => newer.units += spend.units,
                         None => {
-                            pending.insert(key, spend);
+                            pending.insert((key, MONTH_ONLY), spend);
                         }
                     }
                 }
             }
         }
-        // Budgets of months gone by are no longer refused.
+        // Budgets of months gone by are no longer refused nor forecast.
         let now = now_secs();
         self.exhausted
             .write()
             .retain(|_, month| month.resets_at > now);
+        self.served
+            .lock()
+            .retain(|_, (_, _, month)| month.resets_at > now);
+    }
+
+    /// Forecasts the rest of the month of every budget this replica served and announces,
+    /// once cluster-wide, those projected to run out before the month ends.
+    pub async fn forecast(&self) {
+        let now = now_secs();
+        let served: Vec<(CounterKey, (Tenant, BudgetSpec, Month))> = self
+            .served
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, (tenant, budget, month)) in served {
+            if let Err(error) = self.forecast_one(&key, &tenant, &budget, month, now).await {
+                tracing::debug!(%error, tenant = key.tenant, budget = key.budget, "no budget forecast");
+            }
+        }
+    }
+
+    async fn forecast_one(
+        &self,
+        key: &CounterKey,
+        tenant: &Tenant,
+        budget: &BudgetSpec,
+        month: Month,
+        now: i64,
+    ) -> Result<(), String> {
+        let limit = limit_units(budget).ok_or("no amount")?;
+        let this_hour = now.div_euclid(3600);
+        let hours: Vec<i64> = (this_hour - FORECAST_HISTORY_HOURS..this_hour).collect();
+        let mut keys: Vec<String> = hours.iter().map(|h| key.hourly_key(*h)).collect();
+        keys.push(key.redis_key());
+        let values = self
+            .limiter
+            .read_counters(&key.tenant, &keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        let spent = values.last().copied().flatten().unwrap_or(0);
+        if spent >= limit {
+            return Ok(());
+        }
+        // History from the first hour with spend (hours before it are not "no use").
+        let series: Vec<f64> = values
+            .iter()
+            .take(hours.len())
+            .map(|v| v.unwrap_or(0) as f64)
+            .skip_while(|v| *v == 0.0)
+            .collect();
+        let left = usize::try_from(month.resets_at.div_euclid(3600) - this_hour).unwrap_or(0);
+        let history_hours = series.len();
+        // Fitting takes tens of milliseconds: not on a thread that serves anything else.
+        let forecast =
+            tokio::task::spawn_blocking(move || super::forecast::forecast(&series, left, 0.9))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        let projection = super::forecast::project(spent as f64, &forecast, Some(limit as f64));
+        let Some(in_hours) = projection.limit_reached_in_hours else {
+            return Ok(());
+        };
+        let claimed = self
+            .limiter
+            .claim_once(&key.tenant, &key.forecast_announced_key(), COUNTER_TTL)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !claimed {
+            return Ok(());
+        }
+        metrics::counter!(crate::telemetry::BUDGET_FORECASTS_EXCEEDING_TOTAL).increment(1);
+        let Some(webhooks) = &self.webhooks else {
+            return Ok(());
+        };
+        let expected =
+            jiff::Timestamp::from_second((this_hour + i64::try_from(in_hours).unwrap_or(0)) * 3600)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+        let (spent, projected, amount, unit) = match &budget.amount {
+            Some(amount) => (
+                Decimal::new(spent, 9).normalize().to_string(),
+                Decimal::new(projection.total.round() as i64, 9)
+                    .round_dp(6)
+                    .normalize()
+                    .to_string(),
+                amount.clone(),
+                self.currency.read().clone().unwrap_or_default(),
+            ),
+            None => (
+                spent.to_string(),
+                format!("{:.0}", projection.total),
+                limit.to_string(),
+                "requests".to_string(),
+            ),
+        };
+        webhooks.emit(
+            Some(tenant),
+            crate::webhooks::WebhookEvent::new(
+                "budget.forecast_exceeds",
+                serde_json::json!({
+                    "tenant": key.tenant,
+                    "budget": key.budget,
+                    "attribute": budget.attribute,
+                    "value": budget.value,
+                    "spent": spent,
+                    "projected": projected,
+                    "amount": amount,
+                    "unit": unit,
+                    "expected_exhaustion": expected,
+                    "month": month.label(),
+                    "resets_at": month.resets_at_rfc3339(),
+                    "history_hours": history_hours,
+                }),
+            ),
+        );
+        Ok(())
     }
 
     /// After a flush: thresholds the new total passed, and whether the budget is spent.
     fn account(&self, key: &CounterKey, spend: &Pending, total: i64) {
-        let limit = match (&spend.budget.amount, spend.budget.requests) {
-            (Some(amount), _) => Decimal::from_str_exact(amount)
-                .ok()
-                .map(nano_units)
-                .unwrap_or(i64::MAX),
-            (None, Some(requests)) => i64::try_from(requests).unwrap_or(i64::MAX),
-            (None, None) => return,
+        let Some(limit) = limit_units(&spend.budget) else {
+            return;
         };
         let before = total - spend.units;
         let currency = self.currency.read().clone();
@@ -411,17 +579,24 @@ impl Budgets {
         }
     }
 
-    /// Flushes every `interval` until `shutdown`, then once more.
+    /// Flushes every `flush_interval` and forecasts every `forecast_interval` until
+    /// `shutdown`, then flushes once more.
     pub async fn run(
         self: Arc<Self>,
-        interval: Duration,
+        flush_interval: Duration,
+        forecast_interval: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut forecast = tokio::time::interval(forecast_interval);
+        forecast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first forecast once something was served, not at start.
+        forecast.reset();
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.flush().await,
+                _ = flush.tick() => self.flush().await,
+                _ = forecast.tick() => self.forecast().await,
                 _ = shutdown.changed() => break,
             }
         }
@@ -437,6 +612,15 @@ fn in_scope(budget: &BudgetSpec, attributes: &Map<String, Value>) -> bool {
             .and_then(super::attribute_text)
             .is_some_and(|text| text == *value),
         _ => true,
+    }
+}
+
+/// A budget's size in the units it is counted in (nano-units of currency, or requests).
+fn limit_units(budget: &BudgetSpec) -> Option<i64> {
+    match (&budget.amount, budget.requests) {
+        (Some(amount), _) => Decimal::from_str_exact(amount).ok().map(nano_units),
+        (None, Some(requests)) => Some(i64::try_from(requests).unwrap_or(i64::MAX)),
+        (None, None) => None,
     }
 }
 

@@ -179,7 +179,9 @@ pub fn forecast_with(
 
 /// Baseline: each hour as the same hour a week before (repeating the last week).
 pub fn seasonal_naive(history: &[f64], horizon: usize) -> Vec<f64> {
-    let last_week = history.get(history.len().saturating_sub(WEEK)..).unwrap_or(&[]);
+    let last_week = history
+        .get(history.len().saturating_sub(WEEK)..)
+        .unwrap_or(&[]);
     if last_week.len() < WEEK {
         return vec![history.last().copied().unwrap_or(0.0); horizon];
     }
@@ -192,9 +194,7 @@ pub fn mean_of_weeks(history: &[f64], horizon: usize, weeks: usize) -> Vec<f64> 
     if weeks == 0 {
         return seasonal_naive(history, horizon);
     }
-    let recent = history
-        .get(history.len() - weeks * WEEK..)
-        .unwrap_or(&[]);
+    let recent = history.get(history.len() - weeks * WEEK..).unwrap_or(&[]);
     let mut week = vec![0.0; WEEK];
     for chunk in recent.chunks_exact(WEEK) {
         for (sum, value) in week.iter_mut().zip(chunk) {

@@ -263,6 +263,11 @@ pub struct MeteringConfig {
     #[serde(default = "default_budget_flush_interval", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub budget_flush_interval: Duration,
+    /// How often the budgets a replica serves are forecast to the end of their month (a
+    /// projected overrun is announced once as `budget.forecast_exceeds`).
+    #[serde(default = "default_budget_forecast_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub budget_forecast_interval: Duration,
     /// On a graceful shutdown (SIGTERM), once the last request is done and its records are
     /// written: how long to wait for the exporters to deliver everything in the outbox before
     /// the process exits (within what is left of `server.grace_period`). What is not delivered
@@ -348,6 +353,9 @@ fn default_fsync() -> FsyncPolicy {
 }
 fn default_fsync_interval() -> Duration {
     Duration::from_millis(100)
+}
+fn default_budget_forecast_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_budget_flush_interval() -> Duration {
     Duration::from_secs(1)

@@ -150,6 +150,26 @@ pub enum UsageCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Per tenant and meter (requests, cost, custom meters): use so far this month, the
+    /// projected month-end total and when the monthly quota and budgets run out (MSTL forecast
+    /// of the hourly series).
+    Forecast {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Forecast as of this RFC 3339 time or date (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// Weeks of hourly history to fit on (1-26).
+        #[arg(long, default_value_t = 6)]
+        weeks: u32,
+        /// Read a PostgreSQL ledger exporter (all replicas) instead of this replica's outbox.
+        #[arg(long)]
+        ledger: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+    },
 }
 
 /// What a usage report covers and where it reads from.
@@ -282,6 +302,24 @@ fn run_command() -> i32 {
                 path: output.as_deref(),
             },
         ),
+        Command::Usage {
+            command:
+                UsageCommand::Forecast {
+                    config,
+                    tenant,
+                    at,
+                    weeks,
+                    ledger,
+                    format,
+                },
+        } => crate::usage_forecast::run(crate::usage_forecast::ForecastArgs {
+            config: &config,
+            tenant,
+            at,
+            weeks,
+            ledger,
+            csv: matches!(format, ReportFormat::Csv),
+        }),
         Command::Audit {
             command: AuditCommand::Verify { dir },
         } => audit_verify(&dir),

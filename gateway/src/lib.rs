@@ -22,3 +22,4 @@ pub mod cli;
 pub mod example_upstream;
 pub mod logging;
 pub mod server;
+pub mod usage_forecast;

@@ -1019,3 +1019,172 @@ async fn a_full_disk_refuses_new_requests_keeps_forwarded_records_and_recovers()
     let report = gateway::audit::verify(&fs.path().join("audit")).unwrap();
     assert_eq!(report.failure, None, "{report:?}");
 }
+
+/// Three weeks of hourly usage written to an outbox as the gateway would have, then
+/// `gateway usage forecast` as of the end of them: the month-end projection is close to what
+/// the same rate would give, and the quota and budget run out on the projected day.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_forecast_projects_the_month_and_when_quota_and_budget_run_out() {
+    use gateway::metering::outbox::{FsyncPolicy, Outbox, OutboxSettings, RecordBody};
+    use gateway::metering::{Outcome, UsageEvent};
+    let dir = tempfile::tempdir().unwrap();
+    // 10 requests an hour on weekdays, 4 at weekends, from Sunday 2026-11-01.
+    let start = 1_793_491_200i64; // 2026-11-01T00:00:00Z
+    let rate = |hour: i64| -> u64 {
+        // 2026-11-01 is a Sunday: day 0 and every 7th are Sundays, day 6 a Saturday.
+        match (hour / 24) % 7 {
+            0 | 6 => 4,
+            _ => 10,
+        }
+    };
+    let (outbox, _) = Outbox::open(OutboxSettings {
+        dir: dir.path().join("outbox"),
+        fsync: FsyncPolicy::Interval,
+        fsync_interval: Duration::from_millis(100),
+        segment_bytes: 64 * 1024 * 1024,
+        flush_interval: Duration::from_millis(10),
+        buffer_bytes: 16 * 1024 * 1024,
+    })
+    .unwrap();
+    let mut used = 0u64;
+    for hour in 0..21 * 24 {
+        for i in 0..rate(hour) {
+            used += 1;
+            let time = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH
+                    + Duration::from_secs((start + hour * 3600 + i as i64) as u64),
+            )
+            .to_string();
+            let event = UsageEvent {
+                id: format!("e-{hour}-{i}"),
+                time,
+                request_id: format!("r-{hour}-{i}"),
+                tenant: Some("acme".into()),
+                principal: Some("alice".into()),
+                action: Some("projects:read".into()),
+                route: Some("/projects/{id}".into()),
+                method: "GET".into(),
+                status: 200,
+                request_bytes: 0,
+                response_bytes: 100,
+                upstream_latency_us: Some(100),
+                region: None,
+                outcome: Outcome::Completed,
+                reason: None,
+                meters: vec![],
+                tier: Some("free".into()),
+                attributes: Default::default(),
+            };
+            outbox
+                .complete_now(&RecordBody::Complete(Box::new(event)))
+                .await
+                .unwrap();
+        }
+    }
+    outbox.flush().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        "[[tenant]]\nid = \"acme\"\ntier = \"free\"\n[[tenant.budgets]]\nname = \"monthly\"\namount = \"5.00\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        r#"
+[server]
+listen = ["127.0.0.1:1"]
+[[upstream.pool]]
+name = "app"
+peers = ["127.0.0.1:2"]
+[tenancy]
+sources = ["header"]
+registry = { file = "tenants.toml" }
+[tiers.free]
+monthly_requests = 5000
+[limits]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[metering]
+dir = "outbox"
+[metering.pricing]
+currency = "EUR"
+[[metering.pricing.item]]
+name = "requests"
+unit_price = "0.001"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(gateway_bin())
+        .args(["usage", "forecast", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .args(["--at", "2026-11-22T00:00:00Z", "--weeks", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |meter: &str| {
+        rows.iter()
+            .find(|r| r["meter"] == meter)
+            .unwrap_or_else(|| panic!("{meter} in {rows:?}"))
+    };
+    // What the same rate would add over the last 8 days of November.
+    let truth = used + (21 * 24..30 * 24).map(rate).sum::<u64>();
+    let requests = row("requests");
+    assert_eq!(requests["used"], used as f64, "{requests}");
+    assert_eq!(requests["month"], "2026-11");
+    assert_eq!(requests["limit_name"], "monthly quota");
+    assert_eq!(requests["seasons"], "daily+weekly");
+    let projected = requests["projected"].as_f64().unwrap();
+    assert!(
+        (projected - truth as f64).abs() / truth as f64 <= 0.05,
+        "projected {projected} vs {truth}: {requests}"
+    );
+    // 5,000 requests: reached on the day the rate says (to within a day).
+    let mut cumulative = used;
+    let mut hour = 21 * 24;
+    while cumulative < 5000 {
+        cumulative += rate(hour);
+        hour += 1;
+    }
+    let expected = start + hour * 3600;
+    let exhausted = requests["exhausted_at"].as_str().unwrap();
+    let exhausted = <jiff::Timestamp as std::str::FromStr>::from_str(exhausted)
+        .unwrap()
+        .as_second();
+    assert!(
+        (exhausted - expected).abs() <= 86_400,
+        "quota runs out at {exhausted}, the rate says {expected}: {requests}"
+    );
+    // The cost meter against the 5 EUR budget: 0.001 EUR a request, so the same day.
+    let cost = row("cost");
+    assert_eq!(cost["unit"], "EUR");
+    assert_eq!(cost["limit_name"], "budget monthly");
+    assert!(
+        (cost["used"].as_f64().unwrap() - used as f64 * 0.001).abs() < 1e-6,
+        "{cost}"
+    );
+    assert_eq!(cost["exhausted_at"], requests["exhausted_at"], "{cost}");
+    // CSV has the same rows.
+    let out = std::process::Command::new(gateway_bin())
+        .args(["usage", "forecast", "--config"])
+        .arg(dir.path().join("gateway.toml"))
+        .args([
+            "--at",
+            "2026-11-22T00:00:00Z",
+            "--weeks",
+            "3",
+            "--format",
+            "csv",
+        ])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        csv.starts_with("tenant,meter,unit,month,used,projected,"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 1 + rows.len());
+}

@@ -278,6 +278,93 @@ pub fn project(used: f64, forecast: &HourlyForecast, limit: Option<f64>) -> Proj
     }
 }
 
+/// Hourly usage per tenant and meter — `requests` (forwarded), `cost` (with a price list) and
+/// each custom meter — over a window of whole hours, built from report facts.
+#[derive(Debug, Clone)]
+pub struct UsageSeries {
+    first_hour: i64,
+    hours: usize,
+    series: std::collections::BTreeMap<(String, String), Vec<f64>>,
+}
+
+impl UsageSeries {
+    /// The window of `hours` hours from `first_hour` (hours since the epoch).
+    pub fn new(first_hour: i64, hours: usize) -> Self {
+        UsageSeries {
+            first_hour,
+            hours,
+            series: Default::default(),
+        }
+    }
+
+    pub fn add(
+        &mut self,
+        facts: &super::report::Facts<'_>,
+        prices: Option<&super::pricing::PriceList>,
+    ) {
+        let hour = i64::try_from(facts.epoch_secs / 3600).unwrap_or(i64::MAX);
+        let Some(index) = hour
+            .checked_sub(self.first_hour)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|i| *i < self.hours)
+        else {
+            return;
+        };
+        let forwarded = facts.counts.forwarded();
+        if forwarded == 0 {
+            return;
+        }
+        let tenant = facts.tenant.unwrap_or("-");
+        let mut add = |meter: &str, value: f64| {
+            let series = self
+                .series
+                .entry((tenant.to_string(), meter.to_string()))
+                .or_insert_with(|| vec![0.0; self.hours]);
+            if let Some(slot) = series.get_mut(index) {
+                *slot += value;
+            }
+        };
+        add("requests", forwarded as f64);
+        for meter in facts.meters {
+            add(meter, forwarded as f64);
+        }
+        if let Some(prices) = prices {
+            let cost = prices.cost(&super::pricing::Tally {
+                tier: facts.tier,
+                action: facts.action,
+                route: facts.route,
+                meters: facts.meters,
+                forwarded,
+                request_bytes: facts.counts.request_bytes,
+                response_bytes: facts.counts.response_bytes,
+            });
+            add("cost", cost.to_string().parse().unwrap_or(0.0));
+        }
+    }
+
+    /// `(tenant, meter)` → one value per hour of the window.
+    pub fn series(&self) -> &std::collections::BTreeMap<(String, String), Vec<f64>> {
+        &self.series
+    }
+}
+
+/// A month-end projection of one series: `month_start` is the index of the month's first hour
+/// in `series` (which ends with the last complete hour), `hours_left` the hours until it ends.
+pub fn project_month(
+    series: &[f64],
+    month_start: usize,
+    hours_left: usize,
+    limit: Option<f64>,
+) -> Result<(Projection, HourlyForecast), ForecastError> {
+    let used: f64 = series.get(month_start..).unwrap_or(&[]).iter().sum();
+    // History from the first hour with use: a tenant that started mid-window has no zeros
+    // before it.
+    let start = series.iter().position(|v| *v > 0.0).unwrap_or(series.len());
+    let history = series.get(start..).unwrap_or(&[]);
+    let forecast = forecast(history, hours_left, 0.9)?;
+    Ok((project(used, &forecast, limit), forecast))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

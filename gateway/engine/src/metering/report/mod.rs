@@ -163,7 +163,7 @@ impl Counts {
     }
 
     /// Requests that went upstream (completed or interrupted): the billable ones.
-    fn forwarded(&self) -> u64 {
+    pub fn forwarded(&self) -> u64 {
         self.requests.saturating_sub(self.rejected)
     }
 }
@@ -406,6 +406,19 @@ pub async fn ledger_report(
     query: &ReportQuery,
     prices: Option<&PriceList>,
 ) -> Result<Report, String> {
+    let mut aggregator = Aggregator::new(query, prices);
+    ledger_facts(config, table, query, |facts| aggregator.add(facts)).await?;
+    Ok(aggregator.finish())
+}
+
+/// The events of a PostgreSQL ledger table in the query's period, summed by the database per
+/// `query.bucket` and every field reports and prices read, one [`Facts`] per group.
+pub async fn ledger_facts(
+    config: &crate::db::PostgresConfig,
+    table: &str,
+    query: &ReportQuery,
+    mut each: impl FnMut(&Facts<'_>),
+) -> Result<(), String> {
     if !crate::tenancy::postgres::is_identifier(table) {
         return Err(format!("`{table}` is not a valid table name"));
     }
@@ -445,7 +458,6 @@ pub async fn ledger_report(
         )
         .await
         .map_err(|e| e.to_string())?;
-    let mut aggregator = Aggregator::new(query, prices);
     for row in &rows {
         let text = |i: usize| row.get::<_, Option<String>>(i);
         let count = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
@@ -457,7 +469,7 @@ pub async fn ledger_report(
         let meters: Vec<String> = text(8)
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        aggregator.add(&Facts {
+        each(&Facts {
             epoch_secs: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
             tenant: tenant.as_deref(),
             action: action.as_deref(),
@@ -476,7 +488,7 @@ pub async fn ledger_report(
             },
         });
     }
-    Ok(aggregator.finish())
+    Ok(())
 }
 
 /// A cost as reports print it: exact, at most 10 decimal places, no trailing zeros.

@@ -12,9 +12,9 @@
 pub use gateway_admin as admin;
 pub use gateway_check::{ext_authz, forward_auth};
 pub use gateway_engine::{
-    admission, audit, authz, check, config, db, diagnostics, durable, explain, geoip, identity,
-    journal, lifecycle, limits, memory, metering, pipeline, records, reload, request_metrics,
-    residency, snapshot, status, telemetry, tenancy, webhooks,
+    admission, audit, audit_export, authz, check, config, db, diagnostics, durable, explain, geoip,
+    identity, journal, lifecycle, limits, memory, metering, pipeline, records, reload,
+    request_metrics, residency, snapshot, status, telemetry, tenancy, webhooks,
 };
 pub use gateway_proxy::{background, connections, proxy, upstream};
 

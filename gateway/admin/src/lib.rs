@@ -322,6 +322,7 @@ impl Admin {
             (&Method::POST, ["admin", "explain"]) => self.explain(&body).await,
             (&Method::GET, ["admin", "usage"]) => self.usage(&query).await,
             (&Method::GET, ["admin", "residency"]) => self.residency(&query).await,
+            (&Method::GET, ["admin", "audit"]) => self.audit(&query).await,
             (&Method::GET, ["admin", "tenants", id]) => self.tenants.get(&self.store, id),
             (&Method::PUT, ["admin", "tenants", id]) => {
                 self.tenants.put(&self.store, id, &body).await
@@ -607,6 +608,95 @@ impl Admin {
                 response
             }
             Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    /// `GET /admin/audit`: the audit records matching `tenant`, `principal`, `action`,
+    /// `decision` (`allow`/`deny`), `policy`, `from`, `to`, as a verifiable JSON-lines excerpt
+    /// (`format=jsonl`, the default) or CSV.
+    async fn audit(&self, query: &str) -> AdminResponse {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AuditQuery {
+            tenant: Option<String>,
+            principal: Option<String>,
+            action: Option<String>,
+            decision: Option<String>,
+            policy: Option<String>,
+            from: Option<String>,
+            to: Option<String>,
+            format: Option<String>,
+        }
+        let q: AuditQuery = match serde_urlencoded::from_str(query) {
+            Ok(q) => q,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("query: {e}")),
+        };
+        let time = |name: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(gateway_engine::metering::report::parse_time)
+                .transpose()
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let (from, to) = match (time("from", &q.from), time("to", &q.to)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return problem(StatusCode::BAD_REQUEST, e),
+        };
+        let allowed = match q.decision.as_deref() {
+            None => None,
+            Some("allow") => Some(true),
+            Some("deny") => Some(false),
+            Some(other) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("decision: `{other}` is not `allow` or `deny`"),
+                )
+            }
+        };
+        let csv = match q.format.as_deref() {
+            None | Some("jsonl") => false,
+            Some("csv") => true,
+            Some(other) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("format: `{other}` is not jsonl or csv"),
+                )
+            }
+        };
+        let Some(dir) = self.audit_dir.clone() else {
+            return problem(StatusCode::CONFLICT, "no [audit] log configured");
+        };
+        let filter = gateway_engine::audit_export::AuditFilter {
+            tenant: q.tenant,
+            principal: q.principal,
+            action: q.action,
+            allowed,
+            policy: q.policy,
+            from,
+            to,
+        };
+        let exported = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if csv {
+                gateway_engine::audit_export::export_csv(&dir, &filter, &mut out)
+            } else {
+                gateway_engine::audit_export::export_jsonl(&dir, &filter, &mut out)
+            }
+            .map(|_| out)
+        })
+        .await;
+        match exported {
+            Ok(Ok(body)) => body_response(
+                StatusCode::OK,
+                Bytes::from(body),
+                if csv {
+                    "text/csv; charset=utf-8"
+                } else {
+                    "application/jsonl"
+                },
+            ),
+            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod audit_export;
 pub mod authz;
 pub mod check;
 pub mod config;

@@ -99,6 +99,7 @@ token_file = "admin.token"
         "/admin/explain",
         "/admin/usage",
         "/admin/residency",
+        "/admin/audit",
         "/admin/tenants/{id}",
         "/admin/tenants/{id}/suspend",
         "/admin/tenants/{id}/activate",
@@ -360,6 +361,49 @@ token_file = "admin.token"
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // acme's audit trail as a verifiable excerpt: the CLI checks it on its own.
+    let (status, headers, excerpt) = admin(
+        "GET",
+        admin_addr,
+        "/admin/audit?tenant=acme&from=2026-01-01",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{excerpt}");
+    assert_eq!(headers["content-type"], "application/jsonl");
+    let header: Value = serde_json::from_str(excerpt.lines().next().unwrap()).unwrap();
+    assert_eq!(header["type"], "audit-excerpt", "{excerpt}");
+    assert!(header["matched"].as_u64().unwrap() >= 1, "{excerpt}");
+    let file = gw.dir.path().join("acme-excerpt.jsonl");
+    std::fs::write(&file, &excerpt).unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["audit", "verify-excerpt"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // An edited excerpt does not verify.
+    std::fs::write(&file, excerpt.replacen("acme", "acmf", 2)).unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["audit", "verify-excerpt"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an edited excerpt verified");
+    let (status, _, body) = admin(
+        "GET",
+        admin_addr,
+        "/admin/audit?decision=maybe",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     let (status, _, body) = admin(
         "GET",
         admin_addr,

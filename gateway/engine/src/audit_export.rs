@@ -1,0 +1,476 @@
+//! Audit search and export: the records of the hash-chained log that match a filter, streamed
+//! as JSON lines with the chain material an auditor needs to check the excerpt on their own,
+//! or as CSV for reading.
+//!
+//! A JSON-lines excerpt is:
+//! 1. a header `{"type":"audit-excerpt", "filter":…, "first_seq", "last_seq", "before",
+//!    "after", "head":{"seq","hash"}, "matched"}` — `before` is the hash the first record of the
+//!    span chains to, `after` the hash of its last, `head` the newest record of the log when
+//!    exported (anchor it elsewhere to pin the excerpt to the log);
+//! 2. one line per record of the span from the first match to the last, in order: matches as
+//!    `{"type":"record","line":"<the record exactly as logged>"}`, the records between them that
+//!    did not match as `{"type":"link","seq","prev","hash"}` — their hashes only, none of their
+//!    content (another tenant's data never leaves in an excerpt).
+//!
+//! [`verify_excerpt`] (`gateway audit verify-excerpt FILE`) recomputes every record's hash from
+//! its bytes and checks that records and links chain from `before` to `after` without a gap.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Which records an export keeps.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant: Option<String>,
+    pub principal: Option<String>,
+    /// Cedar action (`projects:delete`).
+    pub action: Option<String>,
+    /// `Some(true)`: allowed decisions only; `Some(false)`: refusals (by policy or otherwise).
+    pub allowed: Option<bool>,
+    /// A determining policy's id.
+    pub policy: Option<String>,
+    pub from: Option<SystemTime>,
+    pub to: Option<SystemTime>,
+}
+
+impl AuditFilter {
+    /// Whether a parsed record matches.
+    pub fn matches(&self, record: &Value) -> bool {
+        let text = |field: &str| record.get(field).and_then(Value::as_str);
+        let decision = record.get("decision");
+        let eq = |wanted: &Option<String>, actual: Option<&str>| {
+            wanted.as_deref().is_none_or(|w| actual == Some(w))
+        };
+        if !eq(&self.tenant, text("tenant")) || !eq(&self.principal, text("principal")) {
+            return false;
+        }
+        if !eq(
+            &self.action,
+            decision
+                .and_then(|d| d.get("action"))
+                .and_then(Value::as_str),
+        ) {
+            return false;
+        }
+        if let Some(allowed) = self.allowed {
+            let was_allowed = decision
+                .and_then(|d| d.get("allowed"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                && record.get("rejection").is_none_or(Value::is_null);
+            if was_allowed != allowed {
+                return false;
+            }
+        }
+        if let Some(policy) = &self.policy {
+            let determined = decision
+                .and_then(|d| d.get("policies"))
+                .and_then(Value::as_array)
+                .is_some_and(|p| p.iter().any(|id| id.as_str() == Some(policy)));
+            if !determined {
+                return false;
+            }
+        }
+        if self.from.is_some() || self.to.is_some() {
+            let Some(time) = text("time").and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            else {
+                return false;
+            };
+            if self.from.is_some_and(|f| time < f) || self.to.is_some_and(|t| time >= t) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn describe(&self) -> Value {
+        let time =
+            |t: &Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        json!({
+            "tenant": self.tenant, "principal": self.principal, "action": self.action,
+            "allowed": self.allowed, "policy": self.policy,
+            "from": time(&self.from), "to": time(&self.to),
+        })
+    }
+}
+
+/// Why an export or a verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExcerptError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {problem}")]
+    Invalid { line: usize, problem: String },
+}
+
+/// One record of the log as exported.
+struct Logged {
+    seq: u64,
+    prev: String,
+    hash: String,
+    line: String,
+    value: Value,
+}
+
+/// Reads every record of `dir` in order, parsing each.
+fn for_each_record(
+    dir: &Path,
+    mut each: impl FnMut(Logged) -> Result<(), ExcerptError>,
+) -> Result<(), ExcerptError> {
+    for path in super::audit::segments(dir)? {
+        for line in BufReader::new(File::open(&path)?).lines() {
+            let line = line?;
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
+            let (Some(seq), Some(prev), Some(hash)) = (
+                value.get("seq").and_then(Value::as_u64),
+                field("prev"),
+                field("hash"),
+            ) else {
+                continue;
+            };
+            each(Logged {
+                seq,
+                prev,
+                hash,
+                line,
+                value,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub matched: u64,
+    pub links: u64,
+}
+
+/// Writes the JSON-lines excerpt of the records of `dir` that match `filter` to `out`. Two
+/// passes over the log: the first finds the span and the head, the second streams it.
+pub fn export_jsonl(
+    dir: &Path,
+    filter: &AuditFilter,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExcerptError> {
+    let mut span: Option<(u64, u64, String, String)> = None;
+    let mut head: Option<(u64, String)> = None;
+    let mut matched = 0u64;
+    for_each_record(dir, |r| {
+        head = Some((r.seq, r.hash.clone()));
+        if filter.matches(&r.value) {
+            matched += 1;
+            span = Some(match span.take() {
+                None => (r.seq, r.seq, r.prev, r.hash),
+                Some((first, _, before, _)) => (first, r.seq, before, r.hash),
+            });
+        }
+        Ok(())
+    })?;
+    let (first, last, before, after) = match span {
+        Some(span) => (Some(span.0), Some(span.1), Some(span.2), Some(span.3)),
+        None => (None, None, None, None),
+    };
+    let header = json!({
+        "type": "audit-excerpt",
+        "filter": filter.describe(),
+        "first_seq": first, "last_seq": last,
+        "before": before, "after": after,
+        "head": head.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "matched": matched,
+    });
+    writeln!(out, "{header}")?;
+    let mut links = 0u64;
+    if let (Some(first), Some(last)) = (first, last) {
+        for_each_record(dir, |r| {
+            if r.seq < first || r.seq > last {
+                return Ok(());
+            }
+            let line = if filter.matches(&r.value) {
+                json!({"type": "record", "line": r.line})
+            } else {
+                links += 1;
+                json!({"type": "link", "seq": r.seq, "prev": r.prev, "hash": r.hash})
+            };
+            writeln!(out, "{line}")?;
+            Ok(())
+        })?;
+    }
+    out.flush()?;
+    Ok(ExportSummary { matched, links })
+}
+
+/// The CSV columns of an export (a reading copy: the JSON-lines excerpt carries the proof).
+const CSV_COLUMNS: [&str; 14] = [
+    "seq",
+    "time",
+    "tenant",
+    "principal",
+    "method",
+    "path",
+    "status",
+    "action",
+    "resource",
+    "allowed",
+    "policies",
+    "rejection",
+    "region",
+    "hash",
+];
+
+/// Writes the matching records as CSV.
+pub fn export_csv(
+    dir: &Path,
+    filter: &AuditFilter,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExcerptError> {
+    let mut writer = csv::Writer::from_writer(out);
+    let csv_error = |e: csv::Error| ExcerptError::Io(std::io::Error::other(e));
+    writer.write_record(CSV_COLUMNS).map_err(csv_error)?;
+    let mut matched = 0u64;
+    for_each_record(dir, |r| {
+        if !filter.matches(&r.value) {
+            return Ok(());
+        }
+        matched += 1;
+        let v = &r.value;
+        let text = |value: Option<&Value>| match value {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        let decision = v.get("decision");
+        let policies = decision
+            .and_then(|d| d.get("policies"))
+            .and_then(Value::as_array)
+            .map(|p| {
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let record = [
+            r.seq.to_string(),
+            text(v.get("time")),
+            text(v.get("tenant")),
+            text(v.get("principal")),
+            text(v.get("method")),
+            text(v.get("path")),
+            text(v.get("status")),
+            text(decision.and_then(|d| d.get("action"))),
+            text(decision.and_then(|d| d.get("resource"))),
+            text(decision.and_then(|d| d.get("allowed"))),
+            policies,
+            text(v.get("rejection")),
+            text(v.get("routing").and_then(|r| r.get("region"))),
+            r.hash,
+        ];
+        writer.write_record(&record).map_err(csv_error)
+    })?;
+    writer.flush()?;
+    Ok(ExportSummary { matched, links: 0 })
+}
+
+/// What a verified excerpt holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExcerptReport {
+    pub records: u64,
+    pub links: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Checks a JSON-lines excerpt: every record matches its hash, and records and links chain
+/// from the header's `before` to its `after` with consecutive sequence numbers.
+pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptError> {
+    let invalid = |line: usize, problem: String| ExcerptError::Invalid { line, problem };
+    let mut lines = reader.lines().enumerate();
+    let header: Value = match lines.next() {
+        Some((_, line)) => serde_json::from_str(&line?).map_err(|e| invalid(1, e.to_string()))?,
+        None => return Err(invalid(1, "empty: no excerpt header".into())),
+    };
+    if header.get("type").and_then(Value::as_str) != Some("audit-excerpt") {
+        return Err(invalid(1, "not an audit excerpt header".into()));
+    }
+    let text = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
+    let mut prev = text(&header, "before");
+    let mut next_seq = header.get("first_seq").and_then(Value::as_u64);
+    let (mut records, mut links) = (0u64, 0u64);
+    for (i, line) in lines {
+        let number = i + 1;
+        let entry: Value =
+            serde_json::from_str(&line?).map_err(|e| invalid(number, e.to_string()))?;
+        let (seq, claimed_prev, hash) = match entry.get("type").and_then(Value::as_str) {
+            Some("record") => {
+                let logged = text(&entry, "line")
+                    .ok_or_else(|| invalid(number, "a record without its line".into()))?;
+                let suffix = logged
+                    .rfind(",\"hash\":\"")
+                    .ok_or_else(|| invalid(number, "the record has no hash".into()))?;
+                let body = format!("{}}}", logged.get(..suffix).unwrap_or_default());
+                let value: Value = serde_json::from_str(&logged)
+                    .map_err(|e| invalid(number, format!("the record is not JSON: {e}")))?;
+                let hash = text(&value, "hash").unwrap_or_default();
+                if hex::encode(Sha256::digest(body.as_bytes())) != hash {
+                    return Err(invalid(
+                        number,
+                        "edited: the record does not match its hash".into(),
+                    ));
+                }
+                records += 1;
+                (
+                    value.get("seq").and_then(Value::as_u64),
+                    text(&value, "prev"),
+                    hash,
+                )
+            }
+            Some("link") => {
+                links += 1;
+                (
+                    entry.get("seq").and_then(Value::as_u64),
+                    text(&entry, "prev"),
+                    text(&entry, "hash").unwrap_or_default(),
+                )
+            }
+            _ => return Err(invalid(number, "neither a record nor a link".into())),
+        };
+        if seq != next_seq {
+            return Err(invalid(
+                number,
+                format!("missing or reordered: expected record {next_seq:?}, found {seq:?}"),
+            ));
+        }
+        if claimed_prev != prev {
+            return Err(invalid(
+                number,
+                "chain broken: `prev` is not the hash of the record before".into(),
+            ));
+        }
+        prev = Some(hash);
+        next_seq = seq.map(|s| s + 1);
+    }
+    if records + links > 0 && prev != text(&header, "after") {
+        return Err(invalid(
+            0,
+            "the excerpt does not end at the header's `after` hash (records cut off)".into(),
+        ));
+    }
+    Ok(ExcerptReport {
+        records,
+        links,
+        first_seq: header.get("first_seq").and_then(Value::as_u64),
+        last_seq: header.get("last_seq").and_then(Value::as_u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditConfig, AuditEntry};
+
+    async fn log_with(records: &[(&str, &str, bool)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let log = crate::audit::open(AuditConfig {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 1 << 20,
+            segment_max_age: std::time::Duration::from_secs(3600),
+            fsync: false,
+            commit_delay: std::time::Duration::ZERO,
+            buffer_bytes: 1 << 20,
+        })
+        .unwrap();
+        for (tenant, action, allowed) in records {
+            let data = json!({
+                "tenant": tenant, "principal": "alice", "status": if *allowed { 200 } else { 403 },
+                "decision": {"action": action, "resource": "Project::\"1\"", "allowed": allowed,
+                             "policies": [if *allowed { "viewer-read" } else { "default-deny" }]},
+                "rejection": if *allowed { Value::Null } else { json!("forbidden") },
+            });
+            log.record(AuditEntry::new("request", data)).await;
+        }
+        log.flush().unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn an_excerpt_holds_only_the_matches_and_verifies_on_its_own() {
+        let dir = log_with(&[
+            ("acme", "projects:read", true),
+            ("globex", "projects:read", true),
+            ("acme", "projects:delete", false),
+            ("globex", "projects:delete", false),
+            ("acme", "projects:read", true),
+            ("globex", "projects:read", true),
+        ])
+        .await;
+        let filter = AuditFilter {
+            tenant: Some("acme".into()),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let summary = export_jsonl(dir.path(), &filter, &mut out).unwrap();
+        assert_eq!(
+            summary,
+            ExportSummary {
+                matched: 3,
+                links: 2
+            }
+        );
+        let text = String::from_utf8(out.clone()).unwrap();
+        // globex's records are in it by hash only.
+        assert!(!text.contains("globex"), "{text}");
+        let report = verify_excerpt(std::io::Cursor::new(&out)).unwrap();
+        assert_eq!((report.records, report.links), (3, 2));
+        assert_eq!((report.first_seq, report.last_seq), (Some(0), Some(4)));
+
+        // Any edit of a record is found ...
+        let edited = text.replacen("projects:delete", "projects:read", 1);
+        let error = verify_excerpt(std::io::Cursor::new(edited)).unwrap_err();
+        assert!(error.to_string().contains("edited"), "{error}");
+        // ... as is a record left out.
+        let lines: Vec<&str> = text.lines().collect();
+        let shortened = [lines[0], lines[1], lines[3], lines[4], lines[5]].join("\n");
+        let error = verify_excerpt(std::io::Cursor::new(shortened)).unwrap_err();
+        assert!(error.to_string().contains("missing"), "{error}");
+        let truncated = lines[..4].join("\n");
+        assert!(verify_excerpt(std::io::Cursor::new(truncated)).is_err());
+
+        // Filters: refusals by the default-deny policy, and CSV.
+        let refusals = AuditFilter {
+            allowed: Some(false),
+            policy: Some("default-deny".into()),
+            ..Default::default()
+        };
+        let mut csv = Vec::new();
+        assert_eq!(
+            export_csv(dir.path(), &refusals, &mut csv).unwrap().matched,
+            2
+        );
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(csv.starts_with("seq,time,tenant,principal,"), "{csv}");
+        assert!(csv.contains(",projects:delete,"), "{csv}");
+        let none = AuditFilter {
+            tenant: Some("initech".into()),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            export_jsonl(dir.path(), &none, &mut out).unwrap().matched,
+            0
+        );
+        assert_eq!(
+            verify_excerpt(std::io::Cursor::new(out)).unwrap().records,
+            0
+        );
+    }
+}

@@ -263,6 +263,10 @@ pub struct AuditFilterArgs {
     /// RFC 3339 time or date (UTC), exclusive.
     #[arg(long)]
     to: Option<String>,
+    /// Only cross-organization records: principals acting in another organization than their
+    /// own (platform operators, other tenants' credentials) and refusals of such attempts.
+    #[arg(long)]
+    cross_org: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -699,6 +703,7 @@ fn audit_export(
         policy: args.policy,
         from,
         to,
+        cross_org: args.cross_org,
     };
     let mut out: Box<dyn std::io::Write> = match output {
         Some(path) => match std::fs::File::create(path) {

@@ -627,6 +627,8 @@ impl Admin {
             from: Option<String>,
             to: Option<String>,
             format: Option<String>,
+            #[serde(default)]
+            cross_org: bool,
         }
         let q: AuditQuery = match serde_urlencoded::from_str(query) {
             Ok(q) => q,
@@ -675,6 +677,7 @@ impl Admin {
             policy: q.policy,
             from,
             to,
+            cross_org: q.cross_org,
         };
         let exported = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();

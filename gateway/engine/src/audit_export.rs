@@ -36,7 +36,14 @@ pub struct AuditFilter {
     pub policy: Option<String>,
     pub from: Option<SystemTime>,
     pub to: Option<SystemTime>,
+    /// Only cross-organization records: a principal of one organization acting in another
+    /// (a platform operator, a credential of another tenant), and the refusals of such
+    /// attempts (a credential of tenant A sent to tenant B).
+    pub cross_org: bool,
 }
+
+/// Refusals that are a cross-tenant attempt.
+const CROSS_TENANT_REFUSALS: [&str; 2] = ["tenant-mismatch", "unbound-credential"];
 
 impl AuditFilter {
     /// Whether a parsed record matches.
@@ -48,6 +55,14 @@ impl AuditFilter {
         };
         if !eq(&self.tenant, text("tenant")) || !eq(&self.principal, text("principal")) {
             return false;
+        }
+        if self.cross_org {
+            let crossing = text("principal_tenant").is_some()
+                || record.get("platform").and_then(Value::as_bool) == Some(true)
+                || text("rejection").is_some_and(|r| CROSS_TENANT_REFUSALS.contains(&r));
+            if !crossing {
+                return false;
+            }
         }
         if !eq(
             &self.action,
@@ -93,7 +108,7 @@ impl AuditFilter {
             |t: &Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
         json!({
             "tenant": self.tenant, "principal": self.principal, "action": self.action,
-            "allowed": self.allowed, "policy": self.policy,
+            "allowed": self.allowed, "policy": self.policy, "cross_org": self.cross_org,
             "from": time(&self.from), "to": time(&self.to),
         })
     }
@@ -210,11 +225,12 @@ pub fn export_jsonl(
 }
 
 /// The CSV columns of an export (a reading copy: the JSON-lines excerpt carries the proof).
-const CSV_COLUMNS: [&str; 14] = [
+const CSV_COLUMNS: [&str; 15] = [
     "seq",
     "time",
     "tenant",
     "principal",
+    "principal_tenant",
     "method",
     "path",
     "status",
@@ -264,6 +280,7 @@ pub fn export_csv(
             text(v.get("time")),
             text(v.get("tenant")),
             text(v.get("principal")),
+            text(v.get("principal_tenant")),
             text(v.get("method")),
             text(v.get("path")),
             text(v.get("status")),
@@ -392,6 +409,7 @@ mod tests {
         for (tenant, action, allowed) in records {
             let data = json!({
                 "tenant": tenant, "principal": "alice", "status": if *allowed { 200 } else { 403 },
+                "principal_tenant": if *tenant == "globex" { Some("acme") } else { None },
                 "decision": {"action": action, "resource": "Project::\"1\"", "allowed": allowed,
                              "policies": [if *allowed { "viewer-read" } else { "default-deny" }]},
                 "rejection": if *allowed { Value::Null } else { json!("forbidden") },
@@ -459,6 +477,16 @@ mod tests {
         let csv = String::from_utf8(csv).unwrap();
         assert!(csv.starts_with("seq,time,tenant,principal,"), "{csv}");
         assert!(csv.contains(",projects:delete,"), "{csv}");
+        // alice is acme's: what she did at globex, allowed or not, is cross-organization.
+        let cross = AuditFilter {
+            cross_org: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            export_jsonl(dir.path(), &cross, &mut out).unwrap().matched,
+            3
+        );
         let none = AuditFilter {
             tenant: Some("initech".into()),
             ..Default::default()

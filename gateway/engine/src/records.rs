@@ -364,6 +364,13 @@ pub struct RequestAudit<'a> {
     status: u16,
     tenant: Option<&'a str>,
     principal: Option<&'a str>,
+    /// The tenant the credential belongs to, when it is not the request's (a partner
+    /// issuer's user, a JIT-provisioned one): cross-organization reports select on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal_tenant: Option<&'a str>,
+    /// A platform operator's credential acting in a tenant.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    platform: bool,
     auth: Option<&'a str>,
     rejection: Option<&'static str>,
     decision: Option<DecisionAudit<'a>>,
@@ -411,6 +418,12 @@ pub fn audit_record<'a>(exchange: &'a Exchange<'a>) -> RequestAudit<'a> {
         principal: admitted
             .map(|a| a.principal.id.as_str())
             .or(known.principal),
+        principal_tenant: admitted.and_then(|a| {
+            let own = a.principal.tenant.as_deref()?;
+            let served = a.tenant.as_ref().map(|t| t.tenant.id.as_str());
+            (served != Some(own)).then_some(own)
+        }),
+        platform: admitted.is_some_and(|a| a.principal.platform),
         auth: admitted.map(|a| a.principal.auth.label()),
         rejection: exchange.rejection.map(Rejection::reason_code),
         decision: exchange.decision().map(|d| DecisionAudit {

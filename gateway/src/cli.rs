@@ -1225,6 +1225,10 @@ fn print_demo_banner(
             admin.listen
         );
         println!("  curl -s http://{}/metrics -H \"authorization: Bearer $ADMIN\" | grep gateway_requests_total", admin.listen);
+        println!(
+            "  # the console (sign in with the admin token): requests, rejections, cost, budgets, decisions"
+        );
+        println!("  open http://{}/console", admin.listen);
     }
     let registry = crate::snapshot::load_file_registry(loaded).ok();
     let acme_scim = registry

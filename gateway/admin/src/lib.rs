@@ -7,6 +7,7 @@
 //! tenant provisioning under `/admin/tenants/{id}` (create/update/suspend, effective on the
 //! next request; with a PostgreSQL registry also written there, so every replica follows).
 
+pub mod console;
 mod scim;
 mod tenants;
 
@@ -237,6 +238,107 @@ impl Admin {
         digest.ct_eq(&self.token_sha256).into()
     }
 
+    /// A console session cookie that matches the current admin token.
+    fn console_session(&self, req: &Request<Incoming>) -> bool {
+        let expected = console::session_value(&self.token_sha256);
+        req.headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(name, value)| {
+                name == console::COOKIE && bool::from(value.as_bytes().ct_eq(expected.as_bytes()))
+            })
+    }
+
+    /// `/console`: the page (admin bearer or session cookie; a sign-in form otherwise),
+    /// `POST /console/login` (the admin token in a form sets the session cookie) and
+    /// `POST /console/logout`.
+    async fn console(
+        &self,
+        req: Request<Incoming>,
+        method: &Method,
+        rest: &[&str],
+        peer: SocketAddr,
+    ) -> AdminResponse {
+        let html = |status: StatusCode, page: String| {
+            body_response(status, Bytes::from(page), "text/html; charset=utf-8")
+        };
+        let redirect = |cookie: String| {
+            let mut response = html(StatusCode::SEE_OTHER, String::new());
+            if let Ok(value) = http::HeaderValue::from_str(&cookie) {
+                response
+                    .headers_mut()
+                    .insert(http::header::SET_COOKIE, value);
+            }
+            response.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static("/console"),
+            );
+            response
+        };
+        match (method, rest) {
+            (&Method::POST, ["login"]) => {
+                let body = match Limited::new(req.into_body(), 4096).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                };
+                let token = form_urlencoded::parse(&body)
+                    .find(|(name, _)| name == "token")
+                    .map(|(_, value)| value.into_owned())
+                    .unwrap_or_default();
+                let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+                if !bool::from(digest.ct_eq(&self.token_sha256)) {
+                    tracing::warn!(%peer, "console sign-in with a wrong token");
+                    return html(
+                        StatusCode::UNAUTHORIZED,
+                        console::login_page(Some("That is not the admin token.")),
+                    );
+                }
+                redirect(format!(
+                    "{}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=43200",
+                    console::COOKIE,
+                    console::session_value(&self.token_sha256)
+                ))
+            }
+            (&Method::POST, ["logout"]) => redirect(format!(
+                "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+                console::COOKIE
+            )),
+            (&Method::GET, []) => {
+                if !self.authorized(&req) && !self.console_session(&req) {
+                    return html(StatusCode::OK, console::login_page(None));
+                }
+                let query = req.uri().query().unwrap_or("").to_string();
+                let period: BTreeMap<String, String> =
+                    serde_urlencoded::from_str(&query).unwrap_or_default();
+                let time = |name: &str| {
+                    period
+                        .get(name)
+                        .map(|v| gateway_engine::metering::report::parse_time(v))
+                        .transpose()
+                };
+                let (from, to) = match (time("from"), time("to")) {
+                    (Ok(f), Ok(t)) => (f, t),
+                    (Err(e), _) | (_, Err(e)) => return problem(StatusCode::BAD_REQUEST, e),
+                };
+                let snapshot = self.store.load();
+                let (outbox, audit) = (self.outbox_dir.clone(), self.audit_dir.clone());
+                let page = tokio::task::spawn_blocking(move || {
+                    console::render(&snapshot, outbox.as_deref(), audit.as_deref(), from, to)
+                })
+                .await;
+                match page {
+                    Ok(Ok(page)) => html(StatusCode::OK, page),
+                    Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            _ => problem(StatusCode::NOT_FOUND, "no such console page"),
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -252,6 +354,10 @@ impl Admin {
                 )
             }
             _ => {}
+        }
+        // The console: the admin token as bearer, or the session its login form sets.
+        if let ["console", rest @ ..] = segments.as_slice() {
+            return self.console(req, &method, rest, peer).await;
         }
         // SCIM: the tenant's identity provider, with the tenant's own token.
         if let ["scim", "v2", tenant, rest @ ..] = segments.as_slice() {

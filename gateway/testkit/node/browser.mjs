@@ -87,6 +87,16 @@ async function walk(page, state, url, { login, logout }, label) {
   for (let i = 0; i < 20; i += 1) {
     await settle(page);
     await shot(page, `${label}-${i}`);
+    // A page's own sign-in form (the console's): fill each field once, submit.
+    if (job.form && !state.formSubmitted && await has(page, Object.keys(job.form.fields)[0])) {
+      steps.push(`form at ${page.url()}`);
+      for (const [selector, value] of Object.entries(job.form.fields)) {
+        await page.fill(selector, value);
+      }
+      state.formSubmitted = true;
+      await submit(page, job.form.submit);
+      continue;
+    }
     if (login && await has(page, 'input[name="login"]')) {
       steps.push(`login form at ${page.url()}`);
       await page.fill('input[name="login"]', login);

@@ -116,6 +116,40 @@ pub fn chromium_login_then_logout(
     )
 }
 
+/// Opens `url`, fills the page's own form once (`fields`: CSS selector → value), clicks
+/// `submit`, and returns the page it ends on (e.g. the gateway's console behind its sign-in
+/// form). Screenshots of each step go to `screenshot_dir` when given.
+pub fn chromium_fill_form(
+    url: &str,
+    fields: &[(&str, &str)],
+    submit: &str,
+    screenshot_dir: Option<&Path>,
+) -> BrowserOutcome {
+    let form = serde_json::json!({
+        "fields": fields.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "submit": submit,
+    });
+    run_job(url, None, None, Some(form), screenshot_dir).0
+}
+
+/// [`chromium_fill_form`] on tokio's blocking pool.
+pub async fn chromium_fill_form_async(
+    url: String,
+    fields: Vec<(String, String)>,
+    submit: String,
+    screenshot_dir: Option<PathBuf>,
+) -> BrowserOutcome {
+    tokio::task::spawn_blocking(move || {
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        chromium_fill_form(&url, &fields, &submit, screenshot_dir.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
 /// [`chromium_visit`] on tokio's blocking pool.
 pub async fn chromium_visit_async(url: String, screenshot_dir: Option<PathBuf>) -> BrowserOutcome {
     tokio::task::spawn_blocking(move || chromium_visit(&url, screenshot_dir.as_deref()))
@@ -158,6 +192,16 @@ fn run(
     logout_url: Option<&str>,
     screenshot_dir: Option<&Path>,
 ) -> (BrowserOutcome, Option<BrowserOutcome>) {
+    run_job(start_url, login, logout_url, None, screenshot_dir)
+}
+
+fn run_job(
+    start_url: &str,
+    login: Option<&str>,
+    logout_url: Option<&str>,
+    form: Option<serde_json::Value>,
+    screenshot_dir: Option<&Path>,
+) -> (BrowserOutcome, Option<BrowserOutcome>) {
     let chromium = chromium_bin();
     let node_dir = crate::oidc::node_dir();
     let dir = tempfile::tempdir().unwrap();
@@ -167,6 +211,7 @@ fn run(
         "start_url": start_url,
         "login": login,
         "logout_url": logout_url,
+        "form": form,
         "screenshot_dir": screenshot_dir,
         "timeout_ms": 20_000,
     });

@@ -17,6 +17,7 @@ mod authorization;
 mod budgets;
 mod cli;
 mod connections;
+mod console;
 mod deploy;
 mod entity_store;
 mod explain;

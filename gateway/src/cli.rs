@@ -226,9 +226,11 @@ pub enum AuditCommand {
     /// Checks the hash chain; reports the first edited, reordered or missing record.
     Verify { dir: PathBuf },
     /// The records matching a filter: JSON lines with the chain material to verify them
-    /// (`verify-excerpt`), or CSV to read.
+    /// (`verify-excerpt`), or CSV to read. Several directories (one per replica: each keeps
+    /// its own chain): each chain is verified and gets its own section; CSV merges them by time.
     Export {
-        dir: PathBuf,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
         #[command(flatten)]
         filter: AuditFilterArgs,
         #[arg(long, value_enum, default_value_t = AuditFormat::Jsonl)]
@@ -380,12 +382,12 @@ fn run_command() -> i32 {
         Command::Audit {
             command:
                 AuditCommand::Export {
-                    dir,
+                    dirs,
                     filter,
                     format,
                     output,
                 },
-        } => audit_export(&dir, filter, format, output.as_deref()),
+        } => audit_export(&dirs, filter, format, output.as_deref()),
         Command::Audit {
             command: AuditCommand::VerifyExcerpt { file },
         } => audit_verify_excerpt(&file),
@@ -677,12 +679,12 @@ impl Drop for ReportProgress {
 }
 
 fn audit_export(
-    dir: &Path,
+    dirs: &[PathBuf],
     args: AuditFilterArgs,
     format: AuditFormat,
     output: Option<&Path>,
 ) -> i32 {
-    use crate::audit_export::{export_csv, export_jsonl, AuditFilter};
+    use crate::audit_export::{export_csv_replicas, export_jsonl_replicas, AuditFilter};
     let time = |t: &Option<String>| {
         t.as_deref()
             .map(crate::metering::report::parse_time)
@@ -715,9 +717,13 @@ fn audit_export(
         },
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    let replicas: Vec<(String, &Path)> = dirs
+        .iter()
+        .map(|d| (d.display().to_string(), d.as_path()))
+        .collect();
     let written = match format {
-        AuditFormat::Jsonl => export_jsonl(dir, &filter, &mut out),
-        AuditFormat::Csv => export_csv(dir, &filter, &mut out),
+        AuditFormat::Jsonl => export_jsonl_replicas(&replicas, &filter, &mut out),
+        AuditFormat::Csv => export_csv_replicas(&replicas, &filter, &mut out),
     };
     match written {
         Ok(summary) => {
@@ -728,7 +734,7 @@ fn audit_export(
             0
         }
         Err(e) => {
-            eprintln!("{}: {e}", dir.display());
+            eprintln!("audit export: {e}");
             EXIT_RUNTIME
         }
     }
@@ -745,10 +751,11 @@ fn audit_verify_excerpt(file: &Path) -> i32 {
     match crate::audit_export::verify_excerpt(reader) {
         Ok(report) => {
             println!(
-                "{}: ok ({} records and {} links, chain from record {} to {})",
+                "{}: ok ({} records and {} links in {} section(s); the first chains from record {} to {})",
                 file.display(),
                 report.records,
                 report.links,
+                report.sections,
                 report
                     .first_seq
                     .map(|s| s.to_string())

@@ -359,6 +359,20 @@ impl Admin {
         if let ["console", rest @ ..] = segments.as_slice() {
             return self.console(req, &method, rest, peer).await;
         }
+        // A tenant's administrators: its own audit trail, with the tenant's audit token.
+        if let (&Method::GET, ["tenants", tenant, "audit"]) = (&method, segments.as_slice()) {
+            let authorization = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let query = req.uri().query().unwrap_or("").to_string();
+            let response = self
+                .tenant_audit(tenant, authorization.as_deref(), &query)
+                .await;
+            tracing::info!(target: "admin", %peer, tenant, status = response.status().as_u16(), "tenant audit export");
+            return response;
+        }
         // SCIM: the tenant's identity provider, with the tenant's own token.
         if let ["scim", "v2", tenant, rest @ ..] = segments.as_slice() {
             let authorization = req
@@ -718,10 +732,72 @@ impl Admin {
         }
     }
 
+    /// `GET /tenants/<id>/audit`: a tenant's own administrators read its trail (its records
+    /// only) with the tenant's audit token, when its plan has the `audit-export` feature.
+    async fn tenant_audit(
+        &self,
+        tenant: &str,
+        authorization: Option<&str>,
+        query: &str,
+    ) -> AdminResponse {
+        let snapshot = self.store.load();
+        let Some(spec) = snapshot.registry.get(tenant) else {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "the tenant's audit token is required",
+            );
+        };
+        let expected = spec
+            .audit
+            .as_ref()
+            .and_then(|a| hex::decode(&a.token_sha256).ok());
+        let presented = authorization.and_then(|v| v.strip_prefix("Bearer "));
+        let valid = match (expected, presented) {
+            (Some(expected), Some(token)) => {
+                let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+                bool::from(digest.as_slice().ct_eq(expected.as_slice()))
+            }
+            _ => false,
+        };
+        if !valid {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "the tenant's audit token is required",
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"gateway-tenant-audit\""),
+            );
+            return r;
+        }
+        let feature = gateway_engine::tenancy::model::AUDIT_EXPORT_FEATURE;
+        let in_plan = spec.features.iter().any(|f| f == feature)
+            || self
+                .services
+                .limiter
+                .table
+                .tier_features(&spec.tier)
+                .iter()
+                .any(|f| f == feature);
+        if !in_plan {
+            return problem(
+                StatusCode::FORBIDDEN,
+                format!("the `{feature}` feature is not in the tenant's plan"),
+            );
+        }
+        self.audit_export(query, Some(tenant)).await
+    }
+
     /// `GET /admin/audit`: the audit records matching `tenant`, `principal`, `action`,
     /// `decision` (`allow`/`deny`), `policy`, `from`, `to`, as a verifiable JSON-lines excerpt
     /// (`format=jsonl`, the default) or CSV.
     async fn audit(&self, query: &str) -> AdminResponse {
+        self.audit_export(query, None).await
+    }
+
+    /// An audit export; `only_tenant` restricts it to that tenant's records whatever the
+    /// query says.
+    async fn audit_export(&self, query: &str, only_tenant: Option<&str>) -> AdminResponse {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct AuditQuery {
@@ -775,8 +851,11 @@ impl Admin {
         let Some(dir) = self.audit_dir.clone() else {
             return problem(StatusCode::CONFLICT, "no [audit] log configured");
         };
+        if only_tenant.is_some() && q.tenant.as_deref().is_some_and(|t| Some(t) != only_tenant) {
+            return problem(StatusCode::FORBIDDEN, "a tenant reads its own trail only");
+        }
         let filter = gateway_engine::audit_export::AuditFilter {
-            tenant: q.tenant,
+            tenant: only_tenant.map(str::to_string).or(q.tenant),
             principal: q.principal,
             action: q.action,
             allowed,

@@ -132,33 +132,45 @@ struct Logged {
     value: Value,
 }
 
-/// Reads every record of `dir` in order, parsing each.
+/// A logged line with the chain fields, or `None` for a line that is not a record.
+fn parse_logged(line: String) -> Option<Logged> {
+    let value = serde_json::from_str::<Value>(&line).ok()?;
+    let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
+    Some(Logged {
+        seq: value.get("seq").and_then(Value::as_u64)?,
+        prev: field("prev")?,
+        hash: field("hash")?,
+        line,
+        value,
+    })
+}
+
+/// Every record of `dir` in order, read as they are consumed.
+fn records(dir: &Path) -> Result<impl Iterator<Item = Result<Logged, ExcerptError>>, ExcerptError> {
+    let segments = super::audit::segments(dir)?;
+    Ok(segments
+        .into_iter()
+        .flat_map(
+            |path| -> Box<dyn Iterator<Item = std::io::Result<String>>> {
+                match File::open(&path) {
+                    Ok(file) => Box::new(BufReader::new(file).lines()),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            },
+        )
+        .filter_map(|line| match line {
+            Ok(line) => parse_logged(line).map(Ok),
+            Err(e) => Some(Err(ExcerptError::Io(e))),
+        }))
+}
+
+/// Calls `each` with every record of `dir`, in order.
 fn for_each_record(
     dir: &Path,
     mut each: impl FnMut(Logged) -> Result<(), ExcerptError>,
 ) -> Result<(), ExcerptError> {
-    for path in super::audit::segments(dir)? {
-        for line in BufReader::new(File::open(&path)?).lines() {
-            let line = line?;
-            let Ok(value) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
-            let (Some(seq), Some(prev), Some(hash)) = (
-                value.get("seq").and_then(Value::as_u64),
-                field("prev"),
-                field("hash"),
-            ) else {
-                continue;
-            };
-            each(Logged {
-                seq,
-                prev,
-                hash,
-                line,
-                value,
-            })?;
-        }
+    for record in records(dir)? {
+        each(record?)?;
     }
     Ok(())
 }
@@ -177,6 +189,35 @@ pub fn export_jsonl(
     filter: &AuditFilter,
     out: &mut dyn Write,
 ) -> Result<ExportSummary, ExcerptError> {
+    export_section(dir, None, filter, out)
+}
+
+/// The excerpts of several replicas' logs (each keeps its own chain), one section each: every
+/// chain is verified whole first and its header says so.
+pub fn export_jsonl_replicas(
+    replicas: &[(String, &Path)],
+    filter: &AuditFilter,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExcerptError> {
+    let mut total = ExportSummary {
+        matched: 0,
+        links: 0,
+    };
+    for (name, dir) in replicas {
+        let summary = export_section(dir, Some(name), filter, out)?;
+        total.matched += summary.matched;
+        total.links += summary.links;
+    }
+    Ok(total)
+}
+
+fn export_section(
+    dir: &Path,
+    replica: Option<&str>,
+    filter: &AuditFilter,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExcerptError> {
+    let chain = super::audit::verify(dir)?;
     let mut span: Option<(u64, u64, String, String)> = None;
     let mut head: Option<(u64, String)> = None;
     let mut matched = 0u64;
@@ -202,6 +243,14 @@ pub fn export_jsonl(
         "before": before, "after": after,
         "head": head.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
         "matched": matched,
+        "replica": replica,
+        "chain": {
+            "records": chain.records,
+            "verified": chain.failure.is_none(),
+            "problem": chain.failure.map(|f| format!(
+                "{}:{}: {}", f.file.display(), f.line, f.problem
+            )),
+        },
     });
     writeln!(out, "{header}")?;
     let mut links = 0u64;
@@ -249,14 +298,60 @@ pub fn export_csv(
     filter: &AuditFilter,
     out: &mut dyn Write,
 ) -> Result<ExportSummary, ExcerptError> {
+    export_csv_replicas(&[(String::new(), dir)], filter, out)
+}
+
+/// The matching records of several replicas' logs as one CSV, merged by time (each log is in
+/// time order: a streaming merge), with a `replica` column when there are several.
+pub fn export_csv_replicas(
+    replicas: &[(String, &Path)],
+    filter: &AuditFilter,
+    out: &mut dyn Write,
+) -> Result<ExportSummary, ExcerptError> {
     let mut writer = csv::Writer::from_writer(out);
     let csv_error = |e: csv::Error| ExcerptError::Io(std::io::Error::other(e));
-    writer.write_record(CSV_COLUMNS).map_err(csv_error)?;
+    let several = replicas.len() > 1;
+    let mut header: Vec<&str> = CSV_COLUMNS.to_vec();
+    if several {
+        header.insert(0, "replica");
+    }
+    writer.write_record(&header).map_err(csv_error)?;
+    let mut streams = Vec::new();
+    for (name, dir) in replicas {
+        let matching =
+            records(dir)?.filter(|r| r.as_ref().map_or(true, |r| filter.matches(&r.value)));
+        streams.push((name.as_str(), matching.peekable()));
+    }
+    let time_of = |r: &Result<Logged, ExcerptError>| -> String {
+        r.as_ref()
+            .ok()
+            .and_then(|r| {
+                r.value
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    };
     let mut matched = 0u64;
-    for_each_record(dir, |r| {
-        if !filter.matches(&r.value) {
-            return Ok(());
-        }
+    loop {
+        // The stream whose next record is the oldest (errors first).
+        let next = streams
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (_, s))| s.peek().map(|r| (i, r.is_err(), time_of(r))))
+            .min_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)))
+            .map(|(i, _, _)| i);
+        let Some(index) = next else {
+            break;
+        };
+        let Some((name, stream)) = streams.get_mut(index) else {
+            break;
+        };
+        let Some(r) = stream.next() else {
+            continue;
+        };
+        let r = r?;
         matched += 1;
         let v = &r.value;
         let text = |value: Option<&Value>| match value {
@@ -275,7 +370,7 @@ pub fn export_csv(
                     .join(" ")
             })
             .unwrap_or_default();
-        let record = [
+        let mut record = vec![
             r.seq.to_string(),
             text(v.get("time")),
             text(v.get("tenant")),
@@ -290,10 +385,13 @@ pub fn export_csv(
             policies,
             text(v.get("rejection")),
             text(v.get("routing").and_then(|r| r.get("region"))),
-            r.hash,
+            r.hash.clone(),
         ];
-        writer.write_record(&record).map_err(csv_error)
-    })?;
+        if several {
+            record.insert(0, name.to_string());
+        }
+        writer.write_record(&record).map_err(csv_error)?;
+    }
     writer.flush()?;
     Ok(ExportSummary { matched, links: 0 })
 }
@@ -303,31 +401,79 @@ pub fn export_csv(
 pub struct ExcerptReport {
     pub records: u64,
     pub links: u64,
+    /// Of the first section.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// One per replica's log.
+    pub sections: usize,
 }
 
-/// Checks a JSON-lines excerpt: every record matches its hash, and records and links chain
-/// from the header's `before` to its `after` with consecutive sequence numbers.
+/// One section being checked: where its chain must go.
+struct Section {
+    header_line: usize,
+    prev: Option<String>,
+    next_seq: Option<u64>,
+    after: Option<String>,
+    entries: u64,
+}
+
+impl Section {
+    fn close(&self) -> Result<(), ExcerptError> {
+        if self.entries > 0 && self.prev != self.after {
+            return Err(ExcerptError::Invalid {
+                line: self.header_line,
+                problem: "the section does not end at its header's `after` hash (records cut off)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks a JSON-lines excerpt (one section per replica): every record matches its hash, and
+/// records and links chain from each header's `before` to its `after` with consecutive
+/// sequence numbers.
 pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptError> {
     let invalid = |line: usize, problem: String| ExcerptError::Invalid { line, problem };
-    let mut lines = reader.lines().enumerate();
-    let header: Value = match lines.next() {
-        Some((_, line)) => serde_json::from_str(&line?).map_err(|e| invalid(1, e.to_string()))?,
-        None => return Err(invalid(1, "empty: no excerpt header".into())),
-    };
-    if header.get("type").and_then(Value::as_str) != Some("audit-excerpt") {
-        return Err(invalid(1, "not an audit excerpt header".into()));
-    }
     let text = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_string);
-    let mut prev = text(&header, "before");
-    let mut next_seq = header.get("first_seq").and_then(Value::as_u64);
-    let (mut records, mut links) = (0u64, 0u64);
-    for (i, line) in lines {
+    let mut report = ExcerptReport {
+        records: 0,
+        links: 0,
+        first_seq: None,
+        last_seq: None,
+        sections: 0,
+    };
+    let mut section: Option<Section> = None;
+    for (i, line) in reader.lines().enumerate() {
         let number = i + 1;
         let entry: Value =
             serde_json::from_str(&line?).map_err(|e| invalid(number, e.to_string()))?;
-        let (seq, claimed_prev, hash) = match entry.get("type").and_then(Value::as_str) {
+        let kind = entry.get("type").and_then(Value::as_str);
+        if kind == Some("audit-excerpt") {
+            if let Some(done) = section.take() {
+                done.close()?;
+            }
+            if report.sections == 0 {
+                report.first_seq = entry.get("first_seq").and_then(Value::as_u64);
+                report.last_seq = entry.get("last_seq").and_then(Value::as_u64);
+            }
+            report.sections += 1;
+            section = Some(Section {
+                header_line: number,
+                prev: text(&entry, "before"),
+                next_seq: entry.get("first_seq").and_then(Value::as_u64),
+                after: text(&entry, "after"),
+                entries: 0,
+            });
+            continue;
+        }
+        let Some(current) = section.as_mut() else {
+            return Err(invalid(
+                number,
+                "not an audit excerpt: no header first".into(),
+            ));
+        };
+        let (seq, claimed_prev, hash) = match kind {
             Some("record") => {
                 let logged = text(&entry, "line")
                     .ok_or_else(|| invalid(number, "a record without its line".into()))?;
@@ -344,7 +490,7 @@ pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptErro
                         "edited: the record does not match its hash".into(),
                     ));
                 }
-                records += 1;
+                report.records += 1;
                 (
                     value.get("seq").and_then(Value::as_u64),
                     text(&value, "prev"),
@@ -352,7 +498,7 @@ pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptErro
                 )
             }
             Some("link") => {
-                links += 1;
+                report.links += 1;
                 (
                     entry.get("seq").and_then(Value::as_u64),
                     text(&entry, "prev"),
@@ -361,33 +507,30 @@ pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptErro
             }
             _ => return Err(invalid(number, "neither a record nor a link".into())),
         };
-        if seq != next_seq {
+        if seq != current.next_seq {
             return Err(invalid(
                 number,
-                format!("missing or reordered: expected record {next_seq:?}, found {seq:?}"),
+                format!(
+                    "missing or reordered: expected record {:?}, found {seq:?}",
+                    current.next_seq
+                ),
             ));
         }
-        if claimed_prev != prev {
+        if claimed_prev != current.prev {
             return Err(invalid(
                 number,
                 "chain broken: `prev` is not the hash of the record before".into(),
             ));
         }
-        prev = Some(hash);
-        next_seq = seq.map(|s| s + 1);
+        current.prev = Some(hash);
+        current.next_seq = seq.map(|s| s + 1);
+        current.entries += 1;
     }
-    if records + links > 0 && prev != text(&header, "after") {
-        return Err(invalid(
-            0,
-            "the excerpt does not end at the header's `after` hash (records cut off)".into(),
-        ));
+    match section {
+        Some(last) => last.close()?,
+        None => return Err(invalid(1, "empty: no excerpt header".into())),
     }
-    Ok(ExcerptReport {
-        records,
-        links,
-        first_seq: header.get("first_seq").and_then(Value::as_u64),
-        last_seq: header.get("last_seq").and_then(Value::as_u64),
-    })
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -487,6 +630,36 @@ mod tests {
             export_jsonl(dir.path(), &cross, &mut out).unwrap().matched,
             3
         );
+        // Two replicas' logs: one section each, both verified; CSV merged by time.
+        let other = log_with(&[("acme", "projects:read", true)]).await;
+        let replicas = [
+            ("a".to_string(), dir.path()),
+            ("b".to_string(), other.path()),
+        ];
+        let acme = AuditFilter {
+            tenant: Some("acme".into()),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            export_jsonl_replicas(&replicas, &acme, &mut out)
+                .unwrap()
+                .matched,
+            4
+        );
+        let report = verify_excerpt(std::io::Cursor::new(&out)).unwrap();
+        assert_eq!((report.sections, report.records), (2, 4));
+        assert!(String::from_utf8_lossy(&out).contains("\"verified\":true"));
+        let mut csv = Vec::new();
+        export_csv_replicas(&replicas, &acme, &mut csv).unwrap();
+        let csv = String::from_utf8(csv).unwrap();
+        let replica_column: Vec<&str> = csv
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        // b's record was logged after all of a's.
+        assert_eq!(replica_column, ["a", "a", "a", "b"], "{csv}");
         let none = AuditFilter {
             tenant: Some("initech".into()),
             ..Default::default()

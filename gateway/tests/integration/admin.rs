@@ -231,6 +231,21 @@ token_file = "admin.token"
     }
 }
 
+const ACME_AUDIT_TOKEN: &str = "acme-audit-token-0123456789";
+const GLOBEX_AUDIT_TOKEN: &str = "globex-audit-token-0123456789";
+
+/// acme (its plan includes `audit-export`) and globex (it does not), each with an audit token.
+fn tenants_with_audit_access() -> String {
+    use sha2::Digest as _;
+    let hash = |token: &str| hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    format!(
+        "[[tenant]]\nid = \"acme\"\nfeatures = [\"audit-export\"]\naudit = {{ token_sha256 = \"{}\" }}\n\n\
+         [[tenant]]\nid = \"globex\"\naudit = {{ token_sha256 = \"{}\" }}\n",
+        hash(ACME_AUDIT_TOKEN),
+        hash(GLOBEX_AUDIT_TOKEN)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_explain_and_readyz_during_graceful_shutdown() {
     let up = upstream("app").await;
@@ -268,7 +283,7 @@ token_file = "admin.token"
         &config,
         &[
             ("admin.token", TOKEN.as_bytes()),
-            ("tenants.toml", b"[[tenant]]\nid = \"acme\"\n"),
+            ("tenants.toml", tenants_with_audit_access().as_bytes()),
         ],
     );
     gw.wait_accepting(admin_addr);
@@ -277,7 +292,7 @@ token_file = "admin.token"
     assert_eq!(status, 200, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["tenants"], 1);
+    assert_eq!(report["tenants"], 2);
 
     let (status, _, body) = admin(
         "POST",
@@ -404,6 +419,34 @@ token_file = "admin.token"
     )
     .await;
     assert_eq!(status, 400, "{body}");
+    // acme's own administrators read acme's trail with acme's audit token, and only it.
+    let (status, _, own) = admin(
+        "GET",
+        admin_addr,
+        "/tenants/acme/audit",
+        Some(ACME_AUDIT_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{own}");
+    let header: Value = serde_json::from_str(own.lines().next().unwrap()).unwrap();
+    assert_eq!(header["filter"]["tenant"], "acme", "{own}");
+    assert!(header["matched"].as_u64().unwrap() >= 1, "{own}");
+    for (path, token, expected) in [
+        (
+            "/tenants/acme/audit?tenant=globex",
+            Some(ACME_AUDIT_TOKEN),
+            403,
+        ),
+        ("/tenants/acme/audit", None, 401),
+        ("/tenants/acme/audit", Some(TOKEN), 401),
+        ("/tenants/globex/audit", Some(ACME_AUDIT_TOKEN), 401),
+        // globex has a token but not the feature in its plan.
+        ("/tenants/globex/audit", Some(GLOBEX_AUDIT_TOKEN), 403),
+    ] {
+        let (status, _, body) = admin("GET", admin_addr, path, token, None).await;
+        assert_eq!(status, expected, "{path} with {token:?}: {body}");
+    }
     let (status, _, body) = admin(
         "GET",
         admin_addr,

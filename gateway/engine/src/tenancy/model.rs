@@ -69,7 +69,23 @@ pub struct TenantSpec {
     /// centres: thresholds announced by webhook, optionally enforced (402).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<crate::metering::budgets::BudgetSpec>,
+    /// The tenant's own administrators read its audit trail (its records only) at
+    /// `/tenants/<id>/audit` on the admin listener with this token, when its plan has the
+    /// `audit-export` feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<TenantAuditAccess>,
 }
+
+/// A tenant's access to its own audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantAuditAccess {
+    /// Hex SHA-256 of the bearer token its administrators send (the token is never stored).
+    pub token_sha256: String,
+}
+
+/// The feature a tenant's plan needs for its administrators to export its audit trail.
+pub const AUDIT_EXPORT_FEATURE: &str = "audit-export";
 
 /// A tenant's single sign-on.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -218,6 +234,7 @@ impl TenantSpec {
             scim: None,
             sso: None,
             budgets: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -612,6 +629,15 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
                     format!("`{}` is not an RFC 3339 timestamp", truncated(expires)),
                 ));
             }
+        }
+    }
+    if let Some(audit) = &spec.audit {
+        if audit.token_sha256.len() != 64 || hex::decode(&audit.token_sha256).is_err() {
+            issues.push((
+                "audit.token_sha256".to_string(),
+                "expected 64 hex digits (the SHA-256 of the administrators' bearer token)"
+                    .to_string(),
+            ));
         }
     }
     if let Some(scim) = &spec.scim {

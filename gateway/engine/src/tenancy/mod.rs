@@ -2,6 +2,7 @@
 //! (a file in the repository, or a PostgreSQL table followed through LISTEN/NOTIFY).
 
 pub mod bounds;
+pub mod budgets;
 pub mod model;
 pub mod postgres;
 pub mod registry;

@@ -68,7 +68,7 @@ pub struct TenantSpec {
     /// Monthly spending budgets (in currency or requests), for the tenant or one of its cost
     /// centres: thresholds announced by webhook, optionally enforced (402).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub budgets: Vec<crate::metering::budgets::BudgetSpec>,
+    pub budgets: Vec<super::budgets::BudgetSpec>,
     /// The tenant's own administrators read its audit trail (its records only) at
     /// `/tenants/<id>/audit` on the admin listener with this token, when its plan has the
     /// `audit-export` feature.
@@ -542,7 +542,7 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
     if let Err(message) = tiers.check(&spec.tier) {
         issues.push(("tier".to_string(), message));
     }
-    issues.extend(crate::metering::budgets::validate(&spec.budgets));
+    issues.extend(super::budgets::validate(&spec.budgets));
     let too_long = |value: &str| value.chars().count() > MAX_TEXT;
     if spec.name.as_deref().is_some_and(too_long) {
         issues.push(("name".to_string(), format!("at most {MAX_TEXT} characters")));

@@ -281,6 +281,8 @@ pub enum AuditDecision {
 pub enum AuditFormat {
     Jsonl,
     Csv,
+    /// A summary: chains verified, decisions per tenant, determining policies.
+    Pdf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -724,6 +726,20 @@ fn audit_export(
     let written = match format {
         AuditFormat::Jsonl => export_jsonl_replicas(&replicas, &filter, &mut out),
         AuditFormat::Csv => export_csv_replicas(&replicas, &filter, &mut out),
+        AuditFormat::Pdf => {
+            let generated = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                .unwrap_or(0);
+            crate::audit_export::summary_pdf(&replicas, &filter, generated).and_then(|bytes| {
+                out.write_all(&bytes)?;
+                out.flush()?;
+                Ok(crate::audit_export::ExportSummary {
+                    matched: 0,
+                    links: 0,
+                })
+            })
+        }
     };
     match written {
         Ok(summary) => {

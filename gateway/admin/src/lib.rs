@@ -838,13 +838,14 @@ impl Admin {
                 )
             }
         };
-        let csv = match q.format.as_deref() {
-            None | Some("jsonl") => false,
-            Some("csv") => true,
+        let format = match q.format.as_deref() {
+            None | Some("jsonl") => "jsonl",
+            Some("csv") => "csv",
+            Some("pdf") => "pdf",
             Some(other) => {
                 return problem(
                     StatusCode::BAD_REQUEST,
-                    format!("format: `{other}` is not jsonl or csv"),
+                    format!("format: `{other}` is not jsonl, csv or pdf"),
                 )
             }
         };
@@ -865,23 +866,33 @@ impl Admin {
             cross_org: q.cross_org,
         };
         let exported = tokio::task::spawn_blocking(move || {
+            use gateway_engine::audit_export::{export_csv, export_jsonl, summary_pdf};
             let mut out = Vec::new();
-            if csv {
-                gateway_engine::audit_export::export_csv(&dir, &filter, &mut out)
-            } else {
-                gateway_engine::audit_export::export_jsonl(&dir, &filter, &mut out)
+            match format {
+                "csv" => export_csv(&dir, &filter, &mut out).map(|_| out),
+                "pdf" => {
+                    let generated = SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+                        .unwrap_or(0);
+                    summary_pdf(
+                        &[("this replica".to_string(), dir.as_path())],
+                        &filter,
+                        generated,
+                    )
+                }
+                _ => export_jsonl(&dir, &filter, &mut out).map(|_| out),
             }
-            .map(|_| out)
         })
         .await;
         match exported {
             Ok(Ok(body)) => body_response(
                 StatusCode::OK,
                 Bytes::from(body),
-                if csv {
-                    "text/csv; charset=utf-8"
-                } else {
-                    "application/jsonl"
+                match format {
+                    "csv" => "text/csv; charset=utf-8",
+                    "pdf" => "application/pdf",
+                    _ => "application/jsonl",
                 },
             ),
             Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -410,6 +410,27 @@ token_file = "admin.token"
         .output()
         .unwrap();
     assert!(!out.status.success(), "an edited excerpt verified");
+    // The summary as a PDF, read back with poppler.
+    let pdf = client()
+        .get(format!(
+            "http://{admin_addr}/admin/audit?tenant=acme&format=pdf"
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    let file = gw.dir.path().join("audit-summary.pdf");
+    std::fs::write(&file, pdf.bytes().await.unwrap()).unwrap();
+    let text = std::process::Command::new("pdftotext")
+        .arg(&file)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils)");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for needle in ["Audit trail summary", "Decisions per tenant", "acme", "yes"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
     let (status, _, body) = admin(
         "GET",
         admin_addr,

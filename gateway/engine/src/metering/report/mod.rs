@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 mod pdf;
 mod xlsx;
 
-pub use pdf::{to_pdf, ReportHeading};
+pub use pdf::{sections_pdf, to_pdf, PdfSection, ReportHeading};
 pub use xlsx::to_xlsx;
 
 use super::outbox::OutboxCursor;

@@ -82,35 +82,8 @@ fn courier_mm(size: f32, chars: usize) -> f32 {
 
 /// The report as a PDF document.
 pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, String> {
-    let mut doc = PdfDocument::new(&heading.title);
-    let date = DateTime::from_unix_timestamp(heading.generated).map_err(str::to_string)?;
-    doc.metadata.info.creation_date = date;
-    doc.metadata.info.modification_date = date;
-    doc.metadata.info.creator = "policy gateway".into();
-    doc.metadata.info.producer = "policy gateway (printpdf)".into();
-
     let mut canvas = Canvas::new();
-    canvas.text(Font::Bold, 18.0, LEFT, canvas.y, &heading.title);
-    canvas.y -= 9.0;
-    for line in &heading.lines {
-        canvas.text(Font::Regular, 10.0, LEFT, canvas.y, line);
-        canvas.y -= 5.0;
-    }
-    canvas.text(
-        Font::Regular,
-        10.0,
-        LEFT,
-        canvas.y,
-        &format!(
-            "Generated: {}",
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(u64::try_from(heading.generated).unwrap_or(0))
-            )
-        ),
-    );
-    canvas.y -= 10.0;
-
+    canvas.heading(heading);
     let grand = report.grand_total();
     let currency = report.currency.as_deref();
     let mut summary = format!(
@@ -164,11 +137,20 @@ pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, Strin
         );
     }
     detail_table(&mut canvas, report);
-    let pages = canvas.finish();
+    save(heading, canvas)
+}
 
+/// The document of `canvas`'s pages, dated and titled by `heading`, as bytes.
+fn save(heading: &ReportHeading, canvas: Canvas) -> Result<Vec<u8>, String> {
+    let mut doc = PdfDocument::new(&heading.title);
+    let date = DateTime::from_unix_timestamp(heading.generated).map_err(str::to_string)?;
+    doc.metadata.info.creation_date = date;
+    doc.metadata.info.modification_date = date;
+    doc.metadata.info.creator = "policy gateway".into();
+    doc.metadata.info.producer = "policy gateway (printpdf)".into();
     let mut warnings: Vec<PdfWarnMsg> = Vec::new();
     let mut document = doc
-        .with_pages(pages)
+        .with_pages(canvas.finish())
         .to_lopdf_document(&PdfSaveOptions::default(), &mut warnings);
     // The trailer ID printpdf writes comes from a process-wide counter: without it the same
     // report is the same bytes (it is optional in an unencrypted PDF).
@@ -179,6 +161,94 @@ pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, Strin
         .save_to(&mut bytes)
         .map_err(|e| format!("PDF: {e}"))?;
     Ok(bytes)
+}
+
+/// A titled table, with an optional bar chart, for [`sections_pdf`].
+#[derive(Debug, Clone, Default)]
+pub struct PdfSection {
+    pub title: String,
+    /// The first column is text (left-aligned); the others right-aligned.
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// A chart title and its bars.
+    pub chart: Option<(String, Vec<(String, f64)>)>,
+}
+
+/// A document of summary lines and sections (tables, bar charts) under `heading`: for
+/// summaries other than usage reports (the audit trail's).
+pub fn sections_pdf(
+    heading: &ReportHeading,
+    summary: &[String],
+    sections: &[PdfSection],
+) -> Result<Vec<u8>, String> {
+    let mut canvas = Canvas::new();
+    canvas.heading(heading);
+    for line in summary {
+        canvas.need(6.0);
+        canvas.text(Font::Regular, 10.0, LEFT, canvas.y, line);
+        canvas.y -= 5.0;
+    }
+    canvas.y -= 6.0;
+    for section in sections {
+        canvas.need(20.0);
+        canvas.text(Font::Bold, 11.0, LEFT, canvas.y, &section.title);
+        canvas.y -= 6.0;
+        let others = section.columns.len().saturating_sub(1).max(1) as f32;
+        let first_width = if section.columns.len() > 1 {
+            70.0
+        } else {
+            RIGHT - LEFT
+        };
+        let edge = |i: usize| LEFT + first_width + (RIGHT - LEFT - first_width) * i as f32 / others;
+        let header = |canvas: &mut Canvas| {
+            for (i, column) in section.columns.iter().enumerate() {
+                match i {
+                    0 => canvas.text(Font::Bold, 9.0, LEFT, canvas.y, column),
+                    _ => canvas.text_right(Font::Bold, 9.0, edge(i), canvas.y, column),
+                }
+            }
+            canvas.y -= 1.5;
+            canvas.rule(canvas.y);
+            canvas.y -= 4.5;
+        };
+        header(&mut canvas);
+        let chars = ((first_width - 2.0) / 1.8) as usize;
+        for row in section.rows.iter().take(MAX_DETAIL_ROWS) {
+            if canvas.need(5.0) {
+                header(&mut canvas);
+            }
+            for (i, cell) in row.iter().enumerate() {
+                match i {
+                    0 => canvas.text(Font::Regular, 9.0, LEFT, canvas.y, &clip(cell, chars)),
+                    _ => canvas.number(9.0, edge(i), canvas.y, cell),
+                }
+            }
+            canvas.y -= 4.5;
+        }
+        canvas.y -= 8.0;
+        if let Some((title, bars)) = &section.chart {
+            let mut bars: Vec<(&str, [f64; 2])> = bars
+                .iter()
+                .map(|(label, value)| (label.as_str(), [*value, 0.0]))
+                .collect();
+            bars.sort_by(|a, b| b.1[0].total_cmp(&a.1[0]));
+            bars.truncate(MAX_BARS);
+            bar_chart(
+                &mut canvas,
+                title,
+                &bars,
+                [
+                    section
+                        .columns
+                        .get(1)
+                        .map(String::as_str)
+                        .unwrap_or("value"),
+                    "",
+                ],
+            );
+        }
+    }
+    save(heading, canvas)
 }
 
 fn decimal_f64(d: Decimal) -> f64 {
@@ -409,6 +479,28 @@ impl Canvas {
         });
         self.ops.push(Op::SetOutlineThickness { pt: Pt(0.4) });
         self.y = TOP;
+    }
+
+    /// The title, the heading's lines and when it was made.
+    fn heading(&mut self, heading: &ReportHeading) {
+        self.text(Font::Bold, 18.0, LEFT, self.y, &heading.title);
+        self.y -= 9.0;
+        for line in &heading.lines {
+            self.text(Font::Regular, 10.0, LEFT, self.y, line);
+            self.y -= 5.0;
+        }
+        let generated = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(heading.generated).unwrap_or(0)),
+        );
+        self.text(
+            Font::Regular,
+            10.0,
+            LEFT,
+            self.y,
+            &format!("Generated: {generated}"),
+        );
+        self.y -= 10.0;
     }
 
     /// Starts a new page unless `height` mm fit above the bottom margin; says whether it did.

@@ -139,6 +139,10 @@ pub enum UsageCommand {
         /// `attribute:cost_center`).
         #[arg(long, default_value = "tenant,action")]
         by: String,
+        /// Only requests of principals with this chargeback attribute value, NAME=VALUE (a
+        /// cost centre's report, e.g. `cost_center=cc-17`).
+        #[arg(long)]
+        attribute: Option<String>,
         /// `xlsx`: a workbook with the rows, totals per tenant and a chart sheet; `pdf`: the
         /// totals, bar charts and the rows.
         #[arg(long, value_enum, default_value_t = UsageFormat::Csv)]
@@ -179,6 +183,8 @@ struct ReportSelection {
     to: String,
     bucket: ReportBucket,
     by: String,
+    /// `NAME=VALUE`: one chargeback attribute value only.
+    attribute: Option<String>,
     /// A PostgreSQL ledger exporter's name; the outbox when absent.
     ledger: Option<String>,
 }
@@ -341,6 +347,7 @@ fn run_command() -> i32 {
                     to,
                     bucket,
                     by,
+                    attribute,
                     format,
                     ledger,
                     output,
@@ -353,6 +360,7 @@ fn run_command() -> i32 {
                 to,
                 bucket,
                 by,
+                attribute,
                 ledger,
             },
             ReportOutput {
@@ -561,12 +569,25 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
             return EXIT_CONFIG;
         }
     };
+    let attribute = match selection
+        .attribute
+        .as_deref()
+        .map(report::parse_attribute_filter)
+        .transpose()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
     let query = report::ReportQuery {
         tenant: selection.tenant,
         from,
         to,
         bucket: selection.bucket.into(),
         by,
+        attribute,
     };
     let source = match &selection.ledger {
         Some(name) => format!("ledger `{name}` (every replica)"),

@@ -83,6 +83,7 @@ fn forecast_rows(args: &ForecastArgs<'_>) -> Result<Vec<Value>, (i32, String)> {
         to: UNIX_EPOCH + Duration::from_secs(u64::try_from(end_hour * 3600).unwrap_or(0)),
         bucket: Bucket::Hour,
         by: vec![Dimension::Tenant],
+        attribute: None,
     };
     let mut series = UsageSeries::new(first_hour, hours);
     let runtime = tokio::runtime::Builder::new_current_thread()

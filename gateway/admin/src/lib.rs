@@ -118,6 +118,9 @@ struct PeriodQuery {
     /// Usage reports: `json` (default), `csv`, `xlsx` or `pdf`.
     #[serde(default)]
     format: Option<String>,
+    /// Usage reports: one chargeback attribute value only, `NAME=VALUE`.
+    #[serde(default)]
+    attribute: Option<String>,
 }
 
 /// The files the admin API reads: usage reports from the outbox, audit queries from the log,
@@ -669,12 +672,18 @@ impl Admin {
             Some(Ok(by)) => by,
             Some(Err(e)) => return problem(StatusCode::BAD_REQUEST, format!("by: {e}")),
         };
+        let attribute = match q.attribute.as_deref().map(report::parse_attribute_filter) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => return problem(StatusCode::BAD_REQUEST, format!("attribute: {e}")),
+        };
         let query = ReportQuery {
             tenant: q.tenant,
             from,
             to,
             bucket,
             by,
+            attribute,
         };
         let format = match q.format.as_deref() {
             None | Some("json") => UsageExport::Json,

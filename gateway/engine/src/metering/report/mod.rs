@@ -123,6 +123,20 @@ pub struct ReportQuery {
     pub bucket: Bucket,
     /// Rows per period and per value of these (e.g. tenant and action).
     pub by: Vec<Dimension>,
+    /// Only events whose chargeback attribute has this value (a cost centre's report).
+    pub attribute: Option<(String, String)>,
+}
+
+/// `NAME=VALUE`: the chargeback attribute a report is limited to.
+pub fn parse_attribute_filter(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{text}`: limit to one attribute value as NAME=VALUE (e.g. cost_center=cc-17)"
+        )),
+    }
 }
 
 /// What is counted for a group of events.
@@ -274,6 +288,11 @@ impl<'q> Aggregator<'q> {
         }
         if let Some(wanted) = &self.query.tenant {
             if facts.tenant.unwrap_or("-") != wanted {
+                return;
+            }
+        }
+        if let Some((name, value)) = &self.query.attribute {
+            if facts.attributes.get(name) != Some(value) {
                 return;
             }
         }
@@ -599,6 +618,7 @@ mod tests {
             to: humantime::parse_rfc3339("2026-11-24T00:00:00Z").unwrap(),
             bucket,
             by: Dimension::parse_list(by).unwrap(),
+            attribute: None,
         }
     }
 
@@ -760,6 +780,12 @@ mod tests {
         let json = report.json_rows();
         assert_eq!(json[1]["cost_center"], "cc-1");
         assert_eq!(json[1]["cost"], "0.002");
+        // A cost centre's own report.
+        let mut only = query(None, Bucket::Day, "tenant");
+        only.attribute = Some(parse_attribute_filter("cost_center=cc-1").unwrap());
+        let cc1 = aggregate(&events, &only, Some(&prices));
+        assert_eq!(format_cost(cc1.grand_total().cost.unwrap()), "0.002");
+        assert!(parse_attribute_filter("cc-1").is_err());
         assert!(Dimension::parse("attribute:").is_err());
         assert!(Dimension::parse("colour").is_err());
     }

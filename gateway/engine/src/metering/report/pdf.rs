@@ -42,8 +42,13 @@ impl ReportHeading {
                     }
                 ),
                 format!(
-                    "Tenant: {}",
-                    query.tenant.as_deref().unwrap_or("all tenants")
+                    "Tenant: {}{}",
+                    query.tenant.as_deref().unwrap_or("all tenants"),
+                    query
+                        .attribute
+                        .as_ref()
+                        .map(|(n, v)| format!("; only {n} = {v}"))
+                        .unwrap_or_default()
                 ),
                 format!(
                     "Grouped by: {}",

@@ -163,18 +163,35 @@ fn recorded(dir: &str) -> Vec<Series> {
                 .filter_map(|line| line.split(',').nth(1)?.trim().parse().ok())
                 .collect();
             let name = path.file_stem()?.to_string_lossy().to_string();
-            Some(Series {
-                shape: format!(
-                    "recorded ({} h, {}; see bench/data/README.md)",
-                    values.len(),
-                    path.display()
-                ),
-                name,
-                values,
-                expected: None,
-                regime_change: false,
-            })
+            // Two origins: the file's last weeks (for the bike-share series, the weeks
+            // before New Year: Christmas, a holiday regime) and the same held-out length
+            // ending two weeks earlier.
+            let earlier = values.len().saturating_sub(2 * WEEK);
+            Some([
+                Series {
+                    shape: format!(
+                        "recorded ({} h, {}; held out: its last weeks; see bench/data/README.md)",
+                        values.len(),
+                        path.display()
+                    ),
+                    name: name.clone(),
+                    values: values.clone(),
+                    expected: None,
+                    regime_change: false,
+                },
+                Series {
+                    shape: format!(
+                        "the same, held-out weeks ending two weeks before its end ({} h)",
+                        earlier
+                    ),
+                    name: format!("{name} (2 weeks earlier)"),
+                    values: values.get(..earlier).unwrap_or(&[]).to_vec(),
+                    expected: None,
+                    regime_change: false,
+                },
+            ])
         })
+        .flatten()
         .collect()
 }
 

@@ -226,8 +226,9 @@ fn esc(text: &str) -> String {
     html_escape::encode_text(text).into_owned()
 }
 
+/// A cost exactly as the usage report prints it (so the two can be compared).
 fn money(cost: Decimal) -> String {
-    cost.round_dp(4).normalize().to_string()
+    report::format_cost(cost)
 }
 
 /// A horizontal bar chart: one bar per label, value written at its end.

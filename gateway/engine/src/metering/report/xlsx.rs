@@ -10,6 +10,7 @@ use super::{Counts, Report};
 /// as spreadsheet numbers do; costs are written as numbers too (exact strings are in CSV/JSON).
 pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
     use rust_xlsxwriter::{Chart, ChartType, Format, Workbook};
+    fits_a_sheet(report.rows.len())?;
     let error = |e: rust_xlsxwriter::XlsxError| e.to_string();
     let as_number = |d: Decimal| d.to_string().parse::<f64>().unwrap_or(0.0);
     let bold = Format::new().set_bold();
@@ -94,10 +95,32 @@ pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
     workbook.save_to_buffer().map_err(error)
 }
 
+/// Rows a worksheet holds below its header (Excel's limit is 1,048,576 rows in all).
+const SHEET_ROWS: usize = 1_048_575;
+
+/// Refuses, with what to do instead, a report too long for one worksheet (rather than failing
+/// half-way through writing it).
+fn fits_a_sheet(rows: usize) -> Result<(), String> {
+    if rows > SHEET_ROWS {
+        return Err(format!(
+            "the report has {rows} rows; an XLSX worksheet holds {SHEET_ROWS}: group by fewer \
+             dimensions (--by), sum per day (--bucket day), shorten the period, or use --format csv"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::ReportRow;
     use super::*;
+
+    #[test]
+    fn reports_longer_than_a_worksheet_are_refused_with_what_to_do() {
+        assert!(fits_a_sheet(SHEET_ROWS).is_ok());
+        let error = fits_a_sheet(SHEET_ROWS + 1).unwrap_err();
+        assert!(error.contains("--format csv"), "{error}");
+    }
 
     #[test]
     fn xlsx_holds_the_rows_totals_and_charts() {

@@ -596,14 +596,12 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
     let heading = report::ReportHeading::usage(&query, &source);
     let rows = match selection.ledger {
         Some(name) => {
-            let Some(crate::metering::exporters::ExporterConfig::Postgres {
-                database,
-                ledger_table,
-                ..
-            }) = metering.exporter.iter().find(|e| e.name() == name)
-            else {
-                eprintln!("no postgres exporter named `{name}` in [metering]");
-                return EXIT_CONFIG;
+            let (database, ledger_table) = match metering.ledger(&name) {
+                Ok(ledger) => ledger,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return EXIT_CONFIG;
+                }
             };
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -76,7 +76,9 @@ fn forecast_rows(args: &ForecastArgs<'_>) -> Result<Vec<Value>, (i32, String)> {
     let end_hour = i64::try_from(at_secs / 3600).unwrap_or(0);
     let hours = usize::try_from(args.weeks.clamp(1, 26)).unwrap_or(6) * forecast::WEEK;
     let first_hour = end_hour - i64::try_from(hours).unwrap_or(0);
-    let (month_start, month_end, month_label) = month_of(end_hour * 3600).map_err(config_error)?;
+    let month = crate::metering::UtcMonth::at(end_hour * 3600)
+        .ok_or_else(|| config_error(format!("no month holds {at_secs}")))?;
+    let (month_start, month_end, month_label) = (month.start, month.resets_at, month.label());
     let query = ReportQuery {
         tenant: args.tenant.clone(),
         from: UNIX_EPOCH + Duration::from_secs(u64::try_from(first_hour * 3600).unwrap_or(0)),
@@ -92,16 +94,7 @@ fn forecast_rows(args: &ForecastArgs<'_>) -> Result<Vec<Value>, (i32, String)> {
         .map_err(|e| (EXIT_RUNTIME, e.to_string()))?;
     match &args.ledger {
         Some(name) => {
-            let Some(crate::metering::exporters::ExporterConfig::Postgres {
-                database,
-                ledger_table,
-                ..
-            }) = metering.exporter.iter().find(|e| e.name() == name)
-            else {
-                return Err(config_error(format!(
-                    "no postgres exporter named `{name}` in [metering]"
-                )));
-            };
+            let (database, ledger_table) = metering.ledger(name).map_err(config_error)?;
             runtime
                 .block_on(report::ledger_facts(
                     database,
@@ -220,28 +213,6 @@ fn forecast_rows(args: &ForecastArgs<'_>) -> Result<Vec<Value>, (i32, String)> {
         }
     }
     Ok(rows)
-}
-
-/// The UTC month of `secs`: its start, end (seconds) and label (`2026-12`).
-fn month_of(secs: i64) -> Result<(i64, i64, String), String> {
-    let date = jiff::Timestamp::from_second(secs)
-        .map_err(|e| e.to_string())?
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .date();
-    let start = date.first_of_month();
-    let end = start
-        .checked_add(jiff::Span::new().months(1))
-        .map_err(|e| e.to_string())?;
-    let seconds = |d: jiff::civil::Date| {
-        d.to_zoned(jiff::tz::TimeZone::UTC)
-            .map(|z| z.timestamp().as_second())
-            .map_err(|e| e.to_string())
-    };
-    Ok((
-        seconds(start)?,
-        seconds(end)?,
-        format!("{}-{:02}", date.year(), date.month()),
-    ))
 }
 
 fn round(value: f64) -> f64 {

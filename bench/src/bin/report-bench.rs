@@ -338,26 +338,7 @@ fn generate(dir: &Path, n: u64, seed: u64) -> Generated {
                 } else {
                     // Recorded in one go after the response (record_before_forward = false,
                     // or a decision-only front door).
-                    let event = UsageEvent {
-                        id: start.id,
-                        time: start.time,
-                        request_id: start.request_id,
-                        tenant: start.tenant,
-                        principal: start.principal,
-                        action: start.action,
-                        route: start.route,
-                        method: start.method,
-                        status,
-                        request_bytes,
-                        response_bytes,
-                        upstream_latency_us: latency,
-                        region: end.region,
-                        outcome: Outcome::Completed,
-                        reason: None,
-                        meters: start.meters,
-                        tier: start.tier,
-                        attributes: start.attributes,
-                    };
+                    let event = UsageEvent::from_parts(start, Some(end));
                     write(
                         &outbox,
                         &RecordBody::Complete(Box::new(event)),

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gateway_engine::metering::forecast::{self, UsageSeries, WEEK};
 use gateway_engine::metering::pricing::PriceList;
 use gateway_engine::metering::report::{self, Facts};
+use gateway_engine::metering::UtcMonth;
 use gateway_engine::snapshot::Snapshot;
 use rust_decimal::Decimal;
 
@@ -61,35 +62,18 @@ fn hours(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn month_start(now: SystemTime) -> SystemTime {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
-        .ok()
-        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().first_of_month())
-        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-        .map(|z| {
-            UNIX_EPOCH + Duration::from_secs(u64::try_from(z.timestamp().as_second()).unwrap_or(0))
-        })
-        .unwrap_or(now)
+/// This UTC month's bounds (seconds since the epoch).
+fn this_month() -> UtcMonth {
+    let now = i64::try_from(epoch(SystemTime::now())).unwrap_or(0);
+    UtcMonth::at(now).unwrap_or(UtcMonth {
+        key: 0,
+        start: now,
+        resets_at: now,
+    })
 }
 
-fn month_end(start: SystemTime) -> SystemTime {
-    let secs = start
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
-        .ok()
-        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date())
-        .and_then(|d| d.checked_add(jiff::Span::new().months(1)).ok())
-        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-        .map(|z| {
-            UNIX_EPOCH + Duration::from_secs(u64::try_from(z.timestamp().as_second()).unwrap_or(0))
-        })
-        .unwrap_or(start)
+fn at_second(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
 }
 
 /// Reads the outbox and the audit log. `from`/`to`: the period (default: this month).
@@ -101,7 +85,7 @@ fn gather(
     to: Option<SystemTime>,
 ) -> Result<Figures, String> {
     let now = SystemTime::now();
-    let from = from.unwrap_or_else(|| month_start(now));
+    let from = from.unwrap_or_else(|| at_second(this_month().start));
     let to = to.unwrap_or(now + Duration::from_secs(3600));
     // Six weeks of history up to and including the current (partial) hour.
     let series_first_hour = hours(now) - i64::try_from(6 * WEEK).unwrap_or(0);
@@ -150,15 +134,7 @@ fn gather(
                     .or_default() += 1;
             }
             if let Some(prices) = prices {
-                tenant.cost += prices.cost(&gateway_engine::metering::pricing::Tally {
-                    tier: facts.tier,
-                    action: facts.action,
-                    route: facts.route,
-                    meters: facts.meters,
-                    forwarded: facts.counts.forwarded(),
-                    request_bytes: facts.counts.request_bytes,
-                    response_bytes: facts.counts.response_bytes,
-                });
+                tenant.cost += prices.cost(&facts.tally());
             }
         })
         .map_err(|e| e.to_string())?;
@@ -423,9 +399,9 @@ h2{margin-top:28px}section{margin-bottom:12px}.muted{color:#777}form{display:inl
     // Budgets.
     html.push_str("<h2>Budgets</h2>");
     let now_hour = hours(SystemTime::now());
-    let month_start_hour = hours(month_start(SystemTime::now()));
-    let hours_left =
-        usize::try_from(hours(month_end(month_start(SystemTime::now()))) - now_hour).unwrap_or(0);
+    let month = this_month();
+    let month_start_hour = month.start.div_euclid(3600);
+    let hours_left = usize::try_from(month.resets_at.div_euclid(3600) - now_hour).unwrap_or(0);
     let mut any_budget = false;
     for tenant in snapshot.registry.tenants() {
         for budget in tenant.budgets.iter().filter(|b| b.attribute.is_none()) {

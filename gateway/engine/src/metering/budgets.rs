@@ -29,6 +29,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::pricing::{PriceList, Tally};
+use super::UtcMonth as Month;
 use crate::pipeline::Rejection;
 pub use crate::tenancy::budgets::BudgetSpec;
 use crate::tenancy::{Tenant, TenantSpec};
@@ -86,47 +87,6 @@ pub fn check_against_config(
         }
     }
     problems
-}
-
-/// The UTC month a budget counts in, and when it resets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Month {
-    /// `YYYYMM`.
-    key: u32,
-    /// Start of the next month (seconds since the epoch).
-    resets_at: i64,
-}
-
-impl Month {
-    fn at(now_secs: i64) -> Option<Month> {
-        let date = jiff::Timestamp::from_second(now_secs)
-            .ok()?
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .date();
-        let next = date
-            .first_of_month()
-            .checked_add(jiff::Span::new().months(1))
-            .ok()?;
-        let resets_at = next
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()?
-            .timestamp()
-            .as_second();
-        Some(Month {
-            key: u32::try_from(date.year()).ok()? * 100 + u32::try_from(date.month()).ok()?,
-            resets_at,
-        })
-    }
-
-    fn label(&self) -> String {
-        format!("{}-{:02}", self.key / 100, self.key % 100)
-    }
-
-    fn resets_at_rfc3339(&self) -> String {
-        jiff::Timestamp::from_second(self.resets_at)
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-    }
 }
 
 /// One budget's counter in one month.

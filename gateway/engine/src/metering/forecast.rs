@@ -329,15 +329,7 @@ impl UsageSeries {
             add(meter, forwarded as f64);
         }
         if let Some(prices) = prices {
-            let cost = prices.cost(&super::pricing::Tally {
-                tier: facts.tier,
-                action: facts.action,
-                route: facts.route,
-                meters: facts.meters,
-                forwarded,
-                request_bytes: facts.counts.request_bytes,
-                response_bytes: facts.counts.response_bytes,
-            });
+            let cost = prices.cost(&facts.tally());
             add("cost", cost.to_string().parse().unwrap_or(0.0));
         }
     }

@@ -111,7 +111,8 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
-    fn from_parts(start: EventStart, end: Option<EventEnd>) -> Self {
+    /// The event of a begin and its end (`None`: interrupted).
+    pub fn from_parts(start: EventStart, end: Option<EventEnd>) -> Self {
         let (status, request_bytes, response_bytes, latency, region, outcome, reason) = match end {
             Some(e) => (
                 e.status,
@@ -279,6 +280,22 @@ pub struct MeteringConfig {
 }
 
 impl MeteringConfig {
+    /// The database and table of the PostgreSQL ledger exporter `name`, or why there is none.
+    pub fn ledger(&self, name: &str) -> Result<(&crate::db::PostgresConfig, &str), String> {
+        self.exporter
+            .iter()
+            .find_map(|e| match e {
+                exporters::ExporterConfig::Postgres {
+                    name: n,
+                    database,
+                    ledger_table,
+                    ..
+                } if n == name => Some((database, ledger_table.as_str())),
+                _ => None,
+            })
+            .ok_or_else(|| format!("no postgres exporter named `{name}` in [metering]"))
+    }
+
     /// Checks `[metering]`, all problems at once. `tiers`: the configured tier names.
     pub fn validate(
         &self,
@@ -384,6 +401,48 @@ pub struct Metering {
     pub budgets: Option<std::sync::Arc<budgets::Budgets>>,
     pub record_before_forward: bool,
     pub tenant_metrics: bool,
+}
+
+/// A UTC calendar month: what monthly budgets and quotas count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UtcMonth {
+    /// `YYYYMM`.
+    pub key: u32,
+    /// Its first second (since the epoch).
+    pub start: i64,
+    /// The first second of the next month: when what counts in it resets.
+    pub resets_at: i64,
+}
+
+impl UtcMonth {
+    /// The month holding `secs` (seconds since the epoch).
+    pub fn at(secs: i64) -> Option<UtcMonth> {
+        let utc = jiff::tz::TimeZone::UTC;
+        let date = jiff::Timestamp::from_second(secs)
+            .ok()?
+            .to_zoned(utc.clone())
+            .date();
+        let first = date.first_of_month();
+        let next = first.checked_add(jiff::Span::new().months(1)).ok()?;
+        let second =
+            |d: jiff::civil::Date| Some(d.to_zoned(utc.clone()).ok()?.timestamp().as_second());
+        Some(UtcMonth {
+            key: u32::try_from(date.year()).ok()? * 100 + u32::try_from(date.month()).ok()?,
+            start: second(first)?,
+            resets_at: second(next)?,
+        })
+    }
+
+    /// `2026-12`.
+    pub fn label(&self) -> String {
+        format!("{}-{:02}", self.key / 100, self.key % 100)
+    }
+
+    pub fn resets_at_rfc3339(&self) -> String {
+        jiff::Timestamp::from_second(self.resets_at)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// What each usage event records beyond the request itself.

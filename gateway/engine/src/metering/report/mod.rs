@@ -227,6 +227,19 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
+    /// What a price list charges for these facts.
+    pub fn tally(&self) -> Tally<'a> {
+        Tally {
+            tier: self.tier,
+            action: self.action,
+            route: self.route,
+            meters: self.meters,
+            forwarded: self.counts.forwarded(),
+            request_bytes: self.counts.request_bytes,
+            response_bytes: self.counts.response_bytes,
+        }
+    }
+
     pub fn of(event: &'a UsageEvent) -> Self {
         Facts {
             epoch_secs: event.epoch_secs(),
@@ -303,17 +316,7 @@ impl<'q> Aggregator<'q> {
             .iter()
             .map(|d| d.value_of(facts).unwrap_or("-").to_string())
             .collect();
-        let cost = self.prices.map(|p| {
-            p.cost(&Tally {
-                tier: facts.tier,
-                action: facts.action,
-                route: facts.route,
-                meters: facts.meters,
-                forwarded: facts.counts.forwarded(),
-                request_bytes: facts.counts.request_bytes,
-                response_bytes: facts.counts.response_bytes,
-            })
-        });
+        let cost = self.prices.map(|p| p.cost(&facts.tally()));
         let row = self.rows.entry((period, keys)).or_default();
         row.0.add(&facts.counts);
         if let Some(cost) = cost {

@@ -29,6 +29,57 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts one cluster node on fresh loopback ports and waits for its PONG. A port that was
+/// free when chosen can be taken before redis-server binds it (another test's outgoing
+/// connection gets ephemeral ports from the same range): a node that exits is started
+/// again on other ports instead of failing the test 20 s later.
+fn start_node(dir: &std::path::Path) -> Node {
+    let mut failures = Vec::new();
+    for _attempt in 0..5 {
+        let port = crate::free_port();
+        // The bus port is given explicitly: port + 10000 may be above 65535 or taken.
+        let bus_port = crate::free_port();
+        let log_path = dir.join(format!("redis-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(redis_server_bin())
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-port", &bus_port.to_string()])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/ensure-deps installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if redis_cli(port, &["ping"]).trim() == "PONG" {
+                return Node {
+                    port,
+                    child: Some(child),
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                failures.push(format!("port {port}/{bus_port}: {status}: {tail:?}"));
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                failures.push(format!("port {port}/{bus_port}: no PONG within 20 s"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("redis cluster node did not start: {failures:#?}");
+}
+
 struct Node {
     port: u16,
     child: Option<Child>,
@@ -43,37 +94,7 @@ impl RedisCluster {
     /// Six nodes (three masters, three replicas), every slot covered, `cluster_state:ok`.
     pub fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = crate::free_port();
-            // The bus port is given explicitly: port + 10000 may be above 65535 or taken.
-            let bus_port = crate::free_port();
-            let log = std::fs::File::create(dir.path().join(format!("redis-{port}.log"))).unwrap();
-            let child = Command::new(redis_server_bin())
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-port", &bus_port.to_string()])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(log)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (scripts/ensure-deps installs it)");
-            nodes.push(Node {
-                port,
-                child: Some(child),
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
-            while redis_cli(node.port, &["ping"]).trim() != "PONG" {
-                assert!(Instant::now() < deadline, "redis node {} not up", node.port);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let nodes: Vec<Node> = (0..6).map(|_| start_node(dir.path())).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))

@@ -594,6 +594,10 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
         None => "this replica's outbox".to_string(),
     };
     let heading = report::ReportHeading::usage(&query, &source);
+    // Rows beyond the bound go to a temporary file: a year of hourly rows per tenant and
+    // attribute is written with memory for the bound.
+    let aggregator =
+        report::Aggregator::new(&query, prices.as_ref()).spill_beyond(report::ROWS_IN_MEMORY);
     let rows = match selection.ledger {
         Some(name) => {
             let (database, ledger_table) = match metering.ledger(&name) {
@@ -613,53 +617,76 @@ fn usage_report(config: &Path, selection: ReportSelection, output: ReportOutput<
                     return EXIT_RUNTIME;
                 }
             };
-            runtime.block_on(report::ledger_report(
-                database,
-                ledger_table,
-                &query,
-                prices.as_ref(),
-            ))
+            runtime.block_on(report::ledger_rows(aggregator, database, ledger_table))
         }
         None => {
             let progress = ReportProgress::on_terminal();
-            report::outbox_report(&metering.dir, &query, prices.as_ref(), |p| progress.show(p))
-                .map_err(|e| e.to_string())
+            report::outbox_rows(aggregator, &metering.dir, |p| progress.show(p))
         }
     };
-    match rows {
-        Ok(rows) => {
-            let out = match format {
-                UsageFormat::Csv => report::to_csv(&rows).map(String::into_bytes),
-                UsageFormat::Json => serde_json::to_string_pretty(&rows.json_rows())
-                    .map(|text| format!("{text}\n").into_bytes())
-                    .map_err(|e| e.to_string()),
-                UsageFormat::Xlsx => report::to_xlsx(&rows),
-                UsageFormat::Pdf => report::to_pdf(&rows, &heading),
-            };
-            let written = out.and_then(|bytes| match output {
-                Some(path) => {
-                    std::fs::write(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
-                }
-                None => {
-                    use std::io::Write as _;
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(&bytes)
-                        .and_then(|()| stdout.flush())
-                        .map_err(|e| format!("standard output: {e}"))
-                }
-            });
-            match written {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("{e}");
-                    EXIT_RUNTIME
-                }
-            }
-        }
+    let rows = match rows {
+        Ok(rows) => rows,
         Err(e) => {
             eprintln!("usage report failed: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match write_usage_report(rows, format, &heading, output) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
             EXIT_RUNTIME
+        }
+    }
+}
+
+/// Writes the rows in `format` to `output` (standard output without one), one row at a time
+/// for CSV and JSON, through a constant-memory worksheet for XLSX, and from the totals and
+/// first rows for PDF. A file is written under a temporary name and renamed when complete,
+/// so a failed report leaves no half-written file behind.
+fn write_usage_report(
+    rows: crate::metering::report::ReportRows,
+    format: UsageFormat,
+    heading: &crate::metering::report::ReportHeading,
+    output: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use crate::metering::report;
+    use std::io::Write as _;
+    let write = |out: &mut dyn std::io::Write| -> Result<(), String> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+        match format {
+            UsageFormat::Csv => report::write_csv(rows, &mut out)?,
+            UsageFormat::Json => report::write_json(rows, &mut out)?,
+            UsageFormat::Xlsx => {
+                let bytes = report::xlsx_workbook(rows)?
+                    .save_to_buffer()
+                    .map_err(|e| format!("XLSX: {e}"))?;
+                out.write_all(&bytes).map_err(|e| e.to_string())?;
+            }
+            UsageFormat::Pdf => {
+                let digest = report::pdf_digest(rows).map_err(|e| e.to_string())?;
+                out.write_all(&report::digest_pdf(&digest, heading)?)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        out.flush().map_err(|e| e.to_string())
+    };
+    match output {
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            let mut file = tempfile::NamedTempFile::new_in(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            write(file.as_file_mut()).map_err(|e| format!("{}: {e}", path.display()))?;
+            file.persist(path)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            write(&mut stdout).map_err(|e| format!("standard output: {e}"))
         }
     }
 }

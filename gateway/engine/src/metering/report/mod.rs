@@ -9,13 +9,15 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 mod pdf;
+mod rows;
 mod xlsx;
 
-pub use pdf::{sections_pdf, to_pdf, PdfSection, ReportHeading};
-pub use xlsx::to_xlsx;
+pub use pdf::{digest_pdf, pdf_digest, sections_pdf, to_pdf, PdfSection, ReportHeading};
+pub use rows::{write_csv, write_json, ReportDigest, ReportError, ReportRows};
+pub use xlsx::{to_xlsx, xlsx_workbook};
 
 use super::outbox::OutboxCursor;
 use super::pricing::{PriceList, Tally};
@@ -201,6 +203,15 @@ pub struct Total {
     pub cost: Option<Decimal>,
 }
 
+impl Total {
+    fn add(&mut self, row: &ReportRow) {
+        self.counts.add(&row.counts);
+        if let Some(cost) = row.cost {
+            *self.cost.get_or_insert(Decimal::ZERO) += cost;
+        }
+    }
+}
+
 /// A finished report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -274,13 +285,21 @@ fn period_start(secs: u64, bucket: Bucket) -> String {
         .to_string()
 }
 
-/// Sums facts into rows; memory grows with the number of rows, not of events.
+/// Rows a command-line report holds in memory before it spills them to a temporary file
+/// (about 220 bytes each, so some 60 MiB).
+pub const ROWS_IN_MEMORY: usize = 262_144;
+
+/// Sums facts into rows; memory grows with the number of rows, not of events, and with
+/// [`Aggregator::spill_beyond`] stays bounded however many rows there are.
 pub struct Aggregator<'q> {
     query: &'q ReportQuery,
     prices: Option<&'q PriceList>,
     from: u64,
     to: u64,
-    rows: BTreeMap<(u64, Vec<String>), (Counts, Decimal)>,
+    rows: BTreeMap<rows::RowKey, rows::RowSums>,
+    spill: Option<rows::Spill>,
+    /// A spill that failed: the report fails with it, and nothing more is summed.
+    failed: Option<ReportError>,
 }
 
 impl<'q> Aggregator<'q> {
@@ -291,12 +310,21 @@ impl<'q> Aggregator<'q> {
             from: epoch(query.from),
             to: epoch(query.to),
             rows: BTreeMap::new(),
+            spill: None,
+            failed: None,
         }
+    }
+
+    /// Holds at most `max_rows` rows in memory: beyond that they are written, sorted, to a
+    /// run file in the temporary directory (`TMPDIR`), merged when the rows are read.
+    pub fn spill_beyond(mut self, max_rows: usize) -> Self {
+        self.spill = Some(rows::Spill::new(max_rows));
+        self
     }
 
     pub fn add(&mut self, facts: &Facts<'_>) {
         let t = facts.epoch_secs;
-        if t < self.from || t >= self.to {
+        if t < self.from || t >= self.to || self.failed.is_some() {
             return;
         }
         if let Some(wanted) = &self.query.tenant {
@@ -322,33 +350,40 @@ impl<'q> Aggregator<'q> {
         if let Some(cost) = cost {
             row.1 += cost;
         }
+        if let Some(spill) = &mut self.spill {
+            if self.rows.len() >= spill.max_rows {
+                if let Err(e) = spill.write_run(std::mem::take(&mut self.rows)) {
+                    self.failed = Some(e);
+                }
+            }
+        }
     }
 
     pub fn add_event(&mut self, event: &UsageEvent) {
         self.add(&Facts::of(event));
     }
 
-    pub fn finish(self) -> Report {
-        let priced = self.prices.is_some();
-        Report {
-            columns: self
-                .query
+    /// The rows, in order of period and then the dimensions' values.
+    pub fn into_rows(self) -> Result<ReportRows, ReportError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        ReportRows::merge(
+            self.query
                 .by
                 .iter()
                 .map(|d| d.column().to_string())
                 .collect(),
-            currency: self.prices.map(|p| p.currency.clone()),
-            rows: self
-                .rows
-                .into_iter()
-                .map(|((period, keys), (counts, cost))| ReportRow {
-                    period: period_start(period, self.query.bucket),
-                    keys,
-                    counts,
-                    cost: priced.then_some(cost),
-                })
-                .collect(),
-        }
+            self.prices.map(|p| p.currency.clone()),
+            self.query.bucket,
+            self.rows,
+            self.spill,
+        )
+    }
+
+    /// Every row in a [`Report`].
+    pub fn finish(self) -> Result<Report, ReportError> {
+        self.into_rows()?.collect_report()
     }
 }
 
@@ -357,7 +392,7 @@ pub fn aggregate<'a>(
     events: impl IntoIterator<Item = &'a UsageEvent>,
     query: &ReportQuery,
     prices: Option<&PriceList>,
-) -> Report {
+) -> Result<Report, ReportError> {
     let mut aggregator = Aggregator::new(query, prices);
     for event in events {
         aggregator.add_event(event);
@@ -378,9 +413,18 @@ pub fn outbox_report(
     dir: &Path,
     query: &ReportQuery,
     prices: Option<&PriceList>,
+    progress: impl FnMut(Progress),
+) -> Result<Report, ReportError> {
+    outbox_rows(Aggregator::new(query, prices), dir, progress)?.collect_report()
+}
+
+/// The rows of `aggregator` over the outbox in `dir`, read as a stream; `progress` hears
+/// every few thousand events.
+pub fn outbox_rows(
+    mut aggregator: Aggregator<'_>,
+    dir: &Path,
     mut progress: impl FnMut(Progress),
-) -> Result<Report, super::outbox::OutboxError> {
-    let mut aggregator = Aggregator::new(query, prices);
+) -> Result<ReportRows, ReportError> {
     let mut events = 0u64;
     for_each_outbox_event(dir, |event| {
         aggregator.add_event(&event);
@@ -390,7 +434,7 @@ pub fn outbox_report(
         }
     })?;
     progress(Progress { events });
-    Ok(aggregator.finish())
+    aggregator.into_rows()
 }
 
 /// Calls `each` with every event of the outbox in `dir`, in order, holding none of them.
@@ -427,10 +471,23 @@ pub async fn ledger_report(
     table: &str,
     query: &ReportQuery,
     prices: Option<&PriceList>,
-) -> Result<Report, String> {
-    let mut aggregator = Aggregator::new(query, prices);
-    ledger_facts(config, table, query, |facts| aggregator.add(facts)).await?;
-    Ok(aggregator.finish())
+) -> Result<Report, ReportError> {
+    ledger_rows(Aggregator::new(query, prices), config, table)
+        .await?
+        .collect_report()
+}
+
+/// The rows of `aggregator` over a PostgreSQL ledger table.
+pub async fn ledger_rows(
+    mut aggregator: Aggregator<'_>,
+    config: &crate::db::PostgresConfig,
+    table: &str,
+) -> Result<ReportRows, ReportError> {
+    let query = aggregator.query;
+    ledger_facts(config, table, query, |facts| aggregator.add(facts))
+        .await
+        .map_err(ReportError::Ledger)?;
+    aggregator.into_rows()
 }
 
 /// The events of a PostgreSQL ledger table in the query's period, summed by the database per
@@ -519,82 +576,33 @@ pub fn format_cost(cost: Decimal) -> String {
 }
 
 impl Report {
-    /// The header of the tabular formats.
-    pub(crate) fn header(&self) -> Vec<&str> {
-        let mut header = vec!["period"];
-        header.extend(self.columns.iter().map(String::as_str));
-        header.extend(Counts::COLUMNS);
-        if self.currency.is_some() {
-            header.extend(["cost", "currency"]);
-        }
-        header
-    }
-
-    /// Totals per value of the first dimension, in its order.
-    pub fn totals(&self) -> BTreeMap<&str, Total> {
-        let mut totals: BTreeMap<&str, Total> = BTreeMap::new();
+    /// Totals, the first `keep` rows and the row count.
+    pub fn digest(&self, keep: usize) -> ReportDigest {
+        let mut digest = ReportDigest::new(self.columns.clone(), self.currency.clone());
         for row in &self.rows {
-            let key = row.keys.first().map(String::as_str).unwrap_or("-");
-            let total = totals.entry(key).or_default();
-            total.counts.add(&row.counts);
-            if let Some(cost) = row.cost {
-                *total.cost.get_or_insert(Decimal::ZERO) += cost;
-            }
+            digest.add(row, keep);
         }
-        totals
+        digest
     }
 
     /// The sum of every row.
     pub fn grand_total(&self) -> Total {
-        let mut total = Total::default();
-        for row in &self.rows {
-            total.counts.add(&row.counts);
-            if let Some(cost) = row.cost {
-                *total.cost.get_or_insert(Decimal::ZERO) += cost;
-            }
-        }
-        total
+        self.digest(0).grand
     }
 
     /// The rows as JSON objects (one key per column; cost as an exact decimal string).
     pub fn json_rows(&self) -> Vec<Value> {
         self.rows
             .iter()
-            .map(|row| {
-                let mut object = Map::new();
-                object.insert("period".into(), json!(row.period));
-                for (column, key) in self.columns.iter().zip(&row.keys) {
-                    object.insert(column.clone(), json!(key));
-                }
-                for (column, value) in Counts::COLUMNS.iter().zip(row.counts.values()) {
-                    object.insert((*column).into(), json!(value));
-                }
-                if let (Some(cost), Some(currency)) = (row.cost, &self.currency) {
-                    object.insert("cost".into(), json!(format_cost(cost)));
-                    object.insert("currency".into(), json!(currency));
-                }
-                Value::Object(object)
-            })
+            .map(|row| rows::json_row(&self.columns, self.currency.as_deref(), row))
             .collect()
     }
 }
 
+/// The report as CSV text.
 pub fn to_csv(report: &Report) -> Result<String, String> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer
-        .write_record(report.header())
-        .map_err(|e| e.to_string())?;
-    for row in &report.rows {
-        let mut record = vec![row.period.clone()];
-        record.extend(row.keys.iter().cloned());
-        record.extend(row.counts.values().iter().map(u64::to_string));
-        if let (Some(cost), Some(currency)) = (row.cost, &report.currency) {
-            record.push(format_cost(cost));
-            record.push(currency.clone());
-        }
-        writer.write_record(&record).map_err(|e| e.to_string())?;
-    }
-    let bytes = writer.into_inner().map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    write_csv(ReportRows::of(report.clone()), &mut bytes)?;
     String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
@@ -683,7 +691,7 @@ mod tests {
             ),
         ];
         let q = query(Some("acme"), Bucket::Hour, "tenant,action");
-        let report = aggregate(&events, &q, None);
+        let report = aggregate(&events, &q, None).unwrap();
         let rows = &report.rows;
         assert_eq!(rows.len(), 2);
         assert_eq!(
@@ -709,7 +717,7 @@ mod tests {
             ),
             "{csv}"
         );
-        let daily = aggregate(&events, &query(None, Bucket::Day, "tenant"), None);
+        let daily = aggregate(&events, &query(None, Bucket::Day, "tenant"), None).unwrap();
         assert_eq!(daily.grand_total().counts.requests, 4);
     }
 
@@ -760,7 +768,8 @@ mod tests {
             &events,
             &query(None, Bucket::Day, "attribute:cost_center"),
             Some(&prices),
-        );
+        )
+        .unwrap();
         let costs: Vec<(String, String)> = report
             .rows
             .iter()
@@ -786,10 +795,114 @@ mod tests {
         // A cost centre's own report.
         let mut only = query(None, Bucket::Day, "tenant");
         only.attribute = Some(parse_attribute_filter("cost_center=cc-1").unwrap());
-        let cc1 = aggregate(&events, &only, Some(&prices));
+        let cc1 = aggregate(&events, &only, Some(&prices)).unwrap();
         assert_eq!(format_cost(cc1.grand_total().cost.unwrap()), "0.002");
         assert!(parse_attribute_filter("cc-1").is_err());
         assert!(Dimension::parse("attribute:").is_err());
         assert!(Dimension::parse("colour").is_err());
+    }
+
+    #[test]
+    fn rows_spilled_to_disk_come_out_merged_as_if_held_in_memory() {
+        let prices = super::super::pricing::PriceList::new(
+            &toml::from_str(
+                r#"
+                currency = "EUR"
+                [[item]]
+                name = "requests"
+                unit_price = "0.0001"
+                "#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        // 600 events over 24 hours, 5 tenants and 3 actions, out of time order (as a
+        // replica's interrupted begins arrive late): up to 360 distinct rows.
+        let mut events = Vec::new();
+        for i in 0..600u32 {
+            let hour = (i * 7) % 24;
+            let tenant = ["acme", "globex", "initech", "hooli", "umbrella"][(i % 5) as usize];
+            let action = ["read", "update", "delete"][(i % 3) as usize];
+            let outcome = if i % 11 == 0 {
+                Outcome::Rejected
+            } else {
+                Outcome::Completed
+            };
+            events.push(event(
+                &format!("2026-11-23T{hour:02}:{:02}:00Z", i % 60),
+                tenant,
+                action,
+                outcome,
+            ));
+        }
+        let q = query(None, Bucket::Hour, "tenant,action");
+        let held = aggregate(&events, &q, Some(&prices)).unwrap();
+        for bound in [1, 7, 100, 1000] {
+            let mut spilling = Aggregator::new(&q, Some(&prices)).spill_beyond(bound);
+            for e in &events {
+                spilling.add_event(e);
+            }
+            let rows = spilling.into_rows().unwrap();
+            let spilled = rows.collect_report().unwrap();
+            assert_eq!(spilled, held, "bound {bound}");
+        }
+        // Streamed writers give the same text as the report held whole.
+        let mut spilling = Aggregator::new(&q, Some(&prices)).spill_beyond(5);
+        events.iter().for_each(|e| spilling.add_event(e));
+        let mut csv = Vec::new();
+        write_csv(spilling.into_rows().unwrap(), &mut csv).unwrap();
+        assert_eq!(String::from_utf8(csv).unwrap(), to_csv(&held).unwrap());
+        let mut json = Vec::new();
+        write_json(ReportRows::of(held.clone()), &mut json).unwrap();
+        let whole = serde_json::to_string_pretty(&held.json_rows()).unwrap() + "\n";
+        assert_eq!(String::from_utf8(json).unwrap(), whole);
+        let mut empty = Vec::new();
+        write_json(
+            ReportRows::of(Report {
+                rows: vec![],
+                ..held.clone()
+            }),
+            &mut empty,
+        )
+        .unwrap();
+        assert_eq!(empty, b"[]\n");
+        // The digest of a stream keeps the first rows and counts the rest.
+        let digest = ReportRows::of(held.clone()).digest(10).unwrap();
+        assert_eq!(digest.row_count, held.rows.len() as u64);
+        assert_eq!(digest.first_rows, held.rows[..10]);
+        assert_eq!(digest.grand, held.grand_total());
+        assert_eq!(digest, held.digest(10));
+    }
+
+    #[test]
+    fn spill_files_are_removed_with_the_rows_and_a_damaged_one_is_named() {
+        let events: Vec<UsageEvent> = (0..40u32)
+            .map(|i| {
+                event(
+                    &format!("2026-11-23T{:02}:00:00Z", i % 24),
+                    &format!("t{i}"),
+                    "read",
+                    Outcome::Completed,
+                )
+            })
+            .collect();
+        let q = query(None, Bucket::Hour, "tenant");
+        let mut spilling = Aggregator::new(&q, None).spill_beyond(4);
+        events.iter().for_each(|e| spilling.add_event(e));
+        let dir = spilling
+            .spill
+            .as_ref()
+            .and_then(|s| s.dir())
+            .expect("runs were written");
+        assert!(dir.join("run-0.csv").exists());
+        std::fs::write(dir.join("run-1.csv"), "3600,0,1,0,0,x,0,t1\n").unwrap();
+        let error = spilling
+            .into_rows()
+            .and_then(|rows| rows.collect_report())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("run-1.csv, line 1"), "{error}");
+        assert!(error.contains("field 6"), "{error}");
+        assert!(!dir.exists(), "the spill directory is removed");
     }
 }

@@ -11,7 +11,7 @@ use printpdf::{
 };
 use rust_decimal::Decimal;
 
-use super::{format_cost, Report, Total};
+use super::{format_cost, Report, ReportDigest, ReportRows, Total};
 
 /// What the report is about, printed above it.
 #[derive(Debug, Clone)]
@@ -87,9 +87,19 @@ fn courier_mm(size: f32, chars: usize) -> f32 {
 
 /// The report as a PDF document.
 pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, String> {
+    digest_pdf(&report.digest(MAX_DETAIL_ROWS), heading)
+}
+
+/// Detail rows a PDF lists; [`ReportRows::digest`] with this keeps no more than it prints.
+pub fn pdf_digest(rows: ReportRows) -> Result<ReportDigest, super::ReportError> {
+    rows.digest(MAX_DETAIL_ROWS)
+}
+
+/// The PDF of a report's digest: totals, charts and the first rows.
+pub fn digest_pdf(report: &ReportDigest, heading: &ReportHeading) -> Result<Vec<u8>, String> {
     let mut canvas = Canvas::new();
     canvas.heading(heading);
-    let grand = report.grand_total();
+    let grand = &report.grand;
     let currency = report.currency.as_deref();
     let mut summary = format!(
         "Requests {}   Rejected {}   Interrupted {}   Response bytes {}",
@@ -107,10 +117,11 @@ pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, Strin
     canvas.y -= 12.0;
 
     let first = report.columns.first().map(String::as_str).unwrap_or("-");
-    let totals = report.totals();
-    totals_table(&mut canvas, first, &totals, currency);
+    let totals = &report.totals;
+    totals_table(&mut canvas, first, totals, currency);
 
-    let mut by_requests: Vec<(&str, &Total)> = totals.iter().map(|(k, t)| (*k, t)).collect();
+    let mut by_requests: Vec<(&str, &Total)> =
+        totals.iter().map(|(k, t)| (k.as_str(), t)).collect();
     by_requests.sort_by_key(|(_, t)| std::cmp::Reverse(t.counts.requests));
     by_requests.truncate(MAX_BARS);
     let bars: Vec<(&str, [f64; 2])> = by_requests
@@ -126,7 +137,7 @@ pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, Strin
     if let Some(currency) = currency {
         let mut by_cost: Vec<(&str, Decimal)> = totals
             .iter()
-            .map(|(k, t)| (*k, t.cost.unwrap_or_default()))
+            .map(|(k, t)| (k.as_str(), t.cost.unwrap_or_default()))
             .collect();
         by_cost.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
         by_cost.truncate(MAX_BARS);
@@ -264,7 +275,7 @@ fn decimal_f64(d: Decimal) -> f64 {
 fn totals_table(
     canvas: &mut Canvas,
     first: &str,
-    totals: &std::collections::BTreeMap<&str, Total>,
+    totals: &std::collections::BTreeMap<String, Total>,
     currency: Option<&str>,
 ) {
     // Right edges of the number columns.
@@ -312,7 +323,7 @@ fn totals_table(
 }
 
 /// One row per period and group.
-fn detail_table(canvas: &mut Canvas, report: &Report) {
+fn detail_table(canvas: &mut Canvas, report: &ReportDigest) {
     const EDGES: [f32; 3] = [145.0, 163.0, RIGHT];
     canvas.need(20.0);
     canvas.text(Font::Bold, 11.0, LEFT, canvas.y, "Rows");
@@ -331,7 +342,7 @@ fn detail_table(canvas: &mut Canvas, report: &Report) {
         canvas.y -= 4.0;
     };
     header_row(canvas);
-    for row in report.rows.iter().take(MAX_DETAIL_ROWS) {
+    for row in report.first_rows.iter().take(MAX_DETAIL_ROWS) {
         if canvas.need(4.0) {
             header_row(canvas);
         }
@@ -353,7 +364,8 @@ fn detail_table(canvas: &mut Canvas, report: &Report) {
         }
         canvas.y -= 4.0;
     }
-    if report.rows.len() > MAX_DETAIL_ROWS {
+    let listed = report.first_rows.len().min(MAX_DETAIL_ROWS) as u64;
+    if report.row_count > listed {
         canvas.need(6.0);
         canvas.text(
             Font::Regular,
@@ -362,7 +374,7 @@ fn detail_table(canvas: &mut Canvas, report: &Report) {
             canvas.y,
             &format!(
                 "{} more rows: see the CSV, JSON or XLSX report.",
-                report.rows.len() - MAX_DETAIL_ROWS
+                report.row_count - listed
             ),
         );
         canvas.y -= 6.0;

@@ -1,74 +1,124 @@
 //! Usage reports as XLSX workbooks (rust_xlsxwriter).
 
 use rust_decimal::Decimal;
+use rust_xlsxwriter::{Chart, ChartType, Format, Workbook, XlsxError};
 
-use super::{Counts, Report};
+use super::rows::{header, ReportDigest};
+use super::{Counts, Report, ReportRows};
+
+/// The report as the bytes of an XLSX workbook (see [`xlsx_workbook`]).
+pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
+    xlsx_workbook(ReportRows::of(report.clone()))?
+        .save_to_buffer()
+        .map_err(|e| e.to_string())
+}
 
 /// The report as an XLSX workbook: a `Usage` sheet (one row per period and group, counts and
 /// cost as numbers), a `Totals` sheet per value of the first dimension (with a cost chart when
 /// priced), and a `Chart` sheet of requests and rejections. Counts above 2^53 lose precision
 /// as spreadsheet numbers do; costs are written as numbers too (exact strings are in CSV/JSON).
-pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
-    use rust_xlsxwriter::{Chart, ChartType, Format, Workbook};
-    fits_a_sheet(report.rows.len())?;
-    let error = |e: rust_xlsxwriter::XlsxError| e.to_string();
-    let as_number = |d: Decimal| d.to_string().parse::<f64>().unwrap_or(0.0);
+///
+/// The rows are read one at a time into a constant-memory worksheet (rust_xlsxwriter keeps
+/// them in a temporary file until the workbook is saved); a report longer than a worksheet
+/// fails before anything is saved.
+pub fn xlsx_workbook(rows: ReportRows) -> Result<Workbook, String> {
+    let error = |e: XlsxError| e.to_string();
     let bold = Format::new().set_bold();
-    let dims = u16::try_from(report.columns.len()).unwrap_or(u16::MAX);
+    let dims = u16::try_from(rows.columns.len()).unwrap_or(u16::MAX);
+    let columns = rows.columns.clone();
+    let currency = rows.currency.clone();
+    let head = header(&columns, currency.is_some());
+    // Widths by hand: autofit sees only the rows still in memory of a constant-memory sheet.
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     let mut workbook = Workbook::new();
-    let usage = workbook.add_worksheet().set_name("Usage").map_err(error)?;
-    for (col, name) in (0u16..).zip(report.header()) {
+    let usage = workbook
+        .add_worksheet_with_constant_memory()
+        .set_name("Usage")
+        .map_err(error)?;
+    for (col, name) in (0u16..).zip(&head) {
         usage
-            .write_string_with_format(0, col, name, &bold)
+            .write_string_with_format(0, col, *name, &bold)
             .map_err(error)?;
     }
-    for (row, r) in (1u32..).zip(&report.rows) {
+    let mut digest = ReportDigest::new(columns.clone(), currency.clone());
+    let mut number = 0usize;
+    for r in rows {
+        let r = r.map_err(|e| e.to_string())?;
+        number += 1;
+        let row = sheet_row(number)?;
+        let first_count = 1 + dims;
+        let mut cells: Vec<(u16, usize)> = vec![(0, r.period.len())];
         usage.write_string(row, 0, &r.period).map_err(error)?;
         for (col, key) in (1u16..).zip(&r.keys) {
             usage.write_string(row, col, key).map_err(error)?;
+            cells.push((col, key.chars().count()));
         }
-        let first_count = 1 + dims;
         for (col, value) in (first_count..).zip(r.counts.values()) {
             usage.write_number(row, col, value as f64).map_err(error)?;
+            cells.push((col, digits(value)));
         }
-        if let (Some(cost), Some(currency)) = (r.cost, &report.currency) {
+        if let (Some(cost), Some(currency)) = (r.cost, &currency) {
             usage
                 .write_number(row, first_count + 5, as_number(cost))
                 .map_err(error)?;
             usage
                 .write_string(row, first_count + 6, currency)
                 .map_err(error)?;
+            cells.push((first_count + 5, super::format_cost(cost).len()));
         }
+        for (col, width) in cells {
+            if let Some(w) = widths.get_mut(usize::from(col)) {
+                *w = (*w).max(width);
+            }
+        }
+        digest.add(&r, 0);
     }
-    usage.autofit();
-    let totals = report.totals();
-    let first = report.columns.first().map(String::as_str).unwrap_or("-");
-    let sheet = workbook.add_worksheet().set_name("Totals").map_err(error)?;
-    sheet
-        .write_string_with_format(0, 0, first, &bold)
-        .map_err(error)?;
+    for (col, width) in (0u16..).zip(&widths) {
+        // Characters to Excel's width units, with room for the bold header and capped.
+        let width = (*width as f64 + 2.0).min(60.0);
+        usage.set_column_width(col, width).map_err(error)?;
+    }
+    totals_sheets(&mut workbook, &digest, &bold).map_err(error)?;
+    Ok(workbook)
+}
+
+fn as_number(d: Decimal) -> f64 {
+    d.to_string().parse::<f64>().unwrap_or(0.0)
+}
+
+fn digits(value: u64) -> usize {
+    value.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// The `Totals` sheet (with a cost chart when priced) and the `Chart` sheet.
+fn totals_sheets(
+    workbook: &mut Workbook,
+    digest: &ReportDigest,
+    bold: &Format,
+) -> Result<(), XlsxError> {
+    let first = digest.columns.first().map(String::as_str).unwrap_or("-");
+    let sheet = workbook.add_worksheet().set_name("Totals")?;
+    sheet.write_string_with_format(0, 0, first, bold)?;
     for (col, name) in (1u16..).zip(Counts::COLUMNS) {
-        sheet
-            .write_string_with_format(0, col, name, &bold)
-            .map_err(error)?;
+        sheet.write_string_with_format(0, col, name, bold)?;
     }
-    if let Some(currency) = &report.currency {
-        sheet
-            .write_string_with_format(0, 6, format!("cost ({currency})"), &bold)
-            .map_err(error)?;
+    if let Some(currency) = &digest.currency {
+        sheet.write_string_with_format(0, 6, format!("cost ({currency})"), bold)?;
     }
-    for (row, (key, total)) in (1u32..).zip(&totals) {
-        sheet.write_string(row, 0, *key).map_err(error)?;
+    for (row, (key, total)) in (1u32..).zip(&digest.totals) {
+        sheet.write_string(row, 0, key)?;
         for (col, value) in (1u16..).zip(total.counts.values()) {
-            sheet.write_number(row, col, value as f64).map_err(error)?;
+            sheet.write_number(row, col, value as f64)?;
         }
         if let Some(cost) = total.cost {
-            sheet.write_number(row, 6, as_number(cost)).map_err(error)?;
+            sheet.write_number(row, 6, as_number(cost))?;
         }
     }
     sheet.autofit();
-    let last = u32::try_from(totals.len()).unwrap_or(u32::MAX).max(1);
-    if let Some(currency) = &report.currency {
+    let last = u32::try_from(digest.totals.len())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    if let Some(currency) = &digest.currency {
         let mut cost = Chart::new(ChartType::Column);
         cost.title()
             .set_name(&format!("Cost per {first} ({currency})"));
@@ -76,7 +126,7 @@ pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
             .set_name("cost")
             .set_categories(("Totals", 1, 0, last, 0))
             .set_values(("Totals", 1, 6, last, 6));
-        sheet.insert_chart(last + 2, 0, &cost).map_err(error)?;
+        sheet.insert_chart(last + 2, 0, &cost)?;
     }
     let mut chart = Chart::new(ChartType::Column);
     chart.title().set_name(&format!("Requests per {first}"));
@@ -90,24 +140,25 @@ pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
         .set_name("rejected")
         .set_categories(("Totals", 1, 0, last, 0))
         .set_values(("Totals", 1, 2, last, 2));
-    let chartsheet = workbook.add_chartsheet().set_name("Chart").map_err(error)?;
-    chartsheet.insert_chart(0, 0, &chart).map_err(error)?;
-    workbook.save_to_buffer().map_err(error)
+    let chartsheet = workbook.add_chartsheet().set_name("Chart")?;
+    chartsheet.insert_chart(0, 0, &chart)?;
+    Ok(())
 }
 
 /// Rows a worksheet holds below its header (Excel's limit is 1,048,576 rows in all).
 const SHEET_ROWS: usize = 1_048_575;
 
-/// Refuses, with what to do instead, a report too long for one worksheet (rather than failing
-/// half-way through writing it).
-fn fits_a_sheet(rows: usize) -> Result<(), String> {
-    if rows > SHEET_ROWS {
-        return Err(format!(
-            "the report has {rows} rows; an XLSX worksheet holds {SHEET_ROWS}: group by fewer \
-             dimensions (--by), sum per day (--bucket day), shorten the period, or use --format csv"
-        ));
+/// The worksheet row of the report's `number`th row (the header is row 0), or, for a report
+/// longer than a worksheet, what to do instead.
+fn sheet_row(number: usize) -> Result<u32, String> {
+    match u32::try_from(number) {
+        Ok(row) if number <= SHEET_ROWS => Ok(row),
+        _ => Err(format!(
+            "the report has more than {SHEET_ROWS} rows, more than an XLSX worksheet holds: group \
+         by fewer dimensions (--by), sum per day (--bucket day), shorten the period, or use \
+         --format csv"
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -117,8 +168,8 @@ mod tests {
 
     #[test]
     fn reports_longer_than_a_worksheet_are_refused_with_what_to_do() {
-        assert!(fits_a_sheet(SHEET_ROWS).is_ok());
-        let error = fits_a_sheet(SHEET_ROWS + 1).unwrap_err();
+        assert_eq!(sheet_row(SHEET_ROWS), Ok(1_048_575));
+        let error = sheet_row(SHEET_ROWS + 1).unwrap_err();
         assert!(error.contains("--format csv"), "{error}");
     }
 
@@ -179,6 +230,9 @@ mod tests {
             usage.contains("<v>7</v>") && usage.contains("<v>2000</v>"),
             "{usage}"
         );
+        // Written from a constant-memory sheet: strings inline, widths set by hand.
+        assert!(usage.contains("<t>projects:update</t>"), "{usage}");
+        assert!(usage.contains("<cols>"), "{usage}");
         let requests = part("xl/charts/chart2.xml");
         assert!(requests.contains("Totals!$B$2:$B$3"), "{requests}");
         let cost = part("xl/charts/chart1.xml");

@@ -26,6 +26,81 @@ pub struct OutboxRecord {
     pub body: RecordBody,
 }
 
+impl OutboxRecord {
+    /// One line of the outbox. The writer puts `offset`, `boot` and `kind` first and the
+    /// body's fields after them; read in that order, the body is deserialized straight from
+    /// the rest of the line. (serde's derive for a flattened, internally tagged body first
+    /// buffers every field into an intermediate tree: a quarter of a usage report's CPU.)
+    /// A line in another order still parses, through the derive.
+    pub fn from_line(line: &str) -> serde_json::Result<Self> {
+        match in_order(line) {
+            Some(record) => Ok(record),
+            None => serde_json::from_str(line),
+        }
+    }
+}
+
+/// The record of a line whose fields come in the writer's order, `None` otherwise.
+fn in_order(line: &str) -> Option<OutboxRecord> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let record = InOrder::deserialize(&mut de).ok()?.0?;
+    de.end().ok()?;
+    Some(record)
+}
+
+/// [`OutboxRecord`] read in the writer's field order (`None` for any other order).
+struct InOrder(Option<OutboxRecord>);
+
+impl<'de> Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(InOrderVisitor)
+    }
+}
+
+struct InOrderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for InOrderVisitor {
+    type Value = InOrder;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an outbox record")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<InOrder, A::Error> {
+        use serde::de::value::MapAccessDeserializer;
+        // Keys and the kind are borrowed from the line: one with escapes fails here, and the
+        // caller falls back to the derive.
+        if map.next_key::<&'de str>()? != Some("offset") {
+            return Ok(InOrder(None));
+        }
+        let offset: u64 = map.next_value()?;
+        if map.next_key::<&'de str>()? != Some("boot") {
+            return Ok(InOrder(None));
+        }
+        let boot: String = map.next_value()?;
+        if map.next_key::<&'de str>()? != Some("kind") {
+            return Ok(InOrder(None));
+        }
+        let body = match map.next_value::<&'de str>()? {
+            "boot" => {
+                while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                RecordBody::Boot
+            }
+            "begin" => RecordBody::Begin(Box::new(EventStart::deserialize(
+                MapAccessDeserializer::new(map),
+            )?)),
+            "end" => RecordBody::End(EventEnd::deserialize(MapAccessDeserializer::new(map))?),
+            "complete" => RecordBody::Complete(Box::new(UsageEvent::deserialize(
+                MapAccessDeserializer::new(map),
+            )?)),
+            _ => return Ok(InOrder(None)),
+        };
+        Ok(InOrder(Some(OutboxRecord { offset, boot, body })))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RecordBody {
@@ -307,7 +382,10 @@ fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
 pub struct OutboxCursor {
     dir: PathBuf,
     next_offset: u64,
-    current: Option<(BufReader<File>, u64)>,
+    /// The open segment: its reader, first offset, and the byte position of its next line.
+    current: Option<(BufReader<File>, u64, u64)>,
+    /// The line being read (its buffer is kept between lines).
+    line: String,
 }
 
 impl OutboxCursor {
@@ -316,6 +394,7 @@ impl OutboxCursor {
             dir: dir.to_path_buf(),
             next_offset: from_offset,
             current: None,
+            line: String::new(),
         }
     }
 
@@ -330,16 +409,17 @@ impl OutboxCursor {
             if self.current.is_none() && !self.open_segment()? {
                 break;
             }
-            let Some((reader, _)) = self.current.as_mut() else {
+            let Some((reader, _, position)) = self.current.as_mut() else {
                 break;
             };
-            let mut line = String::new();
-            let position = reader.stream_position().map_err(io(&self.dir))?;
-            let n = reader.read_line(&mut line).map_err(io(&self.dir))?;
+            let line = &mut self.line;
+            line.clear();
+            let n = reader.read_line(line).map_err(io(&self.dir))?;
             if n == 0 || !line.ends_with('\n') {
                 // End of this segment for now: either the writer moved on, or is mid-write.
+                // (The position is counted, not asked for: `stream_position` is an lseek.)
                 reader
-                    .seek(SeekFrom::Start(position))
+                    .seek(SeekFrom::Start(*position))
                     .map_err(io(&self.dir))?;
                 let later = segments(&self.dir)?.into_iter().any(|(first, _)| {
                     first > self.current.as_ref().map_or(0, |c| c.1) && first <= self.next_offset
@@ -350,11 +430,11 @@ impl OutboxCursor {
                 }
                 break;
             }
-            let record: OutboxRecord =
-                serde_json::from_str(&line).map_err(|e| OutboxError::Io {
-                    path: self.dir.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?;
+            *position += n as u64;
+            let record = OutboxRecord::from_line(line).map_err(|e| OutboxError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
             if record.offset < self.next_offset {
                 continue;
             }
@@ -375,7 +455,7 @@ impl OutboxCursor {
             return Ok(false);
         };
         let file = File::open(&path).map_err(io(&path))?;
-        self.current = Some((BufReader::new(file), first));
+        self.current = Some((BufReader::with_capacity(1 << 16, file), first, 0));
         Ok(true)
     }
 }
@@ -388,6 +468,62 @@ mod tests {
     use super::*;
     use crate::metering::tests::{end, start};
     use crate::metering::{Assembler, Outcome};
+
+    #[test]
+    fn lines_in_the_writers_order_are_read_without_the_derive_and_others_with_it() {
+        let mut started = start("e1");
+        started.tier = Some("pro".into());
+        started
+            .attributes
+            .insert("cost_center".into(), "cc \"7\"".into());
+        let mut complete = UsageEvent::from_parts(start("e3"), Some(end("e3")));
+        complete.outcome = Outcome::Rejected;
+        complete.reason = Some("rate-limited".into());
+        let records = [
+            OutboxRecord {
+                offset: 0,
+                boot: "b1".into(),
+                body: RecordBody::Boot,
+            },
+            OutboxRecord {
+                offset: 1,
+                boot: "b1".into(),
+                body: RecordBody::Begin(Box::new(started)),
+            },
+            OutboxRecord {
+                offset: 2,
+                boot: "b1".into(),
+                body: RecordBody::End(end("e1")),
+            },
+            OutboxRecord {
+                offset: 3,
+                boot: "b1".into(),
+                body: RecordBody::Complete(Box::new(complete)),
+            },
+        ];
+        for record in &records {
+            let line = serde_json::to_string(record).unwrap();
+            assert_eq!(in_order(&line).as_ref(), Some(record), "{line}");
+            assert_eq!(&OutboxRecord::from_line(&line).unwrap(), record);
+            // The same fields in another order: the derive reads them.
+            let mut value: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&line).unwrap();
+            let kind = value.remove("kind").unwrap();
+            value.insert("kind".into(), kind);
+            let moved = serde_json::to_string(&value).unwrap();
+            assert!(in_order(&moved).is_none() || moved == line, "{moved}");
+            assert_eq!(&OutboxRecord::from_line(&moved).unwrap(), record);
+        }
+        // What neither reads is an error, not a record.
+        for bad in [
+            r#"{"offset":1,"boot":"b1","kind":"begin"}"#,
+            r#"{"offset":1,"boot":"b1","kind":"sideways"}"#,
+            r#"{"offset":1,"boot":"b1","kind":"boot"} trailing"#,
+            "",
+        ] {
+            assert!(OutboxRecord::from_line(bad).is_err(), "{bad}");
+        }
+    }
 
     fn settings(dir: &Path) -> OutboxSettings {
         OutboxSettings {

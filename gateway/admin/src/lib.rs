@@ -9,6 +9,7 @@
 
 pub mod console;
 mod scim;
+mod stream;
 mod tenants;
 
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ pub struct Admin {
     recording: Arc<gateway_engine::lifecycle::Recording>,
 }
 
-type AdminResponse = Response<Full<Bytes>>;
+type AdminResponse = Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>;
 
 /// `GET /admin/usage?format=`.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +73,7 @@ enum UsageExport {
 
 /// A response with a body of `content_type`, never cached.
 fn body_response(status: StatusCode, body: Bytes, content_type: &'static str) -> AdminResponse {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -698,47 +699,51 @@ impl Admin {
             }
         };
         let prices = self.store.load().prices.clone();
-        let exported = tokio::task::spawn_blocking(move || {
-            let report = report::outbox_report(&dir, &query, prices.as_deref(), |_| {})
-                .map_err(|e| e.to_string())?;
-            let heading = || report::ReportHeading::usage(&query, "this replica's outbox");
-            Ok::<_, String>(match format {
-                UsageExport::Json => {
-                    let body = json!({ "currency": report.currency, "rows": report.json_rows() });
-                    (Bytes::from(body.to_string()), "application/json", None)
-                }
-                UsageExport::Csv => (
-                    Bytes::from(report::to_csv(&report)?),
-                    "text/csv; charset=utf-8",
-                    Some("attachment; filename=\"usage.csv\""),
-                ),
-                UsageExport::Xlsx => (
-                    Bytes::from(report::to_xlsx(&report)?),
-                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                    Some("attachment; filename=\"usage.xlsx\""),
-                ),
-                UsageExport::Pdf => (
-                    Bytes::from(report::to_pdf(&report, &heading())?),
-                    "application/pdf",
-                    Some("attachment; filename=\"usage.pdf\""),
-                ),
-            })
+        // The scan first (its failure is a 500); then the rows go out as they are written.
+        let scanned = tokio::task::spawn_blocking(move || {
+            let aggregator = report::Aggregator::new(&query, prices.as_deref())
+                .spill_beyond(report::ROWS_IN_MEMORY);
+            let rows = report::outbox_rows(aggregator, &dir, |_| {});
+            (rows, query)
         })
         .await;
-        match exported {
-            Ok(Ok((body, content_type, disposition))) => {
-                let mut response = body_response(StatusCode::OK, body, content_type);
-                if let Some(disposition) = disposition {
-                    response.headers_mut().insert(
-                        http::header::CONTENT_DISPOSITION,
-                        http::HeaderValue::from_static(disposition),
-                    );
-                }
-                response
+        let (rows, query) = match scanned {
+            Ok((Ok(rows), query)) => (rows, query),
+            Ok((Err(e), _)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let (content_type, disposition) = match format {
+            UsageExport::Json => ("application/json", None),
+            UsageExport::Csv => (
+                "text/csv; charset=utf-8",
+                Some("attachment; filename=\"usage.csv\""),
+            ),
+            UsageExport::Xlsx => (
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                Some("attachment; filename=\"usage.xlsx\""),
+            ),
+            UsageExport::Pdf => (
+                "application/pdf",
+                Some("attachment; filename=\"usage.pdf\""),
+            ),
+        };
+        stream::streamed(content_type, disposition, move |out| match format {
+            UsageExport::Json => report::write_json_document(rows, out),
+            UsageExport::Csv => report::write_csv(rows, out),
+            UsageExport::Xlsx => {
+                let bytes = report::xlsx_workbook(rows)?
+                    .save_to_buffer()
+                    .map_err(|e| format!("XLSX: {e}"))?;
+                out.write_all(&bytes).map_err(|e| e.to_string())
             }
-            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e),
-            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+            UsageExport::Pdf => {
+                let digest = report::pdf_digest(rows).map_err(|e| e.to_string())?;
+                let heading = report::ReportHeading::usage(&query, "this replica's outbox");
+                out.write_all(&report::digest_pdf(&digest, &heading)?)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await
     }
 
     /// `GET /tenants/<id>/audit`: a tenant's own administrators read its trail (its records
@@ -874,11 +879,15 @@ impl Admin {
             to,
             cross_org: q.cross_org,
         };
-        let exported = tokio::task::spawn_blocking(move || {
+        let content_type = match format {
+            "csv" => "text/csv; charset=utf-8",
+            "pdf" => "application/pdf",
+            _ => "application/jsonl",
+        };
+        stream::streamed(content_type, None, move |out| {
             use gateway_engine::audit_export::{export_csv, export_jsonl, summary_pdf};
-            let mut out = Vec::new();
             match format {
-                "csv" => export_csv(&dir, &filter, &mut out).map(|_| out),
+                "csv" => export_csv(&dir, &filter, out).map(drop),
                 "pdf" => {
                     let generated = SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -889,24 +898,13 @@ impl Admin {
                         &filter,
                         generated,
                     )
+                    .and_then(|bytes| out.write_all(&bytes).map_err(Into::into))
                 }
-                _ => export_jsonl(&dir, &filter, &mut out).map(|_| out),
+                _ => export_jsonl(&dir, &filter, out).map(drop),
             }
+            .map_err(|e| e.to_string())
         })
-        .await;
-        match exported {
-            Ok(Ok(body)) => body_response(
-                StatusCode::OK,
-                Bytes::from(body),
-                match format {
-                    "csv" => "text/csv; charset=utf-8",
-                    "pdf" => "application/pdf",
-                    _ => "application/jsonl",
-                },
-            ),
-            Ok(Err(e)) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        }
+        .await
     }
 
     async fn residency(&self, query: &str) -> AdminResponse {

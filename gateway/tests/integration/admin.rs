@@ -356,6 +356,8 @@ token_file = "admin.token"
             format!("attachment; filename=\"usage.{format}\"").as_str()
         );
         assert!(body.starts_with(starts), "{format}: {body:.80}");
+        // Streamed as it is written, not built whole first.
+        assert_eq!(headers["transfer-encoding"], "chunked", "{format}");
     }
     let (status, _, body) = admin(
         "GET",

@@ -442,3 +442,25 @@ pub fn write_json(rows: ReportRows, mut out: impl Write) -> Result<(), String> {
         .map_err(io)?;
     out.flush().map_err(io)
 }
+
+/// Writes `{"currency": …, "rows": [...]}` (compact), one row at a time: the admin API's
+/// JSON form of a report.
+pub fn write_json_document(rows: ReportRows, mut out: impl Write) -> Result<(), String> {
+    let columns = rows.columns.clone();
+    let currency = rows.currency.clone();
+    let io = |e: std::io::Error| e.to_string();
+    let head = serde_json::to_string(&currency).map_err(|e| e.to_string())?;
+    write!(out, "{{\"currency\":{head},\"rows\":[").map_err(io)?;
+    let mut first = true;
+    for row in rows {
+        let row = row.map_err(|e| e.to_string())?;
+        if !first {
+            out.write_all(b",").map_err(io)?;
+        }
+        first = false;
+        serde_json::to_writer(&mut out, &json_row(&columns, currency.as_deref(), &row))
+            .map_err(|e| e.to_string())?;
+    }
+    out.write_all(b"]}").map_err(io)?;
+    out.flush().map_err(io)
+}

@@ -1021,10 +1021,6 @@ fn main() {
             generated.segments,
             generated.events as f64 / generated.seconds
         );
-        if label == "full" {
-            decode = decode_side_by_side(&outbox, 300_000);
-            eprintln!("  decode: {decode}");
-        }
         let config = write_config(work.path(), &outbox);
         for case in &cases {
             // On a shared machine another process may start mid-run: a run during which the
@@ -1058,6 +1054,12 @@ fn main() {
         }
         if label == "small" || !with_small {
             progress = progress_on_terminal(&gateway, &config, work.path());
+        }
+        // After the reports: the lines this holds would stay in this process's memory, and a
+        // child's peak RSS from `wait4` counts what it inherited before `exec`.
+        if label == "full" {
+            decode = decode_side_by_side(&outbox, 300_000);
+            eprintln!("  decode: {decode}");
         }
         outboxes.push(json!({
             "label": label,

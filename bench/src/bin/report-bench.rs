@@ -918,6 +918,10 @@ fn main() {
         eprintln!("wrote {}", md_path.display());
         return;
     }
+    if let Some(outbox) = arg("--decode") {
+        println!("{}", decode_side_by_side(Path::new(&outbox), 300_000));
+        return;
+    }
     let events: u64 = arg("--events")
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
@@ -1055,10 +1059,17 @@ fn main() {
         if label == "small" || !with_small {
             progress = progress_on_terminal(&gateway, &config, work.path());
         }
-        // After the reports: the lines this holds would stay in this process's memory, and a
-        // child's peak RSS from `wait4` counts what it inherited before `exec`.
+        // In a process of its own: the lines it holds would stay in this one's memory, and a
+        // later child's peak RSS from `wait4` counts what it inherited before `exec`.
         if label == "full" {
-            decode = decode_side_by_side(&outbox, 300_000);
+            let out = Command::new(std::env::current_exe().expect("this binary"))
+                .arg("--decode")
+                .arg(&outbox)
+                .output()
+                .expect("report-bench --decode");
+            decode = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!("--decode: {e}: {}", String::from_utf8_lossy(&out.stderr))
+            });
             eprintln!("  decode: {decode}");
         }
         outboxes.push(json!({

@@ -1223,7 +1223,7 @@ fn render_markdown(report: &Value) -> String {
     let decode = &report["decode"];
     if decode.is_object() {
         md += &format!(
-            "Decoding one outbox line, side by side in the bench process over the first {} lines \
+            "Decoding one outbox line, side by side in a process of the bench's own over the first {} lines \
              (least thread CPU of 3 alternating rounds): serde's derive for `OutboxRecord` \
              (flattened, internally tagged body) {:.0} ns, `OutboxRecord::from_line` (fields in \
              the writer's order read straight into the body, what reports and exporters use) \

@@ -650,25 +650,17 @@ fn write_usage_report(
     heading: &crate::metering::report::ReportHeading,
     output: Option<&std::path::Path>,
 ) -> Result<(), String> {
-    use crate::metering::report;
+    use crate::metering::report::{self, ReportFormat};
     use std::io::Write as _;
+    let format = match format {
+        UsageFormat::Csv => ReportFormat::Csv,
+        UsageFormat::Json => ReportFormat::JsonArray,
+        UsageFormat::Xlsx => ReportFormat::Xlsx,
+        UsageFormat::Pdf => ReportFormat::Pdf,
+    };
     let write = |out: &mut dyn std::io::Write| -> Result<(), String> {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-        match format {
-            UsageFormat::Csv => report::write_csv(rows, &mut out)?,
-            UsageFormat::Json => report::write_json(rows, &mut out)?,
-            UsageFormat::Xlsx => {
-                let bytes = report::xlsx_workbook(rows)?
-                    .save_to_buffer()
-                    .map_err(|e| format!("XLSX: {e}"))?;
-                out.write_all(&bytes).map_err(|e| e.to_string())?;
-            }
-            UsageFormat::Pdf => {
-                let digest = report::pdf_digest(rows).map_err(|e| e.to_string())?;
-                out.write_all(&report::digest_pdf(&digest, heading)?)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
+        report::write_report(rows, format, heading, &mut out)?;
         out.flush().map_err(|e| e.to_string())
     };
     match output {

@@ -727,21 +727,15 @@ impl Admin {
                 Some("attachment; filename=\"usage.pdf\""),
             ),
         };
-        stream::streamed(content_type, disposition, move |out| match format {
-            UsageExport::Json => report::write_json_document(rows, out),
-            UsageExport::Csv => report::write_csv(rows, out),
-            UsageExport::Xlsx => {
-                let bytes = report::xlsx_workbook(rows)?
-                    .save_to_buffer()
-                    .map_err(|e| format!("XLSX: {e}"))?;
-                out.write_all(&bytes).map_err(|e| e.to_string())
-            }
-            UsageExport::Pdf => {
-                let digest = report::pdf_digest(rows).map_err(|e| e.to_string())?;
-                let heading = report::ReportHeading::usage(&query, "this replica's outbox");
-                out.write_all(&report::digest_pdf(&digest, &heading)?)
-                    .map_err(|e| e.to_string())
-            }
+        let heading = report::ReportHeading::usage(&query, "this replica's outbox");
+        let format = match format {
+            UsageExport::Json => report::ReportFormat::JsonDocument,
+            UsageExport::Csv => report::ReportFormat::Csv,
+            UsageExport::Xlsx => report::ReportFormat::Xlsx,
+            UsageExport::Pdf => report::ReportFormat::Pdf,
+        };
+        stream::streamed(content_type, disposition, move |out| {
+            report::write_report(rows, format, &heading, out)
         })
         .await
     }

@@ -16,7 +16,10 @@ mod rows;
 mod xlsx;
 
 pub use pdf::{digest_pdf, pdf_digest, sections_pdf, to_pdf, PdfSection, ReportHeading};
-pub use rows::{write_csv, write_json, write_json_document, ReportDigest, ReportError, ReportRows};
+pub use rows::{
+    write_csv, write_json, write_json_document, write_report, ReportDigest, ReportError,
+    ReportFormat, ReportRows,
+};
 pub use xlsx::{to_xlsx, xlsx_workbook};
 
 use super::outbox::OutboxCursor;

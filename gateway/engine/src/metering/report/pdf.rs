@@ -90,7 +90,7 @@ pub fn to_pdf(report: &Report, heading: &ReportHeading) -> Result<Vec<u8>, Strin
     digest_pdf(&report.digest(MAX_DETAIL_ROWS), heading)
 }
 
-/// Detail rows a PDF lists; [`ReportRows::digest`] with this keeps no more than it prints.
+/// What a PDF is made from: the rows' digest, keeping no more rows than the PDF lists.
 pub fn pdf_digest(rows: ReportRows) -> Result<ReportDigest, super::ReportError> {
     rows.digest(MAX_DETAIL_ROWS)
 }

@@ -464,3 +464,41 @@ pub fn write_json_document(rows: ReportRows, mut out: impl Write) -> Result<(), 
     out.write_all(b"]}").map_err(io)?;
     out.flush().map_err(io)
 }
+
+/// What a report is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Csv,
+    /// A pretty-printed array of row objects (the CLI's `--format json`).
+    JsonArray,
+    /// `{"currency": …, "rows": [...]}` (the admin API's JSON).
+    JsonDocument,
+    Xlsx,
+    Pdf,
+}
+
+/// Writes the rows in `format`: row by row for CSV and JSON, through a constant-memory
+/// worksheet for XLSX, from the totals and first rows for PDF (titled by `heading`).
+pub fn write_report(
+    rows: ReportRows,
+    format: ReportFormat,
+    heading: &super::ReportHeading,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    match format {
+        ReportFormat::Csv => write_csv(rows, out),
+        ReportFormat::JsonArray => write_json(rows, out),
+        ReportFormat::JsonDocument => write_json_document(rows, out),
+        ReportFormat::Xlsx => {
+            let bytes = super::xlsx_workbook(rows)?
+                .save_to_buffer()
+                .map_err(|e| format!("XLSX: {e}"))?;
+            out.write_all(&bytes).map_err(|e| e.to_string())
+        }
+        ReportFormat::Pdf => {
+            let digest = super::pdf_digest(rows).map_err(|e| e.to_string())?;
+            out.write_all(&super::digest_pdf(&digest, heading)?)
+                .map_err(|e| e.to_string())
+        }
+    }
+}

@@ -163,33 +163,34 @@ fn recorded(dir: &str) -> Vec<Series> {
                 .filter_map(|line| line.split(',').nth(1)?.trim().parse().ok())
                 .collect();
             let name = path.file_stem()?.to_string_lossy().to_string();
-            // Two origins: the file's last weeks (for the bike-share series, the weeks
+            // Four origins: the file's last weeks (for the bike-share series, the weeks
             // before New Year: Christmas, a holiday regime) and the same held-out length
-            // ending two weeks earlier.
-            let earlier = values.len().saturating_sub(2 * WEEK);
-            Some([
-                Series {
+            // ending 2, 4 and 6 weeks earlier, so one lucky or unlucky fortnight does not
+            // stand for the series.
+            let mut origins = vec![Series {
+                shape: format!(
+                    "recorded ({} h, {}; held out: its last weeks; see bench/data/README.md)",
+                    values.len(),
+                    path.display()
+                ),
+                name: name.clone(),
+                values: values.clone(),
+                expected: None,
+                regime_change: false,
+            }];
+            for weeks_earlier in [2, 4, 6] {
+                let end = values.len().saturating_sub(weeks_earlier * WEEK);
+                origins.push(Series {
                     shape: format!(
-                        "recorded ({} h, {}; held out: its last weeks; see bench/data/README.md)",
-                        values.len(),
-                        path.display()
+                        "the same, held-out weeks ending {weeks_earlier} weeks before its end ({end} h)"
                     ),
-                    name: name.clone(),
-                    values: values.clone(),
+                    name: format!("{name} ({weeks_earlier} weeks earlier)"),
+                    values: values.get(..end).unwrap_or(&[]).to_vec(),
                     expected: None,
                     regime_change: false,
-                },
-                Series {
-                    shape: format!(
-                        "the same, held-out weeks ending two weeks before its end ({} h)",
-                        earlier
-                    ),
-                    name: format!("{name} (2 weeks earlier)"),
-                    values: values.get(..earlier).unwrap_or(&[]).to_vec(),
-                    expected: None,
-                    regime_change: false,
-                },
-            ])
+                });
+            }
+            Some(origins)
         })
         .flatten()
         .collect()

@@ -18,10 +18,37 @@ pub fn to_xlsx(report: &Report) -> Result<Vec<u8>, String> {
 /// priced), and a `Chart` sheet of requests and rejections. Counts above 2^53 lose precision
 /// as spreadsheet numbers do; costs are written as numbers too (exact strings are in CSV/JSON).
 ///
-/// The rows are read one at a time into a constant-memory worksheet (rust_xlsxwriter keeps
-/// them in a temporary file until the workbook is saved); a report longer than a worksheet
-/// fails before anything is saved.
+/// The rows are read one at a time into constant-memory worksheets (rust_xlsxwriter keeps
+/// them in temporary files until the workbook is saved). A report longer than a worksheet's
+/// 1,048,575 rows continues on `Usage 2`, `Usage 3` …, each with the header.
 pub fn xlsx_workbook(rows: ReportRows) -> Result<Workbook, String> {
+    workbook_with_sheet_rows(rows, SHEET_ROWS)
+}
+
+/// A `Usage` sheet (`Usage 2` … after the first) with the header in bold.
+fn usage_sheet<'w>(
+    workbook: &'w mut Workbook,
+    number: usize,
+    head: &[&str],
+    bold: &Format,
+) -> Result<&'w mut rust_xlsxwriter::Worksheet, XlsxError> {
+    let sheet = workbook
+        .add_worksheet_with_constant_memory()
+        .set_name(usage_sheet_name(number))?;
+    for (col, name) in (0u16..).zip(head) {
+        sheet.write_string_with_format(0, col, *name, bold)?;
+    }
+    Ok(sheet)
+}
+
+fn usage_sheet_name(number: usize) -> String {
+    match number {
+        1 => "Usage".to_string(),
+        n => format!("Usage {n}"),
+    }
+}
+
+fn workbook_with_sheet_rows(rows: ReportRows, sheet_rows: usize) -> Result<Workbook, String> {
     let error = |e: XlsxError| e.to_string();
     let bold = Format::new().set_bold();
     let dims = u16::try_from(rows.columns.len()).unwrap_or(u16::MAX);
@@ -30,22 +57,20 @@ pub fn xlsx_workbook(rows: ReportRows) -> Result<Workbook, String> {
     let head = header(&columns, currency.is_some());
     // Widths by hand: autofit sees only the rows still in memory of a constant-memory sheet.
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    let sheet_rows = sheet_rows.clamp(1, SHEET_ROWS);
     let mut workbook = Workbook::new();
-    let usage = workbook
-        .add_worksheet_with_constant_memory()
-        .set_name("Usage")
-        .map_err(error)?;
-    for (col, name) in (0u16..).zip(&head) {
-        usage
-            .write_string_with_format(0, col, *name, &bold)
-            .map_err(error)?;
-    }
+    let mut sheets = 1;
+    let mut usage = usage_sheet(&mut workbook, sheets, &head, &bold).map_err(error)?;
     let mut digest = ReportDigest::new(columns.clone(), currency.clone());
-    let mut number = 0usize;
+    let mut row = 0u32;
     for r in rows {
         let r = r.map_err(|e| e.to_string())?;
-        number += 1;
-        let row = sheet_row(number)?;
+        if row as usize == sheet_rows {
+            sheets += 1;
+            usage = usage_sheet(&mut workbook, sheets, &head, &bold).map_err(error)?;
+            row = 0;
+        }
+        row += 1;
         let first_count = 1 + dims;
         let mut cells: Vec<(u16, usize)> = vec![(0, r.period.len())];
         usage.write_string(row, 0, &r.period).map_err(error)?;
@@ -73,10 +98,15 @@ pub fn xlsx_workbook(rows: ReportRows) -> Result<Workbook, String> {
         }
         digest.add(&r, 0);
     }
-    for (col, width) in (0u16..).zip(&widths) {
-        // Characters to Excel's width units, with room for the bold header and capped.
-        let width = (*width as f64 + 2.0).min(60.0);
-        usage.set_column_width(col, width).map_err(error)?;
+    for number in 1..=sheets {
+        let sheet = workbook
+            .worksheet_from_name(&usage_sheet_name(number))
+            .map_err(error)?;
+        for (col, width) in (0u16..).zip(&widths) {
+            // Characters to Excel's width units, with room for the bold header and capped.
+            let width = (*width as f64 + 2.0).min(60.0);
+            sheet.set_column_width(col, width).map_err(error)?;
+        }
     }
     totals_sheets(&mut workbook, &digest, &bold).map_err(error)?;
     Ok(workbook)
@@ -148,29 +178,67 @@ fn totals_sheets(
 /// Rows a worksheet holds below its header (Excel's limit is 1,048,576 rows in all).
 const SHEET_ROWS: usize = 1_048_575;
 
-/// The worksheet row of the report's `number`th row (the header is row 0), or, for a report
-/// longer than a worksheet, what to do instead.
-fn sheet_row(number: usize) -> Result<u32, String> {
-    match u32::try_from(number) {
-        Ok(row) if number <= SHEET_ROWS => Ok(row),
-        _ => Err(format!(
-            "the report has more than {SHEET_ROWS} rows, more than an XLSX worksheet holds: group \
-         by fewer dimensions (--by), sum per day (--bucket day), shorten the period, or use \
-         --format csv"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::ReportRow;
     use super::*;
 
     #[test]
-    fn reports_longer_than_a_worksheet_are_refused_with_what_to_do() {
-        assert_eq!(sheet_row(SHEET_ROWS), Ok(1_048_575));
-        let error = sheet_row(SHEET_ROWS + 1).unwrap_err();
-        assert!(error.contains("--format csv"), "{error}");
+    fn reports_longer_than_a_worksheet_continue_on_further_sheets() {
+        use std::io::Read as _;
+        let rows: Vec<ReportRow> = (0..5u64)
+            .map(|i| ReportRow {
+                period: format!("2026-12-0{}T00:00:00Z", i + 1),
+                keys: vec!["acme".into()],
+                counts: Counts {
+                    requests: 100 + i,
+                    ..Counts::default()
+                },
+                cost: None,
+            })
+            .collect();
+        let report = Report {
+            columns: vec!["tenant".into()],
+            currency: None,
+            rows,
+        };
+        // Two rows a sheet: 2 + 2 + 1.
+        let bytes = workbook_with_sheet_rows(ReportRows::of(report), 2)
+            .unwrap()
+            .save_to_buffer()
+            .unwrap();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut part = |name: &str| {
+            let mut text = String::new();
+            zip.by_name(name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        };
+        let workbook = part("xl/workbook.xml");
+        for sheet in ["Usage", "Usage 2", "Usage 3", "Totals", "Chart"] {
+            assert!(
+                workbook.contains(&format!("name=\"{sheet}\"")),
+                "{workbook}"
+            );
+        }
+        for (sheet, requests) in [(1, [100, 101].as_slice()), (2, &[102, 103]), (3, &[104])] {
+            let xml = part(&format!("xl/worksheets/sheet{sheet}.xml"));
+            assert!(
+                xml.contains("<t>period</t>"),
+                "header on sheet {sheet}: {xml}"
+            );
+            assert!(xml.contains("<cols>"), "widths on sheet {sheet}");
+            for n in requests {
+                assert!(
+                    xml.contains(&format!("<v>{n}</v>")),
+                    "{n} on sheet {sheet}: {xml}"
+                );
+            }
+        }
+        // Totals count every sheet's rows.
+        assert!(part("xl/worksheets/sheet4.xml").contains("<v>510</v>"));
     }
 
     #[test]

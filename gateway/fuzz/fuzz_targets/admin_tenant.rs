@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let status = response.status().as_u16();
     let bytes = d
         .block_on(response.into_body().collect())
-        .unwrap_or_else(|e| match e {})
+        .unwrap_or_else(|e| panic!("{status}: the body failed to stream ({e})"))
         .to_bytes();
     let problem: Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("{status}: the body is not JSON ({e})"));

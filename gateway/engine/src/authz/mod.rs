@@ -9,6 +9,7 @@
 mod config;
 pub mod facts;
 pub mod load;
+mod request_parts;
 pub mod routes;
 pub mod shapes;
 pub mod store;
@@ -22,11 +23,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicySet, Request, Response, RestrictedExpression, Schema,
+    Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, Response, RestrictedExpression, Schema,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use cedar_policy_core::ast::Entity as CoreEntity;
 
 use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 use crate::identity::principal::ANONYMOUS_ID;
@@ -35,6 +38,7 @@ use crate::tenancy::{TenantRegistry, TenantSpec};
 pub use config::{AuthorizationConfig, EntityProviderKind, EntityStoreConfig};
 use facts::ContextFacts;
 use load::{ParsedPolicies, PolicyOrigin};
+use request_parts::ContextRecord;
 use routes::{RouteTable, RoutesFile};
 use shapes::{AttrType, SchemaShapes};
 pub use store::ResourceRecord;
@@ -189,8 +193,9 @@ pub struct AuthzEngine {
     /// Which request inputs the global and shadow policies read (the decision cache key holds
     /// only those).
     uses: KeyUses,
-    /// Built principal and tenant entities, keyed by everything they are built from.
-    entity_cache: quick_cache::sync::Cache<EntityKey, Entity>,
+    /// Built principal and tenant entities, keyed by everything they are built from (in
+    /// cedar-policy-core's form, which a request's entity set takes without copying).
+    entity_cache: quick_cache::sync::Cache<EntityKey, Arc<CoreEntity>>,
     /// Tenant policies from `tenants/<id>/`, kept to combine with registry-provided ones.
     file_tenant_policies: HashMap<String, ParsedPolicies>,
     origins: BTreeMap<String, PolicyOrigin>,
@@ -199,7 +204,7 @@ pub struct AuthzEngine {
     actions: HashMap<String, EntityUid>,
     /// Per action: its entity and its groups' entities (only these join a request's entities;
     /// all 60-odd actions would make Cedar's closure computation dominate the cost).
-    action_entities: HashMap<EntityUid, Vec<Entity>>,
+    action_entities: HashMap<EntityUid, Vec<Arc<CoreEntity>>>,
     types: EntityTypes,
     /// The attribute types the schema declares.
     shapes: SchemaShapes,
@@ -450,13 +455,14 @@ impl AuthzEngine {
         let all_actions = schema
             .action_entities()
             .map_err(|e| dir_issue(dir, format!("schema actions: {e}")))?;
-        let action_entities: HashMap<EntityUid, Vec<Entity>> = all_actions
+        let core_entity = |entity: &Entity| Arc::new(entity.as_ref().clone());
+        let action_entities: HashMap<EntityUid, Vec<Arc<CoreEntity>>> = all_actions
             .iter()
             .map(|entity| {
                 let uid = entity.uid();
-                let mut related = vec![entity.clone()];
+                let mut related = vec![core_entity(entity)];
                 if let Some(ancestors) = all_actions.ancestors(&uid) {
-                    related.extend(ancestors.filter_map(|a| all_actions.get(a).cloned()));
+                    related.extend(ancestors.filter_map(|a| all_actions.get(a).map(core_entity)));
                 }
                 (uid, related)
             })
@@ -941,12 +947,12 @@ impl AuthzEngine {
         input: &DecisionInput<'_>,
         resource_uid: &EntityUid,
         tenant_uid: &EntityUid,
-    ) -> Result<Entity, String> {
+    ) -> Result<Arc<CoreEntity>, String> {
         let (mut attrs, parents) = match input.resource_record {
             ResourceRecord::Found(StoredEntity { entity, .. })
                 if input.resource_attributes.is_empty() =>
             {
-                return Ok(entity.clone());
+                return Ok(Arc::new(entity.as_ref().clone()));
             }
             ResourceRecord::Found(StoredEntity { entity, .. }) => {
                 let (_, attrs, parents) = entity.clone().into_inner();
@@ -973,7 +979,9 @@ impl AuthzEngine {
             };
             attrs.insert(name.clone(), expr);
         }
-        Entity::new(resource_uid.clone(), attrs, parents).map_err(|e| e.to_string())
+        Entity::new(resource_uid.clone(), attrs, parents)
+            .map(|entity| Arc::new(entity.as_ref().clone()))
+            .map_err(|e| e.to_string())
     }
 
     fn uid(&self, type_name: &str, id: &str) -> Result<EntityUid, String> {
@@ -1043,6 +1051,7 @@ impl AuthzEngine {
             None => {
                 let e =
                     self.principal_entity(&principal_key, principal_uid.clone(), principal_record)?;
+                let e = Arc::new(e.as_ref().clone());
                 self.entity_cache.insert(principal_key, e.clone());
                 e
             }
@@ -1058,7 +1067,7 @@ impl AuthzEngine {
         let tenant = match self.entity_cache.get(&tenant_key) {
             Some(e) => e,
             None => {
-                let e = self.tenant_entity(input, &tenant_uid)?;
+                let e = Arc::new(self.tenant_entity(input, &tenant_uid)?.as_ref().clone());
                 self.entity_cache.insert(tenant_key, e.clone());
                 e
             }
@@ -1069,27 +1078,30 @@ impl AuthzEngine {
         // A principal's other tenant (a mismatch the tenant stage should have refused) still
         // needs an entity so the isolation guard can compare it.
         if principal_tenant != tenant_uid {
-            list.push(Entity::with_uid(principal_tenant));
+            list.push(Arc::new(CoreEntity::with_uid(
+                principal_tenant.as_ref().clone(),
+            )));
         }
         if resource_uid != principal_uid {
             list.push(resource);
         }
-        if let Some(related) = self.action_entities.get(action) {
-            list.extend(related.iter().cloned());
-        }
-        let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
+        let actions = self
+            .action_entities
+            .get(action)
+            .map_or(&[][..], Vec::as_slice);
+        let entities = request_parts::request_entities(actions, list)?;
         // Optional context attributes no policy reads are left out: building them costs (an
         // `ipaddr` is parsed through Cedar's extension machinery, ~3 µs) and cannot change a
         // decision.
         let uses = self.uses_for(input.tenant);
-        let mut pairs = context_pairs(input, uses);
+        let mut context = context_record(input, uses)?;
         for (fact, value) in self.context_facts.iter().zip(input.declared_facts) {
             let Some(text) = value else { continue };
             match fact.ty.convert(
                 &serde_json::Value::String(text.clone()),
                 &self.types.by_name,
             ) {
-                Ok(expr) => pairs.push((fact.name.clone(), expr)),
+                Ok(expr) => context.expression(&fact.name, &expr)?,
                 // Absent, as if the request did not carry it.
                 Err(e) => {
                     metrics::counter!(crate::telemetry::AUTHZ_ATTRIBUTE_TYPE_ERRORS_TOTAL)
@@ -1101,24 +1113,24 @@ impl AuthzEngine {
         if self.context_has_resource_found {
             match input.resource_record {
                 ResourceRecord::NotCovered => {}
-                ResourceRecord::Missing => pairs.push((
-                    "resource_found".to_string(),
-                    RestrictedExpression::new_bool(false),
-                )),
-                ResourceRecord::Found(_) => pairs.push((
-                    "resource_found".to_string(),
-                    RestrictedExpression::new_bool(true),
-                )),
+                ResourceRecord::Missing => context.value("resource_found", false)?,
+                ResourceRecord::Found(_) => context.value("resource_found", true)?,
             }
         }
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        let request = Request::new(principal_uid, action.clone(), resource_uid, context, None)
-            .map_err(|e| e.to_string())?;
+        let request = Request::new(
+            principal_uid,
+            action.clone(),
+            resource_uid,
+            context.into_context(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
 }
 
-fn context_pairs(input: &DecisionInput<'_>, uses: KeyUses) -> Vec<(String, RestrictedExpression)> {
+/// The context attributes every request has (and `country`, `ip` when a policy reads them).
+fn context_record(input: &DecisionInput<'_>, uses: KeyUses) -> Result<ContextRecord, String> {
     let principal = input.principal;
     let mfa = principal.attributes.get("mfa").is_some_and(claims_mfa);
     let auth = principal.auth.label();
@@ -1126,48 +1138,26 @@ fn context_pairs(input: &DecisionInput<'_>, uses: KeyUses) -> Vec<(String, Restr
         || principal.scopes.is_empty()
         || principal.scopes.iter().any(|s| s == input.action);
     let facts = input.facts;
-    let mut pairs = vec![
-        (
-            "hour".to_string(),
-            RestrictedExpression::new_long(facts.hour),
-        ),
-        (
-            "weekday".to_string(),
-            RestrictedExpression::new_long(facts.weekday),
-        ),
-        ("mfa".to_string(), RestrictedExpression::new_bool(mfa)),
-        (
-            "auth".to_string(),
-            RestrictedExpression::new_string(auth.to_string()),
-        ),
-        (
-            "scope_ok".to_string(),
-            RestrictedExpression::new_bool(scope_ok),
-        ),
-        (
-            "method".to_string(),
-            RestrictedExpression::new_string(facts.method.clone()),
-        ),
-    ];
+    let mut context = ContextRecord::default();
+    context.value("hour", facts.hour)?;
+    context.value("weekday", facts.weekday)?;
+    context.value("mfa", mfa)?;
+    context.value("auth", auth)?;
+    context.value("scope_ok", scope_ok)?;
+    context.value("method", facts.method.as_str())?;
     if let (Some(c), true) = (&facts.country, uses.country) {
-        pairs.push((
-            "country".to_string(),
-            RestrictedExpression::new_string(c.clone()),
-        ));
+        context.value("country", c.as_str())?;
     }
     if let (Some(ip), true) = (facts.ip, uses.ip) {
-        pairs.push((
-            "ip".to_string(),
-            RestrictedExpression::new_ip(ip.to_string()),
-        ));
+        context.expression("ip", &RestrictedExpression::new_ip(ip.to_string()))?;
     }
-    pairs
+    Ok(context)
 }
 
 /// Slices `set` per action: each action gets only the policies whose action scope can match it.
 fn slice_per_action(
     set: &PolicySet,
-    actions: &HashMap<EntityUid, Vec<Entity>>,
+    actions: &HashMap<EntityUid, Vec<Arc<CoreEntity>>>,
 ) -> HashMap<EntityUid, PolicySet> {
     let mut out = HashMap::new();
     for action in actions.keys() {
@@ -1188,12 +1178,18 @@ fn slice_per_action(
 
 /// The action groups `action` belongs to (transitively).
 fn action_ancestors(
-    actions: &HashMap<EntityUid, Vec<Entity>>,
+    actions: &HashMap<EntityUid, Vec<Arc<CoreEntity>>>,
     action: &EntityUid,
 ) -> Vec<EntityUid> {
     actions
         .get(action)
-        .map(|related| related.iter().skip(1).map(|e| e.uid()).collect())
+        .map(|related| {
+            related
+                .iter()
+                .skip(1)
+                .map(|e| EntityUid::from(e.uid().clone()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -1216,7 +1212,7 @@ fn new_compiled_cache() -> quick_cache::sync::Cache<String, Arc<CompiledTenant>>
     quick_cache::sync::Cache::new(20_000)
 }
 
-fn new_entity_cache() -> quick_cache::sync::Cache<EntityKey, Entity> {
+fn new_entity_cache() -> quick_cache::sync::Cache<EntityKey, Arc<CoreEntity>> {
     quick_cache::sync::Cache::new(100_000)
 }
 

@@ -3,6 +3,7 @@
 DROP SCHEMA IF EXISTS rlsq_plain CASCADE; DROP SCHEMA IF EXISTS rlsq CASCADE;
 CREATE SCHEMA rlsq_plain; CREATE SCHEMA rlsq;
 CREATE TABLE rlsq_plain.documents (tenant_id text NOT NULL, id bigint NOT NULL, project_id bigint, owner text NOT NULL, title text NOT NULL, body text NOT NULL DEFAULT '', updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, id));
+CREATE INDEX ON rlsq_plain.documents (tenant_id, updated_at DESC, id DESC);
 INSERT INTO rlsq_plain.documents SELECT 'tenant-' || t, i, NULL, 'owner', 'title ' || i, repeat('x', 256), now() FROM generate_series(1,100) t, generate_series(1,1000) i ORDER BY i, t;
 CREATE TABLE rlsq.documents (LIKE rlsq_plain.documents INCLUDING ALL);
 INSERT INTO rlsq.documents SELECT * FROM rlsq_plain.documents;

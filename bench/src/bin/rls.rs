@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::future::{try_join, try_join3, try_join4};
+use futures_util::future::try_join4;
 use gateway_bench::{arg, percentile};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
@@ -76,10 +76,11 @@ impl Mode {
         }
     }
 
-    fn round_trips(self) -> u32 {
+    /// Round trips of a request of `statements` statements, each awaited before the next.
+    fn round_trips(self, statements: usize) -> usize {
         match self {
-            Mode::RlsAwaited => 4,
-            _ => 1,
+            Mode::RlsAwaited => statements + 3,
+            _ => statements,
         }
     }
 
@@ -214,64 +215,79 @@ impl Conn {
         }
     }
 
-    /// Runs one operation; returns the rows it answered, decoded as the app decodes them.
+    /// Runs one request: its operations (all of the first one's tenant) one after the other,
+    /// each awaited, as a handler whose statements depend on one another. What a mode adds
+    /// (BEGIN, set_config, COMMIT) is pipelined with the first and the last statement. Returns
+    /// the rows each statement answered, decoded as the app decodes them.
     async fn run(
         &mut self,
         mode: Mode,
-        op: &Op,
+        request: &[Op],
         body: &str,
-    ) -> Result<usize, tokio_postgres::Error> {
-        let tenant = op.tenant.as_str();
-        let (statement, params): (&Statement, Vec<&(dyn ToSql + Sync)>) =
-            match (op.kind, mode.policies()) {
-                (Kind::Read, false) => (&self.read, vec![&tenant, &op.id]),
-                (Kind::List, false) => (&self.list, vec![&tenant]),
-                (Kind::Update, false) => (&self.update, vec![&tenant, &op.id, &op.title, &body]),
-                (Kind::Read, true) => (&self.read, vec![&op.id]),
-                (Kind::List, true) => (&self.list, vec![]),
-                (Kind::Update, true) => (&self.update, vec![&op.id, &op.title, &body]),
-            };
-        let rows = match mode {
-            Mode::Plain => self.client.query(statement, &params).await?,
-            Mode::PlainTx => {
-                try_join3(
-                    self.client.batch_execute("BEGIN"),
-                    self.client.query(statement, &params),
-                    self.client.batch_execute("COMMIT"),
-                )
-                .await?
-                .1
-            }
-            Mode::PlainTxSet | Mode::Rls => {
-                try_join4(
-                    self.client.batch_execute("BEGIN"),
-                    self.client.execute(&self.set_tenant, &[&tenant]),
-                    self.client.query(statement, &params),
-                    self.client.batch_execute("COMMIT"),
-                )
-                .await?
-                .2
-            }
-            Mode::RlsSession => {
-                try_join(
-                    self.client.execute(&self.set_session_tenant, &[&tenant]),
-                    self.client.query(statement, &params),
-                )
-                .await?
-                .1
-            }
-            Mode::RlsAwaited => {
-                let tx = self.client.transaction().await?;
-                tx.execute(&self.set_tenant, &[&tenant]).await?;
-                let rows = tx.query(statement, &params).await?;
-                tx.commit().await?;
-                rows
-            }
+    ) -> Result<Vec<usize>, tokio_postgres::Error> {
+        let Some(tenant) = request.first().map(|op| op.tenant.as_str()) else {
+            return Ok(Vec::new());
         };
-        for row in &rows {
-            decode(row)?;
+        let client = &self.client;
+        let skip = || async { Ok::<_, tokio_postgres::Error>(()) };
+        let awaited = mode == Mode::RlsAwaited;
+        if awaited {
+            client.batch_execute("BEGIN").await?;
+            client.execute(&self.set_tenant, &[&tenant]).await?;
         }
-        Ok(rows.len())
+        let mut counts = Vec::with_capacity(request.len());
+        for (i, op) in request.iter().enumerate() {
+            let (first, last) = (i == 0, i + 1 == request.len());
+            let (statement, params): (&Statement, Vec<&(dyn ToSql + Sync)>) =
+                match (op.kind, mode.policies()) {
+                    (Kind::Read, false) => (&self.read, vec![&tenant, &op.id]),
+                    (Kind::List, false) => (&self.list, vec![&tenant]),
+                    (Kind::Update, false) => {
+                        (&self.update, vec![&tenant, &op.id, &op.title, &body])
+                    }
+                    (Kind::Read, true) => (&self.read, vec![&op.id]),
+                    (Kind::List, true) => (&self.list, vec![]),
+                    (Kind::Update, true) => (&self.update, vec![&op.id, &op.title, &body]),
+                };
+            let begin = async {
+                match mode {
+                    Mode::PlainTx | Mode::PlainTxSet | Mode::Rls if first => {
+                        client.batch_execute("BEGIN").await
+                    }
+                    _ => skip().await,
+                }
+            };
+            let set = async {
+                match mode {
+                    Mode::PlainTxSet | Mode::Rls if first => {
+                        client.execute(&self.set_tenant, &[&tenant]).await.map(drop)
+                    }
+                    Mode::RlsSession if first => client
+                        .execute(&self.set_session_tenant, &[&tenant])
+                        .await
+                        .map(drop),
+                    _ => skip().await,
+                }
+            };
+            let query = client.query(statement, &params);
+            let commit = async {
+                match mode {
+                    Mode::PlainTx | Mode::PlainTxSet | Mode::Rls if last => {
+                        client.batch_execute("COMMIT").await
+                    }
+                    _ => skip().await,
+                }
+            };
+            let rows = try_join4(begin, set, query, commit).await?.2;
+            for row in &rows {
+                decode(row)?;
+            }
+            counts.push(rows.len());
+        }
+        if awaited {
+            client.batch_execute("COMMIT").await?;
+        }
+        Ok(counts)
     }
 }
 
@@ -372,12 +388,14 @@ fn own_cpu() -> u64 {
     ns(usage.ru_utime) + ns(usage.ru_stime)
 }
 
-/// `ops` operations over the connections (one task each, closed loop).
+/// `ops` requests of `statements` operations each over the connections (one task each, closed
+/// loop).
 async fn run(
     conns: Vec<Conn>,
     mode: Mode,
     seed: u64,
     ops: usize,
+    statements: usize,
     tenants: u64,
     rows: u64,
 ) -> (Vec<Conn>, Run) {
@@ -389,22 +407,32 @@ async fn run(
         .into_iter()
         .enumerate()
         .map(|(i, mut conn)| {
-            let ops = operations(seed * 1000 + i as u64, per_conn, tenants, rows);
+            let mut ops = operations(seed * 1000 + i as u64, per_conn * statements, tenants, rows);
+            // A request acts for one tenant: its first operation's.
+            for request in ops.chunks_mut(statements) {
+                let tenant = request[0].tenant.clone();
+                for op in request.iter_mut().skip(1) {
+                    op.tenant.clone_from(&tenant);
+                }
+            }
             tokio::spawn(async move {
                 let body = "x".repeat(256);
-                let mut latencies = Vec::with_capacity(ops.len());
+                let mut latencies = Vec::with_capacity(per_conn);
                 let expected_list = (rows as usize).min(LIST_LIMIT);
-                for op in &ops {
+                for request in ops.chunks(statements) {
                     let t = Instant::now();
-                    let n = conn.run(mode, op, &body).await.expect("operation");
-                    latencies.push((op.kind, t.elapsed().as_nanos() as u64));
-                    let expected = if op.kind == Kind::List {
-                        expected_list
-                    } else {
-                        1
-                    };
-                    // Under the policies, a lost tenant setting would answer nothing (and fast).
-                    assert_eq!(n, expected, "{} rows for {:?}", n, mode.label());
+                    let counts = conn.run(mode, request, &body).await.expect("request");
+                    latencies.push((request[0].kind, t.elapsed().as_nanos() as u64));
+                    for (op, n) in request.iter().zip(counts) {
+                        let expected = if op.kind == Kind::List {
+                            expected_list
+                        } else {
+                            1
+                        };
+                        // Under the policies, a lost tenant setting would answer nothing (and
+                        // fast).
+                        assert_eq!(n, expected, "{} rows for {:?}", n, mode.label());
+                    }
                 }
                 (conn, latencies)
             })
@@ -477,6 +505,8 @@ async fn main() {
     let ops = num("--ops", 20_000) as usize;
     let rounds = num("--rounds", 5);
     let concurrency = num("--concurrency", 4) as usize;
+    // Statements per request (one transaction where the mode has one).
+    let statements = num("--statements", 1).max(1) as usize;
     let load_before = load_average();
     let started = Instant::now();
 
@@ -524,7 +554,7 @@ async fn main() {
             let mode = MODES[m];
             let conns = std::mem::take(&mut pools[m]);
             let count = if round == 0 { ops / 4 } else { ops };
-            let (conns, result) = run(conns, mode, round, count, tenants, rows).await;
+            let (conns, result) = run(conns, mode, round, count, statements, tenants, rows).await;
             pools[m] = conns;
             if round > 0 {
                 eprintln!(
@@ -582,6 +612,14 @@ async fn main() {
             l.sort_unstable();
             percentile(&l, 50.0) / 1000
         };
+        // A request of several statements has no one kind.
+        let by_kind = |kind: Kind| {
+            if statements == 1 {
+                kind_p50(kind).to_string()
+            } else {
+                "—".to_string()
+            }
+        };
         let versus = |c: f64| {
             if m == 0 {
                 "—".to_string()
@@ -592,7 +630,7 @@ async fn main() {
         table.push_str(&format!(
             "| {} | {} | {:.0} ({:.0}–{:.0}) | {} | {} | {:.1} | {} | {} | {} / {} / {} |\n",
             mode.label(),
-            mode.round_trips(),
+            mode.round_trips(statements),
             rate,
             min,
             max,
@@ -603,9 +641,9 @@ async fn main() {
             client,
             percentile(&all, 50.0) / 1000,
             percentile(&all, 99.0) / 1000,
-            kind_p50(Kind::Read),
-            kind_p50(Kind::List),
-            kind_p50(Kind::Update),
+            by_kind(Kind::Read),
+            by_kind(Kind::List),
+            by_kind(Kind::Update),
         ));
     }
 
@@ -652,6 +690,7 @@ async fn main() {
          recently updated (no bodies), 10 % update of title and body; tenant and id uniformly \
          random, the same sequence for every configuration. Every answer is checked (1 row, \
          50 rows, 1 row): a lost tenant setting cannot pass for speed.\n\
+         {requests}\
          - {concurrency} connections, closed loop, {ops} operations per run; {rounds} rounds \
          after one warm-up run of each configuration, configurations interleaved with the \
          order rotated each round. Cost = baseline ops/s ÷ ops/s − 1 (throughput) and CPU \
@@ -660,7 +699,7 @@ async fn main() {
          the same round, median over the rounds. CPU µs/op and ops/s: medians over the rounds; \
          latencies over all rounds.\n\n\
          {table}\n\
-         The example app's way (one pipelined round trip per request; goal < 10 %) against\n\n\
+         The example app's way (BEGIN and set_config pipelined with a request's first statement, COMMIT with its last; goal < 10 %) against\n\n\
          {summary}",
         cpus = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -668,6 +707,18 @@ async fn main() {
         model = cpu_model(),
         secs = took.as_secs_f64(),
         total = tenants * rows,
+        requests = if statements == 1 {
+            String::new()
+        } else {
+            format!(
+                "- **Requests of {statements} statements** (`--statements {statements}`): an \
+                 \"operation\" below is one request — {statements} operations of the mix for one \
+                 tenant, each awaited before the next (a handler whose statements depend on one \
+                 another), in one transaction where the configuration has one (BEGIN and \
+                 set_config pipelined with the first statement, COMMIT with the last); the \
+                 baseline runs each statement in autocommit.\n"
+            )
+        },
     );
     println!("{report}");
     if let Some(path) = arg("--out") {

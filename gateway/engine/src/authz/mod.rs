@@ -38,7 +38,7 @@ use crate::tenancy::{TenantRegistry, TenantSpec};
 pub use config::{AuthorizationConfig, EntityProviderKind, EntityStoreConfig};
 use facts::ContextFacts;
 use load::{ParsedPolicies, PolicyOrigin};
-use request_parts::ContextRecord;
+use request_parts::{core_entity, ContextRecord};
 use routes::{RouteTable, RoutesFile};
 use shapes::{AttrType, SchemaShapes};
 pub use store::ResourceRecord;
@@ -455,7 +455,6 @@ impl AuthzEngine {
         let all_actions = schema
             .action_entities()
             .map_err(|e| dir_issue(dir, format!("schema actions: {e}")))?;
-        let core_entity = |entity: &Entity| Arc::new(entity.as_ref().clone());
         let action_entities: HashMap<EntityUid, Vec<Arc<CoreEntity>>> = all_actions
             .iter()
             .map(|entity| {
@@ -952,7 +951,7 @@ impl AuthzEngine {
             ResourceRecord::Found(StoredEntity { entity, .. })
                 if input.resource_attributes.is_empty() =>
             {
-                return Ok(Arc::new(entity.as_ref().clone()));
+                return Ok(core_entity(entity));
             }
             ResourceRecord::Found(StoredEntity { entity, .. }) => {
                 let (_, attrs, parents) = entity.clone().into_inner();
@@ -980,7 +979,7 @@ impl AuthzEngine {
             attrs.insert(name.clone(), expr);
         }
         Entity::new(resource_uid.clone(), attrs, parents)
-            .map(|entity| Arc::new(entity.as_ref().clone()))
+            .map(|entity| core_entity(&entity))
             .map_err(|e| e.to_string())
     }
 
@@ -1051,7 +1050,7 @@ impl AuthzEngine {
             None => {
                 let e =
                     self.principal_entity(&principal_key, principal_uid.clone(), principal_record)?;
-                let e = Arc::new(e.as_ref().clone());
+                let e = core_entity(&e);
                 self.entity_cache.insert(principal_key, e.clone());
                 e
             }
@@ -1067,7 +1066,7 @@ impl AuthzEngine {
         let tenant = match self.entity_cache.get(&tenant_key) {
             Some(e) => e,
             None => {
-                let e = Arc::new(self.tenant_entity(input, &tenant_uid)?.as_ref().clone());
+                let e = core_entity(&self.tenant_entity(input, &tenant_uid)?);
                 self.entity_cache.insert(tenant_key, e.clone());
                 e
             }

@@ -32,6 +32,12 @@ use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
+/// An entity in cedar-policy-core's form, as a request's entity set takes it (one copy, made
+/// when the entity is built or loaded, not per request).
+pub(crate) fn core_entity(entity: &cedar_policy::Entity) -> Arc<CoreEntity> {
+    Arc::new(entity.as_ref().clone())
+}
+
 /// The entities of a request: `actions` (the action and its groups, closed by the schema) and
 /// `others` (principal, tenant, resource …), with duplicate ids refused as Cedar refuses them.
 pub(crate) fn request_entities(
@@ -138,10 +144,7 @@ mod tests {
             None,
         )
         .expect("actions");
-        entities
-            .iter()
-            .map(|e| Arc::new(e.as_ref().clone()))
-            .collect()
+        entities.iter().map(core_entity).collect()
     }
 
     /// An entity of `POOL[id]` whose parents are the pool entries of `parents`' bits, with
@@ -158,7 +161,7 @@ mod tests {
         .into_iter()
         .collect();
         let entity = Entity::new(uid(POOL[id]), attrs, parents).expect("entity");
-        Arc::new(entity.as_ref().clone())
+        core_entity(&entity)
     }
 
     /// What `cedar_policy::Entities::from_entities` makes of the same list.

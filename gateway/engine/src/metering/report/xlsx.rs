@@ -183,9 +183,22 @@ mod tests {
     use super::super::ReportRow;
     use super::*;
 
+    /// Reads the text of an XLSX file's parts by name.
+    fn xlsx_parts(bytes: Vec<u8>) -> impl FnMut(&str) -> String {
+        use std::io::Read as _;
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        move |name| {
+            let mut text = String::new();
+            zip.by_name(name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        }
+    }
+
     #[test]
     fn reports_longer_than_a_worksheet_continue_on_further_sheets() {
-        use std::io::Read as _;
         let rows: Vec<ReportRow> = (0..5u64)
             .map(|i| ReportRow {
                 period: format!("2026-12-0{}T00:00:00Z", i + 1),
@@ -207,15 +220,7 @@ mod tests {
             .unwrap()
             .save_to_buffer()
             .unwrap();
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-        let mut part = |name: &str| {
-            let mut text = String::new();
-            zip.by_name(name)
-                .unwrap_or_else(|e| panic!("{name}: {e}"))
-                .read_to_string(&mut text)
-                .unwrap();
-            text
-        };
+        let mut part = xlsx_parts(bytes);
         let workbook = part("xl/workbook.xml");
         for sheet in ["Usage", "Usage 2", "Usage 3", "Totals", "Chart"] {
             assert!(
@@ -243,7 +248,6 @@ mod tests {
 
     #[test]
     fn xlsx_holds_the_rows_totals_and_charts() {
-        use std::io::Read as _;
         let row = |tenant: &str, action: &str, requests: u64, rejected: u64| ReportRow {
             period: "2026-12-05T00:00:00Z".into(),
             keys: vec![tenant.into(), action.into()],
@@ -266,15 +270,7 @@ mod tests {
             ],
         };
         let bytes = to_xlsx(&report).unwrap();
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-        let mut part = |name: &str| {
-            let mut text = String::new();
-            zip.by_name(name)
-                .unwrap_or_else(|e| panic!("{name}: {e}"))
-                .read_to_string(&mut text)
-                .unwrap();
-            text
-        };
+        let mut part = xlsx_parts(bytes);
         let workbook = part("xl/workbook.xml");
         for sheet in ["Usage", "Totals", "Chart"] {
             assert!(

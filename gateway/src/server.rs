@@ -484,7 +484,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             Some(None) => crate::admin::TenantWriter::File,
             None => crate::admin::TenantWriter::None,
         };
-        let admin = Arc::new(crate::admin::Admin::new(
+        let admin = crate::admin::Admin::new(
             store.clone(),
             services.clone(),
             upstreams.clone(),
@@ -498,7 +498,20 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                 config_path: loaded.source.path.clone(),
             },
             recording.clone(),
-        ));
+        );
+        let admin = match cfg.admin.as_ref().and_then(|a| Some((a, a.sso.as_ref()?))) {
+            Some((admin_config, sso)) => {
+                let login = crate::identity::sessions::operator::OperatorLogin::load(
+                    sso,
+                    &loaded.base_dir,
+                    &admin_config.listen,
+                )
+                .map_err(|e| StartError::Runtime(format!("admin.sso.client_secret_file: {e}")))?;
+                admin.with_operator_login(login)
+            }
+            None => admin,
+        };
+        let admin = Arc::new(admin);
         server.add_service(task_service("admin api", move |shutdown| {
             admin.serve(listener, shutdown)
         }));

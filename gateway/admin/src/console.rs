@@ -323,6 +323,7 @@ pub fn render(
     audit: Option<&Path>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,
+    viewer: &str,
 ) -> Result<String, String> {
     let prices = snapshot.prices.as_deref();
     let figures = gather(outbox, audit, prices, from, to)?;
@@ -336,9 +337,10 @@ h2{margin-top:28px}section{margin-bottom:12px}.muted{color:#777}form{display:inl
     let time = |t: SystemTime| humantime_like(t);
     let _ = write!(
         html,
-        r#"<h1>Gateway console</h1><p class="muted">Period {} to {} (UTC), this replica's outbox and audit log. <form method="post" action="/console/logout"><button type="submit">Sign out</button></form></p>"#,
+        r#"<h1>Gateway console</h1><p class="muted">Period {} to {} (UTC), this replica's outbox and audit log. Signed in as <span id="viewer">{}</span>. <form method="post" action="/console/logout"><button type="submit">Sign out</button></form></p>"#,
         time(figures.from),
-        time(figures.to)
+        time(figures.to),
+        esc(viewer)
     );
     // Per tenant.
     html.push_str(r#"<h2>Tenants</h2><table id="tenants"><tr><th>tenant</th><th>requests</th><th>rejected</th><th>interrupted</th>"#);
@@ -522,17 +524,23 @@ fn humantime_like(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// The login page (with an error line after a wrong token).
-pub fn login_page(error: Option<&str>) -> String {
+/// The login page (with an error line after a wrong token); with `[admin.sso]`, a link to
+/// sign in with the platform's identity provider above the token form.
+pub fn login_page(error: Option<&str>, sso: bool) -> String {
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Gateway console: sign in</title>
 <style>body{{font:14px system-ui,sans-serif;margin:48px}}input{{width:28em}}</style></head><body>
-<h1>Gateway console</h1>{}<form method="post" action="/console/login">
-<label>Admin token <input type="password" name="token" autocomplete="off" autofocus></label>
+<h1>Gateway console</h1>{}{}<form method="post" action="/console/login">
+<label>Admin token <input type="password" name="token" autocomplete="off"></label>
 <button type="submit">Sign in</button></form></body></html>"#,
         error
             .map(|e| format!(r#"<p role="alert" style="color:#c0392b">{}</p>"#, esc(e)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if sso {
+            r#"<p><a id="sso" href="/console/sso">Sign in with your identity provider</a></p><p class="muted">or with the admin token:</p>"#
+        } else {
+            ""
+        }
     )
 }
 
@@ -573,6 +581,8 @@ mod tests {
         let value = session_value(&hash);
         assert_eq!(value.len(), 64);
         assert_ne!(value, hex::encode(hash));
-        assert!(login_page(Some("<x>")).contains("&lt;x&gt;"));
+        assert!(login_page(Some("<x>"), false).contains("&lt;x&gt;"));
+        assert!(login_page(None, true).contains(r#"href="/console/sso""#));
+        assert!(!login_page(None, false).contains("/console/sso"));
     }
 }

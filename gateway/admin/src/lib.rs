@@ -32,6 +32,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use gateway_engine::admission::Services;
+use gateway_engine::identity::sessions::operator::OperatorLogin;
+use gateway_engine::identity::sessions::{BrowserResponse, SessionContext};
 use gateway_engine::reload::Reloader;
 use gateway_engine::snapshot::SnapshotStore;
 use gateway_engine::status::UpstreamStatus;
@@ -58,6 +60,8 @@ pub struct Admin {
     shutting_down: AtomicBool,
     /// The usage outbox and audit log: not ready while they cannot write.
     recording: Arc<gateway_engine::lifecycle::Recording>,
+    /// `[admin.sso]`: operators sign in to the console with the platform's identity provider.
+    operator_login: Option<OperatorLogin>,
 }
 
 type AdminResponse = Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>;
@@ -103,6 +107,25 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> AdminResponse {
         Bytes::from(body.to_string()),
         "application/problem+json",
     )
+}
+
+/// An answer of the engine's browser endpoints (the console's sign-in) as an admin response.
+fn browser_response(answer: BrowserResponse) -> AdminResponse {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = body_response(status, Bytes::from(answer.body), answer.content_type);
+    for (name, value) in answer.headers {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// The identity policy of the current snapshot (absent without `[identity]`).
+fn snapshot_identity(
+    store: &SnapshotStore,
+) -> Option<Arc<gateway_engine::identity::IdentityPolicy>> {
+    store.load().identity.clone()
 }
 
 /// `GET /admin/usage` and `/admin/residency` query parameters.
@@ -180,7 +203,40 @@ impl Admin {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             recording,
+            operator_login: None,
         }
+    }
+
+    /// Lets operators sign in to the console with `[admin.sso]` (needs `[sessions]`, whose keys
+    /// seal the console's cookies: `services.sessions`).
+    pub fn with_operator_login(mut self, login: OperatorLogin) -> Self {
+        self.operator_login = Some(login);
+        self
+    }
+
+    /// The console's own sign-in, when `[admin.sso]` and `[sessions]` are both configured.
+    fn operator_sso(
+        &self,
+    ) -> Option<(
+        &OperatorLogin,
+        &gateway_engine::identity::sessions::Sessions,
+    )> {
+        Some((
+            self.operator_login.as_ref()?,
+            self.services.sessions.as_deref()?,
+        ))
+    }
+
+    /// Who may see the console: the admin token (bearer or its session cookie), or a signed-in
+    /// operator (their e-mail address or id).
+    fn console_viewer(&self, req: &Request<Incoming>) -> Option<String> {
+        if self.authorized(req) || self.console_session(req) {
+            return Some("the admin token".to_string());
+        }
+        let (_, sessions) = self.operator_sso()?;
+        sessions
+            .operator_session(req.headers())
+            .map(|o| o.email.unwrap_or(o.sub))
     }
 
     /// Serves until shutdown; `/readyz` turns 503 as soon as shutdown begins, so load
@@ -297,7 +353,10 @@ impl Admin {
                     tracing::warn!(%peer, "console sign-in with a wrong token");
                     return html(
                         StatusCode::UNAUTHORIZED,
-                        console::login_page(Some("That is not the admin token.")),
+                        console::login_page(
+                            Some("That is not the admin token."),
+                            self.operator_sso().is_some(),
+                        ),
                     );
                 }
                 redirect(format!(
@@ -306,14 +365,53 @@ impl Admin {
                     console::session_value(&self.token_sha256)
                 ))
             }
-            (&Method::POST, ["logout"]) => redirect(format!(
-                "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
-                console::COOKIE
-            )),
-            (&Method::GET, []) => {
-                if !self.authorized(&req) && !self.console_session(&req) {
-                    return html(StatusCode::OK, console::login_page(None));
+            (&Method::POST, ["logout"]) => {
+                let mut response = redirect(format!(
+                    "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+                    console::COOKIE
+                ));
+                if let Some((login, _)) = self.operator_sso() {
+                    if let Ok(value) = http::HeaderValue::from_str(&login.clear_session()) {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, value);
+                    }
                 }
+                response
+            }
+            (&Method::GET, ["sso"]) => match self.operator_sso() {
+                Some((login, sessions)) => browser_response(sessions.operator_login(login).await),
+                None => problem(StatusCode::NOT_FOUND, "no single sign-on for the console"),
+            },
+            (&Method::GET, ["callback"]) => {
+                let (Some((login, sessions)), Some(identity)) =
+                    (self.operator_sso(), snapshot_identity(&self.store))
+                else {
+                    return problem(StatusCode::NOT_FOUND, "no single sign-on for the console");
+                };
+                let snapshot = self.store.load();
+                let cx = SessionContext {
+                    identity: &identity,
+                    registry: &snapshot.registry,
+                    generation: snapshot.identity_generation,
+                    authenticator: &self.services.authenticator,
+                    directory: &self.services.directory,
+                };
+                let answer = sessions
+                    .operator_callback(login, req.uri().query(), req.headers(), &cx)
+                    .await;
+                if answer.status == 403 || answer.status == 401 {
+                    tracing::warn!(%peer, status = answer.status, "console sign-in refused");
+                }
+                browser_response(answer)
+            }
+            (&Method::GET, []) => {
+                let Some(viewer) = self.console_viewer(&req) else {
+                    return html(
+                        StatusCode::OK,
+                        console::login_page(None, self.operator_sso().is_some()),
+                    );
+                };
                 let query = req.uri().query().unwrap_or("").to_string();
                 let period: BTreeMap<String, String> =
                     serde_urlencoded::from_str(&query).unwrap_or_default();
@@ -330,7 +428,14 @@ impl Admin {
                 let snapshot = self.store.load();
                 let (outbox, audit) = (self.outbox_dir.clone(), self.audit_dir.clone());
                 let page = tokio::task::spawn_blocking(move || {
-                    console::render(&snapshot, outbox.as_deref(), audit.as_deref(), from, to)
+                    console::render(
+                        &snapshot,
+                        outbox.as_deref(),
+                        audit.as_deref(),
+                        from,
+                        to,
+                        &viewer,
+                    )
                 })
                 .await;
                 match page {

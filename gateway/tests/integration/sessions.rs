@@ -760,3 +760,256 @@ mod saml {
         assert_eq!(post(&gw, &cookie, &again).await.0, 401);
     }
 }
+
+/// A gateway of the example deployment whose console takes operators' sign-in from a real
+/// provider (`[admin.sso]`, roles `platform-operator`), the provider's accounts: olga (an
+/// operator), victor (verified, no operator role), tess (operator role, but acme's user).
+struct ConsoleSso {
+    gw: TestGateway,
+    provider: OidcProvider,
+    console: String,
+    admin: SocketAddr,
+    _upstreams: [gateway::example_upstream::ExampleUpstream; 2],
+}
+
+async fn start_console_sso() -> ConsoleSso {
+    const CONSOLE_CLIENT: &str = "gateway-console";
+    const CONSOLE_SECRET: &str = "console-secret-0123456789abcdef0123";
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let admin = free_addr();
+    let provider = OidcProvider::start(&json!({
+        "clients": [{
+            "client_id": CONSOLE_CLIENT,
+            "client_secret": CONSOLE_SECRET,
+            "redirect_uris": [format!("http://{admin}/console/callback")],
+        }],
+        "accounts": {
+            "olga": {"email": "olga@platform.test", "roles": ["platform-operator"]},
+            "victor": {"email": "victor@platform.test", "roles": ["viewer"]},
+            // An operator role, but a tenant's user: never a platform principal.
+            "tess": {"email": "tess@acme.test", "roles": ["platform-operator"], "tenant": "acme"},
+        },
+    }));
+    let config = example_config(admin, eu.addr, us.addr).replace(
+        "[admin]\n",
+        &format!(
+            "[admin]\n\
+                 sso = {{ issuer = \"{}\", client_id = \"{CONSOLE_CLIENT}\", \
+                 client_secret_file = \"console.secret\", roles = [\"platform-operator\"] }}\n",
+            provider.issuer
+        ),
+    ) + &format!(
+        "\n[[identity.issuer]]\nissuer = \"{}\"\naudiences = [\"{CONSOLE_CLIENT}\"]\n\
+             algorithms = [\"RS256\"]\nplatform = true\n\
+             claims = {{ tenant = \"tenant\", roles = \"roles\" }}\n",
+        provider.issuer
+    );
+    let mut gw = TestGateway::start(
+        &config,
+        &[
+            ("demo-issuer.secret", &example_file("demo-issuer.secret")),
+            ("demo-admin.token", &example_file("demo-admin.token")),
+            ("tenants.toml", &example_file("tenants.toml")),
+            ("console.secret", CONSOLE_SECRET.as_bytes()),
+        ],
+    );
+    gw.wait_accepting(admin);
+    ConsoleSso {
+        gw,
+        provider,
+        console: format!("http://{admin}/console"),
+        admin,
+        _upstreams: [eu, us],
+    }
+}
+
+/// Platform operators sign in to the admin console (`[admin.sso]`) through the platform's
+/// identity provider: only a tenant-less principal of the platform issuer with an operator
+/// role gets a console session; the session opens the console and nothing else of the admin
+/// API; `state`, the login cookie and the sealed session cannot be forged.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_sign_in_to_the_console_with_the_platform_provider() {
+    let ConsoleSso {
+        gw: _gw,
+        provider,
+        console,
+        admin,
+        ..
+    } = start_console_sso().await;
+
+    // Signed out, the console offers both ways in.
+    let page = HttpFlow::new().follow(&console).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(r#"href="/console/sso""#),
+        "{}",
+        page.body
+    );
+
+    // An operator: provider login, callback, session, the console's figures.
+    let olga = HttpFlow::new();
+    let page = olga.login(&format!("{console}/sso"), "olga").await;
+    assert_eq!(page.status, 200, "{:#?}\n{}", page.hops, page.body);
+    assert!(page.url.ends_with("/console"), "{}", page.url);
+    assert!(
+        page.body
+            .contains(r#"<span id="viewer">olga@platform.test</span>"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"id="tenants""#));
+    let cookies = olga.cookies(&console).unwrap_or_default();
+    assert!(cookies.contains("gw-console-sso="), "{cookies}");
+    assert!(
+        !cookies.contains("gw-console-login="),
+        "login cookie not cleared: {cookies}"
+    );
+    // The session is the console's only: the admin API still wants the admin token, and the
+    // cookie is not even sent outside /console.
+    assert!(olga
+        .cookies(&format!("http://{admin}/admin/status"))
+        .is_none_or(|c| !c.contains("gw-console-sso")));
+    let status = olga
+        .client
+        .get(format!("http://{admin}/admin/status"))
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    // A tampered session is no session.
+    let sealed = cookies
+        .split(';')
+        .map(str::trim)
+        .find_map(|c| c.strip_prefix("gw-console-sso="))
+        .unwrap()
+        .to_string();
+    let mut forged = sealed.into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let body = client()
+        .get(&console)
+        .header(
+            "cookie",
+            format!("gw-console-sso={}", String::from_utf8(forged).unwrap()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("Admin token"),
+        "forged session opened the console"
+    );
+
+    // Signing out clears the session.
+    let response = olga
+        .client
+        .post(format!("{console}/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let page = olga.follow(&console).await;
+    assert!(
+        page.body.contains(r#"href="/console/sso""#),
+        "still signed in"
+    );
+
+    // Verified, but no operator role; or an operator role on a tenant's user: refused, no
+    // session.
+    for who in ["victor", "tess"] {
+        let flow = HttpFlow::new();
+        let page = flow.login(&format!("{console}/sso"), who).await;
+        assert_eq!(page.status, 403, "{who}: {:#?}\n{}", page.hops, page.body);
+        assert!(
+            page.body.contains("Not a console operator"),
+            "{}",
+            page.body
+        );
+        assert!(!flow
+            .cookies(&console)
+            .unwrap_or_default()
+            .contains("gw-console-sso="));
+    }
+
+    // A callback that is not this browser's login: no login cookie, or another `state`.
+    let bare = no_redirects();
+    let response = bare
+        .get(format!("{console}/callback?code=abc&state=xyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let start = bare.get(format!("{console}/sso")).send().await.unwrap();
+    assert_eq!(start.status(), 303);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&provider.issuer)
+            && location.contains("code_challenge_method=S256")
+            && location.contains("nonce=")
+            && location.contains("state="),
+        "{location}"
+    );
+    let login_cookie = start.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        login_cookie.contains("Path=/console")
+            && login_cookie.contains("HttpOnly")
+            && login_cookie.contains("SameSite=Lax"),
+        "{login_cookie}"
+    );
+    let pair = login_cookie.split(';').next().unwrap().to_string();
+    let response = bare
+        .get(format!("{console}/callback?code=abc&state=not-the-state"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(!response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap_or("").starts_with("gw-console-sso=")));
+}
+
+/// The operator's sign-in in headless Chromium: the provider's login form, back to the console
+/// with its session cookie (`HttpOnly`, `SameSite=Lax`, `Path=/console`, not `Secure` on the
+/// plain-http admin listener), the operator named on the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_signs_in_to_the_console_with_chromium() {
+    let sso = start_console_sso().await;
+    let artefacts = std::env::temp_dir().join("gateway-console-sso");
+    let outcome = gateway_testkit::browser::chromium_login_async(
+        format!("{}/sso", sso.console),
+        "olga".to_string(),
+        Some(artefacts.clone()),
+    )
+    .await;
+    assert_eq!(outcome.status, 200, "{outcome:?}\n{}", sso.gw.log());
+    assert_eq!(outcome.final_url, sso.console);
+    assert!(
+        outcome
+            .body_text
+            .contains("Signed in as olga@platform.test"),
+        "{}",
+        outcome.body_text
+    );
+    let cookie = outcome
+        .cookie("gw-console-sso")
+        .unwrap_or_else(|| panic!("no console session cookie: {:?}", outcome.cookies));
+    assert!(cookie.http_only && !cookie.secure, "{cookie:?}");
+    assert_eq!(cookie.same_site, "Lax");
+    assert_eq!(cookie.path, "/console");
+    assert!(
+        outcome.cookie("gw-console-login").is_none(),
+        "{:?}",
+        outcome.cookies
+    );
+    eprintln!("screenshots in {}", artefacts.display());
+}

@@ -218,6 +218,9 @@ pub struct AdminConfig {
     pub listen: String,
     /// File holding the bearer token (at least 32 characters). Relative to the config file.
     pub token_file: PathBuf,
+    /// Platform operators sign in to the console with the platform's identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<crate::identity::sessions::operator::OperatorSsoConfig>,
 }
 
 /// `[ext_authz]`: Envoy's external authorization service (gRPC

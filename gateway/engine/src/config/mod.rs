@@ -190,6 +190,21 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
     }
     if let Some(admin) = &config.admin {
         admin.validate(&source, &mut issues);
+        if let Some(sso) = &admin.sso {
+            let platform_issuers: Vec<(&str, &[String])> = config
+                .identity
+                .iter()
+                .flat_map(|i| &i.issuer)
+                .filter(|i| i.platform)
+                .map(|i| (i.issuer.as_str(), i.audiences.as_slice()))
+                .collect();
+            sso.validate(
+                &source,
+                &platform_issuers,
+                config.sessions.is_some(),
+                &mut issues,
+            );
+        }
     }
     if let Some(door) = &config.ext_authz {
         door.validate(&source, &mut issues);

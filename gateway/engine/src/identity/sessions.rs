@@ -27,6 +27,8 @@
 //! AES-256-GCM by the `cookie` crate's private jar under the first of `[sessions] key_files`;
 //! every listed key opens them, so keys rotate by putting a new one first.
 
+pub mod operator;
+
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;

@@ -366,8 +366,28 @@ impl Directory {
         principal: &str,
         active: bool,
     ) -> Result<DirectoryUser, DirectoryError> {
+        match self
+            .save(tenant, self.with_active(tenant, principal, active))
+            .await
+        {
+            // Listed by another replica a moment ago (just-in-time provisioning, SCIM) and not
+            // yet heard of here: change that user, as the shared store holds it, rather than
+            // create a second one of the same name.
+            Err(DirectoryError::UserNameTaken(_))
+                if self.reread_user(tenant, principal).await? =>
+            {
+                self.save(tenant, self.with_active(tenant, principal, active))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// The directory user named `principal` as this replica knows it (or a new one), with
+    /// `active` set.
+    fn with_active(&self, tenant: &str, principal: &str, active: bool) -> DirectoryUser {
         let now = jiff::Timestamp::now().to_string();
-        let user = match self.users(tenant, Some(principal)).into_iter().next() {
+        match self.users(tenant, Some(principal)).into_iter().next() {
             Some(user) => DirectoryUser {
                 active,
                 last_modified: now,
@@ -378,8 +398,37 @@ impl Directory {
                 active,
                 ..DirectoryUser::new(principal, now)
             },
+        }
+    }
+
+    /// Reads the users named `user_name` of `tenant` from a shared store into this replica's
+    /// view, ahead of their change notification. True when the store has one.
+    async fn reread_user(&self, tenant: &str, user_name: &str) -> Result<bool, DirectoryError> {
+        let DirectoryStore::Postgres { config, table } = &self.store else {
+            return Ok(false);
         };
-        self.save(tenant, user).await
+        let _writing = self.writing.lock().await;
+        let rows = {
+            let mut writer = self.pg_writer.lock().await;
+            let client = match writer.take() {
+                Some(client) if !client.is_closed() => client,
+                _ => crate::db::connect_config(config, None)
+                    .await
+                    .map_err(|e| DirectoryError::Store(e.to_string()))?,
+            };
+            let rows = pg::load_named(&client, table, tenant, user_name).await?;
+            *writer = Some(client);
+            rows
+        };
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let mut next = self.state.load().to_next();
+        for row in rows {
+            row.apply(&mut next);
+        }
+        self.state.store(Arc::new(next.derive()));
+        Ok(true)
     }
 
     /// Lists `principal` (just-in-time provisioned: it came with a valid token) as an active
@@ -897,6 +946,26 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
         Ok(rows(found))
     }
 
+    /// The rows of `tenant`'s users named `user_name` (case-insensitively, as names are
+    /// unique), tombstones included.
+    pub async fn load_named(
+        client: &Client,
+        table: &str,
+        tenant: &str,
+        user_name: &str,
+    ) -> Result<Vec<Row>, DirectoryError> {
+        let found = client
+            .query(
+                &format!(
+                    "SELECT tenant_id, deleted, doc FROM {table} WHERE tenant_id = $1 AND lower(user_name) = lower($2)"
+                ),
+                &[&tenant, &user_name],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(rows(found))
+    }
+
     pub async fn write(
         client: &Client,
         table: &str,
@@ -978,6 +1047,55 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two replicas' directories on one PostgreSQL table, neither following the other's
+    /// notifications: the window between a write on one and its NOTIFY on the other.
+    #[tokio::test]
+    async fn a_principal_listed_on_another_replica_is_deactivated_not_duplicated() {
+        let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
+            "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
+        });
+        let table = format!("dir_race_{}_{}", std::process::id(), rand::random::<u32>());
+        let config = crate::db::PostgresConfig {
+            url: Some(url),
+            url_env: None,
+            table: table.clone(),
+            migrate: true,
+            ca_file: None,
+        };
+        let first = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let second = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        assert!(first.ensure_listed("acme", "alice").await.unwrap());
+        let listed = first.users("acme", Some("alice")).remove(0);
+        assert!(second.users("acme", Some("alice")).is_empty());
+
+        let deactivated = second.set_active("acme", "ALICE", false).await.unwrap();
+        assert_eq!(deactivated.id, listed.id, "a second user was made");
+        assert!(!deactivated.active);
+        assert!(second.is_refused("acme", "alice"));
+        // The store holds the one user, deactivated.
+        let reread = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let users = reread.users("acme", None);
+        assert_eq!(users.len(), 1, "{users:?}");
+        assert!(!users[0].active && users[0].id == listed.id);
+        // Unknown everywhere: still created, as before.
+        assert!(second.set_active("acme", "bob", false).await.is_ok());
+
+        let client = crate::db::connect_config(&config, None).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}, {table}_groups CASCADE; \
+                 DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
+            ))
+            .await
+            .unwrap();
+    }
 
     fn user(id: &str, name: &str, active: bool) -> DirectoryUser {
         DirectoryUser {

@@ -121,13 +121,6 @@ fn browser_response(answer: BrowserResponse) -> AdminResponse {
     response
 }
 
-/// The identity policy of the current snapshot (absent without `[identity]`).
-fn snapshot_identity(
-    store: &SnapshotStore,
-) -> Option<Arc<gateway_engine::identity::IdentityPolicy>> {
-    store.load().identity.clone()
-}
-
 /// `GET /admin/usage` and `/admin/residency` query parameters.
 #[derive(Debug, Deserialize)]
 struct PeriodQuery {
@@ -384,14 +377,14 @@ impl Admin {
                 None => problem(StatusCode::NOT_FOUND, "no single sign-on for the console"),
             },
             (&Method::GET, ["callback"]) => {
+                let snapshot = self.store.load();
                 let (Some((login, sessions)), Some(identity)) =
-                    (self.operator_sso(), snapshot_identity(&self.store))
+                    (self.operator_sso(), snapshot.identity.as_deref())
                 else {
                     return problem(StatusCode::NOT_FOUND, "no single sign-on for the console");
                 };
-                let snapshot = self.store.load();
                 let cx = SessionContext {
-                    identity: &identity,
+                    identity,
                     registry: &snapshot.registry,
                     generation: snapshot.identity_generation,
                     authenticator: &self.services.authenticator,

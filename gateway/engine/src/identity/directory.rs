@@ -410,12 +410,7 @@ impl Directory {
         let _writing = self.writing.lock().await;
         let rows = {
             let mut writer = self.pg_writer.lock().await;
-            let client = match writer.take() {
-                Some(client) if !client.is_closed() => client,
-                _ => crate::db::connect_config(config, None)
-                    .await
-                    .map_err(|e| DirectoryError::Store(e.to_string()))?,
-            };
+            let client = pg::writer_client(&mut writer, config).await?;
             let rows = pg::load_named(&client, table, tenant, user_name).await?;
             *writer = Some(client);
             rows
@@ -623,12 +618,7 @@ impl Directory {
             }
             DirectoryStore::Postgres { config, table } => {
                 let mut writer = self.pg_writer.lock().await;
-                let client = match writer.take() {
-                    Some(client) if !client.is_closed() => client,
-                    _ => crate::db::connect_config(config, None)
-                        .await
-                        .map_err(|e| DirectoryError::Store(e.to_string()))?,
-                };
+                let client = pg::writer_client(&mut writer, config).await?;
                 pg::write(&client, table, &change).await?;
                 // Kept only after a write went through (a failed one reconnects next time).
                 *writer = Some(client);
@@ -944,6 +934,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
             .await
             .map_err(store_error)?;
         Ok(rows(found))
+    }
+
+    /// The directory's connection for writes, taken out of `writer` (or made when there is none
+    /// or it broke); put it back once a statement went through, so a failed one reconnects.
+    pub async fn writer_client(
+        writer: &mut Option<Client>,
+        config: &crate::db::PostgresConfig,
+    ) -> Result<Client, DirectoryError> {
+        match writer.take() {
+            Some(client) if !client.is_closed() => Ok(client),
+            _ => crate::db::connect_config(config, None)
+                .await
+                .map_err(|e| DirectoryError::Store(e.to_string())),
+        }
     }
 
     /// The rows of `tenant`'s users named `user_name` (case-insensitively, as names are

@@ -908,34 +908,16 @@ impl Sessions {
         code: String,
     ) -> Result<String, Finish> {
         let login = sso_of(cx.registry, &flow.t).ok_or(Finish::Failed(LoginError::Tenant))?;
-        let endpoints = self.discover(&login.issuer).await.map_err(Finish::Failed)?;
-        let client = oidc_client(login, &endpoints).map_err(Finish::Failed)?;
         let redirect = RedirectUrl::new(format!("{}{PREFIX}callback", req.origin))
             .map_err(|e| Finish::Failed(LoginError::Url(e.to_string())))?;
-        let response = client
-            .exchange_code(AuthorizationCode::new(code))
-            .set_pkce_verifier(PkceCodeVerifier::new(flow.pkce.clone()))
-            .set_redirect_uri(Cow::Owned(redirect))
-            .request_async(&self.http)
-            .await
-            .map_err(|e| Finish::Failed(LoginError::Provider(describe_token_error(&e))))?;
-        let id_token = response
-            .extra_fields()
-            .id_token
-            .clone()
-            .ok_or(Finish::Failed(LoginError::NoIdToken))?;
-        let principal = cx
-            .authenticator
-            .verify_token(&id_token, cx.identity, cx.registry, cx.generation)
-            .await
-            .map_err(Finish::Refused)?;
-        // The signature was verified just now: the claims can be read as they are.
-        let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(&id_token)
-            .map_err(|_| Finish::Refused(AuthError::MalformedToken))?;
-        let nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
-        if !bool::from(nonce.as_bytes().ct_eq(flow.nonce.as_bytes())) {
-            return Err(Finish::Failed(LoginError::Nonce));
-        }
+        let Redeemed {
+            principal,
+            id_token,
+            refresh_token,
+            ..
+        } = self
+            .redeem(login, redirect, code, &flow.pkce, &flow.nonce, cx)
+            .await?;
         if principal.tenant.as_deref() != Some(flow.t.as_str()) {
             return Err(Finish::Failed(LoginError::Tenant));
         }
@@ -948,7 +930,7 @@ impl Sessions {
             sub: principal.id.clone(),
             id: id_token,
             id_exp: principal.expires_at.unwrap_or(0).saturating_mul(1000),
-            rt: response.refresh_token().map(|t| t.secret().clone()),
+            rt: refresh_token,
             login: now,
             end: now.saturating_add(millis(self.lifetime)),
             claims: None,
@@ -1308,6 +1290,62 @@ enum Finish {
     Refused(AuthError),
     /// The login could not be completed (provider or configuration).
     Failed(LoginError),
+}
+
+/// A login's code, redeemed: the ID token verified, its `nonce` the login's.
+struct Redeemed {
+    principal: Arc<Principal>,
+    id_token: String,
+    /// The ID token's claims (its signature verified with the principal).
+    claims: Map<String, Value>,
+    refresh_token: Option<String>,
+}
+
+impl Sessions {
+    /// Redeems an authorization `code` at `login`'s provider with the PKCE verifier, verifies
+    /// the ID token exactly as the issuer's bearer tokens and checks its `nonce`.
+    async fn redeem(
+        &self,
+        login: &OidcLoginSettings,
+        redirect: RedirectUrl,
+        code: String,
+        pkce_verifier: &str,
+        nonce: &str,
+        cx: &SessionContext<'_>,
+    ) -> Result<Redeemed, Finish> {
+        let endpoints = self.discover(&login.issuer).await.map_err(Finish::Failed)?;
+        let client = oidc_client(login, &endpoints).map_err(Finish::Failed)?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .set_redirect_uri(Cow::Owned(redirect))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| Finish::Failed(LoginError::Provider(describe_token_error(&e))))?;
+        let id_token = response
+            .extra_fields()
+            .id_token
+            .clone()
+            .ok_or(Finish::Failed(LoginError::NoIdToken))?;
+        let principal = cx
+            .authenticator
+            .verify_token(&id_token, cx.identity, cx.registry, cx.generation)
+            .await
+            .map_err(Finish::Refused)?;
+        // The signature was verified just now: the claims can be read as they are.
+        let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(&id_token)
+            .map_err(|_| Finish::Refused(AuthError::MalformedToken))?;
+        let token_nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+        if !bool::from(token_nonce.as_bytes().ct_eq(nonce.as_bytes())) {
+            return Err(Finish::Failed(LoginError::Nonce));
+        }
+        Ok(Redeemed {
+            principal,
+            id_token,
+            claims,
+            refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        })
+    }
 }
 
 fn oidc_client(

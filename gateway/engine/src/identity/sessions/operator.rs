@@ -18,17 +18,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderMap;
-use oauth2::{
-    AuthorizationCode, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-};
+use oauth2::{CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use super::{
-    cookie_value, describe_token_error, millis, now_ms, oidc_client, query_param, BrowserResponse,
-    LoginError, SessionContext, Sessions,
+    cookie_value, millis, now_ms, oidc_client, query_param, BrowserResponse, Finish, LoginError,
+    Redeemed, SessionContext, Sessions,
 };
 use crate::diagnostics::{SourceIssue, SourceText};
 use crate::identity::principal::AuthMethod;
@@ -376,37 +374,16 @@ impl Sessions {
         flow: &OperatorFlow,
         code: String,
     ) -> Result<Operator, OperatorRefusal> {
-        let endpoints = self
-            .discover(&login.login.issuer)
+        let redirect = login.redirect_uri().map_err(OperatorRefusal::Failed)?;
+        let Redeemed {
+            principal, claims, ..
+        } = self
+            .redeem(&login.login, redirect, code, &flow.pkce, &flow.nonce, cx)
             .await
-            .map_err(OperatorRefusal::Failed)?;
-        let client = oidc_client(&login.login, &endpoints).map_err(OperatorRefusal::Failed)?;
-        let response = client
-            .exchange_code(AuthorizationCode::new(code))
-            .set_pkce_verifier(PkceCodeVerifier::new(flow.pkce.clone()))
-            .set_redirect_uri(Cow::Owned(
-                login.redirect_uri().map_err(OperatorRefusal::Failed)?,
-            ))
-            .request_async(&self.http)
-            .await
-            .map_err(|e| OperatorRefusal::Failed(LoginError::Provider(describe_token_error(&e))))?;
-        let id_token = response
-            .extra_fields()
-            .id_token
-            .clone()
-            .ok_or(OperatorRefusal::Failed(LoginError::NoIdToken))?;
-        let principal = cx
-            .authenticator
-            .verify_token(&id_token, cx.identity, cx.registry, cx.generation)
-            .await
-            .map_err(OperatorRefusal::Token)?;
-        // The signature was verified just now: the claims can be read as they are.
-        let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(&id_token)
-            .map_err(|_| OperatorRefusal::Token(AuthError::MalformedToken))?;
-        let nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
-        if !bool::from(nonce.as_bytes().ct_eq(flow.nonce.as_bytes())) {
-            return Err(OperatorRefusal::Failed(LoginError::Nonce));
-        }
+            .map_err(|e| match e {
+                Finish::Refused(error) => OperatorRefusal::Token(error),
+                Finish::Failed(error) => OperatorRefusal::Failed(error),
+            })?;
         // Verified by its own issuer's keys, yet possibly another trusted issuer (a tenant's):
         // only the configured platform issuer's tenant-less principals are operators.
         let from_issuer =

@@ -516,7 +516,9 @@ fn raise_fd_limit(needed: u64) -> u64 {
 }
 
 /// Reads one response with a `Content-Length` body; its status.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> u16 {
+/// Reads one response: its status and the whole response (for assertion messages: a refusal's
+/// problem document says which limit refused).
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -530,11 +532,12 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> u16 {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             if body.len() >= length {
-                return head
+                let status = head
                     .split(' ')
                     .nth(1)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
+                return (status, text.into_owned());
             }
         }
     }
@@ -604,7 +607,8 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
                 .write_all(b"GET /idle HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
                 .await
                 .unwrap();
-            assert_eq!(read_response(&mut stream).await, 200);
+            let (status, response) = read_response(&mut stream).await;
+            assert_eq!(status, 200, "{response}");
             stream
         }));
     }
@@ -646,7 +650,8 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
             .write_all(b"GET /again HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(read_response(stream).await, 200);
+        let (status, response) = read_response(stream).await;
+        assert_eq!(status, 200, "{response}");
     }
     let _ = stop_tx.send(true);
     let slow = trickle.await.unwrap();

@@ -2,16 +2,20 @@
 //! the month-end total and the hour a quota or budget runs out.
 //!
 //! The model is MSTL (augurs): the series is split into a daily (24 h) and a weekly (168 h)
-//! seasonal component by LOESS, the rest (trend) is forecast with AutoETS, and the seasons are
-//! added back. With less than two weeks of history only the daily season is used; with less
-//! than two days there is no forecast. Negative values are clipped to zero.
+//! seasonal component by LOESS, the rest (trend) is forecast — with AutoETS, or held at its
+//! recent level — and the seasons are added back; [`CANDIDATES`] lists the set-ups and
+//! [`choose_options`] picks one per series. With less than two weeks of history only the daily
+//! season is used; with less than two days there is no forecast. Negative values are clipped
+//! to zero.
 //!
 //! What it does with irregular days: a holiday is one low day among many weeks, so LOESS
-//! spreads a little of it over that weekday's seasonal shape and the trend dips and recovers
-//! within days; forecasts after it are slightly low for that weekday. A launch step (usage
-//! jumps and stays) is absorbed by the AutoETS level within a day or two, but the weeks before
-//! the step still shape the seasons, so forecasts right after a step are less accurate than
-//! usual (bench/results reports both cases next to the regular series).
+//! (robust LOESS all the more) spreads little of it over that weekday's seasonal shape, and
+//! the recent level, a median, ignores it; forecasts after it stay close. A holiday still to
+//! come is not foreseen (there is no calendar). A launch step (usage jumps and stays) is
+//! absorbed by the AutoETS level within a day or two, but the weeks before the step still
+//! shape the seasons and the choice of set-up, so forecasts in the first week or two after a
+//! step are much less accurate than usual (bench/README.md, "Usage forecasts", reports both
+//! cases next to the regular series).
 
 use augurs::ets::AutoETS;
 use augurs::mstl::{FittedTrendModel, MSTLModel, TrendModel};

@@ -8,8 +8,14 @@
 //! operation sequence; the report is Markdown (stdout, and `--out FILE`).
 //!
 //! Usage: rls [--url URL] [--tenants 100] [--rows 1000] [--ops 20000] [--rounds 5]
-//!            [--concurrency 4] [--out FILE]
+//!            [--concurrency 4] [--statements 1] [--out FILE] [--callgrind DIR]
 //! The URL defaults to `GATEWAY_TEST_PG_URL`, then the test database on 127.0.0.1.
+//!
+//! `--callgrind DIR` counts PostgreSQL instructions per operation instead of timing: the server
+//! runs under `valgrind --tool=callgrind --callgrind-out-file=DIR/callgrind.out.%p` (the script
+//! bench/rls-callgrind sets it up), each backend writes its count to that file when it exits,
+//! and a configuration's cost is the difference between backends that ran the warm-up and the
+//! measured operations and backends that ran the warm-up alone (see [`count_instructions`]).
 
 use std::time::{Duration, Instant};
 
@@ -537,6 +543,27 @@ async fn main() {
         .expect("shared_buffers")
         .get(0);
 
+    if let Some(dir) = arg("--callgrind") {
+        let workload = Workload {
+            url: url.clone(),
+            tenants,
+            rows,
+            ops,
+            concurrency,
+            statements,
+        };
+        let report =
+            match callgrind_report(&workload, &dir, rounds, &version, tls, &shared_buffers).await {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("rls --callgrind: {e}");
+                    std::process::exit(1);
+                }
+            };
+        finish(&url, &report).await;
+        return;
+    }
+
     let mut pools = Vec::new();
     for mode in MODES {
         let mut conns = Vec::new();
@@ -720,16 +747,246 @@ async fn main() {
             )
         },
     );
+    finish(&url, &report).await;
+}
+
+/// Prints the report, writes it to `--out`, drops both schemas.
+async fn finish(url: &str, report: &str) {
     println!("{report}");
     if let Some(path) = arg("--out") {
-        std::fs::write(&path, &report).unwrap_or_else(|e| panic!("{path}: {e}"));
+        std::fs::write(&path, report).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
 
-    let admin = connect(&url, "public").await;
+    let admin = connect(url, "public").await;
     admin
         .batch_execute(&format!(
             "DROP SCHEMA {PLAIN_SCHEMA} CASCADE; DROP SCHEMA {RLS_SCHEMA} CASCADE"
         ))
         .await
         .expect("drop schemas");
+}
+
+/// What every run of a configuration does.
+struct Workload {
+    url: String,
+    tenants: u64,
+    rows: u64,
+    ops: usize,
+    concurrency: usize,
+    statements: usize,
+}
+
+/// The instructions a backend ran in all, from the file callgrind writes when it exits
+/// (`DIR/callgrind.out.PID`): its `totals:` line, the file's last, so a file without one is not
+/// complete yet.
+async fn backend_instructions(dir: &str, pid: i32) -> Result<u64, String> {
+    let path = std::path::Path::new(dir).join(format!("callgrind.out.{pid}"));
+    let wait = Duration::from_secs(600);
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some(totals) = text.lines().rev().find_map(|l| l.strip_prefix("totals:")) {
+                let first = totals.split_whitespace().next().unwrap_or_default();
+                return first
+                    .parse()
+                    .map_err(|e| format!("{}: `totals:{totals}`: {e}", path.display()));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{}: no `totals:` line {} s after the connection closed; is PostgreSQL running \
+                 under `valgrind --tool=callgrind --callgrind-out-file={dir}/callgrind.out.%p` \
+                 (bench/rls-callgrind), and may this user read the file?",
+                path.display(),
+                wait.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn backends_instructions(dir: &str, pids: &[i32]) -> Result<u64, String> {
+    let mut total = 0;
+    for pid in pids {
+        total += backend_instructions(dir, *pid).await?;
+    }
+    Ok(total)
+}
+
+/// PostgreSQL instructions per operation of one configuration, by difference: two sets of
+/// `concurrency` connections, their backends forked in turn (each pair from the same postmaster
+/// state: a backend's count starts from the postmaster's at the fork), both run the same warm-up,
+/// one then runs the measured operations; all are closed, each backend writes its count as it
+/// exits, and the measured set's total less the other's is what the measured operations cost.
+/// (callgrind_control's zero and dump would need vgdb, whose ptrace invocation hung the backends
+/// on the machine this was written on.)
+async fn count_instructions(
+    w: &Workload,
+    dir: &str,
+    mode: Mode,
+    round: u64,
+) -> Result<(f64, u64, u64, usize), String> {
+    let mut measured = Vec::new();
+    let mut control = Vec::new();
+    for _ in 0..w.concurrency {
+        measured.push(Conn::open(&w.url, mode).await);
+        control.push(Conn::open(&w.url, mode).await);
+    }
+    let (tenants, rows, statements) = (w.tenants, w.rows, w.statements);
+    let warm = w.ops / 4;
+    let (measured, _) = run(measured, mode, 0, warm, statements, tenants, rows).await;
+    let (control, _) = run(control, mode, 0, warm, statements, tenants, rows).await;
+    let (measured, result) = run(measured, mode, round, w.ops, statements, tenants, rows).await;
+    let ops = result.latencies.len();
+    let pids = |conns: &[Conn]| conns.iter().map(|c| c.backend).collect::<Vec<_>>();
+    let (measured_pids, control_pids) = (pids(&measured), pids(&control));
+    // Closing the clients ends the backends, and callgrind writes their counts.
+    drop(measured);
+    drop(control);
+    let with = backends_instructions(dir, &measured_pids).await?;
+    let without = backends_instructions(dir, &control_pids).await?;
+    if ops == 0 {
+        return Err("no operations measured (--ops below --concurrency?)".into());
+    }
+    let per_op = (with as f64 - without as f64) / ops as f64;
+    Ok((per_op, with, without, ops))
+}
+
+/// The `--callgrind` report: PostgreSQL instructions per operation of each configuration.
+async fn callgrind_report(
+    w: &Workload,
+    dir: &str,
+    rounds: u64,
+    version: &str,
+    tls: &str,
+    shared_buffers: &str,
+) -> Result<String, String> {
+    std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))?;
+    let started = Instant::now();
+    let rounds = rounds.max(1);
+    // Instructions per operation, per configuration, per round.
+    let mut counts: Vec<Vec<f64>> = MODES.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for k in 0..MODES.len() {
+            let m = (k + round as usize) % MODES.len();
+            let mode = MODES[m];
+            let (per_op, with, without, ops) = count_instructions(w, dir, mode, round).await?;
+            eprintln!(
+                "rls: round {round} {:<12} backends {with} − {without} instructions over {ops} \
+                 operations: {per_op:.0} per operation",
+                mode.short()
+            );
+            counts[m].push(per_op);
+        }
+    }
+    let index = |mode: Mode| MODES.iter().position(|m| *m == mode).unwrap_or(0);
+    // Median over the rounds of (count of `b` ÷ count of `a` − 1), in %, runs of a round paired.
+    let paired = |a: usize, b: usize| {
+        let mut costs: Vec<f64> = counts[b]
+            .iter()
+            .zip(&counts[a])
+            .map(|(cb, ca)| (cb / ca - 1.0) * 100.0)
+            .collect();
+        median(&mut costs)
+    };
+    let bases = [Mode::Plain, Mode::PlainTx, Mode::PlainTxSet];
+    let mut table = String::from(
+        "| configuration | round trips/op | PostgreSQL instructions/op | against `plain` | \
+         against `plain-tx` | against `plain-tx-set` |\n|---|---|---|---|---|---|\n",
+    );
+    for (m, mode) in MODES.iter().enumerate() {
+        let mut values = counts[m].clone();
+        let (min, max) = values
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let mid = median(&mut values);
+        let count = if values.len() > 1 {
+            format!("{mid:.0} ({min:.0}–{max:.0})")
+        } else {
+            format!("{mid:.0}")
+        };
+        let against: Vec<String> = bases
+            .iter()
+            .map(|base| {
+                if index(*base) == m {
+                    "—".to_string()
+                } else {
+                    format!("{:+.1} %", paired(index(*base), m))
+                }
+            })
+            .collect();
+        table.push_str(&format!(
+            "| {} (`{}`) | {} | {count} | {} |\n",
+            mode.label(),
+            mode.short(),
+            mode.round_trips(w.statements),
+            against.join(" | "),
+        ));
+    }
+    let rls = index(Mode::Rls);
+    let summary: String = [
+        (Mode::Plain, "the hand-written baseline (autocommit)"),
+        (Mode::PlainTx, "the baseline in BEGIN … COMMIT"),
+        (
+            Mode::PlainTxSet,
+            "the same transaction and set_config without policies (what the policies themselves \
+             cost)",
+        ),
+    ]
+    .iter()
+    .map(|(from, what)| {
+        format!(
+            "- {what}: **{:+.1} % PostgreSQL instructions per operation**\n",
+            paired(index(*from), rls)
+        )
+    })
+    .collect();
+    let valgrind = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "valgrind".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let statements = w.statements;
+    let requests = if statements == 1 {
+        String::new()
+    } else {
+        format!(
+            "- **Requests of {statements} statements** (`--statements {statements}`): an \
+             \"operation\" is one request, {statements} operations of the mix for one tenant, each \
+             awaited before the next, in one transaction where the configuration has one.\n"
+        )
+    };
+    Ok(format!(
+        "# Row-Level Security overhead in PostgreSQL instructions, {date} on `{host}`\n\n\
+         PostgreSQL {version} under {valgrind} callgrind (bench/rls-callgrind), over TCP on \
+         127.0.0.1, {tls} (shared_buffers {shared_buffers}). `rls --callgrind`, {secs:.0} s in all.\n\n\
+         - Data and query mix as in the timed bench: {tenants} tenants × {rows} documents in two \
+         schemas (policies removed / enabled and forced); 70 % reads by id, 20 % lists of 50, \
+         10 % updates, every answer checked.\n\
+         {requests}\
+         - Count: the instructions of the PostgreSQL backends serving the connections (callgrind's \
+         `totals:`, written by each backend as it exits), not of the postmaster or the background \
+         processes. Per configuration and round, {concurrency} connections run a warm-up of \
+         {warm} operations and then {ops} measured operations, {concurrency} other connections \
+         (forked alternately with them) the same warm-up alone; instructions/op = (first \
+         backends' total − second backends' total) ÷ operations. {rounds} round(s), \
+         configurations in an order rotated each round; cost = instructions/op ÷ those of the \
+         other configuration − 1, per round, median over the rounds.\n\n\
+         {table}\n\
+         The example app's way (BEGIN and set_config pipelined with a request's first statement, \
+         COMMIT with its last; goal < 10 %) against\n\n\
+         {summary}",
+        secs = started.elapsed().as_secs_f64(),
+        tenants = w.tenants,
+        rows = w.rows,
+        concurrency = w.concurrency,
+        warm = w.ops / 4 / w.concurrency.max(1) * w.concurrency.max(1),
+        ops = w.ops / w.concurrency.max(1) * w.concurrency.max(1),
+    ))
 }

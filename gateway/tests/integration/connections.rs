@@ -515,9 +515,8 @@ fn raise_fd_limit(needed: u64) -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).unwrap().0
 }
 
-/// Reads one response with a `Content-Length` body; its status.
-/// Reads one response: its status and the whole response (for assertion messages: a refusal's
-/// problem document says which limit refused).
+/// Reads one response with a `Content-Length` body: its status and the whole response (for
+/// assertion messages: a refusal's problem document says which limit refused).
 async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(1024);

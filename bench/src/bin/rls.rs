@@ -50,6 +50,19 @@ enum Mode {
     RlsSession,
 }
 
+/// What the example's pattern (`Mode::Rls`) is compared with in both reports, in words.
+const COMPARED_WITH: [(Mode, &str); 3] = [
+    (Mode::Plain, "the hand-written baseline (autocommit)"),
+    (
+        Mode::PlainTx,
+        "the baseline in BEGIN … COMMIT (an app that already runs each request in a transaction)",
+    ),
+    (
+        Mode::PlainTxSet,
+        "the same transaction and set_config without policies (what the policies themselves cost)",
+    ),
+];
+
 const MODES: [Mode; 6] = [
     Mode::Plain,
     Mode::PlainTx,
@@ -60,6 +73,11 @@ const MODES: [Mode; 6] = [
 ];
 
 impl Mode {
+    /// Its position in [`MODES`] (results are kept in that order).
+    fn index(self) -> usize {
+        MODES.iter().position(|m| *m == self).unwrap_or(0)
+    }
+
     fn label(self) -> &'static str {
         match self {
             Mode::Plain => "baseline: `WHERE tenant_id = $1`, no policies, autocommit",
@@ -476,6 +494,15 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Median over the rounds of (other ÷ base − 1), in %: each pair is one round's figure of the
+/// base configuration and of the other; a round missing either is left out.
+fn median_cost(rounds: impl Iterator<Item = (Option<f64>, Option<f64>)>) -> f64 {
+    let mut costs: Vec<f64> = rounds
+        .filter_map(|(base, other)| Some((other? / base? - 1.0) * 100.0))
+        .collect();
+    median(&mut costs)
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -605,12 +632,12 @@ async fn main() {
     let time_per_op = |r: &Run| Some(1.0 / ops_per_s(r));
     // Median over the rounds of (metric of `b` ÷ metric of `a` − 1), in %, runs of a round paired.
     let paired = |a: usize, b: usize, metric: &dyn Fn(&Run) -> Option<f64>| {
-        let mut costs: Vec<f64> = results[b]
-            .iter()
-            .zip(&results[a])
-            .filter_map(|(rb, ra)| Some((metric(rb)? / metric(ra)? - 1.0) * 100.0))
-            .collect();
-        median(&mut costs)
+        median_cost(
+            results[a]
+                .iter()
+                .zip(&results[b])
+                .map(|(ra, rb)| (metric(ra), metric(rb))),
+        )
     };
     for (m, mode) in MODES.iter().enumerate() {
         let runs = &results[m];
@@ -674,30 +701,17 @@ async fn main() {
         ));
     }
 
-    let index = |mode: Mode| MODES.iter().position(|m| *m == mode).unwrap_or(0);
-    let rls = index(Mode::Rls);
-    let summary: String = [
-        (Mode::Plain, "the hand-written baseline (autocommit)"),
-        (
-            Mode::PlainTx,
-            "the baseline in BEGIN … COMMIT (an app that already runs each request in a \
-             transaction)",
-        ),
-        (
-            Mode::PlainTxSet,
-            "the same transaction and set_config without policies (what the policies themselves \
-             cost)",
-        ),
-    ]
-    .iter()
-    .map(|(from, what)| {
-        format!(
-            "- {what}: **{:+.1} % throughput, {:+.1} % PostgreSQL CPU per operation**\n",
-            paired(index(*from), rls, &time_per_op),
-            paired(index(*from), rls, &server_us),
-        )
-    })
-    .collect();
+    let rls = Mode::Rls.index();
+    let summary: String = COMPARED_WITH
+        .iter()
+        .map(|(from, what)| {
+            format!(
+                "- {what}: **{:+.1} % throughput, {:+.1} % PostgreSQL CPU per operation**\n",
+                paired(from.index(), rls, &time_per_op),
+                paired(from.index(), rls, &server_us),
+            )
+        })
+        .collect();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -879,17 +893,14 @@ async fn callgrind_report(
             counts[m].push(per_op);
         }
     }
-    let index = |mode: Mode| MODES.iter().position(|m| *m == mode).unwrap_or(0);
-    // Median over the rounds of (count of `b` ÷ count of `a` − 1), in %, runs of a round paired.
     let paired = |a: usize, b: usize| {
-        let mut costs: Vec<f64> = counts[b]
-            .iter()
-            .zip(&counts[a])
-            .map(|(cb, ca)| (cb / ca - 1.0) * 100.0)
-            .collect();
-        median(&mut costs)
+        median_cost(
+            counts[a]
+                .iter()
+                .zip(&counts[b])
+                .map(|(ca, cb)| (Some(*ca), Some(*cb))),
+        )
     };
-    let bases = [Mode::Plain, Mode::PlainTx, Mode::PlainTxSet];
     let mut table = String::from(
         "| configuration | round trips/op | PostgreSQL instructions/op | against `plain` | \
          against `plain-tx` | against `plain-tx-set` |\n|---|---|---|---|---|---|\n",
@@ -905,13 +916,13 @@ async fn callgrind_report(
         } else {
             format!("{mid:.0}")
         };
-        let against: Vec<String> = bases
+        let against: Vec<String> = COMPARED_WITH
             .iter()
-            .map(|base| {
-                if index(*base) == m {
+            .map(|(base, _)| {
+                if base.index() == m {
                     "—".to_string()
                 } else {
-                    format!("{:+.1} %", paired(index(*base), m))
+                    format!("{:+.1} %", paired(base.index(), m))
                 }
             })
             .collect();
@@ -923,24 +934,16 @@ async fn callgrind_report(
             against.join(" | "),
         ));
     }
-    let rls = index(Mode::Rls);
-    let summary: String = [
-        (Mode::Plain, "the hand-written baseline (autocommit)"),
-        (Mode::PlainTx, "the baseline in BEGIN … COMMIT"),
-        (
-            Mode::PlainTxSet,
-            "the same transaction and set_config without policies (what the policies themselves \
-             cost)",
-        ),
-    ]
-    .iter()
-    .map(|(from, what)| {
-        format!(
-            "- {what}: **{:+.1} % PostgreSQL instructions per operation**\n",
-            paired(index(*from), rls)
-        )
-    })
-    .collect();
+    let rls = Mode::Rls.index();
+    let summary: String = COMPARED_WITH
+        .iter()
+        .map(|(from, what)| {
+            format!(
+                "- {what}: **{:+.1} % PostgreSQL instructions per operation**\n",
+                paired(from.index(), rls)
+            )
+        })
+        .collect();
     let valgrind = std::process::Command::new("valgrind")
         .arg("--version")
         .output()

@@ -261,8 +261,7 @@ fn main() {
                     hourly_mape: f64::NAN,
                 })
         };
-        let chosen = forecast::choose_options(history);
-        let chosen_label = format!("MSTL (chosen: {})", forecast::candidate_name(chosen));
+        let chosen_label = format!("MSTL (chosen: {})", forecast::plan(history).describe());
         let candidates: Vec<serde_json::Value> = forecast::CANDIDATES
             .iter()
             .zip(forecast::CANDIDATE_NAMES)

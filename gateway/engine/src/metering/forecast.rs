@@ -11,11 +11,15 @@
 //! What it does with irregular days: a holiday is one low day among many weeks, so LOESS
 //! (robust LOESS all the more) spreads little of it over that weekday's seasonal shape, and
 //! the recent level, a median, ignores it; forecasts after it stay close. A holiday still to
-//! come is not foreseen (there is no calendar). A launch step (usage jumps and stays) is
-//! absorbed by the AutoETS level within a day or two, but the weeks before the step still
-//! shape the seasons and the choice of set-up, so forecasts in the first week or two after a
-//! step are much less accurate than usual (bench/README.md, "Usage forecasts", reports both
-//! cases next to the regular series).
+//! come is not foreseen (there is no calendar). A launch step (usage jumps or falls and stays)
+//! is found by [`level_shift`]: three or more days in a row, up to the last, each far from the
+//! same weekday in the weeks before (far: beyond 25 % and beyond the series' own day-to-day
+//! scatter). The model is then fitted on the history before the step and its forecast scaled
+//! by how far the days since the step were from it ([`forecast_planned`]): the seasons come
+//! from the weeks that show them, the level from the days after the step. A step less than
+//! three days old is not told from a holiday or an outage, and forecasts until then use the
+//! old level (bench/README.md, "Usage forecasts", reports both cases next to the regular
+//! series).
 
 use augurs::ets::AutoETS;
 use augurs::mstl::{FittedTrendModel, MSTLModel, TrendModel};
@@ -108,14 +112,167 @@ pub fn candidate_name(options: ModelOptions) -> &'static str {
 ///
 /// The set-up is chosen per series ([`choose_options`]): each of [`CANDIDATES`] is fitted on
 /// the history without its last two weeks and scored (daily MAPE) on them; the best is fitted
-/// on the whole history.
+/// on the whole history — or, after a level shift ([`plan`]), on the history before it and
+/// scaled to the new level.
 pub fn forecast(
     history: &[f64],
     horizon: usize,
     level: f64,
 ) -> Result<HourlyForecast, ForecastError> {
-    let options = choose_options(history);
-    forecast_with(history, horizon, level, options)
+    forecast_planned(history, horizon, level, plan(history))
+}
+
+/// How [`forecast`] forecasts a series: the set-up, and the level shift at the history's end
+/// it scales to, if there is one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub options: ModelOptions,
+    pub shift: Option<LevelShift>,
+}
+
+impl Plan {
+    /// The set-up in words (reports).
+    pub fn describe(&self) -> String {
+        let name = candidate_name(self.options);
+        match self.shift {
+            Some(shift) => format!(
+                "{name}, scaled to the level since a shift {} days ago",
+                shift.days
+            ),
+            None => name.to_string(),
+        }
+    }
+}
+
+/// The plan for `history`: a level shift at its end if [`level_shift`] finds one, and the set-up
+/// [`choose_options`] picks on the history before the shift (the whole history without one).
+pub fn plan(history: &[f64]) -> Plan {
+    let shift = level_shift(history);
+    let before = shift.map_or(history, |s| {
+        history
+            .get(..history.len().saturating_sub(s.days * DAY))
+            .unwrap_or(&[])
+    });
+    Plan {
+        options: choose_options(before),
+        shift,
+    }
+}
+
+/// [`forecast_with`] the plan's set-up; with a level shift, fitted on the history before it
+/// and scaled by the ratio of what the days since the shift saw to what that fit forecast for
+/// them — a launch that doubled usage doubles the forecast, seasons and all.
+pub fn forecast_planned(
+    history: &[f64],
+    horizon: usize,
+    level: f64,
+    plan: Plan,
+) -> Result<HourlyForecast, ForecastError> {
+    let Some(shift) = plan.shift else {
+        return forecast_with(history, horizon, level, plan.options);
+    };
+    let since = (shift.days * DAY).min(history.len());
+    let (before, after) = history.split_at(history.len() - since);
+    let mut f = forecast_with(before, since + horizon, level, plan.options)?;
+    let expected: f64 = f.point.iter().take(since).sum();
+    let seen: f64 = after.iter().sum();
+    if !(expected > 0.0 && seen.is_finite()) {
+        // Nothing forecast for the days since the shift: no ratio to scale by.
+        return forecast_with(history, horizon, level, plan.options);
+    }
+    let ratio = seen / expected;
+    for values in [&mut f.point, &mut f.lower, &mut f.upper] {
+        *values = values.iter().skip(since).map(|v| v * ratio).collect();
+    }
+    Ok(f)
+}
+
+/// A lasting change of level at the end of a history (a launch, a customer gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelShift {
+    /// Whole days (24 hours, counted back from the history's end) since the shift.
+    pub days: usize,
+}
+
+/// A day counts towards a shift when its total is this far from the same weekday in the weeks
+/// before (as a log ratio: ln 1.25, 25 % up or 20 % down) …
+const SHIFT_MIN_LOG_RATIO: f64 = 0.223;
+/// … and this many robust standard deviations of the series' own day-to-day changes (a
+/// weather-driven series swings by more than 25 % without a shift).
+const SHIFT_SIGMAS: f64 = 4.0;
+/// Days in a row, up to the history's last, that make a shift: fewer may be a holiday weekend
+/// or an outage.
+const SHIFT_MIN_DAYS: usize = 3;
+/// Beyond two weeks the weeks a day is compared with are themselves after the shift, and the
+/// set-ups fitted on the whole history have seen the new level for long enough.
+const SHIFT_MAX_DAYS: usize = 2 * 7;
+
+/// The level shift at the end of `history`, if there is one: the last days, at least
+/// [`SHIFT_MIN_DAYS`] of them and all in the same direction, each with a total far (see
+/// [`SHIFT_MIN_LOG_RATIO`], [`SHIFT_SIGMAS`]) from the median of the same weekday in the
+/// three weeks before it. Needs four weeks of history: the scatter of the changes is measured
+/// on days before the last two weeks.
+pub fn level_shift(history: &[f64]) -> Option<LevelShift> {
+    let changes = daily_changes(history);
+    let mut older: Vec<f64> = changes
+        .get(..changes.len().saturating_sub(SHIFT_MAX_DAYS))
+        .unwrap_or(&[])
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    if older.len() < 7 {
+        return None;
+    }
+    let center = median(&mut older)?;
+    let mut deviations: Vec<f64> = older.iter().map(|c| (c - center).abs()).collect();
+    // 1.4826 × MAD: the standard deviation of normal scatter, robust to the odd holiday.
+    let sigma = 1.4826 * median(&mut deviations)?;
+    let threshold = (SHIFT_SIGMAS * sigma).max(SHIFT_MIN_LOG_RATIO);
+    let direction = changes.last().copied().flatten()?.signum();
+    let run = changes
+        .iter()
+        .rev()
+        .take_while(|c| c.is_some_and(|c| c.signum() == direction && c.abs() > threshold))
+        .count();
+    (SHIFT_MIN_DAYS..=SHIFT_MAX_DAYS)
+        .contains(&run)
+        .then_some(LevelShift { days: run })
+}
+
+/// Each day of `history` (24-hour windows counted back from its end) as the log ratio of its
+/// total to the median total of the same weekday in the three weeks before it; `None` for
+/// days without such a week or with no use in those weeks.
+fn daily_changes(history: &[f64]) -> Vec<Option<f64>> {
+    let days: Vec<f64> = history
+        .get(history.len() % DAY..)
+        .unwrap_or(&[])
+        .chunks_exact(DAY)
+        .map(|day| day.iter().sum())
+        .collect();
+    let change = |d: usize| -> Option<f64> {
+        let mut before: Vec<f64> = (1..=3)
+            .filter_map(|weeks| d.checked_sub(7 * weeks))
+            .filter_map(|i| days.get(i).copied())
+            .collect();
+        let reference = median(&mut before)?;
+        let total = days.get(d).copied()?;
+        // A day with no use at all is a large fall, not an infinite one.
+        (reference > 0.0).then(|| (total.max(reference / 100.0) / reference).ln())
+    };
+    (0..days.len()).map(change).collect()
+}
+
+/// The median of finite `values` (reordered), `None` when there are none.
+fn median(values: &mut Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => values.get(n / 2).copied(),
+        _ => Some((values.get(n / 2 - 1)? + values.get(n / 2)?) / 2.0),
+    }
 }
 
 /// The candidate whose forecast of the last two weeks of `history`, made from the hours
@@ -253,16 +410,8 @@ impl TrendModel for RecentLevel {
             .iter()
             .skip(y.len().saturating_sub(self.hours))
             .copied()
-            .filter(|v| v.is_finite())
             .collect();
-        recent.sort_by(f64::total_cmp);
-        // The middle value, or the mean of the two middle values.
-        let upper_half = recent.get(recent.len() / 2..).unwrap_or(&[]);
-        let lower_half = recent.get(..recent.len().div_ceil(2)).unwrap_or(&[]);
-        let (Some(high), Some(low)) = (upper_half.first(), lower_half.last()) else {
-            return Err("no finite value to take a level from".into());
-        };
-        let level = (high + low) / 2.0;
+        let level = median(&mut recent).ok_or("no finite value to take a level from")?;
         let sigma =
             (recent.iter().map(|v| (v - level).powi(2)).sum::<f64>() / recent.len() as f64).sqrt();
         Ok(Box::new(FittedRecentLevel {
@@ -574,6 +723,86 @@ mod tests {
         assert!(flat.total_error < -5.0, "{flat:?}");
         assert!(a.daily_mape < flat.daily_mape, "{a:?} {flat:?}");
         assert_eq!(candidate_name(RECENT_LEVEL), "robust, recent level");
+    }
+
+    #[test]
+    fn a_launch_step_is_found_and_forecast_at_the_new_level() {
+        // Usage doubles four days before the forecast starts: the set-ups fitted on the whole
+        // history are still mostly at the old level; scaled from the weeks before the step, the
+        // forecast follows the new one.
+        let mut series = seasonal(8);
+        let step = 6 * WEEK - 4 * DAY;
+        for v in &mut series[step..] {
+            *v *= 2.0;
+        }
+        let (history, held_out) = series.split_at(6 * WEEK);
+        let plan = plan(history);
+        assert_eq!(plan.shift, Some(LevelShift { days: 4 }), "{plan:?}");
+        assert!(plan.describe().ends_with("since a shift 4 days ago"));
+        let f = forecast(history, held_out.len(), 0.9).unwrap();
+        assert_eq!(f.point.len(), held_out.len());
+        let a = accuracy(held_out, &f.point);
+        assert!(a.daily_mape < 3.0, "{a:?}");
+        let unscaled = accuracy(
+            held_out,
+            &forecast_with(history, held_out.len(), 0.9, plan.options)
+                .unwrap()
+                .point,
+        );
+        assert!(unscaled.daily_mape > 10.0, "{unscaled:?}");
+        assert!(f.lower.iter().zip(&f.point).all(|(l, p)| l <= p));
+        assert!(f.upper.iter().zip(&f.point).all(|(u, p)| u >= p));
+        // A fall is a shift too.
+        let mut fallen = seasonal(6);
+        for v in &mut fallen[6 * WEEK - 5 * DAY..] {
+            *v *= 0.5;
+        }
+        assert_eq!(level_shift(&fallen), Some(LevelShift { days: 5 }));
+    }
+
+    #[test]
+    fn holidays_short_dips_and_old_steps_are_not_level_shifts() {
+        let steady = seasonal(6);
+        assert_eq!(level_shift(&steady), None);
+        // Two days off (a holiday and the day after) at the end of the history.
+        let mut holiday = steady.clone();
+        for v in &mut holiday[6 * WEEK - 2 * DAY..] {
+            *v *= 0.3;
+        }
+        assert_eq!(level_shift(&holiday), None);
+        // A step three weeks back: the weeks the last days are compared with are after it.
+        let mut old_step = steady.clone();
+        for v in &mut old_step[3 * WEEK..] {
+            *v *= 2.0;
+        }
+        assert_eq!(level_shift(&old_step), None);
+        // Too short a history to know the series' own day-to-day scatter.
+        let mut short = seasonal(3);
+        for v in &mut short[3 * WEEK - 4 * DAY..] {
+            *v *= 2.0;
+        }
+        assert_eq!(level_shift(&short), None);
+        // Days that swing by up to ±35 % (weather, say), so that a day differs from the same
+        // weekday before by ±50 % (σ ≈ 0.47 in log ratio): four days at twice the usual level,
+        // each more than 25 % above the same weekdays before, are within that scatter.
+        let swings = [1.0, 1.35, 0.65, 1.2, 0.7, 1.3, 0.8, 1.1, 0.7, 1.35, 0.9];
+        let swinging: Vec<f64> = steady
+            .iter()
+            .enumerate()
+            .map(|(h, v)| {
+                let day = h / DAY;
+                v * if day >= 6 * 7 - 4 {
+                    2.0
+                } else {
+                    swings[day % swings.len()]
+                }
+            })
+            .collect();
+        let changes = daily_changes(&swinging);
+        assert!(changes[changes.len() - 4..]
+            .iter()
+            .all(|c| c.is_some_and(|c| c > SHIFT_MIN_LOG_RATIO)));
+        assert_eq!(level_shift(&swinging), None);
     }
 
     #[test]

@@ -366,16 +366,25 @@ impl Directory {
         principal: &str,
         active: bool,
     ) -> Result<DirectoryUser, DirectoryError> {
-        match self
-            .save(tenant, self.with_active(tenant, principal, active))
-            .await
-        {
-            // Listed by another replica a moment ago (just-in-time provisioning, SCIM) and not
-            // yet heard of here: change that user, as the shared store holds it, rather than
-            // create a second one of the same name.
-            Err(DirectoryError::UserNameTaken(_))
-                if self.reread_user(tenant, principal).await? =>
-            {
+        let changed = self.with_active(tenant, principal, active);
+        self.save_active(tenant, principal, active, changed).await
+    }
+
+    /// Saves `changed` (the principal's user as [`Self::with_active`] made it). When the name
+    /// was listed meanwhile — by just-in-time provisioning, which lists a principal after its
+    /// first request, on this replica or another, or by SCIM — `changed` is a second user of
+    /// that name and the store refuses it: that user is changed instead, as the store holds it
+    /// (a shared store's is read first: this replica may not have heard of it yet).
+    async fn save_active(
+        &self,
+        tenant: &str,
+        principal: &str,
+        active: bool,
+        changed: DirectoryUser,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        match self.save(tenant, changed).await {
+            Err(DirectoryError::UserNameTaken(_)) => {
+                self.reread_user(tenant, principal).await?;
                 self.save(tenant, self.with_active(tenant, principal, active))
                     .await
             }
@@ -1113,6 +1122,27 @@ mod tests {
             version: 1,
             sessions_not_before: None,
         }
+    }
+
+    /// The admin API's switch racing just-in-time provisioning on one replica: the principal is
+    /// listed between the switch reading the directory (no such user) and saving.
+    #[tokio::test]
+    async fn a_principal_listed_while_being_deactivated_is_changed_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory =
+            Directory::open(DirectoryStore::File(dir.path().join("directory.json"))).unwrap();
+        let stale = directory.with_active("acme", "bob", false);
+        assert!(directory.ensure_listed("acme", "bob").await.unwrap());
+        let listed = directory.users("acme", Some("bob")).remove(0);
+
+        let deactivated = directory
+            .save_active("acme", "bob", false, stale)
+            .await
+            .unwrap();
+        assert_eq!(deactivated.id, listed.id, "a second user was made");
+        assert!(!deactivated.active);
+        assert!(directory.is_refused("acme", "bob"));
+        assert_eq!(directory.users("acme", None).len(), 1);
     }
 
     #[tokio::test]

@@ -331,13 +331,31 @@ impl Callgrind {
 
     /// Instructions executed (all threads) since `start` or the previous `window`.
     pub fn window(&mut self) -> std::io::Result<u64> {
+        Ok(self.window_split(&[])?.0)
+    }
+
+    /// [`Self::window`], and of those the instructions executed in functions whose name
+    /// contains one of `functions` (their own instructions, callees not included), as
+    /// `callgrind_annotate` lists them.
+    pub fn window_split(&mut self, functions: &[&str]) -> std::io::Result<(u64, u64)> {
         self.control(&["-d"])?;
         self.dumps += 1;
         let path = PathBuf::from(format!("{}.{}", self.out.display(), self.dumps));
         let text = std::fs::read_to_string(&path)?;
+        let split = if functions.is_empty() {
+            0
+        } else {
+            annotated_self_cost(&path, functions)?
+        };
+        let total = Self::totals(&path, &text)?;
         if std::env::var_os("BENCH_KEEP_CALLGRIND").is_none() {
             let _ = std::fs::remove_file(&path);
-        } else {
+        }
+        Ok((total, split))
+    }
+
+    fn totals(path: &Path, text: &str) -> std::io::Result<u64> {
+        if std::env::var_os("BENCH_KEEP_CALLGRIND").is_some() {
             eprintln!(
                 "kept {}: {:?}",
                 path.display(),
@@ -382,6 +400,52 @@ impl Callgrind {
     }
 }
 
+/// The instructions `callgrind_annotate` lists for functions whose name contains one of
+/// `functions` in the dump at `path` (self cost: one line per function and source file, the
+/// lines of code inlined into it from other files included).
+fn annotated_self_cost(path: &Path, functions: &[&str]) -> std::io::Result<u64> {
+    let out = Command::new("callgrind_annotate")
+        .args(["--threshold=100", "--inclusive=no", "--auto=no"])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "callgrind_annotate {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(parse_annotated_self_cost(
+        &String::from_utf8_lossy(&out.stdout),
+        functions,
+    ))
+}
+
+/// Sums the cost column of `callgrind_annotate`'s function lines
+/// (`  93,981,000 (12.49%)  file.rs:crate::function [object]`) that name one of `functions`.
+fn parse_annotated_self_cost(listing: &str, functions: &[&str]) -> u64 {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let (cost, rest) = line.trim_start().split_once(' ')?;
+            let cost: u64 = cost.replace(',', "").parse().ok()?;
+            // `file:function [object]`: the function follows the file's last colon.
+            let name = rest.split_once(")  ")?.1;
+            // Source annotation's call lines (`=> file:function (3,000x)`) hold callees'
+            // inclusive costs: not a function's own.
+            if name.starts_with("=>") {
+                return None;
+            }
+            let function = name.rsplit_once(" [").map_or(name, |(f, _)| f);
+            let function = function.split_once(':').map_or(function, |(_, f)| f);
+            functions
+                .iter()
+                .any(|wanted| function.contains(wanted))
+                .then_some(cost)
+        })
+        .sum()
+}
+
 impl Drop for Callgrind {
     fn drop(&mut self) {
         interrupt(&self.child);
@@ -402,5 +466,36 @@ impl Drop for Callgrind {
             let _ = std::fs::remove_file(format!("{}.{i}", self.out.display()));
         }
         let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_self_costs_of_named_functions_are_summed() {
+        let listing = "\
+--------------------------------------------------------------------------------
+752,240,125 (100.0%)  PROGRAM TOTALS
+--------------------------------------------------------------------------------
+Ir                   file:function
+--------------------------------------------------------------------------------
+93,981,000 (12.49%)  /root/.cargo/registry/src/sha2-0.10.9/src/sha256/soft.rs:sha2::sha256::compress256 [/work/bin/gateway]
+82,189,525 (10.93%)  ./string/../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S:__memcpy_avx_unaligned_erms [/usr/lib/x86_64-linux-gnu/libc.so.6]
+55,689,000 ( 7.40%)  /rustc/5980/library/core/src/intrinsics/mod.rs:sha2::sha256::compress256
+     3,000 ( 0.00%)  => /root/.cargo/registry/src/sha2-0.10.9/src/sha256.rs:sha2::sha256::compress256 (3,000x)
+ 9,762,000 ( 1.30%)  /root/.cargo/registry/src/http-1.5.0/src/header/map.rs:http::header::map::HeaderMap<T>::try_insert2 [/work/bin/gateway]
+";
+        assert_eq!(
+            parse_annotated_self_cost(listing, &["sha2::sha256::compress256"]),
+            93_981_000 + 55_689_000
+        );
+        assert_eq!(
+            parse_annotated_self_cost(listing, &["compress256", "HeaderMap"]),
+            93_981_000 + 55_689_000 + 9_762_000
+        );
+        // A file name alone does not match: only the function part is compared.
+        assert_eq!(parse_annotated_self_cost(listing, &["soft.rs"]), 0);
     }
 }

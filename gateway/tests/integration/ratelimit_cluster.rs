@@ -125,8 +125,10 @@ async fn three_gateways_share_a_limit_on_redis_cluster_through_a_failover() {
         3 * rate as u32,
         // Long enough that the fixed extras of a failover (the replicas' full local buckets
         // at its start, Redis's full bucket after it, writes the dead master had not
-        // replicated) stay well inside 2 % of the bound.
-        Duration::from_secs(25),
+        // replicated, replicas returning to Redis one by one) stay well inside 2 % of the
+        // bound. They grow with the machine's load: 25 s measured +1.2 to +1.5 % under the
+        // whole suite, and once +2.36 % (59 requests over a bound of 2,512).
+        Duration::from_secs(40),
         Duration::from_secs(6),
         kill,
     )

@@ -715,8 +715,16 @@ impl LimitTable {
         if caller != Caller::Known {
             return plan;
         }
+        let daily = own.daily_requests.or(tier.and_then(|t| t.daily_requests));
+        let monthly = own
+            .monthly_requests
+            .or(tier.and_then(|t| t.monthly_requests));
+        if daily.is_none() && monthly.is_none() {
+            // Calendar arithmetic only for tenants with a quota (most requests have none).
+            return plan;
+        }
         let windows = QuotaWindows::at(now_secs);
-        if let Some(limit) = own.daily_requests.or(tier.and_then(|t| t.daily_requests)) {
+        if let Some(limit) = daily {
             plan.quotas.push(Quota {
                 name: "daily",
                 key: format!("q:d:{}:{}", tenant.id, windows.day_id),
@@ -725,10 +733,7 @@ impl LimitTable {
                 resets_in: windows.day_resets_in,
             });
         }
-        if let Some(limit) = own
-            .monthly_requests
-            .or(tier.and_then(|t| t.monthly_requests))
-        {
+        if let Some(limit) = monthly {
             plan.quotas.push(Quota {
                 name: "monthly",
                 key: format!("q:m:{}:{}", tenant.id, windows.month_id),

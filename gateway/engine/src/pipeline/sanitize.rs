@@ -760,9 +760,12 @@ fn field_name_for_message(name: &[u8]) -> String {
 
 /// RFC 9110 `tchar`.
 fn is_tchar(b: u8) -> bool {
-    TCHAR[usize::from(b)]
+    TCHAR.get(usize::from(b)).copied().unwrap_or(false)
 }
 
+// Indexing in a constant's initializer is checked when it is compiled: it cannot panic at run
+// time.
+#[allow(clippy::indexing_slicing)]
 const TCHAR: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;

@@ -31,6 +31,11 @@ use gateway_engine::records::{Established, Exchange, FrontDoor, Recorder};
 use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
+// Names looked up or removed on every request, parsed once: a `&str` name is parsed (and
+// lower-cased) again by each `get_all` or `remove_header`.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static(TRACESTATE_HEADER);
+
 pub struct GatewayProxy {
     store: Arc<SnapshotStore>,
     services: Arc<Services>,
@@ -503,7 +508,7 @@ impl ProxyHttp for GatewayProxy {
             match &c.trace.tracestate {
                 Some(state) => upstream_request.insert_header(TRACESTATE_HEADER, state)?,
                 None => {
-                    upstream_request.remove_header(TRACESTATE_HEADER);
+                    upstream_request.remove_header(&TRACESTATE);
                 }
             }
         }
@@ -520,10 +525,10 @@ impl ProxyHttp for GatewayProxy {
         // The upstream sees the whole hop list, every header line of it (RFC 9110 §5.3), plus
         // the peer; `Forwarded` (RFC 7239) is not maintained by the gateway, so a client's own
         // would reach the upstream unverified: it is removed.
-        upstream_request.remove_header("forwarded");
+        upstream_request.remove_header(&http::header::FORWARDED);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut hops = String::with_capacity(64);
-            for line in upstream_request.headers.get_all("x-forwarded-for") {
+            for line in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
                 hops.push_str(&String::from_utf8_lossy(line.as_bytes()));
                 hops.push_str(", ");
             }

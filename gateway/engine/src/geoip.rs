@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use maxminddb::PathElement;
 use schemars::JsonSchema;
@@ -87,6 +87,9 @@ pub fn forwarded_client_ip(
     walk_forwarded_for(proxy.to_canonical(), headers, trusted)
 }
 
+/// `X-Forwarded-For`, parsed once (a `&str` name is parsed again on every lookup).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Walks `X-Forwarded-For` from the right, starting behind `client` (a trusted hop): the first
 /// hop that is not a trusted proxy is the client; an unparsable hop makes it unknown.
 fn walk_forwarded_for(
@@ -95,7 +98,7 @@ fn walk_forwarded_for(
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    for line in headers.get_all("x-forwarded-for").iter().rev() {
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         for hop in line.as_bytes().rsplit(|&b| b == b',') {
             let hop = hop.trim_ascii();
             if hop.is_empty() {

@@ -31,9 +31,8 @@ use gateway_engine::records::{Established, Exchange, FrontDoor, Recorder};
 use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
-// Names looked up or removed on every request, parsed once: a `&str` name is parsed (and
-// lower-cased) again by each `get_all` or `remove_header`.
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+// Removed on every request without a `tracestate` to pass on: parsed once (a `&str` name is
+// parsed again by each `remove_header`).
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static(TRACESTATE_HEADER);
 
 pub struct GatewayProxy {
@@ -528,7 +527,10 @@ impl ProxyHttp for GatewayProxy {
         upstream_request.remove_header(&http::header::FORWARDED);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut hops = String::with_capacity(64);
-            for line in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
+            for line in upstream_request
+                .headers
+                .get_all(&gateway_engine::geoip::X_FORWARDED_FOR)
+            {
                 hops.push_str(&String::from_utf8_lossy(line.as_bytes()));
                 hops.push_str(", ");
             }

@@ -411,10 +411,10 @@ impl Directory {
     }
 
     /// Reads the users named `user_name` of `tenant` from a shared store into this replica's
-    /// view, ahead of their change notification. True when the store has one.
-    async fn reread_user(&self, tenant: &str, user_name: &str) -> Result<bool, DirectoryError> {
+    /// view, ahead of their change notification (a replica's own store: nothing to read).
+    async fn reread_user(&self, tenant: &str, user_name: &str) -> Result<(), DirectoryError> {
         let DirectoryStore::Postgres { config, table } = &self.store else {
-            return Ok(false);
+            return Ok(());
         };
         let _writing = self.writing.lock().await;
         let rows = {
@@ -425,14 +425,14 @@ impl Directory {
             rows
         };
         if rows.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let mut next = self.state.load().to_next();
         for row in rows {
             row.apply(&mut next);
         }
         self.state.store(Arc::new(next.derive()));
-        Ok(true)
+        Ok(())
     }
 
     /// Lists `principal` (just-in-time provisioned: it came with a valid token) as an active

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
@@ -300,6 +301,10 @@ pub struct Aggregator<'q> {
     from: u64,
     to: u64,
     rows: BTreeMap<rows::RowKey, rows::RowSums>,
+    values: rows::Interner,
+    /// The key of the fact being added, reused so that a fact of an existing row allocates
+    /// nothing.
+    scratch: rows::RowKey,
     spill: Option<rows::Spill>,
     /// A spill that failed: the report fails with it, and nothing more is summed.
     failed: Option<ReportError>,
@@ -313,6 +318,8 @@ impl<'q> Aggregator<'q> {
             from: epoch(query.from),
             to: epoch(query.to),
             rows: BTreeMap::new(),
+            values: rows::Interner::default(),
+            scratch: (0, query.by.iter().map(|_| Arc::from("-")).collect()),
             spill: None,
             failed: None,
         }
@@ -340,24 +347,31 @@ impl<'q> Aggregator<'q> {
                 return;
             }
         }
-        let period = t - t % self.query.bucket.seconds();
-        let keys = self
-            .query
-            .by
-            .iter()
-            .map(|d| d.value_of(facts).unwrap_or("-").to_string())
-            .collect();
+        self.scratch.0 = t - t % self.query.bucket.seconds();
+        for (slot, dimension) in self.scratch.1.iter_mut().zip(&self.query.by) {
+            *slot = self.values.get(dimension.value_of(facts).unwrap_or("-"));
+        }
         let cost = self.prices.map(|p| p.cost(&facts.tally()));
-        let row = self.rows.entry((period, keys)).or_default();
-        row.0.add(&facts.counts);
-        if let Some(cost) = cost {
-            row.1 += cost;
+        let add = |row: &mut rows::RowSums| {
+            row.0.add(&facts.counts);
+            if let Some(cost) = cost {
+                row.1 += cost;
+            }
+        };
+        match self.rows.get_mut(&self.scratch) {
+            Some(row) => add(row),
+            None => {
+                let mut row = rows::RowSums::default();
+                add(&mut row);
+                self.rows.insert(self.scratch.clone(), row);
+            }
         }
         if let Some(spill) = &mut self.spill {
             if self.rows.len() >= spill.max_rows {
                 if let Err(e) = spill.write_run(std::mem::take(&mut self.rows)) {
                     self.failed = Some(e);
                 }
+                self.values.clear();
             }
         }
     }
@@ -803,6 +817,47 @@ mod tests {
         assert!(parse_attribute_filter("cc-1").is_err());
         assert!(Dimension::parse("attribute:").is_err());
         assert!(Dimension::parse("colour").is_err());
+    }
+
+    #[test]
+    fn rows_share_their_dimension_values_until_spilled() {
+        // 60 events: 5 tenants x 3 actions x 4 hours = 60 rows, 8 distinct values.
+        let events: Vec<_> = (0..60u32)
+            .map(|i| {
+                let tenant = ["acme", "globex", "initech", "hooli", "umbrella"][(i % 5) as usize];
+                let action = ["read", "update", "delete"][(i % 3) as usize];
+                let hour = (i / 15) % 4;
+                event(
+                    &format!("2026-11-23T{hour:02}:00:00Z"),
+                    tenant,
+                    action,
+                    Outcome::Completed,
+                )
+            })
+            .collect();
+        let q = query(None, Bucket::Hour, "tenant,action");
+        let mut held = Aggregator::new(&q, None);
+        events.iter().for_each(|e| held.add_event(e));
+        assert_eq!(held.rows.len(), 60);
+        assert_eq!(held.values.len(), 8);
+        let acme: Vec<_> = held
+            .rows
+            .keys()
+            .filter(|(_, keys)| &*keys[0] == "acme")
+            .map(|(_, keys)| Arc::clone(&keys[0]))
+            .collect();
+        assert_eq!(acme.len(), 12);
+        assert!(acme.iter().all(|value| Arc::ptr_eq(value, &acme[0])));
+        // A spill lets go of the values with the rows; those added after it are held anew.
+        // After the spill at 57 rows, three events: initech, hooli, umbrella x three actions.
+        let mut spilling = Aggregator::new(&q, None).spill_beyond(57);
+        events.iter().for_each(|e| spilling.add_event(e));
+        assert_eq!(spilling.rows.len(), 3);
+        assert_eq!(spilling.values.len(), 6);
+        assert_eq!(
+            spilling.into_rows().unwrap().collect_report().unwrap(),
+            held.finish().unwrap()
+        );
     }
 
     #[test]

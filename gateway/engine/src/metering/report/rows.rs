@@ -8,6 +8,7 @@ use std::collections::{btree_map, BTreeMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
@@ -15,7 +16,8 @@ use serde_json::{Map, Value};
 use super::{format_cost, period_start, Bucket, Counts, Report, ReportRow, Total};
 
 /// A row's place in the report: period start (epoch seconds), then one value per dimension.
-pub(super) type RowKey = (u64, Vec<String>);
+/// The values are shared (see [`Interner`]): a tenant's name is held once, not once per row.
+pub(super) type RowKey = (u64, Box<[Arc<str>]>);
 /// What is summed for a row (the cost is zero when the report is not priced).
 pub(super) type RowSums = (Counts, Decimal);
 
@@ -43,6 +45,36 @@ fn spill_error(path: &Path) -> impl FnOnce(csv::Error) -> ReportError + '_ {
     move |e| ReportError::Spill {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
+    }
+}
+
+/// The distinct dimension values of the rows in memory, each held once and shared by its rows
+/// (a row's key is then a slice of pointers, not a string per value: about twice the rows per
+/// MiB). Cleared when the rows are spilled, so it holds no more values than the rows use.
+#[derive(Default)]
+pub(super) struct Interner {
+    values: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub(super) fn get(&mut self, value: &str) -> Arc<str> {
+        match self.values.get(value) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = Arc::from(value);
+                self.values.insert(Arc::clone(&shared));
+                shared
+            }
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.values.clear();
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.values.len()
     }
 }
 
@@ -97,7 +129,7 @@ impl Spill {
             record.push(period.to_string());
             record.push(cost.to_string());
             record.extend(counts.values().iter().map(u64::to_string));
-            record.extend(keys);
+            record.extend(keys.iter().map(|value| value.to_string()));
             writer.write_record(&record).map_err(spill_error(&path))?;
         }
         writer.flush().map_err(|source| ReportError::Spill {
@@ -194,7 +226,7 @@ fn parse_run_record(record: &csv::StringRecord) -> Result<(RowKey, RowSums), Str
         request_bytes: number(5)?,
         response_bytes: number(6)?,
     };
-    let keys = record.iter().skip(7).map(str::to_string).collect();
+    let keys = record.iter().skip(7).map(Arc::from).collect();
     Ok(((period, keys), (counts, cost)))
 }
 
@@ -302,7 +334,7 @@ impl ReportRows {
         let (period, keys) = key;
         Ok(Some(ReportRow {
             period: period_start(period, bucket),
-            keys,
+            keys: keys.iter().map(|value| value.to_string()).collect(),
             counts,
             cost: priced.then_some(cost),
         }))

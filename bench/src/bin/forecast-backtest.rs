@@ -5,8 +5,13 @@
 //! is scored next to two baselines computed in the same run: seasonal naive (same hour last
 //! week) and the mean of the last three weeks.
 //!
+//! One draw of a synthetic series is one roll of its noise: where two methods are within the
+//! noise floor of each other, one draw cannot tell them apart. So the synthetic series are
+//! also drawn `--draws` times with other seeds (draw 0 is the table's), and each method's mean
+//! daily MAPE over the draws is reported with how often the model beat both baselines.
+//!
 //!     cargo run --release -p gateway-bench --bin forecast-backtest -- \
-//!         [--weeks 10] [--holdout-weeks 2] [--data bench/data] [--markdown FILE] [--json FILE]
+//!         [--weeks 10] [--holdout-weeks 2] [--draws 20] [--data bench/data] [--markdown FILE] [--json FILE]
 
 use gateway::metering::forecast::{self, Accuracy, DAY, WEEK};
 use gateway_bench::arg;
@@ -35,6 +40,11 @@ fn shape(h: usize, level: f64, weekend: f64) -> f64 {
     let daily = 1.0 + 0.6 * ((hour - 8.0) / 24.0 * std::f64::consts::TAU).sin();
     let weekday = if (h / DAY) % 7 >= 5 { weekend } else { 1.0 };
     level * daily * weekday
+}
+
+/// Seeds of draw `draw` of a synthetic series: draw 0 keeps the seeds the table has always had.
+fn seed(base: u64, draw: u64) -> u64 {
+    base + 1000 * draw
 }
 
 /// Counts drawn from a Poisson distribution around `rate(h)` (seeded: the same series each
@@ -68,20 +78,20 @@ fn synthetic_series(
     }
 }
 
-fn synthetic(weeks: usize, holdout_weeks: usize) -> Vec<Series> {
+fn synthetic(weeks: usize, holdout_weeks: usize, draw: u64) -> Vec<Series> {
     let hours = weeks * WEEK;
     let history_hours = (weeks - holdout_weeks) * WEEK;
     vec![
         synthetic_series(
             "steady",
             "1,000/h weekdays, weekends at 40 %, Poisson noise",
-            counts(hours, 1, |h| shape(h, 1000.0, 0.4)),
+            counts(hours, seed(1, draw), |h| shape(h, 1000.0, 0.4)),
             false,
         ),
         synthetic_series(
             "growing",
             "200/h growing 3 % a week, weekends at 60 %",
-            counts(hours, 2, |h| {
+            counts(hours, seed(2, draw), |h| {
                 shape(h, 200.0, 0.6) * 1.03f64.powf(h as f64 / WEEK as f64)
             }),
             false,
@@ -89,14 +99,14 @@ fn synthetic(weeks: usize, holdout_weeks: usize) -> Vec<Series> {
         synthetic_series(
             "small-tenant",
             "25/h, weekends at 30 %: relative noise ~20 % an hour",
-            counts(hours, 3, |h| shape(h, 25.0, 0.3)),
+            counts(hours, seed(3, draw), |h| shape(h, 25.0, 0.3)),
             false,
         ),
         synthetic_series(
             "declining-noisy",
             "5,000/h shrinking 2 % a week, ±15 % random day-to-day swings",
             {
-                let mut day_rng = StdRng::seed_from_u64(40);
+                let mut day_rng = StdRng::seed_from_u64(seed(40, draw));
                 let swings: Vec<f64> = (0..weeks * 7)
                     .map(|_| {
                         rand_distr::Normal::new(1.0f64, 0.15)
@@ -106,7 +116,7 @@ fn synthetic(weeks: usize, holdout_weeks: usize) -> Vec<Series> {
                     })
                     .collect();
                 let trend = |h: usize| shape(h, 5000.0, 0.5) * 0.98f64.powf(h as f64 / WEEK as f64);
-                let (values, _) = counts(hours, 4, |h| trend(h) * swings[h / DAY]);
+                let (values, _) = counts(hours, seed(4, draw), |h| trend(h) * swings[h / DAY]);
                 // The swings are unforeseeable shocks: the floor is the trend without them.
                 (values, (0..hours).map(trend).collect())
             },
@@ -117,7 +127,7 @@ fn synthetic(weeks: usize, holdout_weeks: usize) -> Vec<Series> {
             "steady, with a Monday at 20 % in the last history week",
             {
                 let holiday = history_hours - WEEK;
-                counts(hours, 5, |h| {
+                counts(hours, seed(5, draw), |h| {
                     let factor = if (holiday..holiday + DAY).contains(&h) {
                         0.2
                     } else {
@@ -133,7 +143,7 @@ fn synthetic(weeks: usize, holdout_weeks: usize) -> Vec<Series> {
             "steady, doubling four days before the forecast starts",
             {
                 let step = history_hours - 4 * DAY;
-                counts(hours, 6, |h| {
+                counts(hours, seed(6, draw), |h| {
                     shape(h, 1000.0, 0.4) * if h >= step { 2.0 } else { 1.0 }
                 })
             },
@@ -196,6 +206,132 @@ fn recorded(dir: &str) -> Vec<Series> {
         .collect()
 }
 
+/// A series' held-out weeks, forecast by the model and the two baselines and scored; a
+/// synthetic series also scores its true rate (the noise floor), last.
+struct Scored {
+    chosen: String,
+    /// Model, seasonal naive, mean of 3 weeks[, noise floor].
+    results: Vec<(String, Accuracy)>,
+    fit_ms: f64,
+}
+
+fn score(history: &[f64], actual: &[f64], expected: Option<&[f64]>) -> Result<Scored, String> {
+    let holdout = actual.len();
+    let started = std::time::Instant::now();
+    let model = forecast::forecast(history, holdout, 0.9).map_err(|e| e.to_string())?;
+    let fit_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let chosen = forecast::plan(history).describe();
+    let mut results = vec![
+        (
+            format!("MSTL (chosen: {chosen})"),
+            forecast::accuracy(actual, &model.point),
+        ),
+        (
+            "seasonal naive".to_string(),
+            forecast::accuracy(actual, &forecast::seasonal_naive(history, holdout)),
+        ),
+        (
+            "mean of 3 weeks".to_string(),
+            forecast::accuracy(actual, &forecast::mean_of_weeks(history, holdout, 3)),
+        ),
+    ];
+    if let Some(expected) = expected {
+        let rates = &expected[expected.len() - holdout..];
+        results.push((
+            "noise floor: the true rate".to_string(),
+            forecast::accuracy(actual, rates),
+        ));
+    }
+    Ok(Scored {
+        chosen,
+        results,
+        fit_ms,
+    })
+}
+
+/// Whether the model's daily MAPE is below both baselines'.
+fn beats_both(results: &[(String, Accuracy)]) -> bool {
+    match results {
+        [(_, model), (_, naive), (_, mean), ..] => {
+            model.daily_mape < naive.daily_mape && model.daily_mape < mean.daily_mape
+        }
+        _ => false,
+    }
+}
+
+/// The synthetic series over `draws` draws: per series, each method's mean daily MAPE and in
+/// how many draws the model beat both baselines.
+fn over_draws(weeks: usize, holdout_weeks: usize, draws: u64) -> Vec<DrawSummary> {
+    let holdout = holdout_weeks * WEEK;
+    let mut summaries: Vec<DrawSummary> = Vec::new();
+    for draw in 0..draws {
+        for series in synthetic(weeks, holdout_weeks, draw) {
+            let (history, actual) = series.values.split_at(series.values.len() - holdout);
+            let Ok(scored) = score(history, actual, series.expected.as_deref()) else {
+                continue;
+            };
+            let index = match summaries.iter().position(|s| s.name == series.name) {
+                Some(index) => index,
+                None => {
+                    summaries.push(DrawSummary {
+                        name: series.name.clone(),
+                        daily_mape_sums: [0.0; 4],
+                        draws: 0,
+                        model_beats_both: 0,
+                        chosen: std::collections::BTreeMap::new(),
+                    });
+                    summaries.len() - 1
+                }
+            };
+            let summary = &mut summaries[index];
+            summary.draws += 1;
+            summary.model_beats_both += u64::from(beats_both(&scored.results));
+            *summary.chosen.entry(scored.chosen).or_default() += 1;
+            for (sum, (_, accuracy)) in summary.daily_mape_sums.iter_mut().zip(&scored.results) {
+                *sum += accuracy.daily_mape;
+            }
+        }
+    }
+    summaries
+}
+
+struct DrawSummary {
+    name: String,
+    /// Model, seasonal naive, mean of 3 weeks, noise floor.
+    daily_mape_sums: [f64; 4],
+    draws: u64,
+    model_beats_both: u64,
+    /// How often each set-up was chosen.
+    chosen: std::collections::BTreeMap<String, u64>,
+}
+
+impl DrawSummary {
+    fn means(&self) -> [f64; 4] {
+        self.daily_mape_sums
+            .map(|sum| sum / self.draws.max(1) as f64)
+    }
+}
+
+/// The days `forecast::without_irregular_days` replaces in `history`: how many days before its
+/// end each one is (1 = the last), and its total over the total that replaced it.
+fn irregular_days(history: &[f64]) -> Vec<(usize, f64)> {
+    let cleaned = forecast::without_irregular_days(history);
+    let days = |values: &[f64]| -> Vec<f64> {
+        values[values.len() % DAY..]
+            .chunks_exact(DAY)
+            .map(|day| day.iter().sum())
+            .collect()
+    };
+    let (raw, clean) = (days(history), days(&cleaned));
+    let n = raw.len();
+    raw.iter()
+        .zip(&clean)
+        .enumerate()
+        .filter(|(_, (r, c))| r != c)
+        .map(|(d, (r, c))| (n - d, r / c))
+        .collect()
+}
+
 fn row(label: &str, a: &Accuracy) -> serde_json::Value {
     json!({
         "method": label,
@@ -214,8 +350,9 @@ fn main() {
     let holdout_weeks: usize = arg("--holdout-weeks")
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
+    let draws: u64 = arg("--draws").and_then(|v| v.parse().ok()).unwrap_or(20);
     let data = arg("--data").unwrap_or_else(|| "bench/data".into());
-    let mut all = synthetic(weeks, holdout_weeks);
+    let mut all = synthetic(weeks, holdout_weeks, 0);
     all.extend(recorded(&data));
 
     let mut md = format!(
@@ -230,6 +367,7 @@ fn main() {
          | series | shape | method | daily MAPE % | period total error % | hourly MAPE % |\n\
          |---|---|---|---|---|---|\n"
     );
+    let drawn = over_draws(weeks, holdout_weeks, draws);
     let mut json_series = Vec::new();
     let mut verdicts = Vec::new();
     for series in &all {
@@ -243,15 +381,15 @@ fn main() {
             continue;
         }
         let (history, actual) = series.values.split_at(series.values.len() - holdout);
-        let started = std::time::Instant::now();
-        let model = match forecast::forecast(history, holdout, 0.9) {
-            Ok(f) => f,
+        let Scored {
+            results, fit_ms, ..
+        } = match score(history, actual, series.expected.as_deref()) {
+            Ok(scored) => scored,
             Err(e) => {
                 eprintln!("{}: {e}", series.name);
                 continue;
             }
         };
-        let fit_ms = started.elapsed().as_secs_f64() * 1000.0;
         let variant = |options| {
             forecast::forecast_with(history, holdout, 0.9, options)
                 .map(|f| forecast::accuracy(actual, &f.point))
@@ -261,43 +399,20 @@ fn main() {
                     hourly_mape: f64::NAN,
                 })
         };
-        let chosen_label = format!("MSTL (chosen: {})", forecast::plan(history).describe());
         let candidates: Vec<serde_json::Value> = forecast::CANDIDATES
             .iter()
             .zip(forecast::CANDIDATE_NAMES)
             .map(|(options, label)| row(label, &variant(*options)))
             .collect();
-        let mut results = vec![
-            (
-                chosen_label.as_str(),
-                forecast::accuracy(actual, &model.point),
-            ),
-            (
-                "seasonal naive",
-                forecast::accuracy(actual, &forecast::seasonal_naive(history, holdout)),
-            ),
-            (
-                "mean of 3 weeks",
-                forecast::accuracy(actual, &forecast::mean_of_weeks(history, holdout, 3)),
-            ),
-        ];
-        if let Some(expected) = &series.expected {
-            let rates = &expected[expected.len() - holdout..];
-            results.push((
-                "noise floor: the true rate",
-                forecast::accuracy(actual, rates),
-            ));
-        }
         for (label, a) in &results {
             md.push_str(&format!(
                 "| {} | {} | {label} | {:.2} | {:+.2} | {:.2} |\n",
                 series.name, series.shape, a.daily_mape, a.total_error, a.hourly_mape
             ));
         }
-        let [model_acc, naive, mean] = [results[0].1, results[1].1, results[2].1];
+        let model_acc = results[0].1;
         let floor = results.get(3).map(|r| r.1.daily_mape);
-        let beats =
-            model_acc.daily_mape < naive.daily_mape && model_acc.daily_mape < mean.daily_mape;
+        let beats = beats_both(&results);
         let within = series.regime_change || model_acc.daily_mape <= 10.0;
         verdicts.push(format!(
             "- {}: daily MAPE {:.2} % {}{}; better than both baselines: {}; set-up chosen and fitted in {:.0} ms",
@@ -312,6 +427,26 @@ fn main() {
             if beats { "yes" } else { "NO" },
             fit_ms
         ));
+        let replaced = irregular_days(history);
+        if !replaced.is_empty() {
+            verdicts.push(format!(
+                "  - irregular days replaced before fitting (days before the history's end, total vs the same weekday around it): {}",
+                replaced
+                    .iter()
+                    .map(|(days_before, ratio)| format!("{days_before} ({:+.0} %)", (ratio - 1.0) * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(summary) = drawn.iter().find(|d| d.name == series.name) {
+            let [model, naive, mean, _] = summary.means();
+            verdicts.push(format!(
+                "  - over {} draws: better than both in {} (mean daily MAPE {model:.2} %, seasonal naive {naive:.2} %, mean of 3 weeks {mean:.2} %); on average better than both: {}",
+                summary.draws,
+                summary.model_beats_both,
+                if model < naive && model < mean { "yes" } else { "NO" },
+            ));
+        }
         json_series.push(json!({
             "series": series.name,
             "shape": series.shape,
@@ -325,6 +460,30 @@ fn main() {
             "beats_baselines": beats,
         }));
     }
+    md.push_str(&format!(
+        "\n## Synthetic series over {draws} draws\n\n\
+         Each synthetic series drawn again with {draws} seeds (draw 0 is the table above): one \
+         draw is one roll of the Poisson noise (and of the day-to-day swings), so a difference \
+         within the noise floor in one draw says nothing. Mean daily MAPE over the draws, and \
+         in how many draws the model beat both baselines.\n\n\
+         | series | model | seasonal naive | mean of 3 weeks | noise floor | model better than both | set-ups chosen |\n\
+         |---|---|---|---|---|---|---|\n"
+    ));
+    for summary in &drawn {
+        let [model, naive, mean, floor] = summary.means();
+        let chosen: Vec<String> = summary
+            .chosen
+            .iter()
+            .map(|(setup, n)| format!("{setup} × {n}"))
+            .collect();
+        md.push_str(&format!(
+            "| {} | {model:.2} | {naive:.2} | {mean:.2} | {floor:.2} | {} of {} | {} |\n",
+            summary.name,
+            summary.model_beats_both,
+            summary.draws,
+            chosen.join(", ")
+        ));
+    }
     md.push_str("\n## Verdict per series\n\n");
     md.push_str(&verdicts.join("\n"));
     md.push('\n');
@@ -332,7 +491,24 @@ fn main() {
         std::fs::write(&path, &md).unwrap_or_else(|e| panic!("{path}: {e}"));
     }
     print!("{md}");
-    gateway_bench::emit_report(
-        &json!({ "weeks": weeks, "holdout_weeks": holdout_weeks, "series": json_series }),
-    );
+    gateway_bench::emit_report(&json!({
+        "weeks": weeks,
+        "holdout_weeks": holdout_weeks,
+        "series": json_series,
+        "draws": drawn.iter().map(|d| {
+            let [model, naive, mean, floor] = d.means();
+            json!({
+                "series": d.name,
+                "draws": d.draws,
+                "mean_daily_mape_pct": {
+                    "model": round(model),
+                    "seasonal_naive": round(naive),
+                    "mean_of_3_weeks": round(mean),
+                    "noise_floor": round(floor),
+                },
+                "model_beats_both": d.model_beats_both,
+                "chosen": d.chosen,
+            })
+        }).collect::<Vec<_>>(),
+    }));
 }

@@ -22,7 +22,9 @@ pub fn repo() -> PathBuf {
 /// raised far enough that ~200 requests in a row are never rate limited (explain spends no
 /// budget, so a 429 would be a difference of state, not of decision).
 pub fn example_config(admin: SocketAddr, eu: SocketAddr, us: SocketAddr) -> String {
-    example_config_with_doors(admin, eu, us, super::free_addr(), super::free_addr())
+    // No test of this config talks to its front doors: their ports are picked afresh at each
+    // start attempt (a port free when picked may be taken before the gateway binds it).
+    example_config_text(admin, eu, us, super::FREE_ADDR, super::FREE_ADDR)
 }
 
 /// [`example_config`] with the ext_authz and forward-auth front doors on the given addresses.
@@ -33,14 +35,30 @@ pub fn example_config_with_doors(
     ext_authz: SocketAddr,
     forward_auth: SocketAddr,
 ) -> String {
+    example_config_text(
+        admin,
+        eu,
+        us,
+        &ext_authz.to_string(),
+        &forward_auth.to_string(),
+    )
+}
+
+fn example_config_text(
+    admin: SocketAddr,
+    eu: SocketAddr,
+    us: SocketAddr,
+    ext_authz: &str,
+    forward_auth: &str,
+) -> String {
     let root = repo().canonicalize().expect("repository root");
     let text = std::fs::read_to_string(root.join("deploy/examples/gateway.toml"))
         .expect("deploy/examples/gateway.toml");
     let replaced = text
         .replace("listen = [\"127.0.0.1:8080\"]", "listen = [\"{listen}\"]")
         .replace("127.0.0.1:9901", &admin.to_string())
-        .replace("127.0.0.1:9191", &ext_authz.to_string())
-        .replace("127.0.0.1:9192", &forward_auth.to_string())
+        .replace("127.0.0.1:9191", ext_authz)
+        .replace("127.0.0.1:9192", forward_auth)
         .replace("127.0.0.1:18080", &eu.to_string())
         .replace("127.0.0.1:18081", &us.to_string())
         .replace("\"../../target/demo-state", "\"state")

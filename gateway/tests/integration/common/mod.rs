@@ -22,6 +22,11 @@ pub mod nginx;
 
 pub use gateway_testkit::{free_addr, free_port, nats, redis_cluster};
 
+/// In a config template, an address no test connects to: [`TestGateway::start`] puts a free
+/// one in its place at each start attempt, so a port taken meanwhile costs a retry, not the
+/// test.
+pub const FREE_ADDR: &str = "{free_addr}";
+
 pub async fn upstream(label: &str) -> ExampleUpstream {
     ExampleUpstream::start("127.0.0.1:0".parse().unwrap(), label)
         .await
@@ -44,8 +49,9 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Writes `gateway.toml` (with `{listen}` replaced by a free port) into a fresh directory,
-    /// plus any `files`, starts the gateway and waits until its first listener accepts.
+    /// Writes `gateway.toml` (with `{listen}` and each [`FREE_ADDR`] replaced by a free port)
+    /// into a fresh directory, plus any `files`, starts the gateway and waits until its first
+    /// listener accepts.
     pub fn start(config_template: &str, files: &[(&str, &[u8])]) -> TestGateway {
         Self::start_env(config_template, files, &[])
     }
@@ -80,7 +86,10 @@ impl TestGateway {
         // The free port was only free a moment ago: another test may take it before the
         // gateway binds. Then the gateway exits naming the address; try another port.
         for attempt in 1.. {
-            let config = config_template.replace("{listen}", &gw.addr.to_string());
+            let mut config = config_template.replace("{listen}", &gw.addr.to_string());
+            while config.contains(FREE_ADDR) {
+                config = config.replacen(FREE_ADDR, &free_addr().to_string(), 1);
+            }
             std::fs::write(&gw.config_path, config).unwrap();
             gw.child = Some(spawn_gateway(&gw.config_path, gw.dir.path(), &gw.env));
             match gw.await_start(gw.addr) {

@@ -49,8 +49,9 @@ fn spill_error(path: &Path) -> impl FnOnce(csv::Error) -> ReportError + '_ {
 }
 
 /// The distinct dimension values of the rows in memory, each held once and shared by its rows
-/// (a row's key is then a slice of pointers, not a string per value: about twice the rows per
-/// MiB). Cleared when the rows are spilled, so it holds no more values than the rows use.
+/// (a row's key is then a slice of pointers, not a string per value: a held row costs about
+/// 172 bytes instead of 206). Cleared when the rows are spilled, so it holds no more values
+/// than the rows use.
 #[derive(Default)]
 pub(super) struct Interner {
     values: std::collections::HashSet<Arc<str>>,

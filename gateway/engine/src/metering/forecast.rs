@@ -12,15 +12,15 @@
 //! weeks around it — a holiday, an outage, a one-off burst — is replaced, before any set-up is
 //! fitted, by the median of that weekday's hours around it ([`without_irregular_days`]), so it
 //! neither drags a weekday's season down nor moves the trend; forecasts after it stay close. A
-//! holiday still to come is not foreseen (there is no calendar). A launch step (usage jumps or falls and stays)
-//! is found by [`level_shift`]: three or more days in a row, up to the last, each far from the
-//! same weekday in the weeks before (far: beyond 25 % and beyond the series' own day-to-day
-//! scatter). The model is then fitted on the history before the step and its forecast scaled
-//! by how far the days since the step were from it ([`forecast_planned`]): the seasons come
-//! from the weeks that show them, the level from the days after the step. A step less than
-//! three days old is not told from a holiday or an outage, and forecasts until then use the
-//! old level (bench/README.md, "Usage forecasts", reports both cases next to the regular
-//! series).
+//! holiday still to come is not foreseen (there is no calendar). A launch step (usage jumps or
+//! falls and stays) is found by [`level_shift`]: three or more days in a row, up to the last,
+//! each far from the same weekday in the weeks before (far: beyond 25 % and beyond the series'
+//! own day-to-day scatter). The model is then fitted on the history before the step and its
+//! forecast scaled by how far the days since the step were from it ([`forecast_planned`]): the
+//! seasons come from the weeks that show them, the level from the days after the step. A step
+//! less than three days old is not told from a holiday or an outage, and forecasts until then
+//! use the old level (bench/README.md, "Usage forecasts", reports both cases next to the
+//! regular series).
 
 use augurs::ets::AutoETS;
 use augurs::mstl::{FittedTrendModel, MSTLModel, TrendModel};
@@ -281,9 +281,9 @@ const IRREGULAR_WEEKS: usize = 3;
 /// Why: a holiday in the last weeks of the history pulls the weekly season of the set-ups that
 /// are not robust down on that weekday, and the two-week check that chooses the set-up cannot
 /// see it (the holiday is in the weeks it scores, where no set-up foresees it), so whether the
-/// forecast after a holiday was right depended on which set-up a coin of noise chose (the
-/// backtest's holiday series over 20 draws: better than both baselines in 8). A day that no
-/// weekday around it resembles says nothing about the weeks to come.
+/// forecast after a holiday was right depended on which set-up the check's noise happened to
+/// choose (the backtest's holiday series over 20 draws: better than both baselines in 8). A
+/// day that no weekday around it resembles says nothing about the weeks to come.
 pub fn without_irregular_days(history: &[f64]) -> Cow<'_, [f64]> {
     let offset = history.len() % DAY;
     let days: Vec<&[f64]> = history
@@ -922,8 +922,8 @@ mod tests {
     fn irregular_days_are_replaced_by_their_weekday_and_runs_of_three_are_kept() {
         let steady = seasonal(8);
         assert!(matches!(without_irregular_days(&steady), Cow::Borrowed(_)));
-        // A holiday (Monday at 20 %) in the last history week, a burst (a Wednesday at 3×)
-        // three weeks before it.
+        // A holiday (Monday at 20 %) in the last history week, a burst (a Wednesday at 3×) in
+        // the third week.
         let mut series = steady.clone();
         let holiday = 5 * WEEK..5 * WEEK + DAY;
         let burst = 2 * WEEK + 2 * DAY..2 * WEEK + 3 * DAY;

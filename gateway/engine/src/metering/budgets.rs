@@ -339,15 +339,14 @@ impl Budgets {
         if spent >= limit {
             return Ok(());
         }
-        // History from the first hour with spend (hours before it are not "no use").
         let series: Vec<f64> = values
             .iter()
             .take(hours.len())
             .map(|v| v.unwrap_or(0) as f64)
-            .skip_while(|v| *v == 0.0)
             .collect();
         let left = usize::try_from(month.resets_at.div_euclid(3600) - this_hour).unwrap_or(0);
-        let history_hours = series.len();
+        // The forecast starts at the first hour with spend (hours before it are not "no use").
+        let history_hours = super::forecast::since_first_use(&series).len();
         // Fitting takes tens of milliseconds: not on a thread that serves anything else.
         let forecast =
             tokio::task::spawn_blocking(move || super::forecast::forecast(&series, left, 0.9))

@@ -115,12 +115,29 @@ pub fn candidate_name(options: ModelOptions) -> &'static str {
 /// the history without its last two weeks and scored (daily MAPE) on them; the best is fitted
 /// on the whole history — or, after a level shift ([`plan`]), on the history before it and
 /// scaled to the new level.
+///
+/// Hours before the first use are left out ([`since_first_use`]): a tenant that started two
+/// weeks into a six-week history had no usage then, not usage at zero.
 pub fn forecast(
     history: &[f64],
     horizon: usize,
     level: f64,
 ) -> Result<HourlyForecast, ForecastError> {
+    let history = since_first_use(history);
     forecast_planned(history, horizon, level, plan(history))
+}
+
+/// `history` from its first hour with use on. The hourly series are read over a fixed number
+/// of weeks, so a tenant (or a meter, or a budget) that began within them comes with zeros
+/// before its first request; fitted on them, the level and the trend would start at nothing
+/// (fitted with them, a tenant that began two weeks into six weeks of history is forecast 8 %
+/// low, three weeks in 15 % low).
+pub fn since_first_use(history: &[f64]) -> &[f64] {
+    let first = history
+        .iter()
+        .position(|v| *v > 0.0)
+        .unwrap_or(history.len());
+    history.get(first..).unwrap_or(&[])
 }
 
 /// How [`forecast`] forecasts a series: the set-up, and the level shift at the history's end
@@ -747,11 +764,7 @@ pub fn project_month(
     limit: Option<f64>,
 ) -> Result<(Projection, HourlyForecast), ForecastError> {
     let used: f64 = series.get(month_start..).unwrap_or(&[]).iter().sum();
-    // History from the first hour with use: a tenant that started mid-window has no zeros
-    // before it.
-    let start = series.iter().position(|v| *v > 0.0).unwrap_or(series.len());
-    let history = series.get(start..).unwrap_or(&[]);
-    let forecast = forecast(history, hours_left, 0.9)?;
+    let forecast = forecast(series, hours_left, 0.9)?;
     Ok((project(used, &forecast, limit), forecast))
 }
 
@@ -964,6 +977,28 @@ mod tests {
             *v *= 0.2;
         }
         assert!(matches!(without_irregular_days(&short), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_tenant_that_began_within_the_history_is_forecast_from_its_first_use() {
+        for weeks_before in [1, 2, 3] {
+            let mut series = seasonal(8);
+            let began = weeks_before * WEEK + 3 * DAY + 5;
+            series[..began].fill(0.0);
+            let (history, held_out) = series.split_at(6 * WEEK);
+            assert_eq!(since_first_use(history).len(), history.len() - began);
+            let f = forecast(history, held_out.len(), 0.9).unwrap();
+            let a = accuracy(held_out, &f.point);
+            assert!(a.daily_mape < 3.0, "began in week {weeks_before}: {a:?}");
+        }
+        // Two days of use are the least a forecast needs, whatever came before them.
+        let mut late = seasonal(6);
+        late[..6 * WEEK - DAY].fill(0.0);
+        assert!(matches!(
+            forecast(&late, 24, 0.9),
+            Err(ForecastError::TooShort { hours: 24, .. })
+        ));
+        assert!(since_first_use(&[0.0; 5]).is_empty());
     }
 
     #[test]

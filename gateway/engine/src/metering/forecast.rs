@@ -962,6 +962,20 @@ mod tests {
             let a = accuracy(held_out, &f.point);
             assert!(a.daily_mape < 1.5, "{name}: {a:?}");
         }
+        // The history's last day, compared with the weeks before it only, is replaced too (a
+        // step is told from it by `level_shift` once three days are in).
+        let mut last_day_off = steady[..6 * WEEK].to_vec();
+        for v in &mut last_day_off[6 * WEEK - DAY..] {
+            *v *= 0.2;
+        }
+        let cleaned = without_irregular_days(&last_day_off);
+        for h in 6 * WEEK - DAY..6 * WEEK {
+            assert!(
+                (cleaned[h] - steady[h]).abs() <= 20.0,
+                "hour {h}: {}",
+                cleaned[h]
+            );
+        }
         // Three days in a row far off (a holiday week) are a regime: kept, as is a history too
         // short to tell a day's weekday apart.
         let mut week_off = steady.clone();

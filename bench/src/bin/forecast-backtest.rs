@@ -152,8 +152,8 @@ fn synthetic(weeks: usize, holdout_weeks: usize, draw: u64) -> Vec<Series> {
     ]
 }
 
-/// `hour,value` CSV files of recorded series.
-fn recorded(dir: &str) -> Vec<Series> {
+/// The `hour,value` CSV files of recorded series in `dir`: name, path, values.
+fn recorded_files(dir: &str) -> Vec<(String, std::path::PathBuf, Vec<f64>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -173,6 +173,16 @@ fn recorded(dir: &str) -> Vec<Series> {
                 .filter_map(|line| line.split(',').nth(1)?.trim().parse().ok())
                 .collect();
             let name = path.file_stem()?.to_string_lossy().to_string();
+            Some((name, path, values))
+        })
+        .collect()
+}
+
+/// The recorded series, each at four origins.
+fn recorded(dir: &str) -> Vec<Series> {
+    recorded_files(dir)
+        .into_iter()
+        .map(|(name, path, values)| {
             // Four origins: the file's last weeks (for the bike-share series, the weeks
             // before New Year: Christmas, a holiday regime) and the same held-out length
             // ending 2, 4 and 6 weeks earlier, so one lucky or unlucky fortnight does not
@@ -200,7 +210,7 @@ fn recorded(dir: &str) -> Vec<Series> {
                     regime_change: false,
                 });
             }
-            Some(origins)
+            origins
         })
         .flatten()
         .collect()
@@ -270,34 +280,61 @@ fn over_draws(weeks: usize, holdout_weeks: usize, draws: u64) -> Vec<DrawSummary
             let Ok(scored) = score(history, actual, series.expected.as_deref()) else {
                 continue;
             };
-            let index = match summaries.iter().position(|s| s.name == series.name) {
-                Some(index) => index,
-                None => {
-                    summaries.push(DrawSummary {
-                        name: series.name.clone(),
-                        daily_mape_sums: [0.0; 4],
-                        draws: 0,
-                        model_beats_both: 0,
-                        chosen: std::collections::BTreeMap::new(),
-                    });
-                    summaries.len() - 1
-                }
+            tally(&mut summaries, &series.name, scored);
+        }
+    }
+    summaries
+}
+
+/// Each recorded series forecast from every weekly origin that leaves four weeks of history
+/// (its end, 1, 2, … weeks earlier): the table's four origins are four rolls of the weather,
+/// these are all of them.
+fn over_origins(data: &str, holdout_weeks: usize) -> Vec<DrawSummary> {
+    let holdout = holdout_weeks * WEEK;
+    let mut summaries = Vec::new();
+    for (name, _, values) in recorded_files(data) {
+        for weeks_earlier in 0.. {
+            let end = match values.len().checked_sub(weeks_earlier * WEEK) {
+                Some(end) if end >= holdout + 4 * WEEK => end,
+                _ => break,
             };
-            let summary = &mut summaries[index];
-            summary.draws += 1;
-            summary.model_beats_both += u64::from(beats_both(&scored.results));
-            *summary.chosen.entry(scored.chosen).or_default() += 1;
-            for (sum, (_, accuracy)) in summary.daily_mape_sums.iter_mut().zip(&scored.results) {
-                *sum += accuracy.daily_mape;
+            let (history, actual) = values[..end].split_at(end - holdout);
+            if let Ok(scored) = score(history, actual, None) {
+                tally(&mut summaries, &name, scored);
             }
         }
     }
     summaries
 }
 
+/// Counts one scored forecast into the summary of series `name`.
+fn tally(summaries: &mut Vec<DrawSummary>, name: &str, scored: Scored) {
+    let index = match summaries.iter().position(|s| s.name == name) {
+        Some(index) => index,
+        None => {
+            summaries.push(DrawSummary {
+                name: name.to_string(),
+                daily_mape_sums: [0.0; 4],
+                draws: 0,
+                model_beats_both: 0,
+                chosen: std::collections::BTreeMap::new(),
+            });
+            summaries.len() - 1
+        }
+    };
+    let summary = &mut summaries[index];
+    summary.draws += 1;
+    summary.model_beats_both += u64::from(beats_both(&scored.results));
+    *summary.chosen.entry(scored.chosen).or_default() += 1;
+    for (sum, (_, accuracy)) in summary.daily_mape_sums.iter_mut().zip(&scored.results) {
+        *sum += accuracy.daily_mape;
+    }
+}
+
+/// One series over several draws (synthetic) or origins (recorded).
 struct DrawSummary {
     name: String,
-    /// Model, seasonal naive, mean of 3 weeks, noise floor.
+    /// Model, seasonal naive, mean of 3 weeks, noise floor (zero for recorded series).
     daily_mape_sums: [f64; 4],
     draws: u64,
     model_beats_both: u64,
@@ -368,6 +405,7 @@ fn main() {
          |---|---|---|---|---|---|\n"
     );
     let drawn = over_draws(weeks, holdout_weeks, draws);
+    let origins = over_origins(&data, holdout_weeks);
     let mut json_series = Vec::new();
     let mut verdicts = Vec::new();
     for series in &all {
@@ -484,6 +522,21 @@ fn main() {
             chosen.join(", ")
         ));
     }
+    md.push_str(
+        "\n## Recorded series from every weekly origin\n\n\
+         Each recorded series forecast from every origin a week apart that leaves four weeks of \
+         history (its end, 1, 2, … weeks earlier; the table above has four of them). Mean daily \
+         MAPE over the origins, and at how many the model beat both baselines.\n\n\
+         | series | origins | model | seasonal naive | mean of 3 weeks | model better than both |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for summary in &origins {
+        let [model, naive, mean, _] = summary.means();
+        md.push_str(&format!(
+            "| {} | {} | {model:.2} | {naive:.2} | {mean:.2} | {} of {} |\n",
+            summary.name, summary.draws, summary.model_beats_both, summary.draws
+        ));
+    }
     md.push_str("\n## Verdict per series\n\n");
     md.push_str(&verdicts.join("\n"));
     md.push('\n');
@@ -495,6 +548,20 @@ fn main() {
         "weeks": weeks,
         "holdout_weeks": holdout_weeks,
         "series": json_series,
+        "origins": origins.iter().map(|o| {
+            let [model, naive, mean, _] = o.means();
+            json!({
+                "series": o.name,
+                "origins": o.draws,
+                "mean_daily_mape_pct": {
+                    "model": round(model),
+                    "seasonal_naive": round(naive),
+                    "mean_of_3_weeks": round(mean),
+                },
+                "model_beats_both": o.model_beats_both,
+                "chosen": o.chosen,
+            })
+        }).collect::<Vec<_>>(),
         "draws": drawn.iter().map(|d| {
             let [model, naive, mean, floor] = d.means();
             json!({

@@ -9,9 +9,10 @@
 //! to zero.
 //!
 //! What it does with irregular days: a day (or two in a row) far from the same weekday in the
-//! weeks around it — a holiday, an outage, a one-off burst — is replaced, before any set-up is
-//! fitted, by the median of that weekday's hours around it ([`without_irregular_days`]), so it
-//! neither drags a weekday's season down nor moves the trend; forecasts after it stay close. A
+//! weeks around it — a holiday, an outage, a one-off burst — is replaced, before the chosen
+//! set-up is fitted, by the median of that weekday's hours around it
+//! ([`without_irregular_days`]), so it neither drags a weekday's season down nor moves the
+//! trend; forecasts after it stay close. A
 //! holiday still to come is not foreseen (there is no calendar). A launch step (usage jumps or
 //! falls and stays) is found by [`level_shift`]: three or more days in a row, up to the last,
 //! each far from the same weekday in the weeks before (far: beyond 25 % and beyond the series'
@@ -177,9 +178,10 @@ pub fn plan(history: &[f64]) -> Plan {
     }
 }
 
-/// [`forecast_with`] the plan's set-up; with a level shift, fitted on the history before it
-/// and scaled by the ratio of what the days since the shift saw to what that fit forecast for
-/// them — a launch that doubled usage doubles the forecast, seasons and all.
+/// [`forecast_with`] the plan's set-up, on the history with its irregular days replaced
+/// ([`without_irregular_days`]); with a level shift, fitted on the history before it and scaled
+/// by the ratio of what the days since the shift saw to what that fit forecast for them — a
+/// launch that doubled usage doubles the forecast, seasons and all.
 pub fn forecast_planned(
     history: &[f64],
     horizon: usize,
@@ -187,16 +189,31 @@ pub fn forecast_planned(
     plan: Plan,
 ) -> Result<HourlyForecast, ForecastError> {
     let Some(shift) = plan.shift else {
-        return forecast_with(history, horizon, level, plan.options);
+        return forecast_with(
+            &without_irregular_days(history),
+            horizon,
+            level,
+            plan.options,
+        );
     };
     let since = (shift.days * DAY).min(history.len());
     let (before, after) = history.split_at(history.len() - since);
-    let mut f = forecast_with(before, since + horizon, level, plan.options)?;
+    let mut f = forecast_with(
+        &without_irregular_days(before),
+        since + horizon,
+        level,
+        plan.options,
+    )?;
     let expected: f64 = f.point.iter().take(since).sum();
     let seen: f64 = after.iter().sum();
     if !(expected > 0.0 && seen.is_finite()) {
         // Nothing forecast for the days since the shift: no ratio to scale by.
-        return forecast_with(history, horizon, level, plan.options);
+        return forecast_with(
+            &without_irregular_days(history),
+            horizon,
+            level,
+            plan.options,
+        );
     }
     let ratio = seen / expected;
     for values in [&mut f.point, &mut f.lower, &mut f.upper] {
@@ -301,6 +318,11 @@ const IRREGULAR_WEEKS: usize = 3;
 /// forecast after a holiday was right depended on which set-up the check's noise happened to
 /// choose (the backtest's holiday series over 20 draws: better than both baselines in 8). A
 /// day that no weekday around it resembles says nothing about the weeks to come.
+///
+/// Only the chosen set-up's fit sees the replaced history; the check keeps the days as they
+/// were, so a set-up that irregular days throw off still scores worse in it. Replacing them in
+/// the check too made it choose trend set-ups more often on the motorway series (mean daily
+/// MAPE over its eleven weekly origins 5.91 % → 6.29 %, the 3-week mean 6.27 %).
 pub fn without_irregular_days(history: &[f64]) -> Cow<'_, [f64]> {
     let offset = history.len() % DAY;
     let days: Vec<&[f64]> = history
@@ -433,7 +455,8 @@ pub fn choose_options(history: &[f64]) -> ModelOptions {
         .unwrap_or(first)
 }
 
-/// [`forecast`] with a given model set-up.
+/// [`forecast`] with a given model set-up, fitted on `history` as it is (irregular days
+/// included: [`forecast_planned`] replaces them).
 pub fn forecast_with(
     history: &[f64],
     horizon: usize,
@@ -477,8 +500,6 @@ pub fn forecast_with(
         params.stl_params(stl);
         model = model.mstl_params(params);
     }
-    let cleaned = without_irregular_days(history);
-    let history: &[f64] = &cleaned;
     let transformed: Vec<f64>;
     let input = if options.log {
         transformed = history.iter().map(|v| v.max(0.0).ln_1p()).collect();
@@ -958,7 +979,11 @@ mod tests {
         }
         // Every set-up forecasts the weeks after the holiday as if it had not been.
         for (options, name) in CANDIDATES.into_iter().zip(CANDIDATE_NAMES) {
-            let f = forecast_with(history, held_out.len(), 0.9, options).unwrap();
+            let plan = Plan {
+                options,
+                shift: None,
+            };
+            let f = forecast_planned(history, held_out.len(), 0.9, plan).unwrap();
             let a = accuracy(held_out, &f.point);
             assert!(a.daily_mape < 1.5, "{name}: {a:?}");
         }

@@ -182,7 +182,7 @@ fn recorded_files(dir: &str) -> Vec<(String, std::path::PathBuf, Vec<f64>)> {
 fn recorded(dir: &str) -> Vec<Series> {
     recorded_files(dir)
         .into_iter()
-        .map(|(name, path, values)| {
+        .flat_map(|(name, path, values)| {
             // Four origins: the file's last weeks (for the bike-share series, the weeks
             // before New Year: Christmas, a holiday regime) and the same held-out length
             // ending 2, 4 and 6 weeks earlier, so one lucky or unlucky fortnight does not
@@ -212,7 +212,6 @@ fn recorded(dir: &str) -> Vec<Series> {
             }
             origins
         })
-        .flatten()
         .collect()
 }
 

@@ -317,6 +317,7 @@ fn tally(summaries: &mut Vec<DrawSummary>, name: &str, scored: Scored) {
                 draws: 0,
                 model_beats_both: 0,
                 chosen: std::collections::BTreeMap::new(),
+                each: Vec::new(),
             });
             summaries.len() - 1
         }
@@ -328,6 +329,13 @@ fn tally(summaries: &mut Vec<DrawSummary>, name: &str, scored: Scored) {
     for (sum, (_, accuracy)) in summary.daily_mape_sums.iter_mut().zip(&scored.results) {
         *sum += accuracy.daily_mape;
     }
+    summary.each.push(
+        scored
+            .results
+            .iter()
+            .map(|(_, a)| round(a.daily_mape))
+            .collect(),
+    );
 }
 
 /// One series over several draws (synthetic) or origins (recorded).
@@ -339,6 +347,8 @@ struct DrawSummary {
     model_beats_both: u64,
     /// How often each set-up was chosen.
     chosen: std::collections::BTreeMap<String, u64>,
+    /// Each draw's or origin's daily MAPE: model, naive, 3-week mean[, floor].
+    each: Vec<Vec<f64>>,
 }
 
 impl DrawSummary {
@@ -536,6 +546,20 @@ fn main() {
             summary.name, summary.draws, summary.model_beats_both, summary.draws
         ));
     }
+    md.push_str("\nEach origin, from the series' end back (model / naive / 3-week mean):\n\n");
+    for summary in &origins {
+        let each: Vec<String> = summary
+            .each
+            .iter()
+            .map(|e| {
+                e.iter()
+                    .map(|v| format!("{v:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .collect();
+        md.push_str(&format!("- {}: {}\n", summary.name, each.join("; ")));
+    }
     md.push_str("\n## Verdict per series\n\n");
     md.push_str(&verdicts.join("\n"));
     md.push('\n');
@@ -559,6 +583,7 @@ fn main() {
                 },
                 "model_beats_both": o.model_beats_both,
                 "chosen": o.chosen,
+                "each_origin_from_the_end": o.each,
             })
         }).collect::<Vec<_>>(),
         "draws": drawn.iter().map(|d| {

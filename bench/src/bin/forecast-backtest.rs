@@ -352,6 +352,30 @@ struct DrawSummary {
 }
 
 impl DrawSummary {
+    /// The summary for the JSON report; `count` names what was counted (draws or origins).
+    /// Recorded series have no noise floor and list each origin's figures.
+    fn json(&self, count: &str) -> serde_json::Value {
+        let [model, naive, mean, floor] = self.means();
+        let mut mape = json!({
+            "model": round(model),
+            "seasonal_naive": round(naive),
+            "mean_of_3_weeks": round(mean),
+        });
+        let mut summary = json!({
+            "series": self.name,
+            count: self.draws,
+            "model_beats_both": self.model_beats_both,
+            "chosen": self.chosen,
+        });
+        if count == "origins" {
+            summary["each_origin_from_the_end"] = json!(self.each);
+        } else {
+            mape["noise_floor"] = json!(round(floor));
+        }
+        summary["mean_daily_mape_pct"] = mape;
+        summary
+    }
+
     fn means(&self) -> [f64; 4] {
         self.daily_mape_sums
             .map(|sum| sum / self.draws.max(1) as f64)
@@ -571,35 +595,7 @@ fn main() {
         "weeks": weeks,
         "holdout_weeks": holdout_weeks,
         "series": json_series,
-        "origins": origins.iter().map(|o| {
-            let [model, naive, mean, _] = o.means();
-            json!({
-                "series": o.name,
-                "origins": o.draws,
-                "mean_daily_mape_pct": {
-                    "model": round(model),
-                    "seasonal_naive": round(naive),
-                    "mean_of_3_weeks": round(mean),
-                },
-                "model_beats_both": o.model_beats_both,
-                "chosen": o.chosen,
-                "each_origin_from_the_end": o.each,
-            })
-        }).collect::<Vec<_>>(),
-        "draws": drawn.iter().map(|d| {
-            let [model, naive, mean, floor] = d.means();
-            json!({
-                "series": d.name,
-                "draws": d.draws,
-                "mean_daily_mape_pct": {
-                    "model": round(model),
-                    "seasonal_naive": round(naive),
-                    "mean_of_3_weeks": round(mean),
-                    "noise_floor": round(floor),
-                },
-                "model_beats_both": d.model_beats_both,
-                "chosen": d.chosen,
-            })
-        }).collect::<Vec<_>>(),
+        "origins": origins.iter().map(|o| o.json("origins")).collect::<Vec<_>>(),
+        "draws": drawn.iter().map(|d| d.json("draws")).collect::<Vec<_>>(),
     }));
 }

@@ -248,7 +248,7 @@ const SHIFT_MAX_DAYS: usize = 2 * 7;
 /// three weeks before it. Needs four weeks of history: the scatter of the changes is measured
 /// on days before the last two weeks.
 pub fn level_shift(history: &[f64]) -> Option<LevelShift> {
-    let changes = daily_changes(history);
+    let changes = daily_changes(history, Compared::Before);
     let mut older: Vec<f64> = changes
         .get(..changes.len().saturating_sub(SHIFT_MAX_DAYS))
         .unwrap_or(&[])
@@ -259,10 +259,7 @@ pub fn level_shift(history: &[f64]) -> Option<LevelShift> {
     if older.len() < 7 {
         return None;
     }
-    let center = median(&mut older)?;
-    let mut deviations: Vec<f64> = older.iter().map(|c| (c - center).abs()).collect();
-    // 1.4826 × MAD: the standard deviation of normal scatter, robust to the odd holiday.
-    let sigma = 1.4826 * median(&mut deviations)?;
+    let (_, sigma) = robust_scatter(&mut older)?;
     let threshold = (SHIFT_SIGMAS * sigma).max(SHIFT_MIN_LOG_RATIO);
     let direction = changes.last().copied().flatten()?.signum();
     let run = changes
@@ -275,27 +272,61 @@ pub fn level_shift(history: &[f64]) -> Option<LevelShift> {
         .then_some(LevelShift { days: run })
 }
 
+/// The weeks a day is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compared {
+    /// The three weeks before it (at least one): a shift shows against what came before.
+    Before,
+    /// The three weeks before and the three after it (at least two of them).
+    Around,
+}
+
+/// Indexes of the days `compared` with day `d` (the same weekday) among `days` days.
+fn same_weekdays(d: usize, days: usize, compared: Compared) -> impl Iterator<Item = usize> {
+    (1..=3)
+        .flat_map(move |weeks| {
+            let after = (compared == Compared::Around).then_some(d + 7 * weeks);
+            [d.checked_sub(7 * weeks), after]
+        })
+        .flatten()
+        .filter(move |&i| i < days)
+}
+
 /// Each day of `history` (24-hour windows counted back from its end) as the log ratio of its
-/// total to the median total of the same weekday in the three weeks before it; `None` for
-/// days without such a week or with no use in those weeks.
-fn daily_changes(history: &[f64]) -> Vec<Option<f64>> {
+/// total to the median total of the same weekday in the weeks `compared`; `None` for days
+/// without enough such weeks or with no use in them.
+fn daily_changes(history: &[f64], compared: Compared) -> Vec<Option<f64>> {
     let days: Vec<f64> = history
         .get(history.len() % DAY..)
         .unwrap_or(&[])
         .chunks_exact(DAY)
         .map(|day| day.iter().sum())
         .collect();
+    let least = match compared {
+        Compared::Before => 1,
+        Compared::Around => 2,
+    };
     let change = |d: usize| -> Option<f64> {
-        let mut before: Vec<f64> = (1..=3)
-            .filter_map(|weeks| d.checked_sub(7 * weeks))
+        let mut reference: Vec<f64> = same_weekdays(d, days.len(), compared)
             .filter_map(|i| days.get(i).copied())
             .collect();
-        let reference = median(&mut before)?;
+        if reference.len() < least {
+            return None;
+        }
+        let reference = median(&mut reference)?;
         let total = days.get(d).copied()?;
         // A day with no use at all is a large fall, not an infinite one.
         (reference > 0.0).then(|| (total.max(reference / 100.0) / reference).ln())
     };
     (0..days.len()).map(change).collect()
+}
+
+/// The median of `values` and their robust standard deviation (1.4826 × the median absolute
+/// deviation: the standard deviation of normal scatter, robust to the odd holiday).
+fn robust_scatter(values: &mut Vec<f64>) -> Option<(f64, f64)> {
+    let center = median(values)?;
+    let mut deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
+    Some((center, 1.4826 * median(&mut deviations)?))
 }
 
 /// A day counts as irregular (a holiday, an outage, a one-off burst) when its total is this far
@@ -304,8 +335,6 @@ fn daily_changes(history: &[f64]) -> Vec<Option<f64>> {
 const IRREGULAR_MIN_LOG_RATIO: f64 = 0.405;
 /// Longer runs of far-off days are a regime (a holiday season, a step: [`level_shift`]), kept.
 const IRREGULAR_MAX_DAYS: usize = SHIFT_MIN_DAYS - 1;
-/// Weeks before and after a day that it is compared with, and that stand in for it.
-const IRREGULAR_WEEKS: usize = 3;
 
 /// `history` with its irregular days — runs of at most [`IRREGULAR_MAX_DAYS`] days, each far
 /// (see [`IRREGULAR_MIN_LOG_RATIO`]) from the median of the same weekday in up to three weeks
@@ -330,37 +359,15 @@ pub fn without_irregular_days(history: &[f64]) -> Cow<'_, [f64]> {
         .unwrap_or(&[])
         .chunks_exact(DAY)
         .collect();
-    let totals: Vec<f64> = days.iter().map(|day| day.iter().sum()).collect();
-    let around = |d: usize| {
-        (1..=IRREGULAR_WEEKS)
-            .flat_map(move |weeks| [d.checked_sub(7 * weeks), Some(d + 7 * weeks)])
-            .flatten()
-            .filter(|&i| i < totals.len())
-    };
-    let changes: Vec<Option<f64>> = (0..totals.len())
-        .map(|d| {
-            let mut reference: Vec<f64> =
-                around(d).filter_map(|i| totals.get(i).copied()).collect();
-            if reference.len() < 2 {
-                return None;
-            }
-            let reference = median(&mut reference)?;
-            let total = totals.get(d).copied()?;
-            (reference > 0.0).then(|| (total.max(reference / 100.0) / reference).ln())
-        })
-        .collect();
+    let changes = daily_changes(history, Compared::Around);
     let mut all: Vec<f64> = changes.iter().flatten().copied().collect();
     if all.len() < 14 {
         return Cow::Borrowed(history);
     }
-    let Some(center) = median(&mut all) else {
+    let Some((center, sigma)) = robust_scatter(&mut all) else {
         return Cow::Borrowed(history);
     };
-    let mut deviations: Vec<f64> = all.iter().map(|c| (c - center).abs()).collect();
-    let Some(mad) = median(&mut deviations) else {
-        return Cow::Borrowed(history);
-    };
-    let threshold = (SHIFT_SIGMAS * 1.4826 * mad).max(IRREGULAR_MIN_LOG_RATIO);
+    let threshold = (SHIFT_SIGMAS * sigma).max(IRREGULAR_MIN_LOG_RATIO);
     // -1 far below, +1 far above, 0 regular (or not comparable).
     let direction: Vec<i8> = changes
         .iter()
@@ -388,7 +395,7 @@ pub fn without_irregular_days(history: &[f64]) -> Cow<'_, [f64]> {
         if sign != 0 && run <= IRREGULAR_MAX_DAYS {
             for day in d..d + run {
                 // The same weekday around it, irregular ones left out.
-                let stand_ins: Vec<&[f64]> = around(day)
+                let stand_ins: Vec<&[f64]> = same_weekdays(day, days.len(), Compared::Around)
                     .filter(|&i| direction.get(i) == Some(&0))
                     .filter_map(|i| days.get(i).copied())
                     .collect();
@@ -945,7 +952,7 @@ mod tests {
                 }
             })
             .collect();
-        let changes = daily_changes(&swinging);
+        let changes = daily_changes(&swinging, Compared::Before);
         assert!(changes[changes.len() - 4..]
             .iter()
             .all(|c| c.is_some_and(|c| c > SHIFT_MIN_LOG_RATIO)));

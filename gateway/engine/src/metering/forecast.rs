@@ -12,16 +12,15 @@
 //! weeks around it — a holiday, an outage, a one-off burst — is replaced, before the chosen
 //! set-up is fitted, by the median of that weekday's hours around it
 //! ([`without_irregular_days`]), so it neither drags a weekday's season down nor moves the
-//! trend; forecasts after it stay close. A
-//! holiday still to come is not foreseen (there is no calendar). A launch step (usage jumps or
-//! falls and stays) is found by [`level_shift`]: three or more days in a row, up to the last,
-//! each far from the same weekday in the weeks before (far: beyond 25 % and beyond the series'
-//! own day-to-day scatter). The model is then fitted on the history before the step and its
-//! forecast scaled by how far the days since the step were from it ([`forecast_planned`]): the
-//! seasons come from the weeks that show them, the level from the days after the step. A step
-//! less than three days old is not told from a holiday or an outage, and forecasts until then
-//! use the old level (bench/README.md, "Usage forecasts", reports both cases next to the
-//! regular series).
+//! trend; forecasts after it stay close. A holiday still to come is not foreseen (there is no
+//! calendar). A launch step (usage jumps or falls and stays) is found by [`level_shift`]: three
+//! or more days in a row, up to the last, each far from the same weekday in the weeks before
+//! (far: beyond 25 % and beyond the series' own day-to-day scatter). The model is then fitted on
+//! the history before the step and its forecast scaled by how far the days since the step were
+//! from it ([`forecast_planned`]): the seasons come from the weeks that show them, the level from
+//! the days after the step. A step less than three days old is not told from a holiday or an
+//! outage, and forecasts until then use the old level (bench/README.md, "Usage forecasts",
+//! reports both cases next to the regular series).
 
 use augurs::ets::AutoETS;
 use augurs::mstl::{FittedTrendModel, MSTLModel, TrendModel};
@@ -188,32 +187,25 @@ pub fn forecast_planned(
     level: f64,
     plan: Plan,
 ) -> Result<HourlyForecast, ForecastError> {
-    let Some(shift) = plan.shift else {
-        return forecast_with(
+    let fit = |history: &[f64], horizon: usize| {
+        forecast_with(
             &without_irregular_days(history),
             horizon,
             level,
             plan.options,
-        );
+        )
+    };
+    let Some(shift) = plan.shift else {
+        return fit(history, horizon);
     };
     let since = (shift.days * DAY).min(history.len());
     let (before, after) = history.split_at(history.len() - since);
-    let mut f = forecast_with(
-        &without_irregular_days(before),
-        since + horizon,
-        level,
-        plan.options,
-    )?;
+    let mut f = fit(before, since + horizon)?;
     let expected: f64 = f.point.iter().take(since).sum();
     let seen: f64 = after.iter().sum();
     if !(expected > 0.0 && seen.is_finite()) {
         // Nothing forecast for the days since the shift: no ratio to scale by.
-        return forecast_with(
-            &without_irregular_days(history),
-            horizon,
-            level,
-            plan.options,
-        );
+        return fit(history, horizon);
     }
     let ratio = seen / expected;
     for values in [&mut f.point, &mut f.lower, &mut f.upper] {

@@ -432,11 +432,14 @@ pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc
     let mut rps = Vec::new();
     let mut cpu_per_req = Vec::new();
     let mut ctx_per_req = Vec::new();
+    let mut steal = Vec::new();
     let mut errors = 0;
     for _ in 0..load.reps {
         let cpu_before = proc.cpu_seconds();
         let ctx_before = proc.context_switches();
+        let ticks = CpuTicks::now();
         let (r, total, non2xx) = wrk(load.core, t, load.seconds);
+        steal.push(ticks.steal_pct_since());
         let cpu = proc.cpu_seconds() - cpu_before;
         let ctx = proc.context_switches().saturating_sub(ctx_before);
         rps.push(r);
@@ -447,7 +450,7 @@ pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc
     }
     let peak = median(&mut rps.clone());
     eprintln!(
-        "{}: {peak:.0} req/s (runs {rps:?}), {:.1} µs CPU/request, {:.3} context switches/request, non-2xx {errors}",
+        "{}: {peak:.0} req/s (runs {rps:?}), {:.1} µs CPU/request, {:.3} context switches/request, non-2xx {errors}, steal {steal:.1?} %",
         t.label,
         median(&mut cpu_per_req.clone()),
         median(&mut ctx_per_req.clone()),
@@ -459,8 +462,61 @@ pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc
         "cpu_us_per_request_runs": cpu_per_req,
         "context_switches_per_request_median": median(&mut ctx_per_req.clone()),
         "context_switches_per_request_runs": ctx_per_req,
+        "steal_pct_runs": steal,
         "non_2xx": errors,
     })
+}
+
+/// The machine's CPU time so far from `/proc/stat` (all cores, in clock ticks): in all, and
+/// stolen — time a virtual CPU was ready but the hypervisor ran something else. On a shared VM
+/// steal is what moves a run's req/s and tail latency the most, so each run reports its share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> CpuTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        CpuTicks {
+            // guest time is already counted in user time.
+            total: fields.iter().take(8).sum(),
+            steal: fields.get(7).copied().unwrap_or(0),
+        }
+    }
+
+    /// Percent of the machine's CPU time since `self` that was stolen.
+    pub fn steal_pct_since(&self) -> f64 {
+        let now = CpuTicks::now();
+        let total = now.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * now.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
+}
+
+/// How an idle core waits (`cpuidle` driver, and on KVM guests with `haltpoll` how long it
+/// polls before halting): a halted virtual CPU is woken by the hypervisor, which on a busy host
+/// adds hundreds of microseconds to a request that arrives while the proxy's core is idle.
+pub fn cpu_idle() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string());
+    let driver =
+        read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or_else(|_| "none".into());
+    match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        Ok(ns) => format!("{driver}, guest_halt_poll_ns {ns}"),
+        Err(_) => driver,
+    }
 }
 
 /// The 1-, 5- and 15-minute load averages (other work on the machine shows here).

@@ -27,12 +27,13 @@
 //! Usage: comparison --gateway BIN --upstream-bin BIN --bare-pingora BIN --out DIR [--reps N]
 //!        [--seconds S] [--tenants N] [--redis URL] [--criterion DIR] [--proxy-core C]
 //!        [--load-core C] [--callgrind-requests N] [--strace-requests N] [--no-callgrind]
-//!        [--only KEY,KEY...] [--instructions-only] [--build-profile NAME]
+//!        [--only KEY,KEY...] [--instructions-only] [--latency] [--build-profile NAME]
 //!
 //! `--only passthrough,full` (keys as in the JSON report) measures only the named
 //! configurations, saturation and syscalls only, and writes no report (e.g. to profile one of
 //! them with `perf record -p`); with `--instructions-only` only their instructions per request:
-//! the quick, repeatable check of one change. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
+//! the quick, repeatable check of one change; with `--latency` (and `full` among them) the
+//! open-loop latency runs too, printed, not reported. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
 //! scratch directory are kept for `callgrind_annotate`.
 
 use std::collections::BTreeMap;
@@ -42,8 +43,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gateway_bench::harness::{
-    free_port, gateway_config, hostname, loadavg, median, online_cores, open_loop, saturate,
-    signed_tokens, spread, wait_listening, write_tenants, Fixture, Launch, Load, Proc, Target,
+    cpu_idle, free_port, gateway_config, hostname, loadavg, median, online_cores, open_loop,
+    saturate, signed_tokens, spread, wait_listening, write_tenants, CpuTicks, Fixture, Launch,
+    Load, Proc, Target,
 };
 use gateway_bench::measure::{fixed_requests, strace_counts, Callgrind};
 use gateway_bench::{arg, percentile};
@@ -70,6 +72,8 @@ struct Opts {
     only: Option<Vec<String>>,
     /// With `only`: only instructions per request.
     instructions_only: bool,
+    /// With `only`: the open-loop latency runs too (the rates are shares of `full`'s peak).
+    latency: bool,
 }
 
 impl Opts {
@@ -115,6 +119,7 @@ fn opts() -> Opts {
         build_profile: arg("--build-profile").unwrap_or_else(|| "release".into()),
         only: arg("--only").map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
         instructions_only: std::env::args().any(|a| a == "--instructions-only"),
+        latency: std::env::args().any(|a| a == "--latency"),
     }
 }
 
@@ -474,7 +479,7 @@ fn main() {
         results.get_mut(t.key).expect("entry")["syscalls"] = s;
     }
 
-    if o.only.is_some() {
+    if o.only.is_some() && !o.latency {
         return;
     }
 
@@ -488,11 +493,14 @@ fn main() {
             let mut p99 = Vec::new();
             let mut p999 = Vec::new();
             let mut ctx = Vec::new();
+            let mut steal = Vec::new();
             let mut errors = 0;
             for _ in 0..o.reps {
                 let proc = &procs[t.proc_index];
                 let before = proc.context_switches();
+                let ticks = CpuTicks::now();
                 let (lat, e) = runtime.block_on(open_loop(t, rate, o.seconds, 64));
+                steal.push(ticks.steal_pct_since());
                 let switched = proc.context_switches().saturating_sub(before);
                 ctx.push(switched as f64 / lat.len().max(1) as f64);
                 p50.push(percentile(&lat, 50.0) as f64);
@@ -507,10 +515,11 @@ fn main() {
                 "p999_us": median(&mut p999.clone()),
                 "p99_us_runs": p99, "p99_spread_pct": spread(&p99),
                 "context_switches_per_request_median": median(&mut ctx.clone()),
+                "steal_pct_runs": steal,
                 "errors": errors,
             });
             eprintln!(
-                "{} at {rate:.0} req/s: p50 {} µs, p99 {} µs, p99.9 {} µs, {:.3} context switches/request",
+                "{} at {rate:.0} req/s: p50 {} µs, p99 {} µs, p99.9 {} µs, {:.3} context switches/request, steal {steal:.1?} %",
                 t.label, entry["p50_us"], entry["p99_us"], entry["p999_us"],
                 median(&mut ctx.clone())
             );
@@ -518,6 +527,9 @@ fn main() {
         }
         results.get_mut(t.key).expect("entry")["peak_rss_kib"] =
             json!(procs[t.proc_index].status_kb("VmHWM:"));
+    }
+    if o.only.is_some() {
+        return;
     }
     // Keep the upstream; the proxies go.
     procs.truncate(1);
@@ -635,7 +647,7 @@ fn main() {
         "proxy_core": o.proxy_core, "load_core": o.load_core, "reps": o.reps, "seconds_per_run": o.seconds,
         "build_profile": o.build_profile,
         "tenants": o.tenants, "strace_requests": o.strace_requests, "callgrind_requests": o.callgrind_requests,
-        "loadavg_before": load_before, "loadavg_after": loadavg(),
+        "loadavg_before": load_before, "loadavg_after": loadavg(), "cpu_idle": cpu_idle(),
         "configurations": results, "threads_2": two_threads, "ratios": ratios,
         "memory": {"probes": memory, "bytes_per_idle_tenant": bytes_per_tenant},
         "criterion_ns": stages,
@@ -689,6 +701,15 @@ const KEYS: [&str; 6] = [
     "full_redis",
 ];
 
+/// A run's steal shares, `2.1 / 0.4 / 7.9`.
+fn steal_runs(runs: &Value) -> String {
+    let runs: Vec<String> = runs
+        .as_array()
+        .map(|a| a.iter().map(|v| format!("{:.1}", f(v))).collect())
+        .unwrap_or_default();
+    runs.join(" / ")
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -697,10 +718,11 @@ fn markdown(r: &Value) -> String {
     let c = &r["configurations"];
     let mut md = format!(
         "# Load comparison {} on `{}`\n\n{} cores; proxy pinned to core {}, load generator and upstream to core {}. \
-Build profile `{}`. Load average {} before, {} after: other work on the machine \
+Build profile `{}`. Idle cores: {}. Load average {} before, {} after: other work on the machine \
 moves req/s, CPU µs and latencies between runs; instructions, syscalls and context switches per request are the figures to decide with. \
 Each throughput and latency figure is the median of {} runs of {} s; spread = (max − min) / median.\n\n\
 - Saturation: wrk, 1 thread, 64 connections, closed loop; CPU µs and context switches (voluntary + involuntary, summed over `/proc/PID/task/*/status`) of the proxy per request during those runs.\n\
+- Steal: the share of the machine's CPU time (`/proc/stat`, both cores) the hypervisor gave to other guests during each run: on a shared VM it moves req/s and tail latency more than anything measured here.\n\
 - Syscalls: `strace -c -f` attached to the proxy over {} requests on 64 keep-alive connections.\n\
 - Instructions: the proxy restarted under `valgrind --tool=callgrind`; after a warm-up of 2 × N sequential requests, two windows of N = {} sequential requests on one keep-alive connection, every thread of the process counted (`callgrind_control -z` / `-d`). Valgrind does not run the SHA extensions, so SHA-256 (the audit chain, the token cache key) runs sha2's portable code under it, ~3,400 instructions per 64-byte block, where natively (SHA-NI) a block costs a few hundred cycles: that share is shown apart (`callgrind_annotate`, self cost of `sha2::sha256::compress256`).\n\
 - Latency: open loop (each request due at a fixed time, latency counted from that time) at 10 % and 50 % of the full pipeline's peak, 64 connections.\n\
@@ -711,6 +733,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
         r["proxy_core"].as_str().unwrap_or(""),
         r["load_core"].as_str().unwrap_or(""),
         r["build_profile"].as_str().unwrap_or("release"),
+        r["cpu_idle"].as_str().unwrap_or("unknown"),
         r["loadavg_before"].as_str().unwrap_or(""),
         r["loadavg_after"].as_str().unwrap_or(""),
         r["reps"],
@@ -719,14 +742,14 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
         r["callgrind_requests"],
         r["tenants"],
     );
-    md.push_str("| configuration | req/s (spread) | CPU µs/req | context switches/req | syscalls/req | instructions/req | of which SHA-256 in software | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| configuration | req/s (spread) | CPU µs/req | context switches/req | syscalls/req | instructions/req | of which SHA-256 in software | peak RSS MiB | steal % |\n|---|---|---|---|---|---|---|---|---|\n");
     for key in KEYS {
         let x = &c[key];
         if x.is_null() {
             continue;
         }
         md.push_str(&format!(
-            "| {} | {:.0} ({:.1}%) | {:.1} | {:.3} | {:.2} | {:.0} | {:.0} | {:.1} |\n",
+            "| {} | {:.0} ({:.1}%) | {:.1} | {:.3} | {:.2} | {:.0} | {:.0} | {:.1} | {} |\n",
             x["label"].as_str().unwrap_or(key),
             f(&x["rps_median"]),
             f(&x["rps_spread_pct"]),
@@ -736,11 +759,12 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
             f(&x["instructions"]["per_request"]),
             f(&x["instructions"]["sha256_software_per_request"]),
             f(&x["peak_rss_kib"]) / 1024.0,
+            steal_runs(&x["steal_pct_runs"]),
         ));
     }
     md.push_str(&format!(
         "\nOpen-loop latency in µs, at {:.0} req/s (10 %) and {:.0} req/s (50 %):\n\n\
-| configuration | p50 10 % | p99 10 % | p50 50 % | p99 50 % (spread) | p99.9 50 % | context switches/req 50 % |\n|---|---|---|---|---|---|---|\n",
+| configuration | p50 10 % | p99 10 % | p50 50 % | p99 50 % (spread) | p99.9 50 % | context switches/req 50 % | steal % of the machine's CPU, 50 % runs |\n|---|---|---|---|---|---|---|---|\n",
         f(&c["full"]["latency_p10"]["offered_rate"]),
         f(&c["full"]["latency_p50"]["offered_rate"]),
     ));
@@ -751,7 +775,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
         }
         let (lo, hi) = (&x["latency_p10"], &x["latency_p50"]);
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} | {:.3} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} | {:.3} | {} |\n",
             x["label"].as_str().unwrap_or(key),
             f(&lo["p50_us"]),
             f(&lo["p99_us"]),
@@ -760,6 +784,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
             f(&hi["p99_spread_pct"]),
             f(&hi["p999_us"]),
             f(&hi["context_switches_per_request_median"]),
+            steal_runs(&hi["steal_pct_runs"]),
         ));
     }
     md.push_str("\nSyscalls per request by call (≥ 0.01 per request):\n\n| configuration | calls |\n|---|---|\n");

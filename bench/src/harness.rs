@@ -478,7 +478,11 @@ pub struct CpuTicks {
 
 impl CpuTicks {
     pub fn now() -> CpuTicks {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// From the text of `/proc/stat`: its first line sums every core.
+    fn parse(stat: &str) -> CpuTicks {
         // "cpu  user nice system idle iowait irq softirq steal guest guest_nice"
         let fields: Vec<u64> = stat
             .lines()
@@ -586,5 +590,23 @@ impl Fixture {
             key,
             jwks: format!("http://{jwks_addr}/jwks"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuTicks;
+
+    #[test]
+    fn steal_is_read_from_the_first_line_of_proc_stat_and_guest_time_is_not_counted_twice() {
+        let before =
+            CpuTicks::parse("cpu  100 0 50 800 10 0 5 35 20 0\ncpu0 50 0 25 400 5 0 2 18 10 0\n");
+        assert_eq!(before.total, 1000);
+        assert_eq!(before.steal, 35);
+        let after = CpuTicks::parse("cpu  200 0 100 1500 10 0 5 185 40 0\n");
+        assert_eq!(after.total - before.total, 1000);
+        assert_eq!(after.steal - before.steal, 150);
+        let empty = CpuTicks::parse("");
+        assert_eq!((empty.total, empty.steal), (0, 0));
     }
 }

@@ -225,7 +225,7 @@ pub async fn open_loop(
     rate: f64,
     seconds: u64,
     connections: usize,
-) -> (Vec<u64>, u64) {
+) -> OpenLoopRun {
     let total = (rate * seconds as f64) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut queues = Vec::new();
@@ -236,7 +236,7 @@ pub async fn open_loop(
         let addr = target.addr;
         let headers = target.headers.clone();
         workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut answered = Vec::new();
             let mut errors = 0u64;
             let mut sender = None;
             while let Some((due, i)) = rx.recv().await {
@@ -268,7 +268,7 @@ pub async fn open_loop(
                         let ok = res.status().is_success();
                         let _ = res.into_body().collect().await;
                         if ok {
-                            latencies.push(due.elapsed().as_micros() as u64);
+                            answered.push((due, due.elapsed().as_micros() as u64));
                         } else {
                             errors += 1;
                         }
@@ -279,7 +279,7 @@ pub async fn open_loop(
                     }
                 }
             }
-            (latencies, errors)
+            (answered, errors)
         }));
     }
     // The schedule runs on its own thread, which sleeps until the next due time (timer slack
@@ -307,16 +307,58 @@ pub async fn open_loop(
         }
     });
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
-    let mut latencies = Vec::with_capacity(total);
+    let mut timeline = Vec::with_capacity(total);
     let mut errors = 0;
     for w in workers {
-        if let Ok((l, e)) = w.await {
-            latencies.extend(l);
+        if let Ok((answered, e)) = w.await {
+            timeline.extend(
+                answered
+                    .into_iter()
+                    .map(|(due, us)| (due.saturating_duration_since(start).as_micros() as u64, us)),
+            );
             errors += e;
         }
     }
+    timeline.sort_unstable();
+    let mut latencies: Vec<u64> = timeline.iter().map(|(_, us)| *us).collect();
     latencies.sort_unstable();
-    (latencies, errors)
+    OpenLoopRun {
+        latencies,
+        errors,
+        timeline,
+    }
+}
+
+/// What an open-loop run measured.
+pub struct OpenLoopRun {
+    /// Latency of every answered request in µs, sorted.
+    pub latencies: Vec<u64>,
+    /// Requests not answered with a 2xx.
+    pub errors: u64,
+    /// Each answered request's due time (µs after the run's start) and latency (µs), in due
+    /// order: whether slow requests bunch in time (a pause of the machine) or spread out.
+    pub timeline: Vec<(u64, u64)>,
+}
+
+impl OpenLoopRun {
+    /// In how many `window_us`-long stretches of the run the requests at or above `latency_us`
+    /// were due, and how many stretches the run had: a few means the slow requests came
+    /// together (one pause delays every request due during it), many that they were spread.
+    pub fn windows_with_latency_at_least(&self, latency_us: u64, window_us: u64) -> (usize, usize) {
+        let window_us = window_us.max(1);
+        let mut slow: Vec<u64> = self
+            .timeline
+            .iter()
+            .filter(|(_, us)| *us >= latency_us)
+            .map(|(due, _)| due / window_us)
+            .collect();
+        slow.dedup();
+        let windows = self
+            .timeline
+            .last()
+            .map_or(0, |(due, _)| (due / window_us + 1) as usize);
+        (slow.len(), windows)
+    }
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -427,7 +469,7 @@ keepalive_pool_size = 256
 /// request of the proxy process(es).
 pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc: &Proc) -> Value {
     // Warm-up (also fills the verified-token and decision caches).
-    runtime.block_on(open_loop(t, 2000.0, 1, 64));
+    let _warm = runtime.block_on(open_loop(t, 2000.0, 1, 64));
     wrk(load.core, t, 2);
     let mut rps = Vec::new();
     let mut cpu_per_req = Vec::new();
@@ -595,7 +637,27 @@ impl Fixture {
 
 #[cfg(test)]
 mod tests {
-    use super::CpuTicks;
+    use super::{CpuTicks, OpenLoopRun};
+
+    #[test]
+    fn slow_requests_are_counted_by_the_windows_they_were_due_in() {
+        // Ten windows of 100 ms; the slow requests (≥ 50 ms) bunch in windows 3 and 7.
+        let timeline: Vec<(u64, u64)> = (0..1000u64)
+            .map(|i| {
+                let due = i * 1000;
+                let slow = (300_000..320_000).contains(&due) || (700_000..701_000).contains(&due);
+                (due, if slow { 60_000 } else { 400 })
+            })
+            .collect();
+        let run = OpenLoopRun {
+            latencies: Vec::new(),
+            errors: 0,
+            timeline,
+        };
+        assert_eq!(run.windows_with_latency_at_least(50_000, 100_000), (2, 10));
+        assert_eq!(run.windows_with_latency_at_least(400, 100_000), (10, 10));
+        assert_eq!(run.windows_with_latency_at_least(100_000, 100_000), (0, 10));
+    }
 
     #[test]
     fn steal_is_read_from_the_first_line_of_proc_stat_and_guest_time_is_not_counted_twice() {

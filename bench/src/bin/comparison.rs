@@ -494,18 +494,26 @@ fn main() {
             let mut p999 = Vec::new();
             let mut ctx = Vec::new();
             let mut steal = Vec::new();
+            let mut p99_windows = Vec::new();
             let mut errors = 0;
             for _ in 0..o.reps {
                 let proc = &procs[t.proc_index];
                 let before = proc.context_switches();
                 let ticks = CpuTicks::now();
-                let (lat, e) = runtime.block_on(open_loop(t, rate, o.seconds, 64));
+                let run = runtime.block_on(open_loop(t, rate, o.seconds, 64));
                 steal.push(ticks.steal_pct_since());
+                let lat = &run.latencies;
+                let e = run.errors;
+                // Where the slowest 1 % were due: in a few 100-ms windows (a pause) or spread.
+                let (slow_windows, windows) =
+                    run.windows_with_latency_at_least(percentile(lat, 99.0), 100_000);
+                p99_windows
+                    .push(json!({"windows_with_slowest_1pct": slow_windows, "windows": windows}));
                 let switched = proc.context_switches().saturating_sub(before);
                 ctx.push(switched as f64 / lat.len().max(1) as f64);
-                p50.push(percentile(&lat, 50.0) as f64);
-                p99.push(percentile(&lat, 99.0) as f64);
-                p999.push(percentile(&lat, 99.9) as f64);
+                p50.push(percentile(lat, 50.0) as f64);
+                p99.push(percentile(lat, 99.0) as f64);
+                p999.push(percentile(lat, 99.9) as f64);
                 errors += e;
             }
             let entry = json!({
@@ -516,12 +524,14 @@ fn main() {
                 "p99_us_runs": p99, "p99_spread_pct": spread(&p99),
                 "context_switches_per_request_median": median(&mut ctx.clone()),
                 "steal_pct_runs": steal,
+                "slowest_1pct_windows_runs": p99_windows,
                 "errors": errors,
             });
             eprintln!(
-                "{} at {rate:.0} req/s: p50 {} µs, p99 {} µs, p99.9 {} µs, {:.3} context switches/request, steal {steal:.1?} %",
+                "{} at {rate:.0} req/s: p50 {} µs, p99 {} µs, p99.9 {} µs, {:.3} context switches/request, steal {steal:.1?} %, slowest 1 % due in {} of the 100-ms windows",
                 t.label, entry["p50_us"], entry["p99_us"], entry["p999_us"],
-                median(&mut ctx.clone())
+                median(&mut ctx.clone()),
+                slowest_windows(&entry["slowest_1pct_windows_runs"]),
             );
             results.get_mut(t.key).expect("entry")[format!("latency_{name}")] = entry;
         }
@@ -701,6 +711,19 @@ const KEYS: [&str; 6] = [
     "full_redis",
 ];
 
+/// Per run, in how many 100-ms windows the slowest 1 % of requests were due: `3 of 80 / 41 of 80`.
+fn slowest_windows(runs: &Value) -> String {
+    let runs: Vec<String> = runs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| format!("{} of {}", r["windows_with_slowest_1pct"], r["windows"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    runs.join(" / ")
+}
+
 /// A run's steal shares, `2.1 / 0.4 / 7.9`.
 fn steal_runs(runs: &Value) -> String {
     let runs: Vec<String> = runs
@@ -764,7 +787,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
     }
     md.push_str(&format!(
         "\nOpen-loop latency in µs, at {:.0} req/s (10 %) and {:.0} req/s (50 %):\n\n\
-| configuration | p50 10 % | p99 10 % | p50 50 % | p99 50 % (spread) | p99.9 50 % | context switches/req 50 % | steal % of the machine's CPU, 50 % runs |\n|---|---|---|---|---|---|---|---|\n",
+| configuration | p50 10 % | p99 10 % | p50 50 % | p99 50 % (spread) | p99.9 50 % | context switches/req 50 % | steal % of the machine's CPU, 50 % runs | 100-ms windows holding the slowest 1 %, 50 % runs |\n|---|---|---|---|---|---|---|---|---|\n",
         f(&c["full"]["latency_p10"]["offered_rate"]),
         f(&c["full"]["latency_p50"]["offered_rate"]),
     ));
@@ -775,7 +798,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
         }
         let (lo, hi) = (&x["latency_p10"], &x["latency_p50"]);
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} | {:.3} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}%) | {:.0} | {:.3} | {} | {} |\n",
             x["label"].as_str().unwrap_or(key),
             f(&lo["p50_us"]),
             f(&lo["p99_us"]),
@@ -785,6 +808,7 @@ Each throughput and latency figure is the median of {} runs of {} s; spread = (m
             f(&hi["p999_us"]),
             f(&hi["context_switches_per_request_median"]),
             steal_runs(&hi["steal_pct_runs"]),
+            slowest_windows(&hi["slowest_1pct_windows_runs"]),
         ));
     }
     md.push_str("\nSyscalls per request by call (≥ 0.01 per request):\n\n| configuration | calls |\n|---|---|\n");

@@ -503,7 +503,6 @@ fn main() {
                 let run = runtime.block_on(open_loop(t, rate, o.seconds, 64));
                 steal.push(ticks.steal_pct_since());
                 let lat = &run.latencies;
-                let e = run.errors;
                 // Where the slowest 1 % were due: in a few 100-ms windows (a pause) or spread.
                 let (slow_windows, windows) =
                     run.windows_with_latency_at_least(percentile(lat, 99.0), 100_000);
@@ -514,7 +513,7 @@ fn main() {
                 p50.push(percentile(lat, 50.0) as f64);
                 p99.push(percentile(lat, 99.0) as f64);
                 p999.push(percentile(lat, 99.9) as f64);
-                errors += e;
+                errors += run.errors;
             }
             let entry = json!({
                 "offered_rate": rate,
@@ -711,26 +710,25 @@ const KEYS: [&str; 6] = [
     "full_redis",
 ];
 
-/// Per run, in how many 100-ms windows the slowest 1 % of requests were due: `3 of 80 / 41 of 80`.
-fn slowest_windows(runs: &Value) -> String {
+/// One figure per run, `2.1 / 0.4 / 7.9`.
+fn per_run(runs: &Value, show: impl Fn(&Value) -> String) -> String {
     let runs: Vec<String> = runs
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| format!("{} of {}", r["windows_with_slowest_1pct"], r["windows"]))
-                .collect()
-        })
+        .map(|a| a.iter().map(show).collect())
         .unwrap_or_default();
     runs.join(" / ")
 }
 
+/// Per run, in how many 100-ms windows the slowest 1 % of requests were due: `3 of 80 / 41 of 80`.
+fn slowest_windows(runs: &Value) -> String {
+    per_run(runs, |r| {
+        format!("{} of {}", r["windows_with_slowest_1pct"], r["windows"])
+    })
+}
+
 /// A run's steal shares, `2.1 / 0.4 / 7.9`.
 fn steal_runs(runs: &Value) -> String {
-    let runs: Vec<String> = runs
-        .as_array()
-        .map(|a| a.iter().map(|v| format!("{:.1}", f(v))).collect())
-        .unwrap_or_default();
-    runs.join(" / ")
+    per_run(runs, |v| format!("{:.1}", f(v)))
 }
 
 fn f(v: &Value) -> f64 {

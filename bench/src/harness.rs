@@ -509,12 +509,13 @@ pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc
     })
 }
 
-/// The machine's CPU time so far from `/proc/stat` (all cores, in clock ticks): in all, and
-/// stolen — time a virtual CPU was ready but the hypervisor ran something else. On a shared VM
-/// steal is what moves a run's req/s and tail latency the most, so each run reports its share.
+/// The machine's CPU time so far from `/proc/stat` (all cores, in clock ticks): in all, busy,
+/// and stolen — time a virtual CPU was ready but the hypervisor ran something else. On a shared
+/// VM steal is what moves a run's req/s and tail latency the most, so each run reports its share.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTicks {
     total: u64,
+    busy: u64,
     steal: u64,
 }
 
@@ -534,11 +535,21 @@ impl CpuTicks {
             .skip(1)
             .filter_map(|v| v.parse().ok())
             .collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         CpuTicks {
             // guest time is already counted in user time.
             total: fields.iter().take(8).sum(),
-            steal: fields.get(7).copied().unwrap_or(0),
+            // All but idle and iowait.
+            busy: [0, 1, 2, 5, 6, 7].into_iter().map(field).sum(),
+            steal: field(7),
         }
+    }
+
+    /// Busy CPU seconds of the whole machine since boot.
+    pub fn busy_seconds(&self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        self.busy as f64 / ticks as f64
     }
 
     /// Percent of the machine's CPU time since `self` that was stolen.
@@ -665,6 +676,7 @@ mod tests {
             CpuTicks::parse("cpu  100 0 50 800 10 0 5 35 20 0\ncpu0 50 0 25 400 5 0 2 18 10 0\n");
         assert_eq!(before.total, 1000);
         assert_eq!(before.steal, 35);
+        assert_eq!(before.busy, 100 + 50 + 5 + 35);
         let after = CpuTicks::parse("cpu  200 0 100 1500 10 0 5 185 40 0\n");
         assert_eq!(after.total - before.total, 1000);
         assert_eq!(after.steal - before.steal, 150);

@@ -30,6 +30,7 @@ use gateway::metering::outbox::{
 };
 use gateway::metering::{EventEnd, EventStart, Outcome, UsageEvent};
 use gateway_bench::arg;
+use gateway_bench::harness::CpuTicks;
 use serde_json::{json, Value};
 
 /// 2025-01-01T00:00:00Z.
@@ -576,36 +577,15 @@ struct Sample {
     disk_bytes: u64,
 }
 
-/// Busy CPU seconds of the whole machine since boot (`/proc/stat`).
-fn machine_busy_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let jiffies: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|i| jiffies.get(*i))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    busy as f64 / ticks as f64
-}
-
 /// Waits, up to `max`, until the machine is quiet (under 15 % of a core busy over 2 s): the
 /// machine may be shared (another build). Returns how long it waited.
 fn wait_quiet(max: Duration) -> f64 {
     let started = Instant::now();
     let mut said = false;
     loop {
-        let before = machine_busy_seconds();
+        let before = CpuTicks::now().busy_seconds();
         std::thread::sleep(Duration::from_secs(2));
-        let busy = (machine_busy_seconds() - before) / 2.0;
+        let busy = (CpuTicks::now().busy_seconds() - before) / 2.0;
         if busy < 0.15 || started.elapsed() >= max {
             if said {
                 eprintln!(
@@ -664,7 +644,7 @@ fn run_case(
     ];
     eprintln!("  {label}: {} ({} events)", case.name, generated.events);
     let quiet_waited = wait_quiet(quiet_wait);
-    let busy_before = machine_busy_seconds();
+    let busy_before = CpuTicks::now().busy_seconds();
     let started = Instant::now();
     let child = Command::new(gateway)
         .args(args)
@@ -704,7 +684,7 @@ fn run_case(
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
     let wall = started.elapsed().as_secs_f64();
-    let machine_busy = machine_busy_seconds() - busy_before;
+    let machine_busy = CpuTicks::now().busy_seconds() - busy_before;
     done.store(true, Ordering::Release);
     let samples = sampler.join().expect("sampler");
     drop(child);

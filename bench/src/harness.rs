@@ -469,7 +469,7 @@ keepalive_pool_size = 256
 /// request of the proxy process(es).
 pub fn saturate(load: &Load, runtime: &tokio::runtime::Runtime, t: &Target, proc: &Proc) -> Value {
     // Warm-up (also fills the verified-token and decision caches).
-    let _warm = runtime.block_on(open_loop(t, 2000.0, 1, 64));
+    runtime.block_on(open_loop(t, 2000.0, 1, 64));
     wrk(load.core, t, 2);
     let mut rps = Vec::new();
     let mut cpu_per_req = Vec::new();

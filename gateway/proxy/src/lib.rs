@@ -6,5 +6,6 @@
 
 pub mod background;
 pub mod connections;
+pub mod heads;
 pub mod proxy;
 pub mod upstream;

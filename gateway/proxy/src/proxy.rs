@@ -9,14 +9,18 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use tracing::Instrument;
 
+use crate::heads;
 use crate::upstream::{SelectedPeer, Upstreams};
 use gateway_engine::admission::{self, Admitted, Services};
+use gateway_engine::check::USAGE_ID_HEADER;
+use gateway_engine::geoip::X_FORWARDED_FOR;
 use gateway_engine::identity::provisioning::Provisioner;
 use gateway_engine::identity::sessions;
 use gateway_engine::lifecycle::{InFlight, InFlightGuard, Recording};
@@ -31,9 +35,10 @@ use gateway_engine::records::{Established, Exchange, FrontDoor, Recorder};
 use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
-// Removed on every request without a `tracestate` to pass on: parsed once (a `&str` name is
-// parsed again by each `remove_header`).
-const TRACESTATE: http::HeaderName = http::HeaderName::from_static(TRACESTATE_HEADER);
+const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+const TRACESTATE: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 pub struct GatewayProxy {
     store: Arc<SnapshotStore>,
@@ -503,13 +508,17 @@ impl ProxyHttp for GatewayProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        let mut parts = heads::request_with_room(upstream_request, heads::REQUEST_ROOM);
+        let headers = &mut parts.headers;
         if let Some(c) = &ctx.correlation {
-            upstream_request.insert_header(REQUEST_ID_HEADER, &c.request_id)?;
-            upstream_request.insert_header(TRACEPARENT_HEADER, c.trace.traceparent())?;
+            headers.insert(REQUEST_ID, heads::value(c.request_id.as_str())?);
+            headers.insert(TRACEPARENT, heads::value(c.trace.traceparent())?);
             match &c.trace.tracestate {
-                Some(state) => upstream_request.insert_header(TRACESTATE_HEADER, state)?,
+                Some(state) => {
+                    headers.insert(TRACESTATE, heads::value(state.as_str())?);
+                }
                 None => {
-                    upstream_request.remove_header(&TRACESTATE);
+                    headers.remove(TRACESTATE);
                 }
             }
         }
@@ -520,33 +529,34 @@ impl ProxyHttp for GatewayProxy {
                 tenant,
                 snapshot.context_signer.as_deref(),
             ) {
-                upstream_request.insert_header(name, value)?;
+                headers.insert(name, value);
             }
         }
         // The upstream sees the whole hop list, every header line of it (RFC 9110 §5.3), plus
         // the peer; `Forwarded` (RFC 7239) is not maintained by the gateway, so a client's own
         // would reach the upstream unverified: it is removed.
-        upstream_request.remove_header(&http::header::FORWARDED);
+        headers.remove(http::header::FORWARDED);
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut hops = String::with_capacity(64);
-            for line in upstream_request
-                .headers
-                .get_all(&gateway_engine::geoip::X_FORWARDED_FOR)
-            {
+            for line in headers.get_all(&X_FORWARDED_FOR) {
                 hops.push_str(&String::from_utf8_lossy(line.as_bytes()));
                 hops.push_str(", ");
             }
             // Writing to a String cannot fail.
             let _ = write!(hops, "{}", client.ip());
-            upstream_request.insert_header("x-forwarded-for", hops)?;
+            headers.insert(X_FORWARDED_FOR, heads::value(hops)?);
         }
         if self.hooks.metering.is_some() {
-            upstream_request.insert_header("x-gateway-usage-id", &ctx.usage_id)?;
+            headers.insert(USAGE_ID_HEADER, heads::value(ctx.usage_id.as_str())?);
         }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+        *upstream_request = heads::request_rebuilt(parts, upstream_request)?;
         ctx.forwarded = true;
         ctx.upstream_sent_at = Some(Instant::now());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream_request.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         Ok(())
     }
 
@@ -568,15 +578,20 @@ impl ProxyHttp for GatewayProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.request_id())?;
+        let mut parts = heads::response_with_room(upstream_response, heads::RESPONSE_ROOM);
+        let headers = &mut parts.headers;
+        headers.insert(REQUEST_ID, heads::value(ctx.request_id())?);
         if let Some(admitted) = &ctx.admitted {
             for (name, value) in &admitted.limit_headers {
-                upstream_response.insert_header(*name, value)?;
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| Error::because(ErrorType::InternalError, "limit header", e))?;
+                headers.insert(name, heads::value(value.as_str())?);
             }
             if let Some(cookie) = &admitted.set_cookie {
-                upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+                headers.append(http::header::SET_COOKIE, heads::value(cookie.as_str())?);
             }
         }
+        *upstream_response = heads::response_rebuilt(parts, upstream_response)?;
         Ok(())
     }
 

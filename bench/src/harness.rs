@@ -160,6 +160,21 @@ impl Drop for Proc {
         if !children.is_empty() {
             let _ = Command::new("kill").arg("-9").args(&children).status();
         }
+        if let Some(grace) = std::env::var("BENCH_STOP_GRACE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            // A process that exits normally runs its exit handlers: an instrumented build
+            // (bench/pgo) writes its profile there.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(grace);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         eprintln!("stopped {}", self.name);

@@ -306,6 +306,13 @@ impl Callgrind {
                 "--instr-atstart=no",
             ])
             .arg(format!("--callgrind-out-file={}", out.display()))
+            // e.g. `--cache-sim=yes`: simulated cache misses per function beside the
+            // instructions (the first event, which the windows count, stays `Ir`).
+            .args(
+                std::env::var("BENCH_CALLGRIND_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .arg(program)
             .args(args)
             .env("GATEWAY_LOG", "warn")

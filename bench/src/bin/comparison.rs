@@ -34,7 +34,8 @@
 //! them with `perf record -p`); with `--instructions-only` only their instructions per request:
 //! the quick, repeatable check of one change; with `--latency` (and `full` among them) the
 //! open-loop latency runs too, printed, not reported. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
-//! scratch directory are kept for `callgrind_annotate`.
+//! scratch directory are kept for `callgrind_annotate`;
+//! `BENCH_CALLGRIND_ARGS` adds valgrind options (`--cache-sim=yes`: simulated cache misses).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

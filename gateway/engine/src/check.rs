@@ -12,7 +12,7 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue};
 
 use crate::admission::{self, Admitted, Refused, Services};
-use crate::pipeline::correlation::{new_uuid_v7, REQUEST_ID_HEADER, TRACEPARENT_HEADER};
+use crate::pipeline::correlation::{new_uuid_v7, REQUEST_ID, TRACEPARENT};
 use crate::pipeline::sanitize::{self, HeadLimits};
 use crate::pipeline::{forward, Correlation, Problem, Rejection, RequestHead};
 use crate::records::{Established, Exchange, FrontDoor, Recorder};
@@ -241,14 +241,8 @@ fn allowed(
             out.set.push((name, v));
         }
     };
-    set(
-        HeaderName::from_static(REQUEST_ID_HEADER),
-        &correlation.request_id,
-    );
-    set(
-        HeaderName::from_static(TRACEPARENT_HEADER),
-        &correlation.trace.traceparent(),
-    );
+    set(REQUEST_ID, &correlation.request_id);
+    set(TRACEPARENT, &correlation.trace.traceparent());
     if metering {
         set(USAGE_ID_HEADER, usage_id);
     }
@@ -281,7 +275,7 @@ pub fn denied(rejection: &Rejection, request_id: &str) -> Denied {
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.push((HeaderName::from_static(REQUEST_ID_HEADER), id));
+        headers.push((REQUEST_ID, id));
     }
     headers.extend(
         rejection

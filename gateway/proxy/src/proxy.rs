@@ -26,7 +26,7 @@ use gateway_engine::identity::sessions;
 use gateway_engine::lifecycle::{InFlight, InFlightGuard, Recording};
 use gateway_engine::metering::Metering;
 use gateway_engine::pipeline::correlation::{
-    REQUEST_ID_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+    REQUEST_ID, REQUEST_ID_HEADER, TRACEPARENT, TRACESTATE,
 };
 use gateway_engine::pipeline::rejection::TimeoutPhase;
 use gateway_engine::pipeline::sanitize::{self, HeadLimits};
@@ -35,9 +35,6 @@ use gateway_engine::records::{Established, Exchange, FrontDoor, Recorder};
 use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
-const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-const TRACEPARENT: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
-const TRACESTATE: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 pub struct GatewayProxy {

@@ -4,12 +4,16 @@
 //! replaced otherwise, so log and audit lines can never be injected through it. The gateway is a
 //! hop in the trace: it keeps the caller's trace id and gives the upstream its own span id.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use rand::Rng;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 pub const TRACESTATE_HEADER: &str = "tracestate";
+/// The same names parsed, for the maps the gateway writes into.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+pub const TRACEPARENT: HeaderName = HeaderName::from_static(TRACEPARENT_HEADER);
+pub const TRACESTATE: HeaderName = HeaderName::from_static(TRACESTATE_HEADER);
 
 const MAX_REQUEST_ID_LEN: usize = 128;
 

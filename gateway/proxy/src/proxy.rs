@@ -895,7 +895,7 @@ impl GatewayProxy {
         let forwarded_https = session
             .req_header()
             .headers
-            .get("x-forwarded-proto")
+            .get(&X_FORWARDED_PROTO)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
         if from_trusted_proxy && forwarded_https {
             "https"

@@ -12,13 +12,13 @@ use gateway::metering::EventStart;
 use gateway_bench::{arg, percentile};
 use serde_json::json;
 
-fn start(i: u64) -> EventStart {
+fn start(i: u64) -> EventStart<'static> {
     EventStart {
-        id: format!("01a2-{i:016}"),
+        id: format!("01a2-{i:016}").into(),
         time: "2026-11-23T10:00:00.000000Z".into(),
-        request_id: format!("req-{i}"),
-        tenant: Some(format!("tenant-{}", i % 1000)),
-        principal: Some(format!("user-{}", i % 5000)),
+        request_id: format!("req-{i}").into(),
+        tenant: Some(format!("tenant-{}", i % 1000).into()),
+        principal: Some(format!("user-{}", i % 5000).into()),
         action: Some("projects:read".into()),
         route: Some("/projects/{id}".into()),
         method: "GET".into(),

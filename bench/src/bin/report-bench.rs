@@ -286,11 +286,11 @@ fn generate(dir: &Path, n: u64, seed: u64) -> Generated {
             let tier = if pro { "pro" } else { "free" };
             let id = uuid7(micros / 1000, produced, rng.next());
             let start = EventStart {
-                id: id.clone(),
-                time: rfc3339(micros),
-                request_id: format!("{:016x}{:08x}", rng.next(), produced & 0xffff_ffff),
-                tenant: Some(format!("tenant-{:04}", tenant + 1)),
-                principal: Some(format!("user-{}-{k}", tenant + 1)),
+                id: id.clone().into(),
+                time: rfc3339(micros).into(),
+                request_id: format!("{:016x}{:08x}", rng.next(), produced & 0xffff_ffff).into(),
+                tenant: Some(format!("tenant-{:04}", tenant + 1).into()),
+                principal: Some(format!("user-{}-{k}", tenant + 1).into()),
                 action: Some(action_name.into()),
                 route: Some(route.into()),
                 method: method.into(),
@@ -338,26 +338,11 @@ fn generate(dir: &Path, n: u64, seed: u64) -> Generated {
                 } else {
                     Outcome::Interrupted
                 };
-                let event = UsageEvent {
-                    id: start.id.clone(),
-                    time: start.time.clone(),
-                    request_id: start.request_id.clone(),
-                    tenant: start.tenant.clone(),
-                    principal: start.principal.clone(),
-                    action: start.action.clone(),
-                    route: start.route.clone(),
-                    method: start.method.clone(),
-                    status,
-                    request_bytes: if rejected { 0 } else { request_bytes },
-                    response_bytes: 0,
-                    upstream_latency_us: None,
-                    region: start.region.clone(),
-                    outcome,
-                    reason,
-                    meters: start.meters.clone(),
-                    tier: start.tier.clone(),
-                    attributes: start.attributes.clone(),
-                };
+                let mut event = UsageEvent::from_parts(start.clone(), None);
+                event.status = status;
+                event.request_bytes = if rejected { 0 } else { request_bytes };
+                event.outcome = outcome;
+                event.reason = reason;
                 write(
                     &outbox,
                     &RecordBody::Complete(Box::new(event)),
@@ -371,12 +356,12 @@ fn generate(dir: &Path, n: u64, seed: u64) -> Generated {
                     _ => 200,
                 };
                 let end = EventEnd {
-                    id: start.id.clone(),
+                    id: start.id.to_string(),
                     status,
                     request_bytes,
                     response_bytes,
                     upstream_latency_us: latency,
-                    region: start.region.clone(),
+                    region: start.region.as_deref().map(str::to_string),
                     reason: None,
                 };
                 if roll < 7_000 {

@@ -4,6 +4,7 @@
 //! it is over: which records exist, what they say and which of them may never be dropped is
 //! decided here, the same for every door.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -108,7 +109,7 @@ impl Recorder<'_> {
         if exchange.begun || !metering.record_before_forward {
             return Ok(exchange.begun);
         }
-        let planned_region = admitted.placement.regions.first().cloned();
+        let planned_region = admitted.placement.regions.first().map(String::as_str);
         let start = usage_start(admitted, exchange, planned_region, &metering.fields);
         metering
             .outbox
@@ -247,28 +248,19 @@ fn usage_record(exchange: &Exchange<'_>, fields: &EventFields) -> RecordBody {
     }
     let mut event = match exchange.admitted {
         Some(admitted) => {
-            let region = exchange.region.map(str::to_string);
-            let start = usage_start(admitted, exchange, region, fields);
-            UsageEvent {
-                id: start.id,
-                time: start.time,
-                request_id: start.request_id,
-                tenant: start.tenant,
-                principal: start.principal,
-                action: start.action,
-                route: start.route,
-                method: start.method,
-                status: exchange.status,
-                request_bytes: exchange.request_bytes,
-                response_bytes: exchange.response_bytes,
-                upstream_latency_us: exchange.upstream_latency.map(micros),
-                region: start.region,
-                outcome: Outcome::Completed,
-                reason: None,
-                meters: start.meters,
-                tier: start.tier,
-                attributes: start.attributes,
-            }
+            let start = usage_start(admitted, exchange, exchange.region, fields);
+            UsageEvent::from_parts(
+                start,
+                Some(EventEnd {
+                    id: String::new(),
+                    status: exchange.status,
+                    request_bytes: exchange.request_bytes,
+                    response_bytes: exchange.response_bytes,
+                    upstream_latency_us: exchange.upstream_latency.map(micros),
+                    region: None,
+                    reason: None,
+                }),
+            )
         }
         None => refused_event(exchange),
     };
@@ -279,35 +271,36 @@ fn usage_record(exchange: &Exchange<'_>, fields: &EventFields) -> RecordBody {
     RecordBody::Complete(Box::new(event))
 }
 
-/// The begin-time part of a usage event.
-fn usage_start(
-    admitted: &Admitted,
-    exchange: &Exchange<'_>,
-    region: Option<String>,
+/// The begin-time part of a usage event, borrowed from the request's state.
+fn usage_start<'a>(
+    admitted: &'a Admitted,
+    exchange: &Exchange<'a>,
+    region: Option<&'a str>,
     fields: &EventFields,
-) -> EventStart {
+) -> EventStart<'a> {
     let decision = admitted
         .authorized
         .as_ref()
         .and_then(|a| a.decision.as_ref());
-    let action = decision.map(|d| d.action.clone());
-    let route = decision.map(|d| d.route.clone());
+    let action = decision.map(|d| d.action.as_str());
+    let route = decision.map(|d| d.route.as_str());
+    let tenant = admitted.tenant.as_ref().map(|t| &t.tenant);
     EventStart {
-        id: exchange.usage_id.to_string(),
-        time: now_rfc3339(),
-        request_id: exchange.request_id.to_string(),
-        tenant: admitted.tenant.as_ref().map(|t| t.tenant.id.clone()),
-        tier: admitted.tenant.as_ref().map(|t| t.tenant.tier.clone()),
+        id: exchange.usage_id.into(),
+        time: now_rfc3339().into(),
+        request_id: exchange.request_id.into(),
+        tenant: tenant.map(|t| t.id.as_str().into()),
+        tier: tenant.map(|t| t.tier.as_str().into()),
         attributes: crate::metering::chargeback_attributes(
             &fields.chargeback,
             &admitted.principal.attributes,
         ),
-        principal: Some(admitted.principal.id.clone()),
-        meters: crate::metering::meters_for(&fields.meters, action.as_deref(), route.as_deref()),
-        action,
-        route,
-        method: exchange.method.to_string(),
-        region,
+        principal: Some(admitted.principal.id.as_str().into()),
+        meters: crate::metering::meters_for(&fields.meters, action, route),
+        action: action.map(Cow::from),
+        route: route.map(Cow::from),
+        method: exchange.method.into(),
+        region: region.map(Cow::from),
     }
 }
 

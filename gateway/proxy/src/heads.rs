@@ -16,7 +16,7 @@
 //!
 //! [`HeaderName`]: http::HeaderName
 
-use http::{request, response, HeaderMap, HeaderValue};
+use http::{request, response, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType};
 
@@ -86,6 +86,25 @@ pub fn value(text: impl TryInto<HeaderValue>) -> pingora::Result<HeaderValue> {
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
 }
 
+/// One of the engine's header names (`RateLimit`, `Retry-After`, …), which it names as static
+/// lower-case strings: shared as they are, where parsing allocated a copy of every name that is
+/// not a standard one on every request. Anything else is refused as [`value`] refuses values.
+pub fn static_name(name: &'static str) -> pingora::Result<HeaderName> {
+    let token = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        });
+    if token {
+        // Cannot panic: `name` is a non-empty lower-case token, which is what it requires.
+        Ok(HeaderName::from_static(name))
+    } else {
+        Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "invalid header name",
+        ))
+    }
+}
+
 /// Every header line of `headers`, in order, in a map with room for `room` more.
 fn with_room(headers: &HeaderMap, room: usize) -> HeaderMap {
     let mut copy = HeaderMap::with_capacity(headers.len() + room);
@@ -98,10 +117,21 @@ fn with_room(headers: &HeaderMap, room: usize) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderName;
 
     fn added(i: usize) -> HeaderName {
         HeaderName::try_from(format!("x-added-{i}")).unwrap()
+    }
+
+    #[test]
+    fn the_engines_header_names_are_taken_as_they_are_and_anything_else_is_refused() {
+        for name in ["ratelimit-policy", "ratelimit", "retry-after", "x-a_b.c~1"] {
+            let taken = static_name(name).unwrap();
+            assert_eq!(taken, HeaderName::from_bytes(name.as_bytes()).unwrap());
+            assert_eq!(taken.as_str(), name);
+        }
+        for bad in ["", "RateLimit", "rate limit", "x:y", "é"] {
+            assert!(static_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use crate::common;
 use std::time::{Duration, Instant};
 
-use crate::common::{client, config_for, raw_request, upstream, TestGateway};
+use crate::common::{client, config_for, raw_exchange, raw_request, upstream, TestGateway};
 use futures_util::{SinkExt, StreamExt};
 use gateway::example_upstream::{stream_byte, Echo};
 use sha2::{Digest, Sha256};
@@ -72,6 +72,29 @@ async fn forwards_method_path_query_and_headers() {
     let generated = res.headers()["x-request-id"].to_str().unwrap().to_string();
     let echo: Echo = res.json().await.unwrap();
     assert_eq!(echo.headers["x-request-id"], vec![generated]);
+}
+
+/// The gateway runs no response-compression module: the client's `Accept-Encoding` reaches the
+/// upstream as sent and the upstream's response comes back byte for byte, not re-encoded.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwards_content_codings_without_compressing() {
+    let up = upstream("app").await;
+    let gw = TestGateway::start(&config_for(&[up.addr], ""), &[]);
+    let (status, body) = raw_request(gw.addr, "GET", b"/echo", "Accept-Encoding: gzip, br\r\n");
+    assert_eq!(status, 200, "{body}");
+    let echo: Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo.headers["accept-encoding"], vec!["gzip, br"]);
+    let response = raw_exchange(
+        gw.addr,
+        b"GET /_upstream/static HTTP/1.1\r\nHost: gateway.test\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    );
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-encoding"),
+        "{head}"
+    );
+    assert_eq!(body, "hello from the example upstream\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -18,6 +18,7 @@ pub mod pricing;
 pub mod report;
 
 use crate::diagnostics::{SourceIssue, SourceText};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,25 +40,27 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// What is known when a request is forwarded.
+/// What is known when a request is forwarded. The request path borrows its strings from the
+/// request's state (a begin record is built, written and dropped at once); records read back
+/// from the outbox own theirs (`EventStart<'static>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventStart {
+pub struct EventStart<'a> {
     /// The idempotency key.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// RFC 3339.
-    pub time: String,
-    pub request_id: String,
-    pub tenant: Option<String>,
-    pub principal: Option<String>,
-    pub action: Option<String>,
-    pub route: Option<String>,
-    pub method: String,
-    pub region: Option<String>,
+    pub time: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
+    pub tenant: Option<Cow<'a, str>>,
+    pub principal: Option<Cow<'a, str>>,
+    pub action: Option<Cow<'a, str>>,
+    pub route: Option<Cow<'a, str>>,
+    pub method: Cow<'a, str>,
+    pub region: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meters: Vec<String>,
     /// The tenant's tier when the request was served (what it is priced at).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
+    pub tier: Option<Cow<'a, str>>,
     /// The principal's chargeback attributes (`[metering.pricing] chargeback`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
@@ -112,14 +115,15 @@ pub struct UsageEvent {
 
 impl UsageEvent {
     /// The event of a begin and its end (`None`: interrupted).
-    pub fn from_parts(start: EventStart, end: Option<EventEnd>) -> Self {
+    pub fn from_parts(start: EventStart<'_>, end: Option<EventEnd>) -> Self {
+        let start_region = start.region.map(Cow::into_owned);
         let (status, request_bytes, response_bytes, latency, region, outcome, reason) = match end {
             Some(e) => (
                 e.status,
                 e.request_bytes,
                 e.response_bytes,
                 e.upstream_latency_us,
-                e.region.or(start.region),
+                e.region.or(start_region),
                 if e.reason.is_some() {
                     Outcome::Rejected
                 } else {
@@ -127,17 +131,17 @@ impl UsageEvent {
                 },
                 e.reason,
             ),
-            None => (0, 0, 0, None, start.region, Outcome::Interrupted, None),
+            None => (0, 0, 0, None, start_region, Outcome::Interrupted, None),
         };
         UsageEvent {
-            id: start.id,
-            time: start.time,
-            request_id: start.request_id,
-            tenant: start.tenant,
-            principal: start.principal,
-            action: start.action,
-            route: start.route,
-            method: start.method,
+            id: start.id.into_owned(),
+            time: start.time.into_owned(),
+            request_id: start.request_id.into_owned(),
+            tenant: start.tenant.map(Cow::into_owned),
+            principal: start.principal.map(Cow::into_owned),
+            action: start.action.map(Cow::into_owned),
+            route: start.route.map(Cow::into_owned),
+            method: start.method.into_owned(),
             status,
             request_bytes,
             response_bytes,
@@ -146,7 +150,7 @@ impl UsageEvent {
             outcome,
             reason,
             meters: start.meters,
-            tier: start.tier,
+            tier: start.tier.map(Cow::into_owned),
             attributes: start.attributes,
         }
     }
@@ -166,7 +170,7 @@ impl UsageEvent {
 #[derive(Debug, Default)]
 pub struct Assembler {
     /// Begin offset → (boot, start).
-    pending: BTreeMap<u64, (String, EventStart)>,
+    pending: BTreeMap<u64, (String, EventStart<'static>)>,
     by_id: HashMap<String, u64>,
 }
 
@@ -186,13 +190,13 @@ impl Assembler {
                     .into_iter()
                     .filter_map(|o| self.pending.remove(&o))
                     .map(|(_, start)| {
-                        self.by_id.remove(&start.id);
+                        self.by_id.remove(&*start.id);
                         (offset, UsageEvent::from_parts(start, None))
                     })
                     .collect()
             }
             RecordBody::Begin(start) => {
-                self.by_id.insert(start.id.clone(), offset);
+                self.by_id.insert(start.id.to_string(), offset);
                 self.pending.insert(offset, (record.boot, *start));
                 Vec::new()
             }
@@ -493,9 +497,9 @@ pub fn attribute_text(value: &serde_json::Value) -> Option<String> {
 mod tests {
     use super::*;
 
-    pub(super) fn start(id: &str) -> EventStart {
+    pub(super) fn start(id: &str) -> EventStart<'static> {
         EventStart {
-            id: id.into(),
+            id: id.to_string().into(),
             time: "2026-11-23T10:00:00Z".into(),
             request_id: "r".into(),
             tenant: Some("acme".into()),

@@ -108,7 +108,7 @@ pub enum RecordBody {
     /// interrupted.
     Boot,
     /// A request about to be forwarded.
-    Begin(Box<EventStart>),
+    Begin(Box<EventStart<'static>>),
     /// Its completion.
     End(EventEnd),
     /// A request recorded in one go (refused before forwarding, or recording after the
@@ -240,7 +240,7 @@ impl Outbox {
 
     /// Writes the begin record of a request about to be forwarded: it is in the file (and,
     /// with `fsync = "batch"`, on disk) when this returns. On error nothing was recorded.
-    pub async fn begin(&self, start: &EventStart) -> Result<(), OutboxError> {
+    pub async fn begin(&self, start: &EventStart<'_>) -> Result<(), OutboxError> {
         let seq = self
             .journal
             .append_now(&encode(&BorrowedBody::Begin(start)))?;
@@ -314,7 +314,7 @@ impl Outbox {
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum BorrowedBody<'a> {
-    Begin(&'a EventStart),
+    Begin(&'a EventStart<'a>),
 }
 
 /// A record body as JSON; records are plain data, so this cannot fail in practice (an empty

@@ -249,6 +249,7 @@ fn usage_record(exchange: &Exchange<'_>, fields: &EventFields) -> RecordBody {
     let mut event = match exchange.admitted {
         Some(admitted) => {
             let start = usage_start(admitted, exchange, exchange.region, fields);
+            // Completed as a begin and its end would be; the id and region are the start's.
             UsageEvent::from_parts(
                 start,
                 Some(EventEnd {

@@ -27,13 +27,15 @@
 //! Usage: comparison --gateway BIN --upstream-bin BIN --bare-pingora BIN --out DIR [--reps N]
 //!        [--seconds S] [--tenants N] [--redis URL] [--criterion DIR] [--proxy-core C]
 //!        [--load-core C] [--callgrind-requests N] [--strace-requests N] [--no-callgrind]
-//!        [--only KEY,KEY...] [--instructions-only] [--latency] [--build-profile NAME]
+//!        [--only KEY,KEY...] [--instructions-only] [--latency] [--threads N]
+//!        [--build-profile NAME]
 //!
 //! `--only passthrough,full` (keys as in the JSON report) measures only the named
 //! configurations, saturation and syscalls only, and writes no report (e.g. to profile one of
 //! them with `perf record -p`); with `--instructions-only` only their instructions per request:
 //! the quick, repeatable check of one change; with `--latency` (and `full` among them) the
-//! open-loop latency runs too, printed, not reported. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
+//! open-loop latency runs too, printed, not reported; `--threads N` runs them with N worker
+//! threads (nginx: worker processes), still on the one proxy core. With `BENCH_KEEP_CALLGRIND=1` the callgrind dumps and the
 //! scratch directory are kept for `callgrind_annotate`;
 //! `BENCH_CALLGRIND_ARGS` adds valgrind options (`--cache-sim=yes`: simulated cache misses).
 
@@ -75,6 +77,9 @@ struct Opts {
     instructions_only: bool,
     /// With `only`: the open-loop latency runs too (the rates are shares of `full`'s peak).
     latency: bool,
+    /// Worker threads of the proxies measured (`--threads`, with `only`; the report measures
+    /// 1, then 2 for its own table).
+    threads: usize,
 }
 
 impl Opts {
@@ -121,6 +126,7 @@ fn opts() -> Opts {
         only: arg("--only").map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
         instructions_only: std::env::args().any(|a| a == "--instructions-only"),
         latency: std::env::args().any(|a| a == "--latency"),
+        threads: arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(1),
     }
 }
 
@@ -418,7 +424,10 @@ fn main() {
         headers: plain.clone(),
         launch: upstream_launch.clone(),
     }];
-    for (key, label, launch, port, tokens) in configurations(1, "") {
+    // The report's main table is measured with one worker thread; `--threads` only applies to
+    // an `--only` run.
+    let threads = if o.only.is_some() { o.threads } else { 1 };
+    for (key, label, launch, port, tokens) in configurations(threads, "") {
         let selected = o
             .only
             .as_ref()

@@ -1283,9 +1283,12 @@ fn cache_key(
     let p = input.principal;
     let t = input.tenant;
     let f = input.facts;
-    // The principal's id matters when a policy names a user, or when the resource's record or
-    // attributes may refer to users (an owner the principal may be).
+    // The principal's id matters when a policy names a user, when the resource's record or
+    // attributes may refer to users (an owner the principal may be), and when the resource may
+    // be the principal's own entity (`resource_id_matters`: `User::"alice"` is alice herself
+    // when she asks, and another user when bob does).
     let principal_id = uses.principal_id
+        || resource_id_matters
         || !input.resource_attributes.is_empty()
         || matches!(input.resource_record, ResourceRecord::Found(_));
     let mut key = KeyWriter(String::with_capacity(160));
@@ -1732,6 +1735,40 @@ mod tests {
                 let cached = engine.decide(&input);
                 let (fresh, _) = engine.evaluate(&input);
                 assert_eq!(*cached, fresh, "{resource_type}::{resource_id:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_resource_that_may_be_the_principal_keys_the_cache_by_the_principal() {
+        // Found by the `cedar_request` fuzz target: `User::"alice"` as the resource is the
+        // principal's own entity when alice asks (her tenant, globex) and another user of the
+        // request's tenant (acme) when bob asks, so tenant isolation refuses only bob; with
+        // no resource attributes and no policy naming a user, the key left the principal out
+        // and bob got alice's cached answer.
+        let engine = example();
+        let tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
+        for resource_type in ["User", "Project"] {
+            engine.clear_caches();
+            for id in ["alice", "bob"] {
+                let p = principal(id, "globex", &["viewer"], false);
+                let input = DecisionInput {
+                    principal: &p,
+                    tenant: &tenant,
+                    tier_features: &[],
+                    action: "projects:read",
+                    resource_type,
+                    resource_id: "alice",
+                    resource_attributes: &[],
+                    resource_record: Default::default(),
+                    principal_record: Default::default(),
+                    declared_facts: &[],
+                    facts: &facts,
+                };
+                let cached = engine.decide(&input);
+                let (fresh, _) = engine.evaluate(&input);
+                assert_eq!(*cached, fresh, "{id} on {resource_type}::\"alice\"");
             }
         }
     }

@@ -14,7 +14,8 @@
 //!   say: the `sub` (string or number) as id, within bounds and not reserved, the tenant claim
 //!   (a platform issuer's token that names none is a platform principal), valid roles taken
 //!   from the roles claim, sorted and without duplicates;
-//! - `alg: none` is refused as such;
+//! - `alg: none` is refused as such (unless a header member name repeats: RFC 7515 §4 lets
+//!   the parser reject such a header outright, and the gateway does);
 //! - asking twice gives the same answer (the cache of verified tokens changes nothing).
 #![no_main]
 
@@ -25,6 +26,37 @@ use gateway_fuzz::{deployment, issuer_secret, parts};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
+
+/// Whether `json` is an object whose member names are all different (serde_json's `Map`
+/// keeps the last of repeated names without saying so).
+fn members_unique(json: &[u8]) -> bool {
+    struct Unique;
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Members;
+            impl<'de> serde::de::Visitor<'de> for Members {
+                type Value = Unique;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Unique, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some((name, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        if !seen.insert(name) {
+                            return Err(serde::de::Error::custom("a member name repeats"));
+                        }
+                    }
+                    Ok(Unique)
+                }
+            }
+            d.deserialize_map(Members)
+        }
+    }
+    serde_json::from_slice::<Unique>(json).is_ok()
+}
 
 fn sign(alg: &str, input: &[u8]) -> Vec<u8> {
     fn bad_key<T>(e: hmac::digest::InvalidLength) -> T {
@@ -144,9 +176,14 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
         Err(_) => {
-            // A header that reads (alg a string, kid a string if any) and says `none` is
-            // refused as such, whatever else is wrong with the token.
-            let header = decode(0);
+            // A header that reads (member names unique, alg a string, kid a string if any)
+            // and says `none` is refused as such, whatever else is wrong with the token.
+            let header = decode(0).filter(|_| {
+                segments
+                    .first()
+                    .and_then(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok())
+                    .is_some_and(|bytes| members_unique(&bytes))
+            });
             let says_none = header.as_ref().is_some_and(|h| {
                 h.get("alg")
                     .and_then(Value::as_str)

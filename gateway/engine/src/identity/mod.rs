@@ -329,9 +329,11 @@ impl Authenticator {
                 match e.kind() {
                     // jsonwebtoken looks for its required claims in hash-set order, so a token
                     // missing several would be logged and audited with a different one each time.
+                    // A claim it cannot read (an `exp` beyond u64, an `aud` array holding a
+                    // number) counts as missing too, so the first unreadable one is named.
                     ErrorKind::MissingRequiredClaim(_) => REQUIRED_CLAIMS
                         .iter()
-                        .find(|c| unverified.get(**c).is_none_or(Value::is_null))
+                        .find(|c| !readable_claim(c, unverified.get(**c)))
                         .map(|c| AuthError::MissingClaim(c.to_string()))
                         .unwrap_or_else(|| map_jwt_error(e)),
                     _ => map_jwt_error(e),
@@ -434,6 +436,19 @@ fn raw_header(token: &str) -> Result<RawHeader, AuthError> {
 
 /// Claims every token must carry, in the order a missing one is reported.
 const REQUIRED_CLAIMS: [&str; 3] = ["exp", "iss", "aud"];
+
+/// Whether jsonwebtoken reads `value` as the required claim `name`: a time as a whole number
+/// of seconds, `iss` as a string, `aud` as a string or an array of strings.
+fn readable_claim(name: &str, value: Option<&Value>) -> bool {
+    match (name, value) {
+        (_, None | Some(Value::Null)) => false,
+        ("exp" | "nbf" | "iat", Some(v)) => v.as_u64().is_some(),
+        ("aud", Some(v)) => {
+            v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+        }
+        (_, Some(v)) => v.is_string(),
+    }
+}
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     match e.kind() {
@@ -577,6 +592,42 @@ mod tests {
                 .unwrap_err();
             assert_eq!(refused, AuthError::MissingClaim("exp".into()));
         }
+    }
+
+    #[test]
+    fn unreadable_required_claims_are_reported_in_order_too() {
+        // Found by the jwt fuzz target: an `exp` beyond u64 and an `aud` array holding a
+        // number are both present and both unreadable to jsonwebtoken, which named one or the
+        // other in hash-set order.
+        let claims = serde_json::json!({"iss": "https://issuer.test", "sub": "a",
+            "aud": ["view", 5], "exp": 4.1e51});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        let (policy, registry) = (policy(), TenantRegistry::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for _ in 0..32 {
+            let authenticator = Authenticator::new(JwksSettings::default(), 16);
+            let refused = runtime
+                .block_on(authenticator.authenticate(&headers, &policy, &registry, 1))
+                .unwrap_err();
+            assert_eq!(refused, AuthError::MissingClaim("exp".into()));
+        }
+        assert!(readable_claim("aud", Some(&serde_json::json!(["a", "b"]))));
+        assert!(!readable_claim("aud", Some(&serde_json::json!(["a", 5]))));
+        assert!(readable_claim(
+            "exp",
+            Some(&serde_json::json!(4102444800u64))
+        ));
+        assert!(!readable_claim("exp", Some(&serde_json::json!(-1))));
+        assert!(!readable_claim("iss", None));
     }
 
     /// Verifies `claims` signed with `alg` and `key` through the test policy.

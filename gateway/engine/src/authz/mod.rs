@@ -1713,30 +1713,46 @@ mod tests {
         let mut p = principal("", "", &["admin"], true);
         p.auth = AuthMethod::ApiKey { key_id: "k".into() };
         p.scopes = vec![")".into()];
-        let tenant = pro_tenant("acme");
-        let facts = tuesday_ten_am_get();
         let attributes = vec![(String::new(), String::new())];
         for resource_type in ["Tenant", "User", "Role", "Action", "Project"] {
             engine.clear_caches();
             for resource_id in ["x", "", "admin", "projects:read"] {
-                let input = DecisionInput {
-                    principal: &p,
-                    tenant: &tenant,
-                    tier_features: &[],
-                    action: "projects:read",
-                    resource_type,
-                    resource_id,
-                    resource_attributes: &attributes,
-                    resource_record: Default::default(),
-                    principal_record: Default::default(),
-                    declared_facts: &[],
-                    facts: &facts,
-                };
-                let cached = engine.decide(&input);
-                let (fresh, _) = engine.evaluate(&input);
-                assert_eq!(*cached, fresh, "{resource_type}::{resource_id:?}");
+                assert_cache_agrees(&engine, &p, resource_type, resource_id, &attributes);
             }
         }
+    }
+
+    /// `projects:read` of `resource_type::resource_id` by `p` in pro tenant acme: the decision
+    /// cache's answer is what a fresh evaluation decides.
+    fn assert_cache_agrees(
+        engine: &AuthzEngine,
+        p: &Principal,
+        resource_type: &str,
+        resource_id: &str,
+        resource_attributes: &[(String, String)],
+    ) {
+        let tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
+        let input = DecisionInput {
+            principal: p,
+            tenant: &tenant,
+            tier_features: &[],
+            action: "projects:read",
+            resource_type,
+            resource_id,
+            resource_attributes,
+            resource_record: Default::default(),
+            principal_record: Default::default(),
+            declared_facts: &[],
+            facts: &facts,
+        };
+        let cached = engine.decide(&input);
+        let (fresh, _) = engine.evaluate(&input);
+        assert_eq!(
+            *cached, fresh,
+            "{} on {resource_type}::{resource_id:?}",
+            p.id
+        );
     }
 
     #[test]
@@ -1747,28 +1763,11 @@ mod tests {
         // no resource attributes and no policy naming a user, the key left the principal out
         // and bob got alice's cached answer.
         let engine = example();
-        let tenant = pro_tenant("acme");
-        let facts = tuesday_ten_am_get();
         for resource_type in ["User", "Project"] {
             engine.clear_caches();
             for id in ["alice", "bob"] {
                 let p = principal(id, "globex", &["viewer"], false);
-                let input = DecisionInput {
-                    principal: &p,
-                    tenant: &tenant,
-                    tier_features: &[],
-                    action: "projects:read",
-                    resource_type,
-                    resource_id: "alice",
-                    resource_attributes: &[],
-                    resource_record: Default::default(),
-                    principal_record: Default::default(),
-                    declared_facts: &[],
-                    facts: &facts,
-                };
-                let cached = engine.decide(&input);
-                let (fresh, _) = engine.evaluate(&input);
-                assert_eq!(*cached, fresh, "{id} on {resource_type}::\"alice\"");
+                assert_cache_agrees(&engine, &p, resource_type, "alice", &[]);
             }
         }
     }

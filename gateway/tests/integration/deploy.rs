@@ -854,3 +854,95 @@ fn istio_manifests_name_one_provider_and_a_valid_gateway() {
         }
     }
 }
+
+/// A `rust-version` ("1.95" or "1.95.0") as (major, minor, patch).
+fn rust_version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap());
+    (
+        parts.next().unwrap(),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// The workspace's `rust-version` is one that builds it: no locked dependency of this platform
+/// asks for a newer rustc (the container image's build would fail on the declared version), and
+/// the Dockerfile, the README and `scripts/ensure-deps` name that same version.
+#[test]
+fn the_declared_rust_version_builds_the_locked_dependencies_and_the_image_uses_it() {
+    let manifest: toml::Table = std::fs::read_to_string(deploy("../Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let declared = manifest["workspace"]["package"]["rust-version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8(rustc.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .unwrap();
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .args(["--filter-platform", &host])
+        .current_dir(deploy(".."))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let resolved: BTreeSet<&str> = metadata["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    let too_new: Vec<String> = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| resolved.contains(p["id"].as_str().unwrap()))
+        .filter_map(|p| {
+            let wanted = p["rust_version"].as_str()?;
+            (rust_version(wanted) > rust_version(&declared)).then(|| {
+                format!(
+                    "{} {} needs rustc {wanted}",
+                    p["name"].as_str().unwrap(),
+                    p["version"].as_str().unwrap()
+                )
+            })
+        })
+        .collect();
+    assert!(
+        too_new.is_empty(),
+        "Cargo.toml declares rust-version {declared}, but {too_new:?}"
+    );
+    assert!(
+        resolved.len() > 100,
+        "the dependency graph was read: {}",
+        resolved.len()
+    );
+
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("\nFROM rust:{declared}-")),
+        "deploy/Dockerfile builds with rust:{declared}"
+    );
+    let readme = std::fs::read_to_string(deploy("../README.md")).unwrap();
+    assert!(readme.contains(&format!("Rust ({declared}+)")), "README");
+    let ensure_deps = std::fs::read_to_string(deploy("../scripts/ensure-deps")).unwrap();
+    assert!(
+        ensure_deps.contains(&format!("version {declared} or newer")),
+        "scripts/ensure-deps"
+    );
+}

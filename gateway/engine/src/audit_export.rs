@@ -585,10 +585,11 @@ pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptErro
         sections: 0,
     };
     let mut section: Option<Section> = None;
-    for (i, line) in reader.lines().enumerate() {
+    for (i, line) in reader.split(b'\n').enumerate() {
         let number = i + 1;
+        // Bytes, not `lines()`: a line that is not UTF-8 is named by its number like any other.
         let entry: Value =
-            serde_json::from_str(&line?).map_err(|e| invalid(number, e.to_string()))?;
+            serde_json::from_slice(&line?).map_err(|e| invalid(number, e.to_string()))?;
         let kind = entry.get("type").and_then(Value::as_str);
         if kind == Some("audit-excerpt") {
             if let Some(done) = section.take() {
@@ -746,6 +747,14 @@ mod tests {
         assert!(error.to_string().contains("missing"), "{error}");
         let truncated = lines[..4].join("\n");
         assert!(verify_excerpt(std::io::Cursor::new(truncated)).is_err());
+        // A line that is not UTF-8 is named by its number, as any other damage is.
+        let mut damaged = [lines[0], lines[1]].join("\n").into_bytes();
+        damaged.extend_from_slice(b"\n\xff\xfe\n");
+        damaged.extend_from_slice(lines[3].as_bytes());
+        match verify_excerpt(std::io::Cursor::new(damaged)).unwrap_err() {
+            ExcerptError::Invalid { line, .. } => assert_eq!(line, 3),
+            other => panic!("{other}"),
+        }
 
         // Filters: refusals by the default-deny policy, and CSV.
         let refusals = AuditFilter {

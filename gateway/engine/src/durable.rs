@@ -18,7 +18,8 @@ pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Replaces `path` with `bytes` atomically: a temporary file next to it, fsync, rename.
+/// Replaces `path` with `bytes` atomically: a temporary file next to it, fsync, rename, and an
+/// fsync of the directory (without it the rename itself may not survive a power loss).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -31,7 +32,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    let dir = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

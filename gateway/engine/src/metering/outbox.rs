@@ -361,28 +361,64 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OutboxError> {
     Ok(out)
 }
 
-/// Reads a segment, cuts off a torn or garbled tail, and returns the next offset.
+/// Reads the last segment back after a stop or a crash and returns the next offset.
+///
+/// A torn last line (no newline: a write cut short by the crash, of a record no request was
+/// forwarded on) is cut off. Complete lines that are not records in offset order are damage, not
+/// a crash: they are moved to `<segment>.damaged-<byte position>` beside the segment (kept, never
+/// deleted; the name does not match a segment's, so no reader takes it for one), the records
+/// after them stay where they are, and numbering continues after the highest offset kept, so no
+/// offset is used twice.
 fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
-    let file = File::open(path).map_err(io(path))?;
-    let mut reader = BufReader::new(file);
-    let mut good_bytes = 0u64;
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |last| last + 1);
     let mut next = first;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(io(path))?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        match serde_json::from_str::<OutboxRecord>(&line) {
-            Ok(r) if r.offset == next => {
-                next += 1;
-                good_bytes += n as u64;
+    let mut kept = Vec::new();
+    let mut damaged = Vec::new();
+    let mut first_damage = None;
+    let mut position = 0;
+    for line in bytes
+        .get(..complete)
+        .unwrap_or_default()
+        .split_inclusive(|&b| b == b'\n')
+    {
+        let record = std::str::from_utf8(line)
+            .ok()
+            .and_then(|text| OutboxRecord::from_line(text).ok())
+            .filter(|record| record.offset >= next);
+        match record {
+            Some(record) => {
+                next = record.offset + 1;
+                kept.extend_from_slice(line);
             }
-            _ => break,
+            None => {
+                first_damage.get_or_insert(position);
+                damaged.extend_from_slice(line);
+            }
         }
+        position += line.len();
     }
-    crate::journal::cut_tail(path, good_bytes)?;
+    let Some(at) = first_damage else {
+        crate::journal::cut_tail(path, complete as u64)?;
+        return Ok(next);
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let aside = path.with_file_name(format!("{name}.damaged-{at}"));
+    crate::durable::write_atomically(&aside, &damaged).map_err(io(&aside))?;
+    crate::durable::write_atomically(path, &kept).map_err(io(path))?;
+    tracing::error!(
+        segment = %path.display(),
+        damaged_lines = damaged.iter().filter(|&&b| b == b'\n').count(),
+        kept_in = %aside.display(),
+        next_offset = next,
+        "usage outbox: lines that are not records in order were moved aside; the records around them are kept"
+    );
     Ok(next)
 }
 
@@ -612,5 +648,62 @@ mod tests {
             }
         }
         assert_eq!((completed, interrupted), (39, vec!["e39".to_string()]));
+    }
+
+    /// Damage is not a crash: lines in the middle of the last segment that are not records in
+    /// order (bytes that are not UTF-8, a copy of an earlier record) are moved aside, the
+    /// records after them stay and are read, and no offset is used twice; a torn last line is
+    /// only cut off, and a later restart finds nothing more to move.
+    #[tokio::test]
+    async fn damaged_lines_are_moved_aside_and_the_records_after_them_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OutboxSettings {
+            segment_bytes: 1 << 20,
+            ..settings(dir.path())
+        };
+        let (outbox, _progress) = Outbox::open(settings.clone()).unwrap();
+        for i in 0..6 {
+            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
+        }
+        outbox.flush().unwrap();
+        drop(outbox);
+        let (_, segment) = segments(dir.path()).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&segment).unwrap();
+        let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+        assert_eq!(lines.len(), 7, "a boot record and six begins");
+        let garbled = b"\xff\xfe{\"offset\":2}\n".to_vec();
+        let mut damaged = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            match i {
+                2 => damaged.extend_from_slice(&garbled),
+                4 => damaged.extend_from_slice(lines[1].as_bytes()),
+                _ => damaged.extend_from_slice(line.as_bytes()),
+            }
+        }
+        damaged.extend_from_slice(b"{\"offset\":7,\"bo");
+        std::fs::write(&segment, &damaged).unwrap();
+
+        let (outbox, _progress) = Outbox::open(settings.clone()).unwrap();
+        drop(outbox);
+        let offsets: Vec<u64> = read_all(dir.path()).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 3, 5, 6, 7], "7 is the new boot record");
+        let at = lines[0].len() + lines[1].len();
+        let aside = segment.with_file_name(format!(
+            "{}.damaged-{at}",
+            segment.file_name().unwrap().to_string_lossy()
+        ));
+        let mut moved = garbled.clone();
+        moved.extend_from_slice(lines[1].as_bytes());
+        assert_eq!(std::fs::read(&aside).unwrap(), moved);
+
+        let mut torn = std::fs::read(&segment).unwrap();
+        torn.extend_from_slice(b"{\"offset\":8,");
+        std::fs::write(&segment, &torn).unwrap();
+        let (outbox, _progress) = Outbox::open(settings).unwrap();
+        drop(outbox);
+        let offsets: Vec<u64> = read_all(dir.path()).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 3, 5, 6, 7, 8]);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2, "the segment and the one file of damaged lines");
     }
 }

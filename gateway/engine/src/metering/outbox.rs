@@ -137,6 +137,13 @@ pub enum OutboxError {
     },
     #[error("outbox {0}")]
     Journal(#[from] JournalError),
+    /// A line that is not a record (a disk error, an edit): reported once, then read past.
+    #[error("outbox {segment} at byte {position}: a damaged line, skipped: {problem}")]
+    Damaged {
+        segment: PathBuf,
+        position: u64,
+        problem: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutboxError + '_ {
@@ -429,7 +436,7 @@ pub struct OutboxCursor {
     /// The open segment: its reader, first offset, and the byte position of its next line.
     current: Option<(BufReader<File>, u64, u64)>,
     /// The line being read (its buffer is kept between lines).
-    line: String,
+    line: Vec<u8>,
 }
 
 impl OutboxCursor {
@@ -438,7 +445,7 @@ impl OutboxCursor {
             dir: dir.to_path_buf(),
             next_offset: from_offset,
             current: None,
-            line: String::new(),
+            line: Vec::new(),
         }
     }
 
@@ -453,13 +460,13 @@ impl OutboxCursor {
             if self.current.is_none() && !self.open_segment()? {
                 break;
             }
-            let Some((reader, _, position)) = self.current.as_mut() else {
+            let Some((reader, first, position)) = self.current.as_mut() else {
                 break;
             };
             let line = &mut self.line;
             line.clear();
-            let n = reader.read_line(line).map_err(io(&self.dir))?;
-            if n == 0 || !line.ends_with('\n') {
+            let n = reader.read_until(b'\n', line).map_err(io(&self.dir))?;
+            if n == 0 || !line.ends_with(b"\n") {
                 // End of this segment for now: either the writer moved on, or is mid-write.
                 // (The position is counted, not asked for: `stream_position` is an lseek.)
                 reader
@@ -474,11 +481,30 @@ impl OutboxCursor {
                 }
                 break;
             }
+            let parsed = std::str::from_utf8(line)
+                .map_err(|e| e.to_string())
+                .and_then(|text| OutboxRecord::from_line(text).map_err(|e| e.to_string()));
+            let record = match parsed {
+                Ok(record) => record,
+                // The records read before it are returned first (an error would drop them,
+                // and the cursor has moved past them); the next call reports the line.
+                Err(_) if !out.is_empty() => {
+                    reader
+                        .seek(SeekFrom::Start(*position))
+                        .map_err(io(&self.dir))?;
+                    break;
+                }
+                Err(problem) => {
+                    let damaged = OutboxError::Damaged {
+                        segment: self.dir.join(segment_name(*first)),
+                        position: *position,
+                        problem,
+                    };
+                    *position += n as u64;
+                    return Err(damaged);
+                }
+            };
             *position += n as u64;
-            let record = OutboxRecord::from_line(line).map_err(|e| OutboxError::Io {
-                path: self.dir.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
             if record.offset < self.next_offset {
                 continue;
             }
@@ -705,5 +731,48 @@ mod tests {
         assert_eq!(offsets, [0, 1, 3, 5, 6, 7, 8]);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 2, "the segment and the one file of damaged lines");
+    }
+
+    /// A damaged line met while reading (a disk error after the records were written): the
+    /// records before it are returned, the line is reported once by segment and byte position,
+    /// and the records after it are read on; none is lost or read twice.
+    #[tokio::test]
+    async fn a_damaged_line_is_reported_once_and_no_record_around_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _progress) = Outbox::open(settings(dir.path())).unwrap();
+        for i in 0..40 {
+            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
+        }
+        outbox.flush().unwrap();
+        drop(outbox);
+        let all = segments(dir.path()).unwrap();
+        assert!(all.len() > 2, "rotated");
+        let (first, segment) = all[1].clone();
+        let text = std::fs::read_to_string(&segment).unwrap();
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let at: usize = lines[..2].iter().map(|l| l.len()).sum();
+        let mut damaged = text.clone().into_bytes();
+        damaged.splice(at..at + 1, [0xff]);
+        std::fs::write(&segment, &damaged).unwrap();
+
+        let mut cursor = OutboxCursor::new(dir.path(), 0);
+        let mut offsets = Vec::new();
+        let mut errors = Vec::new();
+        for _ in 0..20 {
+            match cursor.read(1024) {
+                Ok(batch) => offsets.extend(batch.iter().map(|r| r.offset)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let lost = first + 2;
+        let expected: Vec<u64> = (0..41).filter(|&o| o != lost).collect();
+        assert_eq!(offsets, expected);
+        assert_eq!(
+            errors,
+            [format!(
+                "outbox {} at byte {at}: a damaged line, skipped: invalid utf-8 sequence of 1 bytes from index 0",
+                segment.display()
+            )]
+        );
     }
 }

@@ -158,8 +158,9 @@ fn latest_decisions(dir: &Path, n: usize) -> std::io::Result<Vec<Decision>> {
     for path in gateway_engine::audit::segments(dir)?.iter().rev() {
         let file = std::io::BufReader::new(std::fs::File::open(path)?);
         let mut in_segment = Vec::new();
-        for line in file.lines() {
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line?) else {
+        // Bytes: a damaged line (not UTF-8) is skipped like any unreadable one.
+        for line in file.split(b'\n') {
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line?) else {
                 continue;
             };
             let Some(decision) = value.get("decision").filter(|d| d.is_object()) else {

@@ -151,15 +151,16 @@ fn records(dir: &Path) -> Result<impl Iterator<Item = Result<Logged, ExcerptErro
     Ok(segments
         .into_iter()
         .flat_map(
-            |path| -> Box<dyn Iterator<Item = std::io::Result<String>>> {
+            |path| -> Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>> {
                 match File::open(&path) {
-                    Ok(file) => Box::new(BufReader::new(file).lines()),
+                    // Bytes: a damaged line (not UTF-8) is not a record, like any unreadable one.
+                    Ok(file) => Box::new(BufReader::new(file).split(b'\n')),
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 }
             },
         )
         .filter_map(|line| match line {
-            Ok(line) => parse_logged(line).map(Ok),
+            Ok(line) => String::from_utf8(line).ok().and_then(parse_logged).map(Ok),
             Err(e) => Some(Err(ExcerptError::Io(e))),
         }))
 }

@@ -5,16 +5,30 @@ use std::io::Write;
 use std::path::Path;
 
 /// Appends `line` and a newline, then fsyncs; creates the file (and its directory) if missing.
+/// A partial last line (an append cut short by a crash) is ended first, so `line` stays a line
+/// of its own (the partial one is skipped as unreadable) instead of being joined to it.
 pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)?;
-    file.write_all(line.as_bytes())?;
-    file.write_all(b"\n")?;
+    let len = file.metadata()?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        file.read_exact_at(&mut last, len - 1)?;
+    }
+    let mut bytes = Vec::with_capacity(line.len() + 2);
+    if last != [b'\n'] {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    file.write_all(&bytes)?;
     file.sync_data()
 }
 
@@ -51,6 +65,18 @@ mod tests {
         append_line(&log, "one").unwrap();
         append_line(&log, "two").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+        // A crash cut the next append short: the one after it is still a line of its own.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"{\"thr")
+            .unwrap();
+        append_line(&log, "four").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "one\ntwo\n{\"thr\nfour\n"
+        );
         let file = dir.path().join("offset");
         write_atomically(&file, b"1").unwrap();
         write_atomically(&file, b"22").unwrap();

@@ -151,7 +151,6 @@ pub fn open(
     registry: Arc<dyn LiveRegistry>,
 ) -> std::io::Result<(Webhooks, WebhookWorker)> {
     std::fs::create_dir_all(&config.dir)?;
-    terminate_torn_line(&config.dir.join("queue.jsonl"))?;
     let (sender, receiver) = mpsc::channel(65_536);
     let client = reqwest::Client::builder()
         .timeout(config.timeout)
@@ -304,18 +303,6 @@ impl WebhookWorker {
     }
 }
 
-/// A crash mid-append leaves a partial last line: end it, so the next append starts a line of
-/// its own (the partial one is skipped as unreadable).
-fn terminate_torn_line(path: &Path) -> std::io::Result<()> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Ok(());
-    };
-    if bytes.last().is_some_and(|b| *b != b'\n') {
-        append_line(path, "")?;
-    }
-    Ok(())
-}
-
 fn append(path: &Path, deliveries: &[Delivery]) -> std::io::Result<()> {
     let mut text = String::new();
     for d in deliveries {
@@ -325,23 +312,28 @@ fn append(path: &Path, deliveries: &[Delivery]) -> std::io::Result<()> {
     append_line(path, text.trim_end_matches('\n'))
 }
 
-/// The first complete line at or after `offset`, and the offset after it. Unparseable lines
-/// (a torn write at a crash) are skipped.
+/// The first complete line at or after `offset`, and the offset after it. Unreadable lines
+/// (damage; a line that is not UTF-8 too) are skipped with an error, never waited on; an
+/// incomplete last line (a write in progress, or torn by a crash) is not read yet.
 fn next_pending(path: &Path, mut offset: u64) -> Option<(Delivery, u64)> {
     let mut file = std::fs::File::open(path).ok()?;
     file.seek(std::io::SeekFrom::Start(offset)).ok()?;
     let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
     loop {
-        let mut line = String::new();
-        let read = reader.read_line(&mut line).ok()?;
-        if read == 0 || !line.ends_with('\n') {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).ok()?;
+        if read == 0 || !line.ends_with(b"\n") {
             return None;
         }
-        offset += read as u64;
-        match serde_json::from_str::<Delivery>(line.trim_end()) {
-            Ok(d) => return Some((d, offset)),
-            Err(e) => tracing::error!(error = %e, "unreadable webhook queue line skipped"),
+        match serde_json::from_slice::<Delivery>(&line) {
+            Ok(d) => return Some((d, offset + read as u64)),
+            Err(e) => tracing::error!(
+                queue = %path.display(), position = offset, error = %e,
+                "unreadable webhook queue line skipped"
+            ),
         }
+        offset += read as u64;
     }
 }
 
@@ -398,5 +390,10 @@ mod tests {
             .write_all(b"{\"id\":")
             .unwrap();
         assert!(next_pending(&path, end).is_none());
+        // A damaged line (here not UTF-8) is skipped, not waited on: later ones are delivered.
+        std::fs::write(&path, b"\xff\xfe{}\n").unwrap();
+        append(&path, &[d(3)]).unwrap();
+        let (third, _) = next_pending(&path, 0).unwrap();
+        assert_eq!(third.id, "msg_3");
     }
 }

@@ -20,6 +20,7 @@ pub mod diagnostics;
 pub mod durable;
 pub mod explain;
 pub mod geoip;
+pub mod http_body;
 pub mod identity;
 pub mod journal;
 pub mod lifecycle;

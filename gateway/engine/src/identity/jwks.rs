@@ -333,7 +333,7 @@ impl Fetcher {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let mut response = self
+        let response = self
             .http
             .get(url)
             .send()
@@ -342,23 +342,9 @@ impl Fetcher {
         if !response.status().is_success() {
             return Err(format!("GET {url}: status {}", response.status()));
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-        {
-            return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = crate::http_body::read_capped(response, MAX_DOCUMENT_BYTES)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| format!("GET {url}: {e}"))?;
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: invalid JSON: {e}"))
     }
 }

@@ -68,6 +68,9 @@ pub const LOGIN_COOKIE: &str = "__Host-gw-login";
 const MAX_COOKIE_BYTES: usize = 4000;
 /// The largest form body the login and back-channel endpoints read.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
+/// The largest OpenID provider configuration document, or token endpoint answer, read (real
+/// ones are a few KiB).
+const MAX_PROVIDER_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 /// `[sessions]`: browser login and its cookies.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -628,7 +631,7 @@ impl Sessions {
         let refresh_token = RefreshToken::new(state.rt.clone().unwrap_or_default());
         let response = client
             .exchange_refresh_token(&refresh_token)
-            .request_async(&self.http)
+            .request_async(&|request| send_capped(self.http.clone(), request))
             .await
             .map_err(|e| LoginError::Provider(describe_token_error(&e)))?;
         let id_token = response
@@ -1267,9 +1270,10 @@ impl Sessions {
                     .await
                     .and_then(|r| r.error_for_status())
                     .map_err(|e| LoginError::Discovery(format!("{url}: {e}")))?;
-                let endpoints: ProviderEndpoints = response
-                    .json()
+                let document = crate::http_body::read_capped(response, MAX_PROVIDER_DOCUMENT_BYTES)
                     .await
+                    .map_err(|e| LoginError::Discovery(format!("{url}: {e}")))?;
+                let endpoints: ProviderEndpoints = serde_json::from_slice(&document)
                     .map_err(|e| LoginError::Discovery(format!("{url}: {e}")))?;
                 // OpenID Connect Discovery §4.3: the document must name the issuer asked for.
                 if endpoints.issuer != issuer {
@@ -1319,7 +1323,7 @@ impl Sessions {
             .exchange_code(AuthorizationCode::new(code))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .set_redirect_uri(Cow::Owned(redirect))
-            .request_async(&self.http)
+            .request_async(&|request| send_capped(self.http.clone(), request))
             .await
             .map_err(|e| Finish::Failed(LoginError::Provider(describe_token_error(&e))))?;
         let id_token = response
@@ -1364,6 +1368,34 @@ fn oidc_client(
         })
         .set_auth_uri(auth_url)
         .set_token_uri(token_url))
+}
+
+/// Why a request to the token endpoint got no answer the gateway would read.
+#[derive(Debug, thiserror::Error)]
+enum TokenHttpError {
+    #[error("{0}")]
+    Send(#[from] reqwest::Error),
+    #[error("{0}")]
+    Body(#[from] crate::http_body::BodyError),
+    #[error("{0}")]
+    Answer(#[from] http::Error),
+}
+
+/// oauth2's token requests, sent with the gateway's client and answered with at most
+/// [`MAX_PROVIDER_DOCUMENT_BYTES`] (oauth2's own reqwest glue would buffer any size).
+async fn send_capped(
+    http: reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, TokenHttpError> {
+    let response = http.execute(reqwest::Request::try_from(request)?).await?;
+    let mut answer = http::Response::builder()
+        .status(response.status())
+        .version(response.version());
+    if let Some(headers) = answer.headers_mut() {
+        headers.extend(response.headers().clone());
+    }
+    let body = crate::http_body::read_capped(response, MAX_PROVIDER_DOCUMENT_BYTES).await?;
+    Ok(answer.body(body)?)
 }
 
 fn describe_token_error<E: std::error::Error + 'static>(

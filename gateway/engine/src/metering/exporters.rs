@@ -588,8 +588,8 @@ async fn send(
         .await
         .map_err(|e| DeliveryError::Transient(e.to_string()))?;
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    Ok((status, body.chars().take(500).collect()))
+    // What the sink says goes into an error message: its first 500 bytes, the rest unread.
+    Ok((status, crate::http_body::read_prefix(response, 500).await))
 }
 
 struct PostgresLedger {

@@ -12,6 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::{describe, EntityProvider, ProviderError};
+use crate::http_body::BodyError;
 
 /// The largest record body read.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -88,7 +89,7 @@ impl HttpEntities {
 
     async fn get(&self, type_name: &str, id: &str) -> Result<Option<Value>, String> {
         let url = self.url(type_name, id)?;
-        let mut response = self
+        let response = self
             .http
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -100,23 +101,12 @@ impl HttpEntities {
             StatusCode::NOT_FOUND | StatusCode::GONE => return Ok(None),
             status => return Err(format!("answered {status}")),
         }
-        if response
-            .content_length()
-            .is_some_and(|length| length > MAX_BODY as u64)
-        {
-            return Err(format!("the record is larger than {MAX_BODY} bytes"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
+        let body = crate::http_body::read_capped(response, MAX_BODY)
             .await
-            .map_err(|e| format!("reading the record: {}", describe(&e.without_url())))?
-        {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("the record is larger than {MAX_BODY} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| match e {
+                BodyError::TooLarge { .. } => format!("the record is {e}"),
+                BodyError::Read(e) => format!("reading the record: {}", describe(&e.without_url())),
+            })?;
         let mut record: Value =
             serde_json::from_slice(&body).map_err(|e| format!("the record is not JSON: {e}"))?;
         let Some(fields) = record.as_object_mut() else {

@@ -775,4 +775,73 @@ mod tests {
             )]
         );
     }
+
+    mod recovery {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn record_line(offset: u64) -> Vec<u8> {
+            format!("{{\"offset\":{offset},\"boot\":\"b\",\"kind\":\"boot\"}}\n").into_bytes()
+        }
+
+        proptest! {
+            /// Whatever damage replaces some of a segment's lines, and whatever torn write ends
+            /// it, recovery keeps every intact record in place, moves exactly the damaged lines
+            /// aside, numbers on after the last record kept, and a second recovery changes
+            /// nothing.
+            #[test]
+            fn recovery_keeps_every_intact_record_and_moves_exactly_the_damage_aside(
+                damage in proptest::collection::btree_map(
+                    0u64..12,
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    0..5,
+                ),
+                torn in proptest::collection::vec(any::<u8>(), 0..30),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let first = 100;
+                let path = dir.path().join(segment_name(first));
+                let (mut written, mut intact, mut damaged) = (Vec::new(), Vec::new(), Vec::new());
+                let mut last_intact = None;
+                for offset in first..first + 12 {
+                    match damage.get(&(offset - first)) {
+                        Some(garbage) => {
+                            // Not UTF-8, so never a record by chance.
+                            let mut line = vec![0xff];
+                            line.extend(garbage.iter().filter(|&&b| b != b'\n'));
+                            line.push(b'\n');
+                            written.extend_from_slice(&line);
+                            damaged.extend_from_slice(&line);
+                        }
+                        None => {
+                            written.extend(record_line(offset));
+                            intact.extend(record_line(offset));
+                            last_intact = Some(offset);
+                        }
+                    }
+                }
+                written.extend(torn.iter().filter(|&&b| b != b'\n'));
+                std::fs::write(&path, &written).unwrap();
+
+                let next = recover_segment(&path, first).unwrap();
+                prop_assert_eq!(next, last_intact.map_or(first, |o| o + 1));
+                prop_assert_eq!(std::fs::read(&path).unwrap(), intact.clone());
+                let aside: Vec<_> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p != &path)
+                    .collect();
+                if damaged.is_empty() {
+                    prop_assert!(aside.is_empty());
+                } else {
+                    prop_assert_eq!(aside.len(), 1);
+                    prop_assert_eq!(std::fs::read(&aside[0]).unwrap(), damaged);
+                }
+
+                prop_assert_eq!(recover_segment(&path, first).unwrap(), next);
+                prop_assert_eq!(std::fs::read(&path).unwrap(), intact);
+                prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1 + aside.len());
+            }
+        }
+    }
 }

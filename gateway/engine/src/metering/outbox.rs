@@ -375,58 +375,87 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OutboxError> {
 /// a crash: they are moved to `<segment>.damaged-<byte position>` beside the segment (kept, never
 /// deleted; the name does not match a segment's, so no reader takes it for one), the records
 /// after them stay where they are, and numbering continues after the highest offset kept, so no
-/// offset is used twice.
+/// offset is used twice. The segment is streamed, never held whole.
 fn recover_segment(path: &Path, first: u64) -> Result<u64, OutboxError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let complete = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |last| last + 1);
-    let mut next = first;
-    let mut kept = Vec::new();
-    let mut damaged = Vec::new();
-    let mut first_damage = None;
-    let mut position = 0;
-    for line in bytes
-        .get(..complete)
-        .unwrap_or_default()
-        .split_inclusive(|&b| b == b'\n')
-    {
-        let record = std::str::from_utf8(line)
-            .ok()
-            .and_then(|text| OutboxRecord::from_line(text).ok())
-            .filter(|record| record.offset >= next);
-        match record {
-            Some(record) => {
-                next = record.offset + 1;
-                kept.extend_from_slice(line);
-            }
-            None => {
-                first_damage.get_or_insert(position);
-                damaged.extend_from_slice(line);
-            }
-        }
-        position += line.len();
-    }
-    let Some(at) = first_damage else {
-        crate::journal::cut_tail(path, complete as u64)?;
-        return Ok(next);
+    let scan = scan_segment(path, first, |_, _| Ok(())).map_err(io(path))?;
+    let Some(at) = scan.first_damage else {
+        crate::journal::cut_tail(path, scan.complete_bytes)?;
+        return Ok(scan.next_offset);
     };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let aside = path.with_file_name(format!("{name}.damaged-{at}"));
-    crate::durable::write_atomically(&aside, &damaged).map_err(io(&aside))?;
-    crate::durable::write_atomically(path, &kept).map_err(io(path))?;
+    // The damaged lines first, then the segment without them: a crash in between leaves the
+    // segment as it was, and the next start moves the same lines to the same file again.
+    let copy = |to: &Path, records: bool| {
+        crate::durable::write_atomically_with(to, |out| {
+            scan_segment(path, first, |line, record| {
+                if record == records {
+                    out.write_all(line)?;
+                }
+                Ok(())
+            })
+            .map(drop)
+        })
+    };
+    copy(&aside, false).map_err(io(&aside))?;
+    copy(path, true).map_err(io(path))?;
     tracing::error!(
         segment = %path.display(),
-        damaged_lines = damaged.iter().filter(|&&b| b == b'\n').count(),
+        damaged_lines = scan.damaged_lines,
         kept_in = %aside.display(),
-        next_offset = next,
+        next_offset = scan.next_offset,
         "usage outbox: lines that are not records in order were moved aside; the records around them are kept"
     );
-    Ok(next)
+    Ok(scan.next_offset)
+}
+
+/// What [`scan_segment`] found.
+struct SegmentScan {
+    next_offset: u64,
+    /// Bytes up to the end of the last complete line.
+    complete_bytes: u64,
+    first_damage: Option<u64>,
+    damaged_lines: u64,
+}
+
+/// Calls `each` with every complete line of a segment and whether it is a record in offset
+/// order (one that parses, with an offset past every record before it).
+fn scan_segment(
+    path: &Path,
+    first: u64,
+    mut each: impl FnMut(&[u8], bool) -> std::io::Result<()>,
+) -> std::io::Result<SegmentScan> {
+    let mut reader = BufReader::with_capacity(1 << 16, File::open(path)?);
+    let mut scan = SegmentScan {
+        next_offset: first,
+        complete_bytes: 0,
+        first_damage: None,
+        damaged_lines: 0,
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || !line.ends_with(b"\n") {
+            return Ok(scan);
+        }
+        let record = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|text| OutboxRecord::from_line(text).ok())
+            .filter(|record| record.offset >= scan.next_offset);
+        match &record {
+            Some(record) => scan.next_offset = record.offset + 1,
+            None => {
+                scan.first_damage.get_or_insert(scan.complete_bytes);
+                scan.damaged_lines += 1;
+            }
+        }
+        each(&line, record.is_some())?;
+        scan.complete_bytes += n as u64;
+    }
 }
 
 /// Reads records in offset order, following the writer across segments.

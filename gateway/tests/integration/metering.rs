@@ -575,6 +575,89 @@ async fn sigkill_under_load_loses_nothing_and_counts_nothing_twice() {
         .unwrap();
 }
 
+/// The last segment (by name) of `dir` whose name starts with `prefix` and ends in `.jsonl`.
+fn last_segment(dir: &std::path::Path, prefix: &str) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(prefix) && name.ends_with(".jsonl")
+        })
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+/// A damaged outbox and audit log (a disk error or an edit left a line of bytes that are not
+/// UTF-8 after the last records) neither keep the gateway from starting nor cost a record: the
+/// outbox line is moved aside, every event is exported once, and the audit chain goes on from
+/// its last readable record, `verify` naming the damaged line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_outbox_and_audit_log_neither_stop_the_gateway_nor_lose_records() {
+    let db = pg().await;
+    let ledger = unique_table("usage_ledger");
+    let up = upstream("app").await;
+    let mut gw = TestGateway::start(
+        &config(up.addr, &ledger, ""),
+        &[("tenants.toml", TENANTS.as_bytes())],
+    );
+    for i in 0..10 {
+        assert_eq!(request(&gw, "acme", &format!("/r/{i}")).await, 200);
+    }
+    eventually(Duration::from_secs(10), || async {
+        ledger_count(&db, &ledger, "").await == 10
+    })
+    .await
+    .expect("ledger");
+    gw.kill();
+    let damage = b"\xff\xfe{\"seq\":7}\n";
+    let outbox = gw.dir.path().join("outbox");
+    let audit = gw.dir.path().join("audit");
+    for segment in [
+        last_segment(&outbox, "segment-"),
+        last_segment(&audit, "audit-"),
+    ] {
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(damage);
+        std::fs::write(&segment, bytes).unwrap();
+    }
+    let audited_before = gateway::audit::read_all(&audit).unwrap().len();
+
+    gw.restart();
+    for i in 10..20 {
+        assert_eq!(request(&gw, "acme", &format!("/r/{i}")).await, 200);
+    }
+    eventually(Duration::from_secs(10), || async {
+        ledger_count(&db, &ledger, "").await == 20
+    })
+    .await
+    .unwrap_or_else(|| panic!("ledger after the restart\n{}", gw.log()));
+    let aside: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".jsonl.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), damage);
+    assert!(gw.log().contains("were moved aside"), "{}", gw.log());
+
+    gw.kill();
+    let seqs: Vec<u64> = gateway::audit::read_all(&audit)
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.len() > audited_before, "records after the restart");
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    let failure = gateway::audit::verify(&audit).unwrap().failure.unwrap();
+    assert_eq!(failure.problem, "damaged: not UTF-8 text");
+    assert_eq!(failure.seq, None);
+    db.batch_execute(&format!("DROP TABLE {ledger}"))
+        .await
+        .unwrap();
+}
+
 /// A gateway with an outbox and an audit log under `data_dir` (relative to the config) and an
 /// admin listener, in front of `up`.
 fn recording_config(

@@ -265,27 +265,34 @@ pub fn open(config: AuditConfig) -> std::io::Result<AuditHandle> {
 }
 
 /// The last record's (seq, hash) of a segment; a torn (newline-less) last line is cut off.
+/// The segment is streamed, never held whole.
 fn recover_tail(path: &Path) -> std::io::Result<Option<(u64, String)>> {
-    let bytes = std::fs::read(path)?;
-    let complete = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    if complete < bytes.len() {
-        crate::journal::cut_tail(path, complete as u64)
-            .map_err(|JournalError::Io { source, .. }| source)?;
+    /// The chain fields of a record (the rest is checked as JSON and skipped).
+    #[derive(serde::Deserialize)]
+    struct ChainFields {
+        seq: u64,
+        hash: String,
     }
-    // The last record that can be read: a damaged line after it (not a crash's doing; `verify`
-    // reports it where it is) must not send the chain back to an earlier segment, which would
-    // number the next records again from there.
-    let text = String::from_utf8_lossy(bytes.get(..complete).unwrap_or_default());
-    Ok(text.lines().rev().find_map(|line| {
-        let value: serde_json::Value = serde_json::from_str(line).ok()?;
-        let seq = value.get("seq")?.as_u64()?;
-        let hash = value.get("hash")?.as_str()?.to_string();
-        Some((seq, hash))
-    }))
+    let mut reader = BufReader::with_capacity(1 << 16, File::open(path)?);
+    let mut line = Vec::new();
+    let mut complete = 0u64;
+    let mut last = None;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || !line.ends_with(b"\n") {
+            break;
+        }
+        complete += n as u64;
+        // The last record that can be read: a damaged line after it (not a crash's doing;
+        // `verify` reports it where it is) must not send the chain back to an earlier segment,
+        // which would number the next records again from there.
+        if let Ok(fields) = serde_json::from_slice::<ChainFields>(&line) {
+            last = Some((fields.seq, fields.hash));
+        }
+    }
+    crate::journal::cut_tail(path, complete).map_err(|JournalError::Io { source, .. }| source)?;
+    Ok(last)
 }
 
 fn entry_time() -> String {

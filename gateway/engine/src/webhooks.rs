@@ -7,11 +7,15 @@
 //!
 //! Delivery goes through a durable queue: each delivery is appended (and fsynced) to
 //! `dir/queue.jsonl` before any attempt, and a checkpoint records how far delivery got, so a
-//! restart resumes where it stopped. Attempts back off exponentially with jitter; a delivery
-//! that still fails after `max_attempts` goes to `dir/dead-letter.jsonl` (and a metric), so one
-//! broken subscriber does not hold the others back forever. Delivery is at least once:
-//! receivers deduplicate on `webhook-id`.
+//! restart resumes where it stopped. Each subscriber URL is a lane of its own: its deliveries go
+//! out one at a time in queue order, while other URLs' go on meanwhile, so a subscriber that
+//! is down (retried for minutes) delays only its own events, never another tenant's. Attempts
+//! back off exponentially with jitter; a delivery that still fails after `max_attempts` goes to
+//! `dir/dead-letter.jsonl` (and a metric). The checkpoint is the oldest delivery not yet done, so
+//! a restart sends again what was in flight: delivery is at least once, and receivers
+//! deduplicate on `webhook-id`. Once everything is delivered the queue file is emptied.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,11 +143,23 @@ impl Webhooks {
 
 /// The queue writer and delivery task.
 pub struct WebhookWorker {
-    config: WebhooksConfig,
     receiver: mpsc::Receiver<Delivery>,
+    deliverer: Arc<Deliverer>,
+}
+
+/// What sends deliveries: shared by the lanes' tasks.
+struct Deliverer {
+    config: WebhooksConfig,
     registry: Arc<dyn LiveRegistry>,
     client: reqwest::Client,
+    /// Requests in flight at once, over all lanes (a lane waiting to retry holds none).
+    sending: tokio::sync::Semaphore,
 }
+
+/// Requests sent at once, over all subscribers.
+const MAX_SENDING: usize = 64;
+/// Deliveries read from the queue and not yet done, at most (the rest wait in the file).
+const MAX_UNFINISHED: usize = 10_000;
 
 /// Opens the queue directory; returns the emitting handle and the worker to run.
 pub fn open(
@@ -162,26 +178,37 @@ pub fn open(
             operator: Arc::new(config.subscriber.clone()),
         },
         WebhookWorker {
-            config,
             receiver,
-            registry,
-            client,
+            deliverer: Arc::new(Deliverer {
+                config,
+                registry,
+                client,
+                sending: tokio::sync::Semaphore::new(MAX_SENDING),
+            }),
         },
     ))
 }
 
 impl WebhookWorker {
     fn queue_path(&self) -> PathBuf {
-        self.config.dir.join("queue.jsonl")
+        self.deliverer.config.dir.join("queue.jsonl")
     }
 
     fn checkpoint_path(&self) -> PathBuf {
-        self.config.dir.join("delivered.offset")
+        self.deliverer.config.dir.join("delivered.offset")
     }
 
     /// Appends new deliveries and sends pending ones, until shutdown.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut delivered = read_checkpoint(&self.checkpoint_path());
+        let (queue, checkpoint) = (self.queue_path(), self.checkpoint_path());
+        // Where the next delivery is read from, and the checkpoint on disk.
+        let mut read = read_checkpoint(&checkpoint);
+        let mut saved = read;
+        // Start offsets of the deliveries read and not yet done.
+        let mut unfinished = std::collections::BTreeSet::new();
+        // Per URL with a delivery in flight: the deliveries waiting behind it.
+        let mut lanes: HashMap<String, VecDeque<(u64, Delivery)>> = HashMap::new();
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
             // Everything queued so far goes to disk before any attempt.
             let mut batch = Vec::new();
@@ -189,42 +216,78 @@ impl WebhookWorker {
                 batch.push(d);
             }
             if !batch.is_empty() {
-                if let Err(error) = append(&self.queue_path(), &batch) {
+                if let Err(error) = append(&queue, &batch) {
                     metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
                     tracing::error!(%error, "webhook queue not written; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             }
-            match next_pending(&self.queue_path(), delivered) {
-                Some((delivery, next_offset)) => {
-                    tokio::select! {
-                        _ = self.deliver(&delivery) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                    delivered = next_offset;
-                    if let Err(error) = write_checkpoint(&self.checkpoint_path(), delivered) {
-                        tracing::error!(%error, "webhook checkpoint not written");
+            while unfinished.len() < MAX_UNFINISHED {
+                let Some((delivery, next)) = next_pending(&queue, read) else {
+                    break;
+                };
+                unfinished.insert(read);
+                match lanes.get_mut(&delivery.url) {
+                    Some(waiting) => waiting.push_back((read, delivery)),
+                    None => {
+                        lanes.insert(delivery.url.clone(), VecDeque::new());
+                        in_flight.spawn(self.deliverer.clone().deliver(read, delivery));
                     }
                 }
-                None => {
-                    tokio::select! {
-                        received = self.receiver.recv() => match received {
-                            Some(d) => {
-                                if let Err(error) = append(&self.queue_path(), &[d]) {
-                                    metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
-                                    tracing::error!(%error, "webhook queue not written");
-                                }
-                            }
-                            None => return,
-                        },
-                        _ = shutdown.changed() => return,
+                read = next;
+            }
+            tokio::select! {
+                Some(done) = in_flight.join_next() => {
+                    // A lane's task only ends by finishing its delivery (it does not panic).
+                    let Ok((url, start)) = done else { continue };
+                    unfinished.remove(&start);
+                    match lanes.get_mut(&url).and_then(VecDeque::pop_front) {
+                        Some((next, delivery)) => {
+                            in_flight.spawn(self.deliverer.clone().deliver(next, delivery));
+                        }
+                        None => {
+                            lanes.remove(&url);
+                        }
                     }
+                    let oldest = unfinished.first().copied().unwrap_or(read);
+                    if oldest != saved {
+                        match write_checkpoint(&checkpoint, oldest) {
+                            Ok(()) => saved = oldest,
+                            Err(error) => tracing::error!(%error, "webhook checkpoint not written"),
+                        }
+                    }
+                }
+                received = self.receiver.recv() => match received {
+                    Some(d) => {
+                        if let Err(error) = append(&queue, &[d]) {
+                            metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
+                            tracing::error!(%error, "webhook queue not written");
+                        }
+                    }
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+            if unfinished.is_empty() && saved == read && read > 0 {
+                // Everything delivered: empty the file (the checkpoint first, so a crash in
+                // between sends the old deliveries again rather than skipping new ones).
+                let emptied = write_checkpoint(&checkpoint, 0).and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&queue)?
+                        .set_len(0)
+                });
+                match emptied {
+                    Ok(()) => (read, saved) = (0, 0),
+                    Err(error) => tracing::error!(%error, "webhook queue not emptied"),
                 }
             }
         }
     }
+}
 
+impl Deliverer {
     fn secret_for(&self, delivery: &Delivery) -> Option<String> {
         let matching = |subs: &[WebhookSubscription]| {
             subs.iter()
@@ -237,8 +300,14 @@ impl WebhookWorker {
         }
     }
 
-    /// Attempts one delivery until it succeeds or is dead-lettered.
-    async fn deliver(&self, delivery: &Delivery) {
+    /// Attempts the delivery that starts at `start` in the queue until it succeeds or is
+    /// dead-lettered; returns its lane and start.
+    async fn deliver(self: Arc<Self>, start: u64, delivery: Delivery) -> (String, u64) {
+        self.attempt(&delivery).await;
+        (delivery.url, start)
+    }
+
+    async fn attempt(&self, delivery: &Delivery) {
         use backon::BackoffBuilder;
         let Some(secret) = self.secret_for(delivery) else {
             tracing::warn!(url = %delivery.url, "webhook subscriber is gone; delivery dropped");
@@ -264,6 +333,8 @@ impl WebhookWorker {
                     break;
                 }
             };
+            // A permit only while the request is out (the semaphore is never closed).
+            let permit = self.sending.acquire().await;
             let result = self
                 .client
                 .post(&delivery.url)
@@ -274,6 +345,7 @@ impl WebhookWorker {
                 .body(body.clone())
                 .send()
                 .await;
+            drop(permit);
             match result {
                 Ok(res) if res.status().is_success() => {
                     metrics::counter!(crate::telemetry::WEBHOOK_DELIVERIES_TOTAL, "outcome" => "delivered")

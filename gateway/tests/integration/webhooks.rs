@@ -74,8 +74,11 @@ async fn events_are_signed_retried_and_survive_a_restart() {
     let failing = Arc::new(AtomicBool::new(false));
     let flag = failing.clone();
     // The first attempt of every event fails; later ones succeed unless `failing` is set.
-    let receiver = Receiver::start(move |_, _, attempt| {
-        if flag.load(Ordering::SeqCst) || attempt % 2 == 0 {
+    // (Events are told apart by their body: subscribers' lanes deliver concurrently.)
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let receiver = Receiver::start(move |_, body, _| {
+        let first = seen.lock().unwrap().insert(body.to_vec());
+        if flag.load(Ordering::SeqCst) || first {
             503
         } else {
             200
@@ -168,6 +171,14 @@ events = ["policy.reload_failed"]
             .collect::<Vec<_>>()
     );
 
+    // Everything delivered: the queue file is emptied.
+    let queue = gw.dir.path().join("webhooks/queue.jsonl");
+    let emptied = eventually(Duration::from_secs(5), || async {
+        std::fs::metadata(&queue).map(|m| m.len()).ok() == Some(0)
+    })
+    .await;
+    assert!(emptied.is_some(), "{:?}", std::fs::read_to_string(&queue));
+
     let ok: Vec<&Received> = received.iter().filter(|r| delivered(r)).collect();
     let tenant_events: Vec<Value> = ok
         .iter()
@@ -247,4 +258,111 @@ events = ["policy.reload_failed"]
         "pending delivery lost across the restart:\n{}",
         gw.log()
     );
+}
+
+/// A subscriber that is down delays only its own events: another tenant's event queued after
+/// it is delivered at once, while the broken one is still being retried (with the defaults'
+/// backoff, minutes before it is dead-lettered).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_subscriber_does_not_hold_back_another_tenants_events() {
+    let up = upstream("app").await;
+    let receiver =
+        Receiver::start(|path, _, _| if path == "/acme-hooks" { 503 } else { 200 }).await;
+    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    let config = config_for(
+        &[up.addr],
+        &format!(
+            r#"
+[tenancy]
+sources = ["header"]
+registry = {{ file = "tenants.toml" }}
+
+[tiers.free]
+monthly_requests = 5
+
+[limits]
+backend = "redis"
+redis_url = "{redis}"
+key_prefix = "gwtest:webhook-lanes:{}:{}"
+redis_timeout = "2s"
+
+[webhooks]
+dir = "webhooks"
+retry_delay = "1s"
+"#,
+            std::process::id(),
+            rand::random::<u32>(),
+        ),
+    );
+    let tenants: String = ["acme", "globex"]
+        .iter()
+        .map(|id| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\ntier = \"free\"\n[[tenant.webhooks]]\nurl = \"{}\"\nsecret = \"{TENANT_SECRET}\"\n",
+                receiver.url(&format!("/{id}-hooks"))
+            )
+        })
+        .collect();
+    let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
+    let requests = |tenant: &'static str| {
+        let url = gw.url("/x");
+        async move {
+            for _ in 0..4 {
+                let status = client()
+                    .get(&url)
+                    .header("x-tenant", tenant)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    // acme reaches 80 % of its quota first: its event is queued first, and refused.
+    requests("acme").await;
+    let refused = eventually(Duration::from_secs(5), || async {
+        receiver.received().iter().any(|r| r.path == "/acme-hooks")
+    })
+    .await;
+    assert!(refused.is_some(), "acme's event was never attempted");
+    requests("globex").await;
+    let delivered = eventually(Duration::from_secs(5), || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.path == "/globex-hooks" && r.status == 200)
+    })
+    .await;
+    let received = receiver.received();
+    let paths: Vec<(&str, u16)> = received
+        .iter()
+        .map(|r| (r.path.as_str(), r.status))
+        .collect();
+    assert!(
+        delivered.is_some(),
+        "globex's event waited behind acme's: {paths:?}"
+    );
+    // acme's lane goes on retrying its one event (nothing given up or skipped).
+    let retried = eventually(Duration::from_secs(5), || async {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.path == "/acme-hooks")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(retried.is_some(), "{paths:?}");
+    let received = receiver.received();
+    let acme: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.path == "/acme-hooks")
+        .collect();
+    assert!(acme
+        .iter()
+        .all(|r| r.headers.get("webhook-id") == acme[0].headers.get("webhook-id")));
+    let globex = received.iter().find(|r| r.path == "/globex-hooks").unwrap();
+    assert!(verify(TENANT_SECRET, globex));
+    assert_eq!(event_type(globex), "quota.threshold");
 }

@@ -269,9 +269,11 @@ impl WebhookWorker {
                 },
                 _ = shutdown.changed() => return,
             }
-            if unfinished.is_empty() && saved == read && read > 0 {
-                // Everything delivered: empty the file (the checkpoint first, so a crash in
-                // between sends the old deliveries again rather than skipping new ones).
+            let unread = || std::fs::metadata(&queue).map_or(true, |m| m.len() != read);
+            if unfinished.is_empty() && saved == read && read > 0 && !unread() {
+                // Everything delivered and nothing more written (this loop is the only
+                // writer): empty the file, the checkpoint first, so a crash in between sends
+                // the old deliveries again rather than skipping new ones.
                 let emptied = write_checkpoint(&checkpoint, 0).and_then(|()| {
                     std::fs::OpenOptions::new()
                         .write(true)

@@ -268,65 +268,16 @@ async fn a_broken_subscriber_does_not_hold_back_another_tenants_events() {
     let up = upstream("app").await;
     let receiver =
         Receiver::start(|path, _, _| if path == "/acme-hooks" { 503 } else { 200 }).await;
-    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let config = config_for(
-        &[up.addr],
-        &format!(
-            r#"
-[tenancy]
-sources = ["header"]
-registry = {{ file = "tenants.toml" }}
-
-[tiers.free]
-monthly_requests = 5
-
-[limits]
-backend = "redis"
-redis_url = "{redis}"
-key_prefix = "gwtest:webhook-lanes:{}:{}"
-redis_timeout = "2s"
-
-[webhooks]
-dir = "webhooks"
-retry_delay = "1s"
-"#,
-            std::process::id(),
-            rand::random::<u32>(),
-        ),
-    );
-    let tenants: String = ["acme", "globex"]
-        .iter()
-        .map(|id| {
-            format!(
-                "[[tenant]]\nid = \"{id}\"\ntier = \"free\"\n[[tenant.webhooks]]\nurl = \"{}\"\nsecret = \"{TENANT_SECRET}\"\n",
-                receiver.url(&format!("/{id}-hooks"))
-            )
-        })
-        .collect();
+    let (config, tenants) = quota_webhooks_config(up.addr, &receiver, &["acme", "globex"]);
     let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
-    let requests = |tenant: &'static str| {
-        let url = gw.url("/x");
-        async move {
-            for _ in 0..4 {
-                let status = client()
-                    .get(&url)
-                    .header("x-tenant", tenant)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                assert_eq!(status, 200);
-            }
-        }
-    };
     // acme reaches 80 % of its quota first: its event is queued first, and refused.
-    requests("acme").await;
+    four_requests(&gw, "acme").await;
     let refused = eventually(Duration::from_secs(5), || async {
         receiver.received().iter().any(|r| r.path == "/acme-hooks")
     })
     .await;
     assert!(refused.is_some(), "acme's event was never attempted");
-    requests("globex").await;
+    four_requests(&gw, "globex").await;
     let delivered = eventually(Duration::from_secs(5), || async {
         receiver
             .received()
@@ -365,4 +316,100 @@ retry_delay = "1s"
     let globex = received.iter().find(|r| r.path == "/globex-hooks").unwrap();
     assert!(verify(TENANT_SECRET, globex));
     assert_eq!(event_type(globex), "quota.threshold");
+}
+
+/// A gateway whose free tier has 5 requests a month (so the 4th sends `quota.threshold`), its
+/// webhooks retried from 1 s on, and the given tenants each subscribed at `/<id>-hooks`.
+fn quota_webhooks_config(
+    up: std::net::SocketAddr,
+    receiver: &Receiver,
+    ids: &[&str],
+) -> (String, String) {
+    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
+    let config = config_for(
+        &[up],
+        &format!(
+            r#"
+[tenancy]
+sources = ["header"]
+registry = {{ file = "tenants.toml" }}
+
+[tiers.free]
+monthly_requests = 5
+
+[limits]
+backend = "redis"
+redis_url = "{redis}"
+key_prefix = "gwtest:webhook-lanes:{}:{}"
+redis_timeout = "2s"
+
+[webhooks]
+dir = "webhooks"
+retry_delay = "1s"
+"#,
+            std::process::id(),
+            rand::random::<u32>(),
+        ),
+    );
+    let tenants = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "[[tenant]]\nid = \"{id}\"\ntier = \"free\"\n[[tenant.webhooks]]\nurl = \"{}\"\nsecret = \"{TENANT_SECRET}\"\n",
+                receiver.url(&format!("/{id}-hooks"))
+            )
+        })
+        .collect();
+    (config, tenants)
+}
+
+/// Four requests of `tenant` to `gw`, all answered 200.
+async fn four_requests(gw: &TestGateway, tenant: &str) {
+    for _ in 0..4 {
+        let status = client()
+            .get(gw.url("/x"))
+            .header("x-tenant", tenant)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+}
+
+/// A queue an earlier process delivered in full (its checkpoint at the end of the file) is not
+/// emptied over the next event written to it: that event is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_after_a_fully_delivered_queue_is_delivered() {
+    let up = upstream("app").await;
+    let receiver = Receiver::start(|_, _, _| 200).await;
+    let (config, tenants) = quota_webhooks_config(up.addr, &receiver, &["globex"]);
+    let delivered = format!(
+        "{}\n",
+        serde_json::json!({
+            "id": "msg_delivered_before",
+            "tenant": null,
+            "url": receiver.url("/old-hooks"),
+            "event": {"type": "policy.reload_failed", "timestamp": "2026-12-01T00:00:00Z", "data": {}}
+        })
+    );
+    let offset = delivered.len().to_string();
+    let gw = TestGateway::start(
+        &config,
+        &[
+            ("tenants.toml", tenants.as_bytes()),
+            ("webhooks/queue.jsonl", delivered.as_bytes()),
+            ("webhooks/delivered.offset", offset.as_bytes()),
+        ],
+    );
+    four_requests(&gw, "globex").await;
+    let arrived = eventually(Duration::from_secs(5), || async {
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.path == "/globex-hooks")
+    })
+    .await;
+    assert!(arrived.is_some(), "the event was lost:\n{}", gw.log());
+    assert!(receiver.received().iter().all(|r| r.path != "/old-hooks"));
 }

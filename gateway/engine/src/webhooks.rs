@@ -203,6 +203,17 @@ impl WebhookWorker {
         let (queue, checkpoint) = (self.queue_path(), self.checkpoint_path());
         // Where the next delivery is read from, and the checkpoint on disk.
         let mut read = read_checkpoint(&checkpoint);
+        let length = std::fs::metadata(&queue).map_or(0, |m| m.len());
+        if read > length {
+            // The queue was replaced or removed (by hand, say): a checkpoint past its end
+            // would pass over every delivery written until the file grew beyond it.
+            tracing::warn!(
+                checkpoint = read,
+                queue_bytes = length,
+                "webhook checkpoint past the end of the queue; delivering the queue from its start"
+            );
+            read = 0;
+        }
         let mut saved = read;
         // Start offsets of the deliveries read and not yet done.
         let mut unfinished = std::collections::BTreeSet::new();

@@ -378,12 +378,12 @@ async fn four_requests(gw: &TestGateway, tenant: &str) {
 }
 
 /// A queue an earlier process delivered in full (its checkpoint at the end of the file) is not
-/// emptied over the next event written to it: that event is delivered.
+/// emptied over the next event written to it; a queue file removed by hand, its checkpoint left
+/// behind, does not make the next events wait until the file grows past that checkpoint.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_event_after_a_fully_delivered_queue_is_delivered() {
+async fn an_event_after_a_delivered_or_removed_queue_is_delivered() {
     let up = upstream("app").await;
     let receiver = Receiver::start(|_, _, _| 200).await;
-    let (config, tenants) = quota_webhooks_config(up.addr, &receiver, &["globex"]);
     let delivered = format!(
         "{}\n",
         serde_json::json!({
@@ -394,22 +394,30 @@ async fn an_event_after_a_fully_delivered_queue_is_delivered() {
         })
     );
     let offset = delivered.len().to_string();
-    let gw = TestGateway::start(
-        &config,
+    let setups: [&[(&str, &[u8])]; 2] = [
         &[
-            ("tenants.toml", tenants.as_bytes()),
             ("webhooks/queue.jsonl", delivered.as_bytes()),
             ("webhooks/delivered.offset", offset.as_bytes()),
         ],
-    );
-    four_requests(&gw, "globex").await;
-    let arrived = eventually(Duration::from_secs(5), || async {
-        receiver
-            .received()
-            .iter()
-            .any(|r| r.path == "/globex-hooks")
-    })
-    .await;
-    assert!(arrived.is_some(), "the event was lost:\n{}", gw.log());
+        &[("webhooks/delivered.offset", b"1000000")],
+    ];
+    for (i, files) in setups.into_iter().enumerate() {
+        let tenant = ["globex", "initech"][i];
+        let (config, tenants) = quota_webhooks_config(up.addr, &receiver, &[tenant]);
+        let mut all = vec![("tenants.toml", tenants.as_bytes())];
+        all.extend_from_slice(files);
+        let gw = TestGateway::start(&config, &all);
+        four_requests(&gw, tenant).await;
+        let path = format!("/{tenant}-hooks");
+        let arrived = eventually(Duration::from_secs(5), || async {
+            receiver.received().iter().any(|r| r.path == path)
+        })
+        .await;
+        assert!(
+            arrived.is_some(),
+            "{tenant}'s event was lost:\n{}",
+            gw.log()
+        );
+    }
     assert!(receiver.received().iter().all(|r| r.path != "/old-hooks"));
 }

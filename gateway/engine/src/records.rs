@@ -321,7 +321,13 @@ fn refused_event(exchange: &Exchange<'_>) -> UsageEvent {
             .principal
             .map(str::to_string)
             .or(decision.map(|d| d.principal.clone())),
-        action: decision.map(|d| d.action.clone()),
+        action: decision
+            .map(|d| d.action.clone())
+            .or_else(|| match exchange.rejection {
+                // Refused by its tier before Cedar decided: the route's action is known.
+                Some(Rejection::FeatureNotInTier(missing)) => Some(missing.action.clone()),
+                _ => None,
+            }),
         route: decision.map(|d| d.route.clone()),
         method: exchange.method.to_string(),
         status: exchange.status,
@@ -489,6 +495,25 @@ mod tests {
             (event.id.as_str(), event.method.as_str()),
             ("use-1", "DELETE")
         );
+    }
+
+    /// A tier refusal comes before any Cedar decision, yet the report counts it under the
+    /// action it refused (the demo's `documents:export` counted under "-" before).
+    #[test]
+    fn a_tier_refusal_is_counted_under_the_action_it_refused() {
+        let rejection = Rejection::FeatureNotInTier(crate::limits::FeatureMissing {
+            action: "documents:export".into(),
+            feature: "exports".into(),
+            tier: "free".into(),
+        });
+        let RecordBody::Complete(event) =
+            usage_record(&refused(&rejection), &EventFields::default())
+        else {
+            panic!("a request without a begin record gets a complete event");
+        };
+        assert_eq!(event.action.as_deref(), Some("documents:export"));
+        assert_eq!(event.reason.as_deref(), Some("feature-not-in-tier"));
+        assert_eq!(event.status, 403);
     }
 
     #[test]

@@ -85,34 +85,10 @@ async fn events_are_signed_retried_and_survive_a_restart() {
         }
     })
     .await;
-    let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let config = config_for(
-        &[up.addr],
+    let config = quota_config(
+        up.addr,
         &format!(
-            r#"
-[tenancy]
-sources = ["header"]
-registry = {{ file = "tenants.toml" }}
-
-[tiers.free]
-monthly_requests = 5
-
-[limits]
-backend = "redis"
-redis_url = "{redis}"
-key_prefix = "gwtest:webhooks:{}:{}"
-redis_timeout = "2s"
-
-[webhooks]
-dir = "webhooks"
-retry_delay = "50ms"
-[[webhooks.subscriber]]
-url = "{}"
-secret = "{OPERATOR_SECRET}"
-events = ["policy.reload_failed"]
-"#,
-            std::process::id(),
-            rand::random::<u32>(),
+            "retry_delay = \"50ms\"\n[[webhooks.subscriber]]\nurl = \"{}\"\nsecret = \"{OPERATOR_SECRET}\"\nevents = [\"policy.reload_failed\"]\n",
             receiver.url("/operator-hooks")
         ),
     );
@@ -318,15 +294,11 @@ async fn a_broken_subscriber_does_not_hold_back_another_tenants_events() {
     assert_eq!(event_type(globex), "quota.threshold");
 }
 
-/// A gateway whose free tier has 5 requests a month (so the 4th sends `quota.threshold`), its
-/// webhooks retried from 1 s on, and the given tenants each subscribed at `/<id>-hooks`.
-fn quota_webhooks_config(
-    up: std::net::SocketAddr,
-    receiver: &Receiver,
-    ids: &[&str],
-) -> (String, String) {
+/// A gateway whose free tier has 5 requests a month (counted in Redis, so the 4th sends
+/// `quota.threshold`), with `webhooks` (settings and subscribers) in its `[webhooks]` section.
+fn quota_config(up: std::net::SocketAddr, webhooks: &str) -> String {
     let redis = std::env::var("GATEWAY_TEST_REDIS_URL").unwrap_or("redis://127.0.0.1:6379".into());
-    let config = config_for(
+    config_for(
         &[up],
         &format!(
             r#"
@@ -340,17 +312,26 @@ monthly_requests = 5
 [limits]
 backend = "redis"
 redis_url = "{redis}"
-key_prefix = "gwtest:webhook-lanes:{}:{}"
+key_prefix = "gwtest:webhooks:{}:{}"
 redis_timeout = "2s"
 
 [webhooks]
 dir = "webhooks"
-retry_delay = "1s"
-"#,
+{webhooks}"#,
             std::process::id(),
             rand::random::<u32>(),
         ),
-    );
+    )
+}
+
+/// A gateway whose free tier has 5 requests a month (so the 4th sends `quota.threshold`), its
+/// webhooks retried from 1 s on, and the given tenants each subscribed at `/<id>-hooks`.
+fn quota_webhooks_config(
+    up: std::net::SocketAddr,
+    receiver: &Receiver,
+    ids: &[&str],
+) -> (String, String) {
+    let config = quota_config(up, "retry_delay = \"1s\"\n");
     let tenants = ids
         .iter()
         .map(|id| {

@@ -674,10 +674,12 @@ impl Directory {
             .batch_execute(&format!("LISTEN {}", pg::channel(table)))
             .await
             .map_err(store_error)?;
-        // What changed while nobody listened: the whole table, once LISTEN is active.
-        let state = pg::load_all(&client, table).await?;
+        // What changed while nobody listened: the whole table, once LISTEN is active. Read
+        // under the write lock, as below: a write of this replica committed between the read
+        // and the swap would otherwise be undone by the older rows.
         {
             let _writing = self.writing.lock().await;
+            let state = pg::load_all(&client, table).await?;
             self.state.store(Arc::new(state.derive()));
         }
         tracing::info!(table, "principal directory synchronised from PostgreSQL");
@@ -691,9 +693,13 @@ impl Directory {
                 .iter()
                 .cloned()
                 .partition(|p| p.ends_with(pg::GROUP_MARK));
+            // The rows are read under the write lock: read before it, they could be older
+            // than a write this replica committed meanwhile (e.g. a deactivation's notice
+            // arriving while the admin API re-activates), and would undo it until that
+            // write's own notice came in.
+            let _writing = self.writing.lock().await;
             let rows = pg::load_some(&client, table, &user_keys).await?;
             let group_rows = pg::load_some_groups(&client, table, &group_keys).await?;
-            let _writing = self.writing.lock().await;
             let current = self.state.load();
             let mut next = current.to_next();
             for payload in &user_keys {
@@ -1100,6 +1106,71 @@ mod tests {
         // Unknown everywhere: still created, as before.
         assert!(second.set_active("acme", "bob", false).await.is_ok());
 
+        let client = crate::db::connect_config(&config, None).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}, {table}_groups CASCADE; \
+                 DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// A replica following its own table's notices while the admin API switches a principal
+    /// off and on again: the notice of the deactivation must never undo the activation that
+    /// followed it (the follower read the row before the activation and swapped it in after).
+    /// The follower runs on a thread of its own, as in the gateway (on one thread the window
+    /// hardly opens; before the fix this undid the activation 6–14 times in 60 rounds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_change_notice_does_not_undo_a_later_write() {
+        let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
+            "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
+        });
+        let table = format!(
+            "dir_notice_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let config = crate::db::PostgresConfig {
+            url: Some(url),
+            url_env: None,
+            table: table.clone(),
+            migrate: true,
+            ca_file: None,
+        };
+        let directory = Arc::new(
+            Directory::open_postgres(config.clone(), table.clone())
+                .await
+                .unwrap(),
+        );
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let follower = tokio::spawn(directory.clone().follow(shutdown));
+        directory.set_active("acme", "alice", true).await.unwrap();
+        // Until the follower listens, nothing can race it.
+        let listening = std::time::Instant::now();
+        while directory.users("acme", Some("alice")).is_empty()
+            && listening.elapsed() < std::time::Duration::from_secs(5)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+        let mut undone = 0;
+        for _ in 0..60 {
+            directory.set_active("acme", "alice", false).await.unwrap();
+            directory.set_active("acme", "alice", true).await.unwrap();
+            // Long enough for both notices to be applied.
+            for _ in 0..20 {
+                if directory.is_refused("acme", "alice") {
+                    undone += 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        assert_eq!(undone, 0, "the activation was undone {undone} times");
+
+        stop.send(true).unwrap();
+        follower.await.unwrap();
         let client = crate::db::connect_config(&config, None).await.unwrap();
         client
             .batch_execute(&format!(

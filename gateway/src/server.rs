@@ -76,6 +76,9 @@ pub fn run(loaded: LoadedConfig) -> Result<(), StartError> {
 /// How long after a graceful shutdown begins requests whose head was already read may still
 /// start (Pingora stops reading new ones at once).
 const SHUTDOWN_SETTLE: Duration = Duration::from_millis(100);
+/// How long a graceful shutdown waits for the last webhook events to reach the queue file
+/// (written at once unless the disk is full).
+const WEBHOOKS_PERSIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the Pingora server with every service added, ready to run, and the writers whose
 /// queued records must be flushed when it stops.
@@ -188,8 +191,10 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                 crate::webhooks::open(w.clone(), store.clone()).map_err(|e| {
                     StartError::Runtime(format!("webhooks.dir {}: {e}", w.dir.display()))
                 })?;
-            background.push(task_service("webhook delivery", move |shutdown| {
-                worker.run(shutdown)
+            // Not stopped by the shutdown signal: the last requests' events still reach its
+            // queue (see `drain and exit`); the process's exit ends it.
+            background.push(task_service("webhook delivery", move |_shutdown| {
+                worker.run()
             }));
             store.set_webhooks(handle.clone());
             Some(handle)
@@ -285,7 +290,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
             .map(|g| g.trusted_proxies.clone())
             .unwrap_or_default(),
         limiter,
-        webhooks,
+        webhooks: webhooks.clone(),
         entity_store,
         directory,
         sessions,
@@ -417,13 +422,24 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
     let recording = Arc::new(Recording { outbox, audit });
     let in_flight = Arc::new(InFlight::default());
     {
-        let (recording, in_flight) = (recording.clone(), in_flight.clone());
+        let (recording, in_flight, webhooks) =
+            (recording.clone(), in_flight.clone(), webhooks.clone());
         background.push(task_service("drain and exit", move |shutdown| async move {
             crate::lifecycle::drained(shutdown, &in_flight, SHUTDOWN_SETTLE).await;
             recording.flush();
             // The last requests' spend reaches the shared counters before the process goes.
             if let Some(budgets) = &budgets {
                 budgets.flush().await;
+            }
+            // Their webhook events (quota and budget thresholds) reach the queue file; the next
+            // start delivers what this process does not.
+            if let Some(webhooks) = &webhooks {
+                if tokio::time::timeout(WEBHOOKS_PERSIST_TIMEOUT, webhooks.persisted())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("webhook events of the last requests not written: the queue file could not be written for {WEBHOOKS_PERSIST_TIMEOUT:?}");
+                }
             }
             export_drain.run().await;
             tracing::info!("gateway stopped: no request in flight, records written");

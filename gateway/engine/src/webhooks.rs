@@ -13,7 +13,10 @@
 //! back off exponentially with jitter; a delivery that still fails after `max_attempts` goes to
 //! `dir/dead-letter.jsonl` (and a metric). The checkpoint is the oldest delivery not yet done, so
 //! a restart sends again what was in flight: delivery is at least once, and receivers
-//! deduplicate on `webhook-id`. Once everything is delivered the queue file is emptied.
+//! deduplicate on `webhook-id`. Once everything is delivered the queue file is emptied. While the
+//! queue cannot be written (a full disk) the events received are held and written when it can;
+//! a graceful shutdown waits until every event emitted before it ends (the last requests'
+//! quota and budget thresholds) is in the file, and the next start delivers what is left.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Seek};
@@ -109,10 +112,18 @@ struct Delivery {
     event: WebhookEvent,
 }
 
+/// What the worker receives.
+enum Message {
+    /// A delivery to queue.
+    Deliver(Delivery),
+    /// Answered once every delivery received before it is in the queue file.
+    Persisted(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Emits events; cheap to clone, never blocks a request.
 #[derive(Clone)]
 pub struct Webhooks {
-    sender: mpsc::Sender<Delivery>,
+    sender: mpsc::Sender<Message>,
     operator: Arc<Vec<WebhookSubscription>>,
 }
 
@@ -133,17 +144,29 @@ impl Webhooks {
                 url: subscriber.url.clone(),
                 event: event.clone(),
             };
-            if self.sender.try_send(delivery).is_err() {
+            if self.sender.try_send(Message::Deliver(delivery)).is_err() {
                 metrics::counter!(crate::telemetry::WEBHOOK_DROPPED_TOTAL).increment(1);
                 tracing::error!(event = %event.event_type, "webhook queue full: event not queued");
             }
         }
     }
+
+    /// Waits until every event emitted before the call is in the queue file, from which the
+    /// next start delivers what this process could not: a graceful shutdown's last step for
+    /// webhooks (the events of its last requests and of the budgets' final flush). False if
+    /// the worker is gone.
+    pub async fn persisted(&self) -> bool {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.sender.send(Message::Persisted(done)).await.is_err() {
+            return false;
+        }
+        written.await.is_ok()
+    }
 }
 
 /// The queue writer and delivery task.
 pub struct WebhookWorker {
-    receiver: mpsc::Receiver<Delivery>,
+    receiver: mpsc::Receiver<Message>,
     deliverer: Arc<Deliverer>,
 }
 
@@ -198,8 +221,10 @@ impl WebhookWorker {
         self.deliverer.config.dir.join("delivered.offset")
     }
 
-    /// Appends new deliveries and sends pending ones, until shutdown.
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Appends new deliveries and sends pending ones until every emitter is gone. A graceful
+    /// shutdown does not stop it: the events of the last requests still reach the queue file
+    /// ([`Webhooks::persisted`]), and deliveries go on until the process exits.
+    pub async fn run(mut self) {
         let (queue, checkpoint) = (self.queue_path(), self.checkpoint_path());
         // Where the next delivery is read from, and the checkpoint on disk.
         let mut read = read_checkpoint(&checkpoint);
@@ -220,19 +245,29 @@ impl WebhookWorker {
         // Per URL with a delivery in flight: the deliveries waiting behind it.
         let mut lanes: HashMap<String, VecDeque<(u64, Delivery)>> = HashMap::new();
         let mut in_flight = tokio::task::JoinSet::new();
+        // Received and not yet in the queue file; who waits for them to be.
+        let mut unwritten: Vec<Delivery> = Vec::new();
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
-            // Everything queued so far goes to disk before any attempt.
-            let mut batch = Vec::new();
-            while let Ok(d) = self.receiver.try_recv() {
-                batch.push(d);
+            // Everything received goes to disk before any attempt. While the queue cannot be
+            // written (a full disk), what was taken is kept and written again, and nothing
+            // more is taken: the channel holds the rest (emitters count what it cannot).
+            if unwritten.is_empty() {
+                while let Ok(message) = self.receiver.try_recv() {
+                    take(message, &mut unwritten, &mut waiting);
+                }
             }
-            if !batch.is_empty() {
-                if let Err(error) = append(&queue, &batch) {
+            if !unwritten.is_empty() {
+                if let Err(error) = append(&queue, &unwritten) {
                     metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
-                    tracing::error!(%error, "webhook queue not written; retrying");
+                    tracing::error!(%error, deliveries = unwritten.len(), "webhook queue not written; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
+                unwritten.clear();
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
             }
             while unfinished.len() < MAX_UNFINISHED {
                 let Some((delivery, next)) = next_pending(&queue, read) else {
@@ -270,15 +305,10 @@ impl WebhookWorker {
                     }
                 }
                 received = self.receiver.recv() => match received {
-                    Some(d) => {
-                        if let Err(error) = append(&queue, &[d]) {
-                            metrics::counter!(crate::telemetry::WEBHOOK_QUEUE_ERRORS_TOTAL).increment(1);
-                            tracing::error!(%error, "webhook queue not written");
-                        }
-                    }
+                    // Written at the top of the loop.
+                    Some(message) => take(message, &mut unwritten, &mut waiting),
                     None => return,
                 },
-                _ = shutdown.changed() => return,
             }
             let unread = || std::fs::metadata(&queue).map_or(true, |m| m.len() != read);
             if unfinished.is_empty() && saved == read && read > 0 && !unread() {
@@ -388,6 +418,18 @@ impl Deliverer {
     }
 }
 
+/// Sorts a received message: a delivery to write, or a caller to answer once written.
+fn take(
+    message: Message,
+    unwritten: &mut Vec<Delivery>,
+    waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) {
+    match message {
+        Message::Deliver(delivery) => unwritten.push(delivery),
+        Message::Persisted(done) => waiting.push(done),
+    }
+}
+
 fn append(path: &Path, deliveries: &[Delivery]) -> std::io::Result<()> {
     let mut text = String::new();
     for d in deliveries {
@@ -447,6 +489,88 @@ mod tests {
         let sig = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).unwrap();
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert!(sign("nope", "x", 1, b"").is_err());
+    }
+
+    /// A worker whose one operator subscriber refuses connections (each delivery fails once
+    /// and is dead-lettered), writing its queue in `dir`.
+    fn worker_in(dir: &Path) -> (Webhooks, WebhookWorker) {
+        let config = WebhooksConfig {
+            dir: dir.to_path_buf(),
+            subscriber: vec![WebhookSubscription {
+                url: "http://127.0.0.1:9/hooks".into(),
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                events: Vec::new(),
+            }],
+            max_attempts: 1,
+            retry_delay: Duration::from_millis(10),
+            timeout: Duration::from_secs(1),
+        };
+        let registry =
+            crate::snapshot::SnapshotStore::new(crate::test_support::Deployment::load().snapshot);
+        open(config, registry).unwrap()
+    }
+
+    /// The ids of the deliveries the dead-letter file holds, once it holds `count` of them.
+    async fn dead_letters(dir: &Path, count: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids: Vec<String> = std::fs::read_to_string(dir.join("dead-letter.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["delivery"]["event"]["data"]["n"].as_u64())
+                .map(|n| n.to_string())
+                .collect();
+            if ids.len() >= count || std::time::Instant::now() > deadline {
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A queue file that cannot be written (a full disk; here a directory in its place):
+    /// the events received meanwhile are written once it can be, and delivered.
+    #[tokio::test]
+    async fn events_wait_for_a_queue_that_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("queue.jsonl")).unwrap();
+        let (webhooks, worker) = worker_in(dir.path());
+        tokio::spawn(worker.run());
+        for n in 0..3 {
+            webhooks.emit(
+                None,
+                WebhookEvent::new("policy.reload_failed", serde_json::json!({ "n": n })),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!dir.path().join("dead-letter.jsonl").exists());
+        std::fs::remove_dir(dir.path().join("queue.jsonl")).unwrap();
+        assert!(webhooks.persisted().await);
+        let mut delivered = dead_letters(dir.path(), 3).await;
+        delivered.sort();
+        assert_eq!(delivered, ["0", "1", "2"]);
+    }
+
+    /// What is emitted during a graceful shutdown (the budgets' last flush) still reaches the
+    /// queue: the worker does not stop at the shutdown signal, and `persisted` says when the
+    /// events are written.
+    #[tokio::test]
+    async fn events_emitted_at_shutdown_reach_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (webhooks, worker) = worker_in(dir.path());
+        tokio::spawn(worker.run());
+        webhooks.emit(
+            None,
+            WebhookEvent::new("budget.threshold", serde_json::json!({ "n": 7 })),
+        );
+        assert!(webhooks.persisted().await);
+        let queued = std::fs::read_to_string(dir.path().join("queue.jsonl")).unwrap_or_default();
+        let delivered = dead_letters(dir.path(), 0).await;
+        assert!(
+            queued.contains("budget.threshold") || delivered == ["7"],
+            "neither queued nor delivered: {queued:?} {delivered:?}"
+        );
+        assert_eq!(dead_letters(dir.path(), 1).await, ["7"]);
     }
 
     #[test]

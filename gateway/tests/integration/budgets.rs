@@ -126,8 +126,8 @@ async fn budgets_are_shared_announced_once_enforced_everywhere_and_kept_at_shutd
         std::process::id(),
         rand::random::<u32>()
     );
-    let files = tenants(&receiver);
-    let files = [("tenants.toml", files.as_bytes())];
+    let registry = tenants(&receiver);
+    let files = [("tenants.toml", registry.as_bytes())];
     let a = TestGateway::start(&config(up.addr, &prefix, "100ms"), &files);
     let b = TestGateway::start(&config(up.addr, &prefix, "100ms"), &files);
 
@@ -176,6 +176,21 @@ async fn budgets_are_shared_announced_once_enforced_everywhere_and_kept_at_shutd
         ]
     );
 
+    // The budget raised (A's registry file rewritten and reloaded): A serves acme again at
+    // once — not only once the month is over — while B, whose file still says 0.0040, refuses.
+    std::fs::write(
+        a.dir.path().join("tenants.toml"),
+        registry.replace("amount = \"0.0040\"", "amount = \"0.0080\""),
+    )
+    .unwrap();
+    a.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(Duration::from_secs(10), || async {
+        get(&a, "acme").await.0 == 200
+    })
+    .await
+    .unwrap_or_else(|| panic!("a raised budget is still refused:\n{}", a.log()));
+    assert_eq!(get(&b, "acme").await.0, 402);
+
     // A replica that flushes only when it stops: globex's four requests there are counted at
     // its graceful shutdown, so replica A (which never served globex) refuses globex next.
     let mut c = TestGateway::start(&config(up.addr, &prefix, "1h"), &files);
@@ -191,6 +206,22 @@ async fn budgets_are_shared_announced_once_enforced_everywhere_and_kept_at_shutd
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (status, _, body) = get(&a, "globex").await;
     assert_problem(status, &body, 402, "budget-exhausted");
+    // C's last flush crossed globex's 100 %: announced by C, whose shutdown wrote the event to
+    // its webhook queue (delivered then, or at its next start), once.
+    c.restart();
+    eventually(Duration::from_secs(10), || async {
+        thresholds(&receiver).iter().any(|t| t.0 == "globex")
+    })
+    .await
+    .unwrap_or_else(|| panic!("globex's threshold lost at C's shutdown:\n{}", c.log()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        thresholds(&receiver)
+            .into_iter()
+            .filter(|t| t.0 == "globex")
+            .collect::<Vec<_>>(),
+        [("globex".to_string(), "calls".to_string(), 100)]
+    );
     // No threshold of acme's was announced twice meanwhile.
     let acme: Vec<_> = thresholds(&receiver)
         .into_iter()

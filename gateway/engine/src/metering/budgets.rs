@@ -131,8 +131,8 @@ pub struct Budgets {
     currency: parking_lot::RwLock<Option<String>>,
     /// Per budget, month and hour (since the epoch).
     pending: parking_lot::Mutex<HashMap<(CounterKey, i64), Pending>>,
-    /// Enforced budgets spent in their month, with when they reset.
-    exhausted: parking_lot::RwLock<HashMap<CounterKey, Month>>,
+    /// Enforced budgets found spent in their month (when they reset, and the total then).
+    exhausted: parking_lot::RwLock<HashMap<CounterKey, Exhausted>>,
     /// Budgets this replica charged, with their month: the ones it forecasts.
     served: parking_lot::Mutex<HashMap<CounterKey, (Tenant, BudgetSpec, Month)>>,
 }
@@ -179,7 +179,11 @@ impl Budgets {
                 budget: budget.name.clone(),
                 month: month.key,
             };
-            if exhausted.contains_key(&key) {
+            // Against the budget's amount now: one raised since is no longer spent.
+            let spent = exhausted.get(&key).is_some_and(|exhausted| {
+                limit_units(budget).is_some_and(|limit| exhausted.total >= limit)
+            });
+            if spent {
                 return Err(Rejection::BudgetExhausted {
                     budget: budget.name.clone(),
                     resets_at: month.resets_at_rfc3339(),
@@ -294,7 +298,7 @@ impl Budgets {
         let now = now_secs();
         self.exhausted
             .write()
-            .retain(|_, month| month.resets_at > now);
+            .retain(|_, exhausted| exhausted.month.resets_at > now);
         self.served
             .lock()
             .retain(|_, (_, _, month)| month.resets_at > now);
@@ -458,7 +462,13 @@ impl Budgets {
             }
         }
         if spend.budget.enforce && total >= limit {
-            self.exhausted.write().insert(key.clone(), spend.month);
+            self.exhausted.write().insert(
+                key.clone(),
+                Exhausted {
+                    month: spend.month,
+                    total,
+                },
+            );
         }
     }
 
@@ -499,6 +509,14 @@ fn in_scope(budget: &BudgetSpec, attributes: &Map<String, Value>) -> bool {
 }
 
 /// A budget's size in the units it is counted in (nano-units of currency, or requests).
+/// An enforced budget found spent by a flush.
+struct Exhausted {
+    month: Month,
+    /// The month's total then (units of [`limit_units`]): the budget refuses requests while
+    /// its amount is at most this, so raising it lets them through again at once.
+    total: i64,
+}
+
 fn limit_units(budget: &BudgetSpec) -> Option<i64> {
     match (&budget.amount, budget.requests) {
         (Some(amount), _) => Decimal::from_str_exact(amount).ok().map(nano_units),

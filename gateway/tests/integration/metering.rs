@@ -31,6 +31,12 @@ id = "globex"
 [[tenant]]
 id = "poison"
 billing = { chargebee_subscription = "sub_poison" }
+
+# One request, then refused (429): the refusals are recorded, never billed.
+[[tenant]]
+id = "frozen"
+billing = { stripe_customer = "cus_frozen", chargebee_subscription = "sub_frozen" }
+limits = { requests_per_second = 0.001, burst = 1 }
 "#;
 
 fn config(up: std::net::SocketAddr, ledger: &str, exporters: &str) -> String {
@@ -45,6 +51,15 @@ shutdown_timeout = "1s"
 [tenancy]
 sources = ["header"]
 registry = {{ file = "tenants.toml" }}
+
+# No limit but the one tenant override (frozen's).
+[limits]
+backend = "local"
+[[limits.rule]]
+name = "per-tenant"
+per = "tenant"
+requests_per_second = 100000
+burst = 100000
 
 [metering]
 dir = "outbox"
@@ -186,6 +201,14 @@ item_price_id = "api-calls-EUR"
             expected += 1;
         }
     }
+    for (i, status) in [200, 429, 429].into_iter().enumerate() {
+        assert_eq!(
+            request(&gw, "frozen", &format!("/items/{i}")).await,
+            status,
+            "frozen"
+        );
+        expected += 1;
+    }
 
     // The ledger: every event once, refused requests flagged.
     eventually(Duration::from_secs(20), || async {
@@ -195,11 +218,20 @@ item_price_id = "api-calls-EUR"
     .unwrap_or_else(|| panic!("ledger incomplete:\n{}", gw.log()));
     assert_eq!(
         ledger_count(&db, &ledger, "WHERE outcome = 'rejected'").await,
-        2
+        4
     );
     assert_eq!(
         ledger_count(&db, &ledger, "WHERE tenant = 'acme' AND status = 200").await,
         10
+    );
+    assert_eq!(
+        ledger_count(
+            &db,
+            &ledger,
+            "WHERE tenant = 'frozen' AND outcome = 'rejected'"
+        )
+        .await,
+        2
     );
 
     // CloudEvents: retried after the failures, every id exactly once among the successes.
@@ -233,38 +265,56 @@ item_price_id = "api-calls-EUR"
             == 2
     );
 
-    // Stripe: only tenants with a Stripe customer, identifier = event id.
+    // Stripe: only tenants with a Stripe customer, identifier = event id; refused requests
+    // (frozen's two 429s) are not billed.
     eventually(Duration::from_secs(20), || async {
-        stripe.received().len() >= 10
+        stripe.received().len() >= 11
     })
     .await
     .expect("stripe delivered");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stripe_events = stripe.received();
-    assert_eq!(stripe_events.len(), 10);
+    assert_eq!(stripe_events.len(), 11);
+    let mut customers = BTreeMap::<String, usize>::new();
     for r in &stripe_events {
         assert_eq!(r.path, "/v1/billing/meter_events");
         assert_eq!(r.headers["authorization"], "Bearer sk_test_123");
         let form: BTreeMap<String, String> = url_form(&r.body);
-        assert_eq!(form["payload[stripe_customer_id]"], "cus_acme");
+        *customers
+            .entry(form["payload[stripe_customer_id]"].clone())
+            .or_default() += 1;
         assert_eq!(form["event_name"], "api_requests");
         assert_eq!(
             r.headers["idempotency-key"].to_str().unwrap(),
             form["identifier"]
         );
     }
+    assert_eq!(
+        customers,
+        BTreeMap::from([("cus_acme".to_string(), 10), ("cus_frozen".to_string(), 1)])
+    );
 
-    // Chargebee: acme delivered, the poison tenant's events dead-lettered without blocking.
+    // Chargebee: acme and frozen's one forwarded request delivered, the poison tenant's events
+    // dead-lettered without blocking.
     eventually(Duration::from_secs(20), || async {
         chargebee
             .received()
             .iter()
             .filter(|r| r.status == 200)
             .count()
-            == 10
+            >= 11
     })
     .await
     .expect("chargebee delivered");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let billed = |subscription: &str| {
+        chargebee
+            .received()
+            .iter()
+            .filter(|r| r.status == 200 && r.path.contains(subscription))
+            .count()
+    };
+    assert_eq!((billed("sub_acme"), billed("sub_frozen")), (10, 1));
     let dead = gw.dir.path().join("outbox/dead-letter/chargebee.jsonl");
     eventually(Duration::from_secs(10), || async {
         std::fs::read_to_string(&dead)

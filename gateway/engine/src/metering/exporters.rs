@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::outbox::{OutboxCursor, Written};
-use super::{Assembler, UsageEvent};
+use super::{Assembler, Outcome, UsageEvent};
 use crate::db::PostgresConfig;
 use crate::diagnostics::{SourceIssue, SourceText};
 use crate::tenancy::LiveRegistry;
@@ -329,6 +329,19 @@ fn dead_letter(dir: &Path, name: &str, event: &UsageEvent, reason: &str) {
     }
 }
 
+/// The offset every event up to which is delivered, after a batch ending at `last` when the
+/// backlog goes on at `next`. Events share an offset when a start finds requests of an earlier
+/// process interrupted (each carries the boot record's): while some of them wait in the
+/// backlog, that offset is not delivered through — a restart rebuilds the group and, past it,
+/// would skip the rest. It is sent again whole instead (sinks deduplicate on the event id).
+fn delivered_through(before: Option<u64>, last: Option<u64>, next: Option<u64>) -> Option<u64> {
+    match last {
+        Some(last) if next == Some(last) => last.checked_sub(1).max(before),
+        Some(last) => Some(last),
+        None => before,
+    }
+}
+
 /// How often a busy exporter saves its checkpoint (one that has caught up saves at once).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -417,8 +430,11 @@ pub async fn run(
         if !deliver_with_retries(&name, sink.as_ref(), &events, &dir, &mut shutdown).await {
             return;
         }
-        let last = batch.last().map(|(o, _)| *o);
-        checkpoint.delivered_through = last.or(checkpoint.delivered_through);
+        checkpoint.delivered_through = delivered_through(
+            checkpoint.delivered_through,
+            batch.last().map(|(o, _)| *o),
+            backlog.first().map(|(o, _)| *o),
+        );
         // Resume at the oldest begin still pending, but never past undelivered backlog.
         let backlog_start = backlog.first().map(|(o, _)| *o).unwrap_or(u64::MAX);
         checkpoint.resume_from = assembler
@@ -890,6 +906,13 @@ fn nats_subject(prefix: &str, tenant: Option<&str>) -> String {
     subject
 }
 
+/// Whether a billing sink (Stripe, Chargebee: one unit per event) is sent the event: requests
+/// the gateway refused cost nothing, as in the price table; forwarded ones, interrupted
+/// included, are billed.
+fn is_billable(event: &UsageEvent) -> bool {
+    event.outcome != Outcome::Rejected
+}
+
 struct StripeSink {
     http: reqwest::Client,
     endpoint: String,
@@ -902,7 +925,7 @@ struct StripeSink {
 impl Sink for StripeSink {
     async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
         let registry = self.registry.current();
-        for e in events {
+        for e in events.iter().filter(|e| is_billable(e)) {
             let Some(customer) = e
                 .tenant
                 .as_deref()
@@ -952,7 +975,7 @@ struct ChargebeeSink {
 impl Sink for ChargebeeSink {
     async fn deliver(&self, events: &[UsageEvent]) -> Result<(), DeliveryError> {
         let registry = self.registry.current();
-        for e in events {
+        for e in events.iter().filter(|e| is_billable(e)) {
             let Some(subscription) = e
                 .tenant
                 .as_deref()
@@ -1015,6 +1038,18 @@ mod tests {
         // One that has stopped cannot deliver more: no waiting for it.
         drop(second);
         assert!(!wait_exported(&mut exported, 150, Duration::from_secs(5)).await);
+    }
+
+    #[test]
+    fn an_offset_is_delivered_through_only_when_all_its_events_are() {
+        // A batch ending inside the interrupted events a boot record at 40 produced.
+        assert_eq!(delivered_through(Some(12), Some(40), Some(40)), Some(39));
+        // ... and the one that ends the group.
+        assert_eq!(delivered_through(Some(39), Some(40), Some(41)), Some(40));
+        assert_eq!(delivered_through(Some(39), Some(40), None), Some(40));
+        // Nothing before offset 0 to have delivered.
+        assert_eq!(delivered_through(None, Some(0), Some(0)), None);
+        assert_eq!(delivered_through(Some(7), None, None), Some(7));
     }
 
     #[test]

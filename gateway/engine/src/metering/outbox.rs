@@ -483,8 +483,27 @@ impl OutboxCursor {
     }
 
     /// Up to `max` records from the cursor on; fewer (maybe none) at the end of what is written.
+    /// The records read before an error are returned first (the cursor has moved past them:
+    /// an error would drop them); the next call meets the error again.
     pub fn read(&mut self, max: usize) -> Result<Vec<OutboxRecord>, OutboxError> {
         let mut out = Vec::new();
+        match self.read_into(&mut out, max) {
+            Ok(()) => Ok(out),
+            Err(damaged @ OutboxError::Damaged { .. }) => Err(damaged),
+            Err(error) => {
+                // Where the failed read left the segment's reader is not known: the next call
+                // opens the segment again (records before the cursor are passed over).
+                self.current = None;
+                if out.is_empty() {
+                    Err(error)
+                } else {
+                    Ok(out)
+                }
+            }
+        }
+    }
+
+    fn read_into(&mut self, out: &mut Vec<OutboxRecord>, max: usize) -> Result<(), OutboxError> {
         while out.len() < max {
             if self.current.is_none() && !self.open_segment()? {
                 break;
@@ -540,7 +559,7 @@ impl OutboxCursor {
             self.next_offset = record.offset + 1;
             out.push(record);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Opens the segment holding `next_offset`; false if none exists yet.
@@ -803,6 +822,36 @@ mod tests {
                 segment.display()
             )]
         );
+    }
+
+    /// An I/O error met after some records were read (here the directory listing at the end
+    /// of a segment: a file in the directory's place) returns those records: the cursor is
+    /// past them.
+    #[tokio::test]
+    async fn records_read_before_an_io_error_are_returned() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("outbox");
+        let (outbox, _progress) = Outbox::open(settings(&dir)).unwrap();
+        for i in 0..5 {
+            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
+        }
+        outbox.flush().unwrap();
+        drop(outbox);
+
+        let mut cursor = OutboxCursor::new(&dir, 0);
+        let mut offsets: Vec<u64> = cursor.read(1).unwrap().iter().map(|r| r.offset).collect();
+        let moved = root.path().join("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        std::fs::write(&dir, b"not a directory").unwrap();
+        let batch = cursor
+            .read(1024)
+            .expect("the records read before the error");
+        offsets.extend(batch.iter().map(|r| r.offset));
+        assert!(cursor.read(1024).is_err(), "the directory is still gone");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&moved, &dir).unwrap();
+        assert!(cursor.read(1024).unwrap().is_empty());
+        assert_eq!(offsets, [0, 1, 2, 3, 4, 5]);
     }
 
     mod recovery {

@@ -68,7 +68,8 @@ pub struct JournalSettings {
     pub segment_max_age: Option<Duration>,
     /// Queued records are written at most this long after they were appended.
     pub flush_interval: Duration,
-    /// A batch this large is written by the thread that appends to it.
+    /// A batch this large is written by the thread that appends to it (at most half of
+    /// `max_buffered_bytes`: see [`Journal::open`]).
     pub flush_bytes: usize,
     /// While writes fail, queue at most this much before refusing [`Keep::IfRoom`] records.
     pub max_buffered_bytes: usize,
@@ -91,8 +92,12 @@ struct State<F> {
     /// Bytes of whole records in the current segment.
     size: u64,
     opened: Instant,
-    /// Segments closed since the last fsync: synced before the current one.
+    /// Segments closed and not yet synced: kept until a sync of them succeeds.
     unsynced: Vec<Arc<File>>,
+    /// Segment files this journal created (their names are durable once the directory is
+    /// synced), and how many of them the last directory sync covered.
+    segments_created: u64,
+    directory_synced: u64,
     /// Written since the last fsync.
     dirty: bool,
     /// The error of the last write, while writes fail.
@@ -150,14 +155,21 @@ impl<F: Framing> Journal<F> {
     /// Opens the journal on `dir`, continuing the segment `last` (if any; its torn tail must
     /// have been cut by the caller) whose records end before `next_seq`.
     pub fn open(
-        settings: JournalSettings,
+        mut settings: JournalSettings,
         framing: F,
         last_segment: Option<PathBuf>,
         next_seq: u64,
     ) -> Result<Self, JournalError> {
+        // A batch is written well before it reaches the limit: the limit is for when writes
+        // fail, and a healthy journal with a small buffer must not refuse records.
+        settings.flush_bytes = settings
+            .flush_bytes
+            .min(settings.max_buffered_bytes / 2)
+            .max(1);
         std::fs::create_dir_all(&settings.dir).map_err(io(&settings.dir))?;
         let metrics = JournalMetrics::new(settings.name);
         metrics.healthy.set(1.0);
+        let created = u64::from(last_segment.is_none());
         let path = last_segment.unwrap_or_else(|| settings.dir.join(F::segment_name(next_seq)));
         let file = open_append(&path)?;
         let size = file.metadata().map_err(io(&path))?.len();
@@ -172,6 +184,8 @@ impl<F: Framing> Journal<F> {
                 size,
                 opened: Instant::now(),
                 unsynced: Vec::new(),
+                segments_created: created,
+                directory_synced: 0,
                 dirty: false,
                 failure: None,
                 flusher_parked: true,
@@ -252,11 +266,12 @@ impl<F: Framing> Journal<F> {
             self.write_batch(&mut state)?;
         }
         if fsync && state.dirty {
-            let files = state.files_to_sync();
+            let plan = state.sync_plan();
             let through = state.next_seq;
             state.dirty = false;
             drop(state);
-            self.sync_files(&files, through)?;
+            let result = plan.run(&self.settings.dir);
+            self.synced(plan, result, through)?;
         }
         Ok(())
     }
@@ -280,30 +295,22 @@ impl<F: Framing> Journal<F> {
                 notified.await;
                 continue;
             }
-            let (files, through) = {
+            let (plan, through) = {
                 let mut state = self.state.lock();
                 state.dirty = false;
-                (
-                    state.files_to_sync(),
-                    self.written_seq.load(Ordering::Acquire),
-                )
+                (state.sync_plan(), self.written_seq.load(Ordering::Acquire))
             };
-            let result =
-                tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            {
-                let mut sync = self.sync.lock();
-                sync.leader = false;
-                if result.is_ok() {
-                    sync.synced_seq = sync.synced_seq.max(through);
-                }
-            }
+            let dir = self.settings.dir.clone();
+            let (plan, result) = tokio::task::spawn_blocking(move || {
+                let result = plan.run(&dir);
+                (plan, result)
+            })
+            .await
+            .unwrap_or_else(|e| (SyncPlan::default(), Err(std::io::Error::other(e))));
+            let outcome = self.synced(plan, result, through);
+            self.sync.lock().leader = false;
             self.synced.notify_waiters();
-            if result.is_err() {
-                self.state.lock().dirty = true;
-            }
-            result.map_err(io(&self.settings.dir))?;
+            outcome?;
         }
     }
 
@@ -435,6 +442,7 @@ impl<F: Framing> Journal<F> {
             Ok(file) => {
                 let old = std::mem::replace(&mut state.file, Arc::new(file));
                 state.unsynced.push(old);
+                state.segments_created += 1;
                 state.path = path;
                 state.size = 0;
                 state.opened = Instant::now();
@@ -445,8 +453,14 @@ impl<F: Framing> Journal<F> {
         }
     }
 
-    fn sync_files(&self, files: &[Arc<File>], through: u64) -> Result<(), JournalError> {
-        let result = files.iter().try_for_each(|f| f.sync_data());
+    /// Takes note of a sync's `result`: on success what `plan` covered is on disk, every record
+    /// below `through` with it; on failure it is synced again next time.
+    fn synced(
+        &self,
+        plan: SyncPlan,
+        result: std::io::Result<()>,
+        through: u64,
+    ) -> Result<(), JournalError> {
         if let Err(source) = result {
             self.metrics.write_errors.increment(1);
             tracing::error!(journal = self.settings.name, error = %source, "fsync failed");
@@ -455,6 +469,15 @@ impl<F: Framing> Journal<F> {
                 path: self.settings.dir.clone(),
                 source,
             });
+        }
+        {
+            let mut state = self.state.lock();
+            state
+                .unsynced
+                .retain(|file| !plan.files.iter().any(|synced| Arc::ptr_eq(file, synced)));
+            if let Some(created) = plan.directory {
+                state.directory_synced = state.directory_synced.max(created);
+            }
         }
         let mut sync = self.sync.lock();
         sync.synced_seq = sync.synced_seq.max(through);
@@ -478,11 +501,39 @@ impl<F: Framing> State<F> {
         seq
     }
 
-    /// Closed segments not yet synced, then the current one.
-    fn files_to_sync(&mut self) -> Vec<Arc<File>> {
-        let mut files = std::mem::take(&mut self.unsynced);
+    /// What a sync now covers. The closed segments stay listed until a sync of them
+    /// succeeds: a failed one, or one running concurrently (the flusher's and a group commit's),
+    /// must not leave them out of the next.
+    fn sync_plan(&self) -> SyncPlan {
+        let mut files = self.unsynced.clone();
         files.push(self.file.clone());
-        files
+        SyncPlan {
+            files,
+            directory: (self.segments_created > self.directory_synced)
+                .then_some(self.segments_created),
+        }
+    }
+}
+
+/// One sync: the files' data, then the directory when segments were created since it was last
+/// synced (a new segment's name is not durable until then: after a power loss its records
+/// would be gone with it, though their fsync returned).
+#[derive(Default)]
+struct SyncPlan {
+    files: Vec<Arc<File>>,
+    /// `segments_created` when the plan was made, if the directory is to be synced.
+    directory: Option<u64>,
+}
+
+impl SyncPlan {
+    fn run(&self, dir: &Path) -> std::io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if self.directory.is_some() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -669,6 +720,59 @@ mod tests {
             assert!(j.sync.lock().synced_seq > seq);
         }
         assert_eq!(lines(dir.path()).len(), 32);
+    }
+
+    /// A closed segment stays to be synced until a sync of it succeeds, and a new segment's
+    /// directory is synced with it.
+    #[test]
+    fn closed_segments_and_new_names_are_synced_until_a_sync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.segment_bytes = 64;
+        let j = Journal::open(s, Numbered, None, 0).unwrap();
+        assert_eq!(
+            j.state.lock().sync_plan().directory,
+            Some(1),
+            "a new segment"
+        );
+        for i in 0..10 {
+            j.append_now(format!(r#"{{"k":"record-{i}"}}"#).as_bytes())
+                .unwrap();
+        }
+        let plan = j.state.lock().sync_plan();
+        let closed = plan.files.len() - 1;
+        assert!(closed >= 3, "rotated: {closed}");
+        assert_eq!(plan.directory, Some(1 + closed as u64));
+        // A failed sync (EIO) leaves everything to the next one.
+        assert!(j
+            .synced(plan, Err(std::io::Error::other("EIO")), 10)
+            .is_err());
+        let again = j.state.lock().sync_plan();
+        assert_eq!(
+            (again.files.len(), again.directory),
+            (closed + 1, Some(1 + closed as u64))
+        );
+        j.flush(true).unwrap();
+        let after = j.state.lock().sync_plan();
+        assert_eq!((after.files.len(), after.directory), (1, None));
+    }
+
+    /// A small buffer limit (the smallest allowed, 4096 bytes) with writes succeeding: no
+    /// record is refused — the batch is written before it reaches the limit.
+    #[test]
+    fn a_small_buffer_refuses_nothing_while_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.max_buffered_bytes = 4096;
+        s.flush_interval = Duration::from_secs(10);
+        let j = Journal::open(s, Numbered, None, 0).unwrap();
+        for i in 0..2_000 {
+            assert!(
+                j.append(format!(r#"{{"k":"record-{i}"}}"#).as_bytes(), Keep::IfRoom),
+                "record {i} refused"
+            );
+            assert!(j.accepting(), "not accepting at record {i}");
+        }
     }
 
     /// A full filesystem: /dev/full fails every write with ENOSPC.

@@ -1522,36 +1522,41 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The `name=value` pairs of the request's `Cookie` headers, as bytes: a cookie that is not
+/// UTF-8 (an application may set one) neither hides the gateway's cookies nor keeps them from
+/// being removed.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
 /// The request's `Cookie` header without the gateway's own cookies (`__Host-gw-…`): the
 /// upstream never sees the session (it holds the refresh token), nor the login under way.
 /// `None` when nothing changes; `Some(None)` when no cookie is left.
-pub fn upstream_cookie(headers: &HeaderMap) -> Option<Option<String>> {
+pub fn upstream_cookie(headers: &HeaderMap) -> Option<Option<Vec<u8>>> {
     let mut ours = false;
     let mut kept = Vec::new();
-    for value in headers.get_all(http::header::COOKIE) {
-        let Ok(value) = value.to_str() else {
-            // Not text: not a cookie the gateway set; leave the header alone.
-            return None;
-        };
-        for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            if pair.starts_with("__Host-gw-") {
-                ours = true;
-            } else {
-                kept.push(pair);
-            }
+    for pair in cookie_pairs(headers) {
+        if pair.starts_with(b"__Host-gw-") {
+            ours = true;
+            continue;
         }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
     }
-    ours.then(|| (!kept.is_empty()).then(|| kept.join("; ")))
+    ours.then(|| (!kept.is_empty()).then_some(kept))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(Cookie::split_parse)
-        .filter_map(Result::ok)
+    cookie_pairs(headers)
+        .filter_map(|pair| Cookie::parse(std::str::from_utf8(pair).ok()?).ok())
         .find(|c| c.name() == name)
         .map(|c| c.value().to_string())
 }
@@ -1707,12 +1712,25 @@ mod tests {
         assert_eq!(upstream_cookie(&headers(&["theme=dark; lang=en"])), None);
         assert_eq!(
             upstream_cookie(&headers(&["theme=dark; __Host-gw-session=abc; lang=en"])),
-            Some(Some("theme=dark; lang=en".to_string()))
+            Some(Some(b"theme=dark; lang=en".to_vec()))
         );
         assert_eq!(
             upstream_cookie(&headers(&["__Host-gw-session=abc", "__Host-gw-login=x"])),
             Some(None)
         );
+        // A cookie that is not UTF-8 beside the session: the session is still removed (it
+        // reached the upstream before), the other cookie kept as it is.
+        let mut mixed = HeaderMap::new();
+        mixed.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"name=caf\xc3\xa9; __Host-gw-session=abc").unwrap(),
+        );
+        assert_eq!(
+            upstream_cookie(&mixed),
+            Some(Some(b"name=caf\xc3\xa9".to_vec()))
+        );
+        // ... and found: the browser is not sent to log in again and again.
+        assert_eq!(cookie_value(&mixed, SESSION_COOKIE).as_deref(), Some("abc"));
     }
 
     #[test]

@@ -135,8 +135,10 @@ pub fn map_claims(
         Some(Value::Number(n)) => n.to_string(),
         _ => return Err(AuthError::MissingClaim(mapping.subject.clone())),
     };
-    // The id travels in headers, logs and audit records: no control characters.
-    if id.chars().any(char::is_control) || id.len() > 256 {
+    // The id travels in headers, logs and audit records: no control characters, and no
+    // white space at its ends, which header parsers strip (" admin" would reach the upstream
+    // as `admin`, and " anonymous" pass the reserved-id check below as itself).
+    if id.chars().any(char::is_control) || id.trim() != id || id.len() > 256 {
         return Err(AuthError::InvalidClaim(mapping.subject.clone()));
     }
     if is_reserved_id(&id) {
@@ -279,6 +281,31 @@ mod tests {
         assert_eq!(
             map_claims(&c, &ClaimMapping::default(), "i", None, false).unwrap_err(),
             AuthError::MissingClaim("sub".into())
+        );
+    }
+
+    #[test]
+    fn subjects_with_white_space_at_their_ends_are_refused() {
+        for sub in [
+            " anonymous",
+            "apikey:ci ",
+            " admin",
+            "alice\u{a0}",
+            "\u{3000}bob",
+        ] {
+            let c = claims(json!({ "sub": sub }));
+            assert_eq!(
+                map_claims(&c, &ClaimMapping::default(), "i", None, false).unwrap_err(),
+                AuthError::InvalidClaim("sub".into()),
+                "{sub:?}"
+            );
+        }
+        let c = claims(json!({ "sub": "Alice Smith" }));
+        assert_eq!(
+            map_claims(&c, &ClaimMapping::default(), "i", None, false)
+                .unwrap()
+                .id,
+            "Alice Smith"
         );
     }
 

@@ -912,6 +912,7 @@ impl AuthzEngine {
             // The store's record adds what the token does not say: attributes the claims left
             // unset (never `tenant` or `platform`, which are the credential's), and its parents
             // (role records bring their ladder along).
+            let record = record.filter(|stored| record_applies(stored, tenant, *platform));
             if let Some(StoredEntity { entity, .. }) = record {
                 let (_, record_attrs, record_parents) = entity.clone().into_inner();
                 for (name, expr) in record_attrs {
@@ -1643,6 +1644,26 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether a stored `User` record is the principal's own. Principal ids are unique within a
+/// tenant only, so the record of `User::"alice"` describes the alice of the tenant it names:
+/// another tenant's alice (any tenant's issuer may mint that subject) gets none of its roles
+/// or attributes. A platform principal, acting in whichever tenant a request names, takes a
+/// record that says `platform: true`. A record that names no tenant applies to every tenant's
+/// principal of that id.
+fn record_applies(stored: &StoredEntity, tenant: &EntityUid, platform: bool) -> bool {
+    match &stored.tenant {
+        None => true,
+        Some(own) if own == tenant.id().unescaped() => true,
+        Some(_) => {
+            platform
+                && matches!(
+                    stored.entity.attr("platform"),
+                    Some(Ok(cedar_policy::EvalResult::Bool(true)))
+                )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1935,14 +1956,14 @@ mod tests {
             "@id(\"finance-deletes-projects\")\npermit (principal, action == Action::\"projects:delete\", resource)\n\
              when { principal is User && principal has department && principal.department == \"finance\" };\n",
         );
-        // The package keeps a record of alice: a department her token lacks, the editor role
-        // her token lacks, and a tenant and platform flag the credential's values override.
+        // The package keeps a record of acme's alice: a department her token lacks, the editor
+        // role her token lacks, and a platform flag the credential's value overrides.
         let path = dir.path().join("entities.json");
         let mut records: Vec<serde_json::Value> =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         records.push(serde_json::json!({
             "uid": {"type": "User", "id": "alice"},
-            "attrs": {"tenant": {"__entity": {"type": "Tenant", "id": "globex"}}, "platform": true, "department": "finance"},
+            "attrs": {"tenant": {"__entity": {"type": "Tenant", "id": "acme"}}, "platform": true, "department": "finance"},
             "parents": [{"type": "Role", "id": "editor"}],
         }));
         std::fs::write(&path, serde_json::to_vec(&records).unwrap()).unwrap();
@@ -1950,11 +1971,17 @@ mod tests {
         let alice = principal("alice", "acme", &["viewer"], false);
         let bob = principal("bob", "acme", &["viewer"], false);
         let tenant = pro_tenant("acme");
+        let globex = pro_tenant("globex");
         let facts = tuesday_ten_am_get();
         let ask = |p: &Principal, action: &str, resource_type: &str| {
+            let tenant = if p.tenant.as_deref() == Some("globex") {
+                &globex
+            } else {
+                &tenant
+            };
             let input = DecisionInput {
                 principal: p,
-                tenant: &tenant,
+                tenant,
                 tier_features: &[],
                 action,
                 resource_type,
@@ -1981,7 +2008,35 @@ mod tests {
             "editor from the record"
         );
         assert!(!ask(&bob, "projects:update", "Project"));
-        // The credential's tenant stays: alice acts in acme, not in the record's globex.
+        // Another tenant's alice (any tenant's issuer may mint that subject) is someone else:
+        // neither the department nor the role of acme's alice is hers.
+        let other_alice = principal("alice", "globex", &["viewer"], false);
+        assert!(!ask(&other_alice, "projects:delete", "Project"));
+        assert!(!ask(&other_alice, "projects:update", "Project"));
+        // ... unless she is a platform principal and the record one of a platform user (the
+        // guards let platform staff read only: the record shows in the entities Cedar sees).
+        let mut platform_alice = principal("alice", "globex", &["viewer"], false);
+        platform_alice.platform = true;
+        let seen_by_cedar = |p: &Principal| {
+            let input = DecisionInput {
+                principal: p,
+                tenant: &globex,
+                tier_features: &[],
+                action: "projects:read",
+                resource_type: "Project",
+                resource_id: "9",
+                resource_attributes: &[],
+                resource_record: ResourceRecord::NotCovered,
+                principal_record: engine.file_record("User", "alice"),
+                declared_facts: &[],
+                facts: &facts,
+            };
+            let (_, entities) = engine.evaluate(&input);
+            entities.unwrap().to_json_value().unwrap().to_string()
+        };
+        assert!(seen_by_cedar(&platform_alice).contains("\"department\":\"finance\""));
+        assert!(!seen_by_cedar(&other_alice).contains("finance"));
+        // The credential's platform flag stays: the record's `platform` is not acme alice's.
         assert!(matches!(
             engine.file_record("User", "alice"),
             ResourceRecord::Found(_)

@@ -36,6 +36,9 @@ use super::{
 /// Redis and the replicas need not agree).
 /// Returns: admitted (1/0), retry after (µs), index of the exhausted quota (0 = none), then per
 /// limit its theoretical arrival time minus now (µs), then per quota its count.
+/// The least time a connection to Redis may take to be made (see `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 const GCRA_SCRIPT: &str = r#"
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
@@ -131,7 +134,7 @@ impl ClusterLimiter {
         } else {
             Server::Cluster(Box::new(
                 ClusterClientBuilder::new(config.redis_cluster_nodes.iter().map(String::as_str))
-                    .connection_timeout(config.redis_timeout.max(Duration::from_millis(100)))
+                    .connection_timeout(config.redis_timeout.max(CONNECT_TIMEOUT))
                     .response_timeout(config.redis_timeout)
                     // Enough to follow a MOVED or ASK; a failing master is the fallback's
                     // case, not a reason to keep a request waiting.
@@ -182,7 +185,7 @@ impl ClusterLimiter {
         let conn = match &self.server {
             Server::One(client) => {
                 let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+                    .set_connection_timeout(Some(self.connect_timeout()))
                     .set_response_timeout(Some(self.timeout));
                 Connection::One(
                     client
@@ -194,6 +197,32 @@ impl ClusterLimiter {
         };
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// How long making a connection may take: TLS, AUTH and a cluster's slot map may need
+    /// longer than one command (`redis_timeout`). Only the first request, and then one probe
+    /// per retry interval while Redis is down, waits for it.
+    fn connect_timeout(&self) -> Duration {
+        self.timeout.max(CONNECT_TIMEOUT)
+    }
+
+    /// A connection (within [`Self::connect_timeout`]), then `command` on it within
+    /// `redis_timeout`. Connecting under the command's deadline would cut off, again and
+    /// again, a connection that takes longer to make than a command to answer.
+    async fn with_connection<T, F>(
+        &self,
+        command: impl FnOnce(Connection) -> F,
+    ) -> Result<T, LimiterError>
+    where
+        F: std::future::Future<Output = Result<T, LimiterError>>,
+    {
+        let connect = self.connect_timeout();
+        let conn = tokio::time::timeout(connect, self.connection())
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(connect)))?;
+        tokio::time::timeout(self.timeout, command(conn))
+            .await
+            .unwrap_or(Err(LimiterError::Timeout(self.timeout)))
     }
 
     /// One decision through Redis; an error means the fallback must decide.
@@ -216,9 +245,7 @@ impl ClusterLimiter {
                 return Err(LimiterError::Down);
             }
         }
-        let result = tokio::time::timeout(self.timeout, self.call(plan))
-            .await
-            .unwrap_or(Err(LimiterError::Timeout(self.timeout)));
+        let result = self.with_connection(|conn| self.call(conn, plan)).await;
         match &result {
             Ok(_) => {
                 if !self.up.swap(true, Ordering::AcqRel) {
@@ -246,8 +273,7 @@ impl ClusterLimiter {
         result
     }
 
-    async fn call(&self, plan: &LimitPlan) -> Result<Verdict, LimiterError> {
-        let mut conn = self.connection().await?;
+    async fn call(&self, mut conn: Connection, plan: &LimitPlan) -> Result<Verdict, LimiterError> {
         let tenants_own = plan.limits.iter().any(|l| !l.all_tenants) || !plan.quotas.is_empty();
         let split = self.is_cluster() && tenants_own && plan.limits.iter().any(|l| l.all_tenants);
         if !split {
@@ -285,8 +311,7 @@ impl ClusterLimiter {
         delta: i64,
         ttl: Duration,
     ) -> Result<i64, LimiterError> {
-        let call = async {
-            let mut conn = self.connection().await?;
+        let call = |mut conn: Connection| async move {
             let mut invocation = self.counter_script.prepare_invoke();
             invocation
                 .key(self.key(tenant, key, false))
@@ -298,9 +323,7 @@ impl ClusterLimiter {
             };
             Ok(value)
         };
-        let result = tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(LimiterError::Timeout(self.timeout)));
+        let result = self.with_connection(call).await;
         if let Err(LimiterError::Redis(e)) = &result {
             if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                 *self.connection.lock().await = None;
@@ -319,8 +342,7 @@ impl ClusterLimiter {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let call = async {
-            let mut conn = self.connection().await?;
+        let call = |mut conn: Connection| async move {
             let mut command = redis::cmd("MGET");
             for key in keys {
                 command.arg(self.key(tenant, key, false));
@@ -331,9 +353,7 @@ impl ClusterLimiter {
             };
             Ok(values)
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(LimiterError::Timeout(self.timeout)))
+        self.with_connection(call).await
     }
 
     /// Sets `key` of `tenant` if it does not exist (for `ttl`): `true` for the one caller,
@@ -344,8 +364,7 @@ impl ClusterLimiter {
         key: &str,
         ttl: Duration,
     ) -> Result<bool, LimiterError> {
-        let call = async {
-            let mut conn = self.connection().await?;
+        let call = |mut conn: Connection| async move {
             let mut command = redis::cmd("SET");
             command
                 .arg(self.key(tenant, key, false))
@@ -359,9 +378,7 @@ impl ClusterLimiter {
             };
             Ok(set.is_some())
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(LimiterError::Timeout(self.timeout)))
+        self.with_connection(call).await
     }
 
     /// The Redis key of a budget: in a cluster, hash-tagged with its tenant (or with the tag of
@@ -561,5 +578,60 @@ mod tests {
         assert_eq!(ok.retry_after, Duration::from_millis(500));
         let ok = verdict(&plan, &[1, 0, 0, i64::MAX, i64::MIN]).unwrap();
         assert_eq!(ok.exceeded, None);
+    }
+
+    /// A relay to the test Redis that holds each new connection's first reply back for
+    /// `greeting` (a far or busy server, TLS and AUTH), then relays at full speed.
+    async fn slow_to_greet(greeting: Duration) -> std::net::SocketAddr {
+        let redis = std::env::var("GATEWAY_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let target = redis
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    tokio::time::sleep(greeting).await;
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Making a connection takes longer than `redis_timeout` allows one command: it is made
+    /// all the same (under its own deadline), and decisions then go through Redis.
+    #[tokio::test]
+    async fn a_connection_slower_to_make_than_a_command_is_made() {
+        let relay = slow_to_greet(Duration::from_millis(150)).await;
+        let config: LimitsConfig = toml::from_str(&format!(
+            "backend = \"redis\"\nredis_url = \"redis://{relay}\"\nredis_timeout = \"50ms\"\n\
+             key_prefix = \"gwtest:connect:{}:{}\"",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .unwrap();
+        let limiter = ClusterLimiter::new(&config).unwrap();
+        let plan = LimitPlan {
+            tenant: "acme".into(),
+            limits: vec![Limit::new(Arc::from("tenant"), "t:acme".into(), 100.0, 100)],
+            quotas: Vec::new(),
+        };
+        let verdict = limiter.decide(&plan).await;
+        assert!(verdict.is_ok(), "{verdict:?}");
+        assert!(limiter.is_up());
+        assert!(limiter.decide(&plan).await.is_ok());
     }
 }

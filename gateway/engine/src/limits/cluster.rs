@@ -94,6 +94,34 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return value
 "#;
 
+/// As COUNTER_SCRIPT, once per attempt: KEYS[2] remembers the last attempt of this adder
+/// (ARGV[3]) and the sum it made; the same attempt again (its answer was lost) returns that sum
+/// without adding. ARGV[4]: the marker's time to live.
+const COUNTER_ONCE_SCRIPT: &str = r#"
+local last = redis.call('GET', KEYS[2])
+if last then
+  local space = string.find(last, ' ', 1, true)
+  if space and string.sub(last, 1, space - 1) == ARGV[3] then
+    return tonumber(string.sub(last, space + 1))
+  end
+end
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3] .. ' ' .. value, 'EX', ARGV[4])
+return value
+"#;
+
+/// What makes an addition to a counter happen once (see `add_to_counter`). An adder has one
+/// attempt per counter outstanding at a time: it retries a failed one, unchanged, before it
+/// adds anything else to that counter.
+#[derive(Debug, Clone, Copy)]
+pub struct AddOnce<'a> {
+    /// Who adds (one process's budgets): its last attempt is remembered per counter.
+    pub adder: &'a str,
+    /// This attempt (no space in it).
+    pub attempt: &'a str,
+}
+
 /// The Redis a limiter talks to.
 enum Server {
     One(Box<Client>),
@@ -117,6 +145,7 @@ pub struct ClusterLimiter {
     retry_interval: Duration,
     script: Script,
     counter_script: Script,
+    counter_once_script: Script,
     connection: Mutex<Option<Connection>>,
     /// Redis answered last time (or has not been tried yet).
     up: AtomicBool,
@@ -151,6 +180,7 @@ impl ClusterLimiter {
             retry_interval: config.redis_retry_interval,
             script: Script::new(GCRA_SCRIPT),
             counter_script: Script::new(COUNTER_SCRIPT),
+            counter_once_script: Script::new(COUNTER_ONCE_SCRIPT),
             connection: Mutex::new(None),
             up: AtomicBool::new(true),
             retry_at_us: AtomicU64::new(0),
@@ -303,20 +333,33 @@ impl ClusterLimiter {
 
     /// Adds `delta` to the counter `key` of `tenant` (kept `ttl` after its last change) and
     /// returns its new value: one atomic step, so concurrent replicas each see a distinct
-    /// range of values (spending budgets count this way).
+    /// range of values (spending budgets count this way). With `once`, an attempt made again
+    /// (its answer was lost: a timeout after Redis applied it) returns the value it made
+    /// instead of adding twice.
     pub async fn add_to_counter(
         &self,
         tenant: &str,
         key: &str,
         delta: i64,
         ttl: Duration,
+        once: Option<AddOnce<'_>>,
     ) -> Result<i64, LimiterError> {
         let call = |mut conn: Connection| async move {
-            let mut invocation = self.counter_script.prepare_invoke();
+            let ttl_secs = ttl.as_secs().max(1);
+            let mut invocation = match once {
+                None => self.counter_script.prepare_invoke(),
+                Some(_) => self.counter_once_script.prepare_invoke(),
+            };
             invocation
                 .key(self.key(tenant, key, false))
                 .arg(delta)
-                .arg(ttl.as_secs().max(1));
+                .arg(ttl_secs);
+            if let Some(once) = once {
+                invocation
+                    .key(self.key(tenant, &format!("{key}:last-add:{}", once.adder), false))
+                    .arg(once.attempt)
+                    .arg(ttl_secs);
+            }
             let value: i64 = match &mut conn {
                 Connection::One(c) => invocation.invoke_async(c).await?,
                 Connection::Cluster(c) => invocation.invoke_async(c).await?,
@@ -609,6 +652,48 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// An addition sent again because its answer was lost (Redis applied it, the reply came
+    /// after the timeout) is counted once; the next attempt, or another adder's, adds.
+    #[tokio::test]
+    async fn an_addition_sent_again_is_counted_once() {
+        let redis = std::env::var("GATEWAY_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let config: LimitsConfig = toml::from_str(&format!(
+            "backend = \"redis\"\nredis_url = \"{redis}\"\nredis_timeout = \"2s\"\n\
+             key_prefix = \"gwtest:once:{}:{}\"",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+        .unwrap();
+        let limiter = ClusterLimiter::new(&config).unwrap();
+        let add = |adder: &'static str, attempt: &'static str, delta: i64| {
+            let limiter = &limiter;
+            async move {
+                let once = AddOnce { adder, attempt };
+                limiter
+                    .add_to_counter(
+                        "acme",
+                        "budget:m",
+                        delta,
+                        Duration::from_secs(60),
+                        Some(once),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(add("replica-a", "1", 5).await, 5);
+        assert_eq!(add("replica-a", "1", 5).await, 5, "the same attempt again");
+        assert_eq!(add("replica-b", "1", 3).await, 8, "another replica's");
+        assert_eq!(add("replica-a", "2", 2).await, 10);
+        assert_eq!(add("replica-a", "2", 2).await, 10);
+        let plain = limiter
+            .add_to_counter("acme", "budget:m", 1, Duration::from_secs(60), None)
+            .await
+            .unwrap();
+        assert_eq!(plain, 11);
     }
 
     /// Making a connection takes longer than `redis_timeout` allows one command: it is made

@@ -974,9 +974,10 @@ impl Limiter {
         key: &str,
         delta: i64,
         ttl: std::time::Duration,
+        once: Option<cluster::AddOnce<'_>>,
     ) -> Result<i64, LimiterError> {
         match &self.cluster {
-            Some(cluster) => cluster.add_to_counter(tenant, key, delta, ttl).await,
+            Some(cluster) => cluster.add_to_counter(tenant, key, delta, ttl, once).await,
             None => Err(LimiterError::Down),
         }
     }

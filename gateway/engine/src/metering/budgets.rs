@@ -7,7 +7,9 @@
 //!   request waits for Redis and no thread is woken per request.
 //! - Thresholds (50/80/100 % by default) are announced once each, cluster-wide, as
 //!   `budget.threshold` webhooks: Redis's atomic add gives every flush a distinct range of
-//!   totals, and only the flush whose range contains a threshold announces it.
+//!   totals, and only the flush whose range contains a threshold announces it. An addition
+//!   whose answer is lost (a timeout after Redis applied it) is sent again as the same attempt,
+//!   which Redis answers with the total it made instead of adding twice.
 //! - A budget with `enforce = true` refuses the tenant's (or cost centre's) requests once it is
 //!   spent: `402 budget-exhausted` with the time it resets (the next month). A replica learns of
 //!   it from its own flush, so a budget may be overspent by up to one flush interval of traffic
@@ -21,6 +23,7 @@
 //!   the nearest; reports price the events exactly.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use serde_json::{Map, Value};
 
 use super::pricing::{PriceList, Tally};
 use super::UtcMonth as Month;
+use crate::limits::cluster::AddOnce;
 use crate::pipeline::Rejection;
 pub use crate::tenancy::budgets::BudgetSpec;
 use crate::tenancy::{Tenant, TenantSpec};
@@ -131,6 +135,13 @@ pub struct Budgets {
     currency: parking_lot::RwLock<Option<String>>,
     /// Per budget, month and hour (since the epoch).
     pending: parking_lot::Mutex<HashMap<(CounterKey, i64), Pending>>,
+    /// Month counter additions Redis did not confirm, with their attempt: retried unchanged
+    /// before anything else is added to that counter.
+    retries: parking_lot::Mutex<HashMap<CounterKey, (Pending, String)>>,
+    /// This process, as the adder Redis remembers each counter's last attempt of, and the
+    /// number of its next attempt.
+    adder: String,
+    attempts: AtomicU64,
     /// Enforced budgets found spent in their month (when they reset, and the total then).
     exhausted: parking_lot::RwLock<HashMap<CounterKey, Exhausted>>,
     /// Budgets this replica charged, with their month: the ones it forecasts.
@@ -147,6 +158,9 @@ impl Budgets {
             webhooks,
             currency: parking_lot::RwLock::new(None),
             pending: parking_lot::Mutex::new(HashMap::new()),
+            retries: parking_lot::Mutex::new(HashMap::new()),
+            adder: uuid::Uuid::new_v4().simple().to_string(),
+            attempts: AtomicU64::new(0),
             exhausted: parking_lot::RwLock::new(HashMap::new()),
             served: parking_lot::Mutex::new(HashMap::new()),
         }
@@ -255,7 +269,13 @@ impl Budgets {
             if hour != MONTH_ONLY {
                 let hourly = self
                     .limiter
-                    .add_to_counter(&key.tenant, &key.hourly_key(hour), spend.units, HOURLY_TTL)
+                    .add_to_counter(
+                        &key.tenant,
+                        &key.hourly_key(hour),
+                        spend.units,
+                        HOURLY_TTL,
+                        None,
+                    )
                     .await;
                 if let Err(error) = hourly {
                     tracing::debug!(%error, tenant = key.tenant, "hourly budget counter not updated");
@@ -268,30 +288,23 @@ impl Budgets {
                 }
             }
         }
-        for (key, spend) in months {
-            let result = self
-                .limiter
-                .add_to_counter(&key.tenant, &key.redis_key(), spend.units, COUNTER_TTL)
-                .await;
-            match result {
-                Ok(total) => {
-                    self.account(&key, &spend, total);
-                    self.served.lock().insert(
-                        key,
-                        (spend.tenant.clone(), spend.budget.clone(), spend.month),
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(%error, tenant = key.tenant, budget = key.budget, "budget spend not counted yet; retried at the next flush");
-                    let mut pending = self.pending.lock();
-                    // Kept for the month's counter only: its hours were counted above.
-                    match pending.get_mut(&(key.clone(), MONTH_ONLY)) {
-                        Some(newer) => newer.units += spend.units,
-                        None => {
-                            pending.insert((key, MONTH_ONLY), spend);
-                        }
+        // Each month counter: first the attempt that failed last time, as it was (Redis may
+        // have applied it and only its answer was lost: it must not add twice); new spend only
+        // once that went through, else it waits for the next flush.
+        let mut retries = std::mem::take(&mut *self.retries.lock());
+        let keys: Vec<CounterKey> = retries.keys().chain(months.keys()).cloned().collect();
+        for key in keys {
+            if let Some((spend, attempt)) = retries.remove(&key) {
+                if !self.add_to_month(&key, spend, attempt).await {
+                    if let Some(newer) = months.remove(&key) {
+                        self.keep_for_next_flush(key, newer);
                     }
+                    continue;
                 }
+            }
+            if let Some(spend) = months.remove(&key) {
+                let attempt = self.attempts.fetch_add(1, Ordering::Relaxed).to_string();
+                self.add_to_month(&key, spend, attempt).await;
             }
         }
         // Budgets of months gone by are no longer refused nor forecast.
@@ -302,6 +315,52 @@ impl Budgets {
         self.served
             .lock()
             .retain(|_, (_, _, month)| month.resets_at > now);
+    }
+
+    /// Adds `spend` to its month's counter once (`attempt` names the addition), then judges
+    /// thresholds and exhaustion on the total; on failure keeps it to retry as it is. True
+    /// when Redis took it.
+    async fn add_to_month(&self, key: &CounterKey, spend: Pending, attempt: String) -> bool {
+        let once = AddOnce {
+            adder: &self.adder,
+            attempt: &attempt,
+        };
+        let result = self
+            .limiter
+            .add_to_counter(
+                &key.tenant,
+                &key.redis_key(),
+                spend.units,
+                COUNTER_TTL,
+                Some(once),
+            )
+            .await;
+        match result {
+            Ok(total) => {
+                self.account(key, &spend, total);
+                self.served.lock().insert(
+                    key.clone(),
+                    (spend.tenant.clone(), spend.budget.clone(), spend.month),
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, tenant = key.tenant, budget = key.budget, "budget spend not counted yet; retried at the next flush");
+                self.retries.lock().insert(key.clone(), (spend, attempt));
+                false
+            }
+        }
+    }
+
+    /// Keeps spend for the month's counter only (its hours are counted) for the next flush.
+    fn keep_for_next_flush(&self, key: CounterKey, spend: Pending) {
+        let mut pending = self.pending.lock();
+        match pending.get_mut(&(key.clone(), MONTH_ONLY)) {
+            Some(newer) => newer.units += spend.units,
+            None => {
+                pending.insert((key, MONTH_ONLY), spend);
+            }
+        }
     }
 
     /// Forecasts the rest of the month of every budget this replica served and announces,

@@ -56,7 +56,7 @@ impl Reloader {
         let started = Instant::now();
         let mut errors = Vec::new();
         if let Some(file) = &self.tenants_file {
-            match registry::load_file(file, self.store.load().registry.known_tiers()) {
+            match registry::load_file(file, self.store.load().registry.tenant_rules()) {
                 Ok(reg) => {
                     if let Err(e) = self.store.replace_registry(reg, None) {
                         errors.push(e.to_string());

@@ -206,7 +206,7 @@ pub fn load_file_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, Sourc
     {
         Some(file) => crate::tenancy::registry::load_file(
             &loaded.resolve(file),
-            &crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys()),
+            &loaded.config.tenant_rules(),
         )
         .map_err(|e| e.or_on_field(&loaded.source, "tenancy.registry.file")),
         None => Ok(TenantRegistry::default()),
@@ -217,7 +217,7 @@ pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, Sour
     let Some(tenancy) = &loaded.config.tenancy else {
         return Ok(TenantRegistry::default());
     };
-    let tiers = crate::tenancy::model::KnownTiers::of(loaded.config.tiers.keys());
+    let tiers = loaded.config.tenant_rules();
     if let Some(file) = &tenancy.registry.file {
         return crate::tenancy::registry::load_file(&loaded.resolve(file), &tiers);
     }

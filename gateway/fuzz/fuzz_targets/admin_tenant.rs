@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
             let spec = spec.unwrap_or_else(|| panic!("409 for a body that is no tenant"));
             assert_eq!(spec.id, id);
             let snapshot = d.snapshot();
-            let tiers = snapshot.registry.known_tiers().clone();
+            let tiers = snapshot.registry.tenant_rules().clone();
             assert!(validate_tenant(&spec, &tiers).is_empty(), "{spec:?}");
             let json = serde_json::to_value(&spec).unwrap_or_else(|e| panic!("{e}"));
             let back: TenantSpec = serde_json::from_value(json.clone())

@@ -14,7 +14,7 @@
 use gateway::config::SourceText;
 use gateway::identity::Principal;
 use gateway::limits::Caller;
-use gateway::tenancy::model::{validate_tenant, KnownTiers, TenantSpec};
+use gateway::tenancy::model::{validate_tenant, TenantSpec};
 use gateway::tenancy::registry::load_source;
 use gateway_fuzz::{assert_located, deployment, fixture_dir};
 use libfuzzer_sys::fuzz_target;
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let d = deployment();
-    let tiers = KnownTiers::of(d.loaded.config.tiers.keys());
+    let tiers = d.loaded.config.tenant_rules();
     let source = SourceText::new(fixture_dir().join("tenants.toml"), text);
     let registry = match load_source(&source, &tiers) {
         Ok(r) => r,

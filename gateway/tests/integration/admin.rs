@@ -559,6 +559,11 @@ token_file = "admin.token"
             json!({"limits": {"daily_requests": 0}}),
             "limits.daily_requests",
         ),
+        // A quota of its own, without Redis to count it in (this gateway has no `[limits]`).
+        (
+            json!({"limits": {"monthly_requests": 1000}}),
+            "limits.monthly_requests",
+        ),
         (json!({"tier": "platinum"}), "tier"),
         (json!({"hosts": [long_host]}), "hosts[0]"),
         (json!({"hosts": ["bad_host.example"]}), "hosts[0]"),

@@ -79,6 +79,40 @@ fn malformed_configs_exit_2_naming_file_line_and_field() {
     }
 }
 
+/// A tenant's own quota with the in-process limiter (each replica would count it apart and a
+/// restart reset it) is refused, as a tier's is, naming the tenant and the field.
+#[test]
+fn a_tenant_quota_without_redis_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        "[[tenant]]\nid = \"acme\"\nlimits = { daily_requests = 1000 }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\
+         [tenancy]\nsources = [\"header\"]\nregistry = { file = \"tenants.toml\" }\n\
+         [limits]\nbackend = \"local\"\n\
+         [[upstream.pool]]\nname = \"a\"\npeers = [\"127.0.0.1:2\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tenants.toml:3")
+            && stderr.contains("limits.daily_requests")
+            && stderr.contains("backend = \"redis\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn missing_config_file_exits_2() {
     let out = Command::new(gateway_bin())

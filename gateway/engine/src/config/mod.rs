@@ -100,6 +100,17 @@ pub struct LoadedConfig {
     pub pool_peers: Vec<Vec<SocketAddr>>,
 }
 
+impl GatewayConfig {
+    /// What tenant definitions may say under this configuration (tiers, quotas).
+    pub fn tenant_rules(&self) -> crate::tenancy::model::TenantRules {
+        crate::tenancy::model::TenantRules::of(self.tiers.keys()).with_quotas(
+            self.limits
+                .as_ref()
+                .is_some_and(|l| l.backend == crate::limits::Backend::Redis),
+        )
+    }
+}
+
 impl LoadedConfig {
     /// A path from the config file, made absolute against the file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
@@ -228,7 +239,7 @@ pub fn load_source(source: SourceText) -> Result<LoadedConfig, SourceIssues> {
             &source,
             tenancy,
             config.identity.as_ref(),
-            &crate::tenancy::model::KnownTiers::of(config.tiers.keys()),
+            &config.tenant_rules(),
             &mut issues,
         );
     }

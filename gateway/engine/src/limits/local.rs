@@ -15,9 +15,9 @@
 //! cells; the algorithm itself is a few lines (one theoretical arrival time per cell), written
 //! here with checked arithmetic.
 //!
-//! Quotas kept here are counted in memory: the `local` backend counts only tenant overrides
-//! (configuration validation sends tier quotas to Redis), and the `local-share` fallback counts
-//! what this replica admitted since Redis last told the count.
+//! Quotas kept here are counted in memory: only the `local-share` fallback counts them, what
+//! this replica admitted since Redis last told the count (validation sends every quota, a
+//! tier's or a tenant's own, to Redis).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

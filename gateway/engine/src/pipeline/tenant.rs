@@ -302,7 +302,7 @@ pub fn validate(
     source: &crate::diagnostics::SourceText,
     tenancy: &TenancyConfig,
     identity: Option<&super::identify::IdentityConfig>,
-    tiers: &crate::tenancy::model::KnownTiers,
+    tiers: &crate::tenancy::model::TenantRules,
     issues: &mut Vec<crate::diagnostics::SourceIssue>,
 ) {
     if let Some(pattern) = &tenancy.host_pattern {

@@ -454,21 +454,46 @@ impl ClaimMapping {
     }
 }
 
-/// The tier names tenants may use: those of `[tiers]`. With no tiers configured a tier is a
-/// label only (nothing depends on it), so any valid name is accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KnownTiers(Option<Arc<BTreeSet<String>>>);
+/// What the configuration lets a tenant definition say: the tier names of `[tiers]` (with no
+/// tiers configured a tier is a label only, nothing depends on it, so any valid name is
+/// accepted), and whether it may set quotas of its own (they are counted in Redis, as a tier's:
+/// in-process, each replica would count apart and a restart reset them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRules {
+    tiers: Option<Arc<BTreeSet<String>>>,
+    quotas: bool,
+}
 
-impl KnownTiers {
-    /// Any tier (no `[tiers]` configured; registries built in code).
+impl Default for TenantRules {
+    fn default() -> Self {
+        TenantRules::any()
+    }
+}
+
+impl TenantRules {
+    /// Any tier, quotas too (no `[tiers]` configured; registries built in code).
     pub fn any() -> Self {
-        KnownTiers(None)
+        TenantRules {
+            tiers: None,
+            quotas: true,
+        }
     }
 
     /// Exactly `names`, or any tier when there are none.
     pub fn of<'a>(names: impl IntoIterator<Item = &'a String>) -> Self {
         let names: BTreeSet<String> = names.into_iter().cloned().collect();
-        KnownTiers((!names.is_empty()).then(|| Arc::new(names)))
+        TenantRules {
+            tiers: (!names.is_empty()).then(|| Arc::new(names)),
+            quotas: true,
+        }
+    }
+
+    /// The same, with quotas allowed only if `counted` (`[limits] backend = "redis"`).
+    pub fn with_quotas(self, counted: bool) -> Self {
+        TenantRules {
+            quotas: counted,
+            ..self
+        }
     }
 
     fn check(&self, tier: &str) -> Result<(), String> {
@@ -478,7 +503,7 @@ impl KnownTiers {
                 truncated(tier)
             ));
         }
-        match &self.0 {
+        match &self.tiers {
             Some(names) if !names.contains(tier) => Err(format!(
                 "unknown tier `{tier}` (configured: {})",
                 names
@@ -530,7 +555,7 @@ fn is_token(value: &str, extra: &[u8]) -> bool {
 
 /// Problems with one tenant or issuer definition, each with the field it concerns (relative to
 /// the definition, e.g. `issuers[0].algorithms`). `tiers`: the tier names it may use.
-pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, String)> {
+pub fn validate_tenant(spec: &TenantSpec, tiers: &TenantRules) -> Vec<(String, String)> {
     let mut issues = Vec::new();
     if !is_valid_tenant_id(&spec.id) {
         issues.push((
@@ -774,6 +799,13 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &KnownTiers) -> Vec<(String, St
     ] {
         if let Some(Err(message)) = quota.map(crate::tenancy::bounds::check_quota) {
             issues.push((format!("limits.{field}"), message));
+        } else if quota.is_some() && !tiers.quotas {
+            issues.push((
+                format!("limits.{field}"),
+                "a quota is counted in Redis, so that replicas share it and restarts do not \
+                 reset it: set `[limits] backend = \"redis\"` in the gateway's configuration"
+                    .to_string(),
+            ));
         }
     }
     issues
@@ -924,9 +956,9 @@ mod tests {
     }
 
     #[test]
-    fn tenants_are_bounded_and_on_known_tiers() {
-        let tiers = KnownTiers::of(&["free".to_string(), "pro".to_string()]);
-        let fields = |spec: &TenantSpec, tiers: &KnownTiers| -> Vec<String> {
+    fn tenants_are_bounded_and_on_tenant_rules() {
+        let tiers = TenantRules::of(&["free".to_string(), "pro".to_string()]);
+        let fields = |spec: &TenantSpec, tiers: &TenantRules| -> Vec<String> {
             validate_tenant(spec, tiers)
                 .into_iter()
                 .map(|(f, _)| f)
@@ -936,7 +968,7 @@ mod tests {
         assert!(fields(&spec, &tiers).is_empty());
         spec.tier = "platinum".into();
         assert_eq!(fields(&spec, &tiers), ["tier"]);
-        assert!(fields(&spec, &KnownTiers::any()).is_empty());
+        assert!(fields(&spec, &TenantRules::any()).is_empty());
         spec.tier = "pro".into();
         for rate in [1e-30, 5e-324, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e7] {
             spec.limits.requests_per_second = Some(rate);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::model::{validate_tenant, KnownTiers, TenantSpec};
+use super::model::{validate_tenant, TenantRules, TenantSpec};
 use super::registry::{RegistryError, TenantRegistry};
 use super::LiveRegistry;
 use crate::db::PostgresConfig;
@@ -74,7 +74,7 @@ pub async fn migrate(client: &Client, table: &str) -> Result<(), PgRegistryError
 fn parse_row(
     id: &str,
     doc: serde_json::Value,
-    tiers: &KnownTiers,
+    tiers: &TenantRules,
 ) -> Result<TenantSpec, PgRegistryError> {
     let spec: TenantSpec =
         serde_path_to_error::deserialize(doc).map_err(|e| PgRegistryError::Row {
@@ -106,7 +106,7 @@ fn count_refused() {
 pub async fn load_all(
     client: &Client,
     table: &str,
-    tiers: &KnownTiers,
+    tiers: &TenantRules,
 ) -> Result<TenantRegistry, PgRegistryError> {
     let rows = client
         .query(&format!("SELECT id, doc FROM {table}"), &[])
@@ -131,7 +131,7 @@ async fn load_some(
     client: &Client,
     table: &str,
     ids: &[String],
-    tiers: &KnownTiers,
+    tiers: &TenantRules,
 ) -> Result<Vec<(String, Option<TenantSpec>)>, PgRegistryError> {
     let rows = client
         .query(
@@ -165,7 +165,7 @@ async fn load_some(
 /// start).
 pub async fn initial_load(
     config: &PostgresConfig,
-    tiers: &KnownTiers,
+    tiers: &TenantRules,
 ) -> Result<TenantRegistry, PgRegistryError> {
     let client = db::connect_config(config, None).await?;
     if config.migrate {
@@ -212,7 +212,7 @@ async fn follow_once(
         .batch_execute(&format!("LISTEN {}", channel(&config.table)))
         .await?;
     // The tiers the registry loaded at start was checked against.
-    let tiers = store.current().known_tiers().clone();
+    let tiers = store.current().tenant_rules().clone();
     // Changes made while we were not listening: read everything once LISTEN is active. Changes
     // applied meanwhile (the admin API applies its writes at once) are newer than this read.
     let mark = store.write_mark();

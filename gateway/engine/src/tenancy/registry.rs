@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, KnownTiers, TenantSpec};
+use super::model::{validate_tenant, ApiKeySpec, IssuerConfig, TenantRules, TenantSpec};
 use crate::diagnostics::{SourceIssue, SourceIssues, SourceText};
 
 pub type Tenant = Arc<TenantSpec>;
@@ -35,7 +35,7 @@ pub struct TenantIssuer {
 #[derive(Debug, Default, Clone)]
 pub struct TenantRegistry {
     /// The tiers its tenants may be on; registries derived from this one keep them.
-    tiers: KnownTiers,
+    tiers: TenantRules,
     tenants: HashMap<Arc<str>, Tenant>,
     hosts: HashMap<Box<str>, Arc<str>>,
     api_keys: HashMap<[u8; 32], ApiKeyEntry>,
@@ -76,13 +76,13 @@ impl TenantRegistry {
     /// Builds a registry of tenants on any tier, refusing invalid tenants and conflicts
     /// (shared hosts or keys).
     pub fn build(specs: impl IntoIterator<Item = TenantSpec>) -> Result<Self, Vec<RegistryError>> {
-        Self::build_with(KnownTiers::any(), specs)
+        Self::build_with(TenantRules::any(), specs)
     }
 
     /// As [`build`](Self::build), refusing tenants on tiers other than `tiers`; the registry
     /// (and every one derived from it) keeps refusing them.
     pub fn build_with(
-        tiers: KnownTiers,
+        tiers: TenantRules,
         specs: impl IntoIterator<Item = TenantSpec>,
     ) -> Result<Self, Vec<RegistryError>> {
         let mut registry = TenantRegistry {
@@ -107,7 +107,7 @@ impl TenantRegistry {
     }
 
     /// The tiers tenants of this registry may be on.
-    pub fn known_tiers(&self) -> &KnownTiers {
+    pub fn tenant_rules(&self) -> &TenantRules {
         &self.tiers
     }
 
@@ -291,14 +291,14 @@ struct TenantsFile {
 
 /// Loads `tenants.toml` (`[[tenant]]` entries) of tenants on `tiers`; every problem names
 /// file, line and field.
-pub fn load_file(path: &Path, tiers: &KnownTiers) -> Result<TenantRegistry, SourceIssues> {
+pub fn load_file(path: &Path, tiers: &TenantRules) -> Result<TenantRegistry, SourceIssues> {
     let source = SourceText::read(path)?;
     load_source(&source, tiers)
 }
 
 pub fn load_source(
     source: &SourceText,
-    tiers: &KnownTiers,
+    tiers: &TenantRules,
 ) -> Result<TenantRegistry, SourceIssues> {
     let file: TenantsFile = source.deserialize()?;
     let mut issues: Vec<SourceIssue> = Vec::new();
@@ -432,16 +432,16 @@ mod tests {
         let text =
             "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"Bad Id\"\n\n[[tenant]]\nid = \"ok\"\n";
         let err =
-            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
+            load_source(&SourceText::new("tenants.toml", text), &TenantRules::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
         let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"ok\"\n";
         let err =
-            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
+            load_source(&SourceText::new("tenants.toml", text), &TenantRules::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].id");
         assert_eq!(err.0[0].location.line, Some(5));
         let text = "[[tenant]]\nid = \"ok\"\n\n[[tenant]]\nid = \"gold\"\ntier = \"gold\"\n";
-        let tiers = KnownTiers::of(&["free".to_string()]);
+        let tiers = TenantRules::of(&["free".to_string()]);
         let err = load_source(&SourceText::new("tenants.toml", text), &tiers).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[1].tier");
         assert_eq!(err.0[0].location.line, Some(6));
@@ -456,7 +456,7 @@ mod tests {
         assert!(registry.with_upsert(gold).is_err());
         let text = "[[tenant]]\nid = \"ok\"\ntier = 3\n";
         let err =
-            load_source(&SourceText::new("tenants.toml", text), &KnownTiers::any()).unwrap_err();
+            load_source(&SourceText::new("tenants.toml", text), &TenantRules::any()).unwrap_err();
         assert_eq!(err.0[0].field, "tenant[0].tier");
     }
 }

@@ -217,12 +217,12 @@ pub async fn load_registry(loaded: &LoadedConfig) -> Result<TenantRegistry, Sour
     let Some(tenancy) = &loaded.config.tenancy else {
         return Ok(TenantRegistry::default());
     };
-    let tiers = loaded.config.tenant_rules();
+    let rules = loaded.config.tenant_rules();
     if let Some(file) = &tenancy.registry.file {
-        return crate::tenancy::registry::load_file(&loaded.resolve(file), &tiers);
+        return crate::tenancy::registry::load_file(&loaded.resolve(file), &rules);
     }
     if let Some(pg) = &tenancy.registry.postgres {
-        return crate::tenancy::postgres::initial_load(pg, &tiers)
+        return crate::tenancy::postgres::initial_load(pg, &rules)
             .await
             .map_err(|e| {
                 SourceIssues(vec![SourceIssue {

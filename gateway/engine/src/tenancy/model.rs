@@ -554,8 +554,8 @@ fn is_token(value: &str, extra: &[u8]) -> bool {
 }
 
 /// Problems with one tenant or issuer definition, each with the field it concerns (relative to
-/// the definition, e.g. `issuers[0].algorithms`). `tiers`: the tier names it may use.
-pub fn validate_tenant(spec: &TenantSpec, tiers: &TenantRules) -> Vec<(String, String)> {
+/// the definition, e.g. `issuers[0].algorithms`). `rules`: what the configuration lets it say.
+pub fn validate_tenant(spec: &TenantSpec, rules: &TenantRules) -> Vec<(String, String)> {
     let mut issues = Vec::new();
     if !is_valid_tenant_id(&spec.id) {
         issues.push((
@@ -566,7 +566,7 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &TenantRules) -> Vec<(String, S
             ),
         ));
     }
-    if let Err(message) = tiers.check(&spec.tier) {
+    if let Err(message) = rules.check(&spec.tier) {
         issues.push(("tier".to_string(), message));
     }
     issues.extend(super::budgets::validate(&spec.budgets));
@@ -799,7 +799,7 @@ pub fn validate_tenant(spec: &TenantSpec, tiers: &TenantRules) -> Vec<(String, S
     ] {
         if let Some(Err(message)) = quota.map(crate::tenancy::bounds::check_quota) {
             issues.push((format!("limits.{field}"), message));
-        } else if quota.is_some() && !tiers.quotas {
+        } else if quota.is_some() && !rules.quotas {
             issues.push((
                 format!("limits.{field}"),
                 "a quota is counted in Redis, so that replicas share it and restarts do not \

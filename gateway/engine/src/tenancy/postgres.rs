@@ -4,9 +4,9 @@
 //! applies the changes it is notified of, without a restart. After a lost connection it reads
 //! the whole table again, so a change made while it was away is never missed.
 //!
-//! Each row is validated as a tenant of the configured tiers on its own: a row that is not a
-//! valid tenant (unparseable, an unknown tier, limits or host names out of bounds) is refused
-//! with a log line naming the tenant and the field and counted in
+//! Each row is validated on its own against the configuration's tenant rules: a row that is not
+//! a valid tenant (unparseable, an unknown tier, limits or host names out of bounds, a quota
+//! without Redis) is refused with a log line naming the tenant and the field and counted in
 //! `gateway_registry_refused_tenants_total`; every other tenant is served.
 
 use std::collections::HashSet;
@@ -74,7 +74,7 @@ pub async fn migrate(client: &Client, table: &str) -> Result<(), PgRegistryError
 fn parse_row(
     id: &str,
     doc: serde_json::Value,
-    tiers: &TenantRules,
+    rules: &TenantRules,
 ) -> Result<TenantSpec, PgRegistryError> {
     let spec: TenantSpec =
         serde_path_to_error::deserialize(doc).map_err(|e| PgRegistryError::Row {
@@ -87,7 +87,7 @@ fn parse_row(
             message: format!("doc.id is `{}`", spec.id),
         });
     }
-    if let Some((field, message)) = validate_tenant(&spec, tiers).into_iter().next() {
+    if let Some((field, message)) = validate_tenant(&spec, rules).into_iter().next() {
         return Err(PgRegistryError::Invalid(RegistryError::Invalid {
             tenant: spec.id,
             field,
@@ -102,11 +102,11 @@ fn count_refused() {
     metrics::counter!(crate::telemetry::REGISTRY_REFUSED_TENANTS_TOTAL).increment(1);
 }
 
-/// Reads every tenant of the table into a registry of tenants on `tiers`.
+/// Reads every tenant of the table into a registry of tenants that keep `rules`.
 pub async fn load_all(
     client: &Client,
     table: &str,
-    tiers: &TenantRules,
+    rules: &TenantRules,
 ) -> Result<TenantRegistry, PgRegistryError> {
     let rows = client
         .query(&format!("SELECT id, doc FROM {table}"), &[])
@@ -114,7 +114,7 @@ pub async fn load_all(
     let mut specs = Vec::with_capacity(rows.len());
     for row in rows {
         let id: String = row.get(0);
-        match parse_row(&id, row.get(1), tiers) {
+        match parse_row(&id, row.get(1), rules) {
             Ok(spec) => specs.push(spec),
             // A bad row is reported and skipped; it must not keep every other tenant out.
             Err(e) => {
@@ -123,7 +123,7 @@ pub async fn load_all(
             }
         }
     }
-    TenantRegistry::build_with(tiers.clone(), specs).map_err(PgRegistryError::Registry)
+    TenantRegistry::build_with(rules.clone(), specs).map_err(PgRegistryError::Registry)
 }
 
 /// Reads the tenants named in `ids`: `Some` for present rows, `None` for deleted ones.
@@ -131,7 +131,7 @@ async fn load_some(
     client: &Client,
     table: &str,
     ids: &[String],
-    tiers: &TenantRules,
+    rules: &TenantRules,
 ) -> Result<Vec<(String, Option<TenantSpec>)>, PgRegistryError> {
     let rows = client
         .query(
@@ -143,7 +143,7 @@ async fn load_some(
     let mut invalid = HashSet::new();
     for row in rows {
         let id: String = row.get(0);
-        match parse_row(&id, row.get(1), tiers) {
+        match parse_row(&id, row.get(1), rules) {
             Ok(spec) => {
                 found.insert(id, spec);
             }
@@ -161,17 +161,17 @@ async fn load_some(
         .collect())
 }
 
-/// Connects, migrates if configured, and reads the whole table of tenants on `tiers` (used at
+/// Connects, migrates if configured, and reads the whole table of tenants that keep `rules` (used at
 /// start).
 pub async fn initial_load(
     config: &PostgresConfig,
-    tiers: &TenantRules,
+    rules: &TenantRules,
 ) -> Result<TenantRegistry, PgRegistryError> {
     let client = db::connect_config(config, None).await?;
     if config.migrate {
         migrate(&client, &config.table).await?;
     }
-    load_all(&client, &config.table, tiers).await
+    load_all(&client, &config.table, rules).await
 }
 
 /// Follows the table: applies every notified change to the snapshot until shutdown, reconnecting
@@ -211,12 +211,12 @@ async fn follow_once(
     client
         .batch_execute(&format!("LISTEN {}", channel(&config.table)))
         .await?;
-    // The tiers the registry loaded at start was checked against.
-    let tiers = store.current().tenant_rules().clone();
+    // The rules the registry loaded at start was checked against.
+    let rules = store.current().tenant_rules().clone();
     // Changes made while we were not listening: read everything once LISTEN is active. Changes
     // applied meanwhile (the admin API applies its writes at once) are newer than this read.
     let mark = store.write_mark();
-    let registry = load_all(&client, &config.table, &tiers).await?;
+    let registry = load_all(&client, &config.table, &rules).await?;
     let count = registry.len();
     match store.replace(registry, mark) {
         Ok(()) => tracing::info!(
@@ -232,7 +232,7 @@ async fn follow_once(
             ids.insert(more.payload().to_string());
         }
         let ids: Vec<String> = ids.into_iter().collect();
-        let changes = load_some(&client, &config.table, &ids, &tiers).await?;
+        let changes = load_some(&client, &config.table, &ids, &rules).await?;
         match store.apply(changes) {
             Ok(applied) => {
                 metrics::counter!(crate::telemetry::REGISTRY_CHANGES_TOTAL)

@@ -34,8 +34,8 @@ pub struct TenantIssuer {
 
 #[derive(Debug, Default, Clone)]
 pub struct TenantRegistry {
-    /// The tiers its tenants may be on; registries derived from this one keep them.
-    tiers: TenantRules,
+    /// What its tenants may say (tiers, quotas); registries derived from this one keep it.
+    rules: TenantRules,
     tenants: HashMap<Arc<str>, Tenant>,
     hosts: HashMap<Box<str>, Arc<str>>,
     api_keys: HashMap<[u8; 32], ApiKeyEntry>,
@@ -79,14 +79,14 @@ impl TenantRegistry {
         Self::build_with(TenantRules::any(), specs)
     }
 
-    /// As [`build`](Self::build), refusing tenants on tiers other than `tiers`; the registry
+    /// As [`build`](Self::build), refusing tenants that break `rules`; the registry
     /// (and every one derived from it) keeps refusing them.
     pub fn build_with(
-        tiers: TenantRules,
+        rules: TenantRules,
         specs: impl IntoIterator<Item = TenantSpec>,
     ) -> Result<Self, Vec<RegistryError>> {
         let mut registry = TenantRegistry {
-            tiers,
+            rules,
             ..TenantRegistry::default()
         };
         let mut errors = Vec::new();
@@ -106,14 +106,14 @@ impl TenantRegistry {
         self.tenants.len()
     }
 
-    /// The tiers tenants of this registry may be on.
+    /// What tenants of this registry may say (tiers, quotas).
     pub fn tenant_rules(&self) -> &TenantRules {
-        &self.tiers
+        &self.rules
     }
 
     /// Problems of `spec` as a tenant of this registry (by itself, without conflicts).
     pub fn validate(&self, spec: &TenantSpec) -> Vec<(String, String)> {
-        validate_tenant(spec, &self.tiers)
+        validate_tenant(spec, &self.rules)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,7 +166,7 @@ impl TenantRegistry {
     }
 
     fn insert(&mut self, spec: TenantSpec) -> Result<(), RegistryError> {
-        if let Some((field, message)) = validate_tenant(&spec, &self.tiers).into_iter().next() {
+        if let Some((field, message)) = validate_tenant(&spec, &self.rules).into_iter().next() {
             return Err(RegistryError::Invalid {
                 tenant: spec.id.clone(),
                 field,
@@ -289,21 +289,21 @@ struct TenantsFile {
     tenant: Vec<TenantSpec>,
 }
 
-/// Loads `tenants.toml` (`[[tenant]]` entries) of tenants on `tiers`; every problem names
+/// Loads `tenants.toml` (`[[tenant]]` entries) of tenants that keep `rules`; every problem names
 /// file, line and field.
-pub fn load_file(path: &Path, tiers: &TenantRules) -> Result<TenantRegistry, SourceIssues> {
+pub fn load_file(path: &Path, rules: &TenantRules) -> Result<TenantRegistry, SourceIssues> {
     let source = SourceText::read(path)?;
-    load_source(&source, tiers)
+    load_source(&source, rules)
 }
 
 pub fn load_source(
     source: &SourceText,
-    tiers: &TenantRules,
+    rules: &TenantRules,
 ) -> Result<TenantRegistry, SourceIssues> {
     let file: TenantsFile = source.deserialize()?;
     let mut issues: Vec<SourceIssue> = Vec::new();
     for (i, spec) in file.tenant.iter().enumerate() {
-        for (field, message) in validate_tenant(spec, tiers) {
+        for (field, message) in validate_tenant(spec, rules) {
             issues.push(source.issue(format!("tenant[{i}].{field}"), message));
         }
     }
@@ -311,7 +311,7 @@ pub fn load_source(
         return Err(SourceIssues(issues));
     }
     let ids: Vec<String> = file.tenant.iter().map(|t| t.id.clone()).collect();
-    TenantRegistry::build_with(tiers.clone(), file.tenant).map_err(|errors| {
+    TenantRegistry::build_with(rules.clone(), file.tenant).map_err(|errors| {
         SourceIssues(
             errors
                 .into_iter()

@@ -199,8 +199,10 @@ fn latest_decisions(dir: &Path, n: usize) -> std::io::Result<Vec<Decision>> {
     Ok(found)
 }
 
+/// `text` escaped for the page: in element text and in double-quoted attribute values alike
+/// (`data-tenant="…"`, `aria-label="…"`), so quotes are escaped too.
 fn esc(text: &str) -> String {
-    html_escape::encode_text(text).into_owned()
+    html_escape::encode_double_quoted_attribute(text).into_owned()
 }
 
 /// A cost exactly as the usage report prints it (so the two can be compared).
@@ -558,6 +560,15 @@ pub fn session_value(token_sha256: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_escaped_for_text_and_attributes() {
+        assert_eq!(
+            esc(r#"a"b<c>&d"#),
+            "a&quot;b&lt;c&gt;&amp;d",
+            "safe inside data-tenant=\"…\""
+        );
+    }
 
     #[test]
     fn charts_are_svg_with_escaped_labels() {

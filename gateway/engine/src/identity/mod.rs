@@ -431,7 +431,10 @@ fn raw_header(token: &str) -> Result<RawHeader, AuthError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment.trim_end_matches('='))
         .map_err(|_| AuthError::MalformedToken)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::MalformedToken)
+    // UTF-8 first (RFC 7515 §4): serde skips a member it does not read without checking its
+    // text, so a header with invalid UTF-8 in such a member would otherwise be read.
+    let text = std::str::from_utf8(&bytes).map_err(|_| AuthError::MalformedToken)?;
+    serde_json::from_str(text).map_err(|_| AuthError::MalformedToken)
 }
 
 /// Claims every token must carry, in the order a missing one is reported.
@@ -726,5 +729,21 @@ mod tests {
         let body = b64.encode(claims(serde_json::json!({})).to_string());
         let refused = verify_token(&format!("{header}.{body}.")).unwrap_err();
         assert_eq!(refused, AuthError::AlgNone);
+    }
+
+    /// Found by fuzzing: a header with invalid UTF-8 in a member the gateway does not read was
+    /// read all the same (and its `alg` acted on). It is not JSON text: malformed.
+    #[test]
+    fn a_header_that_is_not_utf8_is_malformed() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let body = b64.encode(claims(serde_json::json!({})).to_string());
+        for header in [
+            &b"{\"x\":\"HS\xff\xff\",\"alg\":\"none\"}"[..],
+            b"{\"x\":\"\xc3\",\"alg\":\"HS256\"}",
+        ] {
+            let refused = verify_token(&format!("{}.{body}.c2ln", b64.encode(header))).unwrap_err();
+            assert_eq!(refused, AuthError::MalformedToken, "{header:?}");
+        }
     }
 }

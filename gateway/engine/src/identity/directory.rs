@@ -1067,14 +1067,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
 mod tests {
     use super::*;
 
-    /// Two replicas' directories on one PostgreSQL table, neither following the other's
-    /// notifications: the window between a write on one and its NOTIFY on the other.
-    #[tokio::test]
-    async fn a_principal_listed_on_another_replica_is_deactivated_not_duplicated() {
+    /// The test database's settings for a directory table of its own (`<prefix>_<pid>_<n>`).
+    fn pg_table(prefix: &str) -> (crate::db::PostgresConfig, String) {
         let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
             "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
         });
-        let table = format!("dir_race_{}_{}", std::process::id(), rand::random::<u32>());
+        let table = format!("{prefix}_{}_{}", std::process::id(), rand::random::<u32>());
         let config = crate::db::PostgresConfig {
             url: Some(url),
             url_env: None,
@@ -1082,6 +1080,25 @@ mod tests {
             migrate: true,
             ca_file: None,
         };
+        (config, table)
+    }
+
+    async fn drop_pg_table(config: &crate::db::PostgresConfig, table: &str) {
+        let client = crate::db::connect_config(config, None).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}, {table}_groups CASCADE; \
+                 DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Two replicas' directories on one PostgreSQL table, neither following the other's
+    /// notifications: the window between a write on one and its NOTIFY on the other.
+    #[tokio::test]
+    async fn a_principal_listed_on_another_replica_is_deactivated_not_duplicated() {
+        let (config, table) = pg_table("dir_race");
         let first = Directory::open_postgres(config.clone(), table.clone())
             .await
             .unwrap();
@@ -1106,14 +1123,7 @@ mod tests {
         // Unknown everywhere: still created, as before.
         assert!(second.set_active("acme", "bob", false).await.is_ok());
 
-        let client = crate::db::connect_config(&config, None).await.unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}, {table}_groups CASCADE; \
-                 DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
-            ))
-            .await
-            .unwrap();
+        drop_pg_table(&config, &table).await;
     }
 
     /// A replica following its own table's notices while the admin API switches a principal
@@ -1123,21 +1133,7 @@ mod tests {
     /// hardly opens; before the fix this undid the activation 6–14 times in 60 rounds).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_late_change_notice_does_not_undo_a_later_write() {
-        let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
-            "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
-        });
-        let table = format!(
-            "dir_notice_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let config = crate::db::PostgresConfig {
-            url: Some(url),
-            url_env: None,
-            table: table.clone(),
-            migrate: true,
-            ca_file: None,
-        };
+        let (config, table) = pg_table("dir_notice");
         let directory = Arc::new(
             Directory::open_postgres(config.clone(), table.clone())
                 .await
@@ -1171,14 +1167,7 @@ mod tests {
 
         stop.send(true).unwrap();
         follower.await.unwrap();
-        let client = crate::db::connect_config(&config, None).await.unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table}, {table}_groups CASCADE; \
-                 DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
-            ))
-            .await
-            .unwrap();
+        drop_pg_table(&config, &table).await;
     }
 
     fn user(id: &str, name: &str, active: bool) -> DirectoryUser {

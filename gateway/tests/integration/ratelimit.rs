@@ -167,6 +167,27 @@ async fn local_limiter_admits_within_the_gcra_bound() {
     assert_eq!(get(gw.addr, "bigco").await.status, 200);
 }
 
+/// Without `[tiers]` and without any `[[limits.rule]]`, a tenant's own limit in the registry
+/// still applies (it did only when some rule existed), and a tenant without one has no limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_own_limit_applies_without_tiers_or_rules() {
+    let up = upstream("app").await;
+    let config = config_for(&[up.addr], tenancy());
+    let tenants = r#"
+[[tenant]]
+id = "acme"
+limits = { requests_per_second = 0.001, burst = 3 }
+
+[[tenant]]
+id = "bigco"
+"#;
+    let gw = TestGateway::start(&config, &[("tenants.toml", tenants.as_bytes())]);
+    let statuses = burst(&[gw.addr], "acme", 6, 1).await;
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429, 429], "{}", gw.log());
+    let statuses = burst(&[gw.addr], "bigco", 20, 4).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
 fn redis_limits(url: &str, prefix: &str, extra: &str) -> String {
     format!(
         "\n[limits]\nbackend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n{extra}\n"

@@ -466,7 +466,8 @@ async fn run_stages_in_order(
             admitted.budget_prices = snapshot.prices.clone();
         }
     }
-    if services.limiter.decides_anything() {
+    // A tenant's own limits apply without any tier or rule configured.
+    if services.limiter.decides_anything() || !admitted.tenant_spec().limits.is_empty() {
         let tenant = admitted.tenant_spec();
         let action = admitted
             .authorized

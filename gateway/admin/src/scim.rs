@@ -419,7 +419,7 @@ fn user_from_map(
         created: created.clone(),
         last_modified: if version == 1 { created } else { now() },
         version,
-        sessions_not_before: None,
+        sessions: Default::default(),
     })
 }
 
@@ -478,8 +478,8 @@ async fn save_changed(
     before: &DirectoryUser,
     mut user: DirectoryUser,
 ) -> AdminResponse {
-    // Not a SCIM attribute: a replacement keeps the sessions the identity provider ended ended.
-    user.sessions_not_before = before.sessions_not_before;
+    // Not a SCIM attribute: a replacement keeps ended sessions ended.
+    user.sessions = before.sessions.clone();
     match directory.save(tenant, user).await {
         Ok(user) => {
             if before.active != user.active {

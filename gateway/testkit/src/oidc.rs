@@ -480,6 +480,8 @@ impl HttpFlow {
                     // the "Continue" button: nothing to add
                 } else if mode == Mode::Logout && f.id.as_deref() == Some("op.logoutForm") {
                     fields.push(("logout".into(), "yes".into()));
+                } else if mode == Mode::Logout && f.id.as_deref() == Some("gateway.logoutForm") {
+                    // the gateway's "Sign out" button: nothing to add
                 } else if !body.contains("document.forms[0].submit()") {
                     return None;
                 }

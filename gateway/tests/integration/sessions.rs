@@ -413,6 +413,33 @@ async fn browser_login_is_the_same_principal_as_a_bearer_token() {
         )
         .await;
     assert_eq!(page.status, 200, "{page:?}\n{}", gw.log());
+    // Another site cannot sign the person out: a GET only shows the button, a POST from
+    // another origin (or marked cross-site by the browser) is refused.
+    let copied = flow.cookies(&gw.url("/")).unwrap_or_default();
+    assert!(copied.contains("__Host-gw-session="), "{copied}");
+    let page = flow
+        .client
+        .get(gw.url("/.gateway/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("gateway.logoutForm"));
+    for (name, value) in [
+        ("origin", "https://elsewhere.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let forged = flow
+            .client
+            .post(gw.url("/.gateway/logout"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403, "{name}: {value}");
+    }
+    let (status, body) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects/42")).await;
+    assert_eq!(status, 200, "{body}");
     let gone = flow.logout(&gw.url("/.gateway/logout")).await;
     assert_eq!(gone.url, gw.url("/.gateway/logged-out"), "{gone:?}");
     assert!(gone.body.contains("signed out"), "{}", gone.body);
@@ -423,6 +450,26 @@ async fn browser_login_is_the_same_principal_as_a_bearer_token() {
         .contains("__Host-gw-session="));
     let (status, _) = status_with(&flow, reqwest::Method::GET, &gw.url("/projects")).await;
     assert_eq!(status, 400);
+    // The logout ended the session itself: a copy of its cookie is refused.
+    let replayed = client()
+        .get(gw.url("/projects/42"))
+        .header("cookie", &copied)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let status = replayed.status();
+    let body = replayed.text().await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    // The problem document says only "unauthenticated"; the log says why.
+    let request_id = body.split("\"request_id\":\"").nth(1).unwrap_or("-");
+    let request_id = request_id.split('"').next().unwrap_or("-");
+    let log = gw.settled_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(request_id) && l.contains("reason=\"session-ended\"")),
+        "{body}\n{log}"
+    );
 }
 
 /// How long until every replica answers `want` to the session on `GET /projects/42`.

@@ -41,10 +41,52 @@ pub struct DirectoryUser {
     pub last_modified: String,
     /// Incremented on every change (the SCIM `meta.version` ETag).
     pub version: u64,
-    /// Browser sessions of this user that began before this moment (ms since the epoch) are
-    /// over: the identity provider logged the user out (back-channel logout).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sessions_not_before: Option<u64>,
+    /// The user's browser sessions that are over before their time.
+    #[serde(flatten)]
+    pub sessions: EndedSessions,
+}
+
+/// A user's browser sessions that are over before their time. Not SCIM attributes: a SCIM
+/// replacement of the user keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndedSessions {
+    /// Sessions that began before this moment (ms since the epoch) are over: the identity
+    /// provider logged the user out (back-channel logout).
+    #[serde(
+        default,
+        rename = "sessions_not_before",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_before: Option<u64>,
+    /// Single sessions the user logged out of, each kept until its own end (a copy of the
+    /// cookie must not outlive the logout).
+    #[serde(
+        default,
+        rename = "logged_out_sessions",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub logged_out: Vec<LoggedOutSession>,
+}
+
+/// One browser session ended by its logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedOutSession {
+    /// When the session began (ms since the epoch): with the principal, what names it.
+    pub login: u64,
+    /// When it would have ended by itself (ms): forgotten after that.
+    pub end: u64,
+}
+
+impl EndedSessions {
+    /// Whether the session of this user that began at `login` (ms) is over.
+    pub fn ends(&self, login: u64) -> bool {
+        self.not_before.is_some_and(|floor| login <= floor)
+            || self.logged_out.iter().any(|s| s.login == login)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.not_before.is_none() && self.logged_out.is_empty()
+    }
 }
 
 impl DirectoryUser {
@@ -59,7 +101,7 @@ impl DirectoryUser {
             created: now.clone(),
             last_modified: now,
             version: 1,
-            sessions_not_before: None,
+            sessions: EndedSessions::default(),
         }
     }
 }
@@ -121,9 +163,9 @@ struct DirectoryState {
     /// Derived: `tenant \0 principal` → the display names of the principal's groups.
     #[serde(skip)]
     group_names: HashMap<String, Vec<String>>,
-    /// Derived: `tenant \0 principal` → `sessions_not_before` of the principal's user.
+    /// Derived: `tenant \0 principal` → the principal's ended sessions, for users with any.
     #[serde(skip)]
-    session_floors: HashMap<String, u64>,
+    ended_sessions: HashMap<String, EndedSessions>,
 }
 
 impl DirectoryState {
@@ -135,7 +177,7 @@ impl DirectoryState {
             groups: self.groups.clone(),
             refused: HashSet::new(),
             group_names: HashMap::new(),
-            session_floors: HashMap::new(),
+            ended_sessions: HashMap::new(),
         }
     }
 
@@ -149,7 +191,7 @@ impl DirectoryState {
                 for user in group.members.iter().filter_map(|id| users.get(id)) {
                     let names = std::iter::once(&user.user_name).chain(user.external_id.as_ref());
                     for name in names {
-                        let entry = group_names.entry(key(tenant, name)).or_default();
+                        let entry = group_names.entry(grant_key(tenant, name)).or_default();
                         if !entry.contains(&group.display_name) {
                             entry.push(group.display_name.clone());
                         }
@@ -158,18 +200,16 @@ impl DirectoryState {
             }
         }
         self.group_names = group_names;
-        let mut session_floors = HashMap::new();
+        let mut ended_sessions = HashMap::new();
         for (tenant, users) in &self.users {
-            for user in users.values() {
-                if let Some(floor) = user.sessions_not_before {
-                    session_floors.insert(key(tenant, &user.user_name), floor);
-                    if let Some(external) = &user.external_id {
-                        session_floors.insert(key(tenant, external), floor);
-                    }
+            for user in users.values().filter(|u| !u.sessions.is_empty()) {
+                ended_sessions.insert(key(tenant, &user.user_name), user.sessions.clone());
+                if let Some(external) = &user.external_id {
+                    ended_sessions.insert(key(tenant, external), user.sessions.clone());
                 }
             }
         }
-        self.session_floors = session_floors;
+        self.ended_sessions = ended_sessions;
         let mut refused = self.deleted.clone();
         for (tenant, users) in &self.users {
             for user in users.values().filter(|u| !u.active) {
@@ -184,10 +224,36 @@ impl DirectoryState {
     }
 }
 
-/// `tenant \0 principal`, the principal lower-cased: SCIM user names are case-insensitive, so
-/// `Alice` deactivated refuses a token whose `sub` is `alice` (refusing errs on the safe side).
+/// `tenant \0 principal`, the principal lower-cased as Unicode does it, for what takes from a
+/// principal (refusals, ended sessions): SCIM user names are case-insensitive, so `Alice`
+/// deactivated refuses a token whose `sub` is `alice`. Unicode folds more names together than
+/// the directory's ASCII uniqueness (`\u{212A}ate`, KELVIN SIGN, folds to `kate`), which here
+/// errs on the safe side; the file store's tombstones are kept in this form.
 fn key(tenant: &str, principal: &str) -> String {
     format!("{tenant}\u{0}{}", principal.to_lowercase())
+}
+
+/// `tenant \0 principal`, ASCII lower-cased, for what gives a principal something (its groups'
+/// roles): exactly the folding of the directory's name uniqueness, so a name the directory
+/// holds apart from a user's (`\u{212A}ate` from `kate`) never takes that user's roles.
+fn grant_key(tenant: &str, principal: &str) -> String {
+    format!("{tenant}\u{0}{}", principal.to_ascii_lowercase())
+}
+
+/// Replaces the file store's document with `state` atomically.
+async fn write_file(path: &std::path::Path, state: &DirectoryState) -> Result<(), DirectoryError> {
+    let bytes =
+        serde_json::to_vec_pretty(state).map_err(|e| DirectoryError::Store(e.to_string()))?;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::durable::write_atomically(&path, &bytes)
+    })
+    .await
+    .map_err(|e| DirectoryError::Store(e.to_string()))?
+    .map_err(|e| DirectoryError::Store(e.to_string()))
 }
 
 /// Where the directory is kept.
@@ -331,6 +397,15 @@ impl Directory {
         user: DirectoryUser,
     ) -> Result<DirectoryUser, DirectoryError> {
         let _writing = self.writing.lock().await;
+        self.save_writing(tenant, user).await
+    }
+
+    /// [`Directory::save`], the caller holding the write lock.
+    async fn save_writing(
+        &self,
+        tenant: &str,
+        user: DirectoryUser,
+    ) -> Result<DirectoryUser, DirectoryError> {
         let current = self.state.load();
         let taken = current.users.get(tenant).is_some_and(|users| {
             users
@@ -443,16 +518,10 @@ impl Directory {
         tenant: &str,
         principal: &str,
     ) -> Result<bool, DirectoryError> {
-        if self.is_refused(tenant, principal) || !self.users(tenant, Some(principal)).is_empty() {
-            return Ok(false);
-        }
-        let user = DirectoryUser::new(principal, jiff::Timestamp::now().to_string());
-        match self.save(tenant, user).await {
-            Ok(_) => Ok(true),
-            // Listed meanwhile (another replica, or SCIM): nothing to add.
-            Err(DirectoryError::UserNameTaken(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let added = self
+            .ensure_listed_all(&[(tenant.to_string(), principal.to_string())])
+            .await?;
+        Ok(added == 1)
     }
 
     /// Deletes a user; its principal stays refused until a user of that name is created again.
@@ -480,14 +549,15 @@ impl Directory {
         Ok(user)
     }
 
-    /// Browser sessions of `principal` that began before this moment (ms since the epoch)
-    /// are over (its identity provider logged it out).
-    pub fn sessions_not_before(&self, tenant: &str, principal: &str) -> Option<u64> {
+    /// Whether the browser session of `principal` that began at `login` (ms since the epoch)
+    /// is over: its identity provider logged the principal out since, or it logged out.
+    pub fn session_ended(&self, tenant: &str, principal: &str, login: u64) -> bool {
         let state = self.state.load();
-        if state.session_floors.is_empty() {
-            return None;
-        }
-        state.session_floors.get(&key(tenant, principal)).copied()
+        !state.ended_sessions.is_empty()
+            && state
+                .ended_sessions
+                .get(&key(tenant, principal))
+                .is_some_and(|ended| ended.ends(login))
     }
 
     /// Ends every browser session of `principal` that began before `at` (ms since the epoch),
@@ -498,20 +568,53 @@ impl Directory {
         principal: &str,
         at: u64,
     ) -> Result<DirectoryUser, DirectoryError> {
+        self.change_sessions(tenant, principal, |sessions| {
+            sessions.not_before = Some(sessions.not_before.unwrap_or(0).max(at));
+        })
+        .await
+    }
+
+    /// Ends the one browser session of `principal` that began at `login` (ms) and would last
+    /// until `end`, on every replica (its logout): a copy of its cookie is refused from now on.
+    /// Sessions ended this way are forgotten after their own end.
+    pub async fn end_session(
+        &self,
+        tenant: &str,
+        principal: &str,
+        login: u64,
+        end: u64,
+    ) -> Result<DirectoryUser, DirectoryError> {
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        self.change_sessions(tenant, principal, |sessions| {
+            sessions
+                .logged_out
+                .retain(|s| s.end > now && s.login != login);
+            sessions.logged_out.push(LoggedOutSession { login, end });
+        })
+        .await
+    }
+
+    /// Saves `principal`'s user with its ended sessions changed by `change` (a new user when
+    /// the directory has none of that name).
+    async fn change_sessions(
+        &self,
+        tenant: &str,
+        principal: &str,
+        change: impl FnOnce(&mut EndedSessions),
+    ) -> Result<DirectoryUser, DirectoryError> {
+        // Read and written under the lock: two logouts at once both count.
+        let _writing = self.writing.lock().await;
         let now = jiff::Timestamp::now().to_string();
-        let user = match self.users(tenant, Some(principal)).into_iter().next() {
+        let mut user = match self.users(tenant, Some(principal)).into_iter().next() {
             Some(user) => DirectoryUser {
-                sessions_not_before: Some(user.sessions_not_before.unwrap_or(0).max(at)),
                 last_modified: now,
                 version: user.version + 1,
                 ..user
             },
-            None => DirectoryUser {
-                sessions_not_before: Some(at),
-                ..DirectoryUser::new(principal, now)
-            },
+            None => DirectoryUser::new(principal, now),
         };
-        self.save(tenant, user).await
+        change(&mut user.sessions);
+        self.save_writing(tenant, user).await
     }
 
     /// The display names of the groups `principal` of `tenant` belongs to (none: empty).
@@ -522,7 +625,7 @@ impl Directory {
         }
         state
             .group_names
-            .get(&key(tenant, principal))
+            .get(&grant_key(tenant, principal))
             .cloned()
             .unwrap_or_default()
     }
@@ -611,20 +714,7 @@ impl Directory {
     async fn commit(&self, next: DirectoryState, change: Change<'_>) -> Result<(), DirectoryError> {
         match &self.store {
             DirectoryStore::Memory => {}
-            DirectoryStore::File(path) => {
-                let bytes = serde_json::to_vec_pretty(&next)
-                    .map_err(|e| DirectoryError::Store(e.to_string()))?;
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    crate::durable::write_atomically(&path, &bytes)
-                })
-                .await
-                .map_err(|e| DirectoryError::Store(e.to_string()))?
-                .map_err(|e| DirectoryError::Store(e.to_string()))?;
-            }
+            DirectoryStore::File(path) => write_file(path, &next).await?,
             DirectoryStore::Postgres { config, table } => {
                 let mut writer = self.pg_writer.lock().await;
                 let client = pg::writer_client(&mut writer, config).await?;
@@ -635,6 +725,92 @@ impl Directory {
         }
         self.state.store(Arc::new(next.derive()));
         Ok(())
+    }
+
+    /// Lists each of `principals` (`(tenant, principal)`, just-in-time provisioned) as
+    /// [`Directory::ensure_listed`] does, in one write of the directory: every write copies and
+    /// derives the whole directory again, so a burst of newcomers listed one by one would cost
+    /// time quadratic in the directory's size, with SCIM writes waiting behind it. Returns how
+    /// many were added. With PostgreSQL each is one row, and a name another replica listed
+    /// meanwhile is left to that replica's row.
+    pub async fn ensure_listed_all(
+        &self,
+        principals: &[(String, String)],
+    ) -> Result<usize, DirectoryError> {
+        let _writing = self.writing.lock().await;
+        let current = self.state.load();
+        let now = jiff::Timestamp::now().to_string();
+        // Names taken, per tenant (ASCII case-insensitively, as names are unique).
+        let mut taken: HashMap<&str, HashSet<String>> = HashMap::new();
+        let mut new_users: Vec<(&str, DirectoryUser)> = Vec::new();
+        for (tenant, principal) in principals {
+            if current.refused.contains(&key(tenant, principal)) {
+                continue;
+            }
+            let names = taken.entry(tenant.as_str()).or_insert_with(|| {
+                current
+                    .users
+                    .get(tenant.as_str())
+                    .into_iter()
+                    .flat_map(|users| users.values())
+                    .map(|u| u.user_name.to_ascii_lowercase())
+                    .collect()
+            });
+            if names.insert(principal.to_ascii_lowercase()) {
+                new_users.push((tenant, DirectoryUser::new(principal, now.clone())));
+            }
+        }
+        if new_users.is_empty() {
+            return Ok(0);
+        }
+        let mut written = Vec::with_capacity(new_users.len());
+        let mut failure = None;
+        if let DirectoryStore::Postgres { config, table } = &self.store {
+            let mut writer = self.pg_writer.lock().await;
+            let client = pg::writer_client(&mut writer, config).await?;
+            for (tenant, user) in new_users {
+                match pg::write(
+                    &client,
+                    table,
+                    &Change::Save {
+                        tenant,
+                        user: &user,
+                    },
+                )
+                .await
+                {
+                    Ok(()) => written.push((tenant, user)),
+                    // Listed meanwhile by another replica: its row arrives by notification.
+                    Err(DirectoryError::UserNameTaken(_)) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_none() {
+                *writer = Some(client);
+            }
+        } else {
+            written = new_users;
+        }
+        // What was written is kept even when a later row failed (the rows are in the store).
+        let added = written.len();
+        let mut next = current.to_next();
+        for (tenant, user) in written {
+            next.users
+                .entry(tenant.to_string())
+                .or_default()
+                .insert(user.id.clone(), user);
+        }
+        if let DirectoryStore::File(path) = &self.store {
+            write_file(path, &next).await?;
+        }
+        self.state.store(Arc::new(next.derive()));
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(added),
+        }
     }
 
     /// Keeps a PostgreSQL directory current: applies every change another replica makes (and
@@ -1180,7 +1356,7 @@ mod tests {
             created: "2026-12-04T00:00:00Z".into(),
             last_modified: "2026-12-04T00:00:00Z".into(),
             version: 1,
-            sessions_not_before: None,
+            sessions: EndedSessions::default(),
         }
     }
 
@@ -1358,6 +1534,113 @@ mod tests {
             reopened.delete_group("acme", "g2").await,
             Err(DirectoryError::NoSuchGroup("g2".into()))
         );
+    }
+
+    /// A burst of newcomers is listed in one write: each once (names fold ASCII-case), none
+    /// that is listed or was deleted, every tenant apart; the file holds them after.
+    #[tokio::test]
+    async fn newcomers_are_listed_together_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.json");
+        let directory = Directory::open(DirectoryStore::File(path.clone())).unwrap();
+        directory
+            .save("acme", user("u1", "carol", true))
+            .await
+            .unwrap();
+        directory
+            .save("acme", user("u2", "dave", true))
+            .await
+            .unwrap();
+        directory.delete("acme", "u2").await.unwrap();
+        let newcomers: Vec<(String, String)> = [
+            ("acme", "alice"),
+            ("acme", "ALICE"),
+            ("acme", "Carol"),
+            ("acme", "dave"),
+            ("globex", "alice"),
+        ]
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_string()))
+        .collect();
+        assert_eq!(directory.ensure_listed_all(&newcomers).await.unwrap(), 2);
+        assert_eq!(directory.ensure_listed_all(&newcomers).await.unwrap(), 0);
+        let reopened = Directory::open(DirectoryStore::File(path)).unwrap();
+        let names = |tenant: &str| -> Vec<String> {
+            reopened
+                .users(tenant, None)
+                .into_iter()
+                .map(|u| u.user_name)
+                .collect()
+        };
+        assert_eq!(
+            names("acme"),
+            vec!["alice".to_string(), "carol".to_string()]
+        );
+        assert_eq!(names("globex"), vec!["alice".to_string()]);
+        assert!(reopened.is_refused("acme", "dave"));
+    }
+
+    /// With PostgreSQL, a newcomer another replica listed meanwhile is left to that replica's
+    /// row; the rest of the burst is listed.
+    #[tokio::test]
+    async fn a_burst_skips_a_name_another_replica_listed() {
+        let (config, table) = pg_table("dir_burst");
+        let first = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let second = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        assert!(first.ensure_listed("acme", "alice").await.unwrap());
+        let burst = vec![
+            ("acme".to_string(), "Alice".to_string()),
+            ("acme".to_string(), "bob".to_string()),
+        ];
+        assert_eq!(second.ensure_listed_all(&burst).await.unwrap(), 1);
+        let reread = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let mut names: Vec<String> = reread
+            .users("acme", None)
+            .into_iter()
+            .map(|u| u.user_name)
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["alice".to_string(), "bob".to_string()]);
+        drop_pg_table(&config, &table).await;
+    }
+
+    /// KELVIN SIGN lower-cases to ASCII `k` in Unicode, but the directory's names are unique
+    /// ASCII case-insensitively, so `\u{212A}ate` is not `kate`: it takes none of her groups'
+    /// roles, while refusing kate still refuses it (refusals err on the safe side).
+    #[tokio::test]
+    async fn a_name_unicode_folds_onto_takes_no_groups_but_shares_refusals() {
+        let directory = Directory::default();
+        directory
+            .save("acme", user("u1", "kate", true))
+            .await
+            .unwrap();
+        directory
+            .save_group("acme", group("g1", "admins", &["u1"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            directory.groups_of("acme", "KATE"),
+            vec!["admins".to_string()]
+        );
+        assert!(directory.groups_of("acme", "\u{212A}ate").is_empty());
+        assert!(directory.groups_of("acme", "\u{212A}ATE").is_empty());
+        directory
+            .save("acme", user("u2", "\u{212A}ate", true))
+            .await
+            .unwrap();
+        assert!(directory.groups_of("acme", "\u{212A}ate").is_empty());
+        directory
+            .save("acme", user("u1", "kate", false))
+            .await
+            .unwrap();
+        assert!(directory.is_refused("acme", "kate"));
+        assert!(directory.is_refused("acme", "\u{212A}ate"));
     }
 
     #[test]

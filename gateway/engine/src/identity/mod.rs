@@ -85,7 +85,7 @@ pub enum AuthError {
     #[error("the login session has expired")]
     SessionExpired,
     /// The identity provider ended the session (back-channel logout) after it began.
-    #[error("the login session was ended by the identity provider")]
+    #[error("the login session was ended (logout, here or at the identity provider)")]
     SessionEnded,
     /// A session cookie no key of `[sessions]` opens (tampered, or sealed with a retired key).
     #[error("the session cookie is not valid")]

@@ -93,6 +93,9 @@ pub enum PrincipalStore {
 
 const PRINCIPALS_TABLE: &str = "gateway_principals";
 
+/// The most newcomers listed in the directory in one write.
+const LISTING_BATCH: usize = 512;
+
 impl PrincipalStore {
     /// Principals recorded so far, for [`Provisioner::preload`].
     pub async fn load(&self) -> Result<Vec<(String, String)>, String> {
@@ -140,60 +143,80 @@ impl PrincipalStore {
         let mut recorded: HashSet<(String, String)> = HashSet::new();
         let mut pg: Option<tokio_postgres::Client> = None;
         loop {
-            let record = tokio::select! {
+            let first = tokio::select! {
                 r = rx.recv() => match r {
                     Some(r) => r,
                     None => return,
                 },
                 _ = shutdown.changed() => return,
             };
-            let key = (record.tenant.clone(), record.principal.clone());
-            if recorded.contains(&key) {
-                continue;
+            // Newcomers that arrived together are listed in the directory in one write (one
+            // write per principal costs a copy of the directory each).
+            let mut batch = vec![first];
+            while batch.len() < LISTING_BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
             }
-            let mut attempt = 0u32;
-            loop {
-                match self.write(&record, &mut pg).await {
-                    Ok(new) => {
-                        if new {
-                            tracing::info!(
-                                target: "audit",
-                                event = "principal.provisioned",
-                                tenant = %record.tenant,
-                                principal = %record.principal,
-                                issuer = %record.issuer,
-                                request_id = %record.request_id,
-                                "first-seen principal provisioned"
-                            );
-                            metrics::counter!(crate::telemetry::PRINCIPALS_PROVISIONED_TOTAL)
-                                .increment(1);
-                            if let Some(audit) = &audit {
-                                audit
-                                    .record(crate::audit::AuditEntry::new(
-                                        "principal.provisioned",
-                                        serde_json::to_value(&record).unwrap_or_default(),
-                                    ))
-                                    .await;
-                            }
+            let mut to_list = Vec::new();
+            for record in batch {
+                let key = (record.tenant.clone(), record.principal.clone());
+                if recorded.contains(&key) {
+                    continue;
+                }
+                self.record(&record, &mut pg, audit.as_ref()).await;
+                recorded.insert(key.clone());
+                to_list.push(key);
+            }
+            if let Some(directory) = directory.as_ref().filter(|_| !to_list.is_empty()) {
+                if let Err(e) = directory.ensure_listed_all(&to_list).await {
+                    tracing::warn!(error = %e, principals = to_list.len(), "listing provisioned principals in the directory failed");
+                }
+            }
+        }
+    }
+
+    /// Records one principal, retrying until the store takes it, and audits a newcomer.
+    async fn record(
+        &self,
+        record: &ProvisionedPrincipal,
+        pg: &mut Option<tokio_postgres::Client>,
+        audit: Option<&crate::audit::AuditHandle>,
+    ) {
+        let mut attempt = 0u32;
+        loop {
+            match self.write(record, pg).await {
+                Ok(new) => {
+                    if new {
+                        tracing::info!(
+                            target: "audit",
+                            event = "principal.provisioned",
+                            tenant = %record.tenant,
+                            principal = %record.principal,
+                            issuer = %record.issuer,
+                            request_id = %record.request_id,
+                            "first-seen principal provisioned"
+                        );
+                        metrics::counter!(crate::telemetry::PRINCIPALS_PROVISIONED_TOTAL)
+                            .increment(1);
+                        if let Some(audit) = audit {
+                            audit
+                                .record(crate::audit::AuditEntry::new(
+                                    "principal.provisioned",
+                                    serde_json::to_value(record).unwrap_or_default(),
+                                ))
+                                .await;
                         }
-                        if let Some(directory) = &directory {
-                            if let Err(e) = directory
-                                .ensure_listed(&record.tenant, &record.principal)
-                                .await
-                            {
-                                tracing::warn!(error = %e, tenant = %record.tenant, principal = %record.principal, "listing a provisioned principal in the directory failed");
-                            }
-                        }
-                        recorded.insert(key);
-                        break;
                     }
-                    Err(e) => {
-                        pg = None;
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "recording a provisioned principal failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
-                            .await;
-                    }
+                    return;
+                }
+                Err(e) => {
+                    *pg = None;
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "recording a provisioned principal failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
+                        .await;
                 }
             }
         }

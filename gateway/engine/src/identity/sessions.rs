@@ -18,7 +18,8 @@
 //! | `GET /.gateway/login?rd=/path` | to the identity provider of the tenant the host names; otherwise a form asking for an e-mail address |
 //! | `POST /.gateway/login` | `email=…`: the tenant whose `sso.email_domains` has its domain |
 //! | `GET /.gateway/callback` | the redirect URI: checks `state`, redeems the code with the PKCE verifier, checks the ID token and its `nonce`, sets the session |
-//! | `GET`/`POST /.gateway/logout` | ends the session, then RP-initiated logout at the identity provider |
+//! | `GET /.gateway/logout` | a page with a "Sign out" button (a GET changes nothing) |
+//! | `POST /.gateway/logout` | ends the session on every replica, then RP-initiated logout at the identity provider (refused when another site sent it) |
 //! | `GET /.gateway/logged-out` | the page the identity provider sends people back to |
 //! | `POST /.gateway/backchannel-logout` | OpenID Connect Back-Channel Logout: ends the user's sessions on every replica |
 //! | `GET /.gateway/session` | who the session is (JSON), for the app's front end |
@@ -611,8 +612,7 @@ impl Sessions {
         }
         if cx
             .directory
-            .sessions_not_before(&state.t, &principal.id)
-            .is_some_and(|floor| state.login <= floor)
+            .session_ended(&state.t, &principal.id, state.login)
         {
             return SessionAuth::Invalid(AuthError::SessionEnded);
         }
@@ -702,7 +702,8 @@ impl Sessions {
             (&Method::GET, "login") => self.login_page(req, cx).await,
             (&Method::POST, "login") => self.login_by_email(req, cx).await,
             (&Method::GET, "callback") => self.callback(req, cx).await,
-            (&Method::GET | &Method::POST, "logout") => self.logout(req, cx).await,
+            (&Method::GET, "logout") => self.logout_page(req),
+            (&Method::POST, "logout") => self.logout(req, cx).await,
             (&Method::GET, "logged-out") => BrowserResponse::page(
                 200,
                 "Signed out",
@@ -943,7 +944,38 @@ impl Sessions {
         Ok(cookie)
     }
 
+    /// `GET /.gateway/logout`: a page whose button signs out (a POST). A GET changes nothing, so
+    /// another site cannot sign a person out by sending their browser here.
+    fn logout_page(&self, req: &BrowserRequest<'_>) -> BrowserResponse {
+        let session = cookie_value(req.headers, SESSION_COOKIE)
+            .and_then(|sealed| self.open::<SessionState>(SESSION_COOKIE, &sealed));
+        if session.is_none() {
+            return BrowserResponse::redirect(303, format!("{}{PREFIX}logged-out", req.origin))
+                .with_cookie(Self::clear_cookie(SESSION_COOKIE));
+        }
+        BrowserResponse::page(
+            200,
+            "Sign out",
+            format!(
+                "<form id=\"gateway.logoutForm\" method=\"post\" action=\"{PREFIX}logout\">\
+                 <p>Sign out of this site and your organisation's sign-in?</p>\
+                 <button type=\"submit\" autofocus>Sign out</button></form>"
+            ),
+        )
+    }
+
+    /// `POST /.gateway/logout`: ends the session on every replica (a copy of its cookie is
+    /// refused from now on), clears the cookie, then RP-initiated logout at the identity
+    /// provider. Refused when another site sent it.
     async fn logout(&self, req: &BrowserRequest<'_>, cx: &SessionContext<'_>) -> BrowserResponse {
+        if let Some(site) = cross_origin(req) {
+            tracing::warn!(site, "session: logout refused: sent by another site");
+            return BrowserResponse::message(
+                403,
+                "Not signed out",
+                "The sign-out did not come from this site.",
+            );
+        }
         let logged_out = format!("{}{PREFIX}logged-out", req.origin);
         let session = cookie_value(req.headers, SESSION_COOKIE)
             .and_then(|sealed| self.open::<SessionState>(SESSION_COOKIE, &sealed));
@@ -951,7 +983,15 @@ impl Sessions {
         let Some(session) = session else {
             return BrowserResponse::redirect(303, logged_out).with_cookie(clear);
         };
-        tracing::info!(target: "audit", event = "session.logout", tenant = %session.t, principal = %session.sub, "session: logged out");
+        let ended = cx
+            .directory
+            .end_session(&session.t, &session.sub, session.login, session.end)
+            .await;
+        if let Err(e) = &ended {
+            // The browser's cookie goes all the same; a copy of it lives until its end.
+            tracing::error!(tenant = %session.t, principal = %session.sub, error = %e, "session: the logout could not be recorded in the directory");
+        }
+        tracing::info!(target: "audit", event = "session.logout", tenant = %session.t, principal = %session.sub, recorded = ended.is_ok(), "session: logged out");
         let Some(login) = sso_of(cx.registry, &session.t) else {
             return BrowserResponse::redirect(303, logged_out).with_cookie(clear);
         };
@@ -1433,6 +1473,17 @@ fn login_form(status: u16, rd: &str, problem: Option<&str>) -> BrowserResponse {
     )
 }
 
+/// Who sent a state-changing request from another site, when a browser says so: its `Origin`
+/// is not the gateway's, or (without `Origin`) `Sec-Fetch-Site` is not `same-origin` or `none`
+/// (typed or bookmarked). A request with neither header is no browser's cross-site request.
+fn cross_origin<'r>(req: &'r BrowserRequest<'_>) -> Option<&'r str> {
+    let header = |name: &str| req.headers.get(name).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(origin) = header("origin") {
+        return (origin != req.origin).then_some(origin);
+    }
+    header("sec-fetch-site").filter(|site| !matches!(*site, "same-origin" | "none"))
+}
+
 fn has_sso(registry: &TenantRegistry, tenant: &str) -> bool {
     registry.get(tenant).is_some_and(|t| t.sso.is_some())
 }
@@ -1458,8 +1509,7 @@ fn saml_principal(
     };
     if cx
         .directory
-        .sessions_not_before(&state.t, &principal.id)
-        .is_some_and(|floor| state.login <= floor)
+        .session_ended(&state.t, &principal.id, state.login)
     {
         return SessionAuth::Invalid(AuthError::SessionEnded);
     }

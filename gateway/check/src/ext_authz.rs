@@ -231,9 +231,13 @@ fn answer(verdict: Verdict, target: &str) -> CheckResponse {
                 }),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers,
+                    // Envoy removes after it sets: a name the answer sets (the client sent
+                    // its own, so it is also on the strip list) must not be removed, or the
+                    // verified value goes with the client's.
                     headers_to_remove: allowed
                         .remove
                         .iter()
+                        .filter(|name| !allowed.set.iter().any(|(set, _)| set == *name))
                         .map(|name| name.as_str().to_string())
                         .collect(),
                     response_headers_to_add: allowed
@@ -486,7 +490,11 @@ mod tests {
                     HeaderName::from_static("x-tenant-id"),
                     HeaderValue::from_static("acme"),
                 )],
-                remove: vec![HeaderName::from_static("x-http-method-override")],
+                // The client sent its own x-tenant-id: on the strip list and set as well.
+                remove: vec![
+                    HeaderName::from_static("x-http-method-override"),
+                    HeaderName::from_static("x-tenant-id"),
+                ],
                 response: vec![(
                     HeaderName::from_static("ratelimit"),
                     HeaderValue::from_static("\"tenant\";r=9;t=1"),
@@ -516,6 +524,7 @@ mod tests {
                 (":path", "/projects/42", overwrite)
             ]
         );
+        // Envoy removes after it sets: a set name removed would take the verified value too.
         assert_eq!(ok.headers_to_remove, ["x-http-method-override"]);
         assert_eq!(ok.response_headers_to_add.len(), 1);
     }

@@ -115,6 +115,18 @@ pub async fn check(
         sanitize::check_parsed_head(head.target, head.headers, &request.head_limits)
     {
         Err(refused(rejection))
+    } else if let Err(rejection) = sanitize::check_announced_body(
+        head.headers,
+        snapshot.largest_body_limit(request.max_body_bytes),
+    ) {
+        Err(refused(rejection))
+    } else if overrides_method(head, snapshot) {
+        // The proxy in front cannot change the method (Envoy may not set `:method`, nginx and
+        // Traefik forward the request as it came): the upstream would get another method than
+        // the one decided on. Refused before admission, so it spends no budget.
+        Err(refused(Rejection::MethodOverride(
+            sanitize::MethodOverrideError::NotAtThisDoor,
+        )))
     } else {
         match admission::admit(head, snapshot, services).await {
             Ok(admitted) => match announced_body_limit(request, snapshot, &admitted) {
@@ -124,11 +136,8 @@ pub async fn check(
             Err(refused) => Err(refused),
         }
     };
-    // The method the upstream gets (an honoured override), as the inline proxy records it.
-    let method = match &outcome {
-        Ok(admitted) => admitted.sanitized.method.as_str(),
-        Err(_) => head.method.as_str(),
-    };
+    // The method the upstream gets: the request's own (an override is refused above).
+    let method = head.method.as_str();
     let trace_id = correlation.trace.trace_id_hex();
     let mut exchange = Exchange {
         door: request.door,
@@ -200,6 +209,13 @@ pub async fn check(
         usage_id,
         outcome,
     }
+}
+
+/// Whether sanitising the request would honour a method override (the override's own errors
+/// are left to admission, which refuses them).
+fn overrides_method(head: &RequestHead<'_>, snapshot: &Snapshot) -> bool {
+    snapshot.sanitize.may_override(head.method)
+        && sanitize::sanitize(head, &snapshot.sanitize).is_ok_and(|s| s.method != *head.method)
 }
 
 /// A body announced larger than the route (or `[server]`) accepts: 413 now rather than after
@@ -302,7 +318,7 @@ fn header(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
 mod tests {
     //! `check` in process against the fuzz fixture's deployment (see `test_support`).
 
-    use std::sync::OnceLock;
+    use std::sync::{Arc, OnceLock};
 
     use http::{HeaderMap, Method};
 
@@ -322,6 +338,16 @@ mod tests {
     };
 
     fn run(
+        method: &str,
+        target: &str,
+        headers: &[(&str, String)],
+        malformed: Option<Rejection>,
+    ) -> Verdict {
+        run_on(&deployment().snapshot, method, target, headers, malformed)
+    }
+
+    fn run_on(
+        snapshot: &Snapshot,
         method: &str,
         target: &str,
         headers: &[(&str, String)],
@@ -359,7 +385,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(check(&request, &d.snapshot, &d.services, recorder))
+            .block_on(check(&request, snapshot, &d.services, recorder))
     }
 
     fn bearer(sub: &str, org: &str, roles: &[&str]) -> (&'static str, String) {
@@ -407,6 +433,40 @@ mod tests {
         assert!(value(&allowed.response, "ratelimit").is_some());
         // No metering configured: no usage id header.
         assert!(value(&allowed.set, "x-gateway-usage-id").is_none());
+    }
+
+    /// With `method_override = "honor"`, a door would authorise the override's method while
+    /// the proxy in front sends the upstream the request's own: refused (400) before the
+    /// stages. Without an override, and with overrides stripped, nothing changes.
+    #[test]
+    fn an_honoured_method_override_is_refused_at_a_door() {
+        let mut honoring = deployment().snapshot.clone();
+        honoring.sanitize = Arc::new(sanitize::SanitizePolicy::new(
+            &toml::from_str("method_override = \"honor\"").unwrap(),
+        ));
+        let viewer = bearer("vic", "acme", &["viewer"]);
+        for override_by in [
+            (
+                "/t/acme/projects/42",
+                Some(("x-http-method-override", "GET")),
+            ),
+            ("/t/acme/projects/42?_method=GET", None),
+        ] {
+            let (target, header) = override_by;
+            let mut headers = vec![viewer.clone()];
+            headers.extend(header.map(|(n, v)| (n, v.to_string())));
+            let verdict = run_on(&honoring, "POST", target, &headers, None);
+            let denied = verdict.outcome.unwrap_err();
+            assert_eq!((denied.status, denied.reason), (400, "bad-method-override"));
+            // Stripped (the default), the override is removed and the POST decided as a POST.
+            let verdict = run("POST", target, &headers, None);
+            assert_ne!(
+                verdict.outcome.err().map(|d| d.reason),
+                Some("bad-method-override")
+            );
+        }
+        let verdict = run_on(&honoring, "GET", "/t/acme/projects/42", &[viewer], None);
+        assert!(verdict.outcome.is_ok());
     }
 
     #[test]
@@ -460,6 +520,18 @@ mod tests {
             &[
                 bearer("ada", "acme", &["admin"]),
                 ("content-length", "5000".to_string()),
+            ],
+            None,
+        );
+        assert_eq!(verdict.outcome.unwrap_err().status, 413);
+        // Larger than any route accepts: refused before the stages (no budget spent), so
+        // before the credentials are even read.
+        let verdict = run(
+            "PUT",
+            "/t/acme/projects/42",
+            &[
+                ("authorization", "Bearer not-a-token".to_string()),
+                ("content-length", "999999999999".to_string()),
             ],
             None,
         );

@@ -39,6 +39,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The largest body any route accepts, `server_max` (`[server] max_body_bytes`) at least: a
+    /// `Content-Length` above it is refused before admission, so it spends no budget.
+    pub fn largest_body_limit(&self, server_max: u64) -> u64 {
+        self.authz
+            .as_ref()
+            .and_then(|a| a.routes.largest_body_limit())
+            .map_or(server_max, |l| l.max(server_max))
+    }
+
     /// Builds a snapshot from a validated configuration and a loaded registry.
     pub fn build(
         loaded: &LoadedConfig,

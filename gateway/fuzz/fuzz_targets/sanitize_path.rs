@@ -25,7 +25,7 @@ use gateway_fuzz::parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 
-fn policy(merge: bool, honor: bool) -> SanitizePolicy {
+fn policy(merge: bool, honor: bool, parameters: bool) -> SanitizePolicy {
     SanitizePolicy::new(&SanitizeConfig {
         strip_headers: vec!["x-internal-*".into(), "x-debug".into()],
         merge_slashes: merge,
@@ -34,6 +34,7 @@ fn policy(merge: bool, honor: bool) -> SanitizePolicy {
         } else {
             MethodOverride::Strip
         },
+        allow_path_parameters: parameters,
     })
 }
 
@@ -46,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let honor = flags & 2 != 0;
     let method =
         [Method::GET, Method::POST, Method::PUT, Method::HEAD][usize::from(flags >> 2 & 3)].clone();
+    let parameters = flags & 16 != 0;
     let mut headers = HeaderMap::new();
     for line in &parts[1..] {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -59,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         };
         headers.append(name, value);
     }
-    let policy = policy(merge, honor);
+    let policy = policy(merge, honor, parameters);
     let head = RequestHead {
         method: &method,
         target,
@@ -73,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = s.path.as_str();
     let out = s.target();
+    assert!(parameters || !path.contains(';'), "`;` kept in {path:?}");
 
     // Shape.
     assert!(path.starts_with('/'), "{path:?}");

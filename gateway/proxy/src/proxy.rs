@@ -36,6 +36,14 @@ use gateway_engine::request_metrics::RequestMetrics;
 use gateway_engine::snapshot::{Snapshot, SnapshotStore};
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// What a proxy in front says of the original request, which the gateway does not maintain:
+/// passed on only from a trusted proxy (`[geoip] trusted_proxies`), removed otherwise.
+const FORWARDED_BY_PROXIES: [HeaderName; 4] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+];
 
 pub struct GatewayProxy {
     store: Arc<SnapshotStore>,
@@ -111,13 +119,7 @@ impl GatewayProxy {
             sanitize::check_parsed_head(req.raw_path(), &req.headers, &self.limits.head)?;
         }
         sanitize::check_host(req.version, &req.headers)?;
-        let largest = snapshot
-            .authz
-            .as_ref()
-            .and_then(|a| a.routes.largest_body_limit())
-            .map_or(self.limits.max_body_bytes, |l| {
-                l.max(self.limits.max_body_bytes)
-            });
+        let largest = snapshot.largest_body_limit(self.limits.max_body_bytes);
         sanitize::check_announced_body(&req.headers, largest)
     }
 
@@ -551,10 +553,16 @@ impl ProxyHttp for GatewayProxy {
         if self.hooks.metering.is_some() {
             headers.insert(USAGE_ID_HEADER, heads::value(ctx.usage_id.as_str())?);
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // A client's own would reach an upstream that trusts the gateway as its proxy (for
+        // redirects, reset links, host-based routing) unverified.
+        if !self.from_trusted_proxy(session) {
+            for name in &FORWARDED_BY_PROXIES {
+                headers.remove(name);
+            }
+        }
         headers.insert(
             X_FORWARDED_PROTO,
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
+            HeaderValue::from_static(self.scheme_of(session)),
         );
         *upstream_request = heads::request_rebuilt(parts, upstream_request)?;
         ctx.forwarded = true;
@@ -863,10 +871,8 @@ impl GatewayProxy {
             body: None,
         };
         let cap = admission::body_wanted(&head, snapshot)?;
-        req.headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
+        sanitize::announced_length(&req.headers)
+            .and_then(|n| usize::try_from(n).ok())
             .filter(|n| (1..=cap).contains(n))
     }
 
@@ -881,20 +887,22 @@ impl GatewayProxy {
         Ok(body.freeze())
     }
 
+    /// Whether the peer is a trusted proxy (`[geoip] trusted_proxies`).
+    fn from_trusted_proxy(&self, session: &Session) -> bool {
+        let trusted = &self.services.trusted_proxies;
+        !trusted.is_empty()
+            && session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| trusted.iter().any(|net| net.contains(&a.ip())))
+    }
+
     /// `https` on a TLS listener, or behind a trusted proxy that says so; `http` otherwise.
     fn scheme_of(&self, session: &Session) -> &'static str {
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
             return "https";
         }
-        let from_trusted_proxy = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .is_some_and(|a| {
-                self.services
-                    .trusted_proxies
-                    .iter()
-                    .any(|net| net.contains(&a.ip()))
-            });
+        let from_trusted_proxy = self.from_trusted_proxy(session);
         let forwarded_https = session
             .req_header()
             .headers

@@ -38,6 +38,12 @@ async fn forwards_method_path_query_and_headers() {
         .put(gw.url("/items/42?q=a%20b&x=1"))
         .header("x-custom", "kept")
         .header("x-request-id", "client-req-1")
+        // What only a trusted proxy may say (no [geoip] trusted_proxies here).
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-port", "8443")
+        .header("x-forwarded-prefix", "/admin")
+        .header("x-real-ip", "192.0.2.66")
+        .header("x-forwarded-proto", "https")
         .header(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -56,6 +62,18 @@ async fn forwards_method_path_query_and_headers() {
     assert_eq!(echo.headers["x-request-id"], vec!["client-req-1"]);
     assert_eq!(echo.headers["x-forwarded-for"], vec!["127.0.0.1"]);
     assert_eq!(echo.headers["x-forwarded-proto"], vec!["http"]);
+    for name in [
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+    ] {
+        assert!(
+            !echo.headers.contains_key(name),
+            "{name}: {:?}",
+            echo.headers
+        );
+    }
     let traceparent = &echo.headers["traceparent"][0];
     assert!(
         traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),

@@ -347,12 +347,17 @@ async fn the_upstream_gets_every_forwarded_for_line_and_no_client_forwarded_head
         "GET",
         b"/projects/42",
         &format!(
-            "{}{}{}{}{}",
+            "{}{}{}{}{}{}{}{}{}{}",
             header_line("authorization", &format!("Bearer {viewer}")),
             header_line("x-tenant", "acme"),
             header_line("x-forwarded-for", "203.0.113.7"),
             header_line("x-forwarded-for", "198.51.100.9"),
             header_line("forwarded", "for=192.0.2.1;proto=https"),
+            header_line("x-forwarded-host", "evil.example"),
+            header_line("x-forwarded-port", "8443"),
+            header_line("x-forwarded-prefix", "/admin"),
+            header_line("x-real-ip", "192.0.2.66"),
+            header_line("x-forwarded-proto", "https"),
         ),
     );
     assert_eq!(status, 200, "{body}");
@@ -368,6 +373,21 @@ async fn the_upstream_gets_every_forwarded_for_line_and_no_client_forwarded_head
         "a client's Forwarded header reached the upstream: {:?}",
         echo.headers
     );
+    // The peer is a trusted proxy here: what it says of the request is passed on (without
+    // one, `proxy::forwards_method_path_query_and_headers` sees it removed).
+    for (name, value) in [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-real-ip", "192.0.2.66"),
+        ("x-forwarded-proto", "https"),
+    ] {
+        assert_eq!(
+            echo.headers.get(name),
+            Some(&vec![value.to_string()]),
+            "{name}"
+        );
+    }
 }
 
 const OVERRIDES: &[&str] = &[

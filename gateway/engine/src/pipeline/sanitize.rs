@@ -69,6 +69,8 @@ pub enum PathError {
     AboveRoot,
     #[error("a dot segment with parameters (e.g. `..;`) is ambiguous")]
     DotSegmentWithParameters,
+    #[error("`;` in a path is refused: servers that drop `;…` path parameters serve another resource than the one authorised ([sanitize] allow_path_parameters)")]
+    PathParameters,
     #[error("empty path segments (`//`) are not allowed")]
     EmptySegment,
     #[error("invalid characters in the query string")]
@@ -95,6 +97,8 @@ pub enum MethodOverrideError {
     AmbiguousQuery,
     #[error("a POST with a form body must name its method (other than POST) in X-HTTP-Method-Override or the `_method` query parameter: the gateway does not read bodies, and the upstream would honour a `_method` field in one")]
     FormBody,
+    #[error("a method override cannot be honoured here: the proxy that asked for this decision would send the upstream the request's own method, not the one decided on")]
+    NotAtThisDoor,
 }
 
 /// Stage 1 settings, compiled from `[sanitize]`.
@@ -104,9 +108,16 @@ pub struct SanitizePolicy {
     strip_prefixes: Vec<String>,
     merge_slashes: bool,
     method_override: MethodOverride,
+    allow_path_parameters: bool,
 }
 
 impl SanitizePolicy {
+    /// Whether a request with this method may have its method overridden (a POST, with
+    /// `method_override = "honor"`).
+    pub fn may_override(&self, method: &Method) -> bool {
+        self.method_override == MethodOverride::Honor && *method == Method::POST
+    }
+
     pub fn new(config: &SanitizeConfig) -> Self {
         let mut strip_exact: Vec<String> = OWNED_EXACT
             .iter()
@@ -128,6 +139,7 @@ impl SanitizePolicy {
             strip_prefixes,
             merge_slashes: config.merge_slashes,
             method_override: config.method_override,
+            allow_path_parameters: config.allow_path_parameters,
         }
     }
 
@@ -213,9 +225,12 @@ pub fn sanitize(
 ) -> Result<Sanitized, super::Rejection> {
     check_framing(head.headers)?;
     let (raw_path, raw_query) = split_target(head.target)?;
+    if !policy.allow_path_parameters && raw_path.contains(&b';') {
+        return Err(PathError::PathParameters.into());
+    }
     let path = normalize_path(raw_path, policy.merge_slashes)?;
     // Overrides are read only where they may be honoured: on a POST (as frameworks do).
-    let honor = policy.method_override == MethodOverride::Honor && *head.method == Method::POST;
+    let honor = policy.may_override(head.method);
     let mut overrides: Vec<Method> = Vec::new();
     let query = match raw_query {
         Some(q) => {
@@ -578,6 +593,8 @@ pub enum HeadTooLarge {
 pub enum HeaderError {
     #[error("an HTTP/1.1 request must carry a Host header")]
     MissingHost,
+    #[error("the Host header must be visible ASCII")]
+    UnreadableHost,
     #[error("control character in the value of header `{0}`")]
     ControlCharacter(String),
     #[error(
@@ -821,20 +838,28 @@ pub fn check_parsed_head(
 /// An HTTP/1.1 request must name its host (RFC 9112 §3.2: a server responds `400` to one
 /// without `Host`); HTTP/1.0 need not, and HTTP/2 has `:authority`.
 pub fn check_host(version: http::Version, headers: &HeaderMap) -> Result<(), HeaderError> {
-    if version == http::Version::HTTP_11 && !headers.contains_key(HOST) {
-        return Err(HeaderError::MissingHost);
+    match headers.get(HOST) {
+        None if version == http::Version::HTTP_11 => Err(HeaderError::MissingHost),
+        // Unreadable, it would name no tenant while the upstream still receives it.
+        Some(host) if host.to_str().is_err() => Err(HeaderError::UnreadableHost),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The body length `Content-Length` announces. `N, N` (a list of equal values) is one length to
+/// Pingora, as RFC 9110 §8.6 allows; of a list that differs (which Pingora refuses), the largest.
+pub fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    let value = std::str::from_utf8(headers.get(CONTENT_LENGTH)?.as_bytes()).ok()?;
+    value
+        .split(',')
+        .map(|n| n.trim().parse::<u64>().ok())
+        .try_fold(0, |most, n| n.map(|n| n.max(most)))
 }
 
 /// The body a request announces with `Content-Length` fits within `limit`. (A body without
 /// one is counted as it streams.)
 pub fn check_announced_body(headers: &HeaderMap, limit: u64) -> Result<(), super::Rejection> {
-    let announced = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match announced {
+    match announced_length(headers) {
         Some(length) if length > limit => Err(super::Rejection::BodyTooLarge { limit }),
         _ => Ok(()),
     }
@@ -861,6 +886,12 @@ pub struct SanitizeConfig {
     /// stripped.
     #[serde(default)]
     pub method_override: MethodOverride,
+    /// Allow `;` in paths (default false: 400 `bad-path`). Java servers (Tomcat, Jetty, Spring)
+    /// drop a segment's `;…` path parameters before routing, so `/documents/6;x` serves
+    /// document 6 while the gateway would authorise a document `6;x`. Allow them only for
+    /// upstreams that read `;` as an ordinary character.
+    #[serde(default)]
+    pub allow_path_parameters: bool,
 }
 
 impl SanitizeConfig {
@@ -874,7 +905,7 @@ impl SanitizeConfig {
             let bare = name.strip_suffix('*').unwrap_or(name);
             if bare.is_empty() || http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
                 issues.push(source.issue(
-                    format!("self.strip_headers[{i}]"),
+                    format!("sanitize.strip_headers[{i}]"),
                     format!("`{name}` is not a header name (a trailing `*` matches a prefix)"),
                 ));
             }
@@ -888,6 +919,7 @@ impl Default for SanitizeConfig {
             strip_headers: Vec::new(),
             merge_slashes: true,
             method_override: MethodOverride::default(),
+            allow_path_parameters: false,
         }
     }
 }
@@ -1216,6 +1248,14 @@ mod tests {
         let mut host = HeaderMap::new();
         host.insert(HOST, HeaderValue::from_static("x"));
         assert_eq!(check_host(http::Version::HTTP_11, &host), Ok(()));
+        host.insert(
+            HOST,
+            HeaderValue::from_bytes(b"globex.api.example.com\xff").unwrap(),
+        );
+        assert_eq!(
+            check_host(http::Version::HTTP_2, &host),
+            Err(HeaderError::UnreadableHost)
+        );
     }
 
     #[test]
@@ -1225,6 +1265,12 @@ mod tests {
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("10"));
         assert_eq!(check_announced_body(&h, 10), Ok(()));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("11"));
+        assert_eq!(
+            check_announced_body(&h, 10),
+            Err(Rejection::BodyTooLarge { limit: 10 })
+        );
+        // A list of equal lengths is one length (Pingora reads it so).
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("11, 11"));
         assert_eq!(
             check_announced_body(&h, 10),
             Err(Rejection::BodyTooLarge { limit: 10 })
@@ -1347,6 +1393,38 @@ mod tests {
             client_ip: None,
             body: None,
         }
+    }
+
+    /// Java servers drop `;…` path parameters before routing: `/documents/6;x` would be
+    /// authorised as document `6;x` and served as document 6. Refused unless allowed.
+    #[test]
+    fn path_parameters_are_refused_unless_allowed() {
+        let h = HeaderMap::new();
+        let strict = SanitizePolicy::new(&SanitizeConfig::default());
+        for target in [&b"/documents/6;x"[..], b"/a;v=1/b", b"/a/%2e%2e;/b", b"/x;"] {
+            assert_eq!(
+                sanitize(&head(target, &h), &strict).unwrap_err(),
+                crate::pipeline::Rejection::BadPath(PathError::PathParameters),
+                "{}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        // In the query, or encoded (%3B is no parameter to any server), `;` is data.
+        assert!(sanitize(&head(b"/documents/6?a=1;b=2", &h), &strict).is_ok());
+        assert_eq!(
+            sanitize(&head(b"/documents/6%3Bx", &h), &strict)
+                .unwrap()
+                .path,
+            "/documents/6%3Bx"
+        );
+        let allowing = SanitizePolicy::new(&SanitizeConfig {
+            allow_path_parameters: true,
+            ..SanitizeConfig::default()
+        });
+        assert_eq!(
+            sanitize(&head(b"/a;v=1/b", &h), &allowing).unwrap().path,
+            "/a;v=1/b"
+        );
     }
 
     fn honoring() -> SanitizePolicy {

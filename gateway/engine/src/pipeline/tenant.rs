@@ -211,7 +211,9 @@ pub fn tenant_from_host(
     policy: &TenancyPolicy,
     registry: &TenantRegistry,
 ) -> Option<Arc<str>> {
-    let host = host_without_port(host).to_ascii_lowercase();
+    // `acme.api.example.com.` (the absolute form of the name) is the same host.
+    let host = host_without_port(host);
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     if let Some(id) = registry.tenant_for_host(&host) {
         return Some(id.clone());
     }
@@ -499,6 +501,9 @@ mod tests {
         );
         let r = resolve(None, None, "/x", &principal(Some("acme"), false)).unwrap();
         assert_eq!(r.sources, vec![TenantSource::Credential]);
+        // A custom domain in its absolute form (trailing dot) too.
+        let r = resolve(Some("api.acme.test."), None, "/x", &anon).unwrap();
+        assert_eq!(r.tenant.id, "acme");
     }
 
     #[test]
@@ -514,6 +519,9 @@ mod tests {
         assert_eq!(r.sources.len(), 4);
         for (host, header, path) in [
             (Some("globex.api.example.com"), None, "/x"),
+            // The absolute form of the name (a trailing dot) is the same host.
+            (Some("globex.api.example.com."), None, "/x"),
+            (Some("GLOBEX.api.example.com.:443"), None, "/x"),
             (None, Some("globex"), "/x"),
             (None, None, "/t/globex/x"),
         ] {

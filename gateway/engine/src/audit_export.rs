@@ -357,7 +357,7 @@ pub fn export_csv_replicas(
         let v = &r.value;
         let text = |value: Option<&Value>| match value {
             None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => crate::metering::report::inert_cell(s.clone()),
             Some(other) => other.to_string(),
         };
         let decision = v.get("decision");
@@ -383,7 +383,7 @@ pub fn export_csv_replicas(
             text(decision.and_then(|d| d.get("action"))),
             text(decision.and_then(|d| d.get("resource"))),
             text(decision.and_then(|d| d.get("allowed"))),
-            policies,
+            crate::metering::report::inert_cell(policies),
             text(v.get("rejection")),
             text(v.get("routing").and_then(|r| r.get("region"))),
             r.hash.clone(),

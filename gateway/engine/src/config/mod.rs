@@ -103,11 +103,18 @@ pub struct LoadedConfig {
 impl GatewayConfig {
     /// What tenant definitions may say under this configuration (tiers, quotas).
     pub fn tenant_rules(&self) -> crate::tenancy::model::TenantRules {
-        crate::tenancy::model::TenantRules::of(self.tiers.keys()).with_quotas(
-            self.limits
-                .as_ref()
-                .is_some_and(|l| l.backend == crate::limits::Backend::Redis),
-        )
+        crate::tenancy::model::TenantRules::of(self.tiers.keys())
+            .with_quotas(
+                self.limits
+                    .as_ref()
+                    .is_some_and(|l| l.backend == crate::limits::Backend::Redis),
+            )
+            .with_host_suffix(
+                self.tenancy
+                    .as_ref()
+                    .and_then(|t| t.host_pattern.as_deref())
+                    .and_then(crate::pipeline::tenant::host_suffix),
+            )
     }
 }
 

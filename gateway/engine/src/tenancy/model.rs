@@ -462,6 +462,9 @@ impl ClaimMapping {
 pub struct TenantRules {
     tiers: Option<Arc<BTreeSet<String>>>,
     quotas: bool,
+    /// `.api.example.com` of `[tenancy] host_pattern = "{tenant}.api.example.com"`: the hosts
+    /// under it belong to the tenants they name.
+    host_suffix: Option<Arc<str>>,
 }
 
 impl Default for TenantRules {
@@ -476,6 +479,7 @@ impl TenantRules {
         TenantRules {
             tiers: None,
             quotas: true,
+            host_suffix: None,
         }
     }
 
@@ -485,6 +489,17 @@ impl TenantRules {
         TenantRules {
             tiers: (!names.is_empty()).then(|| Arc::new(names)),
             quotas: true,
+            host_suffix: None,
+        }
+    }
+
+    /// The same, knowing the host pattern's suffix (`.api.example.com`): a tenant's own host
+    /// under it must be the one its id names, or it would take another tenant's traffic
+    /// (custom hosts are looked up before the pattern).
+    pub fn with_host_suffix(self, suffix: Option<String>) -> Self {
+        TenantRules {
+            host_suffix: suffix.map(Arc::from),
+            ..self
         }
     }
 
@@ -643,6 +658,21 @@ pub fn validate_tenant(spec: &TenantSpec, rules: &TenantRules) -> Vec<(String, S
                 format!("duplicate key id `{}`", key.id),
             ));
         }
+        // Both travel comma-separated in headers to the upstream (`x-principal-roles`,
+        // `x-principal-scopes`): a role `viewer,admin` would read as two there.
+        for (field, values) in [("roles", &key.roles), ("scopes", &key.scopes)] {
+            for (j, value) in values.iter().enumerate() {
+                if !is_valid_role(value) {
+                    issues.push((
+                        format!("api_keys[{i}].{field}[{j}]"),
+                        format!(
+                            "`{}`: 1-128 ASCII letters, digits, `-`, `_`, `.`, `:` or `/`",
+                            truncated(value)
+                        ),
+                    ));
+                }
+            }
+        }
         if key.sha256.len() != 64 || hex::decode(&key.sha256).is_err() {
             issues.push((
                 format!("api_keys[{i}].sha256"),
@@ -765,7 +795,20 @@ pub fn validate_tenant(spec: &TenantSpec, rules: &TenantRules) -> Vec<(String, S
         }
     }
     for (i, host) in spec.hosts.iter().enumerate() {
-        if !is_valid_host_name(host) {
+        let label = rules
+            .host_suffix
+            .as_deref()
+            .and_then(|suffix| host.strip_suffix(suffix));
+        if let Some(label) = label.filter(|l| !l.contains('.') && *l != spec.id) {
+            issues.push((
+                format!("hosts[{i}]"),
+                format!(
+                    "`{}` is under the host pattern, where it is tenant `{}`'s host",
+                    truncated(host),
+                    truncated(label)
+                ),
+            ));
+        } else if !is_valid_host_name(host) {
             issues.push((
                 format!("hosts[{i}]"),
                 format!(
@@ -999,8 +1042,46 @@ mod tests {
             fields(&spec, &tiers),
             ["hosts[1]", "hosts[2]", "hosts[3]", "hosts[4]", "hosts[5]", "hosts[6]"]
         );
+        // Under the host pattern, a host is the tenant's its label names: taking another's
+        // would route that tenant's traffic here (custom hosts are looked up first).
+        let patterned = tiers
+            .clone()
+            .with_host_suffix(Some(".api.example.com".into()));
+        spec.hosts = vec![
+            "acme.api.example.com".into(),
+            "globex.api.example.com".into(),
+            "a.b.api.example.com".into(),
+            "api.example.com".into(),
+        ];
+        assert_eq!(fields(&spec, &patterned), ["hosts[1]"]);
+        assert!(fields(&spec, &tiers).is_empty());
         assert!(is_valid_host_name(&format!("{}.example", "a".repeat(63))));
         assert!(!is_valid_host_name(&format!("{}.example", "a".repeat(64))));
+    }
+
+    #[test]
+    fn api_key_roles_and_scopes_cannot_smuggle_a_comma() {
+        let mut spec = TenantSpec::new("acme");
+        spec.api_keys.push(ApiKeySpec {
+            id: "ci".into(),
+            sha256: "a".repeat(64),
+            scopes: vec!["projects:read".into(), "projects:read,billing:read".into()],
+            roles: vec!["viewer,admin".into(), "editor".into(), String::new()],
+            expires: None,
+            owner: None,
+        });
+        let fields: Vec<String> = validate_tenant(&spec, &TenantRules::any())
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "api_keys[0].roles[0]",
+                "api_keys[0].roles[2]",
+                "api_keys[0].scopes[1]"
+            ]
+        );
     }
 
     #[test]

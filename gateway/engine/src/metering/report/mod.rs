@@ -617,6 +617,18 @@ impl Report {
     }
 }
 
+/// A text cell of a CSV export that a spreadsheet will not run: a value starting with `=`, `+`,
+/// `-`, `@`, tab or carriage return (a formula to Excel, LibreOffice and Sheets) gets a leading
+/// `'`. Principal ids, attribute values and paths come from tenants' tokens and requests, so
+/// a subject `=HYPERLINK(…)` would otherwise run in the operator's spreadsheet.
+pub fn inert_cell(value: String) -> String {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value
+    }
+}
+
 /// The report as CSV text.
 pub fn to_csv(report: &Report) -> Result<String, String> {
     let mut bytes = Vec::new();
@@ -671,6 +683,16 @@ mod tests {
             meters: vec![],
             tier: Some("free".into()),
             attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_made_text() {
+        for formula in ["=HYPERLINK(\"x\")", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(inert_cell(formula.into()), format!("'{formula}"));
+        }
+        for text in ["alice", "/projects/42", "", "a=b"] {
+            assert_eq!(inert_cell(text.into()), text);
         }
     }
 

@@ -425,7 +425,7 @@ pub fn write_csv(rows: ReportRows, out: impl Write) -> Result<(), String> {
         let row = row.map_err(|e| e.to_string())?;
         record.clear();
         record.push(row.period);
-        record.extend(row.keys);
+        record.extend(row.keys.into_iter().map(super::inert_cell));
         record.extend(row.counts.values().iter().map(u64::to_string));
         if let (Some(cost), Some(currency)) = (row.cost, &currency) {
             record.push(format_cost(cost));

@@ -457,6 +457,7 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
         in_flight: in_flight.clone(),
         head_limits: cfg.server.head_limits(),
         max_body_bytes: cfg.server.max_body_bytes,
+        provisioner: provisioner.clone(),
     };
     // A door decides as much as the proxy does: as many threads (a background service's
     // runtime has one by default).

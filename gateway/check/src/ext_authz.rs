@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::google::rpc;
 use gateway_engine::check::{self, Verdict};
-use gateway_engine::pipeline::sanitize::HeaderError;
+use gateway_engine::pipeline::sanitize::{HeadTooLarge, HeaderError};
 use gateway_engine::pipeline::{Rejection, RequestHead};
 use gateway_engine::records::FrontDoor;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -120,7 +120,13 @@ impl Described {
                 HeaderValue::from_bytes(value),
             ) {
                 (Ok(n), Ok(v)) => {
-                    headers.append(n, v);
+                    // `append` panics past the map's capacity (24,576 names): a head of that
+                    // many fields is far over any limit.
+                    if headers.try_append(n, v).is_err() {
+                        malformed.get_or_insert(Rejection::HeadTooLarge(HeadTooLarge::Fields {
+                            limit: headers.len(),
+                        }));
+                    }
                 }
                 (Err(_), _) => {
                     malformed.get_or_insert(Rejection::BadHeader(HeaderError::MalformedField));
@@ -478,6 +484,32 @@ mod tests {
             ..Default::default()
         }))
         .is_err());
+    }
+
+    /// More header names than a `HeaderMap` holds made `append` panic (one 4 MB
+    /// `CheckRequest`): refused as a head too large now.
+    #[test]
+    fn a_request_of_more_headers_than_a_map_holds_is_refused_not_a_panic() {
+        let headers: Vec<EnvoyHeaderValue> = (0..25_000)
+            .map(|i| EnvoyHeaderValue {
+                key: format!("x-{i}"),
+                raw_value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        let described = Described::of(&request(HttpRequest {
+            method: "GET".into(),
+            path: "/status".into(),
+            host: "h".into(),
+            header_map: Some(EnvoyHeaderMap { headers }),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(
+            matches!(described.malformed, Some(Rejection::HeadTooLarge(_))),
+            "{:?}",
+            described.malformed
+        );
     }
 
     #[test]

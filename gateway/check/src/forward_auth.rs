@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_engine::check::{CheckRequest, Denied, Verdict};
+use gateway_engine::pipeline::sanitize::HeaderError;
 use gateway_engine::pipeline::{Rejection, RequestHead};
 use gateway_engine::records::FrontDoor;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -65,6 +66,32 @@ const DESCRIPTION_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-port",
     "x-forwarded-server",
+];
+
+/// The headers the documented nginx, Traefik and Caddy set-ups replace or blank on the way to
+/// the app: every header the gateway sets, and the overrides. Only these can be taken from a
+/// client's request at this door (nginx and Traefik remove no header by prefix, nor by a list
+/// the answer names).
+const REPLACED_BY_THE_PROXY: &[&str] = &[
+    "x-tenant-id",
+    "x-principal-id",
+    "x-principal-auth",
+    "x-principal-roles",
+    "x-principal-scopes",
+    "x-principal-platform",
+    "x-gateway-context",
+    "x-request-id",
+    "traceparent",
+    "x-gateway-usage-id",
+    "x-gateway-region",
+    "x-gateway-regions",
+    "x-gateway-target",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
 ];
 
 type Answer = hyper::Response<Full<Bytes>>;
@@ -103,11 +130,9 @@ impl ForwardAuth {
     pub async fn handle(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Answer {
         let path = request.uri().path();
         if path == self.path {
-            self.authorize(request.headers(), request.method(), peer, Mode::AsIs)
-                .await
+            self.authorize(request.headers(), peer, Mode::AsIs).await
         } else if path == self.nginx_path {
-            self.authorize(request.headers(), request.method(), peer, Mode::Nginx)
-                .await
+            self.authorize(request.headers(), peer, Mode::Nginx).await
         } else if let Some(id) = path.strip_prefix(&self.refusals_prefix) {
             self.kept_refusal(id)
         } else {
@@ -115,13 +140,7 @@ impl ForwardAuth {
         }
     }
 
-    async fn authorize(
-        &self,
-        headers: &HeaderMap,
-        method: &Method,
-        peer: SocketAddr,
-        mode: Mode,
-    ) -> Answer {
+    async fn authorize(&self, headers: &HeaderMap, peer: SocketAddr, mode: Mode) -> Answer {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         // nginx describes the request with X-Original-*, Traefik and Caddy with X-Forwarded-*;
         // each passes the client's own headers of the other family along. Where both families
@@ -157,9 +176,20 @@ impl ForwardAuth {
                     )
                 }
             },
-            None => method.clone(),
+            // The subrequest's own method (GET for Traefik and Caddy) would decide every
+            // request as that method.
+            None => {
+                tracing::warn!(
+                    %peer,
+                    "forward-auth request without X-Original-Method (nginx) or X-Forwarded-Method (Traefik, Caddy): the proxy in front is misconfigured"
+                );
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "forward-auth needs X-Original-Method or X-Forwarded-Method",
+                );
+            }
         };
-        let malformed = ambiguous.then(|| {
+        let mut malformed = ambiguous.then(|| {
             tracing::info!(
                 %peer,
                 "forward-auth: X-Original-* and X-Forwarded-* describe different requests (a client's own headers): refused"
@@ -180,6 +210,18 @@ impl ForwardAuth {
         }
         if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             original.insert(HOST, h);
+        }
+        // A header the upstream must not see that the proxy in front would pass on (e.g.
+        // `X-Principal-Email`, `X_Tenant_Id`, `[sanitize] strip_headers`): refused, since the
+        // app would take it for the gateway's.
+        if malformed.is_none() {
+            let sanitize = &self.decider.store.load().sanitize;
+            malformed = original
+                .keys()
+                .find(|name| {
+                    sanitize.strips(name) && !REPLACED_BY_THE_PROXY.contains(&name.as_str())
+                })
+                .map(|name| Rejection::BadHeader(HeaderError::NotRemovable(name.to_string())));
         }
         let client_ip = gateway_engine::geoip::forwarded_client_ip(
             peer.ip(),
@@ -353,6 +395,7 @@ mod tests {
                 max_uri_bytes: 1024,
             },
             max_body_bytes: 1024,
+            provisioner: None,
         }
     }
 
@@ -422,11 +465,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let status = |headers: HeaderMap, mode: Mode| {
             let door = &door;
-            async move {
-                door.authorize(&headers, &Method::GET, peer, mode)
-                    .await
-                    .status()
-            }
+            async move { door.authorize(&headers, peer, mode).await.status() }
         };
         let traefik = [
             ("x-forwarded-method", "DELETE"),
@@ -467,6 +506,46 @@ mod tests {
             ("x-forwarded-uri", "/t/acme/projects/42"),
         ];
         assert_eq!(status(describing(&reading, &viewer), Mode::AsIs).await, 200);
+        // No method described: 400, not the subrequest's own GET (a DELETE decided as a read).
+        let no_method = [("x-forwarded-uri", "/t/acme/projects/42")];
+        assert_eq!(
+            status(describing(&no_method, &viewer), Mode::AsIs).await,
+            400
+        );
+    }
+
+    /// nginx and Traefik replace a fixed list of headers on the way to the app: a client's
+    /// header the upstream must not see outside that list (a context header the gateway does
+    /// not set, an underscore spelling, `[sanitize] strip_headers`) would reach it, so the
+    /// request is refused; those on the list are replaced by the proxy and pass.
+    #[tokio::test]
+    async fn headers_the_proxy_in_front_would_pass_on_are_refused() {
+        let deployment = gateway_engine::test_support::Deployment::load();
+        let viewer = deployment.token("vic", "acme", &["viewer"]);
+        let door = door();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let reading = [
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/t/acme/projects/42"),
+        ];
+        for (name, expected) in [
+            ("x-principal-email", 400),
+            ("x_tenant_id", 400),
+            ("x-gateway-anything", 400),
+            ("x-internal-debug", 400),
+            ("x-tenant-id", 200),
+            ("x-principal-roles", 200),
+            ("x-http-method-override", 200),
+            ("x-custom", 200),
+        ] {
+            let mut headers = describing(&reading, &viewer);
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoofed"),
+            );
+            let answer = door.authorize(&headers, peer, Mode::AsIs).await;
+            assert_eq!(answer.status(), expected, "{name}");
+        }
     }
 
     #[tokio::test]

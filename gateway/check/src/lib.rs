@@ -40,6 +40,8 @@ pub struct Decider {
     pub head_limits: HeadLimits,
     /// `[server] max_body_bytes`.
     pub max_body_bytes: u64,
+    /// Just-in-time provisioning, as the inline proxy does it.
+    pub provisioner: Option<Arc<gateway_engine::identity::provisioning::Provisioner>>,
 }
 
 impl Decider {
@@ -50,6 +52,7 @@ impl Decider {
         let recorder = Recorder {
             metering: self.metering.as_deref(),
             recording: &self.recording,
+            provisioner: self.provisioner.as_deref(),
         };
         gateway_engine::check::check(request, &snapshot, &self.services, recorder).await
     }

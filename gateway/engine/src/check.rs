@@ -166,13 +166,16 @@ pub async fn check(
             exchange.status = 200;
             exchange.region = admitted.placement.regions.first().map(String::as_str);
             match recorder.decided(&exchange).await {
-                Ok(()) => Ok(allowed(
-                    admitted,
-                    snapshot,
-                    &correlation,
-                    &usage_id,
-                    recorder.metering.is_some(),
-                )),
+                Ok(()) => {
+                    recorder.provision(admitted, &correlation.request_id);
+                    Ok(allowed(
+                        admitted,
+                        snapshot,
+                        &correlation,
+                        &usage_id,
+                        recorder.metering.is_some(),
+                    ))
+                }
                 Err(rejection) => {
                     // Not recorded, so not forwarded: the refusal itself is recorded if it can be.
                     recorder.finish(&Exchange {
@@ -380,6 +383,7 @@ mod tests {
         let recorder = Recorder {
             metering: None,
             recording: &recording,
+            provisioner: None,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

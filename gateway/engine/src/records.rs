@@ -23,6 +23,9 @@ pub struct Recorder<'a> {
     /// Usage metering, when `[metering]` is configured.
     pub metering: Option<&'a Metering>,
     pub recording: &'a Recording,
+    /// Just-in-time provisioning: the first request of a principal of a provisioning issuer
+    /// records it (`[provisioning]`).
+    pub provisioner: Option<&'a crate::identity::provisioning::Provisioner>,
 }
 
 /// Who and what the stages established before one of them refused the request.
@@ -98,6 +101,15 @@ impl Exchange<'_> {
 }
 
 impl Recorder<'_> {
+    /// A principal of a provisioning issuer becomes known on its first admitted request.
+    pub fn provision(&self, admitted: &Admitted, request_id: &str) {
+        if let (Some(provisioner), Some(tenant)) = (self.provisioner, &admitted.tenant) {
+            if admitted.principal.provision {
+                provisioner.observe(&admitted.principal, &tenant.tenant.id, request_id);
+            }
+        }
+    }
+
     /// Writes the begin record of a request about to be forwarded: in the outbox file (or, with
     /// `fsync = "batch"`, on disk) before anything is sent upstream, so no crash can lose a
     /// request the upstream may have seen. Returns whether a begin record was written (`false`

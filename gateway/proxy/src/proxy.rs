@@ -142,6 +142,7 @@ impl GatewayProxy {
         Recorder {
             metering: self.hooks.metering.as_deref(),
             recording: &self.hooks.recording,
+            provisioner: self.hooks.provisioner.as_deref(),
         }
     }
 
@@ -396,13 +397,7 @@ impl ProxyHttp for GatewayProxy {
                 if self.services.sessions.is_some() {
                     strip_gateway_cookies(session.req_header_mut())?;
                 }
-                if let (Some(provisioner), Some(tenant)) =
-                    (&self.hooks.provisioner, &admitted.tenant)
-                {
-                    if admitted.principal.provision {
-                        provisioner.observe(&admitted.principal, &tenant.tenant.id, &request_id);
-                    }
-                }
+                self.recorder().provision(&admitted, &request_id);
                 ctx.admitted = Some(Box::new(admitted));
                 let method = session.req_header().method.to_string();
                 if let Err(rejection) = self.begin_usage(ctx, &method).await {

@@ -691,7 +691,27 @@ async fn api_keys_identify_machine_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn first_seen_principals_are_provisioned_once() {
-    let s = setup("", &[]).await;
+    let door = common::free_addr();
+    let mut s = setup(
+        &format!("\n[forward_auth]\nlisten = \"{door}\"\npath = \"/auth\"\n"),
+        &[],
+    )
+    .await;
+    s.gw.wait_accepting(door);
+    // A principal seen only through a decision door (forward-auth here) is provisioned too.
+    let token = s.idp.token(
+        "rsa-1",
+        &user_claims(&s.idp, "newbie-3", "globex", &["viewer"]),
+    );
+    let answer = client()
+        .get(format!("http://{door}/auth"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/")
+        .header("authorization", bearer(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", s.gw.log());
     for _ in 0..3 {
         for user in ["newbie-1", "newbie-2"] {
             let token = s
@@ -709,7 +729,7 @@ async fn first_seen_principals_are_provisioned_once() {
     let mut records = String::new();
     for _ in 0..50 {
         records = std::fs::read_to_string(&path).unwrap_or_default();
-        if records.lines().count() >= 2 {
+        if records.lines().count() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -718,8 +738,8 @@ async fn first_seen_principals_are_provisioned_once() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{records}");
-    for (line, user) in lines.iter().zip(["newbie-1", "newbie-2"]) {
+    assert_eq!(lines.len(), 3, "{records}");
+    for (line, user) in lines.iter().zip(["newbie-3", "newbie-1", "newbie-2"]) {
         assert_eq!(line["tenant"], "globex");
         assert_eq!(line["principal"], user);
         assert_eq!(line["issuer"], s.idp.issuer);

@@ -151,7 +151,8 @@ impl SanitizePolicy {
         }
     }
 
-    fn strips(&self, name: &HeaderName) -> bool {
+    /// Whether the upstream must not see a client's header of this name.
+    pub fn strips(&self, name: &HeaderName) -> bool {
         // `x_tenant_id` reaches some frameworks (CGI, WSGI, Rails) as `x-tenant-id`: strip both.
         // Header names are already lower-case; compare without allocating per request.
         let name = name.as_str().as_bytes();
@@ -595,6 +596,8 @@ pub enum HeaderError {
     MissingHost,
     #[error("the Host header must be visible ASCII")]
     UnreadableHost,
+    #[error("header `{0}` may not be sent, and the proxy in front does not remove it")]
+    NotRemovable(String),
     #[error("control character in the value of header `{0}`")]
     ControlCharacter(String),
     #[error(

@@ -96,7 +96,20 @@ impl Upstreams {
         let accept = |b: &Backend, healthy: bool| {
             healthy && backend_addr(b).is_some_and(|a| !exclude.contains(&a))
         };
-        let chosen = p.balancer.select_with(b"", candidates.max(1), accept)?;
+        // The round robin's position is shared by every thread, and its walk is bounded in
+        // steps, not peers: another thread moving it mid-walk can make this one see a peer twice
+        // and miss the healthy one. Then every peer is looked at in order.
+        let backends = p.balancer.backends();
+        let chosen = p
+            .balancer
+            .select_with(b"", candidates.max(1), accept)
+            .or_else(|| {
+                backends
+                    .get_backend()
+                    .iter()
+                    .find(|b| accept(b, backends.ready(b)))
+                    .cloned()
+            })?;
         Some(SelectedPeer {
             pool,
             addr: backend_addr(&chosen)?,
@@ -237,6 +250,31 @@ mod tests {
             let (upstreams, _checks) = Upstreams::build(&loaded).unwrap();
             (loaded, p, upstreams)
         })
+    }
+
+    /// Threads select from one pool at once (as Pingora's workers do): with one of two peers
+    /// down, every selection finds the healthy one. The shared round robin moving mid-walk
+    /// made a bounded walk see the down peer twice and find none (a false 503, or a failover
+    /// to the next region).
+    #[test]
+    fn concurrent_selections_always_find_the_healthy_peer() {
+        let loaded = regional_config(&["eu-central"], 2, "");
+        let (upstreams, _checks) = Upstreams::build(&loaded).unwrap();
+        let peers = loaded.pool_peers[0].clone();
+        upstreams.set_enabled(0, peers[0], false);
+        let missed: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..20_000)
+                            .filter(|_| upstreams.select(0, &[]).map(|s| s.addr) != Some(peers[1]))
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(missed, 0, "selections that missed the healthy peer");
     }
 
     proptest! {

@@ -456,32 +456,29 @@ async fn replace_user(
     id: &str,
     body: &[u8],
 ) -> AdminResponse {
-    let Some(current) = directory.user(tenant, id) else {
-        return scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"));
-    };
-    let user = match user_from(
-        body,
-        current.id.clone(),
-        current.created.clone(),
-        current.version + 1,
-    ) {
-        Ok(u) => u,
-        Err(error) => return error.response(),
-    };
-    save_changed(directory, tenant, base, &current, user).await
+    let updated = directory
+        .update_user(tenant, id, |current| {
+            user_from(
+                body,
+                current.id.clone(),
+                current.created.clone(),
+                current.version + 1,
+            )
+            .map_err(|error| error.response())
+        })
+        .await;
+    user_changed(updated, tenant, base)
 }
 
-async fn save_changed(
-    directory: &Directory,
+/// The answer to a replaced or patched user (read and written under the directory's lock, so
+/// concurrent changes all count).
+fn user_changed(
+    updated: Result<Result<(DirectoryUser, DirectoryUser), AdminResponse>, DirectoryError>,
     tenant: &str,
     base: &str,
-    before: &DirectoryUser,
-    mut user: DirectoryUser,
 ) -> AdminResponse {
-    // Not a SCIM attribute: a replacement keeps ended sessions ended.
-    user.sessions = before.sessions.clone();
-    match directory.save(tenant, user).await {
-        Ok(user) => {
+    match updated {
+        Ok(Ok((before, user))) => {
             if before.active != user.active {
                 let event = if user.active {
                     "principal.activated"
@@ -491,6 +488,10 @@ async fn save_changed(
                 tracing::info!(target: "audit", event, tenant, principal = %user.user_name, "SCIM: user {}", if user.active { "activated" } else { "deactivated" });
             }
             scim_response(StatusCode::OK, user_json(&user, base))
+        }
+        Ok(Err(refusal)) => refusal,
+        Err(DirectoryError::NoSuchUser(id)) => {
+            scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"))
         }
         Err(e) => directory_error(e),
     }
@@ -503,37 +504,36 @@ async fn patch_user(
     id: &str,
     body: &[u8],
 ) -> AdminResponse {
-    let Some(current) = directory.user(tenant, id) else {
-        return scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"));
-    };
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
         Err(error) => return error.response(),
     };
-    // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
-    let mut resource = match user_json(&current, base) {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
-    for (i, operation) in operations.iter().enumerate() {
-        if let Err(detail) = apply(&mut resource, operation) {
-            return scim_error(
-                StatusCode::BAD_REQUEST,
-                Some("invalidPath"),
-                format!("Operations[{i}]: {detail}"),
-            );
-        }
-    }
-    let user = match user_from_map(
-        &mut resource,
-        current.id.clone(),
-        current.created.clone(),
-        current.version + 1,
-    ) {
-        Ok(u) => u,
-        Err(error) => return error.response(),
-    };
-    save_changed(directory, tenant, base, &current, user).await
+    let updated = directory
+        .update_user(tenant, id, |current| {
+            // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
+            let mut resource = match user_json(current, base) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            for (i, operation) in operations.iter().enumerate() {
+                if let Err(detail) = apply(&mut resource, operation) {
+                    return Err(scim_error(
+                        StatusCode::BAD_REQUEST,
+                        Some("invalidPath"),
+                        format!("Operations[{i}]: {detail}"),
+                    ));
+                }
+            }
+            user_from_map(
+                &mut resource,
+                current.id.clone(),
+                current.created.clone(),
+                current.version + 1,
+            )
+            .map_err(|error| error.response())
+        })
+        .await;
+    user_changed(updated, tenant, base)
 }
 
 /// One PATCH operation (RFC 7644 §3.5.2) on a user's SCIM form: `add`/`replace` with no path
@@ -877,12 +877,40 @@ async fn replace_group(
     id: &str,
     body: &[u8],
 ) -> AdminResponse {
-    let Some(current) = directory.group(tenant, id) else {
-        return scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"));
-    };
-    match group_from(body, current.id, current.created, current.version + 1) {
-        Ok(group) => save_group(directory, tenant, base, group, StatusCode::OK).await,
-        Err(error) => error.response(),
+    let updated = directory
+        .update_group(tenant, id, |current| {
+            group_from(
+                body,
+                current.id.clone(),
+                current.created.clone(),
+                current.version + 1,
+            )
+            .map_err(|error| error.response())
+        })
+        .await;
+    group_changed(directory, updated, tenant, base)
+}
+
+/// The answer to a replaced or patched group.
+fn group_changed(
+    directory: &Directory,
+    updated: Result<Result<DirectoryGroup, AdminResponse>, DirectoryError>,
+    tenant: &str,
+    base: &str,
+) -> AdminResponse {
+    match updated {
+        Ok(Ok(group)) => {
+            tracing::info!(target: "audit", event = "group.saved", tenant, group = %group.display_name, members = group.members.len(), "SCIM: group saved");
+            scim_response(
+                StatusCode::OK,
+                group_json(directory, tenant, &group, base, false),
+            )
+        }
+        Ok(Err(refusal)) => refusal,
+        Err(DirectoryError::NoSuchGroup(id)) => {
+            scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"))
+        }
+        Err(e) => directory_error(e),
     }
 }
 
@@ -919,6 +947,14 @@ fn apply_to_group(resource: &mut Map<String, Value>, operation: &Value) -> Resul
         .to_ascii_lowercase();
     let path = operation["path"].as_str().map(str::trim).unwrap_or("");
     let value = operation.get("value").cloned().unwrap_or(Value::Null);
+    // Without a path, each attribute of the value is one operation of its own: `add` of
+    // `members` adds to them (RFC 7644 §3.5.2.1), it does not replace them.
+    if let (true, Value::Object(attributes)) = (path.is_empty(), &value) {
+        for (name, value) in attributes {
+            apply_to_group(resource, &json!({ "op": op, "path": name, "value": value }))?;
+        }
+        return Ok(());
+    }
     let mut members = member_ids(resource.get("members").unwrap_or(&Value::Null))?;
     let (attribute, filter, _) = split_path(path)?;
     if !attribute.eq_ignore_ascii_case("members") {
@@ -958,35 +994,35 @@ async fn patch_group(
     id: &str,
     body: &[u8],
 ) -> AdminResponse {
-    let Some(current) = directory.group(tenant, id) else {
-        return scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"));
-    };
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
         Err(error) => return error.response(),
     };
-    let mut resource = match group_json(directory, tenant, &current, base, false) {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
-    for (i, operation) in operations.iter().enumerate() {
-        if let Err(detail) = apply_to_group(&mut resource, operation) {
-            return scim_error(
-                StatusCode::BAD_REQUEST,
-                Some("invalidPath"),
-                format!("Operations[{i}]: {detail}"),
-            );
-        }
-    }
-    match group_from_map(
-        &mut resource,
-        current.id.clone(),
-        current.created.clone(),
-        current.version + 1,
-    ) {
-        Ok(group) => save_group(directory, tenant, base, group, StatusCode::OK).await,
-        Err(error) => error.response(),
-    }
+    let updated = directory
+        .update_group(tenant, id, |current| {
+            let mut resource = match group_json(directory, tenant, current, base, false) {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            };
+            for (i, operation) in operations.iter().enumerate() {
+                if let Err(detail) = apply_to_group(&mut resource, operation) {
+                    return Err(scim_error(
+                        StatusCode::BAD_REQUEST,
+                        Some("invalidPath"),
+                        format!("Operations[{i}]: {detail}"),
+                    ));
+                }
+            }
+            group_from_map(
+                &mut resource,
+                current.id.clone(),
+                current.created.clone(),
+                current.version + 1,
+            )
+            .map_err(|error| error.response())
+        })
+        .await;
+    group_changed(directory, updated, tenant, base)
 }
 
 fn service_provider_config(base: &str) -> Value {
@@ -1147,5 +1183,33 @@ mod tests {
             &json!({"op": "replace", "path": "emails[type eq work].value", "value": 1})
         )
         .is_err());
+    }
+
+    /// `add` without a path adds the value's members to the group's (RFC 7644 §3.5.2.1); it
+    /// replaced them, so u1 and u2 lost the group's role when u3 was added this way.
+    #[test]
+    fn adding_members_without_a_path_keeps_the_members_there_are() {
+        let mut group =
+            json!({"displayName": "admins", "members": [{"value": "u1"}, {"value": "u2"}]})
+                .as_object()
+                .cloned()
+                .unwrap();
+        apply_to_group(
+            &mut group,
+            &json!({"op": "add", "value": {"members": [{"value": "u3"}, {"value": "u1"}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            group["members"],
+            json!([{"value": "u1"}, {"value": "u2"}, {"value": "u3"}])
+        );
+        // Replace without a path still replaces, and other attributes are set as before.
+        apply_to_group(
+            &mut group,
+            &json!({"op": "replace", "value": {"members": [{"value": "u2"}], "displayName": "ops"}}),
+        )
+        .unwrap();
+        assert_eq!(group["members"], json!([{"value": "u2"}]));
+        assert_eq!(group["displayName"], "ops");
     }
 }

@@ -781,6 +781,44 @@ async fn scim_groups_give_their_members_roles_on_the_next_request() {
     );
     assert_eq!(scim.call("GET", "/Groups/nope", None).await.0, 404);
 
+    // An identity provider's PATCHes at once (one member each): every one counts. Each read
+    // the group before any wrote it, and the last write won (members lost their role).
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (status, user) = scim
+            .call(
+                "POST",
+                "/Users",
+                Some(json!({"userName": format!("crowd-{i}")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{user}");
+        ids.push(user["id"].as_str().unwrap().to_string());
+    }
+    let group_path = format!("/Groups/{group_id}");
+    let statuses = futures_util::future::join_all(ids.iter().map(|id| {
+        scim.call(
+            "PATCH",
+            &group_path,
+            Some(patch(
+                json!([{"op": "add", "path": "members", "value": [{"value": id}]}]),
+            )),
+        )
+    }))
+    .await;
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    let (_, group) = scim.call("GET", &format!("/Groups/{group_id}"), None).await;
+    let members: Vec<&str> = group["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["value"].as_str())
+        .collect();
+    for id in &ids {
+        assert!(members.contains(&id.as_str()), "{id} lost: {members:?}");
+    }
+    assert!(members.contains(&erin_id.as_str()), "{members:?}");
+
     // Deleting the group takes the role away.
     let (status, _) = scim
         .call("DELETE", &format!("/Groups/{group_id}"), None)

@@ -400,6 +400,29 @@ impl Directory {
         self.save_writing(tenant, user).await
     }
 
+    /// Changes the user with `id` as `change` says, reading and writing under the write lock,
+    /// so two changes at once (an identity provider's concurrent PATCHes) both count. The
+    /// user's ended sessions are kept (not SCIM attributes). `Ok(Err(e))`: `change` refused.
+    /// Returns the user before and after.
+    pub async fn update_user<E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: impl FnOnce(&DirectoryUser) -> Result<DirectoryUser, E>,
+    ) -> Result<Result<(DirectoryUser, DirectoryUser), E>, DirectoryError> {
+        let _writing = self.writing.lock().await;
+        let before = self
+            .user(tenant, id)
+            .ok_or_else(|| DirectoryError::NoSuchUser(id.to_string()))?;
+        let mut after = match change(&before) {
+            Ok(after) => after,
+            Err(e) => return Ok(Err(e)),
+        };
+        after.sessions = before.sessions.clone();
+        let after = self.save_writing(tenant, after).await?;
+        Ok(Ok((before, after)))
+    }
+
     /// [`Directory::save`], the caller holding the write lock.
     async fn save_writing(
         &self,
@@ -654,9 +677,36 @@ impl Directory {
     pub async fn save_group(
         &self,
         tenant: &str,
-        mut group: DirectoryGroup,
+        group: DirectoryGroup,
     ) -> Result<DirectoryGroup, DirectoryError> {
         let _writing = self.writing.lock().await;
+        self.save_group_writing(tenant, group).await
+    }
+
+    /// Changes the group with `id` as `change` says, reading and writing under the write lock
+    /// (two member additions at once both count). `Ok(Err(e))`: `change` refused.
+    pub async fn update_group<E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: impl FnOnce(&DirectoryGroup) -> Result<DirectoryGroup, E>,
+    ) -> Result<Result<DirectoryGroup, E>, DirectoryError> {
+        let _writing = self.writing.lock().await;
+        let before = self
+            .group(tenant, id)
+            .ok_or_else(|| DirectoryError::NoSuchGroup(id.to_string()))?;
+        match change(&before) {
+            Ok(after) => self.save_group_writing(tenant, after).await.map(Ok),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// [`Directory::save_group`], the caller holding the write lock.
+    async fn save_group_writing(
+        &self,
+        tenant: &str,
+        mut group: DirectoryGroup,
+    ) -> Result<DirectoryGroup, DirectoryError> {
         let current = self.state.load();
         let taken = current.groups.get(tenant).is_some_and(|groups| {
             groups.values().any(|g| {

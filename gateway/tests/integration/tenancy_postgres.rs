@@ -277,6 +277,10 @@ async fn invalid_rows_are_refused_alone_and_the_rest_served() {
         serde_json::json!({"id": "plat", "tier": "platinum"}),
         serde_json::json!({"id": "slow", "limits": {"requests_per_second": 1e-30}}),
         serde_json::json!({"id": "longhost", "hosts": ["h".repeat(100_000)]}),
+        // Two rows claiming one host: the first in id order keeps it, the other is refused
+        // alone (it stopped every replica from starting).
+        serde_json::json!({"id": "alpha", "hosts": ["shared.example"]}),
+        serde_json::json!({"id": "beta", "hosts": ["shared.example"]}),
     ] {
         upsert(&db, &table, doc).await;
     }
@@ -293,7 +297,8 @@ async fn invalid_rows_are_refused_alone_and_the_rest_served() {
     );
     gw.wait_accepting(admin_addr);
     assert_eq!(status_for(&gw, "acme").await, 200, "{}", gw.log());
-    for id in ["plat", "slow", "longhost"] {
+    assert_eq!(status_for(&gw, "alpha").await, 200, "{}", gw.log());
+    for id in ["plat", "slow", "longhost", "beta"] {
         assert_eq!(status_for(&gw, id).await, 404, "{id}: {}", gw.log());
     }
     let log = gw.settled_log();
@@ -324,6 +329,23 @@ async fn invalid_rows_are_refused_alone_and_the_rest_served() {
     .await
     .expect("valid tenant not served");
     assert_eq!(status_for(&gw, "late").await, 404);
+    // One commit, two changes notified together: the conflicting one is refused alone.
+    let (gamma, delta) = (
+        serde_json::json!({"id": "gamma", "hosts": ["shared.example"]}),
+        serde_json::json!({"id": "delta", "tier": "free"}),
+    );
+    db.batch_execute(&format!(
+        "BEGIN; INSERT INTO {table} (id, doc) VALUES ('gamma', '{gamma}'), ('delta', '{delta}'); COMMIT"
+    ))
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        status_for(&gw, "delta").await == 200
+    })
+    .await
+    .expect("the valid change of a burst with a conflicting one was not applied");
+    assert_eq!(status_for(&gw, "gamma").await, 404);
+    assert_eq!(status_for(&gw, "alpha").await, 200);
     assert!(
         gw.log()
             .contains("tenant `late`: tier: unknown tier `platinum`"),

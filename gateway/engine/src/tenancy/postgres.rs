@@ -108,8 +108,9 @@ pub async fn load_all(
     table: &str,
     rules: &TenantRules,
 ) -> Result<TenantRegistry, PgRegistryError> {
+    // In id order, so every replica keeps the same one of two rows that conflict.
     let rows = client
-        .query(&format!("SELECT id, doc FROM {table}"), &[])
+        .query(&format!("SELECT id, doc FROM {table} ORDER BY id"), &[])
         .await?;
     let mut specs = Vec::with_capacity(rows.len());
     for row in rows {
@@ -123,7 +124,14 @@ pub async fn load_all(
             }
         }
     }
-    TenantRegistry::build_with(rules.clone(), specs).map_err(PgRegistryError::Registry)
+    // A row that conflicts with another (a host, API key or e-mail domain taken) is refused
+    // alone: it must not keep every other tenant out, nor a replica from starting.
+    let (registry, conflicts) = TenantRegistry::build_skipping(rules.clone(), specs);
+    for e in conflicts {
+        count_refused();
+        tracing::error!(error = %e, "conflicting tenant row skipped; the other tenants are served");
+    }
+    Ok(registry)
 }
 
 /// Reads the tenants named in `ids`: `Some` for present rows, `None` for deleted ones.
@@ -233,7 +241,26 @@ async fn follow_once(
         }
         let ids: Vec<String> = ids.into_iter().collect();
         let changes = load_some(&client, &config.table, &ids, &rules).await?;
-        match store.apply(changes) {
+        // A burst is applied in one swap; if one change of it is refused, each is applied on
+        // its own, so only that one is (a suspension notified with it still applies).
+        let single = changes.len() <= 1;
+        let batches = match store.apply(changes.clone()) {
+            Ok(applied) => Ok(applied),
+            Err(e) if single => Err(e),
+            Err(_) => Ok(changes
+                .into_iter()
+                .map(|change| {
+                    let id = change.0.clone();
+                    store.apply(vec![change]).unwrap_or_else(|e| {
+                        metrics::counter!(crate::telemetry::REGISTRY_SYNC_ERRORS_TOTAL)
+                            .increment(1);
+                        tracing::error!(tenant = %id, error = %e, "tenant change refused; the previous version stays");
+                        0
+                    })
+                })
+                .sum()),
+        };
+        match batches {
             Ok(applied) => {
                 metrics::counter!(crate::telemetry::REGISTRY_CHANGES_TOTAL)
                     .increment(applied as u64);

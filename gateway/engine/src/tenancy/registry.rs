@@ -85,6 +85,20 @@ impl TenantRegistry {
         rules: TenantRules,
         specs: impl IntoIterator<Item = TenantSpec>,
     ) -> Result<Self, Vec<RegistryError>> {
+        let (registry, errors) = Self::build_skipping(rules, specs);
+        if errors.is_empty() {
+            Ok(registry)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The registry of every tenant of `specs` that keeps `rules` and does not conflict with
+    /// one before it (a host, key or e-mail domain taken), and why each other one was left out.
+    pub fn build_skipping(
+        rules: TenantRules,
+        specs: impl IntoIterator<Item = TenantSpec>,
+    ) -> (Self, Vec<RegistryError>) {
         let mut registry = TenantRegistry {
             rules,
             ..TenantRegistry::default()
@@ -95,11 +109,7 @@ impl TenantRegistry {
                 errors.push(e);
             }
         }
-        if errors.is_empty() {
-            Ok(registry)
-        } else {
-            Err(errors)
-        }
+        (registry, errors)
     }
 
     pub fn len(&self) -> usize {

@@ -84,6 +84,12 @@ impl TenantWriter {
         id: &str,
         status: TenantStatus,
     ) -> AdminResponse {
+        if let TenantWriter::Postgres(pg) = self {
+            return match set_status_in_table(store, pg, id, status).await {
+                Ok(spec) => respond(StatusCode::OK, json!(spec)),
+                Err(response) => response,
+            };
+        }
         let Some(current) = store.load().registry.get(id).cloned() else {
             return problem(StatusCode::NOT_FOUND, format!("no tenant `{id}`"));
         };
@@ -119,33 +125,81 @@ impl TenantWriter {
         }
         let doc = serde_json::to_value(&spec)
             .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let client = gateway_engine::db::connect_config(pg, None)
-            .await
-            .map_err(|e| {
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("registry database: {e}"),
-                )
-            })?;
+        let client = connect(pg).await?;
         let sql = format!(
             "INSERT INTO {} (id, doc) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
             pg.table
         );
-        client.execute(&sql, &[&id, &doc]).await.map_err(|e| {
+        client
+            .execute(&sql, &[&id, &doc])
+            .await
+            .map_err(database_trouble)?;
+        applied_here(store, spec)
+    }
+}
+
+/// Suspends or activates `id` in the table itself: the document there is changed in place, not
+/// written back whole from this replica's snapshot, which may be behind a `PUT` just made here
+/// or on another replica (a new API key, say) that the whole document would undo.
+async fn set_status_in_table(
+    store: &SnapshotStore,
+    pg: &PostgresConfig,
+    id: &str,
+    status: TenantStatus,
+) -> Result<TenantSpec, AdminResponse> {
+    let status_text = match status {
+        TenantStatus::Active => "active",
+        TenantStatus::Suspended => "suspended",
+    };
+    let client = connect(pg).await?;
+    let sql = format!(
+        "UPDATE {} SET doc = jsonb_set(doc, '{{status}}', to_jsonb($2::text)), updated_at = now() \
+         WHERE id = $1 RETURNING doc",
+        pg.table
+    );
+    let row = client
+        .query_opt(&sql, &[&id, &status_text])
+        .await
+        .map_err(database_trouble)?
+        .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no tenant `{id}`")))?;
+    let spec: TenantSpec = serde_json::from_value(row.get(0)).map_err(|e| {
+        problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the stored tenant document: {e}"),
+        )
+    })?;
+    applied_here(store, spec)
+}
+
+async fn connect(pg: &PostgresConfig) -> Result<gateway_engine::db::Client, AdminResponse> {
+    gateway_engine::db::connect_config(pg, None)
+        .await
+        .map_err(|e| {
             problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("registry database: {e}"),
             )
-        })?;
-        // Effective on this replica's next request, before the NOTIFY round trip.
-        store
-            .apply_tenant_changes(change)
-            .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        metrics::counter!(gateway_engine::telemetry::ADMIN_TENANT_WRITES_TOTAL).increment(1);
-        tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
-        Ok(spec)
-    }
+        })
+}
+
+fn database_trouble(e: gateway_engine::db::PgError) -> AdminResponse {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("registry database: {e}"),
+    )
+}
+
+/// Makes a tenant written to the table effective on this replica's next request, before the
+/// NOTIFY round trip.
+fn applied_here(store: &SnapshotStore, spec: TenantSpec) -> Result<TenantSpec, AdminResponse> {
+    let id = spec.id.clone();
+    store
+        .apply_tenant_changes(vec![(id.clone(), Some(spec.clone()))])
+        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    metrics::counter!(gateway_engine::telemetry::ADMIN_TENANT_WRITES_TOTAL).increment(1);
+    tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
+    Ok(spec)
 }
 
 /// The tenant document of a request body: one JSON object and nothing after it (a second

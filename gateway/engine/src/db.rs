@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Config;
+/// The connection and error types of the PostgreSQL client the gateway's stores use.
+pub use tokio_postgres::{Client, Error as PgError};
 
 /// Where a PostgreSQL-backed feature connects (the `postgres` table of the tenant registry,
 /// principal store and usage exporter sections).

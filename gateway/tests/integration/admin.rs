@@ -177,6 +177,44 @@ token_file = "admin.token"
         (200, json!("active"))
     );
 
+    // A suspension while another writer (another replica's PUT) changes the document: the
+    // suspension waits for the row and keeps that change. Written back whole from this
+    // replica's snapshot, the new host was lost.
+    let other_writer = gateway::db::connect(&pg_url(), None).await.unwrap();
+    other_writer
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {table} SET doc = jsonb_set(doc, '{{hosts}}', '[\"newco.example\"]') WHERE id = 'newco'"
+        ))
+        .await
+        .unwrap();
+    let suspend = tokio::spawn(admin(
+        "POST",
+        admin_addr,
+        "/admin/tenants/newco/suspend",
+        Some(TOKEN),
+        None,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other_writer.batch_execute("COMMIT").await.unwrap();
+    let (status, _, body) = suspend.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let stored: Value = db
+        .query_one(&format!("SELECT doc FROM {table} WHERE id = 'newco'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored["status"], "suspended", "{stored}");
+    assert_eq!(stored["hosts"], json!(["newco.example"]), "{stored}");
+    let (status, _, _) = admin(
+        "POST",
+        admin_addr,
+        "/admin/tenants/newco/activate",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
     // Bad documents are refused naming the field; nothing is written.
     let (status, _, body) = admin(
         "PUT",

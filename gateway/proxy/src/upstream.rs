@@ -1,7 +1,8 @@
 //! Upstream pools: peers, health checks and selection (pingora-load-balancing), and the
 //! per-peer connection options (timeouts, TLS, protocol) every proxied request uses.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub struct UpstreamPool {
     balancer: Arc<LoadBalancer<RoundRobin>>,
     tls: bool,
     sni: Option<String>,
+    /// The host names of peers configured by name (`app-eu.internal:443`): without `sni`, a
+    /// TLS peer's certificate is checked against its own name (not the address it resolved to).
+    peer_names: HashMap<SocketAddr, String>,
     protocol: UpstreamProtocol,
 }
 
@@ -52,7 +56,15 @@ impl Upstreams {
         let mut services = Vec::with_capacity(cfg.pool.len());
         for (pool_cfg, peers) in cfg.pool.iter().zip(&loaded.pool_peers) {
             let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(peers.iter().copied())?;
-            balancer.set_health_check(health_check(cfg, pool_cfg));
+            let peer_names = peer_names(pool_cfg, peers);
+            balancer.set_health_check(health_check(
+                cfg,
+                pool_cfg,
+                pool_cfg
+                    .sni
+                    .clone()
+                    .or_else(|| peer_names.values().next().cloned()),
+            ));
             balancer.health_check_frequency = Some(cfg.health_check.interval);
             balancer.parallel_health_check = true;
             let service = background_service(&format!("health {}", pool_cfg.name), balancer);
@@ -62,6 +74,7 @@ impl Upstreams {
                 balancer: service.task(),
                 tls: pool_cfg.tls,
                 sni: pool_cfg.sni.clone(),
+                peer_names,
                 protocol: pool_cfg.protocol,
             });
             services.push(service);
@@ -120,13 +133,17 @@ impl Upstreams {
     /// (`None` only for a peer some other `Upstreams` selected).
     pub fn http_peer(&self, selected: &SelectedPeer) -> Option<(Box<HttpPeer>, &UpstreamPool)> {
         let pool = self.pools.get(selected.pool)?;
-        let sni = pool.sni.clone().unwrap_or_else(|| {
-            if pool.tls {
-                selected.addr.ip().to_string()
-            } else {
-                String::new()
-            }
-        });
+        let sni = pool
+            .sni
+            .clone()
+            .or_else(|| pool.peer_names.get(&selected.addr).cloned())
+            .unwrap_or_else(|| {
+                if pool.tls {
+                    selected.addr.ip().to_string()
+                } else {
+                    String::new()
+                }
+            });
         let mut peer = HttpPeer::new(selected.addr, pool.tls, sni);
         let options = &mut peer.options;
         options.connection_timeout = Some(self.connect_timeout);
@@ -184,11 +201,12 @@ fn backend_addr(b: &Backend) -> Option<SocketAddr> {
 fn health_check(
     cfg: &UpstreamConfig,
     pool: &PoolConfig,
+    server_name: Option<String>,
 ) -> Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync> {
     let hc = &cfg.health_check;
     if hc.probe == "tcp" {
         let mut check = if pool.tls {
-            TcpHealthCheck::new_tls(pool.sni.as_deref().unwrap_or_default())
+            TcpHealthCheck::new_tls(server_name.as_deref().unwrap_or_default())
         } else {
             TcpHealthCheck::new()
         };
@@ -197,7 +215,7 @@ fn health_check(
         check.peer_template.options.connection_timeout = Some(cfg.connect_timeout);
         check
     } else {
-        let host = pool.sni.clone().unwrap_or_else(|| "localhost".to_string());
+        let host = server_name.unwrap_or_else(|| "localhost".to_string());
         let mut check = HttpHealthCheck::new(&host, pool.tls);
         check
             .req
@@ -208,6 +226,22 @@ fn health_check(
         check.peer_template.options.read_timeout = Some(cfg.connect_timeout);
         Box::new(check)
     }
+}
+
+/// The host name each peer of `pool` was configured by (`peers` are their addresses, in the
+/// same order); IP literals name none.
+fn peer_names(pool: &PoolConfig, peers: &[SocketAddr]) -> HashMap<SocketAddr, String> {
+    pool.peers
+        .iter()
+        .zip(peers)
+        .filter_map(|(configured, addr)| {
+            let host = configured
+                .rsplit_once(':')
+                .map_or(configured.as_str(), |(h, _)| h);
+            let literal = host.starts_with('[') || host.parse::<IpAddr>().is_ok();
+            (!literal && !host.is_empty()).then(|| (*addr, host.to_ascii_lowercase()))
+        })
+        .collect()
 }
 
 impl gateway_engine::status::UpstreamStatus for Upstreams {
@@ -275,6 +309,28 @@ mod tests {
             workers.into_iter().map(|w| w.join().unwrap()).sum()
         });
         assert_eq!(missed, 0, "selections that missed the healthy peer");
+    }
+
+    /// A TLS peer configured by name is checked against that name (its certificate rarely
+    /// carries the address the name resolved to); an IP peer against its address; `sni` wins.
+    #[test]
+    fn tls_peers_are_checked_against_the_name_they_were_configured_by() {
+        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n\
+            [[upstream.pool]]\nname = \"named\"\ntls = true\npeers = [\"localhost:8443\", \"127.0.0.1:8444\"]\n\
+            [[upstream.pool]]\nname = \"pinned\"\ntls = true\nsni = \"app.internal\"\npeers = [\"localhost:8445\"]\n";
+        let loaded = gateway_engine::config::load_source(
+            gateway_engine::diagnostics::SourceText::new("/tmp/gw/gateway.toml", text),
+        )
+        .unwrap();
+        let (upstreams, _checks) = Upstreams::build(&loaded).unwrap();
+        let sni = |pool: usize, addr: SocketAddr| {
+            let (peer, _) = upstreams.http_peer(&SelectedPeer { pool, addr }).unwrap();
+            peer.sni.clone()
+        };
+        let named = &loaded.pool_peers[0];
+        assert_eq!(sni(0, named[0]), "localhost");
+        assert_eq!(sni(0, named[1]), "127.0.0.1");
+        assert_eq!(sni(1, loaded.pool_peers[1][0]), "app.internal");
     }
 
     proptest! {

@@ -62,32 +62,43 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        // Decided on a task of its own: Envoy's timeout (tonic honours `grpc-timeout`) or a
+        // reset stream drops this future, and a decision dropped half-way could have written
+        // its usage record and not its audit record.
+        let decider = self.decider.clone();
         let request = request.into_inner();
-        let described = Described::of(&request).map_err(Status::invalid_argument)?;
-        let client_ip = described.source.map(|peer| {
-            gateway_engine::geoip::client_ip(
-                peer,
-                &described.headers,
-                &self.decider.services.trusted_proxies,
-            )
-        });
-        let check_request = check::CheckRequest {
-            head: RequestHead {
-                method: &described.method,
-                target: described.target.as_bytes(),
-                host: described.host.as_deref(),
-                headers: &described.headers,
-                client_ip: client_ip.flatten(),
-                body: None,
-            },
-            door: FrontDoor::ExtAuthz,
-            head_limits: self.decider.head_limits,
-            max_body_bytes: self.decider.max_body_bytes,
-            malformed: described.malformed,
-        };
-        let verdict = self.decider.decide(&check_request).await;
-        Ok(Response::new(answer(verdict, &described.target)))
+        tokio::spawn(async move { decide(&decider, &request).await })
+            .await
+            .map_err(|e| Status::internal(format!("the decision failed: {e}")))?
+            .map(Response::new)
     }
+}
+
+async fn decide(decider: &Decider, request: &CheckRequest) -> Result<CheckResponse, Status> {
+    let described = Described::of(request).map_err(Status::invalid_argument)?;
+    let client_ip = described.source.map(|peer| {
+        gateway_engine::geoip::client_ip(
+            peer,
+            &described.headers,
+            &decider.services.trusted_proxies,
+        )
+    });
+    let check_request = check::CheckRequest {
+        head: RequestHead {
+            method: &described.method,
+            target: described.target.as_bytes(),
+            host: described.host.as_deref(),
+            headers: &described.headers,
+            client_ip: client_ip.flatten(),
+            body: None,
+        },
+        door: FrontDoor::ExtAuthz,
+        head_limits: decider.head_limits,
+        max_body_bytes: decider.max_body_bytes,
+        malformed: described.malformed,
+    };
+    let verdict = decider.decide(&check_request).await;
+    Ok(answer(verdict, &described.target))
 }
 
 /// The request as Envoy described it.

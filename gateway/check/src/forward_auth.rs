@@ -343,8 +343,14 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
         }
     };
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors, say: wait rather than spin on the error.
+            Err(error) => {
+                tracing::warn!(%error, "forward-auth: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         // Answers are small and must not wait for the proxy's delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
@@ -354,7 +360,15 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let door = door.clone();
-                async move { Ok::<_, Infallible>(door.handle(req, peer).await) }
+                // Answered on a task of its own: the proxy in front closing the connection
+                // drops this future, and a decision dropped half-way could have written its
+                // usage record and not its audit record.
+                let answer = tokio::spawn(async move { door.handle(req, peer).await });
+                async move {
+                    Ok::<_, Infallible>(answer.await.unwrap_or_else(|_| {
+                        plain(StatusCode::INTERNAL_SERVER_ERROR, "the decision failed")
+                    }))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

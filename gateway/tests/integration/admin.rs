@@ -508,6 +508,21 @@ token_file = "admin.token"
         let (status, _, body) = admin("GET", admin_addr, path, token, None).await;
         assert_eq!(status, expected, "{path} with {token:?}: {body}");
     }
+    // An unknown tenant gets the answer a known one gets for a wrong token (the answer must
+    // not tell which tenants exist).
+    let known = admin("GET", admin_addr, "/tenants/acme/audit", Some("nope"), None).await;
+    let unknown = admin(
+        "GET",
+        admin_addr,
+        "/tenants/nobody/audit",
+        Some("nope"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (known.0, known.1.get("www-authenticate")),
+        (unknown.0, unknown.1.get("www-authenticate"))
+    );
     let (status, _, body) = admin(
         "GET",
         admin_addr,

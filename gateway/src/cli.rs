@@ -891,14 +891,15 @@ fn residency_report(
             return EXIT_CONFIG;
         }
     };
-    let records = match crate::audit::read_all(&dir) {
-        Ok(r) => r,
+    let rows = match crate::audit::records(&dir)
+        .and_then(|records| crate::residency::report(records, tenant.as_deref(), from, to))
+    {
+        Ok(rows) => rows,
         Err(e) => {
             eprintln!("{}: {e}", dir.display());
             return EXIT_RUNTIME;
         }
     };
-    let rows = crate::residency::report(&records, tenant.as_deref(), from, to);
     match format {
         ReportFormat::Json => println!(
             "{}",

@@ -1004,8 +1004,8 @@ impl Admin {
             return problem(StatusCode::CONFLICT, "no [audit] log configured");
         };
         let rows = tokio::task::spawn_blocking(move || {
-            gateway_engine::audit::read_all(&dir).map(|records| {
-                gateway_engine::residency::report(&records, q.tenant.as_deref(), from, to)
+            gateway_engine::audit::records(&dir).and_then(|records| {
+                gateway_engine::residency::report(records, q.tenant.as_deref(), from, to)
             })
         })
         .await;

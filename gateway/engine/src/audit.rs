@@ -413,15 +413,25 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
 
 /// Every readable record of the log, parsed (for reports; `verify` says what is damaged).
 pub fn read_all(dir: &Path) -> std::io::Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    for path in segments(dir)? {
-        for line in BufReader::new(File::open(&path)?).split(b'\n') {
-            if let Ok(v) = serde_json::from_slice(&line?) {
-                out.push(v);
-            }
-        }
-    }
-    Ok(out)
+    records(dir)?.collect()
+}
+
+/// Every readable record of the log, parsed, one at a time: a report over a log of any size
+/// holds one record at once.
+pub fn records(
+    dir: &Path,
+) -> std::io::Result<impl Iterator<Item = std::io::Result<serde_json::Value>>> {
+    let lines = segments(dir)?.into_iter().flat_map(|path| {
+        let lines: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>> = match File::open(&path) {
+            Ok(file) => Box::new(BufReader::new(file).split(b'\n')),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        lines
+    });
+    Ok(lines.filter_map(|line| match line {
+        Ok(line) => serde_json::from_slice(&line).ok().map(Ok),
+        Err(e) => Some(Err(e)),
+    }))
 }
 
 #[cfg(test)]

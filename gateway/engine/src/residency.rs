@@ -332,15 +332,16 @@ pub struct ResidencyRow {
     pub last_seen: String,
 }
 
-/// Builds the residency report from audit records (`kind = request`).
+/// Builds the residency report from audit records (`kind = request`), read one at a time.
 pub fn report(
-    records: &[serde_json::Value],
+    records: impl IntoIterator<Item = std::io::Result<serde_json::Value>>,
     tenant: Option<&str>,
     from: std::time::SystemTime,
     to: std::time::SystemTime,
-) -> Vec<ResidencyRow> {
+) -> std::io::Result<Vec<ResidencyRow>> {
     let mut rows: BTreeMap<(String, String), ResidencyRow> = BTreeMap::new();
     for r in records {
+        let r = r?;
         if r.get("kind").and_then(|k| k.as_str()) != Some("request") {
             continue;
         }
@@ -384,5 +385,5 @@ pub fn report(
             row.last_seen = time.to_string();
         }
     }
-    rows.into_values().collect()
+    Ok(rows.into_values().collect())
 }

@@ -389,8 +389,15 @@ impl ProxyHttp for GatewayProxy {
                     ctx.admitted = Some(Box::new(admitted));
                     return self.refuse(session, ctx, rejection, &request_id).await;
                 }
-                if session.is_upgrade_req() {
-                    // A WebSocket may stay quiet for longer than a body may stall.
+                // A WebSocket may stay quiet for longer than a body may stall. Only a WebSocket:
+                // any other `Upgrade` is not forwarded, and must not stretch a body's timeout.
+                let websocket = session.is_upgrade_req()
+                    && session
+                        .req_header()
+                        .headers
+                        .get(http::header::UPGRADE)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                if websocket {
                     session.set_read_timeout(Some(self.limits.keepalive_timeout));
                 }
                 apply_admitted(session.req_header_mut(), &admitted)?;

@@ -342,22 +342,29 @@ async fn a_stalled_body_gets_408_not_the_upstreams_504() {
         &config_with_server(&[up.addr], "body_read_timeout = \"1s\"", ""),
         &[],
     );
-    let mut stream = connect_from(gw.addr, Ipv4Addr::LOCALHOST);
-    stream
-        .write_all(
-            b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100\r\n\r\n0123456789",
-        )
-        .unwrap();
-    let started = Instant::now();
-    let response = read_all(&mut stream);
-    let (status, body) = parse_status_and_body(&response);
-    assert_problem(status, &body, 408, "request-timeout");
-    assert!(body.contains("body"), "{body}");
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
-        "{waited:?}"
-    );
+    // With an `Upgrade` that is not a WebSocket too: only a WebSocket may stay quiet for the
+    // keep-alive timeout (75 s here), and Pingora forwards no other upgrade.
+    for upgrade in ["", "Connection: upgrade\r\nUpgrade: x\r\n"] {
+        let mut stream = connect_from(gw.addr, Ipv4Addr::LOCALHOST);
+        stream
+            .write_all(
+                format!(
+                    "POST /upload HTTP/1.1\r\nHost: gateway.test\r\n{upgrade}Content-Length: 100\r\n\r\n0123456789"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let started = Instant::now();
+        let response = read_all(&mut stream);
+        let (status, body) = parse_status_and_body(&response);
+        assert_problem(status, &body, 408, "request-timeout");
+        assert!(body.contains("body"), "{body}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+            "{upgrade:?}: {waited:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -186,7 +186,7 @@ fn directory_error(error: DirectoryError) -> AdminResponse {
         DirectoryError::NoSuchUser(_) | DirectoryError::NoSuchGroup(_) => {
             scim_error(StatusCode::NOT_FOUND, None, error.to_string())
         }
-        DirectoryError::NoSuchMember(_) => scim_error(
+        DirectoryError::NoSuchMember(_) | DirectoryError::TenantFull { .. } => scim_error(
             StatusCode::BAD_REQUEST,
             Some("invalidValue"),
             error.to_string(),
@@ -376,12 +376,33 @@ fn required_name(map: &mut Map<String, Value>, attribute: &str) -> Result<String
 fn external_id(map: &mut Map<String, Value>) -> Result<Option<String>, ScimError> {
     match map.remove("externalId") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        // It names the principal too (a token's subject may be it): bounded as userName is.
+        Some(Value::String(s)) if s.len() <= 256 => Ok(Some(s)),
         Some(_) => Err(ScimError::bad(
             "invalidValue",
-            "externalId must be a string",
+            "externalId must be a string of at most 256 characters",
         )),
     }
+}
+
+/// The most bytes of a resource's other attributes (as JSON) the directory keeps: real users
+/// and groups carry a few KiB (names, e-mails, an enterprise extension); every replica holds
+/// every tenant's directory in memory.
+const MAX_ATTRIBUTE_BYTES: usize = 16 * 1024;
+
+/// What remains of `map` once the attributes the directory reads are taken: kept as sent, if
+/// within [`MAX_ATTRIBUTE_BYTES`].
+fn other_attributes(map: &mut Map<String, Value>) -> Result<Map<String, Value>, ScimError> {
+    let size = serde_json::to_vec(map).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_ATTRIBUTE_BYTES {
+        return Err(ScimError::bad(
+            "invalidValue",
+            format!(
+                "the resource's attributes take {size} bytes as JSON; at most {MAX_ATTRIBUTE_BYTES} are kept"
+            ),
+        ));
+    }
+    Ok(std::mem::take(map))
 }
 
 /// A user from a request body (`id` and `meta` are the server's; a password is never kept).
@@ -415,7 +436,7 @@ fn user_from_map(
         user_name,
         external_id,
         active,
-        attributes: std::mem::take(map),
+        attributes: other_attributes(map)?,
         created: created.clone(),
         last_modified: if version == 1 { created } else { now() },
         version,
@@ -815,7 +836,7 @@ fn group_from_map(
         display_name,
         external_id,
         members,
-        attributes: std::mem::take(map),
+        attributes: other_attributes(map)?,
         created: created.clone(),
         last_modified: if version == 1 { created } else { now() },
         version,
@@ -1183,6 +1204,36 @@ mod tests {
             &json!({"op": "replace", "path": "emails[type eq work].value", "value": 1})
         )
         .is_err());
+    }
+
+    /// What one tenant's provisioning client may store is bounded: every replica keeps every
+    /// tenant's directory in memory.
+    #[test]
+    fn resources_are_bounded() {
+        let user = |extra: Value| {
+            let mut body = json!({"userName": "alice"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            user_from(
+                body.to_string().as_bytes(),
+                "u1".into(),
+                "2026-12-07T00:00:00Z".into(),
+                1,
+            )
+        };
+        assert!(user(json!({"displayName": "Alice", "externalId": "00u-1"})).is_ok());
+        assert!(user(json!({"externalId": "x".repeat(257)})).is_err());
+        assert!(user(json!({"displayName": "x".repeat(MAX_ATTRIBUTE_BYTES)})).is_err());
+        let group = group_from(
+            json!({"displayName": "g", "description": "x".repeat(MAX_ATTRIBUTE_BYTES)})
+                .to_string()
+                .as_bytes(),
+            "g1".into(),
+            "2026-12-07T00:00:00Z".into(),
+            1,
+        );
+        assert!(group.is_err());
     }
 
     /// `add` without a path adds the value's members to the group's (RFC 7644 §3.5.2.1); it

@@ -143,7 +143,14 @@ pub enum DirectoryError {
     NoSuchMember(String),
     #[error("the directory store failed: {0}")]
     Store(String),
+    #[error("this tenant has {limit} {what}, the most the directory keeps for one tenant")]
+    TenantFull { what: &'static str, limit: usize },
 }
+
+/// The most users, and groups, the directory keeps for one tenant: every replica holds every
+/// tenant's directory in memory, so one tenant's provisioning client must not fill it.
+pub const MAX_USERS_PER_TENANT: usize = 250_000;
+pub const MAX_GROUPS_PER_TENANT: usize = 25_000;
 
 /// The directory at one moment.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -438,6 +445,14 @@ impl Directory {
         if taken {
             return Err(DirectoryError::UserNameTaken(user.user_name));
         }
+        let users = current.users.get(tenant);
+        let new = !users.is_some_and(|u| u.contains_key(&user.id));
+        if new && users.map_or(0, |u| u.len()) >= MAX_USERS_PER_TENANT {
+            return Err(DirectoryError::TenantFull {
+                what: "users",
+                limit: MAX_USERS_PER_TENANT,
+            });
+        }
         let mut next = current.to_next();
         next.deleted.remove(&key(tenant, &user.user_name));
         next.users
@@ -716,6 +731,14 @@ impl Directory {
         if taken {
             return Err(DirectoryError::GroupNameTaken(group.display_name));
         }
+        let groups = current.groups.get(tenant);
+        let new = !groups.is_some_and(|g| g.contains_key(&group.id));
+        if new && groups.map_or(0, |g| g.len()) >= MAX_GROUPS_PER_TENANT {
+            return Err(DirectoryError::TenantFull {
+                what: "groups",
+                limit: MAX_GROUPS_PER_TENANT,
+            });
+        }
         let users = current.users.get(tenant);
         if let Some(unknown) = group
             .members
@@ -806,6 +829,11 @@ impl Directory {
                     .map(|u| u.user_name.to_ascii_lowercase())
                     .collect()
             });
+            // A full tenant lists no more newcomers (they are still served; only the
+            // directory's record of them waits for room).
+            if names.len() >= MAX_USERS_PER_TENANT {
+                continue;
+            }
             if names.insert(principal.to_ascii_lowercase()) {
                 new_users.push((tenant, DirectoryUser::new(principal, now.clone())));
             }

@@ -485,7 +485,6 @@ async fn replace_user(
                 current.created.clone(),
                 current.version + 1,
             )
-            .map_err(|error| error.response())
         })
         .await;
     user_changed(updated, tenant, base)
@@ -494,7 +493,7 @@ async fn replace_user(
 /// The answer to a replaced or patched user (read and written under the directory's lock, so
 /// concurrent changes all count).
 fn user_changed(
-    updated: Result<Result<(DirectoryUser, DirectoryUser), AdminResponse>, DirectoryError>,
+    updated: Result<Result<(DirectoryUser, DirectoryUser), ScimError>, DirectoryError>,
     tenant: &str,
     base: &str,
 ) -> AdminResponse {
@@ -510,7 +509,7 @@ fn user_changed(
             }
             scim_response(StatusCode::OK, user_json(&user, base))
         }
-        Ok(Err(refusal)) => refusal,
+        Ok(Err(refusal)) => refusal.response(),
         Err(DirectoryError::NoSuchUser(id)) => {
             scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}"))
         }
@@ -538,9 +537,8 @@ async fn patch_user(
             };
             for (i, operation) in operations.iter().enumerate() {
                 if let Err(detail) = apply(&mut resource, operation) {
-                    return Err(scim_error(
-                        StatusCode::BAD_REQUEST,
-                        Some("invalidPath"),
+                    return Err(ScimError::bad(
+                        "invalidPath",
                         format!("Operations[{i}]: {detail}"),
                     ));
                 }
@@ -551,7 +549,6 @@ async fn patch_user(
                 current.created.clone(),
                 current.version + 1,
             )
-            .map_err(|error| error.response())
         })
         .await;
     user_changed(updated, tenant, base)
@@ -906,7 +903,6 @@ async fn replace_group(
                 current.created.clone(),
                 current.version + 1,
             )
-            .map_err(|error| error.response())
         })
         .await;
     group_changed(directory, updated, tenant, base)
@@ -915,7 +911,7 @@ async fn replace_group(
 /// The answer to a replaced or patched group.
 fn group_changed(
     directory: &Directory,
-    updated: Result<Result<DirectoryGroup, AdminResponse>, DirectoryError>,
+    updated: Result<Result<DirectoryGroup, ScimError>, DirectoryError>,
     tenant: &str,
     base: &str,
 ) -> AdminResponse {
@@ -927,7 +923,7 @@ fn group_changed(
                 group_json(directory, tenant, &group, base, false),
             )
         }
-        Ok(Err(refusal)) => refusal,
+        Ok(Err(refusal)) => refusal.response(),
         Err(DirectoryError::NoSuchGroup(id)) => {
             scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}"))
         }
@@ -1027,9 +1023,8 @@ async fn patch_group(
             };
             for (i, operation) in operations.iter().enumerate() {
                 if let Err(detail) = apply_to_group(&mut resource, operation) {
-                    return Err(scim_error(
-                        StatusCode::BAD_REQUEST,
-                        Some("invalidPath"),
+                    return Err(ScimError::bad(
+                        "invalidPath",
                         format!("Operations[{i}]: {detail}"),
                     ));
                 }
@@ -1040,7 +1035,6 @@ async fn patch_group(
                 current.created.clone(),
                 current.version + 1,
             )
-            .map_err(|error| error.response())
         })
         .await;
     group_changed(directory, updated, tenant, base)

@@ -135,7 +135,7 @@ impl TenantWriter {
             .execute(&sql, &[&id, &doc])
             .await
             .map_err(database_trouble)?;
-        applied_here(store, spec)
+        applied_here(store, spec).map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))
     }
 }
 
@@ -169,7 +169,7 @@ async fn set_status_in_table(
             format!("the stored tenant document: {e}"),
         )
     })?;
-    applied_here(store, spec)
+    applied_here(store, spec).map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 async fn connect(pg: &PostgresConfig) -> Result<gateway_engine::db::Client, AdminResponse> {
@@ -192,11 +192,12 @@ fn database_trouble(e: gateway_engine::db::PgError) -> AdminResponse {
 
 /// Makes a tenant written to the table effective on this replica's next request, before the
 /// NOTIFY round trip.
-fn applied_here(store: &SnapshotStore, spec: TenantSpec) -> Result<TenantSpec, AdminResponse> {
+/// (`Err`: why this replica refused it, for a `422`.)
+fn applied_here(store: &SnapshotStore, spec: TenantSpec) -> Result<TenantSpec, String> {
     let id = spec.id.clone();
     store
         .apply_tenant_changes(vec![(id.clone(), Some(spec.clone()))])
-        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     metrics::counter!(gateway_engine::telemetry::ADMIN_TENANT_WRITES_TOTAL).increment(1);
     tracing::info!(tenant = %id, status = ?spec.status, "tenant provisioned through the admin API");
     Ok(spec)

@@ -557,7 +557,7 @@ impl ProxyHttp for GatewayProxy {
         }
         // A client's own would reach an upstream that trusts the gateway as its proxy (for
         // redirects, reset links, host-based routing) unverified.
-        if !self.from_trusted_proxy(session) {
+        if !self.peer_is_trusted_proxy(session) {
             for name in &FORWARDED_BY_PROXIES {
                 headers.remove(name);
             }
@@ -890,7 +890,7 @@ impl GatewayProxy {
     }
 
     /// Whether the peer is a trusted proxy (`[geoip] trusted_proxies`).
-    fn from_trusted_proxy(&self, session: &Session) -> bool {
+    fn peer_is_trusted_proxy(&self, session: &Session) -> bool {
         let trusted = &self.services.trusted_proxies;
         !trusted.is_empty()
             && session
@@ -904,7 +904,7 @@ impl GatewayProxy {
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
             return "https";
         }
-        let from_trusted_proxy = self.from_trusted_proxy(session);
+        let from_trusted_proxy = self.peer_is_trusted_proxy(session);
         let forwarded_https = session
             .req_header()
             .headers

@@ -622,7 +622,14 @@ impl Report {
 /// `'`. Principal ids, attribute values and paths come from tenants' tokens and requests, so
 /// a subject `=HYPERLINK(…)` would otherwise run in the operator's spreadsheet.
 pub fn inert_cell(value: String) -> String {
-    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let runs = match value.chars().next() {
+        Some('=' | '@' | '\t' | '\r') => true,
+        // A sign starts a formula unless the cell is a number, or the sign alone (the
+        // reports' "none" is `-`).
+        Some('+' | '-') => value.len() > 1 && value.parse::<f64>().is_err(),
+        _ => false,
+    };
+    if runs {
         format!("'{value}")
     } else {
         value
@@ -688,10 +695,10 @@ mod tests {
 
     #[test]
     fn csv_cells_that_spreadsheets_would_run_are_made_text() {
-        for formula in ["=HYPERLINK(\"x\")", "+1", "-1+2", "@SUM(A1)", "\tx", "\rx"] {
+        for formula in ["=HYPERLINK(\"x\")", "+A1", "-1+2", "@SUM(A1)", "\tx", "\rx"] {
             assert_eq!(inert_cell(formula.into()), format!("'{formula}"));
         }
-        for text in ["alice", "/projects/42", "", "a=b"] {
+        for text in ["alice", "/projects/42", "", "a=b", "-", "-5", "+1.5"] {
             assert_eq!(inert_cell(text.into()), text);
         }
     }

@@ -557,7 +557,12 @@ impl ProxyHttp for GatewayProxy {
         }
         // A client's own would reach an upstream that trusts the gateway as its proxy (for
         // redirects, reset links, host-based routing) unverified.
-        if !self.peer_is_trusted_proxy(session) {
+        // (Looked for by length first among the few headers a request has: four removals of
+        // absent names cost a pass-through request 1 % more instructions.)
+        let forwarded_by_a_proxy = |name: &HeaderName| {
+            matches!(name.as_str().len(), 9 | 16 | 18) && FORWARDED_BY_PROXIES.contains(name)
+        };
+        if headers.keys().any(forwarded_by_a_proxy) && !self.peer_is_trusted_proxy(session) {
             for name in &FORWARDED_BY_PROXIES {
                 headers.remove(name);
             }
@@ -904,13 +909,14 @@ impl GatewayProxy {
         if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
             return "https";
         }
-        let from_trusted_proxy = self.peer_is_trusted_proxy(session);
-        let forwarded_https = session
-            .req_header()
-            .headers
-            .get(&X_FORWARDED_PROTO)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-        if from_trusted_proxy && forwarded_https {
+        // The header is read only for a trusted proxy's request (a lookup per request else).
+        let forwarded_https = self.peer_is_trusted_proxy(session)
+            && session
+                .req_header()
+                .headers
+                .get(&X_FORWARDED_PROTO)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if forwarded_https {
             "https"
         } else {
             "http"

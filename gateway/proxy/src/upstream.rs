@@ -133,17 +133,16 @@ impl Upstreams {
     /// (`None` only for a peer some other `Upstreams` selected).
     pub fn http_peer(&self, selected: &SelectedPeer) -> Option<(Box<HttpPeer>, &UpstreamPool)> {
         let pool = self.pools.get(selected.pool)?;
-        let sni = pool
-            .sni
-            .clone()
-            .or_else(|| pool.peer_names.get(&selected.addr).cloned())
-            .unwrap_or_else(|| {
-                if pool.tls {
-                    selected.addr.ip().to_string()
-                } else {
-                    String::new()
-                }
-            });
+        // A cleartext peer has no name to check (and no hash lookup per request for one).
+        let sni = match (&pool.sni, pool.tls) {
+            (Some(sni), _) => sni.clone(),
+            (None, true) => pool
+                .peer_names
+                .get(&selected.addr)
+                .cloned()
+                .unwrap_or_else(|| selected.addr.ip().to_string()),
+            (None, false) => String::new(),
+        };
         let mut peer = HttpPeer::new(selected.addr, pool.tls, sni);
         let options = &mut peer.options;
         options.connection_timeout = Some(self.connect_timeout);

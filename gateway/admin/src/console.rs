@@ -81,6 +81,7 @@ fn gather(
     outbox: Option<&Path>,
     audit: Option<&Path>,
     prices: Option<&PriceList>,
+    budgeted: &std::collections::HashSet<&str>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,
 ) -> Result<Figures, String> {
@@ -102,7 +103,13 @@ fn gather(
     if let Some(dir) = outbox {
         report::for_each_outbox_event(dir, |event| {
             let facts = Facts::of(&event);
-            figures.cost_series.add(&facts, prices);
+            if event
+                .tenant
+                .as_deref()
+                .is_some_and(|t| budgeted.contains(t))
+            {
+                figures.cost_series.add(&facts, prices);
+            }
             if !(from_secs..to_secs).contains(&facts.epoch_secs) {
                 return;
             }
@@ -329,7 +336,19 @@ pub fn render(
     viewer: &str,
 ) -> Result<String, String> {
     let prices = snapshot.prices.as_deref();
-    let figures = gather(outbox, audit, prices, from, to)?;
+    // Hourly cost series are drawn for the tenants with a currency budget only: one of six
+    // weeks for every tenant of a large registry would take gigabytes per page view.
+    let budgeted: std::collections::HashSet<&str> = snapshot
+        .registry
+        .tenants()
+        .filter(|t| {
+            t.budgets
+                .iter()
+                .any(|b| b.attribute.is_none() && b.amount.is_some())
+        })
+        .map(|t| t.id.as_str())
+        .collect();
+    let figures = gather(outbox, audit, prices, &budgeted, from, to)?;
     let currency = figures.currency.clone().unwrap_or_default();
     let mut html = String::from(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Gateway console</title>

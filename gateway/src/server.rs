@@ -79,6 +79,9 @@ const SHUTDOWN_SETTLE: Duration = Duration::from_millis(100);
 /// How long a graceful shutdown waits for the last webhook events to reach the queue file
 /// (written at once unless the disk is full).
 const WEBHOOKS_PERSIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful shutdown lets webhook deliveries in flight finish (a subscriber that is
+/// down is retried at the next start instead).
+const WEBHOOKS_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Builds the Pingora server with every service added, ready to run, and the writers whose
 /// queued records must be flushed when it stops.
@@ -439,6 +442,14 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                     .is_err()
                 {
                     tracing::error!("webhook events of the last requests not written: the queue file could not be written for {WEBHOOKS_PERSIST_TIMEOUT:?}");
+                }
+                // A delivery answered while the process stops would be sent again at the next
+                // start (at least once; receivers deduplicate): a moment for it to be recorded.
+                if tokio::time::timeout(WEBHOOKS_SETTLE_TIMEOUT, webhooks.settled())
+                    .await
+                    .is_err()
+                {
+                    tracing::info!("webhook deliveries still in flight at shutdown are sent again at the next start");
                 }
             }
             export_drain.run().await;

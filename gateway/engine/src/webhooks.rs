@@ -118,6 +118,8 @@ enum Message {
     Deliver(Delivery),
     /// Answered once every delivery received before it is in the queue file.
     Persisted(tokio::sync::oneshot::Sender<()>),
+    /// Answered once no delivery is in flight and the checkpoint says so.
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Emits events; cheap to clone, never blocks a request.
@@ -161,6 +163,17 @@ impl Webhooks {
             return false;
         }
         written.await.is_ok()
+    }
+
+    /// Waits until no delivery is in flight and the checkpoint records that: a graceful
+    /// shutdown's wait (bounded by its caller) so a delivery that is answered as the process
+    /// stops is not sent again at the next start. False if the worker is gone.
+    pub async fn settled(&self) -> bool {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        if self.sender.send(Message::Settled(done)).await.is_err() {
+            return false;
+        }
+        settled.await.is_ok()
     }
 }
 
@@ -248,13 +261,15 @@ impl WebhookWorker {
         // Received and not yet in the queue file; who waits for them to be.
         let mut unwritten: Vec<Delivery> = Vec::new();
         let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+        // Who waits for no delivery to be in flight.
+        let mut settling: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
         loop {
             // Everything received goes to disk before any attempt. While the queue cannot be
             // written (a full disk), what was taken is kept and written again, and nothing
             // more is taken: the channel holds the rest (emitters count what it cannot).
             if unwritten.is_empty() {
                 while let Ok(message) = self.receiver.try_recv() {
-                    take(message, &mut unwritten, &mut waiting);
+                    take(message, &mut unwritten, &mut waiting, &mut settling);
                 }
             }
             if !unwritten.is_empty() {
@@ -283,6 +298,11 @@ impl WebhookWorker {
                 }
                 read = next;
             }
+            if unfinished.is_empty() && saved == read {
+                for done in settling.drain(..) {
+                    let _ = done.send(());
+                }
+            }
             tokio::select! {
                 Some(done) = in_flight.join_next() => {
                     // A lane's task only ends by finishing its delivery (it does not panic).
@@ -306,7 +326,7 @@ impl WebhookWorker {
                 }
                 received = self.receiver.recv() => match received {
                     // Written at the top of the loop.
-                    Some(message) => take(message, &mut unwritten, &mut waiting),
+                    Some(message) => take(message, &mut unwritten, &mut waiting, &mut settling),
                     None => return,
                 },
             }
@@ -418,15 +438,18 @@ impl Deliverer {
     }
 }
 
-/// Sorts a received message: a delivery to write, or a caller to answer once written.
+/// Sorts a received message: a delivery to write, or a caller to answer once written, or once
+/// nothing is in flight.
 fn take(
     message: Message,
     unwritten: &mut Vec<Delivery>,
     waiting: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+    settling: &mut Vec<tokio::sync::oneshot::Sender<()>>,
 ) {
     match message {
         Message::Deliver(delivery) => unwritten.push(delivery),
         Message::Persisted(done) => waiting.push(done),
+        Message::Settled(done) => settling.push(done),
     }
 }
 
@@ -571,6 +594,27 @@ mod tests {
             "neither queued nor delivered: {queued:?} {delivered:?}"
         );
         assert_eq!(dead_letters(dir.path(), 1).await, ["7"]);
+    }
+
+    /// `settled` answers once the delivery in flight is done and checkpointed: a graceful
+    /// shutdown that waits for it does not send that delivery again at the next start.
+    #[tokio::test]
+    async fn settled_answers_once_nothing_is_in_flight_and_the_checkpoint_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (webhooks, worker) = worker_in(dir.path());
+        tokio::spawn(worker.run());
+        assert!(webhooks.settled().await, "nothing queued: settled at once");
+        webhooks.emit(
+            None,
+            WebhookEvent::new("budget.threshold", serde_json::json!({ "n": 8 })),
+        );
+        assert!(webhooks.persisted().await);
+        assert!(webhooks.settled().await);
+        // Done (here dead-lettered: the subscriber refuses connections) and recorded: the
+        // checkpoint is past it, or the queue was emptied.
+        assert_eq!(dead_letters(dir.path(), 0).await, ["8"]);
+        let queue = std::fs::metadata(dir.path().join("queue.jsonl")).map_or(0, |m| m.len());
+        assert_eq!(read_checkpoint(&dir.path().join("delivered.offset")), queue);
     }
 
     #[test]

@@ -168,13 +168,17 @@ pub async fn check(
             match recorder.decided(&exchange).await {
                 Ok(()) => {
                     recorder.provision(admitted, &correlation.request_id);
-                    Ok(allowed(
+                    let mut allowed = allowed(
                         admitted,
                         snapshot,
                         &correlation,
                         &usage_id,
                         recorder.metering.is_some(),
-                    ))
+                    );
+                    if services.sessions.is_some() {
+                        session_cookies(&mut allowed, head.headers, admitted);
+                    }
+                    Ok(allowed)
                 }
                 Err(rejection) => {
                     // Not recorded, so not forwarded: the refusal itself is recorded if it can be.
@@ -282,6 +286,28 @@ fn allowed(
     out
 }
 
+/// With browser sessions (`[sessions]`), what the inline proxy does with cookies: the
+/// gateway's own (`__Host-gw-…`, the sealed session holds the refresh token) are taken out of
+/// the upstream's `Cookie`, and a session the decision renewed goes to the client.
+fn session_cookies(out: &mut Allowed, headers: &http::HeaderMap, admitted: &Admitted) {
+    match crate::identity::sessions::upstream_cookie(headers) {
+        Some(Some(kept)) => {
+            if let Ok(v) = HeaderValue::from_bytes(&kept) {
+                out.set.push((http::header::COOKIE, v));
+            }
+        }
+        Some(None) => out.remove.push(http::header::COOKIE),
+        None => {}
+    }
+    if let Some(v) = admitted
+        .set_cookie
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        out.response.push((http::header::SET_COOKIE, v));
+    }
+}
+
 /// The inline proxy's answer to `rejection`, as headers and body.
 pub fn denied(rejection: &Rejection, request_id: &str) -> Denied {
     let body = rejection.problem(request_id).to_json();
@@ -346,17 +372,18 @@ mod tests {
         headers: &[(&str, String)],
         malformed: Option<Rejection>,
     ) -> Verdict {
-        run_on(&deployment().snapshot, method, target, headers, malformed)
+        let d = deployment();
+        run_on(&d.snapshot, &d.services, method, target, headers, malformed)
     }
 
     fn run_on(
         snapshot: &Snapshot,
+        services: &Services,
         method: &str,
         target: &str,
         headers: &[(&str, String)],
         malformed: Option<Rejection>,
     ) -> Verdict {
-        let d = deployment();
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -389,7 +416,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(check(&request, snapshot, &d.services, recorder))
+            .block_on(check(&request, snapshot, services, recorder))
     }
 
     fn bearer(sub: &str, org: &str, roles: &[&str]) -> (&'static str, String) {
@@ -459,7 +486,14 @@ mod tests {
             let (target, header) = override_by;
             let mut headers = vec![viewer.clone()];
             headers.extend(header.map(|(n, v)| (n, v.to_string())));
-            let verdict = run_on(&honoring, "POST", target, &headers, None);
+            let verdict = run_on(
+                &honoring,
+                &deployment().services,
+                "POST",
+                target,
+                &headers,
+                None,
+            );
             let denied = verdict.outcome.unwrap_err();
             assert_eq!((denied.status, denied.reason), (400, "bad-method-override"));
             // Stripped (the default), the override is removed and the POST decided as a POST.
@@ -469,8 +503,65 @@ mod tests {
                 Some("bad-method-override")
             );
         }
-        let verdict = run_on(&honoring, "GET", "/t/acme/projects/42", &[viewer], None);
+        let verdict = run_on(
+            &honoring,
+            &deployment().services,
+            "GET",
+            "/t/acme/projects/42",
+            &[viewer],
+            None,
+        );
         assert!(verdict.outcome.is_ok());
+    }
+
+    /// With `[sessions]`, a door takes the gateway's own cookies out of the upstream's
+    /// `Cookie` as the inline proxy does (the sealed session holds the refresh token).
+    #[test]
+    fn the_gateways_cookies_do_not_reach_the_upstream_through_a_door() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("session.key"), [7u8; 32]).unwrap();
+        let config: crate::identity::sessions::SessionsConfig =
+            toml::from_str("key_files = [\"session.key\"]").unwrap();
+        let mut with_sessions = crate::test_support::Deployment::load();
+        with_sessions.services.sessions = Some(Arc::new(
+            crate::identity::sessions::Sessions::load(&config, dir.path()).unwrap(),
+        ));
+        let d = &with_sessions;
+        let admin = bearer("ada", "acme", &["admin"]);
+        let cookie = |value: &str| ("cookie", value.to_string());
+        let verdict = run_on(
+            &d.snapshot,
+            &d.services,
+            "GET",
+            "/t/acme/projects/42",
+            &[admin.clone(), cookie("theme=dark; __Host-gw-login=flow")],
+            None,
+        );
+        let allowed = verdict.outcome.unwrap();
+        assert_eq!(value(&allowed.set, "cookie"), Some("theme=dark"));
+        let verdict = run_on(
+            &d.snapshot,
+            &d.services,
+            "GET",
+            "/t/acme/projects/42",
+            &[admin.clone(), cookie("__Host-gw-login=flow")],
+            None,
+        );
+        let allowed = verdict.outcome.unwrap();
+        assert!(allowed.remove.iter().any(|n| n == "cookie"));
+        assert!(value(&allowed.set, "cookie").is_none());
+        // Without the gateway's cookies, the app's pass as they are.
+        let verdict = run_on(
+            &d.snapshot,
+            &d.services,
+            "GET",
+            "/t/acme/projects/42",
+            &[admin, cookie("theme=dark")],
+            None,
+        );
+        let allowed = verdict.outcome.unwrap();
+        assert!(value(&allowed.set, "cookie").is_none());
+        assert!(!allowed.remove.iter().any(|n| n == "cookie"));
     }
 
     #[test]

@@ -531,18 +531,7 @@ async fn patch_user(
     let updated = directory
         .update_user(tenant, id, |current| {
             // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
-            let mut resource = match user_json(current, base) {
-                Value::Object(map) => map,
-                _ => Map::new(),
-            };
-            for (i, operation) in operations.iter().enumerate() {
-                if let Err(detail) = apply(&mut resource, operation) {
-                    return Err(ScimError::bad(
-                        "invalidPath",
-                        format!("Operations[{i}]: {detail}"),
-                    ));
-                }
-            }
+            let mut resource = patched(user_json(current, base), &operations, apply)?;
             user_from_map(
                 &mut resource,
                 current.id.clone(),
@@ -552,6 +541,24 @@ async fn patch_user(
         })
         .await;
     user_changed(updated, tenant, base)
+}
+
+/// A resource's SCIM form with a PATCH's `operations` applied by `apply`, in order.
+fn patched(
+    form: Value,
+    operations: &[Value],
+    apply: fn(&mut Map<String, Value>, &Value) -> Result<(), String>,
+) -> Result<Map<String, Value>, ScimError> {
+    let mut resource = match form {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    for (i, operation) in operations.iter().enumerate() {
+        apply(&mut resource, operation).map_err(|detail| {
+            ScimError::bad("invalidPath", format!("Operations[{i}]: {detail}"))
+        })?;
+    }
+    Ok(resource)
 }
 
 /// One PATCH operation (RFC 7644 §3.5.2) on a user's SCIM form: `add`/`replace` with no path
@@ -1017,18 +1024,8 @@ async fn patch_group(
     };
     let updated = directory
         .update_group(tenant, id, |current| {
-            let mut resource = match group_json(directory, tenant, current, base, false) {
-                Value::Object(map) => map,
-                _ => Map::new(),
-            };
-            for (i, operation) in operations.iter().enumerate() {
-                if let Err(detail) = apply_to_group(&mut resource, operation) {
-                    return Err(ScimError::bad(
-                        "invalidPath",
-                        format!("Operations[{i}]: {detail}"),
-                    ));
-                }
-            }
+            let form = group_json(directory, tenant, current, base, false);
+            let mut resource = patched(form, &operations, apply_to_group)?;
             group_from_map(
                 &mut resource,
                 current.id.clone(),

@@ -247,6 +247,21 @@ fn grant_key(tenant: &str, principal: &str) -> String {
     format!("{tenant}\u{0}{}", principal.to_ascii_lowercase())
 }
 
+/// Whether a tenant's `resources` (users or groups by id) have room for the one with `id`: a
+/// replaced one always has, a new one while the tenant has fewer than `limit`.
+fn room_for<T>(
+    resources: Option<&BTreeMap<String, T>>,
+    id: &str,
+    what: &'static str,
+    limit: usize,
+) -> Result<(), DirectoryError> {
+    let new = !resources.is_some_and(|r| r.contains_key(id));
+    if new && resources.map_or(0, BTreeMap::len) >= limit {
+        return Err(DirectoryError::TenantFull { what, limit });
+    }
+    Ok(())
+}
+
 /// Replaces the file store's document with `state` atomically.
 async fn write_file(path: &std::path::Path, state: &DirectoryState) -> Result<(), DirectoryError> {
     let bytes =
@@ -445,14 +460,12 @@ impl Directory {
         if taken {
             return Err(DirectoryError::UserNameTaken(user.user_name));
         }
-        let users = current.users.get(tenant);
-        let new = !users.is_some_and(|u| u.contains_key(&user.id));
-        if new && users.map_or(0, |u| u.len()) >= MAX_USERS_PER_TENANT {
-            return Err(DirectoryError::TenantFull {
-                what: "users",
-                limit: MAX_USERS_PER_TENANT,
-            });
-        }
+        room_for(
+            current.users.get(tenant),
+            &user.id,
+            "users",
+            MAX_USERS_PER_TENANT,
+        )?;
         let mut next = current.to_next();
         next.deleted.remove(&key(tenant, &user.user_name));
         next.users
@@ -731,14 +744,12 @@ impl Directory {
         if taken {
             return Err(DirectoryError::GroupNameTaken(group.display_name));
         }
-        let groups = current.groups.get(tenant);
-        let new = !groups.is_some_and(|g| g.contains_key(&group.id));
-        if new && groups.map_or(0, |g| g.len()) >= MAX_GROUPS_PER_TENANT {
-            return Err(DirectoryError::TenantFull {
-                what: "groups",
-                limit: MAX_GROUPS_PER_TENANT,
-            });
-        }
+        room_for(
+            current.groups.get(tenant),
+            &group.id,
+            "groups",
+            MAX_GROUPS_PER_TENANT,
+        )?;
         let users = current.users.get(tenant);
         if let Some(unknown) = group
             .members

@@ -14,7 +14,7 @@ pub use gateway_check::{ext_authz, forward_auth};
 pub use gateway_engine::{
     admission, audit, audit_export, authz, check, config, db, diagnostics, durable, explain, geoip,
     identity, journal, lifecycle, limits, memory, metering, pipeline, records, reload,
-    request_metrics, residency, snapshot, status, telemetry, tenancy, webhooks,
+    request_metrics, residency, side_listener, snapshot, status, telemetry, tenancy, webhooks,
 };
 pub use gateway_proxy::{background, connections, proxy, upstream};
 

@@ -23,6 +23,7 @@ use crate::lifecycle::{InFlight, Recording};
 use crate::metering::outbox::{Outbox, OutboxSettings};
 use crate::metering::Metering;
 use crate::proxy::{GatewayProxy, Hooks, RequestLimits};
+use crate::side_listener::DoorLimits;
 use crate::snapshot::{self, Snapshot, SnapshotStore};
 use crate::upstream::Upstreams;
 
@@ -472,21 +473,23 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
     };
     // A door decides as much as the proxy does: as many threads (a background service's
     // runtime has one by default).
-    if let Some(listener) = ext_authz_listener {
+    if let (Some(listener), Some(door)) = (ext_authz_listener, &cfg.ext_authz) {
         let decider = decider.clone();
+        let limits = DoorLimits::of(&cfg.server, door.max_connections);
         let mut service = task_service("ext_authz", move |shutdown| {
-            gateway_check::ext_authz::serve(decider, listener, shutdown)
+            gateway_check::ext_authz::serve(decider, listener, limits, shutdown)
         });
         service.threads = Some(server.configuration.threads);
         server.add_service(service);
     }
     if let (Some(listener), Some(door)) = (forward_auth_listener, &cfg.forward_auth) {
+        let limits = DoorLimits::of(&cfg.server, door.max_connections);
         let door = Arc::new(gateway_check::forward_auth::ForwardAuth::new(
             decider.clone(),
             &door.path,
         ));
         let mut service = task_service("forward-auth", move |_shutdown| {
-            gateway_check::forward_auth::serve(door, listener)
+            gateway_check::forward_auth::serve(door, listener, limits)
         });
         service.threads = Some(server.configuration.threads);
         server.add_service(service);
@@ -536,6 +539,12 @@ pub fn build(loaded: &LoadedConfig) -> Result<(Server, Arc<Recording>), StartErr
                 )
                 .map_err(|e| StartError::Runtime(format!("admin.sso.client_secret_file: {e}")))?;
                 admin.with_operator_login(login)
+            }
+            None => admin,
+        };
+        let admin = match &cfg.admin {
+            Some(admin_config) => {
+                admin.with_limits(DoorLimits::of(&cfg.server, admin_config.max_connections))
             }
             None => admin,
         };

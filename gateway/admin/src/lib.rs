@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
@@ -35,6 +35,7 @@ use gateway_engine::admission::Services;
 use gateway_engine::identity::sessions::operator::OperatorLogin;
 use gateway_engine::identity::sessions::{BrowserResponse, SessionContext};
 use gateway_engine::reload::Reloader;
+use gateway_engine::side_listener::{CappedListener, DoorLimits};
 use gateway_engine::snapshot::SnapshotStore;
 use gateway_engine::status::UpstreamStatus;
 
@@ -62,6 +63,8 @@ pub struct Admin {
     recording: Arc<gateway_engine::lifecycle::Recording>,
     /// `[admin.sso]`: operators sign in to the console with the platform's identity provider.
     operator_login: Option<OperatorLogin>,
+    /// Connection limit and read timeouts (`[admin] max_connections`, `[server]`'s timeouts).
+    limits: DoorLimits,
 }
 
 type AdminResponse = Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>;
@@ -197,7 +200,14 @@ impl Admin {
             shutting_down: AtomicBool::new(false),
             recording,
             operator_login: None,
+            limits: DoorLimits::default(),
         }
+    }
+
+    /// Serves with `limits` rather than the defaults of `[admin]` and `[server]`.
+    pub fn with_limits(mut self, limits: DoorLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Lets operators sign in to the console with `[admin.sso]` (needs `[sessions]`, whose keys
@@ -239,10 +249,7 @@ impl Admin {
         listener: std::net::TcpListener,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let listener = match listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-        {
+        let listener = match CappedListener::new(listener, self.limits.max_connections, "admin") {
             Ok(l) => l,
             Err(error) => {
                 tracing::error!(%error, "admin listener");
@@ -252,17 +259,24 @@ impl Admin {
         let mut watching = true;
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
+                (stream, peer, slot) = listener.accept() => {
                     let admin = self.clone();
+                    let header_read_timeout = self.limits.header_read_timeout;
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let admin = admin.clone();
                             async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
                         });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        // HTTP/1.1 only (browsers and scrapers on plain HTTP): hyper's head
+                        // timeout then runs from the connection's start, so a client that
+                        // sends nothing, or half a head, or idles between requests that long,
+                        // is disconnected (the timer makes hyper enforce it).
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(header_read_timeout)
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
+                        drop(slot);
                     });
                 }
                 changed = shutdown.changed(), if watching => {
@@ -273,6 +287,43 @@ impl Admin {
                         self.shutting_down.store(true, Ordering::Release);
                         tracing::info!("admin: shutting down, /readyz answers 503");
                     }
+                }
+            }
+        }
+    }
+
+    /// A request body of at most `max` bytes, each part arriving within
+    /// `server.body_read_timeout` of the last (a stalled upload would hold its connection and
+    /// task for ever): `413` when larger, `408` when stalled, `400` when the read fails.
+    async fn read_body(&self, body: Incoming, max: usize) -> Result<Bytes, AdminResponse> {
+        let mut body = Limited::new(body, max);
+        let mut bytes = bytes::BytesMut::new();
+        loop {
+            let frame = tokio::time::timeout(self.limits.body_read_timeout, body.frame()).await;
+            match frame {
+                Err(_) => {
+                    return Err(problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body stalled",
+                    ))
+                }
+                Ok(None) => return Ok(bytes.freeze()),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+                Ok(Some(Err(error))) if error.is::<http_body_util::LengthLimitError>() => {
+                    return Err(problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the request body is larger than {max} bytes"),
+                    ))
+                }
+                Ok(Some(Err(error))) => {
+                    return Err(problem(
+                        StatusCode::BAD_REQUEST,
+                        format!("the request body could not be read: {error}"),
+                    ))
                 }
             }
         }
@@ -333,9 +384,9 @@ impl Admin {
         };
         match (method, rest) {
             (&Method::POST, ["login"]) => {
-                let body = match Limited::new(req.into_body(), 4096).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                let body = match self.read_body(req.into_body(), 4096).await {
+                    Ok(body) => body,
+                    Err(refused) => return refused,
                 };
                 let token = form_urlencoded::parse(&body)
                     .find(|(name, _)| name == "token")
@@ -494,9 +545,9 @@ impl Admin {
                 return r;
             }
             let query = req.uri().query().unwrap_or("").to_string();
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            let body = match self.read_body(req.into_body(), MAX_BODY).await {
+                Ok(body) => body,
+                Err(refused) => return refused,
             };
             let response = scim::handle(
                 &self.services.directory,
@@ -523,9 +574,9 @@ impl Admin {
             return r;
         }
         let query = req.uri().query().unwrap_or("").to_string();
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return problem(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        let body = match self.read_body(req.into_body(), MAX_BODY).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let response = match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => match &self.metrics {

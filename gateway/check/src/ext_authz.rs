@@ -15,6 +15,8 @@
 //! the Envoy route to pick the region's cluster (see deploy/envoy/).
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
@@ -28,7 +30,9 @@ use gateway_engine::check::{self, Verdict};
 use gateway_engine::pipeline::sanitize::{HeadTooLarge, HeaderError};
 use gateway_engine::pipeline::{Rejection, RequestHead};
 use gateway_engine::records::FrontDoor;
+use gateway_engine::side_listener::{CappedListener, ConnectionSlot, DoorLimits};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tonic::{Request, Response, Status};
 
 use crate::Decider;
@@ -321,9 +325,10 @@ fn rpc_code(status: u16) -> i32 {
 pub async fn serve(
     decider: Decider,
     listener: std::net::TcpListener,
+    limits: DoorLimits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
+    let listener = match CappedListener::new(listener, limits.max_connections, "ext_authz") {
         Ok(l) => l,
         Err(error) => {
             tracing::error!(%error, "ext_authz listener");
@@ -365,20 +370,126 @@ pub async fn serve(
         // Keep answering checks until the process ends (Envoy may still ask).
         std::future::pending::<()>().await;
     };
+    // Each connection carries its slot under the listener's limit until tonic drops it. One
+    // that has not sent the HTTP/2 connection preface within the head timeout is closed before
+    // it reaches tonic (whose handshake would wait for ever), so silent or stalled connections
+    // cannot keep Envoy out; once connected, pings find dead peers.
+    // TCP_NODELAY is set at accept: without it part of each answer waits for the client's
+    // delayed ACK, 48 ms per Check instead of 0.2 ms (bench/results/2026-12-03-vm-ext-authz*.md).
+    let (started, incoming) = tokio::sync::mpsc::channel::<Slotted>(limits.max_connections);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _, slot) = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = started.closed() => return,
+            };
+            let started = started.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; HTTP2_PREFACE.len()];
+                let read = tokio::time::timeout(
+                    limits.header_read_timeout,
+                    stream.read_exact(&mut preface),
+                );
+                if matches!(read.await, Ok(Ok(_))) && preface == *HTTP2_PREFACE {
+                    let connection = Slotted {
+                        stream,
+                        preface_replayed: 0,
+                        _slot: slot,
+                    };
+                    let _ = started.send(connection).await;
+                }
+            });
+        }
+    });
+    let incoming = futures_util::stream::unfold(incoming, |mut incoming| async move {
+        let connection = incoming.recv().await?;
+        Some((Ok::<_, std::io::Error>(connection), incoming))
+    });
     let served = tonic::transport::Server::builder()
+        // Envoy keeps its connections open; pings find the dead ones.
+        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
         .add_service(AuthorizationServer::new(ExtAuthz::new(decider)))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY part of each answer waits for the client's delayed ACK:
-            // 48 ms per Check instead of 0.2 ms (bench/results/2026-12-03-vm-ext-authz*.md).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            health_on_shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, health_on_shutdown)
         .await;
     if let Err(error) = served {
         tracing::error!(%error, "ext_authz server");
+    }
+}
+
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a connected client is pinged: one that does not answer (within hyper's 20 s) is
+/// disconnected, so dead peers do not keep their connection slots.
+const HTTP2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An accepted connection whose preface was read (and is given to tonic first), with its place
+/// under the listener's limit, given back when tonic drops the connection.
+struct Slotted {
+    stream: tokio::net::TcpStream,
+    /// How much of [`HTTP2_PREFACE`] tonic has read.
+    preface_replayed: usize,
+    _slot: ConnectionSlot,
+}
+
+impl tonic::transport::server::Connected for Slotted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let replayed = self.preface_replayed;
+        if let Some(rest) = HTTP2_PREFACE
+            .get(replayed..)
+            .filter(|rest| !rest.is_empty())
+        {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(rest.get(..n).unwrap_or_default());
+            self.preface_replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

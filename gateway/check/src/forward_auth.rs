@@ -33,11 +33,12 @@ use gateway_engine::check::{CheckRequest, Denied, Verdict};
 use gateway_engine::pipeline::sanitize::HeaderError;
 use gateway_engine::pipeline::{Rejection, RequestHead};
 use gateway_engine::records::FrontDoor;
+use gateway_engine::side_listener::{CappedListener, DoorLimits};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::Decider;
 
@@ -333,9 +334,10 @@ fn plain(status: StatusCode, text: &'static str) -> Answer {
 }
 
 /// Serves forward-auth on `listener` until the process ends (a graceful shutdown lets the
-/// proxy in front keep asking while requests drain).
-pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
+/// proxy in front keep asking while requests drain), holding at most `limits.max_connections`
+/// connections.
+pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener, limits: DoorLimits) {
+    let listener = match CappedListener::new(listener, limits.max_connections, "forward-auth") {
         Ok(l) => l,
         Err(error) => {
             tracing::error!(%error, "forward-auth listener");
@@ -343,19 +345,7 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
         }
     };
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of file descriptors, say: wait rather than spin on the error.
-            Err(error) => {
-                tracing::warn!(%error, "forward-auth: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Answers are small and must not wait for the proxy's delayed ACK.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "forward-auth: TCP_NODELAY");
-        }
+        let (stream, peer, slot) = listener.accept().await;
         let door = door.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -370,9 +360,16 @@ pub async fn serve(door: Arc<ForwardAuth>, listener: std::net::TcpListener) {
                     }))
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // HTTP/1.1 only (nginx, Traefik and Caddy ask over HTTP/1.1): hyper's head timeout
+            // then runs from the connection's start, so a client that sends nothing, or half a
+            // head, or idles between requests that long, is disconnected (nginx and Traefik
+            // open another). The timer makes hyper enforce it. The door reads no request body.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }

@@ -32,6 +32,7 @@ pub mod records;
 pub mod reload;
 pub mod request_metrics;
 pub mod residency;
+pub mod side_listener;
 pub mod snapshot;
 pub mod status;
 pub mod telemetry;

@@ -714,3 +714,175 @@ async fn thousands_of_idle_and_slow_clients_cost_little_and_do_not_slow_others()
         200
     );
 }
+
+/// The listeners beside the proxy (admin API, forward-auth, ext_authz) share the process's file
+/// descriptors: each holds at most its own `max_connections` (further clients wait in the
+/// backlog), closes a connection that sends no complete head within `server.header_read_timeout`,
+/// and the admin API answers a stalled body `408`. Before, any number of silent connections
+/// stayed open for ever on each of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_doors_beside_the_proxy_cap_connections_and_close_silent_ones() {
+    use crate::common::example::{example_config_with_doors, example_file};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(600);
+    let eu = upstream("app-eu (eu-central)").await;
+    let us = upstream("app-us (us-east)").await;
+    let (admin, ext_authz, forward_auth) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let config = example_config_with_doors(admin, eu.addr, us.addr, ext_authz, forward_auth)
+        .replacen(
+            "[server]\n",
+            "[server]\nheader_read_timeout = \"600ms\"\nbody_read_timeout = \"600ms\"\n",
+            1,
+        )
+        .replacen("[admin]\n", "[admin]\nmax_connections = 3\n", 1)
+        .replacen("[ext_authz]\n", "[ext_authz]\nmax_connections = 3\n", 1)
+        .replacen(
+            "[forward_auth]\n",
+            "[forward_auth]\nmax_connections = 3\n",
+            1,
+        );
+    let mut gw = TestGateway::start(
+        &config,
+        &[
+            ("demo-issuer.secret", &example_file("demo-issuer.secret")),
+            ("demo-admin.token", &example_file("demo-admin.token")),
+            ("tenants.toml", &example_file("tenants.toml")),
+        ],
+    );
+    for door in [admin, ext_authz, forward_auth] {
+        gw.wait_accepting(door);
+    }
+    // Let the probes' connections end before the limits are counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Three connections that start a head and never finish it hold each HTTP/1 door's slots.
+    let http_doors = [
+        (
+            admin,
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            forward_auth,
+            "GET /auth HTTP/1.1\r\nHost: door\r\nConnection: close\r\nX-Forwarded-Method: GET\r\n\
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: acme.api.example.com\r\n\
+             X-Forwarded-Uri: /projects/42\r\n\r\n",
+        ),
+    ];
+    for (door, request) in http_doors {
+        tokio::task::block_in_place(|| {
+            let held_since = Instant::now();
+            let mut slow: Vec<TcpStream> = (0..3)
+                .map(|_| {
+                    let mut c = TcpStream::connect(door).unwrap();
+                    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: adm").unwrap();
+                    c
+                })
+                .collect();
+            let mut fourth = TcpStream::connect(door).unwrap();
+            fourth.write_all(request.as_bytes()).unwrap();
+            fourth
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut first = [0u8; 1];
+            let early = fourth.read(&mut first);
+            assert!(
+                early.is_err(),
+                "{door}: a fourth connection was served over the limit of 3 ({early:?})"
+            );
+            // The slow heads time out, their slots go to the waiting connection.
+            fourth
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let response = read_all(&mut fourth);
+            let waited = held_since.elapsed();
+            assert!(response.starts_with("HTTP/1.1 "), "{door}: {response:?}");
+            assert!(
+                waited >= HEAD_TIMEOUT - Duration::from_millis(100)
+                    && waited < Duration::from_secs(4),
+                "{door}: served after {waited:?}"
+            );
+            for c in &mut slow {
+                c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let started = Instant::now();
+                let _ = read_all(c);
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{door}: a connection with an unfinished head stayed open"
+                );
+            }
+        });
+    }
+
+    // ext_authz: three connections that never send the HTTP/2 preface.
+    let held_since = Instant::now();
+    let silent: Vec<tokio::net::TcpStream> =
+        futures_util::future::join_all((0..3).map(|_| tokio::net::TcpStream::connect(ext_authz)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    // (tonic's connect returns before the server answers: the first Check waits.)
+    let mut client = AuthorizationClient::connect(format!("http://{ext_authz}"))
+        .await
+        .unwrap();
+    let check = || envoy_types::pb::envoy::service::auth::v3::CheckRequest::default();
+    let early = tokio::time::timeout(Duration::from_millis(300), client.check(check())).await;
+    assert!(
+        early.is_err(),
+        "ext_authz answered on a fourth connection over the limit of 3"
+    );
+    let answered = tokio::time::timeout(Duration::from_secs(5), client.check(check()))
+        .await
+        .expect("ext_authz: the silent connections kept their slots");
+    // The gateway's own answer to an empty request, not a transport error.
+    assert!(
+        matches!(&answered, Err(status) if status.code() == tonic::Code::InvalidArgument
+            && status.message().contains("attributes.request.http")),
+        "ext_authz did not answer once admitted: {answered:?}"
+    );
+    assert!(held_since.elapsed() >= HEAD_TIMEOUT - Duration::from_millis(100));
+    for mut c in silent {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "ext_authz kept a silent connection open");
+    }
+
+    // The admin API: a body that stalls gets 408, not a task and a connection for ever.
+    let token = String::from_utf8(example_file("demo-admin.token")).unwrap();
+    tokio::task::block_in_place(|| {
+        let mut c = TcpStream::connect(admin).unwrap();
+        c.write_all(
+            format!(
+                "PUT /admin/tenants/stalled HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"tier\":",
+                token.trim()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let response = read_all(&mut c);
+        let (status, _) = parse_status_and_body(&response);
+        assert_eq!(status, 408, "{response}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}

@@ -221,6 +221,9 @@ pub struct AdminConfig {
     /// Platform operators sign in to the console with the platform's identity provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso: Option<crate::identity::sessions::operator::OperatorSsoConfig>,
+    /// Most connections open at once; further ones wait until one closes. 1 to 100000.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[ext_authz]`: Envoy's external authorization service (gRPC
@@ -232,6 +235,10 @@ pub struct ExtAuthzConfig {
     /// `ip:port` (OPA's Envoy plugin uses 9191). Envoy is its only client: keep it on loopback
     /// or the pod network.
     pub listen: String,
+    /// Most connections open at once (Envoy keeps a few HTTP/2 connections per worker);
+    /// further ones wait until one closes. 1 to 100000.
+    #[serde(default = "default_door_max_connections")]
+    pub max_connections: usize,
 }
 
 /// `[forward_auth]`: the forward-auth endpoint of nginx `auth_request`, Traefik `forwardAuth`
@@ -246,21 +253,56 @@ pub struct ForwardAuthConfig {
     /// `<path>/refusals/`.
     #[serde(default = "default_forward_auth_path")]
     pub path: String,
+    /// Most connections open at once (the proxy's keep-alive pool and its subrequests in
+    /// flight); further ones wait until one closes. 1 to 100000.
+    #[serde(default = "default_door_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_forward_auth_path() -> String {
     "/auth".to_string()
 }
+fn default_door_max_connections() -> usize {
+    1024
+}
+pub(crate) fn default_admin_max_connections() -> usize {
+    256
+}
+
+/// The listeners beside the proxy share its file descriptors: `max_connections` keeps each to
+/// its share (the proxy's own is `server.max_connections`).
+fn check_max_connections(
+    value: usize,
+    field: &str,
+    source: &SourceText,
+    issues: &mut Vec<SourceIssue>,
+) {
+    if !(1..=100_000).contains(&value) {
+        issues.push(source.issue(field, format!("{value} is out of bounds (1 to 100000)")));
+    }
+}
 
 impl ExtAuthzConfig {
     pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
         check_listen(&self.listen, "ext_authz.listen", source, issues);
+        check_max_connections(
+            self.max_connections,
+            "ext_authz.max_connections",
+            source,
+            issues,
+        );
     }
 }
 
 impl ForwardAuthConfig {
     pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
         check_listen(&self.listen, "forward_auth.listen", source, issues);
+        check_max_connections(
+            self.max_connections,
+            "forward_auth.max_connections",
+            source,
+            issues,
+        );
         let valid = self.path.starts_with('/')
             && self.path.len() > 1
             && !self.path.ends_with('/')
@@ -315,6 +357,12 @@ pub fn read_admin_token(path: &Path) -> Result<[u8; 32], AdminTokenError> {
 impl AdminConfig {
     pub(super) fn validate(&self, source: &SourceText, issues: &mut Vec<SourceIssue>) {
         check_listen(&self.listen, "admin.listen", source, issues);
+        check_max_connections(
+            self.max_connections,
+            "admin.max_connections",
+            source,
+            issues,
+        );
         if let Err(e) = read_admin_token(&source.resolve(&self.token_file)) {
             issues.push(source.issue("admin.token_file", e.to_string()));
         }
@@ -330,13 +378,13 @@ fn default_grace_period() -> Duration {
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(5)
 }
-fn default_header_read_timeout() -> Duration {
+pub(crate) fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(75)
 }
-fn default_body_read_timeout() -> Duration {
+pub(crate) fn default_body_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_send_timeout() -> Duration {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-mod listeners;
+pub(crate) mod listeners;
 
 use listeners::{
     parse_listen_addrs, validate_server_limits, validate_tls_files, validate_upstream,
@@ -419,6 +419,29 @@ peers = []
         assert!(err.0[0].message.contains("100ms to 5m"), "{err}");
         assert_eq!(err.0[2].location.line, Some(5), "{err}");
         assert!(err.0[2].message.contains("1024 to 1048576"), "{err}");
+    }
+
+    #[test]
+    fn the_decision_doors_have_their_own_connection_limits() {
+        let doors = "\n[ext_authz]\nlisten = \"127.0.0.1:9191\"\n\
+                     [forward_auth]\nlisten = \"127.0.0.1:9192\"\n";
+        let config = load_text(&format!("{MINIMAL}{doors}")).unwrap().config;
+        assert_eq!(config.ext_authz.map(|d| d.max_connections), Some(1024));
+        assert_eq!(config.forward_auth.map(|d| d.max_connections), Some(1024));
+        let text = format!(
+            "{MINIMAL}{}",
+            doors
+                .replace("9191\"\n", "9191\"\nmax_connections = 0\n")
+                .replace("9192\"\n", "9192\"\nmax_connections = 100001\n")
+        );
+        let err = load_text(&text).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["ext_authz.max_connections", "forward_auth.max_connections"],
+            "{err}"
+        );
+        assert!(err.0[1].message.contains("1 to 100000"), "{err}");
     }
 
     #[test]

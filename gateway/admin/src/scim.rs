@@ -191,7 +191,8 @@ fn directory_error(error: DirectoryError) -> AdminResponse {
             Some("invalidValue"),
             error.to_string(),
         ),
-        DirectoryError::Store(_) => {
+        // Other replicas changed the same row before each of this one's attempts: transient.
+        DirectoryError::Store(_) | DirectoryError::ChangedElsewhere(_) => {
             tracing::error!(%error, "SCIM: the directory could not be written");
             scim_error(
                 StatusCode::SERVICE_UNAVAILABLE,

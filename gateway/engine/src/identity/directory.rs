@@ -145,7 +145,14 @@ pub enum DirectoryError {
     Store(String),
     #[error("this tenant has {limit} {what}, the most the directory keeps for one tenant")]
     TenantFull { what: &'static str, limit: usize },
+    /// A shared store refused a write: another replica changed the row (named as its change
+    /// notice names it) since this replica read it. The change is made again on the new row.
+    #[error("`{0}` was changed on another replica at the same time; retry")]
+    ChangedElsewhere(String),
 }
+
+/// How many times a change is made again when other replicas keep changing its row first.
+const CHANGED_ELSEWHERE_ATTEMPTS: usize = 8;
 
 /// The most users, and groups, the directory keeps for one tenant: every replica holds every
 /// tenant's directory in memory, so one tenant's provisioning client must not fill it.
@@ -295,17 +302,22 @@ pub enum DirectoryStore {
 
 /// One change of the directory, as stores write it.
 enum Change<'a> {
+    /// A new user, or a replacement of the user this replica read at version `read` (a
+    /// shared store refuses it if the row has changed since).
     Save {
         tenant: &'a str,
         user: &'a DirectoryUser,
+        read: Option<u64>,
     },
     Delete {
         tenant: &'a str,
         user: &'a DirectoryUser,
     },
+    /// As `Save`, for a group.
     SaveGroup {
         tenant: &'a str,
         group: &'a DirectoryGroup,
+        read: Option<u64>,
     },
     DeleteGroup {
         tenant: &'a str,
@@ -430,9 +442,25 @@ impl Directory {
         &self,
         tenant: &str,
         id: &str,
-        change: impl FnOnce(&DirectoryUser) -> Result<DirectoryUser, E>,
+        change: impl Fn(&DirectoryUser) -> Result<DirectoryUser, E>,
     ) -> Result<Result<(DirectoryUser, DirectoryUser), E>, DirectoryError> {
         let _writing = self.writing.lock().await;
+        let mut attempts = 0;
+        loop {
+            let changed = self.update_user_writing(tenant, id, &change).await;
+            if !self.again(&changed, &mut attempts).await? {
+                return changed;
+            }
+        }
+    }
+
+    /// One attempt of [`Directory::update_user`], the caller holding the write lock.
+    async fn update_user_writing<E>(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: &impl Fn(&DirectoryUser) -> Result<DirectoryUser, E>,
+    ) -> Result<Result<(DirectoryUser, DirectoryUser), E>, DirectoryError> {
         let before = self
             .user(tenant, id)
             .ok_or_else(|| DirectoryError::NoSuchUser(id.to_string()))?;
@@ -443,6 +471,28 @@ impl Directory {
         after.sessions = before.sessions.clone();
         let after = self.save_writing(tenant, after).await?;
         Ok(Ok((before, after)))
+    }
+
+    /// Whether a change that ended in `result` is to be made again: a shared store refused
+    /// its write because another replica changed the row first, the row is read from the
+    /// store now, and fewer than [`CHANGED_ELSEWHERE_ATTEMPTS`] were made — so concurrent
+    /// changes on different replicas all count. The caller holds the write lock.
+    async fn again<T>(
+        &self,
+        result: &Result<T, DirectoryError>,
+        attempts: &mut usize,
+    ) -> Result<bool, DirectoryError> {
+        *attempts += 1;
+        match result {
+            Err(DirectoryError::ChangedElsewhere(row))
+                if *attempts < CHANGED_ELSEWHERE_ATTEMPTS =>
+            {
+                self.reread_rows_writing(&HashSet::from([row.clone()]))
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// [`Directory::save`], the caller holding the write lock.
@@ -466,6 +516,11 @@ impl Directory {
             "users",
             MAX_USERS_PER_TENANT,
         )?;
+        let read = current
+            .users
+            .get(tenant)
+            .and_then(|users| users.get(&user.id))
+            .map(|known| known.version);
         let mut next = current.to_next();
         next.deleted.remove(&key(tenant, &user.user_name));
         next.users
@@ -477,6 +532,7 @@ impl Directory {
             Change::Save {
                 tenant,
                 user: &user,
+                read,
             },
         )
         .await?;
@@ -509,10 +565,17 @@ impl Directory {
         changed: DirectoryUser,
     ) -> Result<DirectoryUser, DirectoryError> {
         match self.save(tenant, changed).await {
-            Err(DirectoryError::UserNameTaken(_)) => {
+            Err(DirectoryError::UserNameTaken(_) | DirectoryError::ChangedElsewhere(_)) => {
                 self.reread_user(tenant, principal).await?;
-                self.save(tenant, self.with_active(tenant, principal, active))
-                    .await
+                let _writing = self.writing.lock().await;
+                let mut attempts = 0;
+                loop {
+                    let changed = self.with_active(tenant, principal, active);
+                    let saved = self.save_writing(tenant, changed).await;
+                    if !self.again(&saved, &mut attempts).await? {
+                        return saved;
+                    }
+                }
             }
             other => other,
         }
@@ -618,7 +681,7 @@ impl Directory {
         tenant: &str,
         principal: &str,
         at: u64,
-    ) -> Result<DirectoryUser, DirectoryError> {
+    ) -> Result<Option<DirectoryUser>, DirectoryError> {
         self.change_sessions(tenant, principal, |sessions| {
             sessions.not_before = Some(sessions.not_before.unwrap_or(0).max(at));
         })
@@ -634,7 +697,7 @@ impl Directory {
         principal: &str,
         login: u64,
         end: u64,
-    ) -> Result<DirectoryUser, DirectoryError> {
+    ) -> Result<Option<DirectoryUser>, DirectoryError> {
         let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
         self.change_sessions(tenant, principal, |sessions| {
             sessions
@@ -646,26 +709,37 @@ impl Directory {
     }
 
     /// Saves `principal`'s user with its ended sessions changed by `change` (a new user when
-    /// the directory has none of that name).
+    /// the directory has none of that name). A deleted principal stays deleted (`None`): its
+    /// sessions are refused already, and a new user of its name would let it in again.
     async fn change_sessions(
         &self,
         tenant: &str,
         principal: &str,
-        change: impl FnOnce(&mut EndedSessions),
-    ) -> Result<DirectoryUser, DirectoryError> {
-        // Read and written under the lock: two logouts at once both count.
+        change: impl Fn(&mut EndedSessions),
+    ) -> Result<Option<DirectoryUser>, DirectoryError> {
+        // Read and written under the lock: two logouts at once both count (and on two
+        // replicas, through the store's check of the row's version).
         let _writing = self.writing.lock().await;
-        let now = jiff::Timestamp::now().to_string();
-        let mut user = match self.users(tenant, Some(principal)).into_iter().next() {
-            Some(user) => DirectoryUser {
-                last_modified: now,
-                version: user.version + 1,
-                ..user
-            },
-            None => DirectoryUser::new(principal, now),
-        };
-        change(&mut user.sessions);
-        self.save_writing(tenant, user).await
+        let mut attempts = 0;
+        loop {
+            let now = jiff::Timestamp::now().to_string();
+            let mut user = match self.users(tenant, Some(principal)).into_iter().next() {
+                Some(user) => DirectoryUser {
+                    last_modified: now,
+                    version: user.version + 1,
+                    ..user
+                },
+                None if self.state.load().deleted.contains(&key(tenant, principal)) => {
+                    return Ok(None);
+                }
+                None => DirectoryUser::new(principal, now),
+            };
+            change(&mut user.sessions);
+            let saved = self.save_writing(tenant, user).await.map(Some);
+            if !self.again(&saved, &mut attempts).await? {
+                return saved;
+            }
+        }
     }
 
     /// The display names of the groups `principal` of `tenant` belongs to (none: empty).
@@ -717,15 +791,21 @@ impl Directory {
         &self,
         tenant: &str,
         id: &str,
-        change: impl FnOnce(&DirectoryGroup) -> Result<DirectoryGroup, E>,
+        change: impl Fn(&DirectoryGroup) -> Result<DirectoryGroup, E>,
     ) -> Result<Result<DirectoryGroup, E>, DirectoryError> {
         let _writing = self.writing.lock().await;
-        let before = self
-            .group(tenant, id)
-            .ok_or_else(|| DirectoryError::NoSuchGroup(id.to_string()))?;
-        match change(&before) {
-            Ok(after) => self.save_group_writing(tenant, after).await.map(Ok),
-            Err(e) => Ok(Err(e)),
+        let mut attempts = 0;
+        loop {
+            let before = self
+                .group(tenant, id)
+                .ok_or_else(|| DirectoryError::NoSuchGroup(id.to_string()))?;
+            let changed = match change(&before) {
+                Ok(after) => self.save_group_writing(tenant, after).await.map(Ok),
+                Err(e) => return Ok(Err(e)),
+            };
+            if !self.again(&changed, &mut attempts).await? {
+                return changed;
+            }
         }
     }
 
@@ -760,6 +840,11 @@ impl Directory {
         }
         let mut seen = HashSet::new();
         group.members.retain(|m| seen.insert(m.clone()));
+        let read = current
+            .groups
+            .get(tenant)
+            .and_then(|groups| groups.get(&group.id))
+            .map(|known| known.version);
         let mut next = current.to_next();
         next.groups
             .entry(tenant.to_string())
@@ -770,6 +855,7 @@ impl Directory {
             Change::SaveGroup {
                 tenant,
                 group: &group,
+                read,
             },
         )
         .await?;
@@ -864,6 +950,7 @@ impl Directory {
                     &Change::Save {
                         tenant,
                         user: &user,
+                        read: None,
                     },
                 )
                 .await
@@ -953,51 +1040,76 @@ impl Directory {
             while let Ok(more) = rx.try_recv() {
                 changed.insert(more.payload().to_string());
             }
-            // Users notify `tenant \t id`, groups `tenant \t id \t group`.
-            let (group_keys, user_keys): (HashSet<String>, HashSet<String>) = changed
-                .iter()
-                .cloned()
-                .partition(|p| p.ends_with(pg::GROUP_MARK));
             // The rows are read under the write lock: read before it, they could be older
             // than a write this replica committed meanwhile (e.g. a deactivation's notice
             // arriving while the admin API re-activates), and would undo it until that
             // write's own notice came in.
             let _writing = self.writing.lock().await;
-            let rows = pg::load_some(&client, table, &user_keys).await?;
-            let group_rows = pg::load_some_groups(&client, table, &group_keys).await?;
-            let current = self.state.load();
-            let mut next = current.to_next();
-            for payload in &user_keys {
-                let Some((tenant, id)) = payload.split_once('\t') else {
-                    continue;
-                };
-                if let Some(users) = next.users.get_mut(tenant) {
-                    if let Some(old) = users.remove(id) {
-                        next.deleted.remove(&key(tenant, &old.user_name));
-                    }
-                }
-            }
-            for payload in &group_keys {
-                let mut parts = payload.split('\t');
-                if let (Some(tenant), Some(id)) = (parts.next(), parts.next()) {
-                    if let Some(groups) = next.groups.get_mut(tenant) {
-                        groups.remove(id);
-                    }
-                }
-            }
-            for row in rows {
-                row.apply(&mut next);
-            }
-            for (tenant, group) in group_rows {
-                next.groups
-                    .entry(tenant)
-                    .or_default()
-                    .insert(group.id.clone(), group);
-            }
-            self.state.store(Arc::new(next.derive()));
+            self.apply_rows_writing(&client, table, &changed).await?;
             tracing::info!(changes = changed.len(), "principal directory updated");
         }
         Err(DirectoryError::Store("notification stream ended".into()))
+    }
+
+    /// Reads `rows` (named as their change notices name them) from a shared store into this
+    /// replica's view, ahead of their notices. The caller holds the write lock.
+    async fn reread_rows_writing(&self, rows: &HashSet<String>) -> Result<(), DirectoryError> {
+        let DirectoryStore::Postgres { config, table } = &self.store else {
+            return Ok(());
+        };
+        let mut writer = self.pg_writer.lock().await;
+        let client = pg::writer_client(&mut writer, config).await?;
+        self.apply_rows_writing(&client, table, rows).await?;
+        *writer = Some(client);
+        Ok(())
+    }
+
+    /// Replaces this replica's view of `rows` (users notify `tenant \t id`, groups
+    /// `tenant \t id \t group`) with what the store holds now (gone: removed). The caller
+    /// holds the write lock.
+    async fn apply_rows_writing(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &str,
+        rows: &HashSet<String>,
+    ) -> Result<(), DirectoryError> {
+        let (group_keys, user_keys): (HashSet<String>, HashSet<String>) = rows
+            .iter()
+            .cloned()
+            .partition(|p| p.ends_with(pg::GROUP_MARK));
+        let user_rows = pg::load_some(client, table, &user_keys).await?;
+        let group_rows = pg::load_some_groups(client, table, &group_keys).await?;
+        let current = self.state.load();
+        let mut next = current.to_next();
+        for payload in &user_keys {
+            let Some((tenant, id)) = payload.split_once('\t') else {
+                continue;
+            };
+            if let Some(users) = next.users.get_mut(tenant) {
+                if let Some(old) = users.remove(id) {
+                    next.deleted.remove(&key(tenant, &old.user_name));
+                }
+            }
+        }
+        for payload in &group_keys {
+            let mut parts = payload.split('\t');
+            if let (Some(tenant), Some(id)) = (parts.next(), parts.next()) {
+                if let Some(groups) = next.groups.get_mut(tenant) {
+                    groups.remove(id);
+                }
+            }
+        }
+        for row in user_rows {
+            row.apply(&mut next);
+        }
+        for (tenant, group) in group_rows {
+            next.groups
+                .entry(tenant)
+                .or_default()
+                .insert(group.id.clone(), group);
+        }
+        self.state.store(Arc::new(next.derive()));
+        Ok(())
     }
 }
 
@@ -1255,12 +1367,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
         table: &str,
         change: &Change<'_>,
     ) -> Result<(), DirectoryError> {
-        let (tenant, user, deleted) = match change {
-            Change::Save { tenant, user } => (*tenant, *user, false),
-            Change::Delete { tenant, user } => (*tenant, *user, true),
-            Change::SaveGroup { tenant, group } => {
-                return write_group(client, table, tenant, group).await
-            }
+        let (tenant, user, deleted, read) = match change {
+            Change::Save { tenant, user, read } => (*tenant, *user, false, *read),
+            Change::Delete { tenant, user } => (*tenant, *user, true, None),
+            Change::SaveGroup {
+                tenant,
+                group,
+                read,
+            } => return write_group(client, table, tenant, group, *read).await,
             Change::DeleteGroup { tenant, id } => {
                 client
                     .execute(
@@ -1276,8 +1390,44 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
             }
         };
         let doc = serde_json::to_value(user).map_err(|e| DirectoryError::Store(e.to_string()))?;
+        match read {
+            // A replacement: only of the row as this replica read it.
+            Some(version) => {
+                let version = i64::try_from(version).unwrap_or(i64::MAX);
+                let replaced = client
+                    .execute(
+                        &format!(
+                            "UPDATE {table} SET user_name = $3, deleted = false, doc = $4, updated_at = now() \
+                             WHERE tenant_id = $1 AND id = $2 AND NOT deleted \
+                             AND (doc->>'version')::bigint = $5"
+                        ),
+                        &[&tenant, &user.id, &user.user_name, &doc, &version],
+                    )
+                    .await
+                    .map_err(store_error)?;
+                if replaced == 0 {
+                    return Err(DirectoryError::ChangedElsewhere(format!(
+                        "{tenant}\t{}",
+                        user.id
+                    )));
+                }
+            }
+            None => {
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {table} (tenant_id, id, user_name, deleted, doc) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (tenant_id, id) DO UPDATE SET user_name = EXCLUDED.user_name, \
+                             deleted = EXCLUDED.deleted, doc = EXCLUDED.doc, updated_at = now()"
+                        ),
+                        &[&tenant, &user.id, &user.user_name, &deleted, &doc],
+                    )
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
         if !deleted {
-            // A name taken again ends its tombstone.
+            // A name taken again ends its tombstone (another row: this one is not deleted).
             client
                 .execute(
                     &format!("DELETE FROM {table} WHERE tenant_id = $1 AND deleted AND lower(user_name) = lower($2)"),
@@ -1286,17 +1436,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
                 .await
                 .map_err(store_error)?;
         }
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {table} (tenant_id, id, user_name, deleted, doc) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (tenant_id, id) DO UPDATE SET user_name = EXCLUDED.user_name, \
-                     deleted = EXCLUDED.deleted, doc = EXCLUDED.doc, updated_at = now()"
-                ),
-                &[&tenant, &user.id, &user.user_name, &deleted, &doc],
-            )
-            .await
-            .map_err(store_error)?;
         Ok(())
     }
 
@@ -1305,26 +1444,48 @@ CREATE UNIQUE INDEX IF NOT EXISTS {groups}_display_name ON {groups} (tenant_id, 
         table: &str,
         tenant: &str,
         group: &DirectoryGroup,
+        read: Option<u64>,
     ) -> Result<(), DirectoryError> {
         let doc = serde_json::to_value(group).map_err(|e| DirectoryError::Store(e.to_string()))?;
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (tenant_id, id, display_name, doc) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (tenant_id, id) DO UPDATE SET display_name = EXCLUDED.display_name, \
-                     doc = EXCLUDED.doc, updated_at = now()",
-                    groups_table(table)
-                ),
-                &[&tenant, &group.id, &group.display_name, &doc],
-            )
-            .await
-            .map_err(|e| {
-                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                    return DirectoryError::GroupNameTaken(group.display_name.clone());
-                }
-                store_error(e)
-            })?;
-        Ok(())
+        let groups = groups_table(table);
+        let written = match read {
+            // A replacement: only of the row as this replica read it.
+            Some(version) => {
+                let version = i64::try_from(version).unwrap_or(i64::MAX);
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE {groups} SET display_name = $3, doc = $4, updated_at = now() \
+                             WHERE tenant_id = $1 AND id = $2 AND (doc->>'version')::bigint = $5"
+                        ),
+                        &[&tenant, &group.id, &group.display_name, &doc, &version],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {groups} (tenant_id, id, display_name, doc) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (tenant_id, id) DO UPDATE SET display_name = EXCLUDED.display_name, \
+                             doc = EXCLUDED.doc, updated_at = now()"
+                        ),
+                        &[&tenant, &group.id, &group.display_name, &doc],
+                    )
+                    .await
+            }
+        };
+        match written {
+            Ok(0) => Err(DirectoryError::ChangedElsewhere(format!(
+                "{tenant}\t{}{GROUP_MARK}",
+                group.id
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(DirectoryError::GroupNameTaken(group.display_name.clone()))
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 }
 
@@ -1433,6 +1594,120 @@ mod tests {
         stop.send(true).unwrap();
         follower.await.unwrap();
         drop_pg_table(&config, &table).await;
+    }
+
+    /// Two replicas change one user and one group, the second before it has heard of the
+    /// first's change (neither follows the other's notices): both changes count, in the
+    /// store and in the second's view. Before, the second wrote its stale copy over the
+    /// first's change: a SCIM attribute, a group member — or a deactivation undone by a
+    /// logout recorded on the other replica.
+    #[tokio::test]
+    async fn changes_on_two_replicas_at_once_all_count() {
+        let (config, table) = pg_table("dir_both");
+        let first = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        first.save("acme", user("1", "alice", true)).await.unwrap();
+        first.save("acme", user("2", "bob", true)).await.unwrap();
+        first
+            .save_group("acme", group("g", "editors", &[]))
+            .await
+            .unwrap();
+        let second = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let set = |name: &'static str| {
+            move |current: &DirectoryUser| {
+                let mut changed = current.clone();
+                changed.attributes.insert(name.into(), Value::Bool(true));
+                changed.version += 1;
+                Ok::<_, ()>(changed)
+            }
+        };
+        first
+            .update_user("acme", "1", set("title"))
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, after) = second
+            .update_user("acme", "1", set("locale"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            after.attributes.contains_key("title") && after.attributes.contains_key("locale"),
+            "{after:?}"
+        );
+        assert_eq!(after.version, 3);
+
+        let add = |member: &'static str| {
+            move |current: &DirectoryGroup| {
+                let mut changed = current.clone();
+                changed.members.push(member.into());
+                changed.version += 1;
+                Ok::<_, ()>(changed)
+            }
+        };
+        first
+            .update_group("acme", "g", add("1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let group = second
+            .update_group("acme", "g", add("2"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(group.members, vec!["1".to_string(), "2".to_string()]);
+
+        // A deactivation on one replica, a logout recorded on the other.
+        first.set_active("acme", "bob", false).await.unwrap();
+        second
+            .end_session("acme", "bob", 1, u64::MAX)
+            .await
+            .unwrap();
+        assert!(
+            second.is_refused("acme", "bob"),
+            "the logout re-activated bob"
+        );
+
+        let reread = Directory::open_postgres(config.clone(), table.clone())
+            .await
+            .unwrap();
+        let alice = reread.user("acme", "1").unwrap();
+        assert!(alice.attributes.contains_key("title") && alice.attributes.contains_key("locale"));
+        assert_eq!(reread.group("acme", "g").unwrap().members.len(), 2);
+        assert!(reread.is_refused("acme", "bob"));
+        assert!(reread.session_ended("acme", "bob", 1));
+
+        drop_pg_table(&config, &table).await;
+    }
+
+    /// A logout (or the identity provider's back-channel logout) of a principal deleted from
+    /// the directory records nothing: before, it listed a new active user of that name, and the
+    /// deleted principal's tokens were accepted again.
+    #[tokio::test]
+    async fn ending_a_deleted_principals_sessions_does_not_bring_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory =
+            Directory::open(DirectoryStore::File(dir.path().join("directory.json"))).unwrap();
+        directory
+            .save("acme", user("1", "alice", true))
+            .await
+            .unwrap();
+        directory.delete("acme", "1").await.unwrap();
+        assert!(directory.is_refused("acme", "alice"));
+
+        assert_eq!(
+            directory.end_session("acme", "alice", 1, u64::MAX).await,
+            Ok(None)
+        );
+        assert_eq!(directory.end_sessions("acme", "Alice", 5).await, Ok(None));
+        assert!(directory.is_refused("acme", "alice"));
+        assert!(directory.users("acme", None).is_empty());
+        // A principal the directory never had is listed with its ended session, as before.
+        let carol = directory.end_sessions("acme", "carol", 5).await.unwrap();
+        assert_eq!(carol.map(|c| c.sessions.not_before), Some(Some(5)));
     }
 
     fn user(id: &str, name: &str, active: bool) -> DirectoryUser {

@@ -2,7 +2,9 @@
 //!
 //! A change is checked exactly as a registry change would be (ids, hosts, keys, residency,
 //! tenant policies), then: with a PostgreSQL registry it is written to the table first (every
-//! replica follows through NOTIFY) and applied here at once; with a file registry the file is
+//! replica follows through NOTIFY) and applied here at once — writes of every replica one at a
+//! time, each checked also against the tenants of the table that claim the same hosts, sign-in
+//! domains or API keys, which this replica may not have heard of yet; with a file registry the file is
 //! the source of truth in git, so the API refuses to write (edit the file; it hot-reloads).
 //!
 //! A document that is not a valid tenant by itself (an unknown tier, limits or host names out of
@@ -119,24 +121,83 @@ impl TenantWriter {
                 }
             };
         let id = spec.id.clone();
-        let change = vec![(id.clone(), Some(spec.clone()))];
-        if let Err(e) = store.check_tenant_changes(change.clone()) {
-            return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
         let doc = serde_json::to_value(&spec)
             .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let client = connect(pg).await?;
+        let mut client = connect(pg).await?;
+        let transaction = client.transaction().await.map_err(database_trouble)?;
+        // One tenant write at a time across replicas (until this transaction ends), and the
+        // check made against the table as it is now: this replica's registry may not have
+        // heard yet of another replica's write that claims the same host, sign-in domain or
+        // API key, and both would be written.
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                &[&format!("gateway tenant writes {}", pg.table)],
+            )
+            .await
+            .map_err(database_trouble)?;
+        let mut changes = claiming_the_same(&transaction, &pg.table, &spec).await?;
+        changes.push((id.clone(), Some(spec.clone())));
+        if let Err(e) = store.check_tenant_changes(changes) {
+            return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
         let sql = format!(
             "INSERT INTO {} (id, doc) VALUES ($1, $2) \
              ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc, updated_at = now()",
             pg.table
         );
-        client
+        transaction
             .execute(&sql, &[&id, &doc])
             .await
             .map_err(database_trouble)?;
+        transaction.commit().await.map_err(database_trouble)?;
         applied_here(store, spec).map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))
     }
+}
+
+/// The other tenants of the table that claim a host, sign-in e-mail domain or API key of
+/// `spec`, as changes to check `spec` together with (the table is the registry's truth).
+async fn claiming_the_same(
+    transaction: &gateway_engine::db::Transaction<'_>,
+    table: &str,
+    spec: &TenantSpec,
+) -> Result<Vec<(String, Option<TenantSpec>)>, AdminResponse> {
+    fn lowercased<'a>(values: impl Iterator<Item = &'a String>) -> Vec<String> {
+        values.map(|v| v.to_ascii_lowercase()).collect()
+    }
+    let hosts = lowercased(spec.hosts.iter());
+    let domains = lowercased(spec.sso.iter().flat_map(|s| &s.email_domains));
+    let keys = lowercased(spec.api_keys.iter().map(|k| &k.sha256));
+    if hosts.is_empty() && domains.is_empty() && keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id, doc FROM {table} WHERE id <> $1 AND ( \
+           EXISTS (SELECT 1 FROM jsonb_array_elements_text(COALESCE(doc->'hosts', '[]')) h \
+                   WHERE lower(h) = ANY($2)) \
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(COALESCE(doc->'sso'->'email_domains', '[]')) d \
+                   WHERE lower(d) = ANY($3)) \
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'api_keys', '[]')) k \
+                   WHERE lower(k->>'sha256') = ANY($4)))"
+    );
+    let rows = transaction
+        .query(&sql, &[&spec.id, &hosts, &domains, &keys])
+        .await
+        .map_err(database_trouble)?;
+    let mut claiming = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.get(0);
+        match serde_json::from_value::<TenantSpec>(row.get(1)) {
+            Ok(other) => claiming.push((id, Some(other))),
+            Err(e) => {
+                return Err(problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the stored document of tenant `{id}`: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(claiming)
 }
 
 /// Suspends or activates `id` in the table itself: the document there is changed in place, not
@@ -244,6 +305,77 @@ fn invalid_document(issues: &[(String, String)]) -> AdminResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+
+    /// Two replicas' views of one PostgreSQL registry, the second not following the first's
+    /// notices (the window between a write on one and its NOTIFY on the other): a host, a
+    /// sign-in domain or an API key already claimed in the table is refused to another tenant.
+    /// Before, each replica checked against its own view only and both documents were
+    /// written, two tenants claiming one host.
+    #[tokio::test]
+    async fn two_replicas_cannot_give_what_one_tenant_claims_to_another() {
+        let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
+            "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
+        });
+        let table = format!("admin_claims_{}", uuid::Uuid::new_v4().simple());
+        let pg = PostgresConfig {
+            url: Some(url),
+            url_env: None,
+            table: table.clone(),
+            migrate: true,
+            ca_file: None,
+        };
+        let client = gateway_engine::db::connect_config(&pg, None).await.unwrap();
+        gateway_engine::tenancy::postgres::migrate(&client, &table)
+            .await
+            .unwrap();
+        let writer = TenantWriter::Postgres(pg.clone());
+        let first = SnapshotStore::new(gateway_engine::test_support::Deployment::load().snapshot);
+        let second = SnapshotStore::new(gateway_engine::test_support::Deployment::load().snapshot);
+        let key = "ab".repeat(32);
+        let newco = format!(
+            r#"{{"id": "newco", "tier": "pro", "hosts": ["shared.example.test"],
+                "api_keys": [{{"id": "ci", "sha256": "{key}"}}]}}"#
+        );
+        let created = writer.put(&first, "newco", newco.as_bytes()).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+
+        for (claim, named) in [
+            (r#""hosts": ["shared.example.test"]"#, "shared.example.test"),
+            (
+                &format!(
+                    r#""api_keys": [{{"id": "ci", "sha256": "{}"}}]"#,
+                    key.to_uppercase()
+                ),
+                "newco",
+            ),
+        ] {
+            let other = format!(r#"{{"id": "otherco", "tier": "pro", {claim}}}"#);
+            let refused = writer.put(&second, "otherco", other.as_bytes()).await;
+            let status = refused.status();
+            let body = refused.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{claim}: {body}");
+            assert!(body.contains(named), "{claim}: {body}");
+        }
+        // Claiming nothing of newco's, the second replica writes as before.
+        let other = br#"{"id": "otherco", "tier": "pro", "hosts": ["other.example.test"]}"#;
+        assert_eq!(
+            writer.put(&second, "otherco", other).await.status(),
+            StatusCode::CREATED
+        );
+        let rows = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.get::<_, i64>(0), 2);
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table} CASCADE; DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
+            ))
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn a_document_is_one_json_object_and_nothing_else() {

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Config;
 /// The connection and error types of the PostgreSQL client the gateway's stores use.
-pub use tokio_postgres::{Client, Error as PgError};
+pub use tokio_postgres::{Client, Error as PgError, Transaction};
 
 /// Where a PostgreSQL-backed feature connects (the `postgres` table of the tenant registry,
 /// principal store and usage exporter sections).

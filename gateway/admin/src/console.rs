@@ -566,16 +566,6 @@ pub fn login_page(error: Option<&str>, sso: bool) -> String {
     )
 }
 
-/// The cookie value a console login sets: derived from the admin token's hash, so it opens the
-/// console only for as long as that token is the admin token.
-pub fn session_value(token_sha256: &[u8; 32]) -> String {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(b"gateway-console-session:");
-    hasher.update(token_sha256);
-    hex::encode(hasher.finalize())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,11 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn the_session_value_is_not_the_token() {
-        let hash = [7u8; 32];
-        let value = session_value(&hash);
-        assert_eq!(value.len(), 64);
-        assert_ne!(value, hex::encode(hash));
+    fn the_login_page_escapes_its_message_and_offers_sso_when_configured() {
         assert!(login_page(Some("<x>"), false).contains("&lt;x&gt;"));
         assert!(login_page(None, true).contains(r#"href="/console/sso""#));
         assert!(!login_page(None, false).contains("/console/sso"));

@@ -8,6 +8,7 @@
 //! next request; with a PostgreSQL registry also written there, so every replica follows).
 
 pub mod console;
+mod console_sessions;
 mod scim;
 mod stream;
 mod tenants;
@@ -65,6 +66,8 @@ pub struct Admin {
     operator_login: Option<OperatorLogin>,
     /// Connection limit and read timeouts (`[admin] max_connections`, `[server]`'s timeouts).
     limits: DoorLimits,
+    /// The console's sign-ins with the admin token.
+    console_sessions: console_sessions::ConsoleSessions,
 }
 
 type AdminResponse = Response<http_body_util::combinators::BoxBody<Bytes, std::io::Error>>;
@@ -96,6 +99,24 @@ fn body_response(status: StatusCode, body: Bytes, content_type: &'static str) ->
 
 fn respond(status: StatusCode, body: serde_json::Value) -> AdminResponse {
     body_response(status, Bytes::from(body.to_string()), "application/json")
+}
+
+/// The values of the console's sign-in cookie in a request.
+fn console_cookies(req: &Request<Incoming>) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == console::COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn problem(status: StatusCode, detail: impl Into<String>) -> AdminResponse {
@@ -201,6 +222,7 @@ impl Admin {
             recording,
             operator_login: None,
             limits: DoorLimits::default(),
+            console_sessions: console_sessions::ConsoleSessions::new(token_sha256),
         }
     }
 
@@ -344,16 +366,8 @@ impl Admin {
 
     /// A console session cookie that matches the current admin token.
     fn console_session(&self, req: &Request<Incoming>) -> bool {
-        let expected = console::session_value(&self.token_sha256);
-        req.headers()
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(name, value)| {
-                name == console::COOKIE && bool::from(value.as_bytes().ct_eq(expected.as_bytes()))
-            })
+        let now = unix_now();
+        console_cookies(req).any(|value| self.console_sessions.is_valid(value, now))
     }
 
     /// `/console`: the page (admin bearer or session cookie; a sign-in form otherwise),
@@ -404,12 +418,17 @@ impl Admin {
                     );
                 }
                 redirect(format!(
-                    "{}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=43200",
+                    "{}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
                     console::COOKIE,
-                    console::session_value(&self.token_sha256)
+                    self.console_sessions.begin(unix_now()),
+                    console_sessions::LIFETIME.as_secs()
                 ))
             }
             (&Method::POST, ["logout"]) => {
+                // A copy of the cookie must not outlive the sign-out.
+                for value in console_cookies(&req) {
+                    self.console_sessions.end(value, unix_now());
+                }
                 let mut response = redirect(format!(
                     "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
                     console::COOKIE
@@ -574,6 +593,7 @@ impl Admin {
             return r;
         }
         let query = req.uri().query().unwrap_or("").to_string();
+        let precondition = tenants::Precondition::of(req.headers());
         let body = match self.read_body(req.into_body(), MAX_BODY).await {
             Ok(body) => body,
             Err(refused) => return refused,
@@ -598,7 +618,9 @@ impl Admin {
             (&Method::GET, ["admin", "audit"]) => self.audit(&query).await,
             (&Method::GET, ["admin", "tenants", id]) => self.tenants.get(&self.store, id),
             (&Method::PUT, ["admin", "tenants", id]) => {
-                self.tenants.put(&self.store, id, &body).await
+                self.tenants
+                    .put(&self.store, id, &body, &precondition)
+                    .await
             }
             (&Method::POST, ["admin", "tenants", id, "suspend"]) => {
                 self.tenants

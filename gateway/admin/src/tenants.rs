@@ -30,16 +30,86 @@ pub enum TenantWriter {
     None,
 }
 
+/// What a `PUT` requires of the stored document (RFC 9110 §13.1): with `If-Match`, that it is
+/// still the one the client read (its `ETag`, or any with `*`), so two read-modify-write
+/// cycles cannot lose one's change; with `If-None-Match: *`, that there is none (create only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    Unconditional,
+    /// Entity tags as sent (quoted), or `*`.
+    Match(Vec<String>),
+    NoneMatch(Vec<String>),
+}
+
+impl Precondition {
+    pub fn of(headers: &http::HeaderMap) -> Precondition {
+        let tags = |name: http::header::HeaderName| -> Option<Vec<String>> {
+            let values: Vec<String> = headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|tag| tag.trim().to_string())
+                .filter(|tag| !tag.is_empty())
+                .collect();
+            (!values.is_empty()).then_some(values)
+        };
+        if let Some(tags) = tags(http::header::IF_MATCH) {
+            Precondition::Match(tags)
+        } else if let Some(tags) = tags(http::header::IF_NONE_MATCH) {
+            Precondition::NoneMatch(tags)
+        } else {
+            Precondition::Unconditional
+        }
+    }
+
+    /// Whether a write may replace `stored` (its current document, if any).
+    fn holds(&self, stored: Option<&TenantSpec>) -> bool {
+        let listed = |tags: &[String], spec: &TenantSpec| {
+            let tag = etag(spec);
+            tags.iter().any(|t| t == "*" || *t == tag)
+        };
+        match self {
+            Precondition::Unconditional => true,
+            Precondition::Match(tags) => stored.is_some_and(|spec| listed(tags, spec)),
+            Precondition::NoneMatch(tags) => !stored.is_some_and(|spec| listed(tags, spec)),
+        }
+    }
+}
+
+/// A tenant document's entity tag: a hash of the document as the API returns it.
+pub fn etag(spec: &TenantSpec) -> String {
+    use sha2::Digest as _;
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    format!("\"{}\"", hex::encode(digest.get(..16).unwrap_or_default()))
+}
+
+/// The tenant document with its `ETag`.
+fn tenant_response(status: StatusCode, spec: &TenantSpec) -> AdminResponse {
+    let mut response = respond(status, json!(spec));
+    if let Ok(tag) = http::HeaderValue::from_str(&etag(spec)) {
+        response.headers_mut().insert(http::header::ETAG, tag);
+    }
+    response
+}
+
 impl TenantWriter {
     pub fn get(&self, store: &SnapshotStore, id: &str) -> AdminResponse {
         match store.load().registry.get(id) {
-            Some(spec) => respond(StatusCode::OK, json!(**spec)),
+            Some(spec) => tenant_response(StatusCode::OK, spec),
             None => problem(StatusCode::NOT_FOUND, format!("no tenant `{id}`")),
         }
     }
 
-    /// `PUT /admin/tenants/{id}`: the whole tenant document.
-    pub async fn put(&self, store: &SnapshotStore, id: &str, body: &[u8]) -> AdminResponse {
+    /// `PUT /admin/tenants/{id}`: the whole tenant document, written if `precondition` holds.
+    pub async fn put(
+        &self,
+        store: &SnapshotStore,
+        id: &str,
+        body: &[u8],
+        precondition: &Precondition,
+    ) -> AdminResponse {
         let spec = match parse_document(body) {
             Ok(spec) => spec,
             Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
@@ -65,15 +135,14 @@ impl TenantWriter {
             );
             return invalid_document(&issues);
         }
-        let created = store.load().registry.get(id).is_none();
-        match self.write(store, spec).await {
-            Ok(spec) => {
+        match self.write(store, spec, precondition).await {
+            Ok((spec, created)) => {
                 let status = if created {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
-                respond(status, json!(spec))
+                tenant_response(status, &spec)
             }
             Err(response) => response,
         }
@@ -88,7 +157,7 @@ impl TenantWriter {
     ) -> AdminResponse {
         if let TenantWriter::Postgres(pg) = self {
             return match set_status_in_table(store, pg, id, status).await {
-                Ok(spec) => respond(StatusCode::OK, json!(spec)),
+                Ok(spec) => tenant_response(StatusCode::OK, &spec),
                 Err(response) => response,
             };
         }
@@ -97,17 +166,20 @@ impl TenantWriter {
         };
         let mut spec = (*current).clone();
         spec.status = status;
-        match self.write(store, spec).await {
-            Ok(spec) => respond(StatusCode::OK, json!(spec)),
+        match self.write(store, spec, &Precondition::Unconditional).await {
+            Ok((spec, _)) => tenant_response(StatusCode::OK, &spec),
             Err(response) => response,
         }
     }
 
+    /// Writes `spec` if `precondition` holds for the stored document; the written document and
+    /// whether it is new.
     async fn write(
         &self,
         store: &SnapshotStore,
         spec: TenantSpec,
-    ) -> Result<TenantSpec, AdminResponse> {
+        precondition: &Precondition,
+    ) -> Result<(TenantSpec, bool), AdminResponse> {
         let pg =
             match self {
                 TenantWriter::Postgres(pg) => pg,
@@ -136,6 +208,31 @@ impl TenantWriter {
             )
             .await
             .map_err(database_trouble)?;
+        let stored = transaction
+            .query_opt(
+                &format!("SELECT doc FROM {} WHERE id = $1", pg.table),
+                &[&id],
+            )
+            .await
+            .map_err(database_trouble)?
+            .map(|row| serde_json::from_value::<TenantSpec>(row.get(0)))
+            .transpose()
+            .map_err(|e| {
+                problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the stored document of tenant `{id}`: {e}"),
+                )
+            })?;
+        if !precondition.holds(stored.as_ref()) {
+            let now = stored.as_ref().map_or("none".to_string(), etag);
+            return Err(problem(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "tenant `{id}` is not as the request requires ({precondition:?}; its ETag now: {now}): read it again"
+                ),
+            ));
+        }
+        let created = stored.is_none();
         let mut changes = claiming_the_same(&transaction, &pg.table, &spec).await?;
         changes.push((id.clone(), Some(spec.clone())));
         if let Err(e) = store.check_tenant_changes(changes) {
@@ -151,7 +248,9 @@ impl TenantWriter {
             .await
             .map_err(database_trouble)?;
         transaction.commit().await.map_err(database_trouble)?;
-        applied_here(store, spec).map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))
+        applied_here(store, spec)
+            .map(|spec| (spec, created))
+            .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))
     }
 }
 
@@ -312,12 +411,12 @@ mod tests {
     /// sign-in domain or an API key already claimed in the table is refused to another tenant.
     /// Before, each replica checked against its own view only and both documents were
     /// written, two tenants claiming one host.
-    #[tokio::test]
-    async fn two_replicas_cannot_give_what_one_tenant_claims_to_another() {
+    /// A registry table of the test database of its own, and its writer.
+    async fn registry_table(prefix: &str) -> (TenantWriter, gateway_engine::db::Client, String) {
         let url = std::env::var("GATEWAY_TEST_PG_URL").unwrap_or_else(|_| {
             "postgres://gateway_test:gateway_test@127.0.0.1:5432/gateway_test".to_string()
         });
-        let table = format!("admin_claims_{}", uuid::Uuid::new_v4().simple());
+        let table = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let pg = PostgresConfig {
             url: Some(url),
             url_env: None,
@@ -329,15 +428,41 @@ mod tests {
         gateway_engine::tenancy::postgres::migrate(&client, &table)
             .await
             .unwrap();
-        let writer = TenantWriter::Postgres(pg.clone());
-        let first = SnapshotStore::new(gateway_engine::test_support::Deployment::load().snapshot);
-        let second = SnapshotStore::new(gateway_engine::test_support::Deployment::load().snapshot);
+        (TenantWriter::Postgres(pg), client, table)
+    }
+
+    async fn drop_registry_table(client: &gateway_engine::db::Client, table: &str) {
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table} CASCADE; DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// A replica's view of the registry (the test deployment's tenants), following nothing.
+    fn replica() -> std::sync::Arc<SnapshotStore> {
+        SnapshotStore::new(gateway_engine::test_support::Deployment::load().snapshot)
+    }
+
+    async fn body_text(response: AdminResponse) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn two_replicas_cannot_give_what_one_tenant_claims_to_another() {
+        let (writer, client, table) = registry_table("admin_claims").await;
+        let (first, second) = (replica(), replica());
+        let unconditional = &Precondition::Unconditional;
         let key = "ab".repeat(32);
         let newco = format!(
             r#"{{"id": "newco", "tier": "pro", "hosts": ["shared.example.test"],
                 "api_keys": [{{"id": "ci", "sha256": "{key}"}}]}}"#
         );
-        let created = writer.put(&first, "newco", newco.as_bytes()).await;
+        let created = writer
+            .put(&first, "newco", newco.as_bytes(), unconditional)
+            .await;
         assert_eq!(created.status(), StatusCode::CREATED);
 
         for (claim, named) in [
@@ -351,17 +476,21 @@ mod tests {
             ),
         ] {
             let other = format!(r#"{{"id": "otherco", "tier": "pro", {claim}}}"#);
-            let refused = writer.put(&second, "otherco", other.as_bytes()).await;
+            let refused = writer
+                .put(&second, "otherco", other.as_bytes(), unconditional)
+                .await;
             let status = refused.status();
-            let body = refused.into_body().collect().await.unwrap().to_bytes();
-            let body = String::from_utf8_lossy(&body);
+            let body = body_text(refused).await;
             assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{claim}: {body}");
             assert!(body.contains(named), "{claim}: {body}");
         }
         // Claiming nothing of newco's, the second replica writes as before.
         let other = br#"{"id": "otherco", "tier": "pro", "hosts": ["other.example.test"]}"#;
         assert_eq!(
-            writer.put(&second, "otherco", other).await.status(),
+            writer
+                .put(&second, "otherco", other, unconditional)
+                .await
+                .status(),
             StatusCode::CREATED
         );
         let rows = client
@@ -369,12 +498,104 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.get::<_, i64>(0), 2);
-        client
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {table} CASCADE; DROP FUNCTION IF EXISTS {table}_notify() CASCADE"
-            ))
+        drop_registry_table(&client, &table).await;
+    }
+
+    /// Read-modify-write with `If-Match`: a write over a document changed since it was read
+    /// (here on another replica that has not heard of the change) is refused `412` and
+    /// writes nothing; `If-None-Match: *` creates only.
+    #[tokio::test]
+    async fn a_put_with_if_match_writes_only_over_the_document_read() {
+        let (writer, client, table) = registry_table("admin_etags").await;
+        let (first, second) = (replica(), replica());
+        let tag = |response: &AdminResponse| {
+            response
+                .headers()
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap()
+        };
+        let create_only = Precondition::NoneMatch(vec!["*".into()]);
+        let doc = |hosts: &str| {
+            format!(r#"{{"id": "newco", "tier": "pro", "hosts": [{hosts}]}}"#).into_bytes()
+        };
+        let created = writer
+            .put(&first, "newco", &doc(r#""a.example.test""#), &create_only)
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+        let read = tag(&created);
+        assert_eq!(
+            tag(&writer.get(&first, "newco")),
+            read,
+            "GET gives the PUT's tag"
+        );
+        let again = writer
+            .put(&first, "newco", &doc(r#""a.example.test""#), &create_only)
+            .await;
+        assert_eq!(again.status(), StatusCode::PRECONDITION_FAILED);
+
+        // Two clients read `read`; the first writes, the second's write (on the other
+        // replica) is refused, and the stored document is the first's.
+        let first_write = writer
+            .put(
+                &first,
+                "newco",
+                &doc(r#""a.example.test", "b.example.test""#),
+                &Precondition::Match(vec![read.clone()]),
+            )
+            .await;
+        assert_eq!(first_write.status(), StatusCode::OK);
+        let written = tag(&first_write);
+        assert_ne!(written, read);
+        let stale = writer
+            .put(
+                &second,
+                "newco",
+                &doc(r#""a.example.test", "c.example.test""#),
+                &Precondition::Match(vec![read.clone()]),
+            )
+            .await;
+        assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+        assert!(body_text(stale).await.contains(written.trim_matches('"')));
+        let stored: serde_json::Value = client
+            .query_one(&format!("SELECT doc FROM {table} WHERE id = 'newco'"), &[])
             .await
-            .unwrap();
+            .unwrap()
+            .get(0);
+        assert_eq!(stored["hosts"], json!(["a.example.test", "b.example.test"]));
+        // The tag now stored is accepted from any replica; `*` from any client.
+        let fresh = writer
+            .put(
+                &second,
+                "newco",
+                &doc(r#""a.example.test", "c.example.test""#),
+                &Precondition::Match(vec!["\"x\"".into(), written]),
+            )
+            .await;
+        assert_eq!(fresh.status(), StatusCode::OK);
+        let any = Precondition::Match(vec!["*".into()]);
+        let missing = writer
+            .put(&first, "nobody", br#"{"id": "nobody"}"#, &any)
+            .await;
+        assert_eq!(missing.status(), StatusCode::PRECONDITION_FAILED);
+        drop_registry_table(&client, &table).await;
+    }
+
+    #[test]
+    fn preconditions_are_read_from_if_match_then_if_none_match() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(Precondition::of(&headers), Precondition::Unconditional);
+        headers.insert(http::header::IF_NONE_MATCH, "*".parse().unwrap());
+        assert_eq!(
+            Precondition::of(&headers),
+            Precondition::NoneMatch(vec!["*".into()])
+        );
+        headers.insert(http::header::IF_MATCH, r#""a", "b""#.parse().unwrap());
+        assert_eq!(
+            Precondition::of(&headers),
+            Precondition::Match(vec![r#""a""#.into(), r#""b""#.into()])
+        );
     }
 
     #[test]

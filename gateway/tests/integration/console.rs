@@ -181,6 +181,57 @@ token_file = "admin.token"
     assert!(cookie.http_only, "{cookie:?}");
     assert_eq!(cookie.same_site, "Strict");
     assert_ne!(cookie.value, TOKEN);
+    // The cookie opens the console until its holder signs out; a copy of it then opens
+    // nothing (before, it was one fixed value per admin token, valid for ever).
+    let with_cookie = |request: reqwest::RequestBuilder| {
+        request.header("cookie", format!("gw-console={}", cookie.value))
+    };
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let copy = with_cookie(client().get(format!("http://{admin}/console")))
+        .send()
+        .await
+        .unwrap();
+    assert!(!copy.text().await.unwrap().contains("Admin token"));
+    let other_sign_in = no_redirects
+        .post(format!("http://{admin}/console/login"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let other_cookie = other_sign_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string();
+    assert_ne!(other_cookie, format!("gw-console={}", cookie.value));
+    let signed_out = with_cookie(no_redirects.post(format!("http://{admin}/console/logout")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    let copy = with_cookie(client().get(format!("http://{admin}/console")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        copy.text().await.unwrap().contains("Admin token"),
+        "signed out"
+    );
+    let other = client()
+        .get(format!("http://{admin}/console"))
+        .header("cookie", &other_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !other.text().await.unwrap().contains("Admin token"),
+        "another sign-in stays"
+    );
     let html = &outcome.html;
     // Each tenant's requests, rejections and cost as the usage report has them.
     for (tenant, (requests, rejected, cost)) in &expected {

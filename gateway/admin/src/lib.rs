@@ -9,6 +9,7 @@
 
 pub mod console;
 mod console_sessions;
+mod preconditions;
 mod scim;
 mod stream;
 mod tenants;
@@ -39,6 +40,7 @@ use gateway_engine::reload::Reloader;
 use gateway_engine::side_listener::{CappedListener, DoorLimits};
 use gateway_engine::snapshot::SnapshotStore;
 use gateway_engine::status::UpstreamStatus;
+use preconditions::Precondition;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -564,6 +566,7 @@ impl Admin {
                 return r;
             }
             let query = req.uri().query().unwrap_or("").to_string();
+            let precondition = Precondition::of(req.headers());
             let body = match self.read_body(req.into_body(), MAX_BODY).await {
                 Ok(body) => body,
                 Err(refused) => return refused,
@@ -575,6 +578,7 @@ impl Admin {
                 rest,
                 &query,
                 &body,
+                &precondition,
             )
             .await;
             tracing::info!(target: "admin", %peer, %method, path, status = response.status().as_u16(), "SCIM request");
@@ -593,7 +597,7 @@ impl Admin {
             return r;
         }
         let query = req.uri().query().unwrap_or("").to_string();
-        let precondition = tenants::Precondition::of(req.headers());
+        let precondition = Precondition::of(req.headers());
         let body = match self.read_body(req.into_body(), MAX_BODY).await {
             Ok(body) => body,
             Err(refused) => return refused,

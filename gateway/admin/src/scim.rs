@@ -20,6 +20,7 @@ use gateway_engine::identity::directory::{
 };
 use gateway_engine::snapshot::SnapshotStore;
 
+use super::preconditions::Precondition;
 use super::{body_response, AdminResponse};
 
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -46,6 +47,18 @@ struct ScimError {
 }
 
 impl ScimError {
+    /// `412`: the request's `If-Match` names another version than the resource's.
+    fn changed(precondition: &Precondition) -> Self {
+        ScimError {
+            status: StatusCode::PRECONDITION_FAILED,
+            scim_type: None,
+            detail: format!(
+                "the resource has changed since it was read ({}); read it again",
+                precondition.describe()
+            ),
+        }
+    }
+
     fn bad(scim_type: &'static str, detail: impl Into<String>) -> Self {
         ScimError {
             status: StatusCode::BAD_REQUEST,
@@ -76,6 +89,41 @@ fn scim_error(
     scim_response(status, body)
 }
 
+/// A resource version as SCIM's `meta.version` and the `ETag` header give it (RFC 7644 §3.14).
+fn version_tag(version: u64) -> String {
+    format!("W/\"{version}\"")
+}
+
+/// `response` with the `ETag` of the resource at `version`.
+fn tagged(mut response: AdminResponse, version: u64) -> AdminResponse {
+    if let Ok(tag) = http::HeaderValue::from_str(&version_tag(version)) {
+        response.headers_mut().insert(http::header::ETAG, tag);
+    }
+    response
+}
+
+/// A single resource read: `304` when the client's `If-None-Match` names its version, else the
+/// resource with its `ETag`.
+fn read_tagged(
+    precondition: &Precondition,
+    version: u64,
+    body: impl FnOnce() -> Value,
+) -> AdminResponse {
+    if matches!(precondition, Precondition::NoneMatch(_))
+        && !precondition.holds(Some(&version_tag(version)))
+    {
+        return tagged(
+            body_response(
+                StatusCode::NOT_MODIFIED,
+                Bytes::new(),
+                "application/scim+json",
+            ),
+            version,
+        );
+    }
+    tagged(scim_response(StatusCode::OK, body()), version)
+}
+
 /// Whether `authorization` carries the tenant's SCIM token.
 pub fn authorized(store: &SnapshotStore, tenant: &str, authorization: Option<&str>) -> bool {
     let Some(token) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
@@ -95,6 +143,7 @@ pub fn authorized(store: &SnapshotStore, tenant: &str, authorization: Option<&st
 }
 
 /// Answers one SCIM request of `tenant`; `rest` are the path segments after the tenant.
+/// `precondition` (`If-Match` / `If-None-Match`) applies to the single-resource requests.
 pub async fn handle(
     directory: &Directory,
     tenant: &str,
@@ -102,7 +151,9 @@ pub async fn handle(
     rest: &[&str],
     query: &str,
     body: &[u8],
+    precondition: &Precondition,
 ) -> AdminResponse {
+    let at_version = |version: u64| precondition.holds(Some(&version_tag(version)));
     let base = format!("/scim/v2/{tenant}");
     match (method, rest) {
         (&Method::GET, ["ServiceProviderConfig"]) => {
@@ -132,34 +183,44 @@ pub async fn handle(
         (&Method::GET, ["Groups"]) => list_groups(directory, tenant, &base, query),
         (&Method::POST, ["Groups"]) => create_group(directory, tenant, &base, body).await,
         (&Method::GET, ["Groups", id]) => match directory.group(tenant, id) {
-            Some(group) => scim_response(
-                StatusCode::OK,
-                group_json(directory, tenant, &group, &base, excludes_members(query)),
-            ),
+            Some(group) => read_tagged(precondition, group.version, || {
+                group_json(directory, tenant, &group, &base, excludes_members(query))
+            }),
             None => scim_error(StatusCode::NOT_FOUND, None, format!("no group {id}")),
         },
-        (&Method::PUT, ["Groups", id]) => replace_group(directory, tenant, &base, id, body).await,
-        (&Method::PATCH, ["Groups", id]) => patch_group(directory, tenant, &base, id, body).await,
-        (&Method::DELETE, ["Groups", id]) => match directory.delete_group(tenant, id).await {
-            Ok(group) => {
-                tracing::info!(target: "audit", event = "group.deleted", tenant, group = %group.display_name, "SCIM: group deleted");
-                body_response(
-                    StatusCode::NO_CONTENT,
-                    Bytes::new(),
-                    "application/scim+json",
-                )
+        (&Method::PUT, ["Groups", id]) => {
+            replace_group(directory, tenant, &base, id, body, precondition).await
+        }
+        (&Method::PATCH, ["Groups", id]) => {
+            patch_group(directory, tenant, &base, id, body, precondition).await
+        }
+        (&Method::DELETE, ["Groups", id]) => {
+            match directory.delete_group_at(tenant, id, at_version).await {
+                Ok(group) => {
+                    tracing::info!(target: "audit", event = "group.deleted", tenant, group = %group.display_name, "SCIM: group deleted");
+                    body_response(
+                        StatusCode::NO_CONTENT,
+                        Bytes::new(),
+                        "application/scim+json",
+                    )
+                }
+                Err(e) => directory_error(e),
             }
-            Err(e) => directory_error(e),
-        },
+        }
         (&Method::GET, ["Users"]) => list_users(directory, tenant, &base, query),
         (&Method::POST, ["Users"]) => create_user(directory, tenant, &base, body).await,
         (&Method::GET, ["Users", id]) => match directory.user(tenant, id) {
-            Some(user) => scim_response(StatusCode::OK, user_json(&user, &base)),
+            Some(user) => read_tagged(precondition, user.version, || user_json(&user, &base)),
             None => scim_error(StatusCode::NOT_FOUND, None, format!("no user {id}")),
         },
-        (&Method::PUT, ["Users", id]) => replace_user(directory, tenant, &base, id, body).await,
-        (&Method::PATCH, ["Users", id]) => patch_user(directory, tenant, &base, id, body).await,
-        (&Method::DELETE, ["Users", id]) => match directory.delete(tenant, id).await {
+        (&Method::PUT, ["Users", id]) => {
+            replace_user(directory, tenant, &base, id, body, precondition).await
+        }
+        (&Method::PATCH, ["Users", id]) => {
+            patch_user(directory, tenant, &base, id, body, precondition).await
+        }
+        (&Method::DELETE, ["Users", id]) => match directory.delete_at(tenant, id, at_version).await
+        {
             Ok(user) => {
                 tracing::info!(target: "audit", event = "principal.deleted", tenant, principal = %user.user_name, "SCIM: user deleted");
                 body_response(
@@ -185,6 +246,9 @@ fn directory_error(error: DirectoryError) -> AdminResponse {
         }
         DirectoryError::NoSuchUser(_) | DirectoryError::NoSuchGroup(_) => {
             scim_error(StatusCode::NOT_FOUND, None, error.to_string())
+        }
+        DirectoryError::NotAtVersion(_) => {
+            scim_error(StatusCode::PRECONDITION_FAILED, None, error.to_string())
         }
         DirectoryError::NoSuchMember(_) | DirectoryError::TenantFull { .. } => scim_error(
             StatusCode::BAD_REQUEST,
@@ -331,7 +395,7 @@ fn user_json(user: &DirectoryUser, base: &str) -> Value {
             "resourceType": "User",
             "created": user.created,
             "lastModified": user.last_modified,
-            "version": format!("W/\"{}\"", user.version),
+            "version": version_tag(user.version),
             "location": format!("{base}/Users/{}", user.id),
         }),
     );
@@ -458,7 +522,10 @@ async fn create_user(
     match directory.save(tenant, user).await {
         Ok(user) => {
             tracing::info!(target: "audit", event = "principal.scim_created", tenant, principal = %user.user_name, active = user.active, "SCIM: user created");
-            let mut response = scim_response(StatusCode::CREATED, user_json(&user, base));
+            let mut response = tagged(
+                scim_response(StatusCode::CREATED, user_json(&user, base)),
+                user.version,
+            );
             if let Ok(location) = http::HeaderValue::from_str(&format!("{base}/Users/{}", user.id))
             {
                 response
@@ -477,9 +544,14 @@ async fn replace_user(
     base: &str,
     id: &str,
     body: &[u8],
+    precondition: &Precondition,
 ) -> AdminResponse {
     let updated = directory
         .update_user(tenant, id, |current| {
+            // Checked on the user as it is when written (again after another replica's change).
+            if !precondition.holds(Some(&version_tag(current.version))) {
+                return Err(ScimError::changed(precondition));
+            }
             user_from(
                 body,
                 current.id.clone(),
@@ -508,7 +580,10 @@ fn user_changed(
                 };
                 tracing::info!(target: "audit", event, tenant, principal = %user.user_name, "SCIM: user {}", if user.active { "activated" } else { "deactivated" });
             }
-            scim_response(StatusCode::OK, user_json(&user, base))
+            tagged(
+                scim_response(StatusCode::OK, user_json(&user, base)),
+                user.version,
+            )
         }
         Ok(Err(refusal)) => refusal.response(),
         Err(DirectoryError::NoSuchUser(id)) => {
@@ -524,6 +599,7 @@ async fn patch_user(
     base: &str,
     id: &str,
     body: &[u8],
+    precondition: &Precondition,
 ) -> AdminResponse {
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
@@ -531,6 +607,9 @@ async fn patch_user(
     };
     let updated = directory
         .update_user(tenant, id, |current| {
+            if !precondition.holds(Some(&version_tag(current.version))) {
+                return Err(ScimError::changed(precondition));
+            }
             // Patch the user's SCIM form, then read it back as a user (same checks as PUT).
             let mut resource = patched(user_json(current, base), &operations, apply)?;
             user_from_map(
@@ -797,7 +876,7 @@ fn group_json(
             "resourceType": "Group",
             "created": group.created,
             "lastModified": group.last_modified,
-            "version": format!("W/\"{}\"", group.version),
+            "version": version_tag(group.version),
             "location": format!("{base}/Groups/{}", group.id),
         }),
     );
@@ -867,8 +946,8 @@ async fn save_group(
     match directory.save_group(tenant, group).await {
         Ok(group) => {
             tracing::info!(target: "audit", event = "group.saved", tenant, group = %group.display_name, members = group.members.len(), "SCIM: group saved");
-            let mut response =
-                scim_response(status, group_json(directory, tenant, &group, base, false));
+            let form = group_json(directory, tenant, &group, base, false);
+            let mut response = tagged(scim_response(status, form), group.version);
             if status == StatusCode::CREATED {
                 if let Ok(location) =
                     http::HeaderValue::from_str(&format!("{base}/Groups/{}", group.id))
@@ -902,9 +981,13 @@ async fn replace_group(
     base: &str,
     id: &str,
     body: &[u8],
+    precondition: &Precondition,
 ) -> AdminResponse {
     let updated = directory
         .update_group(tenant, id, |current| {
+            if !precondition.holds(Some(&version_tag(current.version))) {
+                return Err(ScimError::changed(precondition));
+            }
             group_from(
                 body,
                 current.id.clone(),
@@ -926,10 +1009,8 @@ fn group_changed(
     match updated {
         Ok(Ok(group)) => {
             tracing::info!(target: "audit", event = "group.saved", tenant, group = %group.display_name, members = group.members.len(), "SCIM: group saved");
-            scim_response(
-                StatusCode::OK,
-                group_json(directory, tenant, &group, base, false),
-            )
+            let form = group_json(directory, tenant, &group, base, false);
+            tagged(scim_response(StatusCode::OK, form), group.version)
         }
         Ok(Err(refusal)) => refusal.response(),
         Err(DirectoryError::NoSuchGroup(id)) => {
@@ -1018,6 +1099,7 @@ async fn patch_group(
     base: &str,
     id: &str,
     body: &[u8],
+    precondition: &Precondition,
 ) -> AdminResponse {
     let operations = match patch_operations(body) {
         Ok(operations) => operations,
@@ -1025,6 +1107,9 @@ async fn patch_group(
     };
     let updated = directory
         .update_group(tenant, id, |current| {
+            if !precondition.holds(Some(&version_tag(current.version))) {
+                return Err(ScimError::changed(precondition));
+            }
             let form = group_json(directory, tenant, current, base, false);
             let mut resource = patched(form, &operations, apply_to_group)?;
             group_from_map(
@@ -1047,7 +1132,7 @@ fn service_provider_config(base: &str) -> Value {
         "filter": { "supported": true, "maxResults": MAX_PAGE },
         "changePassword": { "supported": false },
         "sort": { "supported": false },
-        "etag": { "supported": false },
+        "etag": { "supported": true },
         "authenticationSchemes": [{
             "type": "oauthbearertoken",
             "name": "Bearer token",
@@ -1118,6 +1203,180 @@ fn group_schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+
+    /// One SCIM request to `directory` with `headers` (`If-Match` …): status, `ETag`, body.
+    async fn request(
+        directory: &Directory,
+        method: Method,
+        path: &str,
+        body: Value,
+        headers: &[(&'static str, &str)],
+    ) -> (StatusCode, Option<String>, Value) {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        let rest: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        let response = handle(
+            directory,
+            "acme",
+            &method,
+            &rest,
+            "",
+            &body,
+            &Precondition::of(&map),
+        )
+        .await;
+        let status = response.status();
+        let tag = response
+            .headers()
+            .get(http::header::ETAG)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            tag,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// RFC 7644 §3.14: resources carry their version as `ETag`; `If-None-Match` on a read of
+    /// that version is `304`; `If-Match` with an older version refuses a replace, a PATCH or a
+    /// delete with `412` and changes nothing.
+    #[tokio::test]
+    async fn versions_are_etags_and_if_match_guards_every_change() {
+        let directory = Directory::default();
+        let (status, tag, user) = request(
+            &directory,
+            Method::POST,
+            "Users",
+            json!({"schemas": [USER_SCHEMA], "userName": "alice"}),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (status, tag.as_deref()),
+            (StatusCode::CREATED, Some("W/\"1\""))
+        );
+        let path = format!("Users/{}", user["id"].as_str().unwrap());
+        let (status, _, _) = request(
+            &directory,
+            Method::GET,
+            &path,
+            Value::Null,
+            &[("if-none-match", "W/\"1\"")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+
+        let deactivate = json!({"schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "replace", "value": {"active": false}}]});
+        let (status, tag, _) = request(
+            &directory,
+            Method::PATCH,
+            &path,
+            deactivate.clone(),
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+        assert_eq!((status, tag.as_deref()), (StatusCode::OK, Some("W/\"2\"")));
+        // A client that read version 1 replaces, patches or deletes: refused, nothing changes.
+        let replace = json!({"schemas": [USER_SCHEMA], "userName": "alice", "active": true});
+        for (method, body) in [
+            (Method::PUT, replace.clone()),
+            (Method::PATCH, deactivate.clone()),
+            (Method::DELETE, Value::Null),
+        ] {
+            let (status, _, error) = request(
+                &directory,
+                method.clone(),
+                &path,
+                body,
+                &[("if-match", "W/\"1\"")],
+            )
+            .await;
+            assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{method}: {error}");
+        }
+        assert!(directory.is_refused("acme", "alice"), "still deactivated");
+        let (status, tag, _) = request(
+            &directory,
+            Method::GET,
+            &path,
+            Value::Null,
+            &[("if-none-match", "W/\"1\"")],
+        )
+        .await;
+        assert_eq!((status, tag.as_deref()), (StatusCode::OK, Some("W/\"2\"")));
+        let (status, _, _) = request(
+            &directory,
+            Method::DELETE,
+            &path,
+            Value::Null,
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+
+        let (status, tag, group) = request(
+            &directory,
+            Method::POST,
+            "Groups",
+            json!({"schemas": [GROUP_SCHEMA], "displayName": "editors"}),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (status, tag.as_deref()),
+            (StatusCode::CREATED, Some("W/\"1\""))
+        );
+        let path = format!("Groups/{}", group["id"].as_str().unwrap());
+        let rename = json!({"schemas": [GROUP_SCHEMA], "displayName": "writers"});
+        let (status, tag, _) = request(
+            &directory,
+            Method::PUT,
+            &path,
+            rename.clone(),
+            &[("if-match", "*")],
+        )
+        .await;
+        assert_eq!((status, tag.as_deref()), (StatusCode::OK, Some("W/\"2\"")));
+        let (status, _, _) = request(
+            &directory,
+            Method::PUT,
+            &path,
+            rename,
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        let (status, _, _) = request(
+            &directory,
+            Method::DELETE,
+            &path,
+            Value::Null,
+            &[("if-match", "W/\"1\"")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        assert!(directory
+            .group("acme", group["id"].as_str().unwrap())
+            .is_some());
+        let (_, _, config) = request(
+            &directory,
+            Method::GET,
+            "ServiceProviderConfig",
+            Value::Null,
+            &[],
+        )
+        .await;
+        assert_eq!(config["etag"]["supported"], json!(true));
+    }
 
     fn parse_filter(filter: &str) -> Result<(String, String), String> {
         parse_filter_of(filter, &["userName", "externalId"])

@@ -149,6 +149,9 @@ pub enum DirectoryError {
     /// notice names it) since this replica read it. The change is made again on the new row.
     #[error("`{0}` was changed on another replica at the same time; retry")]
     ChangedElsewhere(String),
+    /// The change required another version of the resource (a SCIM `If-Match`).
+    #[error("`{0}` has changed since it was read")]
+    NotAtVersion(String),
 }
 
 /// How many times a change is made again when other replicas keep changing its row first.
@@ -640,6 +643,17 @@ impl Directory {
 
     /// Deletes a user; its principal stays refused until a user of that name is created again.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<DirectoryUser, DirectoryError> {
+        self.delete_at(tenant, id, |_| true).await
+    }
+
+    /// [`Directory::delete`] if the user's version is one `at_version` accepts (a SCIM
+    /// `If-Match`), checked under the write lock; [`DirectoryError::NotAtVersion`] otherwise.
+    pub async fn delete_at(
+        &self,
+        tenant: &str,
+        id: &str,
+        at_version: impl Fn(u64) -> bool,
+    ) -> Result<DirectoryUser, DirectoryError> {
         let _writing = self.writing.lock().await;
         let current = self.state.load();
         let mut next = current.to_next();
@@ -648,6 +662,9 @@ impl Directory {
             .get_mut(tenant)
             .and_then(|users| users.remove(id))
             .ok_or_else(|| DirectoryError::NoSuchUser(id.to_string()))?;
+        if !at_version(user.version) {
+            return Err(DirectoryError::NotAtVersion(id.to_string()));
+        }
         next.deleted.insert(key(tenant, &user.user_name));
         if let Some(external) = &user.external_id {
             next.deleted.insert(key(tenant, external));
@@ -867,6 +884,16 @@ impl Directory {
         tenant: &str,
         id: &str,
     ) -> Result<DirectoryGroup, DirectoryError> {
+        self.delete_group_at(tenant, id, |_| true).await
+    }
+
+    /// [`Directory::delete_group`] if the group's version is one `at_version` accepts.
+    pub async fn delete_group_at(
+        &self,
+        tenant: &str,
+        id: &str,
+        at_version: impl Fn(u64) -> bool,
+    ) -> Result<DirectoryGroup, DirectoryError> {
         let _writing = self.writing.lock().await;
         let mut next = self.state.load().to_next();
         let group = next
@@ -874,6 +901,9 @@ impl Directory {
             .get_mut(tenant)
             .and_then(|groups| groups.remove(id))
             .ok_or_else(|| DirectoryError::NoSuchGroup(id.to_string()))?;
+        if !at_version(group.version) {
+            return Err(DirectoryError::NotAtVersion(id.to_string()));
+        }
         self.commit(next, Change::DeleteGroup { tenant, id })
             .await?;
         Ok(group)

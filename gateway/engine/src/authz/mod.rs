@@ -190,6 +190,8 @@ pub struct AuthzEngine {
     /// the text (so 100,000 tenants' policies cost memory only while in use). Registry text is
     /// validated when it is written (see [`AuthzEngine::check_tenant_policies`]).
     compiled_tenants: quick_cache::sync::Cache<String, Arc<CompiledTenant>>,
+    /// Tenant compilations so far (each [`CompiledTenant`]'s `generation`).
+    tenant_compilations: std::sync::atomic::AtomicU64,
     /// Which request inputs the global and shadow policies read (the decision cache key holds
     /// only those).
     uses: KeyUses,
@@ -232,6 +234,9 @@ pub struct AuthzEngine {
 struct CompiledTenant {
     /// The registry text it was compiled from: a changed text means recompiling.
     source: Option<String>,
+    /// Which compilation this is (never 0): in the decision cache key, so a decision made
+    /// under the tenant's earlier policies is not served once they change.
+    generation: u64,
     slices: Result<HashMap<EntityUid, Arc<PolicySet>>, String>,
     uses: KeyUses,
 }
@@ -492,6 +497,7 @@ impl AuthzEngine {
             global_slices,
             shadow_slices,
             compiled_tenants: new_compiled_cache(),
+            tenant_compilations: std::sync::atomic::AtomicU64::new(0),
             entity_cache: new_entity_cache(),
             uses: KeyUses::default(),
             file_tenant_policies,
@@ -598,8 +604,12 @@ impl AuthzEngine {
             ),
             Err(_) => KeyUses::default(),
         };
+        let generation = 1 + self
+            .tenant_compilations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let compiled = Arc::new(CompiledTenant {
             source: text.map(str::to_string),
+            generation,
             slices,
             uses,
         });
@@ -699,11 +709,12 @@ impl AuthzEngine {
         self.entity_cache.clear();
     }
 
-    /// What the global, shadow and the tenant's own policies read.
-    fn uses_for(&self, tenant: &TenantSpec) -> KeyUses {
+    /// What the global, shadow and the tenant's own policies read, and which compilation of
+    /// the tenant's own policies decides (0: it has none).
+    fn uses_for(&self, tenant: &TenantSpec) -> (KeyUses, u64) {
         match self.tenant_policies(tenant) {
-            Some(compiled) => self.uses.union(compiled.uses),
-            None => self.uses,
+            Some(compiled) => (self.uses.union(compiled.uses), compiled.generation),
+            None => (self.uses, 0),
         }
     }
 
@@ -712,10 +723,11 @@ impl AuthzEngine {
         let Some(cache) = &self.cache else {
             return Arc::new(self.evaluate(input).0);
         };
-        let uses = self.uses_for(input.tenant);
+        let (uses, tenant_policies) = self.uses_for(input.tenant);
         let key = cache_key(
             input,
             uses,
+            tenant_policies,
             self.builds_entities_of(input.resource_type),
             &self.key_names(),
         );
@@ -1093,7 +1105,7 @@ impl AuthzEngine {
         // Optional context attributes no policy reads are left out: building them costs (an
         // `ipaddr` is parsed through Cedar's extension machinery, ~3 µs) and cannot change a
         // decision.
-        let uses = self.uses_for(input.tenant);
+        let (uses, _) = self.uses_for(input.tenant);
         let mut context = context_record(input, uses)?;
         for (fact, value) in self.context_facts.iter().zip(input.declared_facts) {
             let Some(text) = value else { continue };
@@ -1278,6 +1290,7 @@ fn is_var(expr: &serde_json::Value, name: &str) -> bool {
 fn cache_key(
     input: &DecisionInput<'_>,
     uses: KeyUses,
+    tenant_policies: u64,
     resource_id_matters: bool,
     names: &KeyNames<'_>,
 ) -> String {
@@ -1312,6 +1325,8 @@ fn cache_key(
     key.list(input.tier_features.iter().map(String::as_str));
     key.maybe(t.home_region.as_deref(), KeyWriter::text);
     key.maybe(t.regime.as_deref(), KeyWriter::text);
+    // The tenant's own policies as compiled now (0: none).
+    key.display(&tenant_policies);
     key.list(
         input
             .resource_attributes
@@ -1743,6 +1758,49 @@ mod tests {
         }
     }
 
+    /// A tenant's own policies changed in the registry (an admin API `PUT`, a NOTIFY) change
+    /// its next decision: the cached one was made under the old text. Before, the key held
+    /// the tenant's id and tier but not its policies, and the allow kept being served.
+    #[test]
+    fn a_tenant_policy_change_is_not_answered_from_the_cache() {
+        let engine = example();
+        let reader = principal("alice", "acme", &["viewer"], false);
+        let mut tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
+        let allowed = |tenant: &TenantSpec| {
+            engine
+                .decide(&DecisionInput {
+                    principal: &reader,
+                    tenant,
+                    tier_features: &[],
+                    action: "projects:read",
+                    resource_type: "Project",
+                    resource_id: "1",
+                    resource_attributes: &[],
+                    resource_record: Default::default(),
+                    principal_record: Default::default(),
+                    declared_facts: &[],
+                    facts: &facts,
+                })
+                .allowed
+        };
+        tenant.policies = Some(
+            r#"@id("none") forbid (principal, action, resource) when { context.weekday == 99 };"#
+                .into(),
+        );
+        assert!(
+            allowed(&tenant),
+            "the tenant's forbid does not apply on Tuesdays"
+        );
+        tenant.policies = Some(
+            r#"@id("closed") forbid (principal, action == Action::"projects:read", resource);"#
+                .into(),
+        );
+        assert!(!allowed(&tenant), "the changed forbid applies at once");
+        tenant.policies = None;
+        assert!(allowed(&tenant), "and no longer once removed");
+    }
+
     /// `projects:read` of `resource_type::resource_id` by `p` in pro tenant acme: the decision
     /// cache's answer is what a fresh evaluation decides.
     fn assert_cache_agrees(
@@ -1933,7 +1991,7 @@ mod tests {
             let uses = engine.uses;
             (
                 cached.allowed,
-                cache_key(&input, uses, false, &engine.key_names()),
+                cache_key(&input, uses, 0, false, &engine.key_names()),
             )
         };
         let (shallow, key_3) = decide(Some("3"), None);

@@ -188,7 +188,7 @@ impl ContextFacts {
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
-        param: impl Fn(&str) -> Option<&'p str>,
+        param: impl Fn(&str) -> Option<std::borrow::Cow<'p, str>>,
         body: Option<&serde_json::Value>,
     ) -> Vec<Option<String>> {
         self.0
@@ -203,7 +203,7 @@ impl ContextFacts {
                         .find(|(k, _)| k == q)
                         .map(|(_, v)| v.into_owned())
                 }),
-                Source::Param(p) => param(p).map(str::to_string),
+                Source::Param(p) => param(p).map(std::borrow::Cow::into_owned),
                 // Scalars only, as their text (the fact's type converts it like a header's).
                 Source::Body(pointer) => match body.and_then(|b| b.pointer(pointer)) {
                     Some(serde_json::Value::String(s)) => Some(s.clone()),

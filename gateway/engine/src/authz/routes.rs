@@ -1,6 +1,7 @@
 //! The route table: which Cedar action and resource an HTTP request is. Matching uses `matchit`
 //! (a radix tree), so the cost does not grow with the number of routes.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
@@ -64,24 +65,32 @@ pub struct RouteSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch<'a> {
     pub route: &'a Route,
+    /// The parameters as they appear in the normalised path (reserved characters still
+    /// percent-encoded): filling the template with them gives the path back.
     pub params: Vec<(String, String)>,
 }
 
 impl RouteMatch<'_> {
-    pub fn param(&self, name: &str) -> Option<&str> {
+    /// A parameter's value as the upstream reads it: decoded once. Stage 1 leaves reserved and
+    /// non-ASCII characters percent-encoded, and nothing it leaves encoded decodes to `/`, `%`,
+    /// a control character or a dot segment, so `q3%3Aplan` is the id `q3:plan` — the record
+    /// the upstream serves, not an id no record has (which the store answers "missing", and
+    /// which then escaped the record's owner, tenant and classification).
+    pub fn param(&self, name: &str) -> Option<Cow<'_, str>> {
         self.params
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
     }
 
-    /// The resource id: the `id` parameter, or `*` for collections.
-    pub fn resource_id(&self) -> &str {
+    /// The resource id (decoded as [`RouteMatch::param`]): the `id` parameter, or `*` for
+    /// collections.
+    pub fn resource_id(&self) -> Cow<'_, str> {
         self.route
             .id_param
             .as_deref()
             .and_then(|p| self.param(p))
-            .unwrap_or("*")
+            .unwrap_or(Cow::Borrowed("*"))
     }
 }
 
@@ -333,7 +342,18 @@ id = "rest"
             .unwrap();
         assert_eq!(m.route.action, "documents:read");
         assert_eq!(m.resource_id(), "7");
-        assert_eq!(m.param("owner"), Some("bob"));
+        assert_eq!(m.param("owner").as_deref(), Some("bob"));
+        // Ids are the upstream's: decoded once from the normalised path (stage 1 keeps
+        // reserved and non-ASCII characters encoded; `%3A` is `:`, `%C3%A9` is `é`).
+        let encoded = t
+            .find(&http::Method::GET, "/users/b%C3%A9a/documents/q3%3Aplan")
+            .unwrap();
+        assert_eq!(encoded.resource_id(), "q3:plan");
+        assert_eq!(encoded.param("owner").as_deref(), Some("béa"));
+        assert_eq!(
+            encoded.params[1].1, "q3%3Aplan",
+            "the path's own form is kept"
+        );
         assert!(t
             .find(&http::Method::HEAD, "/users/bob/documents/7")
             .is_some());

@@ -371,7 +371,7 @@ fn run_case(
                     .route
                     .attributes
                     .iter()
-                    .filter_map(|(a, param)| m.param(param).map(|v| (a.clone(), v.to_string())))
+                    .filter_map(|(a, param)| m.param(param).map(|v| (a.clone(), v.into_owned())))
                     .collect();
                 (
                     m.route.action.clone(),

@@ -186,12 +186,12 @@ pub async fn authorize(
     let resource_attributes: Vec<(String, String)> = route
         .attributes
         .iter()
-        .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.to_string())))
+        .filter_map(|(attr, param)| matched.param(param).map(|v| (attr.clone(), v.into_owned())))
         .collect();
     let resource_id = matched.resource_id();
     // A collection route (no id) names no object: nothing to look up.
     let resource = match route.id_param {
-        Some(_) => record_of(engine, store, &route.resource_type, resource_id).await?,
+        Some(_) => record_of(engine, store, &route.resource_type, &resource_id).await?,
         None => Looked::File(ResourceRecord::NotCovered),
     };
     // The principal's own record, where the package or a provider keeps users.
@@ -223,7 +223,7 @@ pub async fn authorize(
         tier_features: request.tier_features,
         action: &route.action,
         resource_type: &route.resource_type,
-        resource_id,
+        resource_id: &resource_id,
         resource_attributes: &resource_attributes,
         resource_record: resource.record(),
         principal_record: principal.record(),

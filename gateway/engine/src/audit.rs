@@ -331,6 +331,16 @@ fn line_hash(line: &str) -> Option<String> {
     Some(hash.to_string())
 }
 
+/// A logged line split as it was hashed: the record without its hash (the text the hash is of,
+/// and the only text to read the record's fields from) and the hash it claims. `None` unless
+/// the line ends exactly in `,"hash":"<64 characters>"}`: anything after the hash would be
+/// read by a JSON parser (a repeated key takes the last value) without being hashed.
+pub fn hashed_parts(line: &str) -> Option<(String, String)> {
+    let claimed = line_hash(line)?;
+    let body = format!("{}}}", line.get(..line.len() - HASH_SUFFIX_LEN)?);
+    Some((body, claimed))
+}
+
 /// The first problem found by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyFailure {
@@ -369,10 +379,9 @@ pub fn verify(dir: &Path) -> std::io::Result<VerifyReport> {
             let Ok(line) = String::from_utf8(line?) else {
                 return Ok(fail(None, "damaged: not UTF-8 text".into()));
             };
-            let Some(claimed) = line_hash(&line) else {
+            let Some((body, claimed)) = hashed_parts(&line) else {
                 return Ok(fail(None, "malformed record (no hash)".into()));
             };
-            let body = format!("{}}}", &line[..line.len() - HASH_SUFFIX_LEN]);
             let value: serde_json::Value = match serde_json::from_str(&body) {
                 Ok(v) => v,
                 Err(e) => return Ok(fail(None, format!("malformed record: {e}"))),

@@ -620,13 +620,16 @@ pub fn verify_excerpt(reader: impl BufRead) -> Result<ExcerptReport, ExcerptErro
             Some("record") => {
                 let logged = text(&entry, "line")
                     .ok_or_else(|| invalid(number, "a record without its line".into()))?;
-                let suffix = logged
-                    .rfind(",\"hash\":\"")
-                    .ok_or_else(|| invalid(number, "the record has no hash".into()))?;
-                let body = format!("{}}}", logged.get(..suffix).unwrap_or_default());
-                let value: Value = serde_json::from_str(&logged)
+                // Fields are read from the hashed text only: anything after the hash is an
+                // edit (a repeated `tenant` or `decision` there would win in a JSON parser).
+                let (body, hash) = crate::audit::hashed_parts(&logged).ok_or_else(|| {
+                    invalid(
+                        number,
+                        "edited: the record does not end with its hash".into(),
+                    )
+                })?;
+                let value: Value = serde_json::from_str(&body)
                     .map_err(|e| invalid(number, format!("the record is not JSON: {e}")))?;
-                let hash = text(&value, "hash").unwrap_or_default();
                 if hex::encode(Sha256::digest(body.as_bytes())) != hash {
                     return Err(invalid(
                         number,
@@ -741,8 +744,22 @@ mod tests {
         let edited = text.replacen("projects:delete", "projects:read", 1);
         let error = verify_excerpt(std::io::Cursor::new(edited)).unwrap_err();
         assert!(error.to_string().contains("edited"), "{error}");
-        // ... as is a record left out.
+        // ... fields added after a record's hash too (they would win over the hashed ones
+        // in a JSON parser: before, this verified and read as globex's allowed request) ...
         let lines: Vec<&str> = text.lines().collect();
+        let mut entry: Value = serde_json::from_str(lines[1]).unwrap();
+        let logged = entry["line"].as_str().unwrap().to_string();
+        let appended = format!(
+            "{},\"tenant\":\"globex\"}}",
+            logged.strip_suffix('}').unwrap()
+        );
+        entry["line"] = Value::String(appended);
+        let mut forged = lines.clone();
+        let forged_line = entry.to_string();
+        forged[1] = &forged_line;
+        let error = verify_excerpt(std::io::Cursor::new(forged.join("\n"))).unwrap_err();
+        assert!(error.to_string().contains("edited"), "{error}");
+        // ... as is a record left out.
         let shortened = [lines[0], lines[1], lines[3], lines[4], lines[5]].join("\n");
         let error = verify_excerpt(std::io::Cursor::new(shortened)).unwrap_err();
         assert!(error.to_string().contains("missing"), "{error}");

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::outbox::{OutboxCursor, Written};
-use super::{Assembler, Outcome, UsageEvent};
+use super::{Assembled, Assembler, Outcome, UsageEvent};
 use crate::db::PostgresConfig;
 use crate::diagnostics::{SourceIssue, SourceText};
 use crate::tenancy::LiveRegistry;
@@ -342,6 +342,17 @@ fn delivered_through(before: Option<u64>, last: Option<u64>, next: Option<u64>) 
     }
 }
 
+/// Where reading must resume so that nothing undelivered is lost: at the oldest begin still
+/// pending, and no later than the first record of any event still in the backlog — an event's
+/// end is read after its begin, and reading from its end alone would take the end for a
+/// duplicate and drop the event.
+pub(super) fn resume_point(assembler: &Assembler, backlog: &[Assembled], next: u64) -> u64 {
+    backlog
+        .iter()
+        .map(|a| a.first)
+        .fold(assembler.resume_from(next), u64::min)
+}
+
 /// How often a busy exporter saves its checkpoint (one that has caught up saves at once).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -360,7 +371,7 @@ pub async fn run(
     let mut checkpoint = load_checkpoint(&dir, &name);
     let mut cursor = OutboxCursor::new(&dir, checkpoint.resume_from);
     let mut assembler = Assembler::default();
-    let mut backlog: Vec<(u64, UsageEvent)> = Vec::new();
+    let mut backlog: Vec<Assembled> = Vec::new();
     // The checkpoint on disk is behind the one in memory (saved at most every
     // CHECKPOINT_EVERY while busy, and whenever the exporter catches up).
     let mut unsaved = false;
@@ -382,9 +393,12 @@ pub async fn run(
                 break;
             }
             for record in records {
-                for (offset, event) in assembler.push(record) {
-                    if checkpoint.delivered_through.is_none_or(|d| offset > d) {
-                        backlog.push((offset, event));
+                for assembled in assembler.push(record) {
+                    if checkpoint
+                        .delivered_through
+                        .is_none_or(|d| assembled.offset > d)
+                    {
+                        backlog.push(assembled);
                     }
                 }
             }
@@ -425,21 +439,17 @@ pub async fn run(
             continue;
         }
         let take = backlog.len().min(batch_size);
-        let batch: Vec<(u64, UsageEvent)> = backlog.drain(..take).collect();
-        let events: Vec<UsageEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+        let batch: Vec<Assembled> = backlog.drain(..take).collect();
+        let events: Vec<UsageEvent> = batch.iter().map(|a| a.event.clone()).collect();
         if !deliver_with_retries(&name, sink.as_ref(), &events, &dir, &mut shutdown).await {
             return;
         }
         checkpoint.delivered_through = delivered_through(
             checkpoint.delivered_through,
-            batch.last().map(|(o, _)| *o),
-            backlog.first().map(|(o, _)| *o),
+            batch.last().map(|a| a.offset),
+            backlog.first().map(|a| a.offset),
         );
-        // Resume at the oldest begin still pending, but never past undelivered backlog.
-        let backlog_start = backlog.first().map(|(o, _)| *o).unwrap_or(u64::MAX);
-        checkpoint.resume_from = assembler
-            .resume_from(cursor.next_offset())
-            .min(backlog_start);
+        checkpoint.resume_from = resume_point(&assembler, &backlog, cursor.next_offset());
         // A checkpoint is an fsync and a rename: while busy, at most one per CHECKPOINT_EVERY.
         // A crash re-sends what was delivered since (sinks deduplicate on the event id).
         if last_saved.elapsed() >= CHECKPOINT_EVERY {

@@ -174,8 +174,20 @@ pub struct Assembler {
     by_id: HashMap<String, u64>,
 }
 
+/// An event as the outbox's records make it up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assembled {
+    /// The offset of the record that completed it (an end, a complete record, or the boot
+    /// record that found it interrupted): what delivery is counted by.
+    pub offset: u64,
+    /// The offset of its first record (its begin): reading must resume there, or before, for
+    /// the event to be assembled again.
+    pub first: u64,
+    pub event: UsageEvent,
+}
+
 impl Assembler {
-    pub fn push(&mut self, record: OutboxRecord) -> Vec<(u64, UsageEvent)> {
+    pub fn push(&mut self, record: OutboxRecord) -> Vec<Assembled> {
         let offset = record.offset;
         match record.body {
             RecordBody::Boot => {
@@ -188,10 +200,14 @@ impl Assembler {
                     .collect();
                 stale
                     .into_iter()
-                    .filter_map(|o| self.pending.remove(&o))
-                    .map(|(_, start)| {
+                    .filter_map(|o| Some((o, self.pending.remove(&o)?)))
+                    .map(|(first, (_, start))| {
                         self.by_id.remove(&*start.id);
-                        (offset, UsageEvent::from_parts(start, None))
+                        Assembled {
+                            offset,
+                            first,
+                            event: UsageEvent::from_parts(start, None),
+                        }
                     })
                     .collect()
             }
@@ -202,14 +218,22 @@ impl Assembler {
             }
             RecordBody::End(end) => match self.by_id.remove(&end.id) {
                 Some(begin) => match self.pending.remove(&begin) {
-                    Some((_, start)) => vec![(offset, UsageEvent::from_parts(start, Some(end)))],
+                    Some((_, start)) => vec![Assembled {
+                        offset,
+                        first: begin,
+                        event: UsageEvent::from_parts(start, Some(end)),
+                    }],
                     None => Vec::new(),
                 },
                 // Its begin was before the resume point and already delivered? No: begins are
                 // kept until their end. An end without a begin is a duplicate: ignore it.
                 None => Vec::new(),
             },
-            RecordBody::Complete(event) => vec![(offset, *event)],
+            RecordBody::Complete(event) => vec![Assembled {
+                offset,
+                first: offset,
+                event: *event,
+            }],
         }
     }
 
@@ -547,21 +571,61 @@ mod tests {
         assert_eq!(a.resume_from(3), 1);
         let done = a.push(rec(3, "b1", RecordBody::End(end("e1"))));
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].0, 3);
-        assert_eq!(done[0].1.outcome, Outcome::Completed);
-        assert_eq!(done[0].1.region.as_deref(), Some("eu-west"));
+        assert_eq!((done[0].offset, done[0].first), (3, 1));
+        assert_eq!(done[0].event.outcome, Outcome::Completed);
+        assert_eq!(done[0].event.region.as_deref(), Some("eu-west"));
         assert_eq!(a.resume_from(4), 2);
         // The process died; the next one boots.
         let interrupted = a.push(rec(4, "b2", RecordBody::Boot));
         assert_eq!(interrupted.len(), 1);
         assert_eq!(
-            (interrupted[0].0, interrupted[0].1.outcome),
-            (4, Outcome::Interrupted)
+            (
+                interrupted[0].offset,
+                interrupted[0].first,
+                interrupted[0].event.outcome
+            ),
+            (4, 2, Outcome::Interrupted)
         );
-        assert_eq!(interrupted[0].1.id, "e2");
+        assert_eq!(interrupted[0].event.id, "e2");
         assert_eq!(a.resume_from(5), 5);
         // A duplicate end is ignored.
         assert!(a.push(rec(5, "b2", RecordBody::End(end("e1")))).is_empty());
+    }
+
+    /// An exporter's resume point with undelivered events in its backlog: a restart reading
+    /// from it assembles each of them again. Before, it resumed at the first backlog event's
+    /// end record, whose begin was behind it: the end was taken for a duplicate and the event
+    /// (here e1, begun first and ended last) was never delivered — lost to billing.
+    #[test]
+    fn an_exporter_resumes_where_its_undelivered_events_begin() {
+        let records = || {
+            vec![
+                rec(0, "b1", RecordBody::Boot),
+                rec(1, "b1", RecordBody::Begin(Box::new(start("e1")))),
+                rec(2, "b1", RecordBody::Begin(Box::new(start("e2")))),
+                rec(3, "b1", RecordBody::End(end("e2"))),
+                rec(4, "b1", RecordBody::End(end("e1"))),
+            ]
+        };
+        let mut assembler = Assembler::default();
+        let mut backlog: Vec<Assembled> = records()
+            .into_iter()
+            .flat_map(|r| assembler.push(r))
+            .collect();
+        assert_eq!(backlog.len(), 2);
+        // e2 delivered (a batch of one), e1 not yet; then the process stops.
+        let delivered = backlog.remove(0);
+        assert_eq!(delivered.event.id, "e2");
+        let resume = super::exporters::resume_point(&assembler, &backlog, 5);
+        let mut restarted = Assembler::default();
+        let again: Vec<String> = records()
+            .into_iter()
+            .filter(|r| r.offset >= resume)
+            .flat_map(|r| restarted.push(r))
+            .filter(|a| a.offset > delivered.offset)
+            .map(|a| a.event.id.to_string())
+            .collect();
+        assert_eq!(again, vec!["e1".to_string()], "resumed at {resume}");
     }
 
     #[test]

@@ -585,7 +585,7 @@ mod tests {
 
     use super::*;
     use crate::metering::tests::{end, start};
-    use crate::metering::{Assembler, Outcome};
+    use crate::metering::{Assembled, Assembler, Outcome};
 
     #[test]
     fn a_borrowed_begin_is_written_as_the_owned_record_is() {
@@ -713,7 +713,7 @@ mod tests {
         let mut completed = 0;
         let mut interrupted = Vec::new();
         for record in records {
-            for (_, event) in assembler.push(record) {
+            for Assembled { event, .. } in assembler.push(record) {
                 match event.outcome {
                     Outcome::Completed => completed += 1,
                     Outcome::Interrupted => interrupted.push(event.id),

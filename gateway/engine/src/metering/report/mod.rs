@@ -25,7 +25,7 @@ pub use xlsx::{to_xlsx, xlsx_workbook};
 
 use super::outbox::OutboxCursor;
 use super::pricing::{PriceList, Tally};
-use super::{Assembler, Outcome, UsageEvent};
+use super::{Assembled, Assembler, Outcome, UsageEvent};
 
 /// The period usage is summed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,7 +468,7 @@ pub fn for_each_outbox_event(
             return Ok(());
         }
         for r in records {
-            for (_, event) in assembler.push(r) {
+            for Assembled { event, .. } in assembler.push(r) {
                 each(event);
             }
         }

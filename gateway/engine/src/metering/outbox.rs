@@ -520,14 +520,28 @@ impl OutboxCursor {
                 reader
                     .seek(SeekFrom::Start(*position))
                     .map_err(io(&self.dir))?;
-                let later = segments(&self.dir)?.into_iter().any(|(first, _)| {
-                    first > self.current.as_ref().map_or(0, |c| c.1) && first <= self.next_offset
-                });
-                if later {
-                    self.current = None;
-                    continue;
+                let (segment_first, at) = (*first, *position);
+                let next_segment = segments(&self.dir)?
+                    .into_iter()
+                    .map(|(first, _)| first)
+                    .filter(|first| *first > segment_first)
+                    .min();
+                let Some(next_first) = next_segment else {
+                    break;
+                };
+                // The writer has moved on, so this segment is complete as it is. A torn last
+                // line, or records missing before the next segment's first, were lost at a
+                // crash (a power loss can keep a new segment and lose an older one's unsynced
+                // tail): read on from the next segment rather than wait for them for ever.
+                if n > 0 {
+                    tracing::warn!(segment = %segment_name(segment_first), position = at, "outbox: a closed segment ends in a torn line (lost at a crash); it is skipped");
                 }
-                break;
+                if next_first > self.next_offset {
+                    tracing::warn!(from = self.next_offset, to = next_first, "outbox: records missing before the next segment (lost at a crash); reading on");
+                    self.next_offset = next_first;
+                }
+                self.current = None;
+                continue;
             }
             let parsed = std::str::from_utf8(line)
                 .map_err(|e| e.to_string())
@@ -815,6 +829,12 @@ mod tests {
         let lost = first + 2;
         let expected: Vec<u64> = (0..41).filter(|&o| o != lost).collect();
         assert_eq!(offsets, expected);
+        // Reports read past it as the exporters do (before, every report stopped with the
+        // error, on every run): the next boot finds the 39 begins left, interrupted.
+        let (outbox, _progress) = Outbox::open(settings(dir.path())).unwrap();
+        drop(outbox);
+        let events = crate::metering::report::outbox_events(dir.path()).unwrap();
+        assert_eq!(events.len(), 39);
         assert_eq!(
             errors,
             [format!(
@@ -822,6 +842,49 @@ mod tests {
                 segment.display()
             )]
         );
+    }
+
+    /// A power loss can keep a new segment and lose the unsynced tail of the one before it:
+    /// that one then ends early, in a torn line, and the next starts after a gap. Reading goes
+    /// on into the next segment (the lost records are gone either way). Before, every reader
+    /// waited at the gap for ever: exporters stopped and reports ended there.
+    #[tokio::test]
+    async fn a_closed_segment_that_lost_its_tail_is_read_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _progress) = Outbox::open(settings(dir.path())).unwrap();
+        for i in 0..40 {
+            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
+        }
+        outbox.flush().unwrap();
+        drop(outbox);
+        let all = segments(dir.path()).unwrap();
+        assert!(all.len() > 2, "rotated");
+        // The second segment keeps its first two records and half of its third.
+        let (first, segment) = all[1].clone();
+        let (next_first, _) = all[2];
+        let text = std::fs::read_to_string(&segment).unwrap();
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        assert!(lines.len() > 3, "{} lines", lines.len());
+        let torn = format!(
+            "{}{}{}",
+            lines[0],
+            lines[1],
+            &lines[2][..lines[2].len() / 2]
+        );
+        std::fs::write(&segment, torn).unwrap();
+
+        let mut cursor = OutboxCursor::new(dir.path(), 0);
+        let mut offsets = Vec::new();
+        for _ in 0..10 {
+            offsets.extend(cursor.read(1024).unwrap().iter().map(|r| r.offset));
+        }
+        let expected: Vec<u64> = (0..41)
+            .filter(|&o| o < first + 2 || o >= next_first)
+            .collect();
+        assert_eq!(offsets, expected);
+        // A cursor resuming inside the lost range goes on at the next segment too.
+        let mut resumed = OutboxCursor::new(dir.path(), first + 3);
+        assert_eq!(resumed.read(1).unwrap()[0].offset, next_first);
     }
 
     /// An I/O error met after some records were read (here the directory listing at the end

@@ -455,7 +455,9 @@ pub fn outbox_rows(
     aggregator.into_rows()
 }
 
-/// Calls `each` with every event of the outbox in `dir`, in order, holding none of them.
+/// Calls `each` with every event of the outbox in `dir`, in order, holding none of them. A
+/// damaged line is logged and passed over, as the exporters do (the cursor has moved past
+/// it); any other error ends the scan.
 pub fn for_each_outbox_event(
     dir: &Path,
     mut each: impl FnMut(UsageEvent),
@@ -463,7 +465,14 @@ pub fn for_each_outbox_event(
     let mut cursor = OutboxCursor::new(dir, 0);
     let mut assembler = Assembler::default();
     loop {
-        let records = cursor.read(4096)?;
+        let records = match cursor.read(4096) {
+            Ok(records) => records,
+            Err(damaged @ super::outbox::OutboxError::Damaged { .. }) => {
+                tracing::warn!(error = %damaged, "usage report: a damaged outbox line is left out");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if records.is_empty() {
             return Ok(());
         }

@@ -23,8 +23,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, Response, RestrictedExpression, Schema,
+    AuthorizationError, Authorizer, Decision, Effect, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, Response, RestrictedExpression, Schema,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -782,20 +782,24 @@ impl AuthzEngine {
             request,
             entities,
         } = prepared;
-        let mut responses = Vec::with_capacity(3);
-        if let Some(set) = self.global_slices.get(action) {
-            responses.push(self.authorizer.is_authorized(request, set, entities));
-        }
-        match self.tenant_slice(input.tenant, action) {
-            Ok(Some(set)) => responses.push(self.authorizer.is_authorized(request, &set, entities)),
-            Ok(None) => {}
+        let tenant_set = match self.tenant_slice(input.tenant, action) {
+            Ok(set) => set,
             // The tenant's own policies are broken: fail closed.
             Err(e) => return denied_with_error(e),
+        };
+        let mut responses: Vec<(Response, &PolicySet)> = Vec::with_capacity(3);
+        let sets = self
+            .global_slices
+            .get(action)
+            .into_iter()
+            .chain(tenant_set.as_deref());
+        for set in sets {
+            responses.push((self.authorizer.is_authorized(request, set, entities), set));
         }
         let (allowed, policies, errors) = combine(&responses);
         let shadow = self.shadow.as_ref().map(|_| {
             if let Some(set) = self.shadow_slices.get(action) {
-                responses.push(self.authorizer.is_authorized(request, set, entities));
+                responses.push((self.authorizer.is_authorized(request, set, entities), set));
             }
             let (allowed, policies, _) = combine(&responses);
             ShadowOutcome { allowed, policies }
@@ -1245,17 +1249,29 @@ fn claims_mfa(value: &serde_json::Value) -> bool {
 
 /// Cedar's combination of several sets: a satisfied forbid anywhere denies; otherwise a
 /// satisfied permit anywhere allows; otherwise deny.
-fn combine(responses: &[Response]) -> (bool, Vec<String>, Vec<String>) {
+fn combine(responses: &[(Response, &PolicySet)]) -> (bool, Vec<String>, Vec<String>) {
     let mut forbids = Vec::new();
     let mut permits = Vec::new();
     let mut errors = Vec::new();
-    for r in responses {
+    for (r, set) in responses {
         let reasons = r.diagnostics().reason().map(|id| id.to_string());
         match r.decision() {
             Decision::Deny => forbids.extend(reasons),
             Decision::Allow => permits.extend(reasons),
         }
-        errors.extend(r.diagnostics().errors().map(|e| e.to_string()));
+        for error in r.diagnostics().errors() {
+            // Cedar skips a policy whose evaluation fails. A forbid that fails (it read an
+            // attribute of an entity the request does not have, say) is taken as applying:
+            // its author meant to refuse something, and skipping it would let a permit through.
+            let AuthorizationError::PolicyEvaluationError(failed) = error;
+            if set
+                .policy(failed.policy_id())
+                .is_some_and(|p| p.effect() == Effect::Forbid)
+            {
+                forbids.push(failed.policy_id().to_string());
+            }
+            errors.push(error.to_string());
+        }
     }
     forbids.sort();
     permits.sort();
@@ -1799,6 +1815,61 @@ mod tests {
         assert!(!allowed(&tenant), "the changed forbid applies at once");
         tenant.policies = None;
         assert!(allowed(&tenant), "and no longer once removed");
+    }
+
+    /// A forbid whose evaluation fails (it reads an attribute of an entity the request does
+    /// not have) refuses, rather than being skipped as Cedar skips a failing policy — which
+    /// let the role's permit through. A permit that fails still allows nothing.
+    #[test]
+    fn a_forbid_that_fails_to_evaluate_refuses() {
+        let engine = example();
+        let reader = principal("alice", "acme", &["viewer"], false);
+        let mut tenant = pro_tenant("acme");
+        let facts = tuesday_ten_am_get();
+        let evaluate = |tenant: &TenantSpec| {
+            engine
+                .evaluate(&DecisionInput {
+                    principal: &reader,
+                    tenant,
+                    tier_features: &[],
+                    action: "projects:read",
+                    resource_type: "Project",
+                    resource_id: "1",
+                    resource_attributes: &[],
+                    resource_record: Default::default(),
+                    principal_record: Default::default(),
+                    declared_facts: &[],
+                    facts: &facts,
+                })
+                .0
+        };
+        // `User::"nobody"` is no entity of the request: reading its tenant fails.
+        tenant.policies = Some(
+            r#"@id("nobody-in-sales") forbid (principal, action, resource)
+               unless { User::"nobody".tenant == principal.tenant };"#
+                .into(),
+        );
+        let refused = evaluate(&tenant);
+        assert!(!refused.allowed, "{refused:?}");
+        assert!(
+            refused
+                .policies
+                .iter()
+                .any(|p| p.ends_with("nobody-in-sales")),
+            "{refused:?}"
+        );
+        assert!(!refused.errors.is_empty());
+        tenant.policies = Some(
+            r#"@id("nobody-permits") permit (principal, action, resource)
+               when { User::"nobody".tenant == principal.tenant };"#
+                .into(),
+        );
+        let evaluation = evaluate(&tenant);
+        assert!(evaluation.allowed, "the role's permit: {evaluation:?}");
+        assert!(!evaluation
+            .policies
+            .iter()
+            .any(|p| p.ends_with("nobody-permits")));
     }
 
     /// `projects:read` of `resource_type::resource_id` by `p` in pro tenant acme: the decision

@@ -746,6 +746,7 @@ fn audit_export(
         from,
         to,
         cross_org: args.cross_org,
+        tenant_view: false,
     };
     let mut out: Box<dyn std::io::Write> = match output {
         Some(path) => match std::fs::File::create(path) {

@@ -1043,6 +1043,7 @@ impl Admin {
             from,
             to,
             cross_org: q.cross_org,
+            tenant_view: only_tenant.is_some(),
         };
         let content_type = match format {
             "csv" => "text/csv; charset=utf-8",

@@ -40,6 +40,10 @@ pub struct AuditFilter {
     /// (a platform operator, a credential of another tenant), and the refusals of such
     /// attempts (a credential of tenant A sent to tenant B).
     pub cross_org: bool,
+    /// The export goes to a tenant's own administrators (`/tenants/{id}/audit`): it says
+    /// nothing of the rest of the log — not how many records it holds (other tenants'
+    /// traffic) nor, when the chain does not verify, the server's file paths.
+    pub tenant_view: bool,
 }
 
 /// Refusals that are a cross-tenant attempt.
@@ -242,15 +246,27 @@ fn export_section(
         "filter": filter.describe(),
         "first_seq": first, "last_seq": last,
         "before": before, "after": after,
-        "head": head.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "head": head.map(|(seq, hash)| if filter.tenant_view {
+            json!({"hash": hash})
+        } else {
+            json!({"seq": seq, "hash": hash})
+        }),
         "matched": matched,
         "replica": replica,
-        "chain": {
-            "records": chain.records,
-            "verified": chain.failure.is_none(),
-            "problem": chain.failure.map(|f| format!(
-                "{}:{}: {}", f.file.display(), f.line, f.problem
-            )),
+        "chain": if filter.tenant_view {
+            json!({
+                "verified": chain.failure.is_none(),
+                "problem": chain.failure.map(|_| "the log does not verify on the server: \
+                    its operators have the details"),
+            })
+        } else {
+            json!({
+                "records": chain.records,
+                "verified": chain.failure.is_none(),
+                "problem": chain.failure.map(|f| format!(
+                    "{}:{}: {}", f.file.display(), f.line, f.problem
+                )),
+            })
         },
     });
     writeln!(out, "{header}")?;
@@ -462,7 +478,11 @@ pub fn summary_pdf(
         let short = |hash: &str| hash.get(..16).unwrap_or(hash).to_string();
         chains.push(vec![
             name.clone(),
-            chain.records.to_string(),
+            if filter.tenant_view {
+                "-".into()
+            } else {
+                chain.records.to_string()
+            },
             if chain.failure.is_none() {
                 "yes".into()
             } else {

@@ -493,6 +493,17 @@ token_file = "admin.token"
     let header: Value = serde_json::from_str(own.lines().next().unwrap()).unwrap();
     assert_eq!(header["filter"]["tenant"], "acme", "{own}");
     assert!(header["matched"].as_u64().unwrap() >= 1, "{own}");
+    // Nothing of the rest of the log: not its size (other tenants' traffic), which the
+    // platform's export gives.
+    assert_eq!(header["chain"]["verified"], true, "{own}");
+    assert!(header["chain"].get("records").is_none(), "{own}");
+    assert!(header["head"].get("seq").is_none(), "{own}");
+    let (_, _, platform) = admin("GET", admin_addr, "/admin/audit", Some(TOKEN), None).await;
+    let platform: Value = serde_json::from_str(platform.lines().next().unwrap()).unwrap();
+    assert!(
+        platform["chain"]["records"].as_u64().unwrap() >= 1,
+        "{platform}"
+    );
     for (path, token, expected) in [
         (
             "/tenants/acme/audit?tenant=globex",

@@ -183,38 +183,68 @@ impl ContextFacts {
     }
 
     /// The facts' raw values in this request, in declaration order. `body`: the parsed JSON
-    /// body, on a route that reads it.
+    /// body, on a route that reads it. A header or query parameter given more than once with
+    /// different values is [`AmbiguousFact`]: applications disagree on which one counts (PHP,
+    /// Rails and Django take the last, Express an array, ASP.NET and Spring join them), so
+    /// the policy must not decide on one while the upstream acts on another.
     pub fn gather<'p>(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         param: impl Fn(&str) -> Option<std::borrow::Cow<'p, str>>,
         body: Option<&serde_json::Value>,
-    ) -> Vec<Option<String>> {
+    ) -> Result<Vec<Option<String>>, AmbiguousFact> {
         self.0
             .iter()
             .map(|fact| match &fact.source {
-                Source::Header(h) => headers
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                Source::Query(q) => query.and_then(|query| {
-                    form_urlencoded::parse(query.as_bytes())
-                        .find(|(k, _)| k == q)
-                        .map(|(_, v)| v.into_owned())
-                }),
-                Source::Param(p) => param(p).map(std::borrow::Cow::into_owned),
+                Source::Header(h) => only_value(
+                    headers.get_all(h).iter().filter_map(|v| v.to_str().ok()),
+                    || AmbiguousFact(format!("header `{h}`")),
+                )
+                .map(|v| v.map(str::to_string)),
+                Source::Query(q) => match query {
+                    Some(query) => only_value(
+                        form_urlencoded::parse(query.as_bytes())
+                            .filter(|(k, _)| k == q)
+                            .map(|(_, v)| v),
+                        || AmbiguousFact(format!("query parameter `{q}`")),
+                    )
+                    .map(|v| v.map(std::borrow::Cow::into_owned)),
+                    None => Ok(None),
+                },
+                Source::Param(p) => Ok(param(p).map(std::borrow::Cow::into_owned)),
                 // Scalars only, as their text (the fact's type converts it like a header's).
-                Source::Body(pointer) => match body.and_then(|b| b.pointer(pointer)) {
+                Source::Body(pointer) => Ok(match body.and_then(|b| b.pointer(pointer)) {
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
                     Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
                         Some(v.to_string())
                     }
                     _ => None,
-                },
+                }),
             })
             .collect()
     }
+}
+
+/// A fact the request gives more than once, with different values (named for the refusal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is given more than once, with different values")]
+pub struct AmbiguousFact(pub String);
+
+/// The one value of `values`: none, or the same each time; else `ambiguous()`.
+fn only_value<T: PartialEq>(
+    mut values: impl Iterator<Item = T>,
+    ambiguous: impl FnOnce() -> AmbiguousFact,
+) -> Result<Option<T>, AmbiguousFact> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    for other in values {
+        if other != first {
+            return Err(ambiguous());
+        }
+    }
+    Ok(Some(first))
 }
 
 #[cfg(test)]
@@ -268,7 +298,9 @@ mod tests {
                 .expect("facts");
         assert!(facts.reads_body());
         let body = serde_json::json!({"order": {"plan": "gold"}, "page": 7});
-        let values = facts.gather(&HeaderMap::new(), None, |_| None, Some(&body));
+        let values = facts
+            .gather(&HeaderMap::new(), None, |_| None, Some(&body))
+            .unwrap();
         assert_eq!(
             values,
             vec![Some("7".to_string()), Some("gold".to_string())]
@@ -276,11 +308,15 @@ mod tests {
         // Objects, arrays and null are no scalar: absent. No body: absent.
         let body = serde_json::json!({"order": {"plan": ["gold"]}, "page": null});
         assert_eq!(
-            facts.gather(&HeaderMap::new(), None, |_| None, Some(&body)),
+            facts
+                .gather(&HeaderMap::new(), None, |_| None, Some(&body))
+                .unwrap(),
             vec![None, None]
         );
         assert_eq!(
-            facts.gather(&HeaderMap::new(), None, |_| None, None),
+            facts
+                .gather(&HeaderMap::new(), None, |_| None, None)
+                .unwrap(),
             vec![None, None]
         );
         let err = build("[context]\nplan = { body = \"order.plan\" }\n").unwrap_err();
@@ -294,13 +330,27 @@ mod tests {
                 .expect("facts");
         let mut headers = HeaderMap::new();
         headers.insert("x-plan", "gold".parse().expect("value"));
-        let values = facts.gather(&headers, Some("a=1&page=3&page=4"), |_| None, None);
-        // Declaration order is by name: page, plan.
+        let values = facts
+            .gather(&headers, Some("a=1&page=3&page=3"), |_| None, None)
+            .unwrap();
+        // Declaration order is by name: page, plan. The same value twice is that value.
         assert_eq!(
             values,
             vec![Some("3".to_string()), Some("gold".to_string())]
         );
-        let values = facts.gather(&HeaderMap::new(), Some("pag%65=%32"), |_| None, None);
+        let values = facts
+            .gather(&HeaderMap::new(), Some("pag%65=%32"), |_| None, None)
+            .unwrap();
         assert_eq!(values, vec![Some("2".to_string()), None]);
+        // Two different values: applications disagree on which counts, so neither is used.
+        assert_eq!(
+            facts.gather(&headers, Some("page=3&page=4"), |_| None, None),
+            Err(AmbiguousFact("query parameter `page`".into()))
+        );
+        headers.append("x-plan", "free".parse().expect("value"));
+        assert_eq!(
+            facts.gather(&headers, Some("page=3"), |_| None, None),
+            Err(AmbiguousFact("header `x-plan`".into()))
+        );
     }
 }

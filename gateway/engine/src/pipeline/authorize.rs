@@ -215,7 +215,7 @@ pub async fn authorize(
             request.query,
             |name| matched.param(name),
             body.as_ref(),
-        )
+        )?
     };
     let input = DecisionInput {
         principal: request.principal,

@@ -97,6 +97,9 @@ pub enum Rejection {
     RequestTimeout(TimeoutPhase),
     #[error("bad header: {0}")]
     BadHeader(#[from] HeaderError),
+    /// A header or query parameter a policy reads is given twice, with different values.
+    #[error("{0}")]
+    AmbiguousFact(#[from] crate::authz::facts::AmbiguousFact),
     /// A connection over `[server] max_connections` (or `max_connections_per_client`).
     #[error("connection limit reached ({0})")]
     TooManyConnections(ConnectionLimit),
@@ -134,6 +137,7 @@ impl Rejection {
             | Rejection::AmbiguousFraming(_)
             | Rejection::MethodOverride(_)
             | Rejection::BadHeader(_)
+            | Rejection::AmbiguousFact(_)
             | Rejection::MalformedRequest => 400,
             Rejection::RequestTimeout(_) => 408,
             Rejection::BodyTooLarge { .. } => 413,
@@ -198,6 +202,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => "body-too-large",
             Rejection::RequestTimeout(_) => "request-timeout",
             Rejection::BadHeader(_) => "bad-header",
+            Rejection::AmbiguousFact(_) => "ambiguous-fact",
             Rejection::TooManyConnections(_) => "too-many-connections",
         }
     }
@@ -236,6 +241,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => "Content too large",
             Rejection::RequestTimeout(_) => "Request timeout",
             Rejection::BadHeader(_) => "Bad header",
+            Rejection::AmbiguousFact(_) => "Ambiguous request",
             Rejection::TooManyConnections(_) => "Too many connections",
         }
     }
@@ -309,6 +315,7 @@ impl Rejection {
             | Rejection::BodyTooLarge { .. }
             | Rejection::RequestTimeout(_) => self.to_string(),
             Rejection::BadHeader(e) => e.to_string(),
+            Rejection::AmbiguousFact(e) => format!("{e}: send it once"),
             Rejection::TooManyConnections(ConnectionLimit::Total(_)) => {
                 "the gateway has too many open connections; retry later".to_string()
             }

@@ -40,7 +40,6 @@ use gateway_engine::reload::Reloader;
 use gateway_engine::side_listener::{CappedListener, DoorLimits};
 use gateway_engine::snapshot::SnapshotStore;
 use gateway_engine::status::UpstreamStatus;
-use preconditions::Precondition;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -1095,4 +1094,5 @@ impl Admin {
     }
 }
 
+pub use preconditions::Precondition;
 pub use tenants::TenantWriter;

@@ -15,7 +15,7 @@
 //!   its limits plan and decide on the request path.
 #![no_main]
 
-use gateway::admin::TenantWriter;
+use gateway::admin::{Precondition, TenantWriter};
 use gateway::identity::Principal;
 use gateway::limits::Caller;
 use gateway::tenancy::model::validate_tenant;
@@ -34,7 +34,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let d = deployment();
-    let response = d.block_on(TenantWriter::None.put(&d.store, id, body));
+    let response = d.block_on(TenantWriter::None.put(
+        &d.store,
+        id,
+        body,
+        &Precondition::Unconditional,
+    ));
     let status = response.status().as_u16();
     let bytes = d
         .block_on(response.into_body().collect())

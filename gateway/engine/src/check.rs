@@ -180,8 +180,9 @@ pub async fn check(
                     }
                     Ok(allowed)
                 }
-                Err(rejection) => {
+                Err(failed) => {
                     // Not recorded, so not forwarded: the refusal itself is recorded if it can be.
+                    let rejection = failed.rejection;
                     recorder.finish(&Exchange {
                         forwarded: false,
                         status: rejection.status(),

@@ -775,6 +775,18 @@ mod tests {
         }
     }
 
+    /// A write that succeeds and a sync that fails (fsync of /dev/null is EINVAL): the
+    /// record is in the file but `sync_through` fails — what the outbox reports as
+    /// `NotSynced`, so the proxy ends the begin record it cannot take back.
+    #[tokio::test]
+    async fn a_record_can_be_written_and_its_sync_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(settings(dir.path()), Numbered, None, 0).unwrap();
+        j.state.lock().file = Arc::new(OpenOptions::new().append(true).open("/dev/null").unwrap());
+        let seq = j.append_now(br#"{"k":"written"}"#).unwrap();
+        assert!(j.sync_through(seq).await.is_err(), "the sync failed");
+    }
+
     /// A full filesystem: /dev/full fails every write with ENOSPC.
     #[test]
     fn failed_writes_keep_records_queued_refuse_optional_ones_over_the_limit_and_recover() {

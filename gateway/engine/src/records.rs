@@ -48,6 +48,27 @@ pub enum FrontDoor {
     ForwardAuth,
 }
 
+/// A request whose records could not be made durable before it would go upstream: it is
+/// refused with `rejection`. `written`: its begin record is in the outbox all the same
+/// (written, the fsync failed) — it must then be ended, with the same id, so the pair makes
+/// one refused event rather than an interrupted one and a second record of the id.
+#[derive(Debug)]
+pub struct NotRecorded {
+    pub rejection: Rejection,
+    pub written: bool,
+}
+
+impl NotRecorded {
+    fn of(error: crate::metering::outbox::OutboxError) -> NotRecorded {
+        NotRecorded {
+            written: matches!(error, crate::metering::outbox::OutboxError::NotSynced(_)),
+            rejection: Rejection::MeteringUnavailable {
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
 /// One request as the records describe it.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
@@ -114,7 +135,7 @@ impl Recorder<'_> {
     /// `fsync = "batch"`, on disk) before anything is sent upstream, so no crash can lose a
     /// request the upstream may have seen. Returns whether a begin record was written (`false`
     /// when metering is off or configured not to record before forwarding).
-    pub async fn begin(&self, exchange: &Exchange<'_>) -> Result<bool, Rejection> {
+    pub async fn begin(&self, exchange: &Exchange<'_>) -> Result<bool, NotRecorded> {
         let (Some(metering), Some(admitted)) = (self.metering, exchange.admitted) else {
             return Ok(false);
         };
@@ -127,9 +148,7 @@ impl Recorder<'_> {
             .outbox
             .begin(&start)
             .await
-            .map_err(|e| Rejection::MeteringUnavailable {
-                reason: e.to_string(),
-            })?;
+            .map_err(NotRecorded::of)?;
         Ok(true)
     }
 
@@ -161,18 +180,25 @@ impl Recorder<'_> {
     /// as this returns, so its complete usage event is written now, as a begin record would
     /// be (an error refuses the request with 503 `metering-unavailable` instead), and its audit
     /// record is always kept; a refused request is recorded like any refusal.
-    pub async fn decided(&self, exchange: &Exchange<'_>) -> Result<(), Rejection> {
+    pub async fn decided(&self, exchange: &Exchange<'_>) -> Result<(), NotRecorded> {
         if !exchange.forwarded {
             self.finish(exchange);
             return Ok(());
         }
         if let Some(metering) = self.metering {
             let body = usage_record(exchange, &metering.fields);
-            metering.outbox.complete_now(&body).await.map_err(|e| {
-                Rejection::MeteringUnavailable {
-                    reason: e.to_string(),
+            match metering.outbox.complete_now(&body).await {
+                Ok(()) => {}
+                // The record of the allowed request is in the file and cannot be taken back:
+                // refusing now would leave a refused request recorded as forwarded (billed),
+                // and a refusal's record of the same id would count it twice. It goes ahead as
+                // recorded; the journal reports the failed sync (and refuses new requests
+                // while it cannot write).
+                Err(error @ crate::metering::outbox::OutboxError::NotSynced(_)) => {
+                    tracing::error!(request_id = exchange.request_id, %error, "usage record written but not synced; the request goes ahead as recorded");
                 }
-            })?;
+                Err(error) => return Err(NotRecorded::of(error)),
+            }
             count_usage(metering, exchange);
             charge_budgets(metering, exchange);
         }
@@ -462,6 +488,22 @@ pub fn audit_record<'a>(exchange: &'a Exchange<'a>) -> RequestAudit<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A begin record in the file but not on disk is `written` (the proxy then ends it with
+    /// the refusal: one refused event); one that failed to be written is not.
+    #[test]
+    fn a_begin_written_but_not_synced_is_written() {
+        use crate::journal::JournalError;
+        use crate::metering::outbox::OutboxError;
+        let failure = || JournalError::Io {
+            path: "outbox".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        let not_synced = NotRecorded::of(OutboxError::NotSynced(failure()));
+        assert!(not_synced.written);
+        assert_eq!(not_synced.rejection.status(), 503);
+        assert!(!NotRecorded::of(OutboxError::Journal(failure())).written);
+    }
 
     fn refused(rejection: &Rejection) -> Exchange<'_> {
         Exchange {

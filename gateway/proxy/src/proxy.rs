@@ -151,9 +151,19 @@ impl GatewayProxy {
         let begun = self
             .recorder()
             .begin(&ctx.exchange(method, None, 0, None))
-            .await?;
-        ctx.begun = begun;
-        Ok(())
+            .await;
+        match begun {
+            Ok(begun) => {
+                ctx.begun = begun;
+                Ok(())
+            }
+            // A begin in the file but not on disk is ended like any other (the refusal's end
+            // record pairs with it): one refused event, not an interrupted one and a second.
+            Err(failed) => {
+                ctx.begun = failed.written;
+                Err(failed.rejection)
+            }
+        }
     }
 
     /// Answers a refusal (the connection stays open unless the request's framing is suspect).

@@ -137,6 +137,11 @@ pub enum OutboxError {
     },
     #[error("outbox {0}")]
     Journal(#[from] JournalError),
+    /// The record is in the file, but the fsync `fsync = "batch"` asks for before forwarding
+    /// failed: a crash may lose it. It cannot be taken back; what follows must not record the
+    /// request a second time under the same id.
+    #[error("outbox: written, not synced: {0}")]
+    NotSynced(JournalError),
     /// A line that is not a record (a disk error, an edit): reported once, then read past.
     #[error("outbox {segment} at byte {position}: a damaged line, skipped: {problem}")]
     Damaged {
@@ -246,13 +251,17 @@ impl Outbox {
     }
 
     /// Writes the begin record of a request about to be forwarded: it is in the file (and,
-    /// with `fsync = "batch"`, on disk) when this returns. On error nothing was recorded.
+    /// with `fsync = "batch"`, on disk) when this returns. On error nothing was recorded,
+    /// except with [`OutboxError::NotSynced`] (in the file, not on disk).
     pub async fn begin(&self, start: &EventStart<'_>) -> Result<(), OutboxError> {
         let seq = self
             .journal
             .append_now(&encode(&BorrowedBody::Begin(start)))?;
         if self.fsync == FsyncPolicy::Batch {
-            self.journal.sync_through(seq).await?;
+            self.journal
+                .sync_through(seq)
+                .await
+                .map_err(OutboxError::NotSynced)?;
         }
         Ok(())
     }
@@ -263,7 +272,10 @@ impl Outbox {
     pub async fn complete_now(&self, body: &RecordBody) -> Result<(), OutboxError> {
         let seq = self.journal.append_now(&encode(body))?;
         if self.fsync == FsyncPolicy::Batch {
-            self.journal.sync_through(seq).await?;
+            self.journal
+                .sync_through(seq)
+                .await
+                .map_err(OutboxError::NotSynced)?;
         }
         Ok(())
     }

@@ -40,8 +40,8 @@ use postgres::EntityChange;
 #[derive(Debug, Clone)]
 pub struct StoredEntity {
     pub entity: Entity,
-    /// The record's attributes and parents as canonical text: the decision cache key holds it,
-    /// so a changed record is decided anew.
+    /// The record's attributes, parents and tags as canonical text: the decision cache key
+    /// holds it, so a changed record is decided anew.
     pub fingerprint: String,
     /// The id of the record's `tenant` attribute, when it names one.
     pub tenant: Option<String>,
@@ -58,10 +58,11 @@ impl StoredEntity {
             .and_then(Value::as_str)
             .map(str::to_string);
         let fingerprint = {
-            let attrs = value.get("attrs").cloned().unwrap_or(Value::Null);
-            let parents = value.get("parents").cloned().unwrap_or(Value::Null);
-            // serde_json's map is ordered by key: the same record gives the same text.
-            serde_json::to_string(&(attrs, parents)).map_err(|e| e.to_string())?
+            let part = |name: &str| value.get(name).cloned().unwrap_or(Value::Null);
+            // serde_json's map is ordered by key: the same record gives the same text. Tags
+            // too: `resource.hasTag(…)` decides by them.
+            serde_json::to_string(&(part("attrs"), part("parents"), part("tags")))
+                .map_err(|e| e.to_string())?
         };
         let entity = Entity::from_json_value(value, Some(schema)).map_err(|e| {
             // Cedar's top message is generic ("does not conform"): the causes say what.
@@ -504,7 +505,7 @@ mod tests {
         let text = r#"
             entity Tenant;
             entity User = { tenant: Tenant };
-            entity Doc = { tenant: Tenant, owner?: User, level?: Long };
+            entity Doc = { tenant: Tenant, owner?: User, level?: Long } tags String;
         "#;
         Schema::from_cedarschema_str(text).expect("schema").0
     }
@@ -542,6 +543,19 @@ mod tests {
         let record = file.get(&uid).expect("record");
         assert_eq!(record.tenant.as_deref(), Some("acme"));
         assert!(record.fingerprint.contains("bob"));
+    }
+
+    /// Two records that differ only in their tags are different records to the decision
+    /// cache (before, they shared one cached decision, and a changed tag kept the old one).
+    #[test]
+    fn tags_are_part_of_a_records_fingerprint() {
+        let tagged = |value: &str| {
+            let mut record = doc("1", "alice");
+            record["tags"] = json!({"stage": value});
+            StoredEntity::from_json(record, &schema()).expect("record")
+        };
+        assert_ne!(tagged("draft").fingerprint, tagged("final").fingerprint);
+        assert_eq!(tagged("draft").fingerprint, tagged("draft").fingerprint);
     }
 
     struct Counting {

@@ -1774,6 +1774,27 @@ mod tests {
         }
     }
 
+    /// `projects:read` of `Project::"1"` by `principal` in `tenant`, nothing else known.
+    fn reads_project_1<'a>(
+        principal: &'a Principal,
+        tenant: &'a TenantSpec,
+        facts: &'a RequestFacts,
+    ) -> DecisionInput<'a> {
+        DecisionInput {
+            principal,
+            tenant,
+            tier_features: &[],
+            action: "projects:read",
+            resource_type: "Project",
+            resource_id: "1",
+            resource_attributes: &[],
+            resource_record: Default::default(),
+            principal_record: Default::default(),
+            declared_facts: &[],
+            facts,
+        }
+    }
+
     /// A tenant's own policies changed in the registry (an admin API `PUT`, a NOTIFY) change
     /// its next decision: the cached one was made under the old text. Before, the key held
     /// the tenant's id and tier but not its policies, and the allow kept being served.
@@ -1785,19 +1806,7 @@ mod tests {
         let facts = tuesday_ten_am_get();
         let allowed = |tenant: &TenantSpec| {
             engine
-                .decide(&DecisionInput {
-                    principal: &reader,
-                    tenant,
-                    tier_features: &[],
-                    action: "projects:read",
-                    resource_type: "Project",
-                    resource_id: "1",
-                    resource_attributes: &[],
-                    resource_record: Default::default(),
-                    principal_record: Default::default(),
-                    declared_facts: &[],
-                    facts: &facts,
-                })
+                .decide(&reads_project_1(&reader, tenant, &facts))
                 .allowed
         };
         tenant.policies = Some(
@@ -1826,23 +1835,8 @@ mod tests {
         let reader = principal("alice", "acme", &["viewer"], false);
         let mut tenant = pro_tenant("acme");
         let facts = tuesday_ten_am_get();
-        let evaluate = |tenant: &TenantSpec| {
-            engine
-                .evaluate(&DecisionInput {
-                    principal: &reader,
-                    tenant,
-                    tier_features: &[],
-                    action: "projects:read",
-                    resource_type: "Project",
-                    resource_id: "1",
-                    resource_attributes: &[],
-                    resource_record: Default::default(),
-                    principal_record: Default::default(),
-                    declared_facts: &[],
-                    facts: &facts,
-                })
-                .0
-        };
+        let evaluate =
+            |tenant: &TenantSpec| engine.evaluate(&reads_project_1(&reader, tenant, &facts)).0;
         // `User::"nobody"` is no entity of the request: reading its tenant fails.
         tenant.policies = Some(
             r#"@id("nobody-in-sales") forbid (principal, action, resource)

@@ -813,14 +813,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_line_is_reported_once_and_no_record_around_it_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, _progress) = Outbox::open(settings(dir.path())).unwrap();
-        for i in 0..40 {
-            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
-        }
-        outbox.flush().unwrap();
-        drop(outbox);
-        let all = segments(dir.path()).unwrap();
-        assert!(all.len() > 2, "rotated");
+        let all = forty_begins_in_segments(dir.path()).await;
         let (first, segment) = all[1].clone();
         let text = std::fs::read_to_string(&segment).unwrap();
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
@@ -856,6 +849,20 @@ mod tests {
         );
     }
 
+    /// An outbox in `dir` holding a boot record and 40 begin records over more than two
+    /// segments (the segments, first offsets ascending).
+    async fn forty_begins_in_segments(dir: &Path) -> Vec<(u64, PathBuf)> {
+        let (outbox, _progress) = Outbox::open(settings(dir)).unwrap();
+        for i in 0..40 {
+            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
+        }
+        outbox.flush().unwrap();
+        drop(outbox);
+        let all = segments(dir).unwrap();
+        assert!(all.len() > 2, "rotated");
+        all
+    }
+
     /// A power loss can keep a new segment and lose the unsynced tail of the one before it:
     /// that one then ends early, in a torn line, and the next starts after a gap. Reading goes
     /// on into the next segment (the lost records are gone either way). Before, every reader
@@ -863,14 +870,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_segment_that_lost_its_tail_is_read_past() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, _progress) = Outbox::open(settings(dir.path())).unwrap();
-        for i in 0..40 {
-            outbox.begin(&start(&format!("e{i}"))).await.unwrap();
-        }
-        outbox.flush().unwrap();
-        drop(outbox);
-        let all = segments(dir.path()).unwrap();
-        assert!(all.len() > 2, "rotated");
+        let all = forty_begins_in_segments(dir.path()).await;
         // The second segment keeps its first two records and half of its third.
         let (first, segment) = all[1].clone();
         let (next_first, _) = all[2];
